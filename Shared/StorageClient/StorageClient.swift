@@ -1,0 +1,129 @@
+import WatermarkCore
+
+/// How a collector reads and moves watermarks. Both services and every user of the platform talk to the
+/// Storage Service through this protocol only; `HTTPStorageClient` speaks to the real service and
+/// `InMemoryStorageClient` applies the very same rules in memory for tests and development.
+public protocol StorageClient: Sendable {
+    /// The source's watermark, or `nil` when it has none yet (its first collection).
+    func getWatermark(sourceID: SourceID) async throws -> Watermark?
+
+    /// Records one run. A success moves `last_successful_timestamp` to `timestamp`; a failure keeps it.
+    @discardableResult
+    func updateWatermark(
+        sourceID: SourceID, timestamp: Timestamp?, status: RunStatus, errorMessage: String?,
+        recordsCollected: Int64?, options: UpdateOptions
+    ) async throws -> Watermark
+
+    /// Resets a source so that its next run starts from the default lookback.
+    func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws
+
+    func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage
+
+    /// Accepted updates, newest first.
+    func history(sourceID: SourceID, limit: Int?) async throws -> [WatermarkRun]
+
+    func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease
+
+    func releaseLease(sourceID: SourceID, token: Int64) async throws
+
+    /// `true` when the storage answers and its database can be used; never throws.
+    func healthCheck() async -> Bool
+}
+
+/// The optional parts of an update: conditions, retry safety and fencing.
+public struct UpdateOptions: Sendable, Equatable {
+    /// `If-Match` / `If-None-Match: *`.
+    public var precondition: WritePrecondition?
+    /// Makes retries safe: the server applies one key once. The HTTP client generates one per call when
+    /// this is `nil`; pass your own to make a retry across a process restart safe too.
+    public var idempotencyKey: String?
+    /// The fencing token of the caller's lease on the source.
+    public var leaseToken: Int64?
+    /// Accept a success timestamp older than the stored one (deliberate backfill).
+    public var force: Bool
+
+    public init(
+        precondition: WritePrecondition? = nil, idempotencyKey: String? = nil, leaseToken: Int64? = nil,
+        force: Bool = false
+    ) {
+        self.precondition = precondition
+        self.idempotencyKey = idempotencyKey
+        self.leaseToken = leaseToken
+        self.force = force
+    }
+}
+
+extension StorageClient {
+    /// The seed's call: `update_watermark(source_id, timestamp, status, error_message)` plus the count.
+    @discardableResult
+    public func updateWatermark(
+        sourceID: SourceID, timestamp: Timestamp?, status: RunStatus, errorMessage: String? = nil,
+        recordsCollected: Int64? = nil, ifVersion version: Int64? = nil, idempotencyKey: String? = nil,
+        leaseToken: Int64? = nil
+    ) async throws -> Watermark {
+        try await updateWatermark(
+            sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: errorMessage,
+            recordsCollected: recordsCollected,
+            options: UpdateOptions(
+                precondition: version.map { .version($0) }, idempotencyKey: idempotencyKey, leaseToken: leaseToken
+            )
+        )
+    }
+}
+
+/// What went wrong talking to the storage. Carries the server's error code and message, so a caller can
+/// tell a regression from a lost lease without parsing text.
+public enum StorageClientError: Error, Sendable, CustomStringConvertible {
+    /// 404: no such watermark (or history).
+    case notFound(message: String)
+    /// 409: `watermark_regression`, `lease_held`, `lease_required`, `stale_lease`, `idempotency_key_reused`.
+    case conflict(code: String, message: String)
+    /// 412: `If-Match` / `If-None-Match` did not hold.
+    case preconditionFailed(message: String)
+    /// 401, or 403 for a read-only token.
+    case unauthorized(message: String)
+    /// Other 4xx: the request itself is wrong (`code` is the server's error code).
+    case invalidRequest(code: String, message: String)
+    /// Transport failures, timeouts, 5xx, unreadable answers: worth retrying later.
+    case unavailable(underlying: any Error)
+
+    /// Maps the service's error body (or the in-memory store's refusal) to a case.
+    public init(_ error: WatermarkError) {
+        switch error.status {
+        case 404: self = .notFound(message: error.message)
+        case 409: self = .conflict(code: error.code, message: error.message)
+        case 412: self = .preconditionFailed(message: error.message)
+        case 401, 403: self = .unauthorized(message: error.message)
+        case 400..<500: self = .invalidRequest(code: error.code, message: error.message)
+        default: self = .unavailable(underlying: error)
+        }
+    }
+
+    /// The server's snake_case code where there is one.
+    public var code: String? {
+        switch self {
+        case .notFound: "watermark_not_found"
+        case .conflict(let code, _), .invalidRequest(let code, _): code
+        case .preconditionFailed: "precondition_failed"
+        case .unauthorized: "unauthorized"
+        case .unavailable(let underlying): (underlying as? WatermarkError)?.code
+        }
+    }
+
+    /// `true` when the same call may succeed later unchanged (storage down, slow or failing).
+    public var isTransient: Bool {
+        if case .unavailable = self { return true }
+        return false
+    }
+
+    public var description: String {
+        switch self {
+        case .notFound(let message): "not found: \(message)"
+        case .conflict(let code, let message): "conflict (\(code)): \(message)"
+        case .preconditionFailed(let message): "precondition failed: \(message)"
+        case .unauthorized(let message): "unauthorized: \(message)"
+        case .invalidRequest(let code, let message): "invalid request (\(code)): \(message)"
+        case .unavailable(let underlying): "storage unavailable: \(underlying)"
+        }
+    }
+}

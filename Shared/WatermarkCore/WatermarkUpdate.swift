@@ -1,0 +1,79 @@
+/// The body of `PUT /api/v1/watermarks/{source_id}`.
+///
+/// Decoding validates everything that can be checked without the stored state, and throws
+/// `WatermarkError` (never a raw `DecodingError`) so the message names the field at fault.
+public struct WatermarkUpdate: Sendable, Equatable, Codable {
+    public var timestamp: Timestamp?
+    public var status: RunStatus
+    public var errorMessage: String?
+    public var recordsCollected: Int64?
+
+    public static let maxErrorMessageLength = 16_384
+
+    public init(
+        timestamp: Timestamp?, status: RunStatus, errorMessage: String? = nil, recordsCollected: Int64? = nil
+    ) {
+        self.timestamp = timestamp
+        self.status = status
+        self.errorMessage = errorMessage
+        self.recordsCollected = recordsCollected
+    }
+
+    /// A successful run that collected up to `timestamp`.
+    public static func success(_ timestamp: Timestamp, records: Int64? = nil) -> WatermarkUpdate {
+        WatermarkUpdate(timestamp: timestamp, status: .success, recordsCollected: records)
+    }
+
+    /// A failed run; the stored `last_successful_timestamp` stays where it was.
+    public static func failed(_ message: String, records: Int64? = nil) -> WatermarkUpdate {
+        WatermarkUpdate(timestamp: nil, status: .failed, errorMessage: message, recordsCollected: records)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case timestamp, status
+        case errorMessage = "error_message"
+        case recordsCollected = "records_collected"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func field<T: Decodable>(_ type: T.Type, _ key: CodingKeys, _ expected: String) throws -> T? {
+            do {
+                return try c.decodeIfPresent(type, forKey: key)
+            } catch {
+                throw WatermarkError.invalidBody("field \"\(key.rawValue)\" must be \(expected)")
+            }
+        }
+        guard let statusText = try field(String.self, .status, "a string") else {
+            throw WatermarkError.invalidBody("field \"status\" is required: \"success\" or \"failed\"")
+        }
+        guard let status = RunStatus(rawValue: statusText) else { throw WatermarkError.invalidStatus(statusText) }
+        self.status = status
+        if let text = try field(String.self, .timestamp, "an RFC 3339 string") {
+            do {
+                timestamp = try Timestamp(rfc3339: text)
+            } catch {
+                throw WatermarkError.invalidTimestamp("timestamp", error)
+            }
+        } else {
+            timestamp = nil
+        }
+        errorMessage = try field(String.self, .errorMessage, "a string or null")
+        if let message = errorMessage, message.utf8.count > Self.maxErrorMessageLength {
+            throw WatermarkError.invalidBody("field \"error_message\" is over \(Self.maxErrorMessageLength) bytes")
+        }
+        recordsCollected = try field(Int64.self, .recordsCollected, "a whole number")
+        if let records = recordsCollected, records < 0 {
+            throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")
+        }
+        if status == .success, timestamp == nil { throw WatermarkError.missingTimestamp }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(timestamp, forKey: .timestamp)
+        try c.encode(status, forKey: .status)
+        try c.encode(errorMessage, forKey: .errorMessage)
+        try c.encodeIfPresent(recordsCollected, forKey: .recordsCollected)
+    }
+}
