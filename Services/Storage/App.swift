@@ -1,2 +1,122 @@
-import Hummingbird; import GRDB; import Prometheus; import ServiceLifecycle; import ArgumentParser
-@main struct M { static func main() {} }
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import WatermarkCore
+
+/// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), or checks
+/// a running instance for container health checks (`healthcheck`).
+@main
+struct StorageServiceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage-service",
+        abstract: "Keeps, per data source, the instant up to which data was collected.",
+        subcommands: [Serve.self, HealthCheck.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Runs the service until SIGTERM or SIGINT, then stops accepting, finishes in-flight requests,
+/// closes the database and exits 0.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the watermark API. Every flag overrides the environment variable of the same name."
+    )
+
+    @Option(help: "PORT: TCP port (default 8000; 0 picks a free one).") var port: String?
+    @Option(help: "HOST: address to bind (default 0.0.0.0).") var host: String?
+    @Option(help: "DATABASE_PATH: SQLite file (default data/watermarks.db).") var databasePath: String?
+    @Option(help: "STORAGE_API_TOKEN: bearer token (prefer the environment: flags show in ps).") var apiToken: String?
+    @Option(help: "STORAGE_READ_TOKEN: read-only bearer token.") var readToken: String?
+    @Option(help: "LOG_LEVEL: trace, debug, info, notice, warning, error, critical.") var logLevel: String?
+    @Option(help: "ENVIRONMENT: development or production.") var environment: String?
+    @Option(help: "FUTURE_TOLERANCE_SECONDS (default 300).") var futureToleranceSeconds: String?
+    @Option(help: "HISTORY_RETENTION: runs kept per source (default 1000).") var historyRetention: String?
+    @Option(help: "STALE_AFTER_SECONDS (default 7200).") var staleAfterSeconds: String?
+    @Option(help: "IDLE_TIMEOUT_SECONDS (default 60).") var idleTimeoutSeconds: String?
+    @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
+
+    func run() async throws {
+        var values = ProcessInfo.processInfo.environment
+        let flags: [String: String?] = [
+            "PORT": port, "HOST": host, "DATABASE_PATH": databasePath, "STORAGE_API_TOKEN": apiToken,
+            "STORAGE_READ_TOKEN": readToken, "LOG_LEVEL": logLevel, "ENVIRONMENT": environment,
+            "FUTURE_TOLERANCE_SECONDS": futureToleranceSeconds, "HISTORY_RETENTION": historyRetention,
+            "STALE_AFTER_SECONDS": staleAfterSeconds, "IDLE_TIMEOUT_SECONDS": idleTimeoutSeconds,
+            "MAX_CONNECTIONS": maxConnections,
+        ]
+        for case (let key, let value?) in flags { values[key] = value }
+
+        let configuration: StorageConfiguration
+        do {
+            configuration = try StorageConfiguration(values)
+        } catch {
+            FileHandle.standardError.write(Data("storage-service: configuration error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "storage-service")
+
+        let lock: DatabaseLock
+        let store: SQLiteWatermarkStore
+        do {
+            try SQLiteWatermarkStore.createFolder(for: configuration.databasePath)
+            lock = try DatabaseLock(databasePath: configuration.databasePath)
+            store = try SQLiteWatermarkStore(
+                path: configuration.databasePath, policy: configuration.policy, logger: logger
+            )
+        } catch {
+            logger.critical("Cannot open the database", metadata: ["path": "\(configuration.databasePath)", "error": "\(error)"])
+            throw ExitCode(1)
+        }
+        if configuration.apiToken == nil {
+            let level: Logger.Level = configuration.environment == .production ? .warning : .info
+            logger.log(level: level, "No STORAGE_API_TOKEN set: the API is open to every caller")
+        }
+        let app = try await buildApplication(configuration: configuration, store: store, logger: logger) { port in
+            logger.info(
+                "Storage service listening",
+                metadata: [
+                    "host": "\(configuration.host)", "port": "\(port)", "database": "\(configuration.databasePath)",
+                    "environment": "\(configuration.environment.rawValue)",
+                    "auth": "\(configuration.apiToken == nil ? "off" : "bearer")",
+                ]
+            )
+        }
+        try await app.runService()
+        try store.close()
+        withExtendedLifetime(lock) {}
+        logger.info("Storage service stopped")
+    }
+}
+
+/// Exits 0 when `/health` answers 200, 1 otherwise: a health check for images without curl.
+struct HealthCheck: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "healthcheck", abstract: "Check a running storage service's /health."
+    )
+
+    @Option(help: "The health URL.") var url = "http://127.0.0.1:8000/health"
+    @Option(help: "Seconds to wait for the answer.") var timeoutSeconds: Int64 = 5
+
+    func run() async throws {
+        do {
+            let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(timeoutSeconds))
+            print("\(url): \(response.status.code)")
+            guard response.status == .ok else { throw ExitCode(1) }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            print("\(url): \(error)")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -72,6 +72,10 @@ public actor MemoryWatermarkStore: WatermarkStore {
     }
 
     public func checkHealth() {}
+
+    public func info() -> StoreInfo {
+        StoreInfo(path: ":memory:", sizeBytes: 0, journalMode: "memory")
+    }
 }
 
 /// The whole in-memory state; a value type, so a copy is a transaction.

@@ -14,6 +14,27 @@ public protocol WatermarkStore: Sendable {
     func summary() async throws -> WatermarkSummary
     /// Throws when the backend cannot serve reads and writes right now.
     func checkHealth() async throws
+    /// Where and how the data is kept, for `/status`.
+    func info() async throws -> StoreInfo
+}
+
+/// The `database` part of `/status`.
+public struct StoreInfo: Sendable, Equatable, Codable {
+    public var path: String
+    public var sizeBytes: Int64
+    public var journalMode: String
+
+    public init(path: String, sizeBytes: Int64, journalMode: String) {
+        self.path = path
+        self.sizeBytes = sizeBytes
+        self.journalMode = journalMode
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case path
+        case sizeBytes = "size_bytes"
+        case journalMode = "journal_mode"
+    }
 }
 
 /// A conditional write: `If-Match: "<version>"`, `If-Match: *` or `If-None-Match: *`.
@@ -101,7 +122,7 @@ public struct WatermarkPage: Sendable, Equatable, Codable {
     }
 
     /// Builds a page from up to `limit + 1` rows: the extra row only tells that there is more.
-    init(rows: [Watermark], limit: Int) {
+    public init(rows: [Watermark], limit: Int) {
         let page = Array(rows.prefix(limit))
         self.init(watermarks: page, nextCursor: rows.count > limit ? page.last?.sourceID.rawValue : nil)
     }

@@ -1,0 +1,170 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import NIOFoundationCompat
+import WatermarkCore
+
+extension HTTPField.Name {
+    static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    static let leaseToken = HTTPField.Name("Lease-Token")!
+    static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
+}
+
+extension Request {
+    /// Reads the body as JSON into `T`, refusing non-JSON content types (415), bodies over the limit
+    /// (413) and malformed JSON (400) with the contract's errors. `T`'s own decoder may throw a
+    /// `WatermarkError` naming the field at fault; it passes through unchanged.
+    mutating func decodeJSON<T: Decodable>(_ type: T.Type, limit: Int) async throws -> T {
+        if let contentType = headers[.contentType] {
+            let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+            guard mediaType == "application/json" || (mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json"))
+            else { throw WatermarkError.unsupportedMediaType(contentType) }
+        }
+        if let length = headers[.contentLength].flatMap({ Int($0) }), length > limit {
+            throw WatermarkError.payloadTooLarge(limit: limit)
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await collectBody(upTo: limit)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw WatermarkError.payloadTooLarge(limit: limit)
+        }
+        guard buffer.readableBytes > 0 else { throw WatermarkError.invalidJSON("the body is empty") }
+        do {
+            return try JSONDecoder().decode(T.self, from: buffer)
+        } catch let error as WatermarkError {
+            throw error
+        } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
+            throw WatermarkError.invalidJSON(Self.describe(context))
+        } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
+            throw WatermarkError.invalidBody("the body must be a JSON object")
+        } catch let error as DecodingError {
+            throw WatermarkError.invalidBody(Self.describe(error))
+        }
+    }
+
+    private static func describe(_ context: DecodingError.Context) -> String {
+        let underlying = (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
+        return underlying ?? context.debugDescription
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            let field = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return "field \"\(field)\": \(context.debugDescription)"
+        case .keyNotFound(let key, _):
+            return "field \"\(key.stringValue)\" is required"
+        @unknown default:
+            return "the body does not have the expected shape"
+        }
+    }
+
+    /// A query parameter, percent-decoded; `nil` when absent.
+    func query(_ name: String) -> String? {
+        uri.queryParameters[name[...]].map(String.init)
+    }
+
+    /// A whole-number query parameter within `range`, or `fallback` when absent.
+    func intQuery(_ name: String, default fallback: Int, in range: ClosedRange<Int>) throws -> Int {
+        guard let text = query(name) else { return fallback }
+        guard let value = Int(text), range.contains(value) else {
+            throw WatermarkError.invalidParameter(name, "'\(text.prefix(32))' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    /// `true`/`false` (also `1`/`0`), or `false` when absent.
+    func boolQuery(_ name: String) throws -> Bool {
+        switch query(name)?.lowercased() {
+        case nil, "false", "0": return false
+        case "true", "1", "": return true
+        case let other?: throw WatermarkError.invalidParameter(name, "'\(other.prefix(32))' is not true or false")
+        }
+    }
+
+    /// `If-Match: "<version>"`, `If-Match: *` or `If-None-Match: *`.
+    func writePrecondition() throws -> WritePrecondition? {
+        let ifMatch = headers[.ifMatch]?.trimmingCharacters(in: .whitespaces)
+        let ifNoneMatch = headers[.ifNoneMatch]?.trimmingCharacters(in: .whitespaces)
+        switch (ifMatch, ifNoneMatch) {
+        case (nil, nil):
+            return nil
+        case (_?, _?):
+            throw WatermarkError.invalidHeader("If-Match", "send either If-Match or If-None-Match, not both")
+        case (nil, let value?):
+            guard value == "*" else {
+                throw WatermarkError.invalidHeader("If-None-Match", "only '*' (create only) is supported on writes")
+            }
+            return .absent
+        case (let value?, nil):
+            if value == "*" { return .exists }
+            guard value.count >= 3, value.first == "\"", value.last == "\"",
+                let version = Int64(value.dropFirst().dropLast()), version > 0
+            else {
+                throw WatermarkError.invalidHeader("If-Match", "expected a version in quotes, like \"3\" (the ETag), or *")
+            }
+            return .version(version)
+        }
+    }
+
+    /// `Lease-Token: <fencing_token>`.
+    func leaseToken() throws -> Int64? {
+        guard let text = headers[.leaseToken]?.trimmingCharacters(in: .whitespaces) else { return nil }
+        guard let token = Int64(text), token > 0 else {
+            throw WatermarkError.invalidHeader("Lease-Token", "expected the lease's fencing_token, a positive whole number")
+        }
+        return token
+    }
+
+    /// `Idempotency-Key: <key>`.
+    func idempotencyKey() throws -> String? {
+        guard let key = headers[.idempotencyKey] else { return nil }
+        try WatermarkRules.validateIdempotencyKey(key)
+        return key
+    }
+}
+
+/// JSON answers, with the content type set.
+enum JSONResponse {
+    static func make<T: Encodable>(
+        _ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]
+    ) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var buffer = ByteBuffer()
+        try encoder.encode(value, into: &buffer)
+        buffer.writeString("\n")
+        var fields = headers
+        fields[.contentType] = "application/json"
+        return Response(status: status, headers: fields, body: .init(byteBuffer: buffer))
+    }
+
+    /// The contract's error body: `{"error": {"code", "message"}}` (plus holder and expiry for a held lease).
+    static func error(_ error: WatermarkError, headers: HTTPFields = [:]) -> Response {
+        struct Body: Encodable { let error: WatermarkError.ErrorBody }
+        do {
+            return try make(Body(error: error.bodyOnly), status: HTTPResponse.Status(code: error.status), headers: headers)
+        } catch {
+            return Response(status: .internalServerError)
+        }
+    }
+}
+
+extension WatermarkError {
+    /// The error as the body shows it: without the status, which the response line already carries.
+    fileprivate var bodyOnly: ErrorBody { ErrorBody(code: code, message: message, holder: holder, expiresAt: expiresAt) }
+
+    fileprivate struct ErrorBody: Encodable {
+        let code: String
+        let message: String
+        let holder: String?
+        let expiresAt: Timestamp?
+
+        enum CodingKeys: String, CodingKey {
+            case code, message, holder
+            case expiresAt = "expires_at"
+        }
+    }
+}

@@ -1,0 +1,74 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import WatermarkCore
+
+/// `/health`, `/status` and `/metrics`: what operators and orchestrators look at.
+struct SystemController<Context: RequestContext> {
+    static var serviceVersion: String { "1.0.0" }
+
+    let store: any WatermarkStore
+    let metrics: StorageMetrics
+    let startedAt: ContinuousClock.Instant
+    let environment: StorageConfiguration.Environment
+
+    func addRoutes(to router: some RouterMethods<Context>) {
+        router.get("health", use: health)
+        router.get("status", use: status)
+        router.get("metrics", use: metricsText)
+    }
+
+    /// 200 when the database answers (and, after a failed write, accepts a write again); 503 otherwise.
+    @Sendable func health(request: Request, context: Context) async throws -> Response {
+        do {
+            try await store.checkHealth()
+            return try JSONResponse.make(Health(status: "healthy"))
+        } catch {
+            let detail = (error as? WatermarkError)?.message ?? "\(error)"
+            context.logger.warning("Health check failed", metadata: ["error": "\(detail)"])
+            return try JSONResponse.make(Health(status: "unhealthy", error: detail), status: .serviceUnavailable)
+        }
+    }
+
+    @Sendable func status(request: Request, context: Context) async throws -> Response {
+        let uptime = ContinuousClock.now - startedAt
+        return try JSONResponse.make(
+            Status(
+                version: Self.serviceVersion, environment: environment.rawValue,
+                uptimeSeconds: uptime.components.seconds, database: try await store.info(),
+                watermarks: try await store.summary()
+            )
+        )
+    }
+
+    @Sendable func metricsText(request: Request, context: Context) async throws -> Response {
+        // A failing database must not hide the request metrics: the counts are then left out.
+        let summary = try? await store.summary()
+        let text = metrics.render(summary: summary)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: text))
+        )
+    }
+}
+
+/// The body of `/health`.
+private struct Health: Encodable {
+    let status: String
+    var error: String?
+}
+
+/// The body of `/status`.
+private struct Status: Encodable {
+    let service = "storage-service"
+    let version: String
+    let environment: String
+    let uptimeSeconds: Int64
+    let database: StoreInfo
+    let watermarks: WatermarkSummary
+    enum CodingKeys: String, CodingKey {
+        case service, version, environment, database, watermarks
+        case uptimeSeconds = "uptime_seconds"
+    }
+}

@@ -1,0 +1,157 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import WatermarkCore
+
+/// `/api/v1/watermarks`: read, write, reset, list, history and leases of watermarks.
+///
+/// Each method validates what the request says (source id, headers, query, body) and hands the rest to
+/// the store, which applies the watermark rules in one transaction.
+struct WatermarkController<Context: RequestContext> {
+    let store: any WatermarkStore
+    let maxBodySize: Int
+
+    var endpoints: RouteCollection<Context> {
+        let routes = RouteCollection(context: Context.self)
+        routes.get(use: list)
+        routes.get(":source_id", use: get)
+        routes.put(":source_id", use: put)
+        routes.delete(":source_id", use: delete)
+        routes.get(":source_id/history", use: history)
+        routes.post(":source_id/lease", use: acquireLease)
+        routes.delete(":source_id/lease", use: releaseLease)
+        return routes
+    }
+
+    @Sendable func get(request: Request, context: Context) async throws -> Response {
+        let id = try sourceID(context)
+        guard let watermark = try await store.watermark(for: id) else { throw WatermarkError.watermarkNotFound(id) }
+        return try JSONResponse.make(watermark, headers: [.eTag: watermark.etag])
+    }
+
+    @Sendable func put(request: Request, context: Context) async throws -> Response {
+        let id = try sourceID(context)
+        let force = try request.boolQuery("force")
+        let precondition = try request.writePrecondition()
+        let leaseToken = try request.leaseToken()
+        let idempotencyKey = try request.idempotencyKey()
+        var request = request
+        let update = try await request.decodeJSON(WatermarkUpdate.self, limit: maxBodySize)
+        let outcome = try await store.write(
+            WatermarkWrite(
+                sourceID: id, update: update, force: force, precondition: precondition, leaseToken: leaseToken,
+                idempotencyKey: idempotencyKey
+            )
+        )
+        let watermark = outcome.watermark
+        context.logger.info(
+            outcome.replayed ? "Watermark update replayed" : "Watermark updated",
+            metadata: [
+                "source_id": "\(id)", "status": "\(watermark.status)", "version": "\(watermark.version)",
+                "last_successful_timestamp": "\(watermark.lastSuccessfulTimestamp?.description ?? "null")",
+                "records_collected": "\(watermark.recordsCollected)",
+            ]
+        )
+        var headers: HTTPFields = [.eTag: watermark.etag]
+        if outcome.replayed { headers[.idempotentReplayed] = "true" }
+        return try JSONResponse.make(watermark, status: outcome.created ? .created : .ok, headers: headers)
+    }
+
+    @Sendable func delete(request: Request, context: Context) async throws -> Response {
+        let id = try sourceID(context)
+        let precondition = try request.writePrecondition()
+        try await store.delete(id, precondition: precondition, leaseToken: try request.leaseToken())
+        context.logger.info("Watermark deleted", metadata: ["source_id": "\(id)"])
+        return Response(status: .noContent)
+    }
+
+    @Sendable func list(request: Request, context: Context) async throws -> Response {
+        var query = WatermarkQuery()
+        query.limit = try request.intQuery("limit", default: WatermarkQuery.defaultLimit, in: 1...WatermarkQuery.maxLimit)
+        if let cursor = request.query("cursor") {
+            guard let after = try? SourceID(cursor) else {
+                throw WatermarkError.invalidParameter("cursor", "not a cursor returned as next_cursor")
+            }
+            query.after = after
+        }
+        if let status = request.query("status") {
+            guard let value = RunStatus(rawValue: status) else {
+                throw WatermarkError.invalidParameter("status", "'\(status.prefix(32))' is not success or failed")
+            }
+            query.status = value
+        }
+        if request.query("stale_after_seconds") != nil {
+            query.staleAfter = .seconds(try request.intQuery("stale_after_seconds", default: 0, in: 0...3_153_600_000))
+        }
+        return try JSONResponse.make(try await store.list(query))
+    }
+
+    @Sendable func history(request: Request, context: Context) async throws -> Response {
+        let id = try sourceID(context)
+        let limit = try request.intQuery("limit", default: 50, in: 1...1000)
+        return try JSONResponse.make(History(sourceID: id, runs: try await store.history(for: id, limit: limit)))
+    }
+
+    @Sendable func acquireLease(request: Request, context: Context) async throws -> Response {
+        let id = try sourceID(context)
+        var request = request
+        let body = try await request.decodeJSON(LeaseRequest.self, limit: maxBodySize)
+        let lease = try await store.acquireLease(for: id, owner: body.owner, ttl: .seconds(body.ttlSeconds))
+        context.logger.info(
+            "Lease granted",
+            metadata: ["source_id": "\(id)", "owner": "\(lease.owner)", "fencing_token": "\(lease.fencingToken)"]
+        )
+        return try JSONResponse.make(lease)
+    }
+
+    @Sendable func releaseLease(request: Request, context: Context) async throws -> Response {
+        let id = try sourceID(context)
+        try await store.releaseLease(for: id, token: try request.leaseToken())
+        context.logger.info("Lease released", metadata: ["source_id": "\(id)"])
+        return Response(status: .noContent)
+    }
+
+    private func sourceID(_ context: Context) throws -> SourceID {
+        let raw = context.parameters.get("source_id") ?? ""
+        return try SourceID(raw)
+    }
+}
+
+/// The body of `POST /api/v1/watermarks/{source_id}/lease`.
+struct LeaseRequest: Decodable {
+    static let defaultTTLSeconds: Int64 = 300
+
+    let owner: String
+    let ttlSeconds: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case owner
+        case ttlSeconds = "ttl_seconds"
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        guard let owner = try? c.decodeIfPresent(String.self, forKey: .owner) else {
+            throw WatermarkError.invalidBody("field \"owner\" is required: a string naming the collector instance")
+        }
+        guard let ttl = try? c.decodeIfPresent(Int64.self, forKey: .ttlSeconds) ?? Self.defaultTTLSeconds else {
+            throw WatermarkError.invalidBody("field \"ttl_seconds\" must be a whole number of seconds")
+        }
+        self.owner = owner
+        self.ttlSeconds = ttl
+        // Range checks live with the rules; checking the type here keeps `.seconds(_:)` from overflowing.
+        guard (1...Int64(Int32.max)).contains(ttl) else {
+            throw WatermarkError.invalidBody("field \"ttl_seconds\" must be at least 1")
+        }
+    }
+}
+
+/// The body of `/history`.
+private struct History: Encodable {
+    let sourceID: SourceID
+    let runs: [WatermarkRun]
+    enum CodingKeys: String, CodingKey {
+        case sourceID = "source_id"
+        case runs
+    }
+}

@@ -1,0 +1,46 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// Counts and times every request by route, method and status, and writes one log line per request:
+/// writes at info, reads at debug, server errors at error.
+struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: StorageMetrics
+
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        let start = ContinuousClock.now
+        let response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            // The error middleware answers everything; this only sees a failure to write the answer.
+            record(request, context: context, status: 500, start: start)
+            throw error
+        }
+        record(request, context: context, status: response.status.code, start: start)
+        return response
+    }
+
+    private func record(_ request: Request, context: Context, status: Int, start: ContinuousClock.Instant) {
+        let elapsed = ContinuousClock.now - start
+        let route = context.endpointPath ?? "NotFound"
+        metrics.recordRequest(method: request.method.rawValue, route: route, status: status, duration: elapsed)
+        let level: Logger.Level =
+            status >= 500 ? .error : (request.method == .get || request.method == .head) && status < 400 ? .debug : .info
+        var metadata: Logger.Metadata = [
+            "method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(status)",
+            "duration_ms": "\(elapsed.milliseconds)",
+        ]
+        if let sourceID = context.parameters.get("source_id") { metadata["source_id"] = "\(sourceID)" }
+        context.logger.log(level: level, "Request handled", metadata: metadata)
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, for log metadata.
+    var milliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}

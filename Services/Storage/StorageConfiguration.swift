@@ -1,0 +1,124 @@
+import Logging
+import WatermarkCore
+
+/// Everything the storage service can be told at start-up, read in one place.
+///
+/// Each key is an environment variable, and a command-line flag of the same name in kebab case
+/// overrides it (`DATABASE_PATH` / `--database-path`):
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `PORT` | 8000 | TCP port (0 picks a free one) |
+/// | `HOST` | 0.0.0.0 | address to bind |
+/// | `DATABASE_PATH` | data/watermarks.db | SQLite file; its folder is created |
+/// | `STORAGE_API_TOKEN` | none | bearer token for `/api/v1/*` and `/status` |
+/// | `STORAGE_READ_TOKEN` | none | second token that may only read |
+/// | `LOG_LEVEL` | info | trace, debug, info, notice, warning, error, critical |
+/// | `ENVIRONMENT` | development | development or production |
+/// | `FUTURE_TOLERANCE_SECONDS` | 300 | how far ahead of the clock a success timestamp may be |
+/// | `HISTORY_RETENTION` | 1000 | runs kept per source |
+/// | `STALE_AFTER_SECONDS` | 7200 | last-success age counted as stale in `/status` and `/metrics` |
+/// | `IDLE_TIMEOUT_SECONDS` | 60 | idle connections are closed after this |
+/// | `MAX_CONNECTIONS` | 512 | connections served at once; more wait in the backlog |
+package struct StorageConfiguration: Sendable {
+    package enum Environment: String, Sendable {
+        case development, production
+    }
+
+    package var host = "0.0.0.0"
+    package var port = 8000
+    package var databasePath = "data/watermarks.db"
+    package var apiToken: String?
+    package var readToken: String?
+    package var logLevel = Logger.Level.info
+    package var environment = Environment.development
+    package var policy = WatermarkPolicy()
+    package var idleTimeoutSeconds = 60
+    package var maxConnections = 512
+    /// Largest request body accepted (the contract's 64 KiB).
+    package var maxBodySize = 64 * 1024
+
+    package init() {}
+
+    /// Every key this reader knows, for `--help` and for rejecting typos in flags.
+    package static let keys = [
+        "PORT", "HOST", "DATABASE_PATH", "STORAGE_API_TOKEN", "STORAGE_READ_TOKEN", "LOG_LEVEL", "ENVIRONMENT",
+        "FUTURE_TOLERANCE_SECONDS", "HISTORY_RETENTION", "STALE_AFTER_SECONDS", "IDLE_TIMEOUT_SECONDS",
+        "MAX_CONNECTIONS",
+    ]
+
+    /// Reads `values` (the environment with flags laid over it). Invalid values are refused with a
+    /// message that names the key and what is allowed.
+    package init(_ values: [String: String]) throws(ConfigurationError) {
+        let reader = ConfigurationReader(values)
+        host = try reader.string("HOST", default: host)
+        port = try reader.int("PORT", default: port, in: 0...65_535)
+        databasePath = try reader.string("DATABASE_PATH", default: databasePath)
+        apiToken = reader.optional("STORAGE_API_TOKEN")
+        readToken = reader.optional("STORAGE_READ_TOKEN")
+        logLevel = try reader.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
+        environment = try reader.choice(
+            "ENVIRONMENT", default: environment, [("development", .development), ("production", .production)]
+        )
+        policy.futureTolerance = .seconds(try reader.int("FUTURE_TOLERANCE_SECONDS", default: 300, in: 0...86_400))
+        policy.historyRetention = try reader.int("HISTORY_RETENTION", default: 1000, in: 1...1_000_000)
+        policy.staleAfter = .seconds(try reader.int("STALE_AFTER_SECONDS", default: 7200, in: 1...31_536_000))
+        idleTimeoutSeconds = try reader.int("IDLE_TIMEOUT_SECONDS", default: idleTimeoutSeconds, in: 1...86_400)
+        maxConnections = try reader.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
+        if let apiToken, let readToken, apiToken == readToken {
+            throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")
+        }
+        if readToken != nil, apiToken == nil {
+            throw ConfigurationError("STORAGE_READ_TOKEN needs STORAGE_API_TOKEN: without it every caller may write")
+        }
+    }
+}
+
+/// A start-up configuration that cannot be used; the message says which key and why.
+package struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    package let description: String
+    package init(_ description: String) { self.description = description }
+}
+
+/// Typed, validated reads of string settings.
+struct ConfigurationReader {
+    let values: [String: String]
+
+    init(_ values: [String: String]) { self.values = values }
+
+    /// A set, non-blank value, trimmed of surrounding white space.
+    func optional(_ key: String) -> String? {
+        guard let raw = values[key] else { return nil }
+        let trimmed = raw.trimmingWhitespace()
+        return trimmed.isEmpty ? nil : trimmed
+    }
+
+    func string(_ key: String, default fallback: String) throws(ConfigurationError) -> String {
+        optional(key) ?? fallback
+    }
+
+    func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let text = optional(key) else { return fallback }
+        guard let value = Int(text), range.contains(value) else {
+            throw ConfigurationError("\(key)='\(text)' is invalid: expected a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    func choice<T>(_ key: String, default fallback: T, _ options: [(String, T)]) throws(ConfigurationError) -> T {
+        guard let text = optional(key) else { return fallback }
+        guard let match = options.first(where: { $0.0 == text.lowercased() }) else {
+            throw ConfigurationError("\(key)='\(text)' is invalid: expected one of \(options.map(\.0).joined(separator: ", "))")
+        }
+        return match.1
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var scalars = Substring(self)
+        while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
+        while let last = scalars.last, last.isWhitespace { scalars.removeLast() }
+        return String(scalars)
+    }
+}

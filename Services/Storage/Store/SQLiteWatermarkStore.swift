@@ -1,0 +1,205 @@
+import Foundation
+import GRDB
+import Logging
+import NIOConcurrencyHelpers
+import WatermarkCore
+
+/// The watermark store on SQLite: one `DatabasePool` in WAL mode with `synchronous=FULL`, so a write
+/// is on disk before the caller is answered, and readers never wait for the writer.
+///
+/// Every write is one `writer.write` transaction running `WatermarkRules`; a refusal thrown by the rules
+/// rolls the transaction back, so a refused request changes nothing.
+final class SQLiteWatermarkStore: WatermarkStore {
+    private let writer: any DatabaseWriter
+    private let path: String?
+    private let policy: WatermarkPolicy
+    private let clock: @Sendable () -> Timestamp
+    private let logger: Logger
+    /// The last write failure that may be lasting (disk full, read-only, I/O error), until a write
+    /// succeeds again; `checkHealth` then probes with a real write.
+    private let lastWriteFailure = NIOLockedValueBox<String?>(nil)
+
+    /// Opens (creating if needed) the database file at `path`, with its folder, and migrates it.
+    convenience init(
+        path: String, policy: WatermarkPolicy, logger: Logger, clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+    ) throws {
+        try Self.createFolder(for: path)
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        configuration.prepareDatabase { db in
+            // FULL: the WAL is synced at every commit, so an acknowledged write survives power loss.
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        let pool = try DatabasePool(path: path, configuration: configuration)
+        try self.init(writer: pool, path: path, policy: policy, logger: logger, clock: clock)
+    }
+
+    /// Creates the folder that will hold the database file, if it is missing.
+    static func createFolder(for path: String) throws {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    }
+
+    /// Uses an open database; `DatabaseQueue()` gives an in-memory one for tests.
+    init(
+        writer: any DatabaseWriter, path: String? = nil, policy: WatermarkPolicy, logger: Logger,
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+    ) throws {
+        self.writer = writer
+        self.path = path
+        self.policy = policy
+        self.logger = logger
+        self.clock = clock
+        try WatermarkDatabase.migrator.migrate(writer)
+    }
+
+    /// Closes the database: used on shutdown, after the last request was answered.
+    func close() throws {
+        if let pool = writer as? DatabasePool { try pool.close() }
+        if let queue = writer as? DatabaseQueue { try queue.close() }
+    }
+
+    // MARK: WatermarkStore
+
+    func watermark(for sourceID: SourceID) async throws -> Watermark? {
+        try await read { db in try SQLiteTransaction(db: db).watermark(sourceID) }
+    }
+
+    func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
+        try await transact { tx, now in try WatermarkRules.apply(write, now: now, policy: self.policy, in: &tx) }
+    }
+
+    func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+        try await transact { tx, now in
+            try WatermarkRules.delete(sourceID, precondition: precondition, leaseToken: leaseToken, now: now, in: &tx)
+        }
+    }
+
+    func list(_ query: WatermarkQuery) async throws -> WatermarkPage {
+        let cutoff = query.staleAfter.map { WatermarkRules.staleCutoff(now: clock(), staleAfter: $0) }
+        let rows = try await read { db in
+            var request = WatermarkRow.order(WatermarkRow.Columns.sourceID)
+            if let after = query.after { request = request.filter(WatermarkRow.Columns.sourceID > after.rawValue) }
+            if let status = query.status { request = request.filter(WatermarkRow.Columns.status == status.rawValue) }
+            if let cutoff {
+                request = request.filter(
+                    WatermarkRow.Columns.lastSuccessfulTimestamp == nil
+                        || WatermarkRow.Columns.lastSuccessfulTimestamp < cutoff.sortableString
+                )
+            }
+            return try request.limit(query.limit + 1).fetchAll(db).map { try $0.model() }
+        }
+        return WatermarkPage(rows: rows, limit: query.limit)
+    }
+
+    func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
+        let runs = try await read { db in
+            try RunRow.filter(RunRow.Columns.sourceID == sourceID.rawValue)
+                .order(RunRow.Columns.version.desc)
+                .limit(limit)
+                .fetchAll(db)
+                .map { try $0.model() }
+        }
+        if runs.isEmpty { throw WatermarkError.watermarkNotFound(sourceID) }
+        return runs
+    }
+
+    func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
+        try await transact { tx, now in
+            try WatermarkRules.acquireLease(sourceID, owner: owner, ttl: ttl, now: now, policy: self.policy, in: &tx)
+        }
+    }
+
+    func releaseLease(for sourceID: SourceID, token: Int64?) async throws {
+        try await transact { tx, now in try WatermarkRules.releaseLease(sourceID, token: token, now: now, in: &tx) }
+    }
+
+    func summary() async throws -> WatermarkSummary {
+        let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
+        return try await read { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT COUNT(*) AS total,
+                           COALESCE(SUM(status = 'failed'), 0) AS failed,
+                           COALESCE(SUM(last_successful_timestamp IS NULL OR last_successful_timestamp < ?), 0) AS stale
+                    FROM watermark
+                    """,
+                arguments: [cutoff]
+            )
+            return WatermarkSummary(total: row?["total"] ?? 0, failed: row?["failed"] ?? 0, stale: row?["stale"] ?? 0)
+        }
+    }
+
+    func checkHealth() async throws {
+        try await read { db in _ = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") }
+        guard let failure = lastWriteFailure.withLockedValue({ $0 }) else { return }
+        // The last write failed for a reason that may last (disk full, read-only file): prove that
+        // writes work again before calling the service healthy.
+        try await transact { tx, now in
+            try tx.db.execute(
+                sql: "INSERT INTO health_probe (id, checked_at) VALUES (1, ?) "
+                    + "ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
+                arguments: [now.sortableString]
+            )
+        }
+        logger.notice("Database writable again", metadata: ["previous_error": "\(failure)"])
+    }
+
+    func info() async throws -> StoreInfo {
+        let journalMode = try await read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "unknown" }
+        guard let path else { return StoreInfo(path: ":memory:", sizeBytes: 0, journalMode: journalMode) }
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        let size = ["", "-wal"].reduce(Int64(0)) { total, suffix in
+            let attributes = try? FileManager.default.attributesOfItem(atPath: absolute + suffix)
+            return total + ((attributes?[.size] as? NSNumber)?.int64Value ?? 0)
+        }
+        return StoreInfo(path: absolute, sizeBytes: size, journalMode: journalMode)
+    }
+
+    // MARK: Plumbing
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await writer.read(body)
+        } catch {
+            throw mapped(error, writing: false)
+        }
+    }
+
+    /// Runs `body` in one write transaction with the clock read inside it, so the order of `now`
+    /// values follows the order of commits.
+    private func transact<T: Sendable>(
+        _ body: @escaping @Sendable (inout SQLiteTransaction, Timestamp) throws -> T
+    ) async throws -> T {
+        do {
+            let clock = self.clock
+            let result = try await writer.write { db in
+                var tx = SQLiteTransaction(db: db)
+                return try body(&tx, clock())
+            }
+            if lastWriteFailure.withLockedValue({ $0 }) != nil {
+                lastWriteFailure.withLockedValue { $0 = nil }
+            }
+            return result
+        } catch {
+            throw mapped(error, writing: true)
+        }
+    }
+
+    /// Rule refusals pass through; database failures become 503 with a log line.
+    private func mapped(_ error: any Error, writing: Bool) -> any Error {
+        if error is WatermarkError { return error }
+        let detail: String
+        if let databaseError = error as? DatabaseError {
+            detail = "\(databaseError.resultCode): \(databaseError.message ?? "no detail")"
+            if writing {
+                lastWriteFailure.withLockedValue { $0 = detail }
+            }
+        } else {
+            detail = "\(error)"
+        }
+        logger.error("Database operation failed", metadata: ["error": "\(detail)", "writing": "\(writing)"])
+        return WatermarkError.unavailable(detail)
+    }
+}

@@ -1,0 +1,309 @@
+import Foundation
+import GRDB
+import WatermarkCore
+
+/// The SQLite schema and every row type. All SQL of the service lives in this folder.
+///
+/// Timestamps are stored as `Timestamp.sortableString` (fixed-width, nine fraction digits), so text
+/// comparison in SQL is time comparison and nothing is lost to floating point.
+enum WatermarkDatabase {
+    /// Migrations are append-only: a shipped migration is never edited, a change is a new one.
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: WatermarkRow.databaseTableName) { t in
+                t.primaryKey("source_id", .text)
+                t.column("last_successful_timestamp", .text)
+                t.column("last_run_timestamp", .text).notNull()
+                t.column("status", .text).notNull()
+                t.column("records_collected", .integer).notNull()
+                t.column("error_message", .text)
+                t.column("version", .integer).notNull()
+                t.column("consecutive_failures", .integer).notNull()
+                t.column("created_at", .text).notNull()
+            }
+            try db.create(table: RunRow.databaseTableName) { t in
+                t.column("source_id", .text).notNull()
+                t.column("version", .integer).notNull()
+                t.column("recorded_at", .text).notNull()
+                t.column("status", .text).notNull()
+                t.column("timestamp", .text)
+                t.column("last_successful_timestamp", .text)
+                t.column("records_collected", .integer).notNull()
+                t.column("error_message", .text)
+                t.primaryKey(["source_id", "version"])
+            }
+            try db.create(table: LeaseRow.databaseTableName) { t in
+                t.primaryKey("source_id", .text)
+                t.column("owner", .text).notNull()
+                t.column("fencing_token", .integer).notNull()
+                t.column("expires_at", .text).notNull()
+            }
+            try db.create(table: IdempotencyRow.databaseTableName) { t in
+                t.column("source_id", .text).notNull()
+                t.column("key", .text).notNull()
+                t.column("fingerprint", .text).notNull()
+                t.column("created", .boolean).notNull()
+                t.column("response", .text).notNull()
+                t.column("recorded_at", .text).notNull()
+                t.primaryKey(["source_id", "key"])
+            }
+            try db.create(index: "idempotency_key_age", on: IdempotencyRow.databaseTableName, columns: ["source_id", "recorded_at"])
+            try db.create(table: "health_probe") { t in
+                t.primaryKey("id", .integer)
+                t.column("checked_at", .text).notNull()
+            }
+        }
+        return migrator
+    }
+}
+
+extension Timestamp {
+    /// Reads a stored column value back.
+    init(stored text: String) throws {
+        try self.init(rfc3339: text)
+    }
+}
+
+/// A row of `watermark`: the current state of one source.
+struct WatermarkRow: Codable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "watermark"
+
+    var sourceID: String
+    var lastSuccessfulTimestamp: String?
+    var lastRunTimestamp: String
+    var status: String
+    var recordsCollected: Int64
+    var errorMessage: String?
+    var version: Int64
+    var consecutiveFailures: Int64
+    var createdAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case sourceID = "source_id"
+        case lastSuccessfulTimestamp = "last_successful_timestamp"
+        case lastRunTimestamp = "last_run_timestamp"
+        case status
+        case recordsCollected = "records_collected"
+        case errorMessage = "error_message"
+        case version
+        case consecutiveFailures = "consecutive_failures"
+        case createdAt = "created_at"
+    }
+
+    enum Columns {
+        static let sourceID = Column(CodingKeys.sourceID)
+        static let lastSuccessfulTimestamp = Column(CodingKeys.lastSuccessfulTimestamp)
+        static let status = Column(CodingKeys.status)
+    }
+
+    init(_ watermark: Watermark) {
+        sourceID = watermark.sourceID.rawValue
+        lastSuccessfulTimestamp = watermark.lastSuccessfulTimestamp?.sortableString
+        lastRunTimestamp = watermark.lastRunTimestamp.sortableString
+        status = watermark.status.rawValue
+        recordsCollected = watermark.recordsCollected
+        errorMessage = watermark.errorMessage
+        version = watermark.version
+        consecutiveFailures = watermark.consecutiveFailures
+        createdAt = watermark.createdAt.sortableString
+    }
+
+    func model() throws -> Watermark {
+        guard let status = RunStatus(rawValue: status) else {
+            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "unknown status '\(status)' for \(sourceID)")
+        }
+        return Watermark(
+            sourceID: try SourceID(sourceID),
+            lastSuccessfulTimestamp: try lastSuccessfulTimestamp.map(Timestamp.init(stored:)),
+            lastRunTimestamp: try Timestamp(stored: lastRunTimestamp),
+            status: status,
+            recordsCollected: recordsCollected,
+            errorMessage: errorMessage,
+            version: version,
+            consecutiveFailures: consecutiveFailures,
+            createdAt: try Timestamp(stored: createdAt)
+        )
+    }
+}
+
+/// A row of `watermark_run`: one accepted update.
+struct RunRow: Codable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "watermark_run"
+
+    var sourceID: String
+    var version: Int64
+    var recordedAt: String
+    var status: String
+    var timestamp: String?
+    var lastSuccessfulTimestamp: String?
+    var recordsCollected: Int64
+    var errorMessage: String?
+
+    enum CodingKeys: String, CodingKey {
+        case sourceID = "source_id"
+        case version
+        case recordedAt = "recorded_at"
+        case status, timestamp
+        case lastSuccessfulTimestamp = "last_successful_timestamp"
+        case recordsCollected = "records_collected"
+        case errorMessage = "error_message"
+    }
+
+    enum Columns {
+        static let sourceID = Column(CodingKeys.sourceID)
+        static let version = Column(CodingKeys.version)
+    }
+
+    init(_ run: WatermarkRun, sourceID: SourceID) {
+        self.sourceID = sourceID.rawValue
+        version = run.version
+        recordedAt = run.recordedAt.sortableString
+        status = run.status.rawValue
+        timestamp = run.timestamp?.sortableString
+        lastSuccessfulTimestamp = run.lastSuccessfulTimestamp?.sortableString
+        recordsCollected = run.recordsCollected
+        errorMessage = run.errorMessage
+    }
+
+    func model() throws -> WatermarkRun {
+        guard let status = RunStatus(rawValue: status) else {
+            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "unknown status '\(status)' for \(sourceID)")
+        }
+        return WatermarkRun(
+            version: version, recordedAt: try Timestamp(stored: recordedAt), status: status,
+            timestamp: try timestamp.map(Timestamp.init(stored:)),
+            lastSuccessfulTimestamp: try lastSuccessfulTimestamp.map(Timestamp.init(stored:)),
+            recordsCollected: recordsCollected, errorMessage: errorMessage
+        )
+    }
+}
+
+/// A row of `lease`: the last lease granted on a source (kept after expiry for its fencing counter).
+struct LeaseRow: Codable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "lease"
+
+    var sourceID: String
+    var owner: String
+    var fencingToken: Int64
+    var expiresAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case sourceID = "source_id"
+        case owner
+        case fencingToken = "fencing_token"
+        case expiresAt = "expires_at"
+    }
+
+    init(_ lease: Lease) {
+        sourceID = lease.sourceID.rawValue
+        owner = lease.owner
+        fencingToken = lease.fencingToken
+        expiresAt = lease.expiresAt.sortableString
+    }
+
+    func model() throws -> Lease {
+        Lease(
+            sourceID: try SourceID(sourceID), owner: owner, fencingToken: fencingToken,
+            expiresAt: try Timestamp(stored: expiresAt)
+        )
+    }
+}
+
+/// A row of `idempotency_key`: the first answer given to a key, replayed to retries.
+struct IdempotencyRow: Codable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "idempotency_key"
+
+    var sourceID: String
+    var key: String
+    var fingerprint: String
+    var created: Bool
+    /// The watermark answered, as JSON.
+    var response: String
+    var recordedAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case sourceID = "source_id"
+        case key, fingerprint, created, response
+        case recordedAt = "recorded_at"
+    }
+
+    enum Columns {
+        static let sourceID = Column(CodingKeys.sourceID)
+        static let key = Column(CodingKeys.key)
+        static let recordedAt = Column(CodingKeys.recordedAt)
+    }
+
+    init(_ record: IdempotencyRecord, sourceID: SourceID) throws {
+        self.sourceID = sourceID.rawValue
+        key = record.key
+        fingerprint = record.fingerprint
+        created = record.created
+        response = String(decoding: try JSONEncoder().encode(record.watermark), as: UTF8.self)
+        recordedAt = record.recordedAt.sortableString
+    }
+
+    func model() throws -> IdempotencyRecord {
+        IdempotencyRecord(
+            key: key, fingerprint: fingerprint,
+            watermark: try JSONDecoder().decode(Watermark.self, from: Data(response.utf8)), created: created,
+            recordedAt: try Timestamp(stored: recordedAt)
+        )
+    }
+}
+
+/// The rules' view of one SQLite write transaction.
+struct SQLiteTransaction: WatermarkTransaction {
+    let db: Database
+
+    func watermark(_ sourceID: SourceID) throws -> Watermark? {
+        try WatermarkRow.fetchOne(db, key: sourceID.rawValue)?.model()
+    }
+
+    func lease(_ sourceID: SourceID) throws -> Lease? {
+        try LeaseRow.fetchOne(db, key: sourceID.rawValue)?.model()
+    }
+
+    func latestVersion(_ sourceID: SourceID) throws -> Int64 {
+        try Int64.fetchOne(
+            db, sql: "SELECT MAX(version) FROM watermark_run WHERE source_id = ?", arguments: [sourceID.rawValue]
+        ) ?? 0
+    }
+
+    func idempotencyRecord(_ sourceID: SourceID, key: String) throws -> IdempotencyRecord? {
+        try IdempotencyRow.fetchOne(db, key: ["source_id": sourceID.rawValue, "key": key])?.model()
+    }
+
+    mutating func save(_ watermark: Watermark) throws {
+        try WatermarkRow(watermark).save(db)
+    }
+
+    mutating func deleteWatermark(_ sourceID: SourceID) throws {
+        _ = try WatermarkRow.deleteOne(db, key: sourceID.rawValue)
+    }
+
+    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) throws {
+        try RunRow(run, sourceID: sourceID).insert(db)
+        // Versions of one source's runs are consecutive, so the oldest run to keep is known directly.
+        try db.execute(
+            sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?",
+            arguments: [sourceID.rawValue, run.version - Int64(keep)]
+        )
+    }
+
+    mutating func save(_ lease: Lease) throws {
+        try LeaseRow(lease).save(db)
+    }
+
+    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) throws {
+        try IdempotencyRow(record, sourceID: sourceID).save(db)
+        try IdempotencyRow
+            .filter(IdempotencyRow.Columns.sourceID == sourceID.rawValue)
+            .filter(IdempotencyRow.Columns.recordedAt < expiredBefore.sortableString)
+            .deleteAll(db)
+    }
+
+    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) throws {
+        try IdempotencyRow.filter(IdempotencyRow.Columns.sourceID == sourceID.rawValue).deleteAll(db)
+    }
+}
