@@ -1,0 +1,139 @@
+import Foundation
+import Synchronization
+
+/// A real service executable started for a test, with its output captured.
+///
+/// Start it with `PORT=0` and the port it bound is read from its "listening" log line, so tests never
+/// race for a free port. `stop()`/`kill()` end it; the deinit kills it too, so a failing test never
+/// leaves a process behind.
+final class ServiceProcess: Sendable {
+    let name: String
+    private let process: Process
+    private let output = OutputBuffer()
+    private let pipe: Pipe
+
+    /// The folder holding the built executables: the test bundle's own folder, or `SERVICE_BIN_DIR`.
+    static var binDirectory: URL {
+        if let dir = ProcessInfo.processInfo.environment["SERVICE_BIN_DIR"] { return URL(fileURLWithPath: dir) }
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        // Linux: .../debug/<Package>PackageTests.xctest; macOS: .../debug/<Package>PackageTests.xctest/Contents/MacOS/...
+        var dir = bundle.deletingLastPathComponent()
+        while dir.path != "/", !FileManager.default.fileExists(atPath: dir.appendingPathComponent("storage-service").path) {
+            dir = dir.deletingLastPathComponent()
+        }
+        return dir
+    }
+
+    /// Starts `executable` from the bin folder with `environment` added to this process's environment.
+    init(_ executable: String, arguments: [String] = [], environment: [String: String]) throws {
+        name = executable
+        process = Process()
+        process.executableURL = Self.binDirectory.appendingPathComponent(executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let output = self.output
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else {
+                handle.readabilityHandler = nil
+                return
+            }
+            output.append(data)
+        }
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        pipe.fileHandleForReading.readabilityHandler = nil
+    }
+
+    var log: String { output.text }
+    var isRunning: Bool { process.isRunning }
+    var pid: Int32 { process.processIdentifier }
+
+    /// Waits until the log has a line containing `marker` and returns that line.
+    @discardableResult
+    func waitForLine(containing marker: String, timeout: Duration = .seconds(30)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let line = log.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
+            if !process.isRunning {
+                try await Task.sleep(for: .milliseconds(50))  // let the last output arrive
+                if let line = log.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
+                throw ProcessFailure("\(name) exited (\(process.terminationStatus)) before logging '\(marker)':\n\(log)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ProcessFailure("\(name) did not log '\(marker)' within \(timeout):\n\(log)")
+    }
+
+    /// Waits for the "listening" line and returns the `port=` it names.
+    func waitForPort(marker: String = "listening", timeout: Duration = .seconds(30)) async throws -> Int {
+        let line = try await waitForLine(containing: marker, timeout: timeout)
+        guard let range = line.range(of: "port="),
+            let port = Int(line[range.upperBound...].prefix { $0.isNumber })
+        else { throw ProcessFailure("no port= in '\(line)'") }
+        return port
+    }
+
+    /// Sends `signal` and waits for the exit; returns the exit status.
+    @discardableResult
+    func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(20)) async throws -> Int32 {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+        return try await waitForExit(timeout: timeout)
+    }
+
+    func waitForExit(timeout: Duration = .seconds(20)) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            guard ContinuousClock.now < deadline else {
+                kill(process.processIdentifier, SIGKILL)
+                throw ProcessFailure("\(name) did not exit within \(timeout):\n\(log)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return process.terminationStatus
+    }
+
+    /// `true` when the process was ended by a signal rather than exiting.
+    var wasSignalled: Bool { process.terminationReason == .uncaughtSignal }
+}
+
+struct ProcessFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A fresh temporary folder, removed by `remove()`.
+struct TemporaryDirectory {
+    let url: URL
+
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("wm-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    var path: String { url.path }
+
+    func remove() { try? FileManager.default.removeItem(at: url) }
+}
+
+/// Output collected from a process's pipe, appended from the pipe's reader thread.
+final class OutputBuffer: Sendable {
+    private let storage = Mutex("")
+
+    func append(_ data: Data) {
+        storage.withLock { $0 += String(decoding: data, as: UTF8.self) }
+    }
+
+    var text: String { storage.withLock { $0 } }
+}

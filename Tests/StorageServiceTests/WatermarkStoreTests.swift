@@ -1,0 +1,229 @@
+import Testing
+import WatermarkCore
+
+@testable import StorageService
+
+/// The watermark rules, run against every store so the SQLite store and the in-memory one (which the
+/// mock client uses) can never disagree.
+@Suite("WatermarkStore rules")
+struct WatermarkStoreTests {
+    let clock = ManualClock(.at("2026-01-01T00:00:00Z"))
+
+    private func success(_ id: String, _ time: String, records: Int64 = 1, force: Bool = false, key: String? = nil,
+                         token: Int64? = nil, precondition: WritePrecondition? = nil) -> WatermarkWrite {
+        WatermarkWrite(
+            sourceID: sid(id), update: .success(.at(time), records: records), force: force, precondition: precondition,
+            leaseToken: token, idempotencyKey: key
+        )
+    }
+
+    @Test("first write creates version 1, each accepted update adds exactly 1", arguments: StoreKind.allCases)
+    func versions(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        #expect(try await store.watermark(for: sid("otx")) == nil)
+        let first = try await store.write(success("otx", "2025-12-31T00:00:00Z", records: 150))
+        #expect(first.created && first.watermark.version == 1)
+        #expect(first.watermark.recordsCollected == 150)
+        #expect(first.watermark.lastRunTimestamp == clock.now())
+        #expect(first.watermark.createdAt == clock.now())
+        clock.advance(.seconds(10))
+        let second = try await store.write(success("otx", "2025-12-31T01:00:00Z"))
+        #expect(!second.created && second.watermark.version == 2)
+        #expect(second.watermark.createdAt == first.watermark.createdAt)
+        #expect(second.watermark.lastRunTimestamp == clock.now())
+        #expect(try await store.watermark(for: sid("otx")) == second.watermark)
+    }
+
+    @Test("regression is refused and changes nothing; equal is accepted; force backfills", arguments: StoreKind.allCases)
+    func regression(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        let stored = try await store.write(success("s", "2025-12-31T12:00:00.5Z")).watermark
+        clock.advance(.seconds(1))
+        let code = await refusal { _ = try await store.write(success("s", "2025-12-31T12:00:00.499999999Z")) }
+        #expect(code == "watermark_regression")
+        #expect(try await store.watermark(for: sid("s")) == stored)
+        let equal = try await store.write(success("s", "2025-12-31T12:00:00.5Z"))
+        #expect(equal.watermark.version == 2)
+        let forced = try await store.write(success("s", "2025-01-01T00:00:00Z", force: true))
+        #expect(forced.watermark.lastSuccessfulTimestamp == .at("2025-01-01T00:00:00Z"))
+        #expect(forced.watermark.version == 3)
+    }
+
+    @Test("a failed run keeps the last success, counts failures, a success resets them", arguments: StoreKind.allCases)
+    func failedRuns(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        let neverSucceeded = try await store.write(WatermarkWrite(sourceID: sid("f"), update: .failed("HTTP 500")))
+        #expect(neverSucceeded.watermark.lastSuccessfulTimestamp == nil)
+        #expect(neverSucceeded.watermark.consecutiveFailures == 1)
+        _ = try await store.write(success("f", "2025-12-31T00:00:00Z"))
+        let failed = try await store.write(WatermarkWrite(sourceID: sid("f"), update: .failed("timeout", records: 3)))
+        let again = try await store.write(WatermarkWrite(sourceID: sid("f"), update: .failed("timeout")))
+        #expect(failed.watermark.lastSuccessfulTimestamp == .at("2025-12-31T00:00:00Z"))
+        #expect(again.watermark.status == .failed && again.watermark.errorMessage == "timeout")
+        #expect(again.watermark.consecutiveFailures == 2)
+        let recovered = try await store.write(success("f", "2025-12-31T00:00:00Z"))
+        #expect(recovered.watermark.consecutiveFailures == 0 && recovered.watermark.errorMessage == nil)
+    }
+
+    @Test("a success too far in the future is refused", arguments: StoreKind.allCases)
+    func future(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        let limit = clock.now().adding(.seconds(300))
+        #expect(await refusal { _ = try await store.write(success("s", limit.adding(.nanoseconds(1)).description)) } == "timestamp_in_future")
+        #expect(try await store.watermark(for: sid("s")) == nil)
+        #expect(try await store.write(success("s", limit.description)).created)
+    }
+
+    @Test("If-Match and If-None-Match", arguments: StoreKind.allCases)
+    func preconditions(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        #expect(await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .version(1))) } == "precondition_failed")
+        #expect(await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .exists)) } == "precondition_failed")
+        #expect(try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .absent)).created)
+        #expect(await refusal { _ = try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .absent)) } == "precondition_failed")
+        #expect(await refusal { _ = try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .version(2))) } == "precondition_failed")
+        #expect(try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .version(1))).watermark.version == 2)
+        #expect(try await store.write(success("p", "2025-01-03T00:00:00Z", precondition: .exists)).watermark.version == 3)
+        #expect(await refusal { try await store.delete(sid("p"), precondition: .version(2), leaseToken: nil) } == "precondition_failed")
+        try await store.delete(sid("p"), precondition: .version(3), leaseToken: nil)
+    }
+
+    @Test("an idempotency key replays the first answer and is applied once", arguments: StoreKind.allCases)
+    func idempotency(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        let first = try await store.write(success("i", "2025-01-01T00:00:00Z", key: "k1"))
+        clock.advance(.seconds(5))
+        let replay = try await store.write(success("i", "2025-01-01T00:00:00Z", key: "k1"))
+        #expect(replay.replayed && replay.created && replay.watermark == first.watermark)
+        #expect(try await store.watermark(for: sid("i"))?.version == 1)
+        #expect(try await store.history(for: sid("i"), limit: 10).count == 1)
+        #expect(await refusal { _ = try await store.write(success("i", "2025-01-02T00:00:00Z", key: "k1")) } == "idempotency_key_reused")
+        let other = try await store.write(success("i", "2025-01-02T00:00:00Z", key: "k2"))
+        #expect(!other.replayed && other.watermark.version == 2)
+        // Even after later writes, the replay answers what the first request was answered.
+        let late = try await store.write(success("i", "2025-01-01T00:00:00Z", key: "k1"))
+        #expect(late.watermark.version == 1 && late.replayed)
+    }
+
+    @Test("idempotency keys expire after the retention", arguments: StoreKind.allCases)
+    func idempotencyExpiry(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock, policy: WatermarkPolicy(idempotencyRetention: .seconds(60)))
+        _ = try await store.write(success("e", "2025-01-01T00:00:00Z", key: "old"))
+        clock.advance(.seconds(61))
+        _ = try await store.write(success("e", "2025-01-01T00:00:00Z", key: "new"))  // purges "old"
+        let again = try await store.write(success("e", "2025-01-01T00:00:00Z", key: "old"))
+        #expect(!again.replayed && again.watermark.version == 3)
+    }
+
+    @Test("delete resets a source; history stays and versions continue", arguments: StoreKind.allCases)
+    func delete(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        #expect(await refusal { try await store.delete(sid("d"), precondition: nil, leaseToken: nil) } == "watermark_not_found")
+        _ = try await store.write(success("d", "2025-01-01T00:00:00Z"))
+        _ = try await store.write(success("d", "2025-01-02T00:00:00Z"))
+        try await store.delete(sid("d"), precondition: nil, leaseToken: nil)
+        #expect(try await store.watermark(for: sid("d")) == nil)
+        #expect(try await store.history(for: sid("d"), limit: 10).map(\.version) == [2, 1])
+        // Recreated after a reset: a regression is no longer one, and the ETag never repeats.
+        let recreated = try await store.write(success("d", "2024-01-01T00:00:00Z"))
+        #expect(recreated.created && recreated.watermark.version == 3)
+    }
+
+    @Test("history is newest first, limited, and bounded per source", arguments: StoreKind.allCases)
+    func history(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock, policy: WatermarkPolicy(historyRetention: 3))
+        #expect(await refusal { _ = try await store.history(for: sid("h"), limit: 10) } == "watermark_not_found")
+        for day in 1...5 { _ = try await store.write(success("h", "2025-01-0\(day)T00:00:00Z", records: Int64(day))) }
+        _ = try await store.write(WatermarkWrite(sourceID: sid("h"), update: .failed("boom")))
+        let runs = try await store.history(for: sid("h"), limit: 10)
+        #expect(runs.map(\.version) == [6, 5, 4])
+        #expect(runs[0].status == .failed && runs[0].timestamp == nil && runs[0].errorMessage == "boom")
+        #expect(runs[0].lastSuccessfulTimestamp == .at("2025-01-05T00:00:00Z"))
+        #expect(runs[1].timestamp == .at("2025-01-05T00:00:00Z") && runs[1].recordsCollected == 5)
+        #expect(try await store.history(for: sid("h"), limit: 1).map(\.version) == [6])
+    }
+
+    @Test("leases: one holder, renewals keep the token, fencing refuses the old holder", arguments: StoreKind.allCases)
+    func leases(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        // A source with no watermark yet can be leased (its first collection).
+        let lease = try await store.acquireLease(for: sid("l"), owner: "a", ttl: .seconds(60))
+        #expect(lease.fencingToken == 1 && lease.expiresAt == clock.now().adding(.seconds(60)))
+        do {
+            _ = try await store.acquireLease(for: sid("l"), owner: "b", ttl: .seconds(60))
+            Issue.record("a second owner got the lease")
+        } catch let error as WatermarkError {
+            #expect(error.code == "lease_held" && error.holder == "a" && error.expiresAt == lease.expiresAt)
+        }
+        clock.advance(.seconds(30))
+        let renewed = try await store.acquireLease(for: sid("l"), owner: "a", ttl: .seconds(60))
+        #expect(renewed.fencingToken == 1 && renewed.expiresAt == clock.now().adding(.seconds(60)))
+
+        #expect(await refusal { _ = try await store.write(success("l", "2025-01-01T00:00:00Z")) } == "lease_required")
+        #expect(await refusal { _ = try await store.write(success("l", "2025-01-01T00:00:00Z", token: 7)) } == "stale_lease")
+        #expect(await refusal { try await store.delete(sid("l"), precondition: nil, leaseToken: nil) } == "lease_required")
+        #expect(try await store.write(success("l", "2025-01-01T00:00:00Z", token: 1)).created)
+
+        // "a" pauses past its lease; "b" takes over with a new token; "a" can no longer write.
+        clock.advance(.seconds(61))
+        let taken = try await store.acquireLease(for: sid("l"), owner: "b", ttl: .seconds(60))
+        #expect(taken.fencingToken == 2)
+        #expect(await refusal { _ = try await store.write(success("l", "2025-01-02T00:00:00Z", token: 1)) } == "stale_lease")
+        #expect(await refusal { try await store.releaseLease(for: sid("l"), token: 1) } == "stale_lease")
+        #expect(await refusal { try await store.releaseLease(for: sid("l"), token: nil) } == "lease_required")
+        #expect(try await store.write(success("l", "2025-01-02T00:00:00Z", token: 2)).watermark.version == 2)
+        try await store.releaseLease(for: sid("l"), token: 2)
+
+        // Released: anyone may take it, with a new token; a token of a lease that was taken over stays stale.
+        let third = try await store.acquireLease(for: sid("l"), owner: "a", ttl: .seconds(60))
+        #expect(third.fencingToken == 3)
+        try await store.releaseLease(for: sid("l"), token: 3)
+        #expect(await refusal { _ = try await store.write(success("l", "2025-01-03T00:00:00Z", token: 2)) } == "stale_lease")
+        // Without a live lease, a write without a token behaves as usual; so does one whose lease just ran out.
+        #expect(try await store.write(success("l", "2025-01-03T00:00:00Z")).watermark.version == 3)
+        let fourth = try await store.acquireLease(for: sid("l"), owner: "c", ttl: .seconds(10))
+        clock.advance(.seconds(11))
+        #expect(try await store.write(success("l", "2025-01-04T00:00:00Z", token: fourth.fencingToken)).watermark.version == 4)
+        // Releasing an expired lease is not an error.
+        try await store.releaseLease(for: sid("l"), token: fourth.fencingToken)
+    }
+
+    @Test("lease requests are validated", arguments: StoreKind.allCases)
+    func leaseValidation(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "", ttl: .seconds(60)) } == "invalid_body")
+        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "a", ttl: .zero) } == "invalid_body")
+        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "a", ttl: .seconds(86_401)) } == "invalid_body")
+        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "bad\nowner", ttl: .seconds(5)) } == "invalid_body")
+    }
+
+    @Test("list: sorted by source id, paged by cursor, filtered by status and staleness", arguments: StoreKind.allCases)
+    func list(kind: StoreKind) async throws {
+        let store = try kind.make(clock: clock)
+        for id in ["c", "a", "e", "b", "d", "B", "a.b"] {
+            _ = try await store.write(success(id, "2025-12-31T23:00:00Z"))
+        }
+        _ = try await store.write(WatermarkWrite(sourceID: sid("b"), update: .failed("x")))
+        _ = try await store.write(WatermarkWrite(sourceID: sid("never"), update: .failed("x")))
+        _ = try await store.write(success("old", "2025-06-01T00:00:00Z"))
+
+        var seen: [String] = []
+        var cursor: SourceID?
+        repeat {
+            let page = try await store.list(WatermarkQuery(limit: 3, after: cursor))
+            #expect(page.watermarks.count <= 3)
+            seen += page.watermarks.map(\.sourceID.rawValue)
+            cursor = try page.nextCursor.map { try SourceID($0) }
+        } while cursor != nil
+        #expect(seen == ["B", "a", "a.b", "b", "c", "d", "e", "never", "old"])
+
+        let failed = try await store.list(WatermarkQuery(status: .failed))
+        #expect(failed.watermarks.map(\.sourceID.rawValue) == ["b", "never"])
+        let stale = try await store.list(WatermarkQuery(staleAfter: .seconds(7200)))
+        #expect(stale.watermarks.map(\.sourceID.rawValue) == ["never", "old"])
+        #expect(stale.nextCursor == nil)
+
+        let summary = try await store.summary()
+        #expect(summary == WatermarkSummary(total: 9, failed: 2, stale: 2))
+    }
+}

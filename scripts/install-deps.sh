@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing need and is not there yet: the system SQLite headers (GRDB links
+# the system libsqlite3) and Python's venv module (test tools such as medallion run in a venv).
+# Idempotent and quiet when everything is present.
+set -euo pipefail
+
+missing=()
+dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if ((${#missing[@]})); then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: please install ${missing[*]} (no apt-get here)" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "install-deps: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v swift >/dev/null 2>&1 || { echo "install-deps: a Swift 6.1+ toolchain is needed (swift not on PATH)" >&2; exit 1; }
