@@ -1,0 +1,83 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Whole-file writes that survive a crash at any instant: the new content goes to a temporary file that
+/// is flushed to disk, renamed over the old one, and the folder is flushed too, so a reader finds either
+/// the old content or the new, never a torn mix, and a write that returned is on disk.
+enum DurableFile {
+    struct IOError: Error, CustomStringConvertible {
+        let operation: String
+        let path: String
+        let code: Int32
+
+        var description: String { "\(operation) \(path): \(String(cString: strerror(code)))" }
+    }
+
+    /// The file's content, or `nil` when it does not exist.
+    static func read(_ path: String) throws -> Data? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        return try Data(contentsOf: URL(fileURLWithPath: path))
+    }
+
+    static func write(_ data: Data, to path: String) throws {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IOError(operation: "open", path: temporary, code: errno) }
+        do {
+            try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+                var offset = 0
+                while offset < raw.count {
+                    let written = posixWrite(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        throw IOError(operation: "write", path: temporary, code: errno)
+                    }
+                    offset += written
+                }
+            }
+            guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: temporary, code: errno) }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            let code = errno
+            unlink(temporary)
+            throw IOError(operation: "rename", path: path, code: code)
+        }
+        try syncDirectory(of: path)
+    }
+
+    /// Moves a file aside (e.g. a corrupt one, kept for inspection), replacing an earlier copy.
+    static func moveAside(_ path: String, to destination: String) throws {
+        guard rename(path, destination) == 0 else { throw IOError(operation: "rename", path: path, code: errno) }
+        try syncDirectory(of: path)
+    }
+
+    private static func syncDirectory(of path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw IOError(operation: "open", path: directory, code: errno) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: directory, code: errno) }
+    }
+}
+
+#if canImport(Glibc) || canImport(Musl)
+private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
+    write(fd, buffer, count)
+}
+#else
+private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
+    Darwin.write(fd, buffer, count)
+}
+#endif

@@ -1,0 +1,94 @@
+import Foundation
+import Logging
+import WatermarkCore
+
+/// The configuration keys the factory reads:
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `STORAGE_SERVICE_URL` | none | `http(s)://host:port` of the Storage Service; unset (or empty) gives the in-memory mock |
+/// | `STORAGE_API_TOKEN` | none | bearer token sent to the service |
+/// | `STORAGE_TIMEOUT_SECONDS` | 30 | timeout of each call, in seconds (fractions allowed) |
+/// | `ENVIRONMENT` | development | `production` makes a missing `STORAGE_SERVICE_URL` a start-up error |
+///
+/// The mock keeps nothing across restarts, so it is only for development: it logs
+/// `No storage service URL provided - using mock storage client` as a warning whenever it is chosen.
+///
+/// - Throws: `StorageClientConfigurationError` for an invalid URL or timeout, or no URL in production.
+/// - Returns: an `HTTPStorageClient` (call `shutdown()` when done, see `StorageClient.shutdown()`) or an
+///   `InMemoryStorageClient`.
+public func makeStorageClient(
+    environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger,
+    retryPolicy: RetryPolicy = .default
+) throws(StorageClientConfigurationError) -> any StorageClient {
+    func value(_ key: String) -> String? {
+        guard let text = environment[key]?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else {
+            return nil
+        }
+        return text
+    }
+    guard let url = value("STORAGE_SERVICE_URL") else {
+        if value("ENVIRONMENT")?.lowercased() == "production" {
+            throw StorageClientConfigurationError(
+                key: "STORAGE_SERVICE_URL",
+                message: "is required when ENVIRONMENT=production (the mock storage client keeps nothing across "
+                    + "restarts); set it to the Storage Service, e.g. http://storage:8000"
+            )
+        }
+        logger.warning("No storage service URL provided - using mock storage client")
+        return InMemoryStorageClient()
+    }
+    try validateStorageURL(url)
+    var timeout = Duration.seconds(30)
+    if let text = value("STORAGE_TIMEOUT_SECONDS") {
+        guard let seconds = Double(text), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
+            throw StorageClientConfigurationError(
+                key: "STORAGE_TIMEOUT_SECONDS", message: "'\(text.prefix(64))' is not a number of seconds from 0 to 86400, e.g. 30"
+            )
+        }
+        timeout = .milliseconds(Int64((seconds * 1000).rounded(.up)))
+    }
+    logger.info(
+        "Using storage service", metadata: ["storage_url": "\(url)", "timeout_ms": "\(timeout.milliseconds)"]
+    )
+    return HTTPStorageClient(
+        baseURL: url, token: value("STORAGE_API_TOKEN"), timeout: timeout, retryPolicy: retryPolicy, logger: logger
+    )
+}
+
+/// Checks that `text` is an absolute `http`/`https` URL with a host and no query or fragment.
+func validateStorageURL(_ text: String) throws(StorageClientConfigurationError) {
+    func fail(_ why: String) -> StorageClientConfigurationError {
+        StorageClientConfigurationError(
+            key: "STORAGE_SERVICE_URL", message: "'\(text.prefix(200))' \(why); use e.g. http://storage:8000"
+        )
+    }
+    guard let components = URLComponents(string: text) else { throw fail("is not a URL") }
+    guard let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https" else {
+        throw fail("must start with http:// or https://")
+    }
+    guard let host = components.host, !host.isEmpty else { throw fail("has no host") }
+    guard components.query == nil, components.fragment == nil else { throw fail("must not have a query or fragment") }
+    if let port = components.port, !(1...65_535).contains(port) { throw fail("has a port outside 1 to 65535") }
+}
+
+/// A start-up configuration that cannot work; the message names the key and how to fix it.
+public struct StorageClientConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let key: String
+    public let message: String
+
+    public init(key: String, message: String) {
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String { "invalid configuration: \(key) \(message)" }
+}
+
+extension StorageClient {
+    /// Releases what the client holds (the `HTTPClient` an `HTTPStorageClient` made itself); nothing for
+    /// the in-memory client. Call once at shutdown on a client from `makeStorageClient`.
+    public func shutdown() async throws {
+        if let client = self as? HTTPStorageClient { try await client.shutdown() }
+    }
+}

@@ -1,0 +1,514 @@
+import Foundation
+import Logging
+import WatermarkCore
+
+/// The seed's `WatermarkManager` (get, and update with `records_collected`), plus graceful degradation:
+/// collection goes on while the Storage Service is unreachable, and nothing is lost.
+///
+/// - Every watermark read from or written to the storage is kept in `watermarks.json` under the state
+///   directory. When the storage is unreachable, `getWatermark` answers from there (the last known value).
+/// - An update that cannot reach the storage is appended to `pending.json` (durable before the call
+///   returns) and the local value moves as the storage will move it once the update arrives, so the next
+///   run continues from there. `replayPending()` sends the queue in order, stops at the first transient
+///   failure and drops (and logs) an update the storage refuses for good (a lost lease, a regression), so
+///   the queue never jams.
+/// - Each logical update gets one idempotency key, stored with the queued entry: replaying an update that
+///   did reach the storage before the connection broke (or before this process restarted) applies it once.
+/// - Per source, a queued update is always sent before a newer one, so the storage sees the runs in order.
+///
+/// Calls for one source run one at a time; calls for different sources run concurrently.
+public actor WatermarkManager {
+    public let stateDirectory: String
+    private let client: any StorageClient
+    private let logger: Logger
+    private let clock: @Sendable () -> Timestamp
+
+    private var lastKnown: [SourceID: Watermark]
+    private var queue: PendingQueue
+
+    private var busySources: Set<SourceID> = []
+    private var waiters: [SourceID: [CheckedContinuation<Void, Never>]] = [:]
+
+    static let watermarksFile = "watermarks.json"
+    static let pendingFile = "pending.json"
+
+    /// Opens (or creates) the state directory and loads what an earlier process left there. A corrupt
+    /// file is moved aside to `<name>.corrupt`, logged, and replaced by an empty state.
+    ///
+    /// - Throws: when the directory cannot be created or a file cannot be read at all.
+    public init(
+        client: any StorageClient, stateDirectory: String, logger: Logger,
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+    ) throws {
+        try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+        self.client = client
+        self.stateDirectory = stateDirectory
+        self.logger = logger
+        self.clock = clock
+        let watermarks = try Self.load(
+            [Watermark].self, from: (stateDirectory as NSString).appendingPathComponent(Self.watermarksFile),
+            logger: logger
+        )
+        self.lastKnown = Dictionary(watermarks?.map { ($0.sourceID, $0) } ?? [], uniquingKeysWith: { $1 })
+        let queue =
+            try Self.load(
+                PendingQueue.self, from: (stateDirectory as NSString).appendingPathComponent(Self.pendingFile),
+                logger: logger
+            ) ?? PendingQueue()
+        self.queue = queue
+        if !queue.updates.isEmpty {
+            logger.notice("Queued watermark updates found", metadata: ["pending": "\(queue.updates.count)"])
+        }
+    }
+
+    // MARK: Reading
+
+    /// The source's watermark, or `nil` before its first collection.
+    ///
+    /// When the storage is unreachable (or this source still has queued updates it cannot deliver), the
+    /// last known value is returned instead, so collection goes on from where it was.
+    public func getWatermark(sourceID: SourceID) async throws -> Watermark? {
+        try await withSourceLock(sourceID) {
+            if hasPending(sourceID), await flush(sourceID) == .stopped {
+                return useLastKnown(sourceID, because: "queued updates could not be delivered")
+            }
+            do {
+                let watermark = try await client.getWatermark(sourceID: sourceID)
+                remember(watermark, for: sourceID)
+                return watermark
+            } catch let error as StorageClientError where error.isTransient {
+                return useLastKnown(sourceID, because: "\(error)")
+            }
+        }
+    }
+
+    /// The value kept locally (last read, written or queued), without asking the storage.
+    public func lastKnownWatermark(sourceID: SourceID) -> Watermark? {
+        lastKnown[sourceID]
+    }
+
+    // MARK: Writing
+
+    /// Records one run. When the storage cannot be reached the update is queued on disk and replayed later;
+    /// the result says which happened.
+    ///
+    /// - Throws: `StorageClientError` when the storage (or, while queueing, the same rules applied to the
+    ///   last known value) refuses the update, e.g. a regression or a lost lease; an I/O error when the
+    ///   update could neither be sent nor queued.
+    @discardableResult
+    public func updateWatermark(
+        sourceID: SourceID, timestamp: Timestamp?, status: RunStatus, errorMessage: String? = nil,
+        recordsCollected: Int64? = nil, options: UpdateOptions = UpdateOptions()
+    ) async throws -> WatermarkUpdateResult {
+        var options = options
+        // One key per logical update, kept with a queued entry: however often it is sent, it applies once.
+        options.idempotencyKey = options.idempotencyKey ?? UUID().uuidString
+        let update = WatermarkUpdate(
+            timestamp: timestamp, status: status, errorMessage: errorMessage, recordsCollected: recordsCollected
+        )
+        return try await withSourceLock(sourceID) {
+            if hasPending(sourceID), await flush(sourceID) == .stopped {
+                // Older updates of this source are still queued: this one must wait behind them.
+                return try enqueue(sourceID, update, options, because: "earlier updates are still queued")
+            }
+            do {
+                let watermark = try await client.updateWatermark(
+                    sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: errorMessage,
+                    recordsCollected: recordsCollected, options: options
+                )
+                remember(watermark, for: sourceID)
+                return .applied(watermark)
+            } catch let error as StorageClientError where error.isTransient {
+                return try enqueue(sourceID, update, options, because: "\(error)")
+            }
+        }
+    }
+
+    // MARK: Replaying
+
+    /// Sends the queued updates, oldest first. Stops at the first transient failure (the storage is still
+    /// away; the rest stays queued) and drops updates the storage refuses for good.
+    @discardableResult
+    public func replayPending() async -> ReplaySummary {
+        var summary = ReplaySummary()
+        var seen = Set<SourceID>()
+        let sources = queue.updates.map(\.sourceID).filter { seen.insert($0).inserted }
+        for sourceID in sources {
+            let outcome = await withSourceLockNonThrowing(sourceID) { await flushCounting(sourceID) }
+            summary.applied += outcome.applied
+            summary.dropped += outcome.dropped
+            if outcome.result == .stopped { break }
+        }
+        summary.remaining = queue.updates.count
+        if summary.applied + summary.dropped > 0 || summary.remaining > 0 {
+            logger.info(
+                "Replayed queued watermark updates",
+                metadata: [
+                    "applied": "\(summary.applied)", "dropped": "\(summary.dropped)",
+                    "remaining": "\(summary.remaining)",
+                ]
+            )
+        }
+        return summary
+    }
+
+    /// Updates waiting for the storage, of one source or of all.
+    public func pendingCount(sourceID: SourceID? = nil) -> Int {
+        guard let sourceID else { return queue.updates.count }
+        return queue.updates.count { $0.sourceID == sourceID }
+    }
+
+    /// The queued updates, oldest first (for status pages).
+    public func pendingUpdates(sourceID: SourceID? = nil) -> [PendingUpdate] {
+        queue.updates.filter { sourceID == nil || $0.sourceID == sourceID }
+    }
+
+    // MARK: - Internals
+
+    private func hasPending(_ sourceID: SourceID) -> Bool {
+        queue.updates.contains { $0.sourceID == sourceID }
+    }
+
+    enum FlushResult: Equatable {
+        /// The source has nothing queued any more.
+        case drained
+        /// A transient failure: the storage is still unreachable.
+        case stopped
+    }
+
+    private struct FlushOutcome: Sendable {
+        var result: FlushResult
+        var applied = 0
+        var dropped = 0
+    }
+
+    /// Sends this source's queued updates in order. The caller holds the source's lock.
+    private func flush(_ sourceID: SourceID) async -> FlushResult {
+        await flushCounting(sourceID).result
+    }
+
+    private func flushCounting(_ sourceID: SourceID) async -> FlushOutcome {
+        var outcome = FlushOutcome(result: .drained)
+        while let entry = queue.updates.first(where: { $0.sourceID == sourceID }) {
+            do {
+                let watermark = try await client.updateWatermark(
+                    sourceID: sourceID, timestamp: entry.update.timestamp, status: entry.update.status,
+                    errorMessage: entry.update.errorMessage, recordsCollected: entry.update.recordsCollected,
+                    options: entry.options
+                )
+                try removeFromQueue(entry)
+                remember(watermark, for: sourceID)
+                outcome.applied += 1
+                logger.info(
+                    "Queued watermark update delivered",
+                    metadata: [
+                        "source_id": "\(sourceID)", "sequence": "\(entry.sequence)", "version": "\(watermark.version)",
+                        "status": "\(watermark.status)",
+                    ]
+                )
+            } catch let error as StorageClientError where !error.isTransient {
+                do {
+                    try removeFromQueue(entry)
+                } catch {
+                    logger.error(
+                        "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"]
+                    )
+                    outcome.result = .stopped
+                    return outcome
+                }
+                outcome.dropped += 1
+                logger.error(
+                    "Queued watermark update refused by storage - dropped",
+                    metadata: [
+                        "source_id": "\(sourceID)", "sequence": "\(entry.sequence)", "code": "\(error.code ?? "-")",
+                        "error": "\(error)",
+                    ]
+                )
+                // The local value assumed this update would apply; the next successful read replaces it.
+            } catch {
+                logger.warning(
+                    "Queued watermark update not delivered - storage unavailable",
+                    metadata: ["source_id": "\(sourceID)", "pending": "\(pendingCount(sourceID: sourceID))", "error": "\(error)"]
+                )
+                outcome.result = .stopped
+                return outcome
+            }
+        }
+        return outcome
+    }
+
+    private func enqueue(
+        _ sourceID: SourceID, _ update: WatermarkUpdate, _ options: UpdateOptions, because reason: String
+    ) throws -> WatermarkUpdateResult {
+        // The same rules the storage will apply, run on the last known value: a refusal is reported now
+        // (as the storage would), and the local value moves exactly as the storage's will.
+        let projected = try Self.project(
+            update, for: sourceID, force: options.force, onto: lastKnown[sourceID], now: clock()
+        )
+        var next = queue
+        next.append(sourceID: sourceID, update: update, options: options, queuedAt: clock())
+        try save(next, to: Self.pendingFile)
+        queue = next
+        remember(projected, for: sourceID)
+        let pending = pendingCount(sourceID: sourceID)
+        logger.warning(
+            "Storage unavailable - watermark update queued",
+            metadata: [
+                "source_id": "\(sourceID)", "status": "\(update.status)", "pending": "\(pending)", "error": "\(reason)",
+            ]
+        )
+        return .queued(projected, pending: pending)
+    }
+
+    private func removeFromQueue(_ entry: PendingUpdate) throws {
+        var next = queue
+        next.updates.removeAll { $0.sequence == entry.sequence }
+        try save(next, to: Self.pendingFile)
+        queue = next
+    }
+
+    private func useLastKnown(_ sourceID: SourceID, because reason: String) -> Watermark? {
+        let watermark = lastKnown[sourceID]
+        logger.warning(
+            "Storage unavailable - using last known watermark",
+            metadata: [
+                "source_id": "\(sourceID)",
+                "last_successful_timestamp": "\(watermark?.lastSuccessfulTimestamp?.description ?? "null")",
+                "error": "\(reason)",
+            ]
+        )
+        return watermark
+    }
+
+    /// Keeps the storage's answer locally; `nil` (the storage has none: a reset source) forgets it.
+    private func remember(_ watermark: Watermark?, for sourceID: SourceID) {
+        guard lastKnown[sourceID] != watermark else { return }
+        lastKnown[sourceID] = watermark
+        persistLastKnown()
+    }
+
+    private func persistLastKnown() {
+        let all = lastKnown.values.sorted { $0.sourceID < $1.sourceID }
+        do {
+            try save(all, to: Self.watermarksFile)
+        } catch {
+            // The cache is a fallback only; the storage (or the queue) still holds the truth.
+            logger.warning("Cannot write the local watermark state", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func save(_ value: some Encodable, to name: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(value)
+        try DurableFile.write(data, to: (stateDirectory as NSString).appendingPathComponent(name))
+    }
+
+    private static func load<T: Decodable>(_ type: T.Type, from path: String, logger: Logger) throws -> T? {
+        guard let data = try DurableFile.read(path) else { return nil }
+        do {
+            return try JSONDecoder().decode(T.self, from: data)
+        } catch {
+            let aside = path + ".corrupt"
+            logger.error(
+                "Local watermark state is corrupt - starting empty",
+                metadata: ["path": "\(path)", "moved_to": "\(aside)", "error": "\(error)"]
+            )
+            try? FileManager.default.removeItem(atPath: aside)
+            try DurableFile.moveAside(path, to: aside)
+            return nil
+        }
+    }
+
+    /// What the storage will make of `update` on top of `existing`, by the shared rules. Lease and
+    /// precondition are left to the storage (the local value cannot know the live lease or version).
+    static func project(
+        _ update: WatermarkUpdate, for sourceID: SourceID, force: Bool, onto existing: Watermark?, now: Timestamp
+    ) throws -> Watermark {
+        var tx = LocalTransaction(watermark: existing)
+        do {
+            let write = WatermarkWrite(sourceID: sourceID, update: update, force: force)
+            return try WatermarkRules.apply(write, now: now, policy: WatermarkPolicy(), in: &tx).watermark
+        } catch let error as WatermarkError {
+            throw StorageClientError(error)
+        }
+    }
+
+    // MARK: Per-source exclusion
+
+    private func withSourceLock<T: Sendable>(_ sourceID: SourceID, _ body: () async throws -> T) async throws -> T {
+        await lock(sourceID)
+        defer { unlock(sourceID) }
+        return try await body()
+    }
+
+    private func withSourceLockNonThrowing<T: Sendable>(_ sourceID: SourceID, _ body: () async -> T) async -> T {
+        await lock(sourceID)
+        defer { unlock(sourceID) }
+        return await body()
+    }
+
+    private func lock(_ sourceID: SourceID) async {
+        if busySources.insert(sourceID).inserted { return }
+        // Ownership is handed over by `unlock`, so on resumption the lock is held.
+        await withCheckedContinuation { waiters[sourceID, default: []].append($0) }
+    }
+
+    private func unlock(_ sourceID: SourceID) {
+        if var queued = waiters[sourceID], !queued.isEmpty {
+            let next = queued.removeFirst()
+            waiters[sourceID] = queued.isEmpty ? nil : queued
+            next.resume()
+        } else {
+            busySources.remove(sourceID)
+        }
+    }
+}
+
+/// What `WatermarkManager.updateWatermark` did with an update.
+public enum WatermarkUpdateResult: Sendable, Equatable {
+    /// The storage accepted it; this is its answer.
+    case applied(Watermark)
+    /// The storage was unreachable: the update is queued on disk and will be replayed. The watermark is the
+    /// local projection (its `version` is an estimate); `pending` counts this source's queued updates.
+    case queued(Watermark, pending: Int)
+
+    /// The watermark after the update: the storage's, or the local projection when queued.
+    public var watermark: Watermark {
+        switch self {
+        case .applied(let watermark), .queued(let watermark, _): watermark
+        }
+    }
+
+    public var isQueued: Bool {
+        if case .queued = self { return true }
+        return false
+    }
+}
+
+/// What one `replayPending()` did.
+public struct ReplaySummary: Sendable, Equatable {
+    /// Queued updates the storage accepted.
+    public var applied = 0
+    /// Queued updates the storage refused for good, removed from the queue.
+    public var dropped = 0
+    /// Updates still queued (the storage failed again).
+    public var remaining = 0
+
+    public init(applied: Int = 0, dropped: Int = 0, remaining: Int = 0) {
+        self.applied = applied
+        self.dropped = dropped
+        self.remaining = remaining
+    }
+}
+
+/// One update waiting in `pending.json` for the storage to come back.
+public struct PendingUpdate: Sendable, Equatable, Codable {
+    /// Position in the queue; grows by one per queued update and never repeats within a state directory.
+    public let sequence: Int64
+    public let sourceID: SourceID
+    public let update: WatermarkUpdate
+    /// Everything else the update said: its idempotency key (always set), lease token, force, precondition.
+    public let options: UpdateOptions
+    public let queuedAt: Timestamp
+
+    enum CodingKeys: String, CodingKey {
+        case sequence
+        case sourceID = "source_id"
+        case update
+        case idempotencyKey = "idempotency_key"
+        case leaseToken = "lease_token"
+        case force
+        case precondition
+        case queuedAt = "queued_at"
+    }
+
+    init(sequence: Int64, sourceID: SourceID, update: WatermarkUpdate, options: UpdateOptions, queuedAt: Timestamp) {
+        self.sequence = sequence
+        self.sourceID = sourceID
+        self.update = update
+        self.options = options
+        self.queuedAt = queuedAt
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        sequence = try c.decode(Int64.self, forKey: .sequence)
+        sourceID = try c.decode(SourceID.self, forKey: .sourceID)
+        update = try c.decode(WatermarkUpdate.self, forKey: .update)
+        queuedAt = try c.decode(Timestamp.self, forKey: .queuedAt)
+        let precondition: WritePrecondition?
+        switch try c.decodeIfPresent(String.self, forKey: .precondition) {
+        case nil: precondition = nil
+        case "*": precondition = .exists
+        case "absent": precondition = .absent
+        case let text?:
+            guard let version = Int64(text) else {
+                throw DecodingError.dataCorruptedError(
+                    forKey: .precondition, in: c, debugDescription: "not a version, '*' or 'absent'"
+                )
+            }
+            precondition = .version(version)
+        }
+        options = UpdateOptions(
+            precondition: precondition, idempotencyKey: try c.decode(String.self, forKey: .idempotencyKey),
+            leaseToken: try c.decodeIfPresent(Int64.self, forKey: .leaseToken),
+            force: try c.decode(Bool.self, forKey: .force)
+        )
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(sequence, forKey: .sequence)
+        try c.encode(sourceID, forKey: .sourceID)
+        try c.encode(update, forKey: .update)
+        try c.encode(options.idempotencyKey, forKey: .idempotencyKey)
+        try c.encode(options.leaseToken, forKey: .leaseToken)
+        try c.encode(options.force, forKey: .force)
+        let precondition: String? =
+            switch options.precondition {
+            case nil: nil
+            case .exists: "*"
+            case .absent: "absent"
+            case .version(let version): String(version)
+            }
+        try c.encode(precondition, forKey: .precondition)
+        try c.encode(queuedAt, forKey: .queuedAt)
+    }
+}
+
+/// The content of `pending.json`.
+struct PendingQueue: Codable {
+    var nextSequence: Int64 = 1
+    var updates: [PendingUpdate] = []
+
+    enum CodingKeys: String, CodingKey {
+        case nextSequence = "next_sequence"
+        case updates
+    }
+
+    mutating func append(sourceID: SourceID, update: WatermarkUpdate, options: UpdateOptions, queuedAt: Timestamp) {
+        updates.append(
+            PendingUpdate(sequence: nextSequence, sourceID: sourceID, update: update, options: options, queuedAt: queuedAt)
+        )
+        nextSequence += 1
+    }
+}
+
+/// One source's last known watermark as a transaction, so a queued update's effect is computed by the
+/// very rules the storage runs. It knows no lease, history or idempotency records: those stay the
+/// storage's business.
+struct LocalTransaction: WatermarkTransaction {
+    var watermark: Watermark?
+
+    func watermark(_ sourceID: SourceID) -> Watermark? { watermark }
+    func lease(_ sourceID: SourceID) -> Lease? { nil }
+    func latestVersion(_ sourceID: SourceID) -> Int64 { watermark?.version ?? 0 }
+    func idempotencyRecord(_ sourceID: SourceID, key: String) -> IdempotencyRecord? { nil }
+    mutating func save(_ watermark: Watermark) { self.watermark = watermark }
+    mutating func deleteWatermark(_ sourceID: SourceID) { watermark = nil }
+    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) {}
+    mutating func save(_ lease: Lease) {}
+    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) {}
+    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) {}
+}
