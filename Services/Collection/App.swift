@@ -1,2 +1,175 @@
-import Hummingbird; import AsyncHTTPClient; import Prometheus; import ServiceLifecycle; import ArgumentParser
-@main struct M { static func main() {} }
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import Prometheus
+import ServiceLifecycle
+import StorageClient
+import WatermarkCore
+
+/// `collection-service`: collects every configured source on its schedule, exactly once, into `DATA_DIR`.
+///
+/// `collection-service [--once]` serves (the default sub-command); `collection-service healthcheck --url ...`
+/// probes a running instance for container healthchecks.
+@main
+struct CollectionServiceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "collection-service",
+        abstract: "Incremental threat-intelligence collection driven by watermarks.",
+        subcommands: [Serve.self, Healthcheck.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Runs the service (or every source once with `--once`). Flags override the environment variables of
+/// `CollectionConfiguration`.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve", abstract: "Run the scheduler and the HTTP API (default)."
+    )
+
+    @Option(help: "Address to bind (HOST, default 0.0.0.0).") var host: String?
+    @Option(help: "HTTP port (PORT, default 8000).") var port: Int?
+    @Option(name: .customLong("data-dir"), help: "Sink and local state (DATA_DIR).") var dataDir: String?
+    @Option(name: .customLong("config"), help: "Sources file (COLLECTION_CONFIG).") var config: String?
+    @Option(name: .customLong("log-level"), help: "LOG_LEVEL (info).") var logLevel: String?
+    @Option(name: .customLong("max-concurrent-runs"), help: "MAX_CONCURRENT_RUNS (2).") var maxConcurrentRuns: Int?
+    @Option(name: .customLong("instance-id"), help: "Lease owner (INSTANCE_ID, default hostname-pid).")
+    var instanceID: String?
+    @Flag(help: "Run every enabled source once, print a summary, exit non-zero if any run failed.")
+    var once = false
+
+    func run() async throws {
+        var environment = ProcessInfo.processInfo.environment
+        if let host { environment["HOST"] = host }
+        if let port { environment["PORT"] = String(port) }
+        if let dataDir { environment["DATA_DIR"] = dataDir }
+        if let config { environment["COLLECTION_CONFIG"] = config }
+        if let logLevel { environment["LOG_LEVEL"] = logLevel }
+        if let maxConcurrentRuns { environment["MAX_CONCURRENT_RUNS"] = String(maxConcurrentRuns) }
+        if let instanceID { environment["INSTANCE_ID"] = instanceID }
+
+        let configuration: CollectionConfiguration
+        let sources: [SourceConfiguration]
+        do {
+            configuration = try CollectionConfiguration(environment: environment)
+            sources = try SourcesFile.load(path: configuration.sourcesPath, environment: environment)
+        } catch {
+            FileHandle.standardError.write(Data("collection-service: configuration error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardOutput(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "collection-service")
+        logger.logLevel = level
+
+        let storage: any StorageClient
+        do {
+            storage = try makeStorageClient(environment: environment, logger: logger)
+        } catch {
+            logger.critical("invalid storage configuration", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        if !(await storage.healthCheck()) {
+            logger.warning("Storage Service health check failed - watermarks will not persist")
+        }
+        let httpClient = HTTPClient(eventLoopGroupProvider: .singleton)
+        let registry = PrometheusCollectorRegistry()
+        var exitCode: Int32 = 0
+        do {
+            let engine = try buildEngine(
+                configuration: configuration, sources: sources, storage: storage, httpClient: httpClient,
+                registry: registry, logger: logger
+            )
+            logger.info(
+                "collection service starting",
+                metadata: [
+                    "sources": "\(sources.count)", "data_dir": "\(configuration.dataDirectory)",
+                    "instance_id": "\(configuration.instanceID)", "mode": "\(once ? "once" : "serve")",
+                ]
+            )
+            if once {
+                let reports = await runOnce(engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                await engine.maintain()
+                for report in reports { print(Self.summaryLine(report)) }
+                exitCode = reports.contains { $0.outcome == .failed } ? 1 : 0
+            } else {
+                let app = buildApplication(configuration: configuration, engine: engine, registry: registry, logger: logger)
+                try await app.runService()
+            }
+        } catch {
+            logger.critical("collection service failed", metadata: ["error": "\(error)"])
+            exitCode = 1
+        }
+        try? await httpClient.shutdown()
+        if let client = storage as? HTTPStorageClient { try? await client.shutdown() }
+        if exitCode != 0 { throw ExitCode(exitCode) }
+    }
+
+    static func summaryLine(_ report: RunReport) -> String {
+        var line = "\(report.sourceID) \(report.outcome.rawValue) records=\(report.recordsCollected)"
+        line += " watermark=\(report.watermark.map { "\($0)" } ?? "none")"
+        line += " duration_ms=\(report.duration.milliseconds)"
+        if report.updateQueued { line += " update=queued" }
+        if let error = report.errorMessage { line += " error=\"\(error)\"" }
+        return line
+    }
+}
+
+/// Runs every enabled source once, at most `limit` at a time, and returns the reports in configuration order.
+func runOnce(engine: CollectionEngine, sources: [SourceConfiguration], limit: Int) async -> [RunReport] {
+    let enabled = sources.filter(\.enabled)
+    var reports: [SourceID: RunReport] = [:]
+    await withTaskGroup(of: RunReport.self) { group in
+        var iterator = enabled.makeIterator()
+        for _ in 0..<max(1, limit) {
+            guard let source = iterator.next() else { break }
+            group.addTask { await engine.execute(source) }
+        }
+        while let report = await group.next() {
+            reports[report.sourceID] = report
+            if let source = iterator.next() { group.addTask { await engine.execute(source) } }
+        }
+    }
+    return enabled.compactMap { reports[$0.id] }
+}
+
+/// `collection-service healthcheck --url http://127.0.0.1:8000/health`: exit 0 when the answer is 200, else 1.
+/// For container healthchecks in images without curl.
+struct Healthcheck: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "healthcheck", abstract: "Probe a running instance's /health; exit 0 when healthy, 1 otherwise."
+    )
+
+    @Option(help: "The health URL.") var url: String = "http://127.0.0.1:8000/health"
+    @Option(help: "Seconds to wait for the answer.") var timeout: Int64 = 5
+
+    func run() async throws {
+        let healthy = await Self.probe(url: url, timeout: .seconds(max(1, timeout)))
+        print(healthy ? "healthy" : "unhealthy")
+        if !healthy { throw ExitCode(1) }
+    }
+
+    static func probe(url: String, timeout: Duration) async -> Bool {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        var healthy = false
+        do {
+            var request = HTTPClientRequest(url: url)
+            request.method = .GET
+            let response = try await client.execute(request, timeout: .seconds(timeout.components.seconds))
+            _ = try await response.body.collect(upTo: 64 * 1024)
+            healthy = response.status.code == 200
+        } catch {
+            healthy = false
+        }
+        try? await client.shutdown()
+        return healthy
+    }
+}

@@ -1,0 +1,71 @@
+import AsyncHTTPClient
+import Hummingbird
+import Logging
+import Prometheus
+import ServiceLifecycle
+import StorageClient
+import WatermarkCore
+
+/// Everything the service is made of, built from configuration; the command and the tests build it the same
+/// way. The caller owns `httpClient` and `storage` and shuts them down after the app stops.
+struct CollectionServiceParts: Sendable {
+    let engine: CollectionEngine
+    let registry: PrometheusCollectorRegistry
+}
+
+/// Builds the engine (board, runner, collectors, manager, metrics) for the given sources.
+func buildEngine(
+    configuration: CollectionConfiguration, sources: [SourceConfiguration], storage: any StorageClient,
+    httpClient: HTTPClient, registry: PrometheusCollectorRegistry, logger: Logger,
+    retry: SourceRetryPolicy = .default
+) throws -> CollectionEngine {
+    let manager = try WatermarkManager(
+        client: storage, stateDirectory: configuration.stateDirectory, logger: logger
+    )
+    let board = SourceBoard(sources: sources)
+    let runner = CollectionRunner(
+        storage: storage, manager: manager, dataDirectory: configuration.dataDirectory,
+        owner: configuration.instanceID, logger: logger, isStopping: { await board.isStopping() }
+    )
+    return CollectionEngine(
+        board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
+        makeCollector: { source in
+            CollectionEngine.collector(for: source, httpClient: httpClient, logger: logger, retry: retry)
+        },
+        logger: logger, startedAt: Timestamp.now()
+    )
+}
+
+/// The HTTP application with the scheduler as a service.
+func buildApplication(
+    configuration: CollectionConfiguration, engine: CollectionEngine, registry: PrometheusCollectorRegistry,
+    logger: Logger, schedulerConfiguration: CollectionScheduler.Configuration? = nil
+) -> some ApplicationProtocol {
+    let router = buildRouter(engine: engine, registry: registry, instanceID: configuration.instanceID)
+    let scheduler = CollectionScheduler(
+        engine: engine,
+        configuration: schedulerConfiguration
+            ?? CollectionScheduler.Configuration(
+                maxConcurrentRuns: configuration.maxConcurrentRuns,
+                maintenanceInterval: configuration.replayInterval
+            )
+    )
+    return Application(
+        router: router,
+        configuration: ApplicationConfiguration(
+            address: .hostname(configuration.host, port: configuration.port), serverName: "collection-service"
+        ),
+        services: [scheduler],
+        logger: logger
+    )
+}
+
+func buildRouter(
+    engine: CollectionEngine, registry: PrometheusCollectorRegistry, instanceID: String
+) -> Router<BasicRequestContext> {
+    let router = Router(context: BasicRequestContext.self)
+    router.add(middleware: JSONErrorMiddleware())
+    router.addRoutes(StatusController(engine: engine, registry: registry, instanceID: instanceID).endpoints)
+    router.addRoutes(SourcesController(board: engine.board).endpoints, atPath: "/api/v1/sources")
+    return router
+}

@@ -1,0 +1,78 @@
+import Foundation
+import WatermarkCore
+
+/// One data source type, seen from the run: "give me everything newer than `since`, one page at a time".
+///
+/// A collector is stateless between calls and commits nothing: the run writes the records to the sink,
+/// fsyncs them and only then moves the watermark, so a collector that fails or is abandoned halfway leaves
+/// nothing behind that could cause a gap.
+protocol Collector: Sendable {
+    /// Fetches one page. `since` is the watermark already moved back by the source's overlap; `cursor` is the
+    /// `next` of the previous page (`nil` for the first one). A page with `next == nil` is the last.
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage
+}
+
+/// What one request to a source returned.
+struct CollectorPage: Sendable {
+    var records: [CollectedRecord]
+    /// The source's own high-water mark for this page (TAXII `X-TAXII-Date-Added-Last`), when it gives one.
+    var highWaterMark: Timestamp?
+    /// Opaque continuation for the next request; `nil` when this was the last page.
+    var next: String?
+
+    init(records: [CollectedRecord], highWaterMark: Timestamp? = nil, next: String? = nil) {
+        self.records = records
+        self.highWaterMark = highWaterMark
+        self.next = next
+    }
+}
+
+/// One record as the sink stores it.
+struct CollectedRecord: Sendable, Equatable {
+    /// The source's identifier of the object (STIX id, OTX pulse id, ...).
+    var id: String
+    /// Which version of the object this is (its `modified`, normalised); with `id` it makes the dedup key.
+    var version: String
+    /// The source's clock for this record: the instant the watermark may move to once it is written.
+    var mark: Timestamp
+    /// The original record as compact one-line JSON.
+    var json: Data
+
+    var key: RecordKey { RecordKey(id: id, version: version) }
+}
+
+/// "The same record": a source returning the boundary object again produces the same key.
+struct RecordKey: Hashable, Sendable {
+    var id: String
+    var version: String
+}
+
+/// Why a page could not be fetched. The description is what ends up in the watermark's `error_message`, so it
+/// says what happened and where, never a secret.
+enum CollectorError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// The source answered with an HTTP error status (after retries for 429/5xx).
+    case httpStatus(Int, url: String, detail: String)
+    /// Connection refused, reset, DNS, TLS...
+    case transport(url: String, detail: String)
+    /// No answer within the source's timeout.
+    case timeout(url: String, seconds: Int64)
+    /// The answer (or a file) is not what the source type promises.
+    case malformed(String)
+    /// Rate limited longer than we are willing to wait inside one run.
+    case rateLimited(url: String, retryAfterSeconds: Int64)
+    /// A local file could not be read.
+    case file(path: String, detail: String)
+
+    var description: String {
+        switch self {
+        case .httpStatus(let status, let url, let detail):
+            "HTTP \(status) from \(url)" + (detail.isEmpty ? "" : ": \(detail)")
+        case .transport(let url, let detail): "request to \(url) failed: \(detail)"
+        case .timeout(let url, let seconds): "request to \(url) timed out after \(seconds) s"
+        case .malformed(let detail): "malformed payload: \(detail)"
+        case .rateLimited(let url, let seconds):
+            "rate limited by \(url): Retry-After \(seconds) s is longer than this run waits"
+        case .file(let path, let detail): "cannot read \(path): \(detail)"
+        }
+    }
+}

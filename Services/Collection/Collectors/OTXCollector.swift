@@ -1,0 +1,74 @@
+import Foundation
+import NIOHTTP1
+import WatermarkCore
+
+/// AlienVault OTX subscribed pulses: `/api/v1/pulses/subscribed?modified_since=&limit=`, following `next`.
+///
+/// The mark is the pulse's `modified` (naive UTC, with or without a fraction). `modified_since` is inclusive, so
+/// the pulse at the boundary comes back on the next run and is dropped by (id, modified).
+struct OTXCollector: Collector {
+    let settings: OTXSettings
+    let pageSize: Int
+    let http: SourceHTTPClient
+
+    var baseURL: String {
+        settings.baseURL.hasSuffix("/") ? String(settings.baseURL.dropLast()) : settings.baseURL
+    }
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        let url: String
+        if let cursor {
+            // `next` is a full URL; the API key is only ever sent to the configured host.
+            guard Self.host(of: cursor) == Self.host(of: baseURL) else {
+                throw .malformed("OTX \"next\" points to another host (\(SourceHTTPClient.displayURL(cursor)))")
+            }
+            url = cursor
+        } else {
+            // OTX's clock is naive UTC: send the instant without an offset, truncated to microseconds.
+            let naive = String(since.formatted(fractionDigits: 6).dropLast())
+            url = baseURL + "/api/v1/pulses/subscribed?modified_since="
+                + TAXII21Collector.percentEncode(naive) + "&limit=\(pageSize)"
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "X-OTX-API-KEY", value: settings.apiKey.value)
+        headers.add(name: "Accept", value: "application/json")
+        let response = try await http.get(url, headers: headers)
+        return try Self.parse(response.body, url: SourceHTTPClient.displayURL(url))
+    }
+
+    static func parse(_ body: Data, url: String) throws(CollectorError) -> CollectorPage {
+        let envelope = try JSONRecords.object(from: body, what: "the OTX answer from \(url)")
+        let pulses: [[String: Any]]
+        switch envelope["results"] {
+        case nil, is NSNull: pulses = []
+        case let list as [[String: Any]]: pulses = list
+        default: throw .malformed("\"results\" in the OTX answer from \(url) is not an array of objects")
+        }
+        var records: [CollectedRecord] = []
+        for (index, pulse) in pulses.enumerated() {
+            guard let id = (pulse["id"] as? String) ?? (pulse["id"] as? NSNumber)?.stringValue, !id.isEmpty else {
+                throw .malformed("pulse \(index) from \(url) has no \"id\"")
+            }
+            guard let text = pulse["modified"] as? String else {
+                throw .malformed("pulse \(id) from \(url) has no \"modified\"")
+            }
+            let mark: Timestamp
+            do {
+                mark = try Timestamp(rfc3339: text, assumeUTC: true)
+            } catch {
+                throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
+            }
+            records.append(
+                CollectedRecord(id: id, version: mark.description, mark: mark, json: try JSONRecords.encode(pulse, what: id))
+            )
+        }
+        let next = (envelope["next"] as? String).flatMap { $0.isEmpty ? nil : $0 }
+        return CollectorPage(records: records, next: next)
+    }
+
+    /// `scheme://host:port` of a URL, lower-cased.
+    static func host(of url: String) -> String? {
+        guard let components = URLComponents(string: url), let host = components.host else { return nil }
+        return "\(components.scheme?.lowercased() ?? "")://\(host.lowercased()):\(components.port.map(String.init) ?? "")"
+    }
+}

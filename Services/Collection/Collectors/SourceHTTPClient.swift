@@ -1,0 +1,169 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import WatermarkCore
+
+/// How a collector retries a source that answers 429 or 5xx, or cannot be reached.
+struct SourceRetryPolicy: Sendable {
+    /// Attempts in total, the first included.
+    var maxAttempts: Int = 4
+    /// Backoff before the second attempt; doubled each time, with full jitter.
+    var baseDelay: Duration = .milliseconds(500)
+    var maxDelay: Duration = .seconds(30)
+    /// A `Retry-After` longer than this fails the run instead of stalling it; the scheduler tries again later.
+    var maxRetryAfter: Duration = .seconds(120)
+
+    static let `default` = SourceRetryPolicy()
+
+    /// The delay before attempt `attempt + 1` (attempt counts from 1).
+    func backoff(afterAttempt attempt: Int) -> Duration {
+        let exponent = min(attempt - 1, 20)
+        let ceiling = min(baseDelay * (1 << exponent), maxDelay)
+        let nanos = ceiling.components.seconds * 1_000_000_000 + ceiling.components.attoseconds / 1_000_000_000
+        return .nanoseconds(Int64.random(in: 0...max(0, nanos)))
+    }
+}
+
+/// A source's answer: status, headers, body.
+struct SourceResponse: Sendable {
+    var status: Int
+    var headers: HTTPHeaders
+    var body: Data
+}
+
+/// GET with a timeout, a body size limit and retries of transient failures, shared by the HTTP collectors.
+///
+/// Retries 429 and 5xx (honouring `Retry-After` in seconds or as an HTTP date) and connection failures; a
+/// timeout is not retried, because the source's timeout already bounds how long one page may take.
+struct SourceHTTPClient: Sendable {
+    let httpClient: HTTPClient
+    var timeout: Duration
+    var retry: SourceRetryPolicy
+    var maxBodyBytes: Int = 64 * 1024 * 1024
+    var logger: Logger
+    /// Injectable so tests do not wait for real backoffs.
+    var sleep: @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
+
+    init(
+        httpClient: HTTPClient, timeout: Duration, retry: SourceRetryPolicy = .default, logger: Logger,
+        sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
+    ) {
+        self.httpClient = httpClient
+        self.timeout = timeout
+        self.retry = retry
+        self.logger = logger
+        self.sleep = sleep
+    }
+
+    /// GETs `url`; any answer other than 2xx (after retries) throws `CollectorError.httpStatus`.
+    /// `displayURL` is what error messages show (without query secrets).
+    func get(_ url: String, headers: HTTPHeaders) async throws(CollectorError) -> SourceResponse {
+        let display = Self.displayURL(url)
+        var attempt = 0
+        while true {
+            attempt += 1
+            let outcome = await attemptOnce(url, headers: headers, display: display)
+            let delay: Duration
+            switch outcome {
+            case .success(let response) where (200..<300).contains(response.status):
+                return response
+            case .success(let response) where response.status == 429 || (500..<600).contains(response.status):
+                let error = CollectorError.httpStatus(response.status, url: display, detail: Self.detail(response.body))
+                guard attempt < retry.maxAttempts else { throw error }
+                if let retryAfter = Self.retryAfter(response.headers) {
+                    guard retryAfter <= retry.maxRetryAfter else {
+                        throw .rateLimited(url: display, retryAfterSeconds: retryAfter.components.seconds)
+                    }
+                    delay = retryAfter
+                } else {
+                    delay = retry.backoff(afterAttempt: attempt)
+                }
+                logger.warning(
+                    "source request retried",
+                    metadata: [
+                        "url": "\(display)", "status": "\(response.status)", "attempt": "\(attempt)",
+                        "delay_ms": "\(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000)",
+                    ]
+                )
+            case .success(let response):
+                throw .httpStatus(response.status, url: display, detail: Self.detail(response.body))
+            case .failure(let error):
+                guard case .transport = error, attempt < retry.maxAttempts else { throw error }
+                delay = retry.backoff(afterAttempt: attempt)
+                logger.warning(
+                    "source request retried",
+                    metadata: ["url": "\(display)", "error": "\(error)", "attempt": "\(attempt)"]
+                )
+            }
+            do {
+                try await sleep(delay)
+            } catch {
+                throw .transport(url: display, detail: "cancelled while waiting to retry")
+            }
+        }
+    }
+
+    private func attemptOnce(_ url: String, headers: HTTPHeaders, display: String) async -> Result<
+        SourceResponse, CollectorError
+    > {
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        request.headers = headers
+        let seconds = max(1, timeout.components.seconds)
+        do {
+            let response = try await httpClient.execute(request, timeout: .seconds(seconds))
+            let buffer = try await response.body.collect(upTo: maxBodyBytes)
+            return .success(
+                SourceResponse(status: Int(response.status.code), headers: response.headers, body: Data(buffer: buffer))
+            )
+        } catch let error as HTTPClientError {
+            if error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+                return .failure(.timeout(url: display, seconds: seconds))
+            }
+            if error == .bodyLengthMismatch {
+                return .failure(.malformed("the answer of \(display) was cut short"))
+            }
+            return .failure(.transport(url: display, detail: "\(error)"))
+        } catch let error as NIOTooManyBytesError {
+            return .failure(.malformed("the answer of \(display) is larger than \(maxBodyBytes) bytes (\(error))"))
+        } catch is CancellationError {
+            return .failure(.transport(url: display, detail: "cancelled"))
+        } catch {
+            return .failure(.transport(url: display, detail: "\(error)"))
+        }
+    }
+
+    /// `Retry-After` as seconds or as an HTTP date.
+    static func retryAfter(_ headers: HTTPHeaders) -> Duration? {
+        guard let value = headers.first(name: "Retry-After")?.trimmingCharacters(in: .whitespaces) else { return nil }
+        if let seconds = Int64(value) { return .seconds(max(0, seconds)) }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        guard let date = formatter.date(from: value) else { return nil }
+        return .seconds(max(0, Int64(date.timeIntervalSinceNow.rounded(.up))))
+    }
+
+    /// The URL without its query, for messages and logs (queries may carry filters, never needed to diagnose).
+    static func displayURL(_ url: String) -> String {
+        String(url.prefix { $0 != "?" })
+    }
+
+    /// A short, single-line excerpt of an error body.
+    static func detail(_ body: Data) -> String {
+        guard !body.isEmpty else { return "" }
+        if let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] {
+            for key in ["title", "description", "detail", "message", "error"] {
+                if let text = object[key] as? String { return String(text.prefix(200)) }
+                if let nested = object[key] as? [String: Any], let text = nested["message"] as? String {
+                    return String(text.prefix(200))
+                }
+            }
+        }
+        return String(String(decoding: body.prefix(200), as: UTF8.self).map { $0.isNewline ? " " : $0 })
+    }
+}

@@ -1,0 +1,109 @@
+import WatermarkCore
+
+/// One configured source, validated: every value here was checked at start-up, credentials included.
+struct SourceConfiguration: Sendable {
+    var id: SourceID
+    var kind: SourceKind
+    var enabled: Bool = true
+    /// Time between two scheduled runs (plus jitter).
+    var interval: Duration = .seconds(300)
+    /// How far back the first run (no watermark yet) starts.
+    var lookback: Duration = .seconds(7 * 86_400)
+    var pageSize: Int = 100
+    /// How far before the watermark each run starts again, for sources whose filter or clock is coarse;
+    /// records re-read inside the window are dropped by (id, version).
+    var overlap: Duration = .zero
+    /// Watermark age after which the source is reported stale.
+    var staleAfter: Duration = .seconds(7200)
+    /// Bound of one request to the source.
+    var timeout: Duration = .seconds(30)
+
+    var typeName: String { kind.typeName }
+}
+
+/// The type-specific part of a source.
+enum SourceKind: Sendable {
+    case taxii21(TAXIISettings)
+    case otx(OTXSettings)
+    case directory(DirectorySettings)
+
+    var typeName: String {
+        switch self {
+        case .taxii21: "taxii21"
+        case .otx: "otx"
+        case .directory: "directory"
+        }
+    }
+}
+
+/// A TAXII 2.1 collection, addressed without discovery.
+struct TAXIISettings: Sendable {
+    /// The API root URL, e.g. `https://taxii.example.com/api1/` (a trailing slash is added if missing).
+    var apiRoot: String
+    var collectionID: String
+    var auth: SourceAuth = .none
+}
+
+/// AlienVault OTX subscribed pulses.
+struct OTXSettings: Sendable {
+    var baseURL: String = "https://otx.alienvault.com"
+    var apiKey: Secret
+}
+
+/// A local drop folder of `.json` / `.ndjson` files.
+struct DirectorySettings: Sendable {
+    var path: String
+    /// The record field holding its timestamp (RFC 3339; naive values count as UTC).
+    var timestampField: String = "modified"
+    /// Used when `timestampField` is absent, e.g. STIX objects that are never modified.
+    var fallbackTimestampField: String? = "created"
+    var idField: String = "id"
+}
+
+/// Credentials for an HTTP source; only ever read from environment variables.
+enum SourceAuth: Sendable, Equatable {
+    case none
+    case basic(username: String, password: Secret)
+    case bearer(Secret)
+
+    /// The `Authorization` header value.
+    var headerValue: String? {
+        switch self {
+        case .none: return nil
+        case .basic(let username, let password):
+            let raw = Array("\(username):\(password.value)".utf8)
+            return "Basic " + Base64.encode(raw)
+        case .bearer(let token): return "Bearer \(token.value)"
+        }
+    }
+}
+
+/// A credential that never prints itself, so it cannot end up in a log line or an error message.
+struct Secret: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+    let value: String
+    init(_ value: String) { self.value = value }
+    var description: String { "<redacted>" }
+    var debugDescription: String { "<redacted>" }
+}
+
+/// Standard base64 (RFC 4648) for the basic-auth header, without pulling Foundation into the model.
+enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var index = 0
+        while index < bytes.count {
+            let b0 = bytes[index]
+            let b1 = index + 1 < bytes.count ? bytes[index + 1] : 0
+            let b2 = index + 2 < bytes.count ? bytes[index + 2] : 0
+            out.append(alphabet[Int(b0 >> 2)])
+            out.append(alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            out.append(index + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "="))
+            out.append(index + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "="))
+            index += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,33 @@
+import Hummingbird
+import Logging
+import WatermarkCore
+
+/// `POST /api/v1/sources/{source_id}/run`: asks for a run now (202), coalesced with one already requested.
+struct SourcesController<Context: RequestContext>: Sendable {
+    let board: SourceBoard
+
+    var endpoints: RouteCollection<Context> {
+        let routes = RouteCollection(context: Context.self)
+        routes.post(":source_id/run", use: run)
+        return routes
+    }
+
+    @Sendable func run(_ request: Request, context: Context) async throws -> Response {
+        let text = try context.parameters.require("source_id")
+        guard let id = try? SourceID(text) else {
+            throw APIError(
+                .badRequest, code: "invalid_source_id",
+                message: "\"\(text.prefix(140))\" is not a source id (1 to 128 of A-Z a-z 0-9 . _ : -)"
+            )
+        }
+        switch await board.trigger(id) {
+        case .accepted:
+            context.logger.info("run requested", metadata: ["source_id": "\(id)"])
+            return StatusController<Context>.json(["source_id": id.rawValue, "status": "accepted"], status: .accepted)
+        case .alreadyRunning:
+            throw APIError(.conflict, code: "already_running", message: "source \(id) is running; try again when it ends")
+        case .unknownSource:
+            throw APIError(.notFound, code: "source_not_found", message: "no source \(id) in the configuration")
+        }
+    }
+}

@@ -1,0 +1,75 @@
+import Logging
+import ServiceLifecycle
+import WatermarkCore
+
+/// Runs every source on its interval (plus jitter), at most `maxConcurrentRuns` at a time and never two runs
+/// of one source at once; replays queued watermark updates in the background.
+///
+/// On graceful shutdown (SIGTERM) it stops starting runs; a running run stops at its next page boundary
+/// without moving the watermark (what it wrote is dropped as duplicates next time), and `run()` returns once
+/// every run has ended.
+struct CollectionScheduler: Service {
+    struct Configuration: Sendable {
+        var maxConcurrentRuns = 2
+        /// Up to this fraction of the interval is added at random, so replicas and sources spread out.
+        var jitterFraction = 0.1
+        /// How often due sources are looked for (and triggers picked up).
+        var tick: Duration = .milliseconds(200)
+        /// How often queued updates are replayed and watermark ages refreshed.
+        var maintenanceInterval: Duration = .seconds(30)
+
+        init(maxConcurrentRuns: Int = 2, maintenanceInterval: Duration = .seconds(30)) {
+            self.maxConcurrentRuns = maxConcurrentRuns
+            self.maintenanceInterval = maintenanceInterval
+        }
+    }
+
+    let engine: CollectionEngine
+    let configuration: Configuration
+
+    func nextRun(after source: SourceConfiguration, now: Timestamp) -> Timestamp {
+        let interval = source.interval.secondsDouble
+        let jitter = interval * configuration.jitterFraction * Double.random(in: 0...1)
+        return now.adding(source.interval + .milliseconds(Int64(jitter * 1000)))
+    }
+
+    func run() async throws {
+        let board = engine.board
+        let clock = engine.clock
+        engine.logger.info(
+            "scheduler started",
+            metadata: [
+                "sources": "\(board.order.count)", "max_concurrent_runs": "\(configuration.maxConcurrentRuns)",
+            ]
+        )
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    var last: Timestamp?
+                    while !Task.isCancelled, !(await board.isStopping()) {
+                        let now = clock()
+                        if last.map({ now.duration(since: $0) >= configuration.maintenanceInterval }) ?? true {
+                            last = now
+                            await engine.maintain()
+                        }
+                        try? await Task.sleep(for: configuration.tick)
+                    }
+                }
+                while !Task.isCancelled, !(await board.isStopping()) {
+                    let slots = configuration.maxConcurrentRuns - (await board.runningCount)
+                    for source in await board.claimDue(now: clock(), limit: slots) {
+                        group.addTask {
+                            let report = await engine.execute(source)
+                            await board.finish(report, nextRunAt: nextRun(after: source, now: clock()))
+                            await engine.refreshWatching()
+                        }
+                    }
+                    try? await Task.sleep(for: configuration.tick)
+                }
+            }
+        } onGracefulShutdown: {
+            Task { await board.stop() }
+        }
+        engine.logger.info("scheduler stopped")
+    }
+}

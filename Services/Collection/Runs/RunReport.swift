@@ -1,0 +1,34 @@
+import WatermarkCore
+
+/// What one run of one source did, for logs, `/status`, `/metrics` and `--once`.
+struct RunReport: Sendable, Equatable {
+    enum Outcome: String, Sendable, Codable {
+        /// Everything fetched and written; the watermark update was applied or queued.
+        case success
+        /// The source, the sink or the storage failed; the watermark did not move.
+        case failed
+        /// Another replica holds the source's lease: not a failure, that replica collects it.
+        case skipped
+        /// Shutdown arrived mid-run: what was written stays (and is deduplicated next time), the watermark
+        /// did not move.
+        case abandoned
+    }
+
+    var sourceID: SourceID
+    var outcome: Outcome
+    var startedAt: Timestamp
+    var finishedAt: Timestamp
+    /// New records written to the sink (duplicates dropped are not counted).
+    var recordsCollected: Int64 = 0
+    /// Records the source sent again that were already in the sink.
+    var duplicatesDropped: Int64 = 0
+    /// The watermark after the run (the new mark on success, the previous one otherwise).
+    var watermark: Timestamp?
+    var errorMessage: String?
+    /// The update went to the on-disk queue because the storage was unreachable.
+    var updateQueued = false
+    /// The run went on without a lease because the storage was unreachable.
+    var withoutLease = false
+
+    var duration: Duration { finishedAt.duration(since: startedAt) }
+}

@@ -1,0 +1,99 @@
+import WatermarkCore
+
+/// The live state of every source: what runs, what is due, how the last run went. The scheduler claims runs
+/// here (so a source never runs twice at once in this process), the HTTP API triggers and reads it.
+actor SourceBoard {
+    struct Entry: Sendable {
+        var source: SourceConfiguration
+        var running = false
+        /// A run was requested (API or start-up) and waits for a free slot.
+        var triggered = false
+        var nextRunAt: Timestamp?
+        var lastRun: RunReport?
+        var lastError: String?
+        var lastSuccessAt: Timestamp?
+        /// The source's watermark as last known (storage, or the local state when storage is away).
+        var watermark: Timestamp?
+        var stale = false
+    }
+
+    enum TriggerResult: Sendable, Equatable {
+        case accepted
+        case alreadyRunning
+        case unknownSource
+    }
+
+    private(set) var entries: [SourceID: Entry] = [:]
+    let order: [SourceID]
+    private(set) var stopping = false
+
+    init(sources: [SourceConfiguration]) {
+        order = sources.map(\.id)
+        for source in sources { entries[source.id] = Entry(source: source) }
+    }
+
+    func isStopping() -> Bool { stopping }
+    func stop() { stopping = true }
+
+    func entry(_ id: SourceID) -> Entry? { entries[id] }
+    func allEntries() -> [Entry] { order.compactMap { entries[$0] } }
+    var runningCount: Int { entries.values.count { $0.running } }
+
+    /// Asks for a run now. A source that is running answers `alreadyRunning`; a pending request is coalesced.
+    func trigger(_ id: SourceID) -> TriggerResult {
+        guard var entry = entries[id] else { return .unknownSource }
+        guard !entry.running else { return .alreadyRunning }
+        entry.triggered = true
+        entries[id] = entry
+        return .accepted
+    }
+
+    /// Marks up to `limit` due sources as running and returns them (triggered ones first).
+    func claimDue(now: Timestamp, limit: Int) -> [SourceConfiguration] {
+        guard !stopping, limit > 0 else { return [] }
+        let due = order.compactMap { entries[$0] }.filter { entry in
+            !entry.running
+                && (entry.triggered || (entry.source.enabled && (entry.nextRunAt.map { $0 <= now } ?? true)))
+        }.sorted { lhs, rhs in lhs.triggered && !rhs.triggered }
+        let claimed = Array(due.prefix(limit))
+        for entry in claimed {
+            entries[entry.source.id]?.running = true
+            entries[entry.source.id]?.triggered = false
+        }
+        return claimed.map(\.source)
+    }
+
+    /// Sets when a source runs next (scheduled interval plus jitter).
+    func schedule(_ id: SourceID, at time: Timestamp) {
+        entries[id]?.nextRunAt = time
+    }
+
+    func finish(_ report: RunReport, nextRunAt: Timestamp) {
+        guard var entry = entries[report.sourceID] else { return }
+        entry.running = false
+        entry.lastRun = report
+        entry.nextRunAt = nextRunAt
+        switch report.outcome {
+        case .success:
+            entry.lastError = nil
+            entry.lastSuccessAt = report.finishedAt
+            entry.watermark = report.watermark
+        case .failed:
+            entry.lastError = report.errorMessage
+        case .skipped, .abandoned:
+            break
+        }
+        entries[report.sourceID] = entry
+    }
+
+    func setWatermark(_ id: SourceID, _ timestamp: Timestamp?) {
+        entries[id]?.watermark = timestamp
+    }
+
+    /// Updates the stale flag; returns `true` when the source just became stale (worth one warning).
+    func setStale(_ id: SourceID, _ stale: Bool) -> Bool {
+        guard let was = entries[id]?.stale else { return false }
+        entries[id]?.stale = stale
+        return stale && !was
+    }
+}

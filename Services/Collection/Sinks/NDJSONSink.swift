@@ -1,0 +1,219 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import WatermarkCore
+
+/// The records of one source as NDJSON files `DATA_DIR/<source_id>/<yyyy-mm-dd>.ndjson` (UTC day of
+/// collection), one line per record: `{"source_id","id","version","mark","collected_at","record"}`.
+///
+/// Exactly-once rests on two things here: `append` returns only once the lines are on disk (file fsynced, and
+/// the folder too when a file was created), and `existingKeys(since:)` tells the run which records already
+/// made it, so whatever a crash made the source send again is dropped. A torn last line (a crash in the middle
+/// of a write) is cut off before the next append and ignored when reading.
+struct NDJSONSink: Sendable {
+    let directory: String
+    let sourceID: SourceID
+
+    init(dataDirectory: String, sourceID: SourceID) {
+        self.directory = (dataDirectory as NSString).appendingPathComponent(sourceID.rawValue)
+        self.sourceID = sourceID
+    }
+
+    /// The files of this source, newest first.
+    func files() -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0.hasSuffix(".ndjson") && !$0.hasPrefix(".") }.sorted(by: >)
+    }
+
+    /// Keys of records already written whose mark is at or after `since`.
+    ///
+    /// Scans files newest first and stops after a file whose newest mark is older than `since`: files are per
+    /// day of collection and a watermark only covers what was fsynced, so older files hold older marks.
+    func existingKeys(since: Timestamp) throws(SinkError) -> Set<RecordKey> {
+        var keys = Set<RecordKey>()
+        for name in files() {
+            let path = (directory as NSString).appendingPathComponent(name)
+            let data: Data
+            do {
+                data = try Data(contentsOf: URL(fileURLWithPath: path))
+            } catch {
+                throw SinkError(path: path, operation: "read", detail: error.localizedDescription)
+            }
+            var newest: Timestamp?
+            for line in data.split(separator: UInt8(ascii: "\n")) {
+                guard let entry = Self.decodeLine(Data(line)) else { continue }  // a torn line
+                if newest.map({ entry.mark > $0 }) ?? true { newest = entry.mark }
+                if entry.mark >= since { keys.insert(entry.key) }
+            }
+            if let newest, newest < since { break }
+        }
+        return keys
+    }
+
+    /// Every record of the source, in file order (for tests and tools).
+    func allEntries() -> [SinkEntry] {
+        files().reversed().flatMap { name -> [SinkEntry] in
+            let path = (directory as NSString).appendingPathComponent(name)
+            guard let data = try? Data(contentsOf: URL(fileURLWithPath: path)) else { return [] }
+            return data.split(separator: UInt8(ascii: "\n")).compactMap { Self.decodeLine(Data($0)) }
+        }
+    }
+
+    /// Appends the records and fsyncs before returning.
+    func append(_ records: [CollectedRecord], collectedAt: Timestamp) throws(SinkError) {
+        guard !records.isEmpty else { return }
+        let createdFolder = try ensureDirectory()
+        let name = String(collectedAt.description.prefix(10)) + ".ndjson"
+        let path = (directory as NSString).appendingPathComponent(name)
+        let existed = FileManager.default.fileExists(atPath: path)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SinkError(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        var end = try Self.repairTail(fd: fd, path: path)
+
+        var buffer = Data()
+        let stamp = collectedAt.description
+        for record in records {
+            buffer.append(contentsOf: Array(#"{"source_id":"#.utf8))
+            buffer.append(contentsOf: Self.jsonString(sourceID.rawValue))
+            buffer.append(contentsOf: Array(#","id":"#.utf8))
+            buffer.append(contentsOf: Self.jsonString(record.id))
+            buffer.append(contentsOf: Array(#","version":"#.utf8))
+            buffer.append(contentsOf: Self.jsonString(record.version))
+            buffer.append(contentsOf: Array(#","mark":""#.utf8) + Array(record.mark.description.utf8))
+            buffer.append(contentsOf: Array(#"","collected_at":""#.utf8) + Array(stamp.utf8))
+            buffer.append(contentsOf: Array(#"","record":"#.utf8))
+            buffer.append(record.json)
+            buffer.append(contentsOf: Array("}\n".utf8))
+        }
+        let bytes = [UInt8](buffer)
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { raw in
+                pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(end))
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw SinkError(path: path, operation: "write", errno: errno)
+            }
+            offset += written
+            end += written
+        }
+        guard fsync(fd) == 0 else { throw SinkError(path: path, operation: "fsync", errno: errno) }
+        if !existed { try Self.fsyncDirectory(directory) }
+        if createdFolder { try Self.fsyncDirectory((directory as NSString).deletingLastPathComponent) }
+    }
+
+    /// Cuts a torn last line (no trailing newline) and returns the new end of the file.
+    static func repairTail(fd: Int32, path: String) throws(SinkError) -> Int {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SinkError(path: path, operation: "stat", errno: errno) }
+        let size = Int(info.st_size)
+        guard size > 0 else { return 0 }
+        // Read backwards in chunks until the last newline is found.
+        var end = size
+        var chunkEnd = size
+        var lastByteIsNewline = false
+        var found = false
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while chunkEnd > 0, !found {
+            let chunkStart = max(0, chunkEnd - buffer.count)
+            let count = chunkEnd - chunkStart
+            let read = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, count, off_t(chunkStart)) }
+            guard read == count else { throw SinkError(path: path, operation: "read", errno: errno) }
+            if chunkEnd == size { lastByteIsNewline = buffer[count - 1] == UInt8(ascii: "\n") }
+            if lastByteIsNewline { return size }
+            if let index = buffer[0..<count].lastIndex(of: UInt8(ascii: "\n")) {
+                end = chunkStart + index + 1
+                found = true
+            }
+            chunkEnd = chunkStart
+        }
+        if !found { end = 0 }
+        guard ftruncate(fd, off_t(end)) == 0 else { throw SinkError(path: path, operation: "truncate", errno: errno) }
+        guard fsync(fd) == 0 else { throw SinkError(path: path, operation: "fsync", errno: errno) }
+        return end
+    }
+
+    /// Creates the source's folder; returns `true` when it had to.
+    private func ensureDirectory() throws(SinkError) -> Bool {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue {
+            return false
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw SinkError(path: directory, operation: "create folder", detail: error.localizedDescription)
+        }
+        return true
+    }
+
+    static func fsyncDirectory(_ path: String) throws(SinkError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SinkError(path: path, operation: "open folder", errno: errno) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw SinkError(path: path, operation: "fsync folder", errno: errno) }
+    }
+
+    static func decodeLine(_ line: Data) -> SinkEntry? {
+        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any],
+            let id = object["id"] as? String, let markText = object["mark"] as? String,
+            let mark = try? Timestamp(rfc3339: markText)
+        else { return nil }
+        let version = object["version"] as? String ?? markText
+        return SinkEntry(id: id, version: version, mark: mark)
+    }
+
+    /// A JSON string literal, escaped.
+    static func jsonString(_ text: String) -> [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: "\"")]
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += Array(#"\""#.utf8)
+            case "\\": out += Array(#"\\"#.utf8)
+            case "\n": out += Array(#"\n"#.utf8)
+            case "\r": out += Array(#"\r"#.utf8)
+            case "\t": out += Array(#"\t"#.utf8)
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += Array(("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
+            default: out += Array(String(scalar).utf8)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+        return out
+    }
+}
+
+/// One line of the sink, as read back.
+struct SinkEntry: Sendable, Equatable {
+    var id: String
+    var version: String
+    var mark: Timestamp
+    var key: RecordKey { RecordKey(id: id, version: version) }
+}
+
+/// A sink operation that failed; the run fails with this message and the watermark stays.
+struct SinkError: Error, Sendable, CustomStringConvertible {
+    var path: String
+    var operation: String
+    var detail: String
+
+    init(path: String, operation: String, detail: String) {
+        self.path = path
+        self.operation = operation
+        self.detail = detail
+    }
+
+    init(path: String, operation: String, errno code: Int32) {
+        self.init(path: path, operation: operation, detail: String(cString: strerror(code)))
+    }
+
+    var description: String { "sink \(operation) failed for \(path): \(detail)" }
+}
