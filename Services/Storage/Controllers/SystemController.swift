@@ -4,7 +4,7 @@ import Logging
 import NIOCore
 import WatermarkCore
 
-/// `/health`, `/status` and `/metrics`: what operators and orchestrators look at.
+/// `/health`, `/status`, `/metrics` and `/openapi.yaml`: what operators, orchestrators and API clients look at.
 struct SystemController<Context: RequestContext> {
     static var serviceVersion: String { "1.0.0" }
 
@@ -17,6 +17,7 @@ struct SystemController<Context: RequestContext> {
         router.get("health", use: health)
         router.get("status", use: status)
         router.get("metrics", use: metricsText)
+        router.get("openapi.yaml", use: openAPIDocument)
     }
 
     /// 200 when the database answers (and, after a failed write, accepts a write again); 503 otherwise.
@@ -49,6 +50,14 @@ struct SystemController<Context: RequestContext> {
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(string: text))
+        )
+    }
+
+    /// The API description, open like `/health`: it says how to call the API, not what is stored.
+    @Sendable func openAPIDocument(request: Request, context: Context) async throws -> Response {
+        Response(
+            status: .ok, headers: [.contentType: OpenAPIDocument.contentType],
+            body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml))
         )
     }
 }
