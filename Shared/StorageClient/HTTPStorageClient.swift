@@ -45,7 +45,7 @@ public final class HTTPStorageClient: StorageClient {
         sleep: @escaping Sleeper = { try await Task.sleep(for: $0) },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0...1) }
     ) {
-        var base = baseURL
+        var base = baseURL.trimmingCharacters(in: .whitespaces)
         while base.hasSuffix("/") { base.removeLast() }
         self.baseURL = base
         self.token = token.flatMap { $0.isEmpty ? nil : $0 }
@@ -56,7 +56,9 @@ public final class HTTPStorageClient: StorageClient {
             self.httpClient = httpClient
             self.ownsHTTPClient = false
         } else {
-            self.httpClient = HTTPClient(eventLoopGroupProvider: .singleton)
+            self.httpClient = HTTPClient(
+                eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: Self.configuration(timeout: timeout)
+            )
             self.ownsHTTPClient = true
         }
         var logger = logger
@@ -64,6 +66,17 @@ public final class HTTPStorageClient: StorageClient {
         self.logger = logger
         self.sleep = sleep
         self.random = random
+    }
+
+    /// The configuration of an `HTTPClient` made here. AsyncHTTPClient by default keeps retrying a refused
+    /// connection until the request's deadline, so a storage that is down would hold every call for the
+    /// whole timeout; this client fails such a connection at once and retries with its own backoff instead.
+    /// An injected `HTTPClient` keeps its owner's configuration.
+    public static func configuration(timeout: Duration) -> HTTPClient.Configuration {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .init(min(timeout, .seconds(10)))
+        return configuration
     }
 
     /// Shuts down the `HTTPClient` if this client created it. Call once, when done with the client.
@@ -119,7 +132,8 @@ public final class HTTPStorageClient: StorageClient {
         var headers = HTTPHeaders()
         Self.add(precondition, to: &headers)
         if let leaseToken { headers.add(name: "Lease-Token", value: String(leaseToken)) }
-        _ = try await send(.DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204])
+        _ = try await send(
+            .DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204])
     }
 
     public func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage {
@@ -224,7 +238,8 @@ public final class HTTPStorageClient: StorageClient {
                 )
                 if accept.contains(status) { return Answer(status: status, headers: response.headers, body: bytes) }
                 let error = Self.serviceError(status: status, body: bytes)
-                failure = status == 404 && error.code != "watermark_not_found"
+                failure =
+                    status == 404 && error.code != "watermark_not_found"
                     ? .invalidRequest(code: error.code, message: error.message) : StorageClientError(error)
                 retryable = [429, 502, 503, 504].contains(status)
                 retryAfter = response.headers.first(name: "Retry-After").flatMap(Self.parseRetryAfter)
@@ -237,12 +252,15 @@ public final class HTTPStorageClient: StorageClient {
                 retryAfter = nil
                 logger.debug(
                     "storage request failed",
-                    metadata: metadata.merging(["error": "\(error)", "duration_ms": "\(Self.milliseconds(since: started))"]) {
+                    metadata: metadata.merging([
+                        "error": "\(error)", "duration_ms": "\(Self.milliseconds(since: started))",
+                    ]) {
                         $1
                     }
                 )
             }
-            guard retryable, let delay = retryPolicy.delay(beforeRetry: attempt, retryAfter: retryAfter, random: random())
+            guard retryable,
+                let delay = retryPolicy.delay(beforeRetry: attempt, retryAfter: retryAfter, random: random())
             else {
                 if attempt > 1 || retryable {
                     logger.warning(

@@ -43,7 +43,8 @@ public func makeStorageClient(
     if let text = value("STORAGE_TIMEOUT_SECONDS") {
         guard let seconds = Double(text), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
             throw StorageClientConfigurationError(
-                key: "STORAGE_TIMEOUT_SECONDS", message: "'\(text.prefix(64))' is not a number of seconds from 0 to 86400, e.g. 30"
+                key: "STORAGE_TIMEOUT_SECONDS",
+                message: "'\(text.prefix(64))' is not a number of seconds from 0 to 86400, e.g. 30"
             )
         }
         timeout = .milliseconds(Int64((seconds * 1000).rounded(.up)))

@@ -124,6 +124,19 @@ public actor WatermarkManager {
         }
     }
 
+    /// The seed's call with the caller's lease: `update_watermark(source_id, timestamp, status, error_message)`
+    /// plus the count and the fencing token of the lease the caller holds on the source.
+    @discardableResult
+    public func updateWatermark(
+        sourceID: SourceID, timestamp: Timestamp?, status: RunStatus, errorMessage: String? = nil,
+        recordsCollected: Int64? = nil, leaseToken: Int64?
+    ) async throws -> WatermarkUpdateResult {
+        try await updateWatermark(
+            sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: errorMessage,
+            recordsCollected: recordsCollected, options: UpdateOptions(leaseToken: leaseToken)
+        )
+    }
+
     // MARK: Replaying
 
     /// Sends the queued updates, oldest first. Stops at the first transient failure (the storage is still
@@ -228,7 +241,10 @@ public actor WatermarkManager {
             } catch {
                 logger.warning(
                     "Queued watermark update not delivered - storage unavailable",
-                    metadata: ["source_id": "\(sourceID)", "pending": "\(pendingCount(sourceID: sourceID))", "error": "\(error)"]
+                    metadata: [
+                        "source_id": "\(sourceID)", "pending": "\(pendingCount(sourceID: sourceID))",
+                        "error": "\(error)",
+                    ]
                 )
                 outcome.result = .stopped
                 return outcome
@@ -489,7 +505,8 @@ struct PendingQueue: Codable {
 
     mutating func append(sourceID: SourceID, update: WatermarkUpdate, options: UpdateOptions, queuedAt: Timestamp) {
         updates.append(
-            PendingUpdate(sequence: nextSequence, sourceID: sourceID, update: update, options: options, queuedAt: queuedAt)
+            PendingUpdate(
+                sequence: nextSequence, sourceID: sourceID, update: update, options: options, queuedAt: queuedAt)
         )
         nextSequence += 1
     }

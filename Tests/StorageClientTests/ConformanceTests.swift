@@ -1,0 +1,391 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import StorageClient
+import Testing
+import WatermarkCore
+
+@testable import StorageService
+
+/// The two implementations of `StorageClient` every conformance test runs against: the in-memory mock,
+/// and the HTTP client talking to a live Storage Service (SQLite on a temporary file) started in the test.
+/// The same assertions pass on both, so the mock cannot drift from the service.
+enum Backend: String, CaseIterable, CustomTestStringConvertible {
+    case memory, live
+
+    var testDescription: String { rawValue }
+
+    /// Runs `body` with a fresh client whose storage reads time from `clock`, and tears everything down
+    /// afterwards (also when `body` throws).
+    func run(
+        clock: ManualClock = ManualClock(), policy: WatermarkPolicy = WatermarkPolicy(),
+        _ body: @escaping @Sendable (any StorageClient) async throws -> Void
+    ) async throws {
+        switch self {
+        case .memory:
+            try await body(InMemoryStorageClient(policy: policy, clock: { clock.now() }))
+        case .live:
+            try await withTemporaryDirectory { folder in
+                let logger = Logger(label: "storage-service-test")
+                let store = try SQLiteWatermarkStore(
+                    path: (folder as NSString).appendingPathComponent("watermarks.db"), policy: policy, logger: logger,
+                    clock: { clock.now() }
+                )
+                var configuration = StorageConfiguration()
+                configuration.host = "127.0.0.1"
+                configuration.port = 0
+                configuration.apiToken = "conformance-token"
+                configuration.policy = policy
+                let app = try await buildApplication(configuration: configuration, store: store, logger: logger)
+                try await app.test(.live) { server in
+                    let port = try #require(server.port)
+                    let client = HTTPStorageClient(
+                        baseURL: "http://127.0.0.1:\(port)", token: "conformance-token", timeout: .seconds(10),
+                        retryPolicy: .none, logger: Logger(label: "storage-client-test")
+                    )
+                    do {
+                        try await body(client)
+                    } catch {
+                        try await client.shutdown()
+                        throw error
+                    }
+                    try await client.shutdown()
+                }
+                try store.close()
+            }
+        }
+    }
+}
+
+@Suite("StorageClient conformance (mock and live service)")
+struct ConformanceTests {
+    let alpha = sid("alpha")
+    let t1 = Timestamp.at("2024-01-01T12:00:00.123456789Z")
+    let t2 = Timestamp.at("2024-01-01T13:00:00Z")
+
+    @Test(arguments: Backend.allCases)
+    func firstCollectionHasNoWatermark(backend: Backend) async throws {
+        try await backend.run { client in
+            let value1 = try await client.getWatermark(sourceID: sid("never_seen"))
+            #expect(value1 == nil)
+            #expect(await client.healthCheck())
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func successCreatesThenMovesTheWatermarkWithNanosecondPrecision(backend: Backend) async throws {
+        let (alpha, t1, t2) = (alpha, t1, t2)
+        try await backend.run { client in
+            let created = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t1, status: .success, recordsCollected: 150
+            )
+            #expect(created.version == 1)
+            #expect(created.lastSuccessfulTimestamp == t1)
+            #expect(created.lastSuccessfulTimestamp?.description == "2024-01-01T12:00:00.123456789Z")
+            #expect(created.recordsCollected == 150)
+            #expect(created.status == .success)
+            #expect(created.errorMessage == nil)
+
+            let moved = try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success)
+            #expect(moved.version == 2)
+            #expect(moved.lastSuccessfulTimestamp == t2)
+            #expect(moved.recordsCollected == 0)
+            #expect(moved.createdAt == created.createdAt)
+            #expect(try await client.getWatermark(sourceID: alpha) == moved)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func failedRunKeepsTheLastSuccessAndCountsFailures(backend: Backend) async throws {
+        let (alpha, t1) = (alpha, t1)
+        try await backend.run { client in
+            try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
+            let failed = try await client.updateWatermark(
+                sourceID: alpha, timestamp: nil, status: .failed, errorMessage: "HTTP 502 from the feed"
+            )
+            #expect(failed.status == .failed)
+            #expect(failed.lastSuccessfulTimestamp == t1)
+            #expect(failed.errorMessage == "HTTP 502 from the feed")
+            #expect(failed.consecutiveFailures == 1)
+            let again = try await client.updateWatermark(sourceID: alpha, timestamp: nil, status: .failed)
+            #expect(again.consecutiveFailures == 2)
+            #expect(again.version == 3)
+
+            // A first run that fails creates the source without a success.
+            let fresh = try await client.updateWatermark(
+                sourceID: sid("beta"), timestamp: nil, status: .failed, errorMessage: "down"
+            )
+            #expect(fresh.lastSuccessfulTimestamp == nil)
+            #expect(fresh.version == 1)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func regressionIsRefusedUnlessForced(backend: Backend) async throws {
+        let (alpha, t1, t2) = (alpha, t1, t2)
+        try await backend.run { client in
+            let stored = try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success)
+            let error = await storageError {
+                try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
+            }
+            guard case .conflict(let code, let message)? = error else {
+                Issue.record("expected a conflict, got \(String(describing: error))")
+                return
+            }
+            #expect(code == "watermark_regression")
+            #expect(message.contains("force=true"))
+            // A refused request changes nothing, not even last_run_timestamp.
+            #expect(try await client.getWatermark(sourceID: alpha) == stored)
+
+            let equal = try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success)
+            #expect(equal.version == 2)
+
+            let forced = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t1, status: .success, errorMessage: nil, recordsCollected: nil,
+                options: UpdateOptions(force: true)
+            )
+            #expect(forced.lastSuccessfulTimestamp == t1)
+            #expect(forced.version == 3)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func invalidUpdatesAreRefusedWithTheServiceCodes(backend: Backend) async throws {
+        let alpha = alpha
+        let clock = ManualClock()
+        try await backend.run(clock: clock) { client in
+            let future = clock.now().adding(.seconds(3600))
+            let tooNew = await storageError {
+                try await client.updateWatermark(sourceID: alpha, timestamp: future, status: .success)
+            }
+            #expect(tooNew?.code == "timestamp_in_future")
+            let missing = await storageError {
+                try await client.updateWatermark(sourceID: alpha, timestamp: nil, status: .success)
+            }
+            #expect(missing?.code == "missing_timestamp")
+            let badKey = await storageError {
+                try await client.updateWatermark(
+                    sourceID: alpha, timestamp: clock.now(), status: .success, idempotencyKey: "has space"
+                )
+            }
+            #expect(badKey?.code == "invalid_header")
+            if case .invalidRequest? = tooNew {
+            } else {
+                Issue.record("expected invalidRequest, got \(String(describing: tooNew))")
+            }
+            let value2 = try await client.getWatermark(sourceID: alpha)
+            #expect(value2 == nil)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func preconditionsGuardConcurrentWriters(backend: Backend) async throws {
+        let (alpha, t1, t2) = (alpha, t1, t2)
+        try await backend.run { client in
+            let created = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t1, status: .success, errorMessage: nil, recordsCollected: nil,
+                options: UpdateOptions(precondition: .absent)
+            )
+            let createAgain = await storageError {
+                try await client.updateWatermark(
+                    sourceID: alpha, timestamp: t2, status: .success, errorMessage: nil, recordsCollected: nil,
+                    options: UpdateOptions(precondition: .absent)
+                )
+            }
+            if case .preconditionFailed? = createAgain {
+            } else {
+                Issue.record("got \(String(describing: createAgain))")
+            }
+
+            let stale = await storageError {
+                try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success, ifVersion: 7)
+            }
+            if case .preconditionFailed? = stale {} else { Issue.record("got \(String(describing: stale))") }
+
+            let updated = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t2, status: .success, ifVersion: created.version
+            )
+            #expect(updated.version == 2)
+            let missing = await storageError {
+                try await client.updateWatermark(
+                    sourceID: sid("gamma"), timestamp: t2, status: .success, errorMessage: nil, recordsCollected: nil,
+                    options: UpdateOptions(precondition: .exists)
+                )
+            }
+            #expect(missing?.code == "precondition_failed")
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func anIdempotencyKeyAppliesOnce(backend: Backend) async throws {
+        let (alpha, t1, t2) = (alpha, t1, t2)
+        try await backend.run { client in
+            let first = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t1, status: .success, recordsCollected: 5, idempotencyKey: "run-1"
+            )
+            let replay = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t1, status: .success, recordsCollected: 5, idempotencyKey: "run-1"
+            )
+            #expect(replay == first)
+            #expect(try await client.history(sourceID: alpha, limit: nil).count == 1)
+
+            let reused = await storageError {
+                try await client.updateWatermark(
+                    sourceID: alpha, timestamp: t2, status: .success, recordsCollected: 5, idempotencyKey: "run-1"
+                )
+            }
+            #expect(reused?.code == "idempotency_key_reused")
+            if case .conflict? = reused {} else { Issue.record("got \(String(describing: reused))") }
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func deleteResetsTheSourceAndVersionsKeepGrowing(backend: Backend) async throws {
+        let (alpha, t1) = (alpha, t1)
+        try await backend.run { client in
+            let created = try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
+            let wrongVersion = await storageError {
+                try await client.deleteWatermark(sourceID: alpha, precondition: .version(9), leaseToken: nil)
+            }
+            if case .preconditionFailed? = wrongVersion {
+            } else {
+                Issue.record("got \(String(describing: wrongVersion))")
+            }
+
+            try await client.deleteWatermark(sourceID: alpha, precondition: .version(created.version), leaseToken: nil)
+            let value3 = try await client.getWatermark(sourceID: alpha)
+            #expect(value3 == nil)
+
+            let again = await storageError {
+                try await client.deleteWatermark(sourceID: alpha, precondition: nil, leaseToken: nil)
+            }
+            if case .notFound? = again {} else { Issue.record("got \(String(describing: again))") }
+
+            let recreated = try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
+            #expect(recreated.version == created.version + 1)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func listPagesAndFilters(backend: Backend) async throws {
+        let clock = ManualClock()
+        try await backend.run(clock: clock) { client in
+            let recent = clock.now()
+            let old = recent.adding(.seconds(-7200))
+            for name in ["d", "a", "c"] {
+                try await client.updateWatermark(sourceID: sid(name), timestamp: recent, status: .success)
+            }
+            try await client.updateWatermark(sourceID: sid("b"), timestamp: old, status: .success)
+            try await client.updateWatermark(sourceID: sid("e"), timestamp: nil, status: .failed, errorMessage: "x")
+
+            let first = try await client.listWatermarks(WatermarkQuery(limit: 2))
+            #expect(first.watermarks.map(\.sourceID.rawValue) == ["a", "b"])
+            #expect(first.nextCursor == "b")
+            let second = try await client.listWatermarks(WatermarkQuery(limit: 2, after: sid("b")))
+            #expect(second.watermarks.map(\.sourceID.rawValue) == ["c", "d"])
+            let last = try await client.listWatermarks(WatermarkQuery(limit: 2, after: sid("d")))
+            #expect(last.watermarks.map(\.sourceID.rawValue) == ["e"])
+            #expect(last.nextCursor == nil)
+
+            let failed = try await client.listWatermarks(WatermarkQuery(status: .failed))
+            #expect(failed.watermarks.map(\.sourceID.rawValue) == ["e"])
+            let stale = try await client.listWatermarks(WatermarkQuery(staleAfter: .seconds(3600)))
+            #expect(stale.watermarks.map(\.sourceID.rawValue) == ["b", "e"])
+
+            let badLimit = await storageError { _ = try await client.listWatermarks(WatermarkQuery(limit: 0)) }
+            #expect(badLimit?.code == "invalid_parameter")
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func historyIsNewestFirst(backend: Backend) async throws {
+        let (alpha, t1, t2) = (alpha, t1, t2)
+        try await backend.run { client in
+            let missing = await storageError { _ = try await client.history(sourceID: alpha, limit: nil) }
+            if case .notFound? = missing {} else { Issue.record("got \(String(describing: missing))") }
+
+            try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success, recordsCollected: 1)
+            try await client.updateWatermark(sourceID: alpha, timestamp: nil, status: .failed, errorMessage: "boom")
+            try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success, recordsCollected: 3)
+            let runs = try await client.history(sourceID: alpha, limit: nil)
+            #expect(runs.map(\.version) == [3, 2, 1])
+            #expect(runs[1].errorMessage == "boom")
+            #expect(runs[1].lastSuccessfulTimestamp == t1)
+            #expect(runs[0].recordsCollected == 3)
+            #expect(try await client.history(sourceID: alpha, limit: 1).map(\.version) == [3])
+            let badLimit = await storageError { _ = try await client.history(sourceID: alpha, limit: 0) }
+            #expect(badLimit?.code == "invalid_parameter")
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func leasesFenceWriters(backend: Backend) async throws {
+        let (alpha, t1, t2) = (alpha, t1, t2)
+        let clock = ManualClock()
+        try await backend.run(clock: clock) { client in
+            // A source can be leased before its first watermark.
+            let lease = try await client.acquireLease(sourceID: alpha, owner: "replica-a", ttl: .seconds(60))
+            #expect(lease.fencingToken == 1)
+            #expect(lease.owner == "replica-a")
+            #expect(lease.expiresAt == clock.now().adding(.seconds(60)))
+
+            let held = await storageError {
+                _ = try await client.acquireLease(sourceID: alpha, owner: "replica-b", ttl: .seconds(60))
+            }
+            #expect(held?.code == "lease_held")
+
+            let noToken = await storageError {
+                try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
+            }
+            #expect(noToken?.code == "lease_required")
+            let wrongToken = await storageError {
+                try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success, leaseToken: 99)
+            }
+            #expect(wrongToken?.code == "stale_lease")
+            let written = try await client.updateWatermark(
+                sourceID: alpha, timestamp: t1, status: .success, leaseToken: lease.fencingToken
+            )
+            #expect(written.version == 1)
+
+            clock.advance(.seconds(30))
+            let renewed = try await client.acquireLease(sourceID: alpha, owner: "replica-a", ttl: .seconds(60))
+            #expect(renewed.fencingToken == lease.fencingToken)
+            #expect(renewed.expiresAt > lease.expiresAt)
+
+            // After expiry another owner takes over with a new token; the old holder is fenced off.
+            clock.advance(.seconds(61))
+            let takeover = try await client.acquireLease(sourceID: alpha, owner: "replica-b", ttl: .seconds(60))
+            #expect(takeover.fencingToken == 2)
+            let fenced = await storageError {
+                try await client.updateWatermark(
+                    sourceID: alpha, timestamp: t2, status: .success, leaseToken: lease.fencingToken
+                )
+            }
+            #expect(fenced?.code == "stale_lease")
+            let fencedDelete = await storageError {
+                try await client.deleteWatermark(sourceID: alpha, precondition: nil, leaseToken: lease.fencingToken)
+            }
+            #expect(fencedDelete?.code == "stale_lease")
+
+            let staleRelease = await storageError {
+                try await client.releaseLease(sourceID: alpha, token: lease.fencingToken)
+            }
+            #expect(staleRelease?.code == "stale_lease")
+            try await client.releaseLease(sourceID: alpha, token: takeover.fencingToken)
+            // Released: writes without a token work again, and a new grant gets a new token.
+            try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success)
+            let next = try await client.acquireLease(sourceID: alpha, owner: "replica-a", ttl: .seconds(60))
+            #expect(next.fencingToken == 3)
+
+            let badTTL = await storageError {
+                _ = try await client.acquireLease(sourceID: sid("other"), owner: "x", ttl: .milliseconds(500))
+            }
+            #expect(badTTL?.code == "invalid_body")
+            let badOwner = await storageError {
+                _ = try await client.acquireLease(sourceID: sid("other"), owner: "", ttl: .seconds(5))
+            }
+            #expect(badOwner?.code == "invalid_body")
+        }
+    }
+}

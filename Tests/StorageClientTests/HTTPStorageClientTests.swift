@@ -1,0 +1,446 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import WatermarkCore
+
+@testable import StorageClient
+
+/// What the test server saw, and how many times it should still fail.
+final class ServerScript: Sendable {
+    struct Seen: Sendable {
+        var method: String
+        var path: String
+        var idempotencyKey: String?
+        var authorization: String?
+        var ifMatch: String?
+        var leaseToken: String?
+        var body: String
+    }
+
+    private let state = Mutex<(seen: [Seen], failuresLeft: Int)>(([], 0))
+
+    init(failures: Int = 0) {
+        state.withLock { $0.failuresLeft = failures }
+    }
+
+    var seen: [Seen] { state.withLock { $0.seen } }
+
+    /// Records a request and answers whether it should fail.
+    func record(_ seen: Seen) -> Bool {
+        state.withLock {
+            $0.seen.append(seen)
+            guard $0.failuresLeft > 0 else { return false }
+            $0.failuresLeft -= 1
+            return true
+        }
+    }
+}
+
+/// A flag shared between a test and its server.
+final class Toggle: Sendable {
+    private let value = Mutex(true)
+    var isOn: Bool {
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
+    }
+}
+
+/// Shuts the client down after `body`, also when it throws (AsyncHTTPClient insists on a shutdown).
+func using<T>(_ client: HTTPStorageClient, _ body: (HTTPStorageClient) async throws -> T) async throws -> T {
+    do {
+        let result = try await body(client)
+        try await client.shutdown()
+        return result
+    } catch {
+        try? await client.shutdown()
+        throw error
+    }
+}
+
+/// Delays the client asked to sleep, without sleeping.
+final class SleepRecorder: Sendable {
+    private let delays = Mutex<[Duration]>([])
+    var all: [Duration] { delays.withLock { $0 } }
+    var sleeper: HTTPStorageClient.Sleeper { { delay in self.delays.withLock { $0.append(delay) } } }
+}
+
+let sampleWatermarkJSON = """
+    {"source_id":"alpha","last_successful_timestamp":"2024-01-01T12:00:00.5Z",\
+    "last_run_timestamp":"2024-01-01T12:05:00Z","status":"success","records_collected":7,\
+    "error_message":null,"version":3,"consecutive_failures":0,"created_at":"2024-01-01T00:00:00Z"}
+    """
+
+func jsonResponse(_ status: HTTPResponse.Status, _ body: String, headers: HTTPFields = [:]) -> Response {
+    var headers = headers
+    headers[.contentType] = "application/json"
+    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+}
+
+/// Starts a tiny server whose `/api/v1/watermarks/alpha` answers `failure` while `script` says so and the
+/// sample watermark afterwards; runs `body` with its base URL.
+func withScriptedServer(
+    script: ServerScript, failure: @escaping @Sendable () -> Response,
+    extraRoutes: @Sendable (Router<BasicRequestContext>) -> Void = { _ in },
+    _ body: @escaping @Sendable (String) async throws -> Void
+) async throws {
+    let router = Router()
+    let handler: @Sendable (Request, BasicRequestContext) async throws -> Response = { request, context in
+        var request = request
+        let bytes = try await request.collectBody(upTo: 1 << 20)
+        let seen = ServerScript.Seen(
+            method: request.method.rawValue, path: request.uri.path,
+            idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!],
+            authorization: request.headers[.authorization], ifMatch: request.headers[.ifMatch],
+            leaseToken: request.headers[HTTPField.Name("Lease-Token")!], body: String(buffer: bytes)
+        )
+        if script.record(seen) { return failure() }
+        if request.method == .delete { return Response(status: .noContent) }
+        return jsonResponse(.ok, sampleWatermarkJSON)
+    }
+    router.get("/api/v1/watermarks/alpha", use: handler)
+    router.put("/api/v1/watermarks/alpha", use: handler)
+    router.delete("/api/v1/watermarks/alpha", use: handler)
+    extraRoutes(router)
+    let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+    try await app.test(.live) { client in
+        try await body("http://127.0.0.1:\(try #require(client.port))")
+    }
+}
+
+@Suite("HTTPStorageClient against scripted servers")
+struct HTTPStorageClientTests {
+    let alpha = sid("alpha")
+
+    func makeClient(
+        _ url: String, sleeps: SleepRecorder, policy: RetryPolicy = RetryPolicy(maxAttempts: 4),
+        timeout: Duration = .seconds(5), token: String? = nil, maxResponseBytes: Int = 1 << 20,
+        logger: Logger = Logger(label: "test")
+    ) -> HTTPStorageClient {
+        HTTPStorageClient(
+            baseURL: url, token: token, timeout: timeout, retryPolicy: policy, maxResponseBytes: maxResponseBytes,
+            logger: logger, sleep: sleeps.sleeper, random: { 1.0 }
+        )
+    }
+
+    @Test func retriesTransientAnswersUntilTheServiceRecovers() async throws {
+        let script = ServerScript(failures: 2)
+        let sleeps = SleepRecorder()
+        let logs = LogRecorder()
+        try await withScriptedServer(
+            script: script,
+            failure: { jsonResponse(.serviceUnavailable, #"{"error":{"code":"database_unavailable","message":"x"}}"#) }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps, token: "secret", logger: logs.logger())) { client in
+                let watermark = try #require(try await client.getWatermark(sourceID: alpha))
+                #expect(watermark.version == 3)
+                #expect(watermark.lastSuccessfulTimestamp == Timestamp.at("2024-01-01T12:00:00.5Z"))
+            }
+        }
+        #expect(script.seen.count == 3)
+        #expect(script.seen.allSatisfy { $0.authorization == "Bearer secret" })
+        // Full jitter with random = 1: the cap, 0.2 s then 0.4 s.
+        #expect(sleeps.all == [.milliseconds(200), .milliseconds(400)])
+        #expect(logs.messages(at: .notice).filter { $0 == "storage request failed - retrying" }.count == 2)
+        #expect(!logs.all.contains { $0.metadata.values.contains { $0.contains("secret") } })
+    }
+
+    @Test func aRetriedUpdateCarriesOneIdempotencyKey() async throws {
+        let script = ServerScript(failures: 2)
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script, failure: { jsonResponse(.badGateway, "<html>bad gateway</html>") }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps)) { client in
+                _ = try await client.updateWatermark(
+                    sourceID: alpha, timestamp: Timestamp.at("2024-01-01T12:00:00.5Z"), status: .success,
+                    recordsCollected: 7, ifVersion: 2, leaseToken: 4
+                )
+            }
+        }
+        let seen = script.seen
+        #expect(seen.count == 3)
+        let keys = Set(seen.compactMap(\.idempotencyKey))
+        #expect(keys.count == 1)
+        #expect(seen.allSatisfy { $0.ifMatch == "\"2\"" && $0.leaseToken == "4" && $0.method == "PUT" })
+        let body = try #require(seen.first?.body)
+        #expect(body.contains(#""timestamp":"2024-01-01T12:00:00.5Z""#))
+        #expect(body.contains(#""records_collected":7"#))
+    }
+
+    @Test func givesUpAfterMaxAttemptsWithATypedError() async throws {
+        let script = ServerScript(failures: 100)
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script, failure: { jsonResponse(.gatewayTimeout, "") }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps, policy: RetryPolicy(maxAttempts: 3))) { client in
+                let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+                #expect(error?.isTransient == true)
+                #expect(error?.code == "http_504")
+            }
+        }
+        #expect(script.seen.count == 3)
+        #expect(sleeps.all.count == 2)
+    }
+
+    @Test func honoursRetryAfter() async throws {
+        let script = ServerScript(failures: 1)
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script,
+            failure: {
+                jsonResponse(
+                    .tooManyRequests, #"{"error":{"code":"rate_limited","message":"slow down"}}"#,
+                    headers: [.retryAfter: "3"]
+                )
+            }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps)) { client in
+                let value1 = try await client.getWatermark(sourceID: alpha)
+                #expect(value1 != nil)
+            }
+        }
+        #expect(script.seen.count == 2)
+        // The server asked for 3 s, more than the 0.2 s backoff: the client waits as told.
+        #expect(sleeps.all == [.seconds(3)])
+    }
+
+    @Test func aRetryAfterBeyondTheCapIsReturnedAtOnce() async throws {
+        let script = ServerScript(failures: 5)
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script,
+            failure: {
+                jsonResponse(
+                    .serviceUnavailable, #"{"error":{"code":"maintenance","message":"back in an hour"}}"#,
+                    headers: [.retryAfter: "3600"]
+                )
+            }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps)) { client in
+                let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+                #expect(error?.isTransient == true)
+                #expect(error?.code == "maintenance")
+            }
+        }
+        #expect(script.seen.count == 1)
+        #expect(sleeps.all.isEmpty)
+    }
+
+    @Test(arguments: [
+        (409, #"{"error":{"code":"watermark_regression","message":"older"}}"#, "watermark_regression"),
+        (400, #"{"error":{"code":"invalid_timestamp","message":"bad"}}"#, "invalid_timestamp"),
+        (401, #"{"error":{"code":"unauthorized","message":"token"}}"#, "unauthorized"),
+        (412, #"{"error":{"code":"precondition_failed","message":"v"}}"#, "precondition_failed"),
+        (500, #"{"error":{"code":"internal_error","message":"oops"}}"#, "internal_error"),
+    ])
+    func permanentAnswersAreNotRetried(status: Int, body: String, code: String) async throws {
+        let script = ServerScript(failures: 1)
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script, failure: { jsonResponse(.init(code: status), body) }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps)) { client in
+                let error = await storageError {
+                    try await client.updateWatermark(sourceID: alpha, timestamp: Timestamp.now(), status: .success)
+                }
+                #expect(error?.code == code)
+                #expect(error?.isTransient == (status >= 500))
+                if status == 409, case .conflict(_, let message)? = error { #expect(message == "older") }
+                if status == 401, case .unauthorized? = error {
+                } else if status == 401 {
+                    Issue.record("got \(String(describing: error))")
+                }
+            }
+        }
+        #expect(script.seen.count == 1)
+        #expect(sleeps.all.isEmpty)
+    }
+
+    @Test func leaseHeldCarriesHolderAndExpiry() async throws {
+        let script = ServerScript(failures: 1)
+        try await withScriptedServer(
+            script: script,
+            failure: {
+                jsonResponse(
+                    .conflict,
+                    #"{"error":{"code":"lease_held","message":"held","holder":"replica-b","expires_at":"2030-01-01T00:00:00Z"}}"#
+                )
+            }
+        ) { url in
+            try await using(makeClient(url, sleeps: SleepRecorder())) { client in
+                do {
+                    try await client.deleteWatermark(sourceID: alpha, precondition: nil, leaseToken: 1)
+                    Issue.record("expected lease_held")
+                } catch StorageClientError.conflict(let code, let message) {
+                    #expect(code == "lease_held")
+                    #expect(message == "held")
+                }
+            }
+        }
+        let decoded = HTTPStorageClient.serviceError(
+            status: 409,
+            body: ByteBuffer(
+                string:
+                    #"{"error":{"code":"lease_held","message":"held","holder":"b","expires_at":"2030-01-01T00:00:00Z"}}"#
+            )
+        )
+        #expect(decoded.holder == "b")
+        #expect(decoded.expiresAt == Timestamp.at("2030-01-01T00:00:00Z"))
+    }
+
+    @Test func aTimeoutIsUnavailableAndNotRetriedByDefault() async throws {
+        let script = ServerScript()
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script, failure: { jsonResponse(.ok, "") },
+            extraRoutes: { router in
+                router.get("/api/v1/watermarks/slow") { _, _ in
+                    try await Task.sleep(for: .milliseconds(1500))
+                    return jsonResponse(.ok, sampleWatermarkJSON)
+                }
+            }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps, timeout: .milliseconds(200))) { client in
+                let started = ContinuousClock.now
+                let error = await storageError { _ = try await client.getWatermark(sourceID: sid("slow")) }
+                let elapsed = ContinuousClock.now - started
+                #expect(error?.isTransient == true)
+                #expect(elapsed < .milliseconds(1200))
+            }
+        }
+        #expect(sleeps.all.isEmpty)
+    }
+
+    @Test func connectionFailuresAreRetriedThenUnavailable() async throws {
+        let sleeps = SleepRecorder()
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let client = makeClient("http://127.0.0.1:1", sleeps: sleeps, policy: RetryPolicy(maxAttempts: 3))
+        let started = ContinuousClock.now
+        let error: StorageClientError? = try await using(client) { client in
+            await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+        }
+        // Refused at once: not held until the 5 s timeout by connection retries inside AsyncHTTPClient.
+        #expect(ContinuousClock.now - started < .seconds(2))
+        guard case .unavailable? = error else {
+            Issue.record("expected unavailable, got \(String(describing: error))")
+            return
+        }
+        #expect(sleeps.all.count == 2)
+        let healthy = try await using(makeClient("http://127.0.0.1:1", sleeps: sleeps)) { await $0.healthCheck() }
+        #expect(healthy == false)
+    }
+
+    @Test func aNonService404IsAnErrorNotAFirstCollection() async throws {
+        let script = ServerScript()
+        try await withScriptedServer(script: script, failure: { jsonResponse(.ok, "") }) { url in
+            // A wrong path prefix in STORAGE_SERVICE_URL: the router answers a plain 404.
+            try await using(makeClient(url + "/wrong-prefix", sleeps: SleepRecorder())) { client in
+                let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+                guard case .invalidRequest(let code, _)? = error else {
+                    Issue.record("expected invalidRequest, got \(String(describing: error))")
+                    return
+                }
+                #expect(code == "http_404")
+            }
+        }
+    }
+
+    @Test func oversizedAndUnreadableAnswersAreUnavailable() async throws {
+        let script = ServerScript()
+        let sleeps = SleepRecorder()
+        try await withScriptedServer(
+            script: script, failure: { jsonResponse(.ok, "") },
+            extraRoutes: { router in
+                router.get("/api/v1/watermarks/huge") { _, _ in
+                    jsonResponse(.ok, "[" + String(repeating: "1,", count: 10_000) + "1]")
+                }
+                router.get("/api/v1/watermarks/garbled") { _, _ in jsonResponse(.ok, "{not json") }
+            }
+        ) { url in
+            try await using(makeClient(url, sleeps: sleeps, maxResponseBytes: 4096)) { client in
+                let huge = await storageError { _ = try await client.getWatermark(sourceID: sid("huge")) }
+                guard case .unavailable(let underlying)? = huge else {
+                    Issue.record("expected unavailable, got \(String(describing: huge))")
+                    return
+                }
+                #expect(underlying is ResponseTooLarge)
+                let garbled = await storageError { _ = try await client.getWatermark(sourceID: sid("garbled")) }
+                guard case .unavailable(let underlying)? = garbled else {
+                    Issue.record("expected unavailable, got \(String(describing: garbled))")
+                    return
+                }
+                #expect(underlying is UnreadableAnswer)
+            }
+        }
+        #expect(sleeps.all.isEmpty)
+    }
+
+    @Test func healthCheckFollowsTheHealthEndpoint() async throws {
+        let healthy = Toggle()
+        try await withScriptedServer(
+            script: ServerScript(), failure: { jsonResponse(.ok, "") },
+            extraRoutes: { router in
+                router.get("/health") { _, _ in
+                    healthy.isOn
+                        ? jsonResponse(.ok, #"{"status":"healthy"}"#)
+                        : jsonResponse(.serviceUnavailable, #"{"status":"unhealthy"}"#)
+                }
+            }
+        ) { url in
+            try await using(makeClient(url + "/", sleeps: SleepRecorder())) { client in
+                #expect(await client.healthCheck())
+                healthy.isOn = false
+                #expect(await client.healthCheck() == false)
+            }
+        }
+    }
+}
+
+@Suite("RetryPolicy")
+struct RetryPolicyTests {
+    @Test func fullJitterGrowsExponentiallyUpToTheCap() {
+        let policy = RetryPolicy(maxAttempts: 10, baseDelay: .milliseconds(200), maxDelay: .seconds(1))
+        #expect(policy.backoffCap(beforeRetry: 1) == .milliseconds(200))
+        #expect(policy.backoffCap(beforeRetry: 2) == .milliseconds(400))
+        #expect(policy.backoffCap(beforeRetry: 3) == .milliseconds(800))
+        #expect(policy.backoffCap(beforeRetry: 4) == .seconds(1))
+        #expect(policy.backoffCap(beforeRetry: 60) == .seconds(1))
+        #expect(policy.delay(beforeRetry: 2, retryAfter: nil, random: 0.5) == .milliseconds(200))
+        #expect(policy.delay(beforeRetry: 2, retryAfter: nil, random: 0) == .zero)
+    }
+
+    @Test func stopsAfterMaxAttempts() {
+        let policy = RetryPolicy(maxAttempts: 3)
+        #expect(policy.delay(beforeRetry: 2, retryAfter: nil, random: 1) != nil)
+        #expect(policy.delay(beforeRetry: 3, retryAfter: nil, random: 1) == nil)
+        #expect(RetryPolicy.none.delay(beforeRetry: 1, retryAfter: nil, random: 1) == nil)
+    }
+
+    @Test func retryAfterIsALowerBoundUpToItsCap() {
+        let policy = RetryPolicy(maxRetryAfter: .seconds(10))
+        #expect(policy.delay(beforeRetry: 1, retryAfter: .seconds(2), random: 1) == .seconds(2))
+        #expect(policy.delay(beforeRetry: 1, retryAfter: .zero, random: 1) == .milliseconds(200))
+        #expect(policy.delay(beforeRetry: 1, retryAfter: .seconds(11), random: 1) == nil)
+    }
+
+    @Test func parsesRetryAfterSecondsAndDates() {
+        #expect(HTTPStorageClient.parseRetryAfter("7") == .seconds(7))
+        #expect(HTTPStorageClient.parseRetryAfter(" 0 ") == .zero)
+        #expect(HTTPStorageClient.parseRetryAfter("-3") == nil)
+        #expect(HTTPStorageClient.parseRetryAfter("soon") == nil)
+        #expect(HTTPStorageClient.parseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == .zero)
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let inAMinute = formatter.string(from: Date().addingTimeInterval(60))
+        let parsed = HTTPStorageClient.parseRetryAfter(inAMinute)
+        #expect(parsed.map { $0 > .seconds(55) && $0 <= .seconds(60) } == true)
+    }
+}

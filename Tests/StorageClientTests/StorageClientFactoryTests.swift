@@ -1,0 +1,78 @@
+import Logging
+import Testing
+
+@testable import StorageClient
+
+@Suite("makeStorageClient")
+struct StorageClientFactoryTests {
+    static let mockLine = "No storage service URL provided - using mock storage client"
+
+    @Test func aURLGivesTheHTTPClientWithItsSettings() async throws {
+        let logs = LogRecorder()
+        let client = try makeStorageClient(
+            environment: [
+                "STORAGE_SERVICE_URL": "http://storage:8000/", "STORAGE_API_TOKEN": "t0ken",
+                "STORAGE_TIMEOUT_SECONDS": "2.5", "ENVIRONMENT": "production",
+            ],
+            logger: logs.logger()
+        )
+        try await client.shutdown()
+        let http = try #require(client as? HTTPStorageClient)
+        #expect(http.baseURL == "http://storage:8000")
+        #expect(http.timeout == .milliseconds(2500))
+        #expect(!logs.messages().contains(Self.mockLine))
+        #expect(!logs.all.contains { $0.metadata.values.contains { $0.contains("t0ken") } })
+    }
+
+    @Test func theDefaultTimeoutIsThirtySeconds() async throws {
+        let client = try makeStorageClient(
+            environment: ["STORAGE_SERVICE_URL": "https://storage.example"], logger: Logger(label: "test")
+        )
+        #expect((client as? HTTPStorageClient)?.timeout == .seconds(30))
+        try await client.shutdown()
+    }
+
+    @Test(arguments: [[:], ["STORAGE_SERVICE_URL": "  "], ["ENVIRONMENT": "development"]])
+    func noURLGivesTheMockAndSaysSo(environment: [String: String]) async throws {
+        let logs = LogRecorder()
+        let client = try makeStorageClient(environment: environment, logger: logs.logger())
+        #expect(client is InMemoryStorageClient)
+        let lines = logs.all.filter { $0.message == Self.mockLine }
+        #expect(lines.count == 1)
+        #expect(lines.first.map { $0.level == .warning || $0.level == .info } == true)
+        try await client.shutdown()
+    }
+
+    @Test(arguments: ["production", "Production", " PRODUCTION "])
+    func productionWithoutAURLIsAStartUpError(value: String) {
+        let logs = LogRecorder()
+        #expect {
+            _ = try makeStorageClient(environment: ["ENVIRONMENT": value], logger: logs.logger())
+        } throws: { error in
+            guard let error = error as? StorageClientConfigurationError else { return false }
+            return error.key == "STORAGE_SERVICE_URL" && error.description.contains("ENVIRONMENT=production")
+        }
+        #expect(!logs.messages().contains(Self.mockLine))
+    }
+
+    @Test(arguments: [
+        "storage:8000", "ftp://storage", "http://", "http://storage:8000?x=1", "not a url", "http://storage:70000",
+    ])
+    func anInvalidURLIsRefused(url: String) {
+        #expect(throws: StorageClientConfigurationError.self) {
+            _ = try makeStorageClient(environment: ["STORAGE_SERVICE_URL": url], logger: Logger(label: "test"))
+        }
+    }
+
+    @Test(arguments: ["0", "-1", "abc", "nan", "inf", "100000"])
+    func anInvalidTimeoutIsRefused(timeout: String) {
+        #expect {
+            _ = try makeStorageClient(
+                environment: ["STORAGE_SERVICE_URL": "http://storage:8000", "STORAGE_TIMEOUT_SECONDS": timeout],
+                logger: Logger(label: "test")
+            )
+        } throws: { error in
+            (error as? StorageClientConfigurationError)?.key == "STORAGE_TIMEOUT_SECONDS"
+        }
+    }
+}

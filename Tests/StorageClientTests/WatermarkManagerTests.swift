@@ -1,0 +1,350 @@
+import Foundation
+import Logging
+import StorageClient
+import Synchronization
+import Testing
+import WatermarkCore
+
+/// Wraps the in-memory client and makes chosen calls fail as a broken connection would: before reaching
+/// the storage, or after the storage applied the update (the answer got lost on the way back).
+actor FlakyClient: StorageClient {
+    enum Failure { case beforeSending, afterApplying }
+
+    let inner: InMemoryStorageClient
+    private var failures: [Failure] = []
+    private(set) var updatesSent = 0
+
+    init(_ inner: InMemoryStorageClient) {
+        self.inner = inner
+    }
+
+    func fail(_ failures: Failure...) { self.failures.append(contentsOf: failures) }
+
+    private func nextFailure() -> Failure? { failures.isEmpty ? nil : failures.removeFirst() }
+
+    func getWatermark(sourceID: SourceID) async throws -> Watermark? {
+        if nextFailure() != nil { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
+        return try await inner.getWatermark(sourceID: sourceID)
+    }
+
+    func updateWatermark(
+        sourceID: SourceID, timestamp: Timestamp?, status: RunStatus, errorMessage: String?,
+        recordsCollected: Int64?, options: UpdateOptions
+    ) async throws -> Watermark {
+        updatesSent += 1
+        let failure = nextFailure()
+        if failure == .beforeSending { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
+        let watermark = try await inner.updateWatermark(
+            sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: errorMessage,
+            recordsCollected: recordsCollected, options: options
+        )
+        if failure == .afterApplying { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
+        return watermark
+    }
+
+    func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+        try await inner.deleteWatermark(sourceID: sourceID, precondition: precondition, leaseToken: leaseToken)
+    }
+
+    func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage { try await inner.listWatermarks(query) }
+
+    func history(sourceID: SourceID, limit: Int?) async throws -> [WatermarkRun] {
+        try await inner.history(sourceID: sourceID, limit: limit)
+    }
+
+    func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
+        try await inner.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
+    }
+
+    func releaseLease(sourceID: SourceID, token: Int64) async throws {
+        try await inner.releaseLease(sourceID: sourceID, token: token)
+    }
+
+    func healthCheck() async -> Bool { await inner.healthCheck() }
+}
+
+@Suite("WatermarkManager")
+struct WatermarkManagerTests {
+    let otx = sid("alienvault_otx")
+    let t1 = Timestamp.at("2024-01-01T12:00:00Z")
+    let t2 = Timestamp.at("2024-01-01T12:30:00.25Z")
+    let t3 = Timestamp.at("2024-01-01T13:00:00Z")
+
+    @Test func theSeedsFlowWorksOnline() async throws {
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "test"))
+            let value1 = try await manager.getWatermark(sourceID: otx)
+            #expect(value1 == nil)
+            let result = try await manager.updateWatermark(
+                sourceID: otx, timestamp: t1, status: .success, recordsCollected: 150
+            )
+            guard case .applied(let watermark) = result else {
+                Issue.record("expected applied, got \(result)")
+                return
+            }
+            #expect(watermark.recordsCollected == 150)
+            #expect(try await manager.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
+            #expect(try await storage.getWatermark(sourceID: otx) == watermark)
+            #expect(await manager.lastKnownWatermark(sourceID: otx) == watermark)
+            #expect(FileManager.default.fileExists(atPath: folder + "/watermarks.json"))
+        }
+    }
+
+    @Test func readsFallBackToTheLastKnownValueWhenStorageIsDown() async throws {
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let logs = LogRecorder()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            let stored = try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success).watermark
+            await storage.setAvailable(false)
+            #expect(try await manager.getWatermark(sourceID: otx) == stored)
+            let value2 = try await manager.getWatermark(sourceID: sid("unknown"))
+            #expect(value2 == nil)
+            #expect(logs.messages(at: .warning).contains("Storage unavailable - using last known watermark"))
+
+            // A restarted process still knows it, from the state file.
+            let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            #expect(try await restarted.getWatermark(sourceID: otx) == stored)
+        }
+    }
+
+    @Test func updatesAreQueuedWhileDownAndReplayedInOrder() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let logs = LogRecorder()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
+            await storage.setAvailable(false)
+
+            let second = try await manager.updateWatermark(
+                sourceID: otx, timestamp: t2, status: .success, recordsCollected: 10
+            )
+            guard case .queued(let projected, let pending) = second else {
+                Issue.record("expected queued, got \(second)")
+                return
+            }
+            #expect(pending == 1)
+            #expect(projected.lastSuccessfulTimestamp == t2)
+            #expect(projected.recordsCollected == 10)
+            #expect(projected.version == 2)
+            // The next run continues from the queued value.
+            #expect(try await manager.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t2)
+
+            let third = try await manager.updateWatermark(
+                sourceID: otx, timestamp: nil, status: .failed, errorMessage: "feed down"
+            )
+            #expect(third.isQueued)
+            #expect(third.watermark.lastSuccessfulTimestamp == t2)
+            #expect(third.watermark.consecutiveFailures == 1)
+            #expect(await manager.pendingCount() == 2)
+            #expect(await manager.pendingCount(sourceID: sid("other")) == 0)
+            #expect(logs.messages(at: .warning).contains("Storage unavailable - watermark update queued"))
+
+            // Still down: nothing is lost, nothing is reordered.
+            #expect(await manager.replayPending() == ReplaySummary(applied: 0, dropped: 0, remaining: 2))
+
+            await storage.setAvailable(true)
+            #expect(await manager.replayPending() == ReplaySummary(applied: 2, dropped: 0, remaining: 0))
+            let runs = try await storage.history(sourceID: otx, limit: nil)
+            #expect(runs.map(\.version) == [3, 2, 1])
+            #expect(runs.map(\.status) == [.failed, .success, .success])
+            #expect(runs[1].timestamp == t2)
+            #expect(runs[1].recordsCollected == 10)
+            let current = try #require(try await storage.getWatermark(sourceID: otx))
+            #expect(current.lastSuccessfulTimestamp == t2)
+            #expect(current.errorMessage == "feed down")
+            #expect(await manager.lastKnownWatermark(sourceID: otx) == current)
+            #expect(await manager.pendingCount() == 0)
+        }
+    }
+
+    @Test func theQueueSurvivesARestartAndAppliesEachUpdateOnce() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let flaky = FlakyClient(storage)
+            do {
+                let first = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger(label: "t"))
+                // The storage applies the first update but the answer is lost: the manager cannot know.
+                await flaky.fail(.afterApplying)
+                #expect(try await first.updateWatermark(sourceID: otx, timestamp: t1, status: .success).isQueued)
+                // Still down: the queued update fails again, so the new one queues behind it unsent.
+                await flaky.fail(.beforeSending)
+                #expect(try await first.updateWatermark(sourceID: otx, timestamp: t2, status: .success).isQueued)
+                #expect(await first.pendingCount() == 2)
+                let queued = await first.pendingUpdates()
+                #expect(queued.map(\.sequence) == [1, 2])
+                #expect(queued.allSatisfy { $0.options.idempotencyKey != nil })
+            }
+            // The collector restarts; the storage is back.
+            let logs = LogRecorder()
+            let restarted = try WatermarkManager(client: flaky, stateDirectory: folder, logger: logs.logger())
+            #expect(await restarted.pendingCount(sourceID: otx) == 2)
+            #expect(await restarted.lastKnownWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t2)
+            #expect(await restarted.replayPending() == ReplaySummary(applied: 2, dropped: 0, remaining: 0))
+            // The first update reached the storage once only, although it was sent twice.
+            let runs = try await storage.history(sourceID: otx, limit: nil)
+            #expect(runs.map(\.version) == [2, 1])
+            #expect(runs.map(\.timestamp) == [t2, t1])
+            #expect(logs.messages(at: .notice).contains("Queued watermark updates found"))
+        }
+    }
+
+    @Test func aNewUpdateWaitsBehindItsSourcesQueue() async throws {
+        let (otx, t1, t2, t3) = (otx, t1, t2, t3)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let flaky = FlakyClient(storage)
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger(label: "t"))
+            await flaky.fail(.beforeSending, .beforeSending)
+            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success).isQueued)
+            // The queue's retry fails (the second failure), so the newer update must not overtake it.
+            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success).isQueued)
+            #expect(await flaky.updatesSent == 2)
+            #expect(await manager.pendingCount(sourceID: otx) == 2)
+
+            // Storage is back: the next update first delivers the queue, then itself.
+            let result = try await manager.updateWatermark(sourceID: otx, timestamp: t3, status: .success)
+            #expect(result.watermark.version == 3)
+            #expect(!result.isQueued)
+            let runs = try await storage.history(sourceID: otx, limit: nil)
+            #expect(runs.map(\.timestamp) == [t3, t2, t1])
+            #expect(await manager.pendingCount() == 0)
+        }
+    }
+
+    @Test func updatesRefusedForGoodAreDroppedSoTheQueueNeverJams() async throws {
+        let (otx, t1, t2, t3) = (otx, t1, t2, t3)
+        let clock = ManualClock()
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+            let logs = LogRecorder()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            let lease = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(1))
+            try await manager.updateWatermark(
+                sourceID: otx, timestamp: t1, status: .success, leaseToken: lease.fencingToken)
+
+            await storage.setAvailable(false)
+            let stale = try await manager.updateWatermark(
+                sourceID: otx, timestamp: t2, status: .success, leaseToken: lease.fencingToken
+            )
+            #expect(stale.isQueued)
+            let other = sid("taxii_feed")
+            #expect(try await manager.updateWatermark(sourceID: other, timestamp: t3, status: .success).isQueued)
+
+            // Meanwhile the lease ran out and another replica took over.
+            await storage.setAvailable(true)
+            clock.advance(.seconds(2))
+            let takeover = try await storage.acquireLease(sourceID: otx, owner: "replica-b", ttl: .seconds(60))
+            #expect(takeover.fencingToken == 2)
+
+            #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 1, remaining: 0))
+            let dropped = try #require(
+                logs.all.first { $0.message == "Queued watermark update refused by storage - dropped" })
+            #expect(dropped.level == .error)
+            #expect(dropped.metadata["code"] == "stale_lease")
+            #expect(dropped.metadata["source_id"] == "alienvault_otx")
+            #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
+            #expect(try await storage.getWatermark(sourceID: other)?.lastSuccessfulTimestamp == t3)
+            // The next read puts the storage's truth back in place of the dropped projection.
+            let current = try await manager.updateWatermark(
+                sourceID: otx, timestamp: t3, status: .success, leaseToken: takeover.fencingToken
+            )
+            #expect(current.watermark.version == 2)
+        }
+    }
+
+    @Test func aRegressionIsRefusedAlsoWhileQueueing() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success)
+            await storage.setAvailable(false)
+            let error = await storageError {
+                try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
+            }
+            #expect(error?.code == "watermark_regression")
+            #expect(await manager.pendingCount() == 0)
+            // Forced backfill is queued as asked.
+            let forced = try await manager.updateWatermark(
+                sourceID: otx, timestamp: t1, status: .success, options: UpdateOptions(force: true)
+            )
+            #expect(forced.isQueued)
+            #expect(forced.watermark.lastSuccessfulTimestamp == t1)
+        }
+    }
+
+    @Test func aResetSourceIsForgottenLocally() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
+            try await storage.deleteWatermark(sourceID: otx, precondition: nil, leaseToken: nil)
+            let value3 = try await manager.getWatermark(sourceID: otx)
+            #expect(value3 == nil)
+            await storage.setAvailable(false)
+            let value4 = try await manager.getWatermark(sourceID: otx)
+            #expect(value4 == nil)
+        }
+    }
+
+    @Test func corruptStateIsSetAsideNotFatal() async throws {
+        try await withTemporaryDirectory { folder in
+            try Data("{ not json".utf8).write(to: URL(fileURLWithPath: folder + "/watermarks.json"))
+            try Data("[1, 2,".utf8).write(to: URL(fileURLWithPath: folder + "/pending.json"))
+            let logs = LogRecorder()
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            #expect(await manager.pendingCount() == 0)
+            #expect(FileManager.default.fileExists(atPath: folder + "/watermarks.json.corrupt"))
+            #expect(FileManager.default.fileExists(atPath: folder + "/pending.json.corrupt"))
+            let errors = logs.all.filter { $0.message == "Local watermark state is corrupt - starting empty" }
+            #expect(errors.count == 2)
+            #expect(errors.allSatisfy { $0.level == .error })
+            // And it works from there on.
+            try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
+            let reopened = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            await storage.setAvailable(false)
+            #expect(try await reopened.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
+        }
+    }
+
+    @Test func permanentErrorsOfADirectCallReachTheCaller() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            _ = try await storage.acquireLease(sourceID: otx, owner: "someone", ttl: .seconds(60))
+            let error = await storageError {
+                try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
+            }
+            #expect(error?.code == "lease_required")
+            #expect(await manager.pendingCount() == 0)
+        }
+    }
+
+    @Test func concurrentUpdatesOfOneSourceAreSerialised() async throws {
+        let otx = otx
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<20 {
+                    group.addTask {
+                        _ = try await manager.updateWatermark(
+                            sourceID: otx, timestamp: nil, status: .failed, errorMessage: "run \(i)"
+                        )
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let current = try #require(try await storage.getWatermark(sourceID: otx))
+            #expect(current.version == 20)
+            #expect(current.consecutiveFailures == 20)
+        }
+    }
+}
