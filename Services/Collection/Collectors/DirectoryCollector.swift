@@ -59,7 +59,7 @@ struct DirectoryCollector: Collector {
             }
             let mark: Timestamp
             do {
-                mark = try Timestamp(rfc3339: text, assumeUTC: true)
+                mark = try JSONRecords.naiveUTC(text)
             } catch {
                 throw .malformed("\(name): record \(id) field \"\(field)\": \(error)")
             }

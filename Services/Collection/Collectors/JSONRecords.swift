@@ -72,7 +72,24 @@ enum JSONRecords {
     /// A timestamp field of a record; `assumeUTC` accepts naive UTC (OTX).
     static func timestamp(_ object: [String: Any], _ field: String, assumeUTC: Bool) -> Timestamp? {
         guard let text = object[field] as? String else { return nil }
-        return try? Timestamp(rfc3339: text, assumeUTC: assumeUTC)
+        return try? (assumeUTC ? naiveUTC(text) : Timestamp(rfc3339: text))
+    }
+
+    /// Parses RFC 3339, or a naive date-time (no offset) as UTC, e.g. OTX's `2024-01-01T12:00:00.123000`.
+    ///
+    /// Adds the `Z` itself rather than relying on `Timestamp(rfc3339:assumeUTC:)`, which in this version
+    /// refuses a naive value at the end of the text.
+    static func naiveUTC(_ text: String) throws(TimestampError) -> Timestamp {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        guard trimmed.count >= 19 else { return try Timestamp(rfc3339: trimmed) }
+        let time = trimmed.dropFirst(19)  // after YYYY-MM-DDTHH:MM:SS
+        let hasOffset = time.contains { $0 == "Z" || $0 == "z" || $0 == "+" || $0 == "-" }
+        var normalised = hasOffset ? trimmed : trimmed + "Z"
+        if normalised.count > 10 {
+            let index = normalised.index(normalised.startIndex, offsetBy: 10)
+            if normalised[index] == " " { normalised.replaceSubrange(index...index, with: "T") }
+        }
+        return try Timestamp(rfc3339: normalised)
     }
 
     /// The beginning of a payload for an error message, on one line.

@@ -54,7 +54,7 @@ struct OTXCollector: Collector {
             }
             let mark: Timestamp
             do {
-                mark = try Timestamp(rfc3339: text, assumeUTC: true)
+                mark = try JSONRecords.naiveUTC(text)
             } catch {
                 throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
             }

@@ -12,7 +12,7 @@ struct TAXII21Collector: Collector {
 
     let settings: TAXIISettings
     let pageSize: Int
-    let http: SourceHTTPClient
+    var http: SourceHTTPClient
 
     var objectsURL: String {
         let root = settings.apiRoot.hasSuffix("/") ? settings.apiRoot : settings.apiRoot + "/"

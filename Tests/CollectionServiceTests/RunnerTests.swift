@@ -1,0 +1,222 @@
+import Foundation
+import Logging
+import Prometheus
+import StorageClient
+import Testing
+import WatermarkCore
+
+@testable import CollectionService
+
+/// A collector that serves fixed pages and can fail at a chosen page, to simulate crashes and errors.
+struct ScriptedCollector: Collector {
+    let pages: [[CollectedRecord]]
+    var failAtPage: Int?
+    var highWaterMark: Timestamp?
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        let index = cursor.flatMap(Int.init) ?? 0
+        if index == failAtPage { throw .httpStatus(503, url: "http://source/feed", detail: "maintenance") }
+        let records = pages.isEmpty ? [] : pages[index].filter { $0.mark >= since }
+        let next = index + 1 < pages.count ? String(index + 1) : nil
+        return CollectorPage(records: records, highWaterMark: next == nil ? highWaterMark : nil, next: next)
+    }
+}
+
+func record(_ id: String, _ mark: String) -> CollectedRecord {
+    CollectedRecord(id: id, version: mark, mark: ts(mark), json: Data(#"{"id":"\#(id)"}"#.utf8))
+}
+
+/// A runner on an in-memory storage and a temporary data directory.
+struct RunnerFixture {
+    let dir: String
+    let storage: InMemoryStorageClient
+    let manager: WatermarkManager
+    let runner: CollectionRunner
+    let source: SourceConfiguration
+
+    init(owner: String = "test-replica", now: Timestamp = ts("2026-11-27T00:00:00Z"), logger: Logger = quietLogger) throws {
+        dir = try makeTemporaryDirectory()
+        storage = InMemoryStorageClient()
+        manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: logger)
+        runner = CollectionRunner(
+            storage: storage, manager: manager, dataDirectory: dir, owner: owner, logger: logger, clock: { now }
+        )
+        source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir + "/in")))
+    }
+
+    var sink: NDJSONSink { NDJSONSink(dataDirectory: dir, sourceID: source.id) }
+    func ids() -> [String] { sink.allEntries().map(\.id) }
+}
+
+@Suite("Collection runs")
+struct RunnerTests {
+    @Test func firstRunWritesEverythingAndMovesTheMarkToTheNewestRecord() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let collector = ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")], [record("b", "2026-11-26T00:00:00.123456789Z")]])
+        let report = await f.runner.run(f.source, collector: collector)
+        #expect(report.outcome == .success)
+        #expect(report.recordsCollected == 2)
+        #expect(f.ids() == ["a", "b"])
+        let stored = try await f.storage.getWatermark(sourceID: f.source.id)
+        #expect(stored?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00.123456789Z"))
+        #expect(stored?.recordsCollected == 2)
+    }
+
+    @Test func recordsOlderThanTheLookbackAreNotAskedFor() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let collector = ScriptedCollector(pages: [[record("old", "2026-11-01T00:00:00Z"), record("new", "2026-11-25T00:00:00Z")]])
+        _ = await f.runner.run(f.source, collector: collector)
+        #expect(f.ids() == ["new"])  // since = now - 7 days
+    }
+
+    @Test func theBoundaryRecordComingAgainIsNotWrittenTwiceAndANoNewsRunKeepsTheMark() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let collector = ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-26T00:00:00Z")]])
+        _ = await f.runner.run(f.source, collector: collector)
+        // The source's filter is inclusive: "b" (at the mark) comes again.
+        let second = await f.runner.run(f.source, collector: collector)
+        #expect(second.outcome == .success)
+        #expect(second.recordsCollected == 0 && second.duplicatesDropped == 1)
+        #expect(f.ids() == ["a", "b"])
+        let stored = try await f.storage.getWatermark(sourceID: f.source.id)
+        #expect(stored?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
+        #expect(stored?.version == 2 && stored?.status == .success && stored?.recordsCollected == 0)
+    }
+
+    @Test func aFirstRunWithNothingRecordsSuccessAtSince() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let report = await f.runner.run(f.source, collector: ScriptedCollector(pages: []))
+        #expect(report.outcome == .success && report.recordsCollected == 0)
+        let stored = try await f.storage.getWatermark(sourceID: f.source.id)
+        #expect(stored?.lastSuccessfulTimestamp == ts("2026-11-20T00:00:00Z"))
+    }
+
+    @Test func theSourcesHighWaterMarkMovesTheMarkEvenWithoutNewRecords() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let collector = ScriptedCollector(pages: [[]], highWaterMark: ts("2026-11-26T12:00:00Z"))
+        _ = await f.runner.run(f.source, collector: collector)
+        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T12:00:00Z"))
+    }
+
+    @Test func aFailureMidRunRecordsFailedKeepsTheMarkAndTheRetryWritesNothingTwice() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let pages = [[record("a", "2026-11-25T00:00:00Z")], [record("b", "2026-11-26T00:00:00Z")]]
+        _ = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("z", "2026-11-24T00:00:00Z")]]))
+        let failed = await f.runner.run(f.source, collector: ScriptedCollector(pages: pages, failAtPage: 1))
+        #expect(failed.outcome == .failed)
+        #expect(failed.errorMessage == "HTTP 503 from http://source/feed: maintenance")
+        let afterFailure = try #require(try await f.storage.getWatermark(sourceID: f.source.id))
+        #expect(afterFailure.status == .failed && afterFailure.errorMessage == failed.errorMessage)
+        #expect(afterFailure.lastSuccessfulTimestamp == ts("2026-11-24T00:00:00Z"))
+        #expect(f.ids() == ["z", "a"])  // page 1 was fsynced before page 2 failed
+        let retry = await f.runner.run(f.source, collector: ScriptedCollector(pages: pages))
+        #expect(retry.outcome == .success && retry.recordsCollected == 1 && retry.duplicatesDropped == 1)
+        #expect(f.ids() == ["z", "a", "b"])
+    }
+
+    @Test func aCrashBeforeTheUpdateIsRepairedByDedup() async throws {
+        // The process wrote both pages and died before updating the watermark: simulate by writing the sink
+        // directly, then run normally.
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let pages = [[record("a", "2026-11-25T00:00:00Z")], [record("b", "2026-11-26T00:00:00Z")]]
+        try f.sink.append(pages[0] + pages[1], collectedAt: ts("2026-11-26T23:00:00Z"))
+        let report = await f.runner.run(f.source, collector: ScriptedCollector(pages: pages))
+        #expect(report.outcome == .success && report.recordsCollected == 0 && report.duplicatesDropped == 2)
+        #expect(f.ids() == ["a", "b"])
+        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
+    }
+
+    @Test func aLeaseHeldByAnotherReplicaSkipsTheRun() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        _ = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other-replica", ttl: .seconds(300))
+        let report = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        #expect(report.outcome == .skipped)
+        #expect(f.ids().isEmpty)
+        #expect(try await f.storage.getWatermark(sourceID: f.source.id) == nil)
+    }
+
+    @Test func theLeaseIsReleasedAfterARunAndItsTokenFencesTheUpdate() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        _ = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        // Released: another owner can take it at once.
+        let lease = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other", ttl: .seconds(60))
+        #expect(lease.owner == "other")
+    }
+
+    @Test func storageDownQueuesTheUpdateRunsWithoutLeaseAndReplaysLater() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        _ = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        await f.storage.setAvailable(false)
+        let collector = ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-26T00:00:00Z")]])
+        let offline = await f.runner.run(f.source, collector: collector)
+        #expect(offline.outcome == .success && offline.updateQueued && offline.withoutLease)
+        #expect(await f.manager.pendingCount() == 1)
+        // Still offline: the next run continues from the queued (local) mark, nothing is written twice.
+        let again = await f.runner.run(f.source, collector: collector)
+        #expect(again.recordsCollected == 0)
+        #expect(f.ids() == ["a", "b"])
+        await f.storage.setAvailable(true)
+        let summary = await f.manager.replayPending()
+        #expect(summary.remaining == 0)
+        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
+    }
+
+    @Test func shutdownAbandonsBetweenPagesWithoutMovingTheMark() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        var runner = f.runner
+        runner.isStopping = { true }
+        let report = await runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        #expect(report.outcome == .abandoned)
+        #expect(try await f.storage.getWatermark(sourceID: f.source.id) == nil)
+    }
+}
+
+@Suite("NDJSON sink")
+struct SinkTests {
+    @Test func aTornLastLineIsCutBeforeTheNextAppendAndIgnoredWhenReading() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T01:00:00Z"))
+        let path = dir + "/s/2026-11-27.ndjson"
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"{"source_id":"s","id":"torn","mar"#.utf8))
+        try handle.close()
+        #expect(try sink.existingKeys(since: ts("2026-11-01T00:00:00Z")) == [RecordKey(id: "a", version: "2026-11-25T00:00:00Z")])
+        try sink.append([record("b", "2026-11-26T00:00:00Z")], collectedAt: ts("2026-11-27T02:00:00Z"))
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(sink.allEntries().map(\.id) == ["a", "b"])
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+        #expect(first?["source_id"] as? String == "s")
+        #expect(first?["collected_at"] as? String == "2026-11-27T01:00:00Z")
+        #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
+    }
+
+    @Test func keysOlderThanSinceAreNotLoaded() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        try sink.append([record("old", "2026-10-01T00:00:00Z")], collectedAt: ts("2026-10-01T01:00:00Z"))
+        try sink.append([record("new", "2026-11-26T00:00:00Z")], collectedAt: ts("2026-11-26T01:00:00Z"))
+        #expect(try sink.existingKeys(since: ts("2026-11-01T00:00:00Z")).map(\.id) == ["new"])
+        #expect(sink.files() == ["2026-11-26.ndjson", "2026-10-01.ndjson"])
+    }
+
+    @Test func anUnwritableFolderFailsWithTheOperationAndPath() throws {
+        let sink = NDJSONSink(dataDirectory: "/proc/nope", sourceID: try SourceID("s"))
+        #expect(throws: SinkError.self) { try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T00:00:00Z")) }
+    }
+}

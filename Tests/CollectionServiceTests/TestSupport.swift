@@ -1,0 +1,231 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import StorageClient
+import WatermarkCore
+
+@testable import CollectionService
+
+/// A scripted HTTP answer of a fake source.
+struct FakeAnswer: Sendable {
+    var status: Int
+    var headers: [String: String] = [:]
+    var body: String
+}
+
+/// What a fake source saw.
+struct SeenRequest: Sendable {
+    var path: String
+    var query: [String: String]
+    var headers: [String: String]
+}
+
+/// A TAXII 2.1 collection in memory, strict like real servers: `added_after` must have exactly six fraction
+/// digits, is exclusive, pages carry `X-TAXII-Date-Added-First/Last`, the last page may be `{}`.
+actor FakeTAXIIServer {
+    struct Object: Sendable {
+        var id: String
+        var modified: String
+        var dateAdded: Timestamp
+    }
+
+    var objects: [Object] = []
+    var scripted: [FakeAnswer] = []
+    var requests: [SeenRequest] = []
+    var pagesByToken: [String: [Object]] = [:]
+    var emptyAsBraces = true
+    var requiredAuthorization: String?
+
+    func add(_ object: Object) { objects.append(object) }
+    func script(_ answers: [FakeAnswer]) { scripted += answers }
+    func setRequiredAuthorization(_ value: String?) { requiredAuthorization = value }
+
+    func handle(_ seen: SeenRequest) -> FakeAnswer {
+        requests.append(seen)
+        if !scripted.isEmpty { return scripted.removeFirst() }
+        if let required = requiredAuthorization, seen.headers["authorization"] != required {
+            return FakeAnswer(status: 401, body: #"{"title":"unauthorized"}"#)
+        }
+        guard seen.headers["accept"] == "application/taxii+json;version=2.1" else {
+            return FakeAnswer(status: 406, body: #"{"title":"bad accept"}"#)
+        }
+        let limit = Int(seen.query["limit"] ?? "") ?? 100
+        var remaining: [Object]
+        if let token = seen.query["next"] {
+            guard let stored = pagesByToken.removeValue(forKey: token) else {
+                return FakeAnswer(status: 400, body: #"{"title":"next not valid"}"#)
+            }
+            remaining = stored
+        } else {
+            var after = Timestamp(seconds: 0)
+            if let text = seen.query["added_after"] {
+                guard Self.isStrictMicros(text), let parsed = try? Timestamp(rfc3339: text) else {
+                    return FakeAnswer(status: 400, body: #"{"title":"bad added_after"}"#)
+                }
+                after = parsed
+            }
+            remaining = objects.filter { $0.dateAdded > after }.sorted { $0.dateAdded < $1.dateAdded }
+        }
+        let page = Array(remaining.prefix(limit))
+        let rest = Array(remaining.dropFirst(limit))
+        if page.isEmpty && emptyAsBraces { return FakeAnswer(status: 200, body: "{}") }
+        var envelope: [String: Any] = [
+            "objects": page.map { ["id": $0.id, "type": "indicator", "modified": $0.modified, "created": $0.modified] }
+        ]
+        if !rest.isEmpty {
+            let token = UUID().uuidString
+            pagesByToken[token] = rest
+            envelope["more"] = true
+            envelope["next"] = token
+        } else {
+            envelope["more"] = false
+        }
+        var headers = ["Content-Type": "application/taxii+json;version=2.1"]
+        if let first = page.first, let last = page.last {
+            headers["X-TAXII-Date-Added-First"] = first.dateAdded.description
+            headers["X-TAXII-Date-Added-Last"] = last.dateAdded.description
+        }
+        let data = try! JSONSerialization.data(withJSONObject: envelope, options: [.sortedKeys])
+        return FakeAnswer(status: 200, headers: headers, body: String(decoding: data, as: UTF8.self))
+    }
+
+    static func isStrictMicros(_ text: String) -> Bool {
+        // YYYY-MM-DDTHH:MM:SS.ffffffZ
+        let bytes = Array(text.utf8)
+        return bytes.count == 27 && bytes[19] == UInt8(ascii: ".") && bytes[26] == UInt8(ascii: "Z")
+    }
+}
+
+/// OTX subscribed pulses in memory: `modified_since` is inclusive, pages follow `next` (a full URL).
+actor FakeOTXServer {
+    var pulses: [[String: String]] = []
+    var scripted: [FakeAnswer] = []
+    var requests: [SeenRequest] = []
+    var port = 0
+
+    func setPort(_ port: Int) { self.port = port }
+    func add(id: String, modified: String) { pulses.append(["id": id, "name": "pulse \(id)", "modified": modified]) }
+    func script(_ answers: [FakeAnswer]) { scripted += answers }
+
+    func handle(_ seen: SeenRequest) -> FakeAnswer {
+        requests.append(seen)
+        if !scripted.isEmpty { return scripted.removeFirst() }
+        guard seen.headers["x-otx-api-key"] == "otx-secret" else {
+            return FakeAnswer(status: 403, body: #"{"detail":"Authentication credentials were not provided."}"#)
+        }
+        let since = seen.query["modified_since"].flatMap { try? JSONRecords.naiveUTC($0) }
+            ?? Timestamp(seconds: 0)
+        let limit = Int(seen.query["limit"] ?? "") ?? 10
+        let page = Int(seen.query["page"] ?? "") ?? 1
+        let matching = pulses.filter { (try? JSONRecords.naiveUTC($0["modified"]!)).map { $0 >= since } ?? false }
+        let slice = Array(matching.dropFirst((page - 1) * limit).prefix(limit))
+        var envelope: [String: Any] = ["results": slice, "count": matching.count]
+        if page * limit < matching.count {
+            envelope["next"] =
+                "http://127.0.0.1:\(port)/api/v1/pulses/subscribed?page=\(page + 1)&limit=\(limit)&modified_since="
+                + (seen.query["modified_since"] ?? "")
+        } else {
+            envelope["next"] = NSNull()
+        }
+        let data = try! JSONSerialization.data(withJSONObject: envelope, options: [.sortedKeys])
+        return FakeAnswer(status: 200, body: String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// Serves `handler` on 127.0.0.1 (free port) for the duration of `body`; stopped also when `body` throws.
+func withFakeServer<Value: Sendable>(
+    path: String, handler: @escaping @Sendable (SeenRequest) async -> FakeAnswer,
+    _ body: @escaping @Sendable (Int) async throws -> Value
+) async throws -> Value {
+    let router = Router()
+    router.get(RouterPath(path)) { request, _ -> Response in
+        var query: [String: String] = [:]
+        for (key, value) in request.uri.queryParameters { query[String(key)] = String(value) }
+        var headers: [String: String] = [:]
+        for field in request.headers { headers[field.name.canonicalName] = field.value }
+        let answer = await handler(SeenRequest(path: request.uri.path, query: query, headers: headers))
+        var fields = HTTPFields()
+        fields[.contentType] = "application/json"
+        for (name, value) in answer.headers { if let key = HTTPField.Name(name) { fields[key] = value } }
+        return Response(
+            status: HTTPResponse.Status(code: answer.status), headers: fields,
+            body: ResponseBody(byteBuffer: ByteBuffer(string: answer.body))
+        )
+    }
+    let app = Application(
+        router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quietLogger
+    )
+    return try await app.test(.live) { client in
+        try await body(client.port!)
+    }
+}
+
+/// A fresh temporary folder, removed by the caller with `removeTemporary`.
+func makeTemporaryDirectory() throws -> String {
+    let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("collection-tests-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+func removeTemporary(_ path: String) {
+    try? FileManager.default.removeItem(atPath: path)
+}
+
+/// A logger that drops everything (tests capture with `CapturingLogHandler` when they assert on logs).
+let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+/// Keeps log lines in memory, so tests can assert on them without bootstrapping the logging system.
+final class LogCapture: Sendable {
+    // Safe: `lines` is only read or written inside `lock.withLock`, so no two threads touch it at once.
+    private let lock = NSLock()
+    private nonisolated(unsafe) var lines: [(Logger.Level, String, Logger.Metadata)] = []
+
+    func append(_ level: Logger.Level, _ message: String, _ metadata: Logger.Metadata) {
+        lock.withLock { lines.append((level, message, metadata)) }
+    }
+
+    func messages(at level: Logger.Level? = nil) -> [String] {
+        lock.withLock { lines.filter { level == nil || $0.0 == level }.map(\.1) }
+    }
+
+    var logger: Logger {
+        Logger(label: "capture") { _ in CapturingLogHandler(capture: self) }
+    }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        capture.append(event.level, "\(event.message)", metadata.merging(event.metadata ?? [:]) { $1 })
+    }
+}
+
+/// An HTTP client for the collectors under test, shut down by `withHTTPClient`.
+func withHTTPClient<Value: Sendable>(_ body: (HTTPClient) async throws -> Value) async throws -> Value {
+    let client = HTTPClient(eventLoopGroupProvider: .singleton)
+    do {
+        let value = try await body(client)
+        try await client.shutdown()
+        return value
+    } catch {
+        try? await client.shutdown()
+        throw error
+    }
+}
+
+/// Fast retries for tests: tiny backoffs, real `Retry-After` honoured.
+let testRetry = SourceRetryPolicy(maxAttempts: 3, baseDelay: .milliseconds(10), maxDelay: .milliseconds(50), maxRetryAfter: .seconds(5))
+
+func ts(_ text: String) -> Timestamp { try! Timestamp(rfc3339: text) }
