@@ -177,6 +177,8 @@ public final class HTTPStorageClient: StorageClient {
         )
     }
 
+    /// One attempt, no retries: the caller (a start-up check, a status page) decides how to report it, so the
+    /// reason is only logged at debug level.
     public func healthCheck() async -> Bool {
         do {
             var request = HTTPClientRequest(url: baseURL + "/health")
@@ -185,11 +187,11 @@ public final class HTTPStorageClient: StorageClient {
             _ = try await response.body.collect(upTo: maxResponseBytes)
             let healthy = response.status == .ok
             if !healthy {
-                logger.warning("storage health check failed", metadata: ["status": "\(response.status.code)"])
+                logger.debug("storage health check failed", metadata: ["status": "\(response.status.code)"])
             }
             return healthy
         } catch {
-            logger.warning("storage health check failed", metadata: ["error": "\(error)"])
+            logger.debug("storage health check failed", metadata: ["error": "\(error)"])
             return false
         }
     }

@@ -256,6 +256,13 @@ public actor WatermarkManager {
     private func enqueue(
         _ sourceID: SourceID, _ update: WatermarkUpdate, _ options: UpdateOptions, because reason: String
     ) throws -> WatermarkUpdateResult {
+        do {
+            // What the storage checks on the wire, by the same code: the body's decoder and the key's rule.
+            _ = try JSONDecoder().decode(WatermarkUpdate.self, from: JSONEncoder().encode(update))
+            if let key = options.idempotencyKey { try WatermarkRules.validateIdempotencyKey(key) }
+        } catch let error as WatermarkError {
+            throw StorageClientError(error)
+        }
         // The same rules the storage will apply, run on the last known value: a refusal is reported now
         // (as the storage would), and the local value moves exactly as the storage's will.
         let projected = try Self.project(

@@ -267,6 +267,16 @@ struct WatermarkManagerTests {
                 try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
             }
             #expect(error?.code == "watermark_regression")
+            let negative = await storageError {
+                try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success, recordsCollected: -1)
+            }
+            #expect(negative?.code == "invalid_body")
+            let badKey = await storageError {
+                try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t2, status: .success, options: UpdateOptions(idempotencyKey: "a b")
+                )
+            }
+            #expect(badKey?.code == "invalid_header")
             #expect(await manager.pendingCount() == 0)
             // Forced backfill is queued as asked.
             let forced = try await manager.updateWatermark(
