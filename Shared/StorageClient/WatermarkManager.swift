@@ -153,7 +153,7 @@ public actor WatermarkManager {
             if outcome.result == .stopped { break }
         }
         summary.remaining = queue.updates.count
-        if summary.applied + summary.dropped > 0 || summary.remaining > 0 {
+        if summary.applied + summary.dropped > 0 {
             logger.info(
                 "Replayed queued watermark updates",
                 metadata: [
