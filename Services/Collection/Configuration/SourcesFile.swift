@@ -15,7 +15,7 @@ import WatermarkCore
 /// - taxii21: `api_root`, `collection_id` (required); `username_env` + `password_env` (basic auth) or
 ///   `token_env` (bearer), or none of them.
 /// - otx: `api_key_env` (required), `base_url` (`https://otx.alienvault.com`).
-/// - directory: `path` (required; relative to the config file's folder when not absolute),
+/// - directory: `path` (required; a relative path is relative to the service's working directory),
 ///   `timestamp_field` (`modified`), `fallback_timestamp_field` (`created`; `null` disables), `id_field` (`id`).
 enum SourcesFile {
     static let commonKeys: Set<String> = [
@@ -127,9 +127,7 @@ enum SourcesFile {
             kind = .otx(settings)
         default:
             guard let path = try fields.string("path"), !path.isEmpty else { throw fields.error("path", "required") }
-            var settings = DirectorySettings(
-                path: path.hasPrefix("/") ? path : (baseDirectory as NSString).appendingPathComponent(path)
-            )
+            var settings = DirectorySettings(path: path)
             if let field = try fields.string("timestamp_field") { settings.timestampField = field }
             if entry.keys.contains("fallback_timestamp_field") {
                 settings.fallbackTimestampField = try fields.string("fallback_timestamp_field")
