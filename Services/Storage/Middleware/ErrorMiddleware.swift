@@ -2,6 +2,8 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
+import NIOHTTP1
 import WatermarkCore
 
 /// Turns every error into the contract's JSON body with the right status, in one place.
@@ -36,9 +38,28 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                     WatermarkError(status: error.status.code, code: code, message: error.body ?? error.status.reasonPhrase)
                 )
             }
+        } catch is NIOTooManyBytesError {
+            // A chunked body (no Content-Length) over the limit, found while collecting it.
+            return JSONResponse.error(.payloadTooLarge(limit: context.maxUploadSize))
+        } catch let error as HTTPParserError {
+            // The body broke HTTP framing (bad chunk sizes, EOF inside a chunk): the client's fault.
+            context.logger.info("Request body unreadable", metadata: ["error": "\(String(reflecting: error))"])
+            return JSONResponse.error(.incompleteRequest("the request body could not be read: \(String(reflecting: error))"))
+        } catch let error where error is IOError || error is ChannelError {
+            // The client went away mid-request (reset, closed): nobody will read this answer, and it is not
+            // a server fault, so no error-level line and no 500 in the metrics.
+            context.logger.info("Client disconnected mid-request", metadata: ["error": "\(String(reflecting: error))"])
+            return JSONResponse.error(.incompleteRequest("the connection ended before the request was complete"))
         } catch {
             context.logger.error("Unexpected error", metadata: ["error": "\(String(reflecting: error))"])
             return JSONResponse.error(.internalError)
         }
+    }
+}
+
+extension WatermarkError {
+    /// A request whose body never arrived whole: the connection ended or broke HTTP framing.
+    static func incompleteRequest(_ detail: String) -> WatermarkError {
+        WatermarkError(status: 400, code: "incomplete_request", message: detail)
     }
 }
