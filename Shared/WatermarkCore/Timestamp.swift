@@ -175,8 +175,9 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         var atEnd: Bool { index == bytes.count }
         func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
         mutating func next() -> UInt8? {
+            guard index < bytes.count else { return nil }
             defer { index += 1 }
-            return peek()
+            return bytes[index]
         }
         mutating func expect(_ byte: UInt8) throws(TimestampError) {
             guard next() == byte else {

@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import Testing
+import WatermarkCore
 
 /// The real `storage-service` executable: durability across SIGKILL, graceful SIGTERM, the database
 /// lock, and refusing a bad configuration.
@@ -29,7 +30,8 @@ struct StorageServiceProcessTests {
                     json: #"{"timestamp":"\#(timestamp)","status":"success","records_collected":\#(index)}"#
                 )
                 #expect(reply.status == (round == 1 ? 201 : 200), "\(reply.text)")
-                acknowledged[id] = (timestamp, try reply.json()["version"] as? Int ?? -1)
+                // The service answers in normal form (UTC, no trailing zeros in the fraction).
+                acknowledged[id] = (try Timestamp(rfc3339: timestamp).description, try reply.json()["version"] as? Int ?? -1)
             }
         }
         // Killed right after the last answer: nothing may be lost.

@@ -24,7 +24,7 @@ struct RouterTests {
         return try await buildApplication(
             configuration: configuration,
             store: try store ?? StoreKind.sqlite.make(clock: clock, policy: configuration.policy),
-            logger: Logger(label: "test")
+            logger: .quiet
         )
     }
 
@@ -33,8 +33,8 @@ struct RouterTests {
         return try #require(object as? [String: Any])
     }
 
-    private func errorCode(_ response: TestResponse) throws -> String? {
-        (try json(response)["error"] as? [String: Any])?["code"] as? String
+    private func errorCode(_ response: TestResponse) -> String? {
+        ((try? json(response))?["error"] as? [String: Any])?["code"] as? String
     }
 
     private static let jsonHeaders: HTTPFields = [.contentType: "application/json"]
@@ -70,7 +70,7 @@ struct RouterTests {
         try await app().test(.router) { client in
             let missing = try await client.execute(uri: "/api/v1/watermarks/alienvault_otx", method: .get)
             #expect(missing.status == .notFound)
-            #expect(try try errorCode(missing) == "watermark_not_found")
+            #expect(errorCode(missing) == "watermark_not_found")
 
             let created = try await put(client, "alienvault_otx", success("2025-12-31T12:00:00Z", records: 150))
             #expect(created.status == .created)
@@ -126,14 +126,14 @@ struct RouterTests {
             clock.advance(.seconds(5))
             let refused = try await put(client, "r", success("2025-12-31T11:00:00Z"))
             #expect(refused.status == .conflict)
-            #expect(try try errorCode(refused) == "watermark_regression")
+            #expect(errorCode(refused) == "watermark_regression")
             let after = try await client.execute(uri: "/api/v1/watermarks/r", method: .get)
             #expect(after.body == before.body)
             let forced = try await put(client, "r", success("2025-12-31T11:00:00Z"), query: "?force=true")
             #expect(forced.status == .ok)
             #expect(try try json(forced)["last_successful_timestamp"] as? String == "2025-12-31T11:00:00Z")
             let badForce = try await put(client, "r", success("2025-12-31T11:00:00Z"), query: "?force=maybe")
-            #expect(try badForce.status == .badRequest && errorCode(badForce) == "invalid_parameter")
+            #expect(badForce.status == .badRequest && errorCode(badForce) == "invalid_parameter")
         }
     }
 
@@ -142,7 +142,7 @@ struct RouterTests {
         try await app().test(.router) { client in
             let response = try await put(client, "fut", success("2026-01-01T00:05:01Z"))
             #expect(response.status == .badRequest)
-            #expect(try try errorCode(response) == "timestamp_in_future")
+            #expect(errorCode(response) == "timestamp_in_future")
         }
     }
 
@@ -152,14 +152,14 @@ struct RouterTests {
             let created = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifNoneMatch: "*"])
             #expect(created.status == .created)
             let again = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifNoneMatch: "*"])
-            #expect(try again.status == .preconditionFailed && errorCode(again) == "precondition_failed")
+            #expect(again.status == .preconditionFailed && errorCode(again) == "precondition_failed")
             let stale = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: "\"7\""])
             #expect(stale.status == .preconditionFailed)
             let matching = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: "\"1\""])
             #expect(matching.status == .ok && matching.headers[.eTag] == "\"2\"")
             for bad in ["2", "\"abc\"", "W/\"2\"", "\"\""] {
                 let response = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: bad])
-                #expect(try response.status == .badRequest && errorCode(response) == "invalid_header", "If-Match: \(bad)")
+                #expect(response.status == .badRequest && errorCode(response) == "invalid_header", "If-Match: \(bad)")
             }
             let deleteStale = try await client.execute(uri: "/api/v1/watermarks/c", method: .delete, headers: [.ifMatch: "\"1\""])
             #expect(deleteStale.status == .preconditionFailed)
@@ -181,9 +181,9 @@ struct RouterTests {
             let history = try await client.execute(uri: "/api/v1/watermarks/i/history", method: .get)
             #expect(try (try json(history)["runs"] as? [Any])?.count == 1)
             let reused = try await put(client, "i", success("2025-12-31T01:00:00Z"), headers: key)
-            #expect(try reused.status == .conflict && errorCode(reused) == "idempotency_key_reused")
+            #expect(reused.status == .conflict && errorCode(reused) == "idempotency_key_reused")
             let badKey = try await put(client, "i", success("2025-12-31T01:00:00Z"), headers: [.idempotencyKey: "has space"])
-            #expect(try badKey.status == .badRequest && errorCode(badKey) == "invalid_header")
+            #expect(badKey.status == .badRequest && errorCode(badKey) == "invalid_header")
         }
     }
 
@@ -194,7 +194,7 @@ struct RouterTests {
             #expect(try try await client.execute(uri: "/api/v1/watermarks/d", method: .delete).status == .noContent)
             #expect(try try await client.execute(uri: "/api/v1/watermarks/d", method: .get).status == .notFound)
             let again = try await client.execute(uri: "/api/v1/watermarks/d", method: .delete)
-            #expect(try again.status == .notFound && errorCode(again) == "watermark_not_found")
+            #expect(again.status == .notFound && errorCode(again) == "watermark_not_found")
             let recreated = try await put(client, "d", success("2025-01-01T00:00:00Z"))
             #expect(recreated.status == .created && recreated.headers[.eTag] == "\"2\"")
         }
@@ -221,7 +221,7 @@ struct RouterTests {
 
             for bad in ["limit=0", "limit=1001", "limit=x", "status=ok", "stale_after_seconds=-1", "cursor=a%2Fb"] {
                 let response = try await client.execute(uri: "/api/v1/watermarks?\(bad)", method: .get)
-                #expect(try response.status == .badRequest && errorCode(response) == "invalid_parameter", "\(bad)")
+                #expect(response.status == .badRequest && errorCode(response) == "invalid_parameter", "\(bad)")
             }
         }
     }
@@ -270,11 +270,11 @@ struct RouterTests {
             #expect(heldError["expires_at"] as? String == "2026-01-01T00:01:00Z")
 
             let without = try await put(client, "l", success("2025-12-31T00:00:00Z"))
-            #expect(try without.status == .conflict && errorCode(without) == "lease_required")
+            #expect(without.status == .conflict && errorCode(without) == "lease_required")
             let wrong = try await put(client, "l", success("2025-12-31T00:00:00Z"), headers: [.leaseToken: "2"])
-            #expect(try wrong.status == .conflict && errorCode(wrong) == "stale_lease")
+            #expect(wrong.status == .conflict && errorCode(wrong) == "stale_lease")
             let badToken = try await put(client, "l", success("2025-12-31T00:00:00Z"), headers: [.leaseToken: "abc"])
-            #expect(try badToken.status == .badRequest && errorCode(badToken) == "invalid_header")
+            #expect(badToken.status == .badRequest && errorCode(badToken) == "invalid_header")
             let fenced = try await put(client, "l", success("2025-12-31T00:00:00Z"), headers: [.leaseToken: "1"])
             #expect(fenced.status == .created)
 
@@ -285,11 +285,11 @@ struct RouterTests {
             )
             #expect(try try json(next)["fencing_token"] as? Int == 2)
             let old = try await put(client, "l", success("2025-12-31T01:00:00Z"), headers: [.leaseToken: "1"])
-            #expect(try old.status == .conflict && errorCode(old) == "stale_lease")
+            #expect(old.status == .conflict && errorCode(old) == "stale_lease")
 
             for bad in [#"{}"#, #"{"owner":""}"#, #"{"owner":"x","ttl_seconds":0}"#, #"{"owner":"x","ttl_seconds":"60"}"#, #"{"owner":5}"#] {
                 let response = try await client.execute(uri: leasePath, method: .post, headers: Self.jsonHeaders, body: ByteBuffer(string: bad))
-                #expect(try response.status == .badRequest && errorCode(response) == "invalid_body", "\(bad)")
+                #expect(response.status == .badRequest && errorCode(response) == "invalid_body", "\(bad)")
             }
         }
     }
@@ -341,7 +341,7 @@ struct RouterTests {
             let before = try await client.execute(uri: "/api/v1/watermarks/m", method: .get)
             let response = try await put(client, "m", body)
             #expect(response.status == .badRequest)
-            #expect(try try errorCode(response) == code)
+            #expect(errorCode(response) == code)
             let after = try await client.execute(uri: "/api/v1/watermarks/m", method: .get)
             #expect(after.body == before.body)
         }
@@ -354,7 +354,7 @@ struct RouterTests {
                 uri: "/api/v1/watermarks/s", method: .put, headers: [.contentType: "text/plain"],
                 body: ByteBuffer(string: success("2025-12-30T00:00:00Z"))
             )
-            #expect(try form.status == .unsupportedMediaType && errorCode(form) == "unsupported_media_type")
+            #expect(form.status == .unsupportedMediaType && errorCode(form) == "unsupported_media_type")
             let charset = try await client.execute(
                 uri: "/api/v1/watermarks/s", method: .put, headers: [.contentType: "application/json; charset=utf-8"],
                 body: ByteBuffer(string: success("2025-12-30T00:00:00Z"))
@@ -362,7 +362,7 @@ struct RouterTests {
             #expect(charset.status == .created)
             let padding = String(repeating: "x", count: 65 * 1024)
             let large = try await put(client, "s", #"{"status":"failed","error_message":"\#(padding)"}"#)
-            #expect(try large.status == .contentTooLarge && errorCode(large) == "payload_too_large")
+            #expect(large.status == .contentTooLarge && errorCode(large) == "payload_too_large")
         }
     }
 
@@ -385,7 +385,7 @@ struct RouterTests {
                 )
                 // "." and ".." are also normalised away by some clients; here they reach the router as-is.
                 #expect(response.status == .badRequest, "\(method) \(uri)")
-                #expect(try try errorCode(response) == "invalid_source_id", "\(method) \(uri)")
+                #expect(errorCode(response) == "invalid_source_id", "\(method) \(uri)")
             }
         }
     }
@@ -396,13 +396,13 @@ struct RouterTests {
             let patch = try await client.execute(uri: "/api/v1/watermarks/x", method: .patch)
             #expect(patch.status == .methodNotAllowed)
             #expect(patch.headers[.allow] == "DELETE, GET, HEAD, PUT")
-            #expect(try try errorCode(patch) == "method_not_allowed")
+            #expect(errorCode(patch) == "method_not_allowed")
             let postHealth = try await client.execute(uri: "/health", method: .post)
             #expect(postHealth.status == .methodNotAllowed && postHealth.headers[.allow] == "GET, HEAD")
             let leaseGet = try await client.execute(uri: "/api/v1/watermarks/x/lease", method: .get)
             #expect(leaseGet.status == .methodNotAllowed && leaseGet.headers[.allow] == "DELETE, POST")
             let unknown = try await client.execute(uri: "/api/v2/nothing", method: .get)
-            #expect(try unknown.status == .notFound && errorCode(unknown) == "not_found")
+            #expect(unknown.status == .notFound && errorCode(unknown) == "not_found")
         }
     }
 
@@ -414,7 +414,7 @@ struct RouterTests {
         try await app.test(.router) { client in
             for (uri, method) in [("/api/v1/watermarks/a", HTTPRequest.Method.get), ("/api/v1/watermarks", .get), ("/status", .get), ("/api/v1/watermarks/a", .put)] {
                 let none = try await client.execute(uri: uri, method: method, headers: Self.jsonHeaders)
-                #expect(try none.status == .unauthorized && errorCode(none) == "unauthorized", "\(method) \(uri)")
+                #expect(none.status == .unauthorized && errorCode(none) == "unauthorized", "\(method) \(uri)")
                 let wrong = try await client.execute(uri: uri, method: method, headers: [.authorization: "Bearer write-secreT"])
                 #expect(wrong.status == .unauthorized, "\(method) \(uri)")
             }
@@ -435,7 +435,7 @@ struct RouterTests {
             let forbidden = try await client.execute(
                 uri: "/api/v1/watermarks/a", method: .put, headers: reader, body: ByteBuffer(string: success("2025-12-31T01:00:00Z"))
             )
-            #expect(try forbidden.status == .forbidden && errorCode(forbidden) == "forbidden")
+            #expect(forbidden.status == .forbidden && errorCode(forbidden) == "forbidden")
             #expect(try try await client.execute(uri: "/api/v1/watermarks/a", method: .delete, headers: reader).status == .forbidden)
             let unchanged = try json(try await client.execute(uri: "/api/v1/watermarks/a", method: .get, headers: reader))
             #expect(unchanged["version"] as? Int == 1)
@@ -458,7 +458,7 @@ struct RouterTests {
             let health = try await client.execute(uri: "/health", method: .get)
             #expect(try health.status == .serviceUnavailable && json(health)["status"] as? String == "unhealthy")
             let read = try await client.execute(uri: "/api/v1/watermarks/a", method: .get)
-            #expect(try read.status == .serviceUnavailable && errorCode(read) == "database_unavailable")
+            #expect(read.status == .serviceUnavailable && errorCode(read) == "database_unavailable")
             let write = try await put(client, "a", success("2025-12-31T00:00:00Z"))
             #expect(write.status == .serviceUnavailable)
             #expect(try try await client.execute(uri: "/metrics", method: .get).status == .ok)

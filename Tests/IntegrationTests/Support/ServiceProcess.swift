@@ -77,7 +77,7 @@ final class ServiceProcess: Sendable {
     }
 
     /// Waits for the "listening" line and returns the `port=` it names.
-    func waitForPort(marker: String = "listening", timeout: Duration = .seconds(30)) async throws -> Int {
+    func waitForPort(marker: String = "service listening", timeout: Duration = .seconds(30)) async throws -> Int {
         let line = try await waitForLine(containing: marker, timeout: timeout)
         guard let range = line.range(of: "port="),
             let port = Int(line[range.upperBound...].prefix { $0.isNumber })
