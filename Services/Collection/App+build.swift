@@ -56,6 +56,15 @@ func buildApplication(
             address: .hostname(configuration.host, port: configuration.port), serverName: "collection-service"
         ),
         services: [scheduler],
+        onServerRunning: { channel in
+            logger.info(
+                "Collection service listening",
+                metadata: [
+                    "host": "\(configuration.host)", "port": "\(channel.localAddress?.port ?? configuration.port)",
+                    "instance_id": "\(configuration.instanceID)",
+                ]
+            )
+        },
         logger: logger
     )
 }

@@ -37,7 +37,13 @@ struct TAXII21Collector: Collector {
         headers.add(name: "Accept", value: Self.mediaType)
         if let authorization = settings.auth.headerValue { headers.add(name: "Authorization", value: authorization) }
         let response = try await http.get(url, headers: headers)
-        return try Self.parse(response, url: SourceHTTPClient.displayURL(url))
+        let page = try Self.parse(response, url: SourceHTTPClient.displayURL(url))
+        // Paging by date must advance, or the run would loop on the same page forever. (A `next` token may
+        // legitimately stay the same: medallion reuses its session id.)
+        if let cursor, cursor.hasPrefix("after:"), page.next == cursor {
+            throw .malformed("the TAXII server keeps answering more=true without advancing past \(addedAfter)")
+        }
+        return page
     }
 
     /// Turns one envelope into a page. An empty page may be `{}` (no `objects`, no `more`).

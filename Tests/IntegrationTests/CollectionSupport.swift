@@ -1,0 +1,236 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+/// The repository root, from this file's path.
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right after).
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ProcessFailure("socket() failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    }
+    guard bound == 0 else { throw ProcessFailure("bind() failed") }
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Any process started by a test, output captured, killed by `deinit` if a failing test left it running.
+final class ChildProcess: Sendable {
+    let name: String
+    private let process: Process
+    private let output = OutputBuffer()
+
+    init(name: String, executable: URL, arguments: [String], environment: [String: String]) throws {
+        self.name = name
+        process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let output = self.output
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else {
+                handle.readabilityHandler = nil
+                return
+            }
+            output.append(data)
+        }
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    var log: String { output.text }
+    var isRunning: Bool { process.isRunning }
+
+    func signal(_ signal: Int32) {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+    }
+
+    /// Waits for the exit (SIGKILL after `timeout`, then throws) and returns the exit status.
+    @discardableResult
+    func waitForExit(timeout: Duration) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            guard ContinuousClock.now < deadline else {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+                throw ProcessFailure("\(name) did not exit within \(timeout):\n\(log)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // Let the pipe deliver the last output.
+        try await Task.sleep(for: .milliseconds(50))
+        return process.terminationStatus
+    }
+}
+
+/// OASIS medallion (real TAXII 2.1 server) started by `scripts/medallion/start.sh` on a free port.
+final class MedallionServer: Sendable {
+    static let collectionID = "4f1c9a52-7d2e-4c1b-9a57-2f6f0d1c3e01"
+    let port: Int
+    let process: ChildProcess
+    let workDirectory: TemporaryDirectory
+
+    var apiRoot: String { "http://127.0.0.1:\(port)/api1/" }
+    var objectsURL: String { apiRoot + "collections/\(Self.collectionID)/objects/" }
+
+    /// Starts it and waits until the collection answers (the first start installs medallion: up to minutes).
+    init() async throws {
+        port = try freePort()
+        workDirectory = try TemporaryDirectory()
+        process = try ChildProcess(
+            name: "medallion", executable: URL(fileURLWithPath: "/bin/bash"),
+            arguments: [repositoryRoot.appendingPathComponent("scripts/medallion/start.sh").path, "\(port)", workDirectory.path],
+            environment: ["MEDALLION_COLLECTION_ID": Self.collectionID]
+        )
+        do {
+            try await waitUntil("medallion to answer", timeout: .seconds(300), every: .milliseconds(200)) {
+                guard process.isRunning else {
+                    throw ProcessFailure("medallion exited before answering (is PyPI reachable?):\n\(process.log)")
+                }
+                return (try? await self.get(objectsURL)).map { $0.status == 200 } ?? false
+            }
+        } catch {
+            process.signal(SIGKILL)
+            workDirectory.remove()
+            throw error
+        }
+    }
+
+    func stop() async {
+        process.signal(SIGTERM)
+        _ = try? await process.waitForExit(timeout: .seconds(10))
+        workDirectory.remove()
+    }
+
+    /// Adds STIX objects with a TAXII POST; returns medallion's status resource.
+    func add(_ objects: [[String: Any]]) async throws {
+        let body = try JSONSerialization.data(withJSONObject: ["objects": objects])
+        var request = HTTPClientRequest(url: objectsURL)
+        request.method = .POST
+        request.headers.add(name: "Authorization", value: Self.authorization)
+        request.headers.add(name: "Accept", value: "application/taxii+json;version=2.1")
+        request.headers.add(name: "Content-Type", value: "application/taxii+json;version=2.1")
+        request.body = .bytes(ByteBuffer(data: body))
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        guard (200..<300).contains(response.status.code), text.contains("\"failure_count\": 0") else {
+            throw ProcessFailure("medallion refused the objects: \(response.status) \(text)")
+        }
+    }
+
+    static let authorization = "Basic " + Data("admin:Password0".utf8).base64EncodedString()
+
+    private func get(_ url: String) async throws -> TestHTTP.Reply {
+        var request = HTTPClientRequest(url: url)
+        request.headers.add(name: "Authorization", value: Self.authorization)
+        request.headers.add(name: "Accept", value: "application/taxii+json;version=2.1")
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(2))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        return TestHTTP.Reply(status: Int(response.status.code), headers: response.headers, body: Data(buffer: body))
+    }
+}
+
+/// A STIX 2.1 indicator with a fixed id.
+func indicator(_ number: Int, modified: String = "2026-11-26T10:00:00.000Z") -> [String: Any] {
+    let id = String(format: "indicator--%08d-0000-4000-8000-000000000000", number)
+    return [
+        "type": "indicator", "spec_version": "2.1", "id": id, "created": modified, "modified": modified,
+        "name": "test indicator \(number)", "pattern": "[ipv4-addr:value = '192.0.2.\(number % 250)']",
+        "pattern_type": "stix", "valid_from": "2026-11-26T10:00:00Z",
+    ]
+}
+
+/// One `collection-service` setup: a data folder and a sources file; runs `--once` or serves.
+struct CollectionSetup {
+    let directory: TemporaryDirectory
+    var sourcesPath: String { directory.path + "/sources.json" }
+    var dataPath: String { directory.path + "/data" }
+
+    init(sourcesJSON: String) throws {
+        directory = try TemporaryDirectory()
+        try sourcesJSON.write(toFile: directory.path + "/sources.json", atomically: true, encoding: .utf8)
+    }
+
+    func environment(storageURL: String?) -> [String: String] {
+        var env = [
+            "COLLECTION_CONFIG": sourcesPath, "DATA_DIR": dataPath, "PORT": "0", "HOST": "127.0.0.1",
+            "TAXII_USERNAME": "admin", "TAXII_PASSWORD": "Password0", "INSTANCE_ID": "integration-test",
+            "STORAGE_TIMEOUT_SECONDS": "2", "ENVIRONMENT": "development",
+        ]
+        env["STORAGE_SERVICE_URL"] = storageURL ?? ""
+        return env
+    }
+
+    /// Starts `collection-service --once`.
+    func startOnce(storageURL: String?) throws -> ChildProcess {
+        let binary = ServiceProcess.binDirectory.appendingPathComponent("collection-service")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            throw ProcessFailure("collection-service is not built at \(binary.path) (run swift build first)")
+        }
+        return try ChildProcess(
+            name: "collection-service --once", executable: binary, arguments: ["--once"],
+            environment: environment(storageURL: storageURL)
+        )
+    }
+
+    /// Runs `collection-service --once` to the end; returns its exit status and output.
+    func runOnce(storageURL: String?, timeout: Duration = .seconds(90)) async throws -> (status: Int32, log: String) {
+        let process = try startOnce(storageURL: storageURL)
+        let status = try await process.waitForExit(timeout: timeout)
+        return (status, process.log)
+    }
+
+    /// The ids in the sink of `source`, in file order, duplicates included.
+    func sinkIDs(_ source: String) throws -> [String] {
+        let folder = dataPath + "/" + source
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter { $0.hasSuffix(".ndjson") }.sorted()
+        var ids: [String] = []
+        for name in names {
+            let data = try Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))
+            for line in data.split(separator: UInt8(ascii: "\n")) {
+                // A torn last line (SIGKILL mid-write) is not a record; the service cuts it on its next append.
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                    let id = object["id"] as? String
+                else { continue }
+                ids.append(id)
+            }
+        }
+        return ids
+    }
+
+    func remove() { directory.remove() }
+}
+
+func taxiiSourcesJSON(_ medallion: MedallionServer, pageSize: Int) -> String {
+    """
+    {"sources": [{"id": "medallion", "type": "taxii21", "api_root": "\(medallion.apiRoot)",
+      "collection_id": "\(MedallionServer.collectionID)", "username_env": "TAXII_USERNAME",
+      "password_env": "TAXII_PASSWORD", "page_size": \(pageSize), "timeout_seconds": 10}]}
+    """
+}
