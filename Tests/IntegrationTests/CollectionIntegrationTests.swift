@@ -206,6 +206,37 @@ struct CollectionIntegrationTests {
         #expect(try await down.waitForExit(timeout: .seconds(20)) == 1)
     }
 
+    /// `--once` with one broken source: the others still run, the broken one records `failed` with a message
+    /// saying what happened, its watermark does not move, and the exit status is non-zero.
+    @Test func onceExitsNonZeroWhenASourceFailsAndOthersCarryOn() async throws {
+        let deadPort = try freePort()
+        let setup = try CollectionSetup(sourcesJSON: "{}")
+        defer { setup.remove() }
+        let drop = setup.directory.path + "/drop"
+        try FileManager.default.createDirectory(atPath: drop, withIntermediateDirectories: true)
+        let now = ISO8601DateFormatter().string(from: Date())
+        try "{\"id\":\"r1\",\"modified\":\"\(now)\"}\n".write(toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)
+        try """
+            {"sources": [
+              {"id": "broken", "type": "taxii21", "api_root": "http://127.0.0.1:\(deadPort)/api1/",
+               "collection_id": "c", "timeout_seconds": 2},
+              {"id": "drop", "type": "directory", "path": "\(drop)"}
+            ]}
+            """.write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
+        try await withStorageService { storage in
+            let result = try await setup.runOnce(storageURL: "http://127.0.0.1:\(storage.port)")
+            #expect(result.status == 1, "\(result.log)")
+            #expect(result.log.contains("drop success records=1"), "\(result.log)")
+            #expect(result.log.contains("broken failed records=0"), "\(result.log)")
+            let broken = try await storage.http.send(.GET, "/api/v1/watermarks/broken").json()
+            #expect(broken["status"] as? String == "failed")
+            #expect(broken["last_successful_timestamp"] is NSNull)
+            let message = try #require(broken["error_message"] as? String)
+            #expect(message.contains("127.0.0.1:\(deadPort)/api1/collections/c/objects/"), "\(message)")
+            #expect(try setup.sinkIDs("drop") == ["r1"])
+        }
+    }
+
     /// A configuration error names the source and field and exits non-zero before doing anything.
     @Test func configurationErrorsStopTheStart() async throws {
         let setup = try CollectionSetup(sourcesJSON: """

@@ -1,0 +1,146 @@
+import Foundation
+import Logging
+import Prometheus
+import ServiceLifecycle
+import StorageClient
+import Testing
+import WatermarkCore
+
+@testable import CollectionService
+
+/// A collector that counts its calls and can hold a run open until released.
+actor CallCounter {
+    var calls: [SourceID] = []
+    var running = 0
+    var maxRunning = 0
+    func begin(_ id: SourceID) { calls.append(id); running += 1; maxRunning = max(maxRunning, running) }
+    func end() { running -= 1 }
+    func count(_ id: SourceID) -> Int { calls.count { $0 == id } }
+}
+
+struct SlowCollector: Collector {
+    let id: SourceID
+    let counter: CallCounter
+    var delay: Duration = .milliseconds(300)
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        await counter.begin(id)
+        try? await Task.sleep(for: delay)
+        await counter.end()
+        return CollectorPage(records: [])
+    }
+}
+
+@Suite("Scheduler", .timeLimit(.minutes(1)))
+struct SchedulerTests {
+    func engine(dir: String, sources: [SourceConfiguration], counter: CallCounter, delay: Duration) throws -> CollectionEngine {
+        let storage = InMemoryStorageClient()
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: quietLogger)
+        let board = SourceBoard(sources: sources)
+        let runner = CollectionRunner(
+            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: quietLogger,
+            isStopping: { await board.isStopping() }
+        )
+        return CollectionEngine(
+            board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: PrometheusCollectorRegistry()),
+            makeCollector: { SlowCollector(id: $0.id, counter: counter, delay: delay) }, logger: quietLogger,
+            startedAt: Timestamp.now()
+        )
+    }
+
+    func waitFor(_ what: String, timeout: Duration = .seconds(10), _ condition: () async -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !(await condition()) {
+            guard ContinuousClock.now < deadline else { throw CancellationError() }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    @Test func runsOnIntervalWithinTheConcurrencyLimitAndStopsOnGracefulShutdown() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sources = try ["a", "b", "c"].map { name in
+            SourceConfiguration(id: try SourceID(name), kind: .directory(DirectorySettings(path: dir)), interval: .seconds(1))
+        }
+        let counter = CallCounter()
+        let engine = try engine(dir: dir, sources: sources, counter: counter, delay: .milliseconds(200))
+        let scheduler = CollectionScheduler(engine: engine, configuration: .init(maxConcurrentRuns: 2))
+        let group = ServiceGroup(services: [scheduler], logger: quietLogger)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            // Every source twice: the interval (1 s + jitter) brings each back.
+            try await waitFor("two runs of every source") {
+                for source in sources where await counter.count(source.id) < 2 { return false }
+                return true
+            }
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+        #expect(await counter.maxRunning <= 2)
+        #expect(await engine.board.runningCount == 0)
+        let entry = try #require(await engine.board.entry(sources[0].id))
+        #expect(entry.lastRun?.outcome == .success && entry.nextRunAt != nil)
+    }
+
+    @Test func aTriggerWhileRunningIsRefusedAndOneWhileWaitingIsCoalesced() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let source = SourceConfiguration(id: try SourceID("a"), kind: .directory(DirectorySettings(path: dir)), interval: .seconds(3600))
+        let counter = CallCounter()
+        let engine = try engine(dir: dir, sources: [source], counter: counter, delay: .milliseconds(400))
+        let scheduler = CollectionScheduler(engine: engine, configuration: .init(maxConcurrentRuns: 1))
+        let group = ServiceGroup(services: [scheduler], logger: quietLogger)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            try await waitFor("the first run") { await counter.running == 1 }
+            #expect(await engine.board.trigger(source.id) == .alreadyRunning)
+            try await waitFor("the first run to end") { await engine.board.entry(source.id)?.lastRun != nil }
+            #expect(await engine.board.trigger(source.id) == .accepted)
+            #expect(await engine.board.trigger(source.id) == .accepted)  // coalesced with the first
+            try await waitFor("the triggered run") { await counter.count(source.id) == 2 }
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(await counter.count(source.id) == 2)
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+
+    @Test func gracefulShutdownAbandonsARunningRunAtItsNextPage() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let source = SourceConfiguration(id: try SourceID("a"), kind: .directory(DirectorySettings(path: dir)))
+        let counter = CallCounter()
+        let engine = try engine(dir: dir, sources: [source], counter: counter, delay: .milliseconds(300))
+        await engine.board.stop()
+        let report = await engine.execute(source)
+        #expect(report.outcome == .abandoned)
+        #expect(await counter.count(source.id) == 0)
+        #expect(await engine.board.claimDue(now: Timestamp.now(), limit: 5).isEmpty)
+    }
+}
+
+@Suite("Lease renewal")
+struct LeaseRenewalTests {
+    /// A clock that jumps 100 s on every read, so a 300 s lease passes half its TTL between pages.
+    final class JumpingClock: Sendable {
+        private let lock = NSLock()
+        // Safe: only touched inside `lock.withLock`.
+        private nonisolated(unsafe) var now = ts("2026-11-27T00:00:00Z")
+        func read() -> Timestamp { lock.withLock { now = now.adding(.seconds(100)); return now } }
+    }
+
+    @Test func aLongRunRenewsItsLeaseAndKeepsItsToken() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let clock = JumpingClock()
+        var runner = f.runner
+        runner.clock = { clock.read() }
+        let pages = (1...5).map { [record("r\($0)", "2026-11-2\($0)T00:00:00Z")] }
+        let report = await runner.run(f.source, collector: ScriptedCollector(pages: pages))
+        #expect(report.outcome == .success, "\(report.errorMessage ?? "")")
+        #expect(report.recordsCollected == 5)
+        // Renewed by the same owner (token kept), released at the end: the next grant is token 2.
+        let lease = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other", ttl: .seconds(60))
+        #expect(lease.fencingToken == 2)
+    }
+}
