@@ -101,7 +101,8 @@ struct Serve: AsyncParsableCommand {
                 for report in reports { print(Self.summaryLine(report)) }
                 exitCode = reports.contains { $0.outcome == .failed } ? 1 : 0
             } else {
-                let app = buildApplication(configuration: configuration, engine: engine, registry: registry, logger: logger)
+                let app = buildApplication(
+                    configuration: configuration, engine: engine, registry: registry, logger: logger)
                 try await app.runService()
             }
         } catch {

@@ -33,12 +33,15 @@ struct TAXII21CollectorTests {
     @Test func pagesUntilMoreIsFalseWithStrictAddedAfterAndHeaderMarks() async throws {
         let server = FakeTAXIIServer()
         for index in 1...5 {
-            await server.add(.init(id: "indicator--\(index)", modified: "2026-11-20T00:00:0\(index).000Z",
-                                   dateAdded: ts("2026-11-26T10:00:0\(index).123456789Z")))
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:0\(index).000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).123456789Z")))
         }
         let since = ts("2026-11-26T10:00:00.9999999Z")
         let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
-            try await withHTTPClient { client in try await fetchAll(collector(port: port, client: client), since: since) }
+            try await withHTTPClient { client in try await fetchAll(collector(port: port, client: client), since: since)
+            }
         }
         #expect(pages.map(\.records.count) == [2, 2, 1])
         #expect(pages.flatMap(\.records).map(\.id) == (1...5).map { "indicator--\($0)" })
@@ -66,7 +69,8 @@ struct TAXII21CollectorTests {
     @Test func exclusiveBoundaryComesBackOnlyWithinTheTruncatedMicrosecond() async throws {
         let server = FakeTAXIIServer()
         await server.add(.init(id: "a", modified: "2026-11-20T00:00:00Z", dateAdded: ts("2026-11-26T10:00:00.123456Z")))
-        await server.add(.init(id: "b", modified: "2026-11-20T00:00:00Z", dateAdded: ts("2026-11-26T10:00:00.123456789Z")))
+        await server.add(
+            .init(id: "b", modified: "2026-11-20T00:00:00Z", dateAdded: ts("2026-11-26T10:00:00.123456789Z")))
         let (exact, nanos) = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
             try await withHTTPClient { client in
                 let c = collector(port: port, client: client)
@@ -120,7 +124,9 @@ struct TAXII21CollectorTests {
                 }
             }
         } throws: { error in
-            guard let error = error as? CollectorError, case .httpStatus(500, let url, let detail) = error else { return false }
+            guard let error = error as? CollectorError, case .httpStatus(500, let url, let detail) = error else {
+                return false
+            }
             return url.hasSuffix("/objects/") && detail == "database on fire"
         }
         #expect(await server.requests.count == 3)
@@ -172,7 +178,9 @@ struct TAXII21CollectorTests {
 
     @Test func connectionRefusedIsATransportError() async throws {
         // Bind a port, then stop the server: nothing listens there any more.
-        let port = try await withFakeServer(path: Self.path, handler: { _ in FakeAnswer(status: 200, body: "{}") }) { $0 }
+        let port = try await withFakeServer(path: Self.path, handler: { _ in FakeAnswer(status: 200, body: "{}") }) {
+            $0
+        }
         await #expect {
             try await withHTTPClient { client in
                 var collector = collector(port: port, client: client)
@@ -199,13 +207,16 @@ struct OTXCollectorTests {
         await server.add(id: "aaaaaaaaaaaaaaaaaaaaaaa2", modified: "2026-11-25T11:00:00")
         await server.add(id: "aaaaaaaaaaaaaaaaaaaaaaa3", modified: "2026-11-25T12:00:00.5")
         await server.add(id: "old", modified: "2026-11-01T00:00:00")
-        let records = try await withFakeServer(path: "/api/v1/pulses/subscribed", handler: { await server.handle($0) }) {
+        let records = try await withFakeServer(path: "/api/v1/pulses/subscribed", handler: { await server.handle($0) })
+        {
             port in
             await server.setPort(port)
             return try await withHTTPClient { client in
                 let collector = OTXCollector(
-                    settings: OTXSettings(baseURL: "http://127.0.0.1:\(port)", apiKey: Secret("otx-secret")), pageSize: 2,
-                    http: SourceHTTPClient(httpClient: client, timeout: .seconds(5), retry: testRetry, logger: quietLogger)
+                    settings: OTXSettings(baseURL: "http://127.0.0.1:\(port)", apiKey: Secret("otx-secret")),
+                    pageSize: 2,
+                    http: SourceHTTPClient(
+                        httpClient: client, timeout: .seconds(5), retry: testRetry, logger: quietLogger)
                 )
                 var all: [CollectedRecord] = []
                 var cursor: String?
@@ -217,8 +228,12 @@ struct OTXCollectorTests {
                 return all
             }
         }
-        #expect(records.map(\.id) == ["aaaaaaaaaaaaaaaaaaaaaaa1", "aaaaaaaaaaaaaaaaaaaaaaa2", "aaaaaaaaaaaaaaaaaaaaaaa3"])
-        #expect(records.map(\.mark) == [ts("2026-11-25T10:00:00.123Z"), ts("2026-11-25T11:00:00Z"), ts("2026-11-25T12:00:00.5Z")])
+        #expect(
+            records.map(\.id) == ["aaaaaaaaaaaaaaaaaaaaaaa1", "aaaaaaaaaaaaaaaaaaaaaaa2", "aaaaaaaaaaaaaaaaaaaaaaa3"])
+        #expect(
+            records.map(\.mark) == [
+                ts("2026-11-25T10:00:00.123Z"), ts("2026-11-25T11:00:00Z"), ts("2026-11-25T12:00:00.5Z"),
+            ])
         let requests = await server.requests
         #expect(requests.count == 2)
         #expect(requests[0].query["modified_since"] == "2026-11-25T10:00:00.123000")
@@ -249,11 +264,13 @@ struct DirectoryCollectorTests {
     @Test func readsObjectsArraysBundlesAndNDJSONSinceTheMark() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
-        try #"{"type":"bundle","id":"bundle--1","objects":[{"id":"indicator--1","modified":"2026-11-25T00:00:00Z"},{"id":"marking--1","created":"2026-11-25T01:00:00Z"}]}"#
+        try
+            #"{"type":"bundle","id":"bundle--1","objects":[{"id":"indicator--1","modified":"2026-11-25T00:00:00Z"},{"id":"marking--1","created":"2026-11-25T01:00:00Z"}]}"#
             .write(toFile: dir + "/a.json", atomically: true, encoding: .utf8)
         try #"[{"id":"x1","modified":"2026-11-26T00:00:00Z"},{"id":"x0","modified":"2026-11-01T00:00:00Z"}]"#
             .write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
-        try "{\"id\":\"p1\",\"modified\":\"2026-11-26T10:00:00.5\"}\n\n{\"id\":\"p2\",\"modified\":\"2026-11-26T11:00:00Z\"}\n"
+        try
+            "{\"id\":\"p1\",\"modified\":\"2026-11-26T10:00:00.5\"}\n\n{\"id\":\"p2\",\"modified\":\"2026-11-26T11:00:00Z\"}\n"
             .write(toFile: dir + "/c.ndjson", atomically: true, encoding: .utf8)
         try "ignored".write(toFile: dir + "/.hidden.json", atomically: true, encoding: .utf8)
         try "ignored".write(toFile: dir + "/notes.txt", atomically: true, encoding: .utf8)
@@ -279,7 +296,8 @@ struct DirectoryCollectorTests {
         defer { removeTemporary(dir) }
         try #"[{"id":"x1"}]"#.write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
         await #expect {
-            try await DirectoryCollector(settings: DirectorySettings(path: dir)).fetchPage(since: ts("2026-01-01T00:00:00Z"), cursor: nil)
+            try await DirectoryCollector(settings: DirectorySettings(path: dir)).fetchPage(
+                since: ts("2026-01-01T00:00:00Z"), cursor: nil)
         } throws: { error in
             "\(error)".contains("bad.json") && "\(error)".contains("x1")
         }

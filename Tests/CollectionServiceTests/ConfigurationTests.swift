@@ -33,7 +33,9 @@ struct ConfigurationTests {
         #expect(sources.map(\.id.rawValue) == ["mitre", "otx", "drop"])
         guard case .taxii21(let taxii) = sources[0].kind else { Issue.record("not taxii"); return }
         #expect(taxii.auth == .basic(username: "admin", password: Secret("Password0")))
-        #expect(sources[0].pageSize == 50 && sources[0].lookback == .seconds(604_800) && sources[0].interval == .seconds(300))
+        #expect(
+            sources[0].pageSize == 50 && sources[0].lookback == .seconds(604_800)
+                && sources[0].interval == .seconds(300))
         guard case .otx(let otx) = sources[1].kind else { Issue.record("not otx"); return }
         #expect(otx.baseURL == "https://otx.alienvault.com" && otx.apiKey.value == "k")
         #expect(sources[1].overlap == .seconds(300) && sources[1].interval == .seconds(600))
@@ -43,25 +45,37 @@ struct ConfigurationTests {
     }
 
     @Test func errorsNameTheSourceAndTheField() {
-        #expect(message(#"{"sources":[{"id":"otx","type":"otx","api_key_env":"MISSING"}]}"#)
-            == #"source "otx" field "api_key_env": environment variable MISSING is not set"#)
-        #expect(message(#"{"sources":[{"id":"t","type":"taxii21","collection_id":"c"}]}"#)
-            == #"source "t" field "api_root": required"#)
-        #expect(message(#"{"sources":[{"id":"t","type":"taxii21","api_root":"ftp://x","collection_id":"c"}]}"#)
-            .hasPrefix(#"source "t" field "api_root": "ftp://x" is not an http(s) URL"#))
-        #expect(message(#"{"sources":[{"id":"d","type":"directory","path":"x","intervall_seconds":5}]}"#)
-            == #"source "d" field "intervall_seconds": unknown field for a directory source"#)
-        #expect(message(#"{"sources":[{"id":"d","type":"directory","path":"x","page_size":0}]}"#)
-            == #"source "d" field "page_size": must be a whole number from 1 to 10000"#)
-        #expect(message(#"{"sources":[{"id":"d","type":"ftp","path":"x"}]}"#)
-            == #"source "d" field "type": "ftp" is not one of taxii21, otx, directory"#)
-        #expect(message(#"{"sources":[{"id":"a/b","type":"directory","path":"x"}]}"#).hasPrefix(#"sources[0] field "id""#))
-        #expect(message(#"{"sources":[{"id":"d","type":"directory","path":"x"},{"id":"d","type":"directory","path":"y"}]}"#)
-            == #"source "d" field "id": used by more than one source"#)
-        #expect(message(#"{"sources":[{"id":"d","type":"directory","path":"x","enabled":"yes"}]}"#)
-            == #"source "d" field "enabled": must be true or false"#)
+        #expect(
+            message(#"{"sources":[{"id":"otx","type":"otx","api_key_env":"MISSING"}]}"#)
+                == #"source "otx" field "api_key_env": environment variable MISSING is not set"#)
+        #expect(
+            message(#"{"sources":[{"id":"t","type":"taxii21","collection_id":"c"}]}"#)
+                == #"source "t" field "api_root": required"#)
+        #expect(
+            message(#"{"sources":[{"id":"t","type":"taxii21","api_root":"ftp://x","collection_id":"c"}]}"#)
+                .hasPrefix(#"source "t" field "api_root": "ftp://x" is not an http(s) URL"#))
+        #expect(
+            message(#"{"sources":[{"id":"d","type":"directory","path":"x","intervall_seconds":5}]}"#)
+                == #"source "d" field "intervall_seconds": unknown field for a directory source"#)
+        #expect(
+            message(#"{"sources":[{"id":"d","type":"directory","path":"x","page_size":0}]}"#)
+                == #"source "d" field "page_size": must be a whole number from 1 to 10000"#)
+        #expect(
+            message(#"{"sources":[{"id":"d","type":"ftp","path":"x"}]}"#)
+                == #"source "d" field "type": "ftp" is not one of taxii21, otx, directory"#)
+        #expect(
+            message(#"{"sources":[{"id":"a/b","type":"directory","path":"x"}]}"#).hasPrefix(#"sources[0] field "id""#))
+        #expect(
+            message(#"{"sources":[{"id":"d","type":"directory","path":"x"},{"id":"d","type":"directory","path":"y"}]}"#)
+                == #"source "d" field "id": used by more than one source"#)
+        #expect(
+            message(#"{"sources":[{"id":"d","type":"directory","path":"x","enabled":"yes"}]}"#)
+                == #"source "d" field "enabled": must be true or false"#)
         #expect(message("not json").hasPrefix("the sources file is not valid JSON"))
-        #expect(message(#"{"sources":[{"id":"t","type":"taxii21","api_root":"http://x","collection_id":"c","token_env":"A","username_env":"B"}]}"#)
+        #expect(
+            message(
+                #"{"sources":[{"id":"t","type":"taxii21","api_root":"http://x","collection_id":"c","token_env":"A","username_env":"B"}]}"#
+            )
             .contains("not both"))
     }
 
@@ -76,7 +90,8 @@ struct ConfigurationTests {
 
     @Test func serviceSettingsComeFromTheEnvironment() throws {
         let config = try CollectionConfiguration(environment: [
-            "PORT": "8001", "DATA_DIR": "/data", "MAX_CONCURRENT_RUNS": "4", "INSTANCE_ID": "pod-1", "LOG_LEVEL": "DEBUG",
+            "PORT": "8001", "DATA_DIR": "/data", "MAX_CONCURRENT_RUNS": "4", "INSTANCE_ID": "pod-1",
+            "LOG_LEVEL": "DEBUG",
         ])
         #expect(config.port == 8001 && config.dataDirectory == "/data" && config.stateDirectory == "/data/.state")
         #expect(config.maxConcurrentRuns == 4 && config.instanceID == "pod-1" && config.logLevel == .debug)

@@ -1,8 +1,8 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import Logging
 import HummingbirdTesting
+import Logging
 import NIOCore
 import NIOFoundationCompat
 import Prometheus
@@ -14,11 +14,14 @@ import WatermarkCore
 
 @Suite("HTTP API")
 struct HTTPTests {
-    func makeEngine(dir: String, sources: [SourceConfiguration], registry: PrometheusCollectorRegistry) throws -> CollectionEngine {
+    func makeEngine(dir: String, sources: [SourceConfiguration], registry: PrometheusCollectorRegistry) throws
+        -> CollectionEngine
+    {
         let storage = InMemoryStorageClient()
         let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: quietLogger)
         let board = SourceBoard(sources: sources)
-        let runner = CollectionRunner(storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: quietLogger)
+        let runner = CollectionRunner(
+            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: quietLogger)
         return CollectionEngine(
             board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
             makeCollector: { source in
@@ -96,7 +99,8 @@ struct HTTPTests {
         var engine = try makeEngine(dir: dir, sources: [source], registry: registry)
         engine = CollectionEngine(
             board: engine.board, runner: engine.runner, manager: engine.manager, metrics: engine.metrics,
-            makeCollector: engine.makeCollector, logger: capture.logger, startedAt: Timestamp.now().adding(.seconds(-120))
+            makeCollector: engine.makeCollector, logger: capture.logger,
+            startedAt: Timestamp.now().adding(.seconds(-120))
         )
         await engine.refreshWatching()
         await engine.refreshWatching()

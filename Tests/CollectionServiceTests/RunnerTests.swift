@@ -34,7 +34,9 @@ struct RunnerFixture {
     let runner: CollectionRunner
     let source: SourceConfiguration
 
-    init(owner: String = "test-replica", now: Timestamp = ts("2026-11-27T00:00:00Z"), logger: Logger = quietLogger) throws {
+    init(owner: String = "test-replica", now: Timestamp = ts("2026-11-27T00:00:00Z"), logger: Logger = quietLogger)
+        throws
+    {
         dir = try makeTemporaryDirectory()
         storage = InMemoryStorageClient()
         manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: logger)
@@ -53,7 +55,9 @@ struct RunnerTests {
     @Test func firstRunWritesEverythingAndMovesTheMarkToTheNewestRecord() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
-        let collector = ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")], [record("b", "2026-11-26T00:00:00.123456789Z")]])
+        let collector = ScriptedCollector(pages: [
+            [record("a", "2026-11-25T00:00:00Z")], [record("b", "2026-11-26T00:00:00.123456789Z")],
+        ])
         let report = await f.runner.run(f.source, collector: collector)
         #expect(report.outcome == .success)
         #expect(report.recordsCollected == 2)
@@ -66,7 +70,9 @@ struct RunnerTests {
     @Test func recordsOlderThanTheLookbackAreNotAskedFor() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
-        let collector = ScriptedCollector(pages: [[record("old", "2026-11-01T00:00:00Z"), record("new", "2026-11-25T00:00:00Z")]])
+        let collector = ScriptedCollector(pages: [
+            [record("old", "2026-11-01T00:00:00Z"), record("new", "2026-11-25T00:00:00Z")]
+        ])
         _ = await f.runner.run(f.source, collector: collector)
         #expect(f.ids() == ["new"])  // since = now - 7 days
     }
@@ -74,7 +80,9 @@ struct RunnerTests {
     @Test func theBoundaryRecordComingAgainIsNotWrittenTwiceAndANoNewsRunKeepsTheMark() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
-        let collector = ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-26T00:00:00Z")]])
+        let collector = ScriptedCollector(pages: [
+            [record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-26T00:00:00Z")]
+        ])
         _ = await f.runner.run(f.source, collector: collector)
         // The source's filter is inclusive: "b" (at the mark) comes again.
         let second = await f.runner.run(f.source, collector: collector)
@@ -100,7 +108,9 @@ struct RunnerTests {
         defer { removeTemporary(f.dir) }
         let collector = ScriptedCollector(pages: [[]], highWaterMark: ts("2026-11-26T12:00:00Z"))
         _ = await f.runner.run(f.source, collector: collector)
-        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T12:00:00Z"))
+        #expect(
+            try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp
+                == ts("2026-11-26T12:00:00Z"))
     }
 
     @Test func aFailureMidRunRecordsFailedKeepsTheMarkAndTheRetryWritesNothingTwice() async throws {
@@ -130,14 +140,17 @@ struct RunnerTests {
         let report = await f.runner.run(f.source, collector: ScriptedCollector(pages: pages))
         #expect(report.outcome == .success && report.recordsCollected == 0 && report.duplicatesDropped == 2)
         #expect(f.ids() == ["a", "b"])
-        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
+        #expect(
+            try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp
+                == ts("2026-11-26T00:00:00Z"))
     }
 
     @Test func aLeaseHeldByAnotherReplicaSkipsTheRun() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
         _ = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other-replica", ttl: .seconds(300))
-        let report = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        let report = await f.runner.run(
+            f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
         #expect(report.outcome == .skipped)
         #expect(f.ids().isEmpty)
         #expect(try await f.storage.getWatermark(sourceID: f.source.id) == nil)
@@ -157,7 +170,9 @@ struct RunnerTests {
         defer { removeTemporary(f.dir) }
         _ = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
         await f.storage.setAvailable(false)
-        let collector = ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-26T00:00:00Z")]])
+        let collector = ScriptedCollector(pages: [
+            [record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-26T00:00:00Z")]
+        ])
         let offline = await f.runner.run(f.source, collector: collector)
         #expect(offline.outcome == .success && offline.updateQueued && offline.withoutLease)
         #expect(await f.manager.pendingCount() == 1)
@@ -168,7 +183,9 @@ struct RunnerTests {
         await f.storage.setAvailable(true)
         let summary = await f.manager.replayPending()
         #expect(summary.remaining == 0)
-        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
+        #expect(
+            try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp
+                == ts("2026-11-26T00:00:00Z"))
     }
 
     @Test func shutdownAbandonsBetweenPagesWithoutMovingTheMark() async throws {
@@ -176,7 +193,8 @@ struct RunnerTests {
         defer { removeTemporary(f.dir) }
         var runner = f.runner
         runner.isStopping = { true }
-        let report = await runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        let report = await runner.run(
+            f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
         #expect(report.outcome == .abandoned)
         #expect(try await f.storage.getWatermark(sourceID: f.source.id) == nil)
     }
@@ -194,7 +212,10 @@ struct SinkTests {
         handle.seekToEndOfFile()
         handle.write(Data(#"{"source_id":"s","id":"torn","mar"#.utf8))
         try handle.close()
-        #expect(try sink.existingKeys(since: ts("2026-11-01T00:00:00Z")) == [RecordKey(id: "a", version: "2026-11-25T00:00:00Z")])
+        #expect(
+            try sink.existingKeys(since: ts("2026-11-01T00:00:00Z")) == [
+                RecordKey(id: "a", version: "2026-11-25T00:00:00Z")
+            ])
         try sink.append([record("b", "2026-11-26T00:00:00Z")], collectedAt: ts("2026-11-27T02:00:00Z"))
         let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 2)
@@ -217,6 +238,8 @@ struct SinkTests {
 
     @Test func anUnwritableFolderFailsWithTheOperationAndPath() throws {
         let sink = NDJSONSink(dataDirectory: "/proc/nope", sourceID: try SourceID("s"))
-        #expect(throws: SinkError.self) { try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T00:00:00Z")) }
+        #expect(throws: SinkError.self) {
+            try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T00:00:00Z"))
+        }
     }
 }

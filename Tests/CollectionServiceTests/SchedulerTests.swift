@@ -33,7 +33,9 @@ struct SlowCollector: Collector {
 
 @Suite("Scheduler", .timeLimit(.minutes(1)))
 struct SchedulerTests {
-    func engine(dir: String, sources: [SourceConfiguration], counter: CallCounter, delay: Duration) throws -> CollectionEngine {
+    func engine(dir: String, sources: [SourceConfiguration], counter: CallCounter, delay: Duration) throws
+        -> CollectionEngine
+    {
         let storage = InMemoryStorageClient()
         let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: quietLogger)
         let board = SourceBoard(sources: sources)
@@ -42,7 +44,8 @@ struct SchedulerTests {
             isStopping: { await board.isStopping() }
         )
         return CollectionEngine(
-            board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: PrometheusCollectorRegistry()),
+            board: board, runner: runner, manager: manager,
+            metrics: CollectionMetrics(registry: PrometheusCollectorRegistry()),
             makeCollector: { SlowCollector(id: $0.id, counter: counter, delay: delay) }, logger: quietLogger,
             startedAt: Timestamp.now()
         )
@@ -60,7 +63,8 @@ struct SchedulerTests {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
         let sources = try ["a", "b", "c"].map { name in
-            SourceConfiguration(id: try SourceID(name), kind: .directory(DirectorySettings(path: dir)), interval: .seconds(1))
+            SourceConfiguration(
+                id: try SourceID(name), kind: .directory(DirectorySettings(path: dir)), interval: .seconds(1))
         }
         let counter = CallCounter()
         let engine = try engine(dir: dir, sources: sources, counter: counter, delay: .milliseconds(200))
@@ -85,7 +89,8 @@ struct SchedulerTests {
     @Test func aTriggerWhileRunningIsRefusedAndOneWhileWaitingIsCoalesced() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
-        let source = SourceConfiguration(id: try SourceID("a"), kind: .directory(DirectorySettings(path: dir)), interval: .seconds(3600))
+        let source = SourceConfiguration(
+            id: try SourceID("a"), kind: .directory(DirectorySettings(path: dir)), interval: .seconds(3600))
         let counter = CallCounter()
         let engine = try engine(dir: dir, sources: [source], counter: counter, delay: .milliseconds(400))
         let scheduler = CollectionScheduler(engine: engine, configuration: .init(maxConcurrentRuns: 1))
@@ -126,7 +131,11 @@ struct LeaseRenewalTests {
         private let lock = NSLock()
         // Safe: only touched inside `lock.withLock`.
         private nonisolated(unsafe) var now = ts("2026-11-27T00:00:00Z")
-        func read() -> Timestamp { lock.withLock { now = now.adding(.seconds(100)); return now } }
+        func read() -> Timestamp {
+            lock.withLock {
+                now = now.adding(.seconds(100)); return now
+            }
+        }
     }
 
     @Test func aLongRunRenewsItsLeaseAndKeepsItsToken() async throws {

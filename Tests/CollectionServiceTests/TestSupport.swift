@@ -117,7 +117,8 @@ actor FakeOTXServer {
         guard seen.headers["x-otx-api-key"] == "otx-secret" else {
             return FakeAnswer(status: 403, body: #"{"detail":"Authentication credentials were not provided."}"#)
         }
-        let since = seen.query["modified_since"].flatMap { try? JSONRecords.naiveUTC($0) }
+        let since =
+            seen.query["modified_since"].flatMap { try? JSONRecords.naiveUTC($0) }
             ?? Timestamp(seconds: 0)
         let limit = Int(seen.query["limit"] ?? "") ?? 10
         let page = Int(seen.query["page"] ?? "") ?? 1
@@ -226,6 +227,7 @@ func withHTTPClient<Value: Sendable>(_ body: (HTTPClient) async throws -> Value)
 }
 
 /// Fast retries for tests: tiny backoffs, real `Retry-After` honoured.
-let testRetry = SourceRetryPolicy(maxAttempts: 3, baseDelay: .milliseconds(10), maxDelay: .milliseconds(50), maxRetryAfter: .seconds(5))
+let testRetry = SourceRetryPolicy(
+    maxAttempts: 3, baseDelay: .milliseconds(10), maxDelay: .milliseconds(50), maxRetryAfter: .seconds(5))
 
 func ts(_ text: String) -> Timestamp { try! Timestamp(rfc3339: text) }

@@ -157,24 +157,31 @@ struct CollectionIntegrationTests {
     /// The serving process: `/health`, `/status`, a manual run, the healthcheck sub-command, and SIGTERM
     /// exits 0.
     @Test func servesStatusAndStopsCleanly() async throws {
-        let setup = try CollectionSetup(sourcesJSON: """
-            {"sources": [{"id": "drop", "type": "directory", "path": "PLACEHOLDER", "interval_seconds": 3600}]}
-            """)
+        let setup = try CollectionSetup(
+            sourcesJSON: """
+                {"sources": [{"id": "drop", "type": "directory", "path": "PLACEHOLDER", "interval_seconds": 3600}]}
+                """)
         defer { setup.remove() }
         let drop = setup.directory.path + "/drop"
         try FileManager.default.createDirectory(atPath: drop, withIntermediateDirectories: true)
         try #"{"sources": [{"id": "drop", "type": "directory", "path": "\#(drop)", "interval_seconds": 3600}]}"#
             .write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
         let now = ISO8601DateFormatter().string(from: Date())
-        try "{\"id\":\"r1\",\"modified\":\"\(now)\"}\n".write(toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)
+        try "{\"id\":\"r1\",\"modified\":\"\(now)\"}\n".write(
+            toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)
 
         let binary = ServiceProcess.binDirectory.appendingPathComponent("collection-service")
         let service = try ChildProcess(
-            name: "collection-service", executable: binary, arguments: [], environment: setup.environment(storageURL: nil)
+            name: "collection-service", executable: binary, arguments: [],
+            environment: setup.environment(storageURL: nil)
         )
-        try await waitUntil("the service to listen", timeout: .seconds(30)) { service.log.contains("Collection service listening") }
-        let line = try #require(service.log.split(separator: "\n").first { $0.contains("Collection service listening") })
-        let port = try #require(line.range(of: "port=").map { Int(line[$0.upperBound...].prefix { $0.isNumber }) } ?? nil)
+        try await waitUntil("the service to listen", timeout: .seconds(30)) {
+            service.log.contains("Collection service listening")
+        }
+        let line = try #require(
+            service.log.split(separator: "\n").first { $0.contains("Collection service listening") })
+        let port = try #require(
+            line.range(of: "port=").map { Int(line[$0.upperBound...].prefix { $0.isNumber }) } ?? nil)
         let http = TestHTTP(baseURL: "http://127.0.0.1:\(port)")
         try await waitUntil("the first run", timeout: .seconds(30)) { try setup.sinkIDs("drop") == ["r1"] }
 
@@ -191,7 +198,8 @@ struct CollectionIntegrationTests {
         #expect((try await http.send(.POST, "/api/v1/sources/unknown/run")).status == 404)
 
         let probe = try ChildProcess(
-            name: "healthcheck", executable: binary, arguments: ["healthcheck", "--url", "http://127.0.0.1:\(port)/health"],
+            name: "healthcheck", executable: binary,
+            arguments: ["healthcheck", "--url", "http://127.0.0.1:\(port)/health"],
             environment: [:]
         )
         #expect(try await probe.waitForExit(timeout: .seconds(20)) == 0)
@@ -200,7 +208,8 @@ struct CollectionIntegrationTests {
         #expect(try await service.waitForExit(timeout: .seconds(20)) == 0, "\(service.log)")
 
         let down = try ChildProcess(
-            name: "healthcheck", executable: binary, arguments: ["healthcheck", "--url", "http://127.0.0.1:\(port)/health"],
+            name: "healthcheck", executable: binary,
+            arguments: ["healthcheck", "--url", "http://127.0.0.1:\(port)/health"],
             environment: [:]
         )
         #expect(try await down.waitForExit(timeout: .seconds(20)) == 1)
@@ -215,14 +224,15 @@ struct CollectionIntegrationTests {
         let drop = setup.directory.path + "/drop"
         try FileManager.default.createDirectory(atPath: drop, withIntermediateDirectories: true)
         let now = ISO8601DateFormatter().string(from: Date())
-        try "{\"id\":\"r1\",\"modified\":\"\(now)\"}\n".write(toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)
+        try "{\"id\":\"r1\",\"modified\":\"\(now)\"}\n".write(
+            toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)
         try """
-            {"sources": [
-              {"id": "broken", "type": "taxii21", "api_root": "http://127.0.0.1:\(deadPort)/api1/",
-               "collection_id": "c", "timeout_seconds": 2},
-              {"id": "drop", "type": "directory", "path": "\(drop)"}
-            ]}
-            """.write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
+        {"sources": [
+          {"id": "broken", "type": "taxii21", "api_root": "http://127.0.0.1:\(deadPort)/api1/",
+           "collection_id": "c", "timeout_seconds": 2},
+          {"id": "drop", "type": "directory", "path": "\(drop)"}
+        ]}
+        """.write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
         try await withStorageService { storage in
             let result = try await setup.runOnce(storageURL: "http://127.0.0.1:\(storage.port)")
             #expect(result.status == 1, "\(result.log)")
@@ -239,12 +249,15 @@ struct CollectionIntegrationTests {
 
     /// A configuration error names the source and field and exits non-zero before doing anything.
     @Test func configurationErrorsStopTheStart() async throws {
-        let setup = try CollectionSetup(sourcesJSON: """
-            {"sources": [{"id": "otx", "type": "otx", "api_key_env": "SURELY_NOT_SET_OTX_KEY"}]}
-            """)
+        let setup = try CollectionSetup(
+            sourcesJSON: """
+                {"sources": [{"id": "otx", "type": "otx", "api_key_env": "SURELY_NOT_SET_OTX_KEY"}]}
+                """)
         defer { setup.remove() }
         let result = try await setup.runOnce(storageURL: nil)
         #expect(result.status == 2)
-        #expect(result.log.contains(#"source "otx" field "api_key_env": environment variable SURELY_NOT_SET_OTX_KEY is not set"#))
+        #expect(
+            result.log.contains(
+                #"source "otx" field "api_key_env": environment variable SURELY_NOT_SET_OTX_KEY is not set"#))
     }
 }

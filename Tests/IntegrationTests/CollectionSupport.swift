@@ -105,7 +105,9 @@ final class MedallionServer: Sendable {
         workDirectory = try TemporaryDirectory()
         process = try ChildProcess(
             name: "medallion", executable: URL(fileURLWithPath: "/bin/bash"),
-            arguments: [repositoryRoot.appendingPathComponent("scripts/medallion/start.sh").path, "\(port)", workDirectory.path],
+            arguments: [
+                repositoryRoot.appendingPathComponent("scripts/medallion/start.sh").path, "\(port)", workDirectory.path,
+            ],
             environment: ["MEDALLION_COLLECTION_ID": Self.collectionID]
         )
         do {
@@ -209,7 +211,9 @@ struct CollectionSetup {
     /// The ids in the sink of `source`, in file order, duplicates included.
     func sinkIDs(_ source: String) throws -> [String] {
         let folder = dataPath + "/" + source
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter { $0.hasSuffix(".ndjson") }.sorted()
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter {
+            $0.hasSuffix(".ndjson")
+        }.sorted()
         var ids: [String] = []
         for name in names {
             let data = try Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))

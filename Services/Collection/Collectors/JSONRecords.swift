@@ -34,7 +34,9 @@ enum JSONRecords {
                 return object
             }
         }
-        guard let object = value as? [String: Any] else { throw .malformed("\(what) is neither an object nor an array") }
+        guard let object = value as? [String: Any] else {
+            throw .malformed("\(what) is neither an object nor an array")
+        }
         if object["type"] as? String == "bundle" {
             guard let objects = object["objects"] else { return [] }
             guard let list = objects as? [[String: Any]] else {

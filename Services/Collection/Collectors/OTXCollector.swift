@@ -26,7 +26,8 @@ struct OTXCollector: Collector {
         } else {
             // OTX's clock is naive UTC: send the instant without an offset, truncated to microseconds.
             let naive = String(since.formatted(fractionDigits: 6).dropLast())
-            url = baseURL + "/api/v1/pulses/subscribed?modified_since="
+            url =
+                baseURL + "/api/v1/pulses/subscribed?modified_since="
                 + TAXII21Collector.percentEncode(naive) + "&limit=\(pageSize)"
         }
         var headers = HTTPHeaders()
@@ -59,7 +60,8 @@ struct OTXCollector: Collector {
                 throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
             }
             records.append(
-                CollectedRecord(id: id, version: mark.description, mark: mark, json: try JSONRecords.encode(pulse, what: id))
+                CollectedRecord(
+                    id: id, version: mark.description, mark: mark, json: try JSONRecords.encode(pulse, what: id))
             )
         }
         let next = (envelope["next"] as? String).flatMap { $0.isEmpty ? nil : $0 }
@@ -69,6 +71,7 @@ struct OTXCollector: Collector {
     /// `scheme://host:port` of a URL, lower-cased.
     static func host(of url: String) -> String? {
         guard let components = URLComponents(string: url), let host = components.host else { return nil }
-        return "\(components.scheme?.lowercased() ?? "")://\(host.lowercased()):\(components.port.map(String.init) ?? "")"
+        return
+            "\(components.scheme?.lowercased() ?? "")://\(host.lowercased()):\(components.port.map(String.init) ?? "")"
     }
 }

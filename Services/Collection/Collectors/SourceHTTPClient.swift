@@ -85,7 +85,8 @@ struct SourceHTTPClient: Sendable {
                     "source request retried",
                     metadata: [
                         "url": "\(display)", "status": "\(response.status)", "attempt": "\(attempt)",
-                        "delay_ms": "\(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000)",
+                        "delay_ms":
+                            "\(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000)",
                     ]
                 )
             case .success(let response):

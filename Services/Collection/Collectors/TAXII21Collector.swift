@@ -78,7 +78,8 @@ struct TAXII21Collector: Collector {
             guard let id = object["id"] as? String, !id.isEmpty else {
                 throw .malformed("object \(index) of the page from \(url) has no \"id\"")
             }
-            let modified = JSONRecords.timestamp(object, "modified", assumeUTC: false)
+            let modified =
+                JSONRecords.timestamp(object, "modified", assumeUTC: false)
                 ?? JSONRecords.timestamp(object, "created", assumeUTC: false)
             // Without the header (servers must send it) fall back to the object's own time: it never moves
             // the watermark past the server's clock, at worst it re-reads objects that are then dropped.

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Service-wide settings, read in one place from the environment (command-line flags override them).
 ///
@@ -58,7 +59,8 @@ struct CollectionConfiguration: Sendable {
 
     static func integer(_ name: String, _ text: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         guard let value = Int(text.trimmingCharacters(in: .whitespaces)), range.contains(value) else {
-            throw ConfigurationError("\(name)=\(text): must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+            throw ConfigurationError(
+                "\(name)=\(text): must be a whole number from \(range.lowerBound) to \(range.upperBound)")
         }
         return value
     }

@@ -34,7 +34,8 @@ enum SourcesFile {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw ConfigurationError("cannot read the sources file \(path) (COLLECTION_CONFIG): \(error.localizedDescription)")
+            throw ConfigurationError(
+                "cannot read the sources file \(path) (COLLECTION_CONFIG): \(error.localizedDescription)")
         }
         let base = (path as NSString).deletingLastPathComponent
         return try parse(data, environment: environment, baseDirectory: base.isEmpty ? "." : base)
@@ -82,7 +83,9 @@ enum SourcesFile {
             )
         }
         let fields = Fields(entry: entry, source: id.rawValue)
-        guard let type = try fields.string("type") else { throw fields.error("type", "required: taxii21, otx or directory") }
+        guard let type = try fields.string("type") else {
+            throw fields.error("type", "required: taxii21, otx or directory")
+        }
         guard let allowedTypeKeys = typeKeys[type] else {
             throw fields.error("type", "\"\(type)\" is not one of taxii21, otx, directory")
         }

@@ -48,11 +48,14 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case 400: code = "bad_request"
             default: code = "http_\(error.status.code)"
             }
-            let message = error.body ?? (error.status == .notFound ? "no route for \(request.uri.path)" : error.status.reasonPhrase)
+            let message =
+                error.body
+                ?? (error.status == .notFound ? "no route for \(request.uri.path)" : error.status.reasonPhrase)
             return APIError.jsonResponse(status: error.status, code: code, message: message)
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
-            return APIError.jsonResponse(status: .internalServerError, code: "internal_error", message: "internal error")
+            return APIError.jsonResponse(
+                status: .internalServerError, code: "internal_error", message: "internal error")
         }
     }
 }

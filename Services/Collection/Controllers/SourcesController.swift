@@ -25,7 +25,8 @@ struct SourcesController<Context: RequestContext>: Sendable {
             context.logger.info("run requested", metadata: ["source_id": "\(id)"])
             return StatusController<Context>.json(["source_id": id.rawValue, "status": "accepted"], status: .accepted)
         case .alreadyRunning:
-            throw APIError(.conflict, code: "already_running", message: "source \(id) is running; try again when it ends")
+            throw APIError(
+                .conflict, code: "already_running", message: "source \(id) is running; try again when it ends")
         case .unknownSource:
             throw APIError(.notFound, code: "source_not_found", message: "no source \(id) in the configuration")
         }

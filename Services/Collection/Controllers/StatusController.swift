@@ -46,15 +46,17 @@ struct StatusController<Context: RequestContext>: Sendable {
             let lastSuccess = CollectionEngine.lastSuccess(entry: entry, known: known)
             item["last_success_at"] = lastSuccess.map { $0.description } ?? NSNull()
             item["next_run_at"] = entry.running ? NSNull() : (entry.nextRunAt.map { $0.description } ?? "now")
-            item["last_error"] = entry.lastError ?? known.flatMap { $0.status == .failed ? $0.errorMessage : nil } ?? NSNull()
+            item["last_error"] =
+                entry.lastError ?? known.flatMap { $0.status == .failed ? $0.errorMessage : nil } ?? NSNull()
             if let run = entry.lastRun {
-                item["last_run"] = [
-                    "status": run.outcome.rawValue, "started_at": run.startedAt.description,
-                    "finished_at": run.finishedAt.description, "records_collected": run.recordsCollected,
-                    "duplicates_dropped": run.duplicatesDropped, "duration_seconds": run.duration.secondsDouble,
-                    "error_message": run.errorMessage ?? NSNull(), "update_queued": run.updateQueued,
-                    "without_lease": run.withoutLease,
-                ] as [String: Any]
+                item["last_run"] =
+                    [
+                        "status": run.outcome.rawValue, "started_at": run.startedAt.description,
+                        "finished_at": run.finishedAt.description, "records_collected": run.recordsCollected,
+                        "duplicates_dropped": run.duplicatesDropped, "duration_seconds": run.duration.secondsDouble,
+                        "error_message": run.errorMessage ?? NSNull(), "update_queued": run.updateQueued,
+                        "without_lease": run.withoutLease,
+                    ] as [String: Any]
             } else {
                 item["last_run"] = NSNull()
             }

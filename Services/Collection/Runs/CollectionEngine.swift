@@ -45,7 +45,8 @@ struct CollectionEngine: Sendable {
             logger.info(
                 "queued watermark updates replayed",
                 metadata: [
-                    "applied": "\(summary.applied)", "dropped": "\(summary.dropped)", "remaining": "\(summary.remaining)",
+                    "applied": "\(summary.applied)", "dropped": "\(summary.dropped)",
+                    "remaining": "\(summary.remaining)",
                 ]
             )
         }

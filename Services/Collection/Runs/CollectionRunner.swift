@@ -49,7 +49,8 @@ struct CollectionRunner: Sendable {
                 report.outcome = .skipped
                 report.finishedAt = clock()
                 report.errorMessage = message
-                log.info("collection run skipped: another collector holds the lease", metadata: ["detail": "\(message)"])
+                log.info(
+                    "collection run skipped: another collector holds the lease", metadata: ["detail": "\(message)"])
                 return report
             }
             if error.isTransient {

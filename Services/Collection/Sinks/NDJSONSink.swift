@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import WatermarkCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The records of one source as NDJSON files `DATA_DIR/<source_id>/<yyyy-mm-dd>.ndjson` (UTC day of
 /// collection), one line per record: `{"source_id","id","version","mark","collected_at","record"}`.
