@@ -145,6 +145,20 @@ struct RunnerTests {
                 == ts("2026-11-26T00:00:00Z"))
     }
 
+    @Test func aRecordStampedInTheFutureDoesNotPushTheMarkPastNow() async throws {
+        let f = try RunnerFixture(now: Timestamp.now())
+        defer { removeTemporary(f.dir) }
+        let future = Timestamp.now().adding(.seconds(86_400)).description
+        let collector = ScriptedCollector(pages: [[record("future", future)]])
+        let first = await f.runner.run(f.source, collector: collector)
+        #expect(first.outcome == .success, "\(first.errorMessage ?? "")")
+        let mark = try #require(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp)
+        #expect(mark < ts(future) && mark <= Timestamp.now())
+        let second = await f.runner.run(f.source, collector: collector)
+        #expect(second.outcome == .success && second.recordsCollected == 0 && second.duplicatesDropped == 1)
+        #expect(f.ids() == ["future"])
+    }
+
     @Test func aLeaseHeldByAnotherReplicaSkipsTheRun() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }

@@ -21,6 +21,9 @@ struct CollectionRunner: Sendable {
     /// Checked between pages: `true` once shutdown began.
     var isStopping: @Sendable () async -> Bool = { false }
 
+    /// How far past this process's clock a mark may go (the storage refuses more than 5 minutes).
+    static let futureTolerance: Duration = .seconds(60)
+
     /// The lease a run asks for: comfortably longer than a page can take; renewed during long runs.
     static func leaseTTL(for source: SourceConfiguration) -> Duration {
         max(source.timeout * 2, .seconds(300))
@@ -130,7 +133,18 @@ struct CollectionRunner: Sendable {
         }
 
         // 4. The new mark: never backwards, never past what is on disk; with nothing new it stays put.
-        let mark = max(previous ?? start, newest ?? previous ?? start)
+        var mark = max(previous ?? start, newest ?? previous ?? start)
+        let now = clock()
+        if mark > now.adding(Self.futureTolerance) {
+            // A record (or the source's clock) is in the future. The storage would refuse the mark, and moving
+            // it there would skip records stamped before it that arrive later: stop at our own clock instead;
+            // the future records are read again next time and dropped as duplicates.
+            log.warning(
+                "newest record is in the future; watermark held at the current time",
+                metadata: ["newest": "\(mark)", "now": "\(now)"]
+            )
+            mark = max(previous ?? start, now)
+        }
         do {
             let result = try await manager.updateWatermark(
                 sourceID: source.id, timestamp: mark, status: .success, recordsCollected: report.recordsCollected,
