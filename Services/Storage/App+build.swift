@@ -17,7 +17,14 @@ package func buildApplication(
     let router = buildRouter(configuration: configuration, store: store, metrics: StorageMetrics())
     return Application(
         router: router,
-        server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
+        server: .http1(
+            configuration: .init(
+                additionalChannelHandlers: [
+                    RequestReadTimeoutHandler(timeout: .seconds(Int64(configuration.requestTimeoutSeconds)))
+                ],
+                idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))
+            )
+        ),
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port),
             serverName: "storage-service",

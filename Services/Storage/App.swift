@@ -37,6 +37,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HISTORY_RETENTION: runs kept per source (default 1000).") var historyRetention: String?
     @Option(help: "STALE_AFTER_SECONDS (default 7200).") var staleAfterSeconds: String?
     @Option(help: "IDLE_TIMEOUT_SECONDS (default 60).") var idleTimeoutSeconds: String?
+    @Option(help: "REQUEST_TIMEOUT_SECONDS: time for a whole request to arrive (default 30).") var requestTimeoutSeconds: String?
     @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
 
     func run() async throws {
@@ -46,7 +47,7 @@ struct Serve: AsyncParsableCommand {
             "STORAGE_READ_TOKEN": readToken, "LOG_LEVEL": logLevel, "ENVIRONMENT": environment,
             "FUTURE_TOLERANCE_SECONDS": futureToleranceSeconds, "HISTORY_RETENTION": historyRetention,
             "STALE_AFTER_SECONDS": staleAfterSeconds, "IDLE_TIMEOUT_SECONDS": idleTimeoutSeconds,
-            "MAX_CONNECTIONS": maxConnections,
+            "REQUEST_TIMEOUT_SECONDS": requestTimeoutSeconds, "MAX_CONNECTIONS": maxConnections,
         ]
         for case (let key, let value?) in flags { values[key] = value }
 

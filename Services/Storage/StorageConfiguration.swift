@@ -19,6 +19,7 @@ import WatermarkCore
 /// | `HISTORY_RETENTION` | 1000 | runs kept per source |
 /// | `STALE_AFTER_SECONDS` | 7200 | last-success age counted as stale in `/status` and `/metrics` |
 /// | `IDLE_TIMEOUT_SECONDS` | 60 | idle connections are closed after this |
+/// | `REQUEST_TIMEOUT_SECONDS` | 30 | a request must arrive in full (head to end of body) within this, or its connection is closed |
 /// | `MAX_CONNECTIONS` | 512 | connections served at once; more wait in the backlog |
 package struct StorageConfiguration: Sendable {
     package enum Environment: String, Sendable {
@@ -34,6 +35,8 @@ package struct StorageConfiguration: Sendable {
     package var environment = Environment.development
     package var policy = WatermarkPolicy()
     package var idleTimeoutSeconds = 60
+    /// Slow-body (slowloris) defence: the idle timeout counts every trickled byte as activity.
+    package var requestTimeoutSeconds = 30
     package var maxConnections = 512
     /// Largest request body accepted (the contract's 64 KiB).
     package var maxBodySize = 64 * 1024
@@ -44,7 +47,7 @@ package struct StorageConfiguration: Sendable {
     package static let keys = [
         "PORT", "HOST", "DATABASE_PATH", "STORAGE_API_TOKEN", "STORAGE_READ_TOKEN", "LOG_LEVEL", "ENVIRONMENT",
         "FUTURE_TOLERANCE_SECONDS", "HISTORY_RETENTION", "STALE_AFTER_SECONDS", "IDLE_TIMEOUT_SECONDS",
-        "MAX_CONNECTIONS",
+        "REQUEST_TIMEOUT_SECONDS", "MAX_CONNECTIONS",
     ]
 
     /// Reads `values` (the environment with flags laid over it). Invalid values are refused with a
@@ -64,6 +67,7 @@ package struct StorageConfiguration: Sendable {
         policy.historyRetention = try reader.int("HISTORY_RETENTION", default: 1000, in: 1...1_000_000)
         policy.staleAfter = .seconds(try reader.int("STALE_AFTER_SECONDS", default: 7200, in: 1...31_536_000))
         idleTimeoutSeconds = try reader.int("IDLE_TIMEOUT_SECONDS", default: idleTimeoutSeconds, in: 1...86_400)
+        requestTimeoutSeconds = try reader.int("REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
         maxConnections = try reader.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
         if let apiToken, let readToken, apiToken == readToken {
             throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")
