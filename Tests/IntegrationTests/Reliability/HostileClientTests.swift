@@ -76,6 +76,51 @@ struct HostileClientTests {
         }
     }
 
+    @Test("a slow body (one byte every 300 ms) is cut off by REQUEST_TIMEOUT_SECONDS; the idle timeout alone would not")
+    func slowBody() async throws {
+        // The idle timeout is longer than the whole test: only the request timeout can end the trickle.
+        let environment = ["IDLE_TIMEOUT_SECONDS": "60", "REQUEST_TIMEOUT_SECONDS": "2", "LOG_LEVEL": "info"]
+        try await withStorageService(environment: environment) { harness in
+            let slow = try RawSocket(port: harness.port)
+            try slow.send(
+                "PUT /api/v1/watermarks/slow-body HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + "Content-Length: 1000\r\n\r\n{"
+            )
+            let started = ContinuousClock.now
+            var closedAfter: Duration?
+            while ContinuousClock.now - started < .seconds(10) {
+                if (try? slow.send(" ")) == nil || (try? slow.receiveOnceNonBlocking()) == Data() {
+                    closedAfter = ContinuousClock.now - started
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            let closed = try #require(closedAfter, "a request trickling its body for 10 s is still being read")
+            #expect(closed >= .milliseconds(1500) && closed < .seconds(5), "closed after \(closed)")
+            #expect(try await harness.http.send(.GET, "/api/v1/watermarks/slow-body").status == 404)
+            #expect(try await harness.http.send(.GET, "/health").status == 200)
+            reportFigures(
+                "hostile_slow_body",
+                ["closed_after_ms": Int(closed.components.seconds * 1000 + closed.components.attoseconds / 1_000_000_000_000_000)]
+            )
+        }
+    }
+
+    @Test("a request that arrives in time is served, whatever REQUEST_TIMEOUT_SECONDS")
+    func normalRequestsUnaffected() async throws {
+        try await withStorageService(environment: ["REQUEST_TIMEOUT_SECONDS": "1", "LOG_LEVEL": "info"]) { harness in
+            // Keep-alive connection used across several timeouts: only a request in progress is timed.
+            for minute in 0..<4 {
+                let reply = try await harness.http.send(
+                    .PUT, "/api/v1/watermarks/steady",
+                    json: #"{"timestamp":"2025-01-01T00:0\#(minute):00Z","status":"success"}"#
+                )
+                #expect(reply.status == (minute == 0 ? 201 : 200))
+                try await Task.sleep(for: .milliseconds(600))
+            }
+        }
+    }
+
     @Test("a connection flood is held to MAX_CONNECTIONS; the others wait and are served in turn")
     func connectionLimit() async throws {
         let environment = ["IDLE_TIMEOUT_SECONDS": "1", "MAX_CONNECTIONS": "20", "LOG_LEVEL": "info"]
