@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=$(swift build --show-bin-path)
+bin=${BIN_DIR:-$(swift build --show-bin-path)}
 storage_port=${STORAGE_PORT:-8000}
 collection_port=${COLLECTION_PORT:-8001}
 mkdir -p data
@@ -48,7 +48,7 @@ cat <<INFO
   ls ${DATA_DIR:-data/collection}/demo-feeds/                          # the collected records (NDJSON)
   demo/inbox/README.md                                                # drop a file there: collected once
 
-  Ctrl-C stops both.
+  Ctrl-C stops both. (pids: storage=${pids[0]} collection=${pids[1]})
 
 INFO
 

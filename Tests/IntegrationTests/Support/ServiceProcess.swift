@@ -24,11 +24,12 @@ final class ServiceProcess: Sendable {
         return dir
     }
 
-    /// Starts `executable` from the bin folder with `environment` added to this process's environment.
+    /// Starts `executable` (a name in the bin folder, or an absolute path) with `environment` added to this process's environment.
     init(_ executable: String, arguments: [String] = [], environment: [String: String]) throws {
         name = executable
         process = Process()
-        process.executableURL = Self.binDirectory.appendingPathComponent(executable)
+        process.executableURL =
+            executable.hasPrefix("/") ? URL(fileURLWithPath: executable) : Self.binDirectory.appendingPathComponent(executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
@@ -45,14 +46,20 @@ final class ServiceProcess: Sendable {
             }
             output.append(data)
         }
+        // A child inherits the signal mask of the thread that spawns it, and the test runner's worker
+        // threads block SIGINT and SIGTERM: a script would then never see the Ctrl-C a test sends it.
+        var unblocked = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&unblocked)
+        pthread_sigmask(SIG_SETMASK, &unblocked, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         try process.run()
     }
 
     deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        // Killed, not waited for: Foundation reaps the child itself, and `waitUntilExit` off the main
+        // thread can spin.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         pipe.fileHandleForReading.readabilityHandler = nil
     }
 
