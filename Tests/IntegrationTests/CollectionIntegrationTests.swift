@@ -171,8 +171,8 @@ struct CollectionIntegrationTests {
             toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)
 
         let binary = ServiceProcess.binDirectory.appendingPathComponent("collection-service")
-        let service = try ChildProcess(
-            name: "collection-service", executable: binary, arguments: [],
+        let service = try ServiceProcess(
+            binary.path,
             environment: setup.environment(storageURL: nil)
         )
         try await waitUntil("the service to listen", timeout: .seconds(30)) {
@@ -197,8 +197,8 @@ struct CollectionIntegrationTests {
         #expect(source["source_id"] as? String == "drop" && source["last_error"] is NSNull)
         #expect((try await http.send(.POST, "/api/v1/sources/unknown/run")).status == 404)
 
-        let probe = try ChildProcess(
-            name: "healthcheck", executable: binary,
+        let probe = try ServiceProcess(
+            binary.path,
             arguments: ["healthcheck", "--url", "http://127.0.0.1:\(port)/health"],
             environment: [:]
         )
@@ -207,8 +207,8 @@ struct CollectionIntegrationTests {
         service.signal(SIGTERM)
         #expect(try await service.waitForExit(timeout: .seconds(20)) == 0, "\(service.log)")
 
-        let down = try ChildProcess(
-            name: "healthcheck", executable: binary,
+        let down = try ServiceProcess(
+            binary.path,
             arguments: ["healthcheck", "--url", "http://127.0.0.1:\(port)/health"],
             environment: [:]
         )

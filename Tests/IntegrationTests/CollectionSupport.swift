@@ -4,96 +4,11 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 
-/// The repository root, from this file's path.
-let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
-
-/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right after).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw ProcessFailure("socket() failed") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-    }
-    guard bound == 0 else { throw ProcessFailure("bind() failed") }
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
-/// Any process started by a test, output captured, killed by `deinit` if a failing test left it running.
-final class ChildProcess: Sendable {
-    let name: String
-    private let process: Process
-    private let output = OutputBuffer()
-
-    init(name: String, executable: URL, arguments: [String], environment: [String: String]) throws {
-        self.name = name
-        process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        for (key, value) in environment { env[key] = value }
-        process.environment = env
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let output = self.output
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            guard !data.isEmpty else {
-                handle.readabilityHandler = nil
-                return
-            }
-            output.append(data)
-        }
-        try process.run()
-    }
-
-    deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
-
-    var log: String { output.text }
-    var isRunning: Bool { process.isRunning }
-
-    func signal(_ signal: Int32) {
-        if process.isRunning { kill(process.processIdentifier, signal) }
-    }
-
-    /// Waits for the exit (SIGKILL after `timeout`, then throws) and returns the exit status.
-    @discardableResult
-    func waitForExit(timeout: Duration) async throws -> Int32 {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            guard ContinuousClock.now < deadline else {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-                throw ProcessFailure("\(name) did not exit within \(timeout):\n\(log)")
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        // Let the pipe deliver the last output.
-        try await Task.sleep(for: .milliseconds(50))
-        return process.terminationStatus
-    }
-}
-
 /// OASIS medallion (real TAXII 2.1 server) started by `scripts/medallion/start.sh` on a free port.
 final class MedallionServer: Sendable {
     static let collectionID = "4f1c9a52-7d2e-4c1b-9a57-2f6f0d1c3e01"
     let port: Int
-    let process: ChildProcess
+    let process: ServiceProcess
     let workDirectory: TemporaryDirectory
 
     var apiRoot: String { "http://127.0.0.1:\(port)/api1/" }
@@ -103,8 +18,8 @@ final class MedallionServer: Sendable {
     init() async throws {
         port = try freePort()
         workDirectory = try TemporaryDirectory()
-        process = try ChildProcess(
-            name: "medallion", executable: URL(fileURLWithPath: "/bin/bash"),
+        process = try ServiceProcess(
+            "/bin/bash",
             arguments: [
                 repositoryRoot.appendingPathComponent("scripts/medallion/start.sh").path, "\(port)", workDirectory.path,
             ],
@@ -190,13 +105,13 @@ struct CollectionSetup {
     }
 
     /// Starts `collection-service --once`.
-    func startOnce(storageURL: String?) throws -> ChildProcess {
+    func startOnce(storageURL: String?) throws -> ServiceProcess {
         let binary = ServiceProcess.binDirectory.appendingPathComponent("collection-service")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw ProcessFailure("collection-service is not built at \(binary.path) (run swift build first)")
         }
-        return try ChildProcess(
-            name: "collection-service --once", executable: binary, arguments: ["--once"],
+        return try ServiceProcess(
+            binary.path, arguments: ["--once"],
             environment: environment(storageURL: storageURL)
         )
     }

@@ -6,36 +6,15 @@ import Testing
 /// records collected and the watermarks set, then Ctrl-C stops both.
 @Suite("make run-all", .serialized, .timeLimit(.minutes(3)))
 struct RunAllTests {
-    static let repositoryRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    /// A port that was free a moment ago (the script takes fixed ports, as a user's would).
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
-            }
-        }
-        guard bound else { throw ProcessFailure("cannot find a free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     @Test("the demo is collected, watermarks are set, and an interrupt stops both services")
     func demo() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let storagePort = try Self.freePort()
-        let collectionPort = try Self.freePort()
+        let storagePort = try freePort()
+        let collectionPort = try freePort()
         let script = try ServiceProcess(
             "/bin/bash",
-            arguments: [Self.repositoryRoot.appendingPathComponent("scripts/run-all.sh").path],
+            arguments: [repositoryRoot.appendingPathComponent("scripts/run-all.sh").path],
             environment: [
                 "BIN_DIR": ServiceProcess.binDirectory.path,
                 "STORAGE_PORT": "\(storagePort)", "COLLECTION_PORT": "\(collectionPort)",

@@ -92,6 +92,11 @@ final class ServiceProcess: Sendable {
         return port
     }
 
+    /// Sends `signal` without waiting.
+    func signal(_ signal: Int32) {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+    }
+
     /// Sends `signal` and waits for the exit; returns the exit status.
     @discardableResult
     func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(20)) async throws -> Int32 {
@@ -108,6 +113,8 @@ final class ServiceProcess: Sendable {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
+        // Let the pipe deliver the last output.
+        try await Task.sleep(for: .milliseconds(50))
         return process.terminationStatus
     }
 
@@ -143,4 +150,27 @@ final class OutputBuffer: Sendable {
     }
 
     var text: String { storage.withLock { $0 } }
+}
+
+/// The repository root, from this file's path (tests run from the source tree).
+let repositoryRoot = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for programs that take a fixed port.
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ProcessFailure("socket() failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    guard bound else { throw ProcessFailure("cannot find a free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
