@@ -404,11 +404,3 @@ private struct LeaseRequest: Encodable {
         case ttlSeconds = "ttl_seconds"
     }
 }
-
-extension Duration {
-    /// Whole milliseconds, for log metadata.
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-    }
-}

@@ -224,11 +224,6 @@ struct CollectionRunner: Sendable {
 }
 
 extension Duration {
-    /// Whole milliseconds, for `duration_ms` metadata.
-    var milliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-
     var secondsDouble: Double {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
     }

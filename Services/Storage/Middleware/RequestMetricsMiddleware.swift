@@ -1,6 +1,7 @@
 import HTTPTypes
 import Hummingbird
 import Logging
+import WatermarkCore
 
 /// Counts and times every request by route, method and status, and writes one log line per request:
 /// writes at info, reads at debug, server errors at error.
@@ -35,12 +36,5 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         ]
         if let sourceID = context.parameters.get("source_id") { metadata["source_id"] = "\(sourceID)" }
         context.logger.log(level: level, "Request handled", metadata: metadata)
-    }
-}
-
-extension Duration {
-    /// Whole milliseconds, for log metadata.
-    var milliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
     }
 }
