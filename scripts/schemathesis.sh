@@ -25,6 +25,9 @@ BIN="${STORAGE_SERVICE_BIN:-$ROOT/.build/debug/storage-service}"
 VENV="$ROOT/.build/venv-schemathesis"
 REPORT_DIR="${SCHEMATHESIS_REPORT_DIR:-$ROOT/.build/schemathesis-report}"
 
+if [ ! -x "$BIN" ] && [ -z "${STORAGE_SERVICE_BIN:-}" ]; then
+    BIN="$(swift build --show-bin-path 2>/dev/null)/storage-service"
+fi
 if [ ! -x "$BIN" ]; then
     echo "schemathesis.sh: $BIN not found: run 'swift build' first" >&2
     exit 2
@@ -80,6 +83,7 @@ expected-statuses = ["2xx", "400", "401", "403", "404", "409", "412"]
 expected-statuses = ["400", "401", "403", "404", "405", "409", "412", "413", "415"]
 TOML
 
+rm -rf "$REPORT_DIR"
 mkdir -p "$REPORT_DIR"
 echo "schemathesis.sh: schemathesis $VERSION against $BASE, seed $SEED, at most $MAX_EXAMPLES examples per operation"
 set +e

@@ -37,7 +37,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HISTORY_RETENTION: runs kept per source (default 1000).") var historyRetention: String?
     @Option(help: "STALE_AFTER_SECONDS (default 7200).") var staleAfterSeconds: String?
     @Option(help: "IDLE_TIMEOUT_SECONDS (default 60).") var idleTimeoutSeconds: String?
-    @Option(help: "REQUEST_TIMEOUT_SECONDS: time for a whole request to arrive (default 30).") var requestTimeoutSeconds: String?
+    @Option(help: "REQUEST_TIMEOUT_SECONDS: time for a whole request to arrive (default 30).")
+    var requestTimeoutSeconds: String?
     @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
 
     func run() async throws {
@@ -75,7 +76,8 @@ struct Serve: AsyncParsableCommand {
                 path: configuration.databasePath, policy: configuration.policy, logger: logger
             )
         } catch {
-            logger.critical("Cannot open the database", metadata: ["path": "\(configuration.databasePath)", "error": "\(error)"])
+            logger.critical(
+                "Cannot open the database", metadata: ["path": "\(configuration.databasePath)", "error": "\(error)"])
             throw ExitCode(1)
         }
         if configuration.apiToken == nil {
@@ -110,7 +112,8 @@ struct HealthCheck: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(timeoutSeconds))
+            let response = try await HTTPClient.shared.execute(
+                HTTPClientRequest(url: url), timeout: .seconds(timeoutSeconds))
             print("\(url): \(response.status.code)")
             guard response.status == .ok else { throw ExitCode(1) }
         } catch let exit as ExitCode {

@@ -67,7 +67,8 @@ package struct StorageConfiguration: Sendable {
         policy.historyRetention = try reader.int("HISTORY_RETENTION", default: 1000, in: 1...1_000_000)
         policy.staleAfter = .seconds(try reader.int("STALE_AFTER_SECONDS", default: 7200, in: 1...31_536_000))
         idleTimeoutSeconds = try reader.int("IDLE_TIMEOUT_SECONDS", default: idleTimeoutSeconds, in: 1...86_400)
-        requestTimeoutSeconds = try reader.int("REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
+        requestTimeoutSeconds = try reader.int(
+            "REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
         maxConnections = try reader.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
         if let apiToken, let readToken, apiToken == readToken {
             throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")
@@ -104,7 +105,8 @@ struct ConfigurationReader {
     func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         guard let text = optional(key) else { return fallback }
         guard let value = Int(text), range.contains(value) else {
-            throw ConfigurationError("\(key)='\(text)' is invalid: expected a whole number from \(range.lowerBound) to \(range.upperBound)")
+            throw ConfigurationError(
+                "\(key)='\(text)' is invalid: expected a whole number from \(range.lowerBound) to \(range.upperBound)")
         }
         return value
     }
@@ -112,7 +114,8 @@ struct ConfigurationReader {
     func choice<T>(_ key: String, default fallback: T, _ options: [(String, T)]) throws(ConfigurationError) -> T {
         guard let text = optional(key) else { return fallback }
         guard let match = options.first(where: { $0.0 == text.lowercased() }) else {
-            throw ConfigurationError("\(key)='\(text)' is invalid: expected one of \(options.map(\.0).joined(separator: ", "))")
+            throw ConfigurationError(
+                "\(key)='\(text)' is invalid: expected one of \(options.map(\.0).joined(separator: ", "))")
         }
         return match.1
     }

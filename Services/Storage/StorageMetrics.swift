@@ -22,7 +22,8 @@ struct StorageMetrics: Sendable {
             labels: [("method", method), ("route", route), ("status", String(status))]
         ).increment()
         registry.makeDurationHistogram(
-            descriptor: .init(metricName: "http_request_duration", unitName: "seconds", helpText: "Time to answer a request"),
+            descriptor: .init(
+                metricName: "http_request_duration", unitName: "seconds", helpText: "Time to answer a request"),
             labels: [("method", method), ("route", route)],
             buckets: Self.latencyBuckets
         ).record(duration)

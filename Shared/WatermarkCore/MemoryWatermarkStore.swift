@@ -7,7 +7,8 @@ public actor MemoryWatermarkStore: WatermarkStore {
     private let policy: WatermarkPolicy
     private let clock: @Sendable () -> Timestamp
 
-    public init(policy: WatermarkPolicy = WatermarkPolicy(), clock: @escaping @Sendable () -> Timestamp = Timestamp.now) {
+    public init(policy: WatermarkPolicy = WatermarkPolicy(), clock: @escaping @Sendable () -> Timestamp = Timestamp.now)
+    {
         self.policy = policy
         self.clock = clock
     }
@@ -67,7 +68,8 @@ public actor MemoryWatermarkStore: WatermarkStore {
         let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter)
         let all = state.watermarks.values
         return WatermarkSummary(
-            total: all.count, failed: all.count { $0.status == .failed }, stale: all.count { $0.isStale(before: cutoff) }
+            total: all.count, failed: all.count { $0.status == .failed },
+            stale: all.count { $0.isStale(before: cutoff) }
         )
     }
 

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// An instant in UTC with nanosecond precision.
@@ -116,7 +116,8 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         let month = try reader.number(digits: 2, field: "month")
         try reader.expect(UInt8(ascii: "-"))
         let day = try reader.number(digits: 2, field: "day")
-        guard let separator = reader.next(), separator == UInt8(ascii: "T") || separator == UInt8(ascii: "t")
+        guard let separator = reader.next(),
+            separator == UInt8(ascii: "T") || separator == UInt8(ascii: "t")
                 || (assumeUTC && separator == UInt8(ascii: " "))
         else { throw TimestampError(text, "expected 'T' between date and time") }
         let hour = try reader.number(digits: 2, field: "hour")
@@ -160,7 +161,8 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         guard hour < 24, minute < 60, second < 60 else {
             throw TimestampError(text, "time of day out of range (leap seconds are not supported)")
         }
-        let total = Self.days(fromCivil: year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        let total =
+            Self.days(fromCivil: year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
             - offsetSeconds
         guard (Self.minSeconds...Self.maxSeconds).contains(total) else {
             throw TimestampError(text, "outside the years 0000 to 9999 once converted to UTC")

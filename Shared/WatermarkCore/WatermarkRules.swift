@@ -126,7 +126,8 @@ public enum WatermarkRules {
             guard current.owner == owner else { throw WatermarkError.leaseHeld(current) }
             lease = Lease(sourceID: id, owner: owner, fencingToken: current.fencingToken, expiresAt: expiresAt)
         } else {
-            lease = Lease(sourceID: id, owner: owner, fencingToken: (current?.fencingToken ?? 0) + 1, expiresAt: expiresAt)
+            lease = Lease(
+                sourceID: id, owner: owner, fencingToken: (current?.fencingToken ?? 0) + 1, expiresAt: expiresAt)
         }
         try tx.save(lease)
         return lease
@@ -159,7 +160,8 @@ public enum WatermarkRules {
 
     /// Validates an `Idempotency-Key` header value: 1 to 255 visible ASCII characters.
     public static func validateIdempotencyKey(_ key: String) throws {
-        guard (1...maxIdempotencyKeyLength).contains(key.utf8.count), key.utf8.allSatisfy({ (0x21...0x7E).contains($0) })
+        guard (1...maxIdempotencyKeyLength).contains(key.utf8.count),
+            key.utf8.allSatisfy({ (0x21...0x7E).contains($0) })
         else {
             throw WatermarkError.invalidHeader(
                 "Idempotency-Key", "use 1 to \(maxIdempotencyKeyLength) visible ASCII characters, e.g. a UUID"

@@ -102,7 +102,9 @@ public struct WatermarkQuery: Sendable, Equatable {
     /// Only sources whose last success is older than this, or that never succeeded.
     public var staleAfter: Duration?
 
-    public init(limit: Int = defaultLimit, after: SourceID? = nil, status: RunStatus? = nil, staleAfter: Duration? = nil) {
+    public init(
+        limit: Int = defaultLimit, after: SourceID? = nil, status: RunStatus? = nil, staleAfter: Duration? = nil
+    ) {
         self.limit = limit
         self.after = after
         self.status = status

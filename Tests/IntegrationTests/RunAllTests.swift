@@ -71,7 +71,10 @@ struct RunAllTests {
             let data = try Data(contentsOf: file)
             switch file.pathExtension {
             case "ndjson":
-                count += String(decoding: data, as: UTF8.self).split(separator: "\n").filter { !$0.allSatisfy(\.isWhitespace) }.count
+                count +=
+                    String(decoding: data, as: UTF8.self).split(separator: "\n").filter {
+                        !$0.allSatisfy(\.isWhitespace)
+                    }.count
             case "json":
                 let object = try JSONSerialization.jsonObject(with: data)
                 if let bundle = object as? [String: Any], let objects = bundle["objects"] as? [Any] {

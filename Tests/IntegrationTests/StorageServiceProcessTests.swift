@@ -31,7 +31,9 @@ struct StorageServiceProcessTests {
                 )
                 #expect(reply.status == (round == 1 ? 201 : 200), "\(reply.text)")
                 // The service answers in normal form (UTC, no trailing zeros in the fraction).
-                acknowledged[id] = (try Timestamp(rfc3339: timestamp).description, try reply.json()["version"] as? Int ?? -1)
+                acknowledged[id] = (
+                    try Timestamp(rfc3339: timestamp).description, try reply.json()["version"] as? Int ?? -1
+                )
             }
         }
         // Killed right after the last answer: nothing may be lost.
@@ -81,11 +83,13 @@ struct StorageServiceProcessTests {
         #expect(try await first.stop() == 0)
     }
 
-    @Test("invalid configuration is refused at start with the key named", arguments: [
-        ("PORT", "eighty", "PORT='eighty' is invalid"),
-        ("ENVIRONMENT", "staging", "ENVIRONMENT='staging' is invalid"),
-        ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
-    ])
+    @Test(
+        "invalid configuration is refused at start with the key named",
+        arguments: [
+            ("PORT", "eighty", "PORT='eighty' is invalid"),
+            ("ENVIRONMENT", "staging", "ENVIRONMENT='staging' is invalid"),
+            ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
+        ])
     func invalidConfiguration(key: String, value: String, message: String) async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -161,9 +161,11 @@ struct RouterTests {
                 let response = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: bad])
                 #expect(response.status == .badRequest && errorCode(response) == "invalid_header", "If-Match: \(bad)")
             }
-            let deleteStale = try await client.execute(uri: "/api/v1/watermarks/c", method: .delete, headers: [.ifMatch: "\"1\""])
+            let deleteStale = try await client.execute(
+                uri: "/api/v1/watermarks/c", method: .delete, headers: [.ifMatch: "\"1\""])
             #expect(deleteStale.status == .preconditionFailed)
-            let deleted = try await client.execute(uri: "/api/v1/watermarks/c", method: .delete, headers: [.ifMatch: "\"2\""])
+            let deleted = try await client.execute(
+                uri: "/api/v1/watermarks/c", method: .delete, headers: [.ifMatch: "\"2\""])
             #expect(deleted.status == .noContent)
         }
     }
@@ -182,7 +184,8 @@ struct RouterTests {
             #expect(try (try json(history)["runs"] as? [Any])?.count == 1)
             let reused = try await put(client, "i", success("2025-12-31T01:00:00Z"), headers: key)
             #expect(reused.status == .conflict && errorCode(reused) == "idempotency_key_reused")
-            let badKey = try await put(client, "i", success("2025-12-31T01:00:00Z"), headers: [.idempotencyKey: "has space"])
+            let badKey = try await put(
+                client, "i", success("2025-12-31T01:00:00Z"), headers: [.idempotencyKey: "has space"])
             #expect(badKey.status == .badRequest && errorCode(badKey) == "invalid_header")
         }
     }
@@ -216,7 +219,8 @@ struct RouterTests {
 
             let failed = try json(try await client.execute(uri: "/api/v1/watermarks?status=failed", method: .get))
             #expect((failed["watermarks"] as? [[String: Any]])?.compactMap { $0["source_id"] as? String } == ["c"])
-            let stale = try json(try await client.execute(uri: "/api/v1/watermarks?stale_after_seconds=3600", method: .get))
+            let stale = try json(
+                try await client.execute(uri: "/api/v1/watermarks?stale_after_seconds=3600", method: .get))
             #expect((stale["watermarks"] as? [[String: Any]])?.compactMap { $0["source_id"] as? String } == ["old"])
 
             for bad in ["limit=0", "limit=1001", "limit=x", "status=ok", "stale_after_seconds=-1", "cursor=a%2Fb"] {
@@ -240,7 +244,8 @@ struct RouterTests {
             #expect(runs[0]["timestamp"] is NSNull && runs[0]["error_message"] as? String == "boom")
             #expect(runs[0]["last_successful_timestamp"] as? String == "2025-12-31T00:00:00Z")
             #expect(runs[0]["recorded_at"] as? String == "2026-01-01T00:00:00Z")
-            #expect(runs[1]["timestamp"] as? String == "2025-12-31T00:00:00Z" && runs[1]["records_collected"] as? Int == 10)
+            #expect(
+                runs[1]["timestamp"] as? String == "2025-12-31T00:00:00Z" && runs[1]["records_collected"] as? Int == 10)
             let limited = try json(try await client.execute(uri: "/api/v1/watermarks/h/history?limit=1", method: .get))
             #expect((limited["runs"] as? [Any])?.count == 1)
             let bad = try await client.execute(uri: "/api/v1/watermarks/h/history?limit=0", method: .get)
@@ -262,7 +267,8 @@ struct RouterTests {
             #expect(lease["fencing_token"] as? Int == 1 && lease["expires_at"] as? String == "2026-01-01T00:01:00Z")
 
             let held = try await client.execute(
-                uri: leasePath, method: .post, headers: Self.jsonHeaders, body: ByteBuffer(string: #"{"owner":"collector-2"}"#)
+                uri: leasePath, method: .post, headers: Self.jsonHeaders,
+                body: ByteBuffer(string: #"{"owner":"collector-2"}"#)
             )
             #expect(held.status == .conflict)
             let heldError = try #require(try json(held)["error"] as? [String: Any])
@@ -281,14 +287,19 @@ struct RouterTests {
             let released = try await client.execute(uri: leasePath, method: .delete, headers: [.leaseToken: "1"])
             #expect(released.status == .noContent)
             let next = try await client.execute(
-                uri: leasePath, method: .post, headers: Self.jsonHeaders, body: ByteBuffer(string: #"{"owner":"collector-2"}"#)
+                uri: leasePath, method: .post, headers: Self.jsonHeaders,
+                body: ByteBuffer(string: #"{"owner":"collector-2"}"#)
             )
             #expect(try try json(next)["fencing_token"] as? Int == 2)
             let old = try await put(client, "l", success("2025-12-31T01:00:00Z"), headers: [.leaseToken: "1"])
             #expect(old.status == .conflict && errorCode(old) == "stale_lease")
 
-            for bad in [#"{}"#, #"{"owner":""}"#, #"{"owner":"x","ttl_seconds":0}"#, #"{"owner":"x","ttl_seconds":"60"}"#, #"{"owner":5}"#] {
-                let response = try await client.execute(uri: leasePath, method: .post, headers: Self.jsonHeaders, body: ByteBuffer(string: bad))
+            for bad in [
+                #"{}"#, #"{"owner":""}"#, #"{"owner":"x","ttl_seconds":0}"#, #"{"owner":"x","ttl_seconds":"60"}"#,
+                #"{"owner":5}"#,
+            ] {
+                let response = try await client.execute(
+                    uri: leasePath, method: .post, headers: Self.jsonHeaders, body: ByteBuffer(string: bad))
                 #expect(response.status == .badRequest && errorCode(response) == "invalid_body", "\(bad)")
             }
         }
@@ -304,7 +315,9 @@ struct RouterTests {
             let database = try #require(body["database"] as? [String: Any])
             #expect(database["journal_mode"] is String && database["size_bytes"] is Int && database["path"] is String)
             let watermarks = try #require(body["watermarks"] as? [String: Any])
-            #expect(watermarks["total"] as? Int == 2 && watermarks["failed"] as? Int == 1 && watermarks["stale"] as? Int == 1)
+            #expect(
+                watermarks["total"] as? Int == 2 && watermarks["failed"] as? Int == 1
+                    && watermarks["stale"] as? Int == 1)
         }
     }
 
@@ -316,8 +329,12 @@ struct RouterTests {
             let response = try await client.execute(uri: "/metrics", method: .get)
             #expect(response.status == .ok)
             let text = String(buffer: response.body)
-            #expect(text.contains(#"http_requests_total{method="PUT",route="/api/v1/watermarks/{source_id}",status="201"} 1"#))
-            #expect(text.contains(#"http_requests_total{method="GET",route="/api/v1/watermarks/{source_id}",status="404"} 1"#))
+            #expect(
+                text.contains(
+                    #"http_requests_total{method="PUT",route="/api/v1/watermarks/{source_id}",status="201"} 1"#))
+            #expect(
+                text.contains(
+                    #"http_requests_total{method="GET",route="/api/v1/watermarks/{source_id}",status="404"} 1"#))
             #expect(text.contains("http_request_duration_seconds_bucket"))
             #expect(text.contains(#"watermarks{state="total"} 1"#))
         }
@@ -325,16 +342,18 @@ struct RouterTests {
 
     // MARK: Bad input
 
-    @Test("malformed bodies are 400 with a code naming the problem, and change nothing", arguments: [
-        ("{", "invalid_json"), ("", "invalid_json"), ("[1,2]", "invalid_body"), ("\"text\"", "invalid_body"),
-        (#"{"timestamp":"2025-12-31T00:00:00Z","status":"ok"}"#, "invalid_status"),
-        (#"{"timestamp":"2025-02-30T00:00:00Z","status":"success"}"#, "invalid_timestamp"),
-        (#"{"timestamp":"2025-12-31T00:00:00","status":"success"}"#, "invalid_timestamp"),
-        (#"{"timestamp":"garbage","status":"success"}"#, "invalid_timestamp"),
-        (#"{"status":"success"}"#, "missing_timestamp"),
-        (#"{"timestamp":"2025-12-31T00:00:00Z","status":"success","records_collected":"many"}"#, "invalid_body"),
-        (#"{"timestamp":null,"status":null}"#, "invalid_body"),
-    ])
+    @Test(
+        "malformed bodies are 400 with a code naming the problem, and change nothing",
+        arguments: [
+            ("{", "invalid_json"), ("", "invalid_json"), ("[1,2]", "invalid_body"), ("\"text\"", "invalid_body"),
+            (#"{"timestamp":"2025-12-31T00:00:00Z","status":"ok"}"#, "invalid_status"),
+            (#"{"timestamp":"2025-02-30T00:00:00Z","status":"success"}"#, "invalid_timestamp"),
+            (#"{"timestamp":"2025-12-31T00:00:00","status":"success"}"#, "invalid_timestamp"),
+            (#"{"timestamp":"garbage","status":"success"}"#, "invalid_timestamp"),
+            (#"{"status":"success"}"#, "missing_timestamp"),
+            (#"{"timestamp":"2025-12-31T00:00:00Z","status":"success","records_collected":"many"}"#, "invalid_body"),
+            (#"{"timestamp":null,"status":null}"#, "invalid_body"),
+        ])
     func malformedBodies(body: String, code: String) async throws {
         try await app().test(.router) { client in
             try await put(client, "m", success("2025-12-30T00:00:00Z"))
@@ -366,9 +385,11 @@ struct RouterTests {
         }
     }
 
-    @Test("invalid source ids are 400 on every endpoint", arguments: [
-        "a%2Fb", "..", ".", "%C3%BCnicode", String(repeating: "x", count: 129), "a%20b", "%00",
-    ])
+    @Test(
+        "invalid source ids are 400 on every endpoint",
+        arguments: [
+            "a%2Fb", "..", ".", "%C3%BCnicode", String(repeating: "x", count: 129), "a%20b", "%00",
+        ])
     func invalidSourceIDs(id: String) async throws {
         try await app().test(.router) { client in
             let requests: [(String, HTTPRequest.Method, String?)] = [
@@ -410,12 +431,18 @@ struct RouterTests {
 
     @Test("with tokens: 401 without or with a wrong token, 403 for the read token writing")
     func tokens() async throws {
-        let app = try await app { $0.apiToken = "write-secret"; $0.readToken = "read-secret" }
+        let app = try await app {
+            $0.apiToken = "write-secret"; $0.readToken = "read-secret"
+        }
         try await app.test(.router) { client in
-            for (uri, method) in [("/api/v1/watermarks/a", HTTPRequest.Method.get), ("/api/v1/watermarks", .get), ("/status", .get), ("/api/v1/watermarks/a", .put)] {
+            for (uri, method) in [
+                ("/api/v1/watermarks/a", HTTPRequest.Method.get), ("/api/v1/watermarks", .get), ("/status", .get),
+                ("/api/v1/watermarks/a", .put),
+            ] {
                 let none = try await client.execute(uri: uri, method: method, headers: Self.jsonHeaders)
                 #expect(none.status == .unauthorized && errorCode(none) == "unauthorized", "\(method) \(uri)")
-                let wrong = try await client.execute(uri: uri, method: method, headers: [.authorization: "Bearer write-secreT"])
+                let wrong = try await client.execute(
+                    uri: uri, method: method, headers: [.authorization: "Bearer write-secreT"])
                 #expect(wrong.status == .unauthorized, "\(method) \(uri)")
             }
             #expect(try try await client.execute(uri: "/health", method: .get).status == .ok)
@@ -424,20 +451,26 @@ struct RouterTests {
             var writer = Self.jsonHeaders
             writer[.authorization] = "Bearer write-secret"
             let written = try await client.execute(
-                uri: "/api/v1/watermarks/a", method: .put, headers: writer, body: ByteBuffer(string: success("2025-12-31T00:00:00Z"))
+                uri: "/api/v1/watermarks/a", method: .put, headers: writer,
+                body: ByteBuffer(string: success("2025-12-31T00:00:00Z"))
             )
             #expect(written.status == .created)
 
             var reader = Self.jsonHeaders
             reader[.authorization] = "Bearer read-secret"
-            #expect(try try await client.execute(uri: "/api/v1/watermarks/a", method: .get, headers: reader).status == .ok)
+            #expect(
+                try try await client.execute(uri: "/api/v1/watermarks/a", method: .get, headers: reader).status == .ok)
             #expect(try try await client.execute(uri: "/status", method: .get, headers: reader).status == .ok)
             let forbidden = try await client.execute(
-                uri: "/api/v1/watermarks/a", method: .put, headers: reader, body: ByteBuffer(string: success("2025-12-31T01:00:00Z"))
+                uri: "/api/v1/watermarks/a", method: .put, headers: reader,
+                body: ByteBuffer(string: success("2025-12-31T01:00:00Z"))
             )
             #expect(forbidden.status == .forbidden && errorCode(forbidden) == "forbidden")
-            #expect(try try await client.execute(uri: "/api/v1/watermarks/a", method: .delete, headers: reader).status == .forbidden)
-            let unchanged = try json(try await client.execute(uri: "/api/v1/watermarks/a", method: .get, headers: reader))
+            #expect(
+                try try await client.execute(uri: "/api/v1/watermarks/a", method: .delete, headers: reader).status
+                    == .forbidden)
+            let unchanged = try json(
+                try await client.execute(uri: "/api/v1/watermarks/a", method: .get, headers: reader))
             #expect(unchanged["version"] as? Int == 1)
         }
     }

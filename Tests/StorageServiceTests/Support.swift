@@ -1,7 +1,7 @@
 import GRDB
-import Testing
 import Logging
 import Synchronization
+import Testing
 import WatermarkCore
 
 @testable import StorageService

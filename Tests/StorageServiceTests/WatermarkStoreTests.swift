@@ -9,8 +9,10 @@ import WatermarkCore
 struct WatermarkStoreTests {
     let clock = ManualClock(.at("2026-01-01T00:00:00Z"))
 
-    private func success(_ id: String, _ time: String, records: Int64 = 1, force: Bool = false, key: String? = nil,
-                         token: Int64? = nil, precondition: WritePrecondition? = nil) -> WatermarkWrite {
+    private func success(
+        _ id: String, _ time: String, records: Int64 = 1, force: Bool = false, key: String? = nil,
+        token: Int64? = nil, precondition: WritePrecondition? = nil
+    ) -> WatermarkWrite {
         WatermarkWrite(
             sourceID: sid(id), update: .success(.at(time), records: records), force: force, precondition: precondition,
             leaseToken: token, idempotencyKey: key
@@ -34,7 +36,8 @@ struct WatermarkStoreTests {
         #expect(try await store.watermark(for: sid("otx")) == second.watermark)
     }
 
-    @Test("regression is refused and changes nothing; equal is accepted; force backfills", arguments: StoreKind.allCases)
+    @Test(
+        "regression is refused and changes nothing; equal is accepted; force backfills", arguments: StoreKind.allCases)
     func regression(kind: StoreKind) async throws {
         let store = try kind.make(clock: clock)
         let stored = try await store.write(success("s", "2025-12-31T12:00:00.5Z")).watermark
@@ -69,7 +72,9 @@ struct WatermarkStoreTests {
     func future(kind: StoreKind) async throws {
         let store = try kind.make(clock: clock)
         let limit = clock.now().adding(.seconds(300))
-        #expect(await refusal { _ = try await store.write(success("s", limit.adding(.nanoseconds(1)).description)) } == "timestamp_in_future")
+        #expect(
+            await refusal { _ = try await store.write(success("s", limit.adding(.nanoseconds(1)).description)) }
+                == "timestamp_in_future")
         #expect(try await store.watermark(for: sid("s")) == nil)
         #expect(try await store.write(success("s", limit.description)).created)
     }
@@ -77,14 +82,27 @@ struct WatermarkStoreTests {
     @Test("If-Match and If-None-Match", arguments: StoreKind.allCases)
     func preconditions(kind: StoreKind) async throws {
         let store = try kind.make(clock: clock)
-        #expect(await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .version(1))) } == "precondition_failed")
-        #expect(await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .exists)) } == "precondition_failed")
+        #expect(
+            await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .version(1))) }
+                == "precondition_failed")
+        #expect(
+            await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .exists)) }
+                == "precondition_failed")
         #expect(try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .absent)).created)
-        #expect(await refusal { _ = try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .absent)) } == "precondition_failed")
-        #expect(await refusal { _ = try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .version(2))) } == "precondition_failed")
-        #expect(try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .version(1))).watermark.version == 2)
-        #expect(try await store.write(success("p", "2025-01-03T00:00:00Z", precondition: .exists)).watermark.version == 3)
-        #expect(await refusal { try await store.delete(sid("p"), precondition: .version(2), leaseToken: nil) } == "precondition_failed")
+        #expect(
+            await refusal { _ = try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .absent)) }
+                == "precondition_failed")
+        #expect(
+            await refusal { _ = try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .version(2))) }
+                == "precondition_failed")
+        #expect(
+            try await store.write(success("p", "2025-01-02T00:00:00Z", precondition: .version(1))).watermark.version
+                == 2)
+        #expect(
+            try await store.write(success("p", "2025-01-03T00:00:00Z", precondition: .exists)).watermark.version == 3)
+        #expect(
+            await refusal { try await store.delete(sid("p"), precondition: .version(2), leaseToken: nil) }
+                == "precondition_failed")
         try await store.delete(sid("p"), precondition: .version(3), leaseToken: nil)
     }
 
@@ -97,7 +115,9 @@ struct WatermarkStoreTests {
         #expect(replay.replayed && replay.created && replay.watermark == first.watermark)
         #expect(try await store.watermark(for: sid("i"))?.version == 1)
         #expect(try await store.history(for: sid("i"), limit: 10).count == 1)
-        #expect(await refusal { _ = try await store.write(success("i", "2025-01-02T00:00:00Z", key: "k1")) } == "idempotency_key_reused")
+        #expect(
+            await refusal { _ = try await store.write(success("i", "2025-01-02T00:00:00Z", key: "k1")) }
+                == "idempotency_key_reused")
         let other = try await store.write(success("i", "2025-01-02T00:00:00Z", key: "k2"))
         #expect(!other.replayed && other.watermark.version == 2)
         // Even after later writes, the replay answers what the first request was answered.
@@ -118,7 +138,9 @@ struct WatermarkStoreTests {
     @Test("delete resets a source; history stays and versions continue", arguments: StoreKind.allCases)
     func delete(kind: StoreKind) async throws {
         let store = try kind.make(clock: clock)
-        #expect(await refusal { try await store.delete(sid("d"), precondition: nil, leaseToken: nil) } == "watermark_not_found")
+        #expect(
+            await refusal { try await store.delete(sid("d"), precondition: nil, leaseToken: nil) }
+                == "watermark_not_found")
         _ = try await store.write(success("d", "2025-01-01T00:00:00Z"))
         _ = try await store.write(success("d", "2025-01-02T00:00:00Z"))
         try await store.delete(sid("d"), precondition: nil, leaseToken: nil)
@@ -160,15 +182,20 @@ struct WatermarkStoreTests {
         #expect(renewed.fencingToken == 1 && renewed.expiresAt == clock.now().adding(.seconds(60)))
 
         #expect(await refusal { _ = try await store.write(success("l", "2025-01-01T00:00:00Z")) } == "lease_required")
-        #expect(await refusal { _ = try await store.write(success("l", "2025-01-01T00:00:00Z", token: 7)) } == "stale_lease")
-        #expect(await refusal { try await store.delete(sid("l"), precondition: nil, leaseToken: nil) } == "lease_required")
+        #expect(
+            await refusal { _ = try await store.write(success("l", "2025-01-01T00:00:00Z", token: 7)) } == "stale_lease"
+        )
+        #expect(
+            await refusal { try await store.delete(sid("l"), precondition: nil, leaseToken: nil) } == "lease_required")
         #expect(try await store.write(success("l", "2025-01-01T00:00:00Z", token: 1)).created)
 
         // "a" pauses past its lease; "b" takes over with a new token; "a" can no longer write.
         clock.advance(.seconds(61))
         let taken = try await store.acquireLease(for: sid("l"), owner: "b", ttl: .seconds(60))
         #expect(taken.fencingToken == 2)
-        #expect(await refusal { _ = try await store.write(success("l", "2025-01-02T00:00:00Z", token: 1)) } == "stale_lease")
+        #expect(
+            await refusal { _ = try await store.write(success("l", "2025-01-02T00:00:00Z", token: 1)) } == "stale_lease"
+        )
         #expect(await refusal { try await store.releaseLease(for: sid("l"), token: 1) } == "stale_lease")
         #expect(await refusal { try await store.releaseLease(for: sid("l"), token: nil) } == "lease_required")
         #expect(try await store.write(success("l", "2025-01-02T00:00:00Z", token: 2)).watermark.version == 2)
@@ -178,12 +205,16 @@ struct WatermarkStoreTests {
         let third = try await store.acquireLease(for: sid("l"), owner: "a", ttl: .seconds(60))
         #expect(third.fencingToken == 3)
         try await store.releaseLease(for: sid("l"), token: 3)
-        #expect(await refusal { _ = try await store.write(success("l", "2025-01-03T00:00:00Z", token: 2)) } == "stale_lease")
+        #expect(
+            await refusal { _ = try await store.write(success("l", "2025-01-03T00:00:00Z", token: 2)) } == "stale_lease"
+        )
         // Without a live lease, a write without a token behaves as usual; so does one whose lease just ran out.
         #expect(try await store.write(success("l", "2025-01-03T00:00:00Z")).watermark.version == 3)
         let fourth = try await store.acquireLease(for: sid("l"), owner: "c", ttl: .seconds(10))
         clock.advance(.seconds(11))
-        #expect(try await store.write(success("l", "2025-01-04T00:00:00Z", token: fourth.fencingToken)).watermark.version == 4)
+        #expect(
+            try await store.write(success("l", "2025-01-04T00:00:00Z", token: fourth.fencingToken)).watermark.version
+                == 4)
         // Releasing an expired lease is not an error.
         try await store.releaseLease(for: sid("l"), token: fourth.fencingToken)
     }
@@ -191,10 +222,17 @@ struct WatermarkStoreTests {
     @Test("lease requests are validated", arguments: StoreKind.allCases)
     func leaseValidation(kind: StoreKind) async throws {
         let store = try kind.make(clock: clock)
-        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "", ttl: .seconds(60)) } == "invalid_body")
-        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "a", ttl: .zero) } == "invalid_body")
-        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "a", ttl: .seconds(86_401)) } == "invalid_body")
-        #expect(await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "bad\nowner", ttl: .seconds(5)) } == "invalid_body")
+        #expect(
+            await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "", ttl: .seconds(60)) }
+                == "invalid_body")
+        #expect(
+            await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "a", ttl: .zero) } == "invalid_body")
+        #expect(
+            await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "a", ttl: .seconds(86_401)) }
+                == "invalid_body")
+        #expect(
+            await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "bad\nowner", ttl: .seconds(5)) }
+                == "invalid_body")
     }
 
     @Test("list: sorted by source id, paged by cursor, filtered by status and staleness", arguments: StoreKind.allCases)

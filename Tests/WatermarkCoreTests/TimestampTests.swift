@@ -3,36 +3,42 @@ import WatermarkCore
 
 @Suite("Timestamp")
 struct TimestampTests {
-    @Test("round-trips every fraction width up to nanoseconds", arguments: [
-        "2024-01-01T12:00:00Z", "2024-01-01T12:00:00.1Z", "2024-01-01T12:00:00.12Z",
-        "2024-01-01T12:00:00.123456Z", "2024-01-01T12:00:00.123456789Z", "1970-01-01T00:00:00Z",
-        "1969-12-31T23:59:59.999999999Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z",
-        "2024-02-29T00:00:00Z", "2000-02-29T23:59:59Z",
-    ])
+    @Test(
+        "round-trips every fraction width up to nanoseconds",
+        arguments: [
+            "2024-01-01T12:00:00Z", "2024-01-01T12:00:00.1Z", "2024-01-01T12:00:00.12Z",
+            "2024-01-01T12:00:00.123456Z", "2024-01-01T12:00:00.123456789Z", "1970-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.999999999Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z",
+            "2024-02-29T00:00:00Z", "2000-02-29T23:59:59Z",
+        ])
     func roundTrip(text: String) throws {
         #expect(try Timestamp(rfc3339: text).description == text)
     }
 
-    @Test("normalises offsets to UTC Z", arguments: [
-        ("2024-01-01T12:00:00+02:00", "2024-01-01T10:00:00Z"),
-        ("2024-01-01T00:30:00.5+01:00", "2023-12-31T23:30:00.5Z"),
-        ("2024-02-28T23:00:00-01:30", "2024-02-29T00:30:00Z"),
-        ("2024-01-01t12:00:00z", "2024-01-01T12:00:00Z"),
-        ("2024-01-01T12:00:00.120000000Z", "2024-01-01T12:00:00.12Z"),
-        ("2024-01-01T12:00:00-00:00", "2024-01-01T12:00:00Z"),
-    ])
+    @Test(
+        "normalises offsets to UTC Z",
+        arguments: [
+            ("2024-01-01T12:00:00+02:00", "2024-01-01T10:00:00Z"),
+            ("2024-01-01T00:30:00.5+01:00", "2023-12-31T23:30:00.5Z"),
+            ("2024-02-28T23:00:00-01:30", "2024-02-29T00:30:00Z"),
+            ("2024-01-01t12:00:00z", "2024-01-01T12:00:00Z"),
+            ("2024-01-01T12:00:00.120000000Z", "2024-01-01T12:00:00.12Z"),
+            ("2024-01-01T12:00:00-00:00", "2024-01-01T12:00:00Z"),
+        ])
     func normalises(input: String, expected: String) throws {
         #expect(try Timestamp(rfc3339: input).description == expected)
     }
 
-    @Test("refuses impossible dates, missing offsets and garbage", arguments: [
-        "2023-02-29T00:00:00Z", "2024-13-01T00:00:00Z", "2024-00-10T00:00:00Z", "2024-04-31T00:00:00Z",
-        "2024-01-01T24:00:00Z", "2024-01-01T12:60:00Z", "2024-01-01T12:00:60Z", "2024-01-01T12:00:00",
-        "2024-01-01 12:00:00Z", "2024-01-01", "", "yesterday", "2024-01-01T12:00:00.Z",
-        "2024-01-01T12:00:00.1234567890Z", "2024-01-01T12:00:00+25:00", "2024-01-01T12:00:00+02",
-        "2024-01-01T12:00:00Zjunk", "0000-01-01T00:00:00+01:00", "+2024-01-01T12:00:00Z", "2024-1-01T12:00:00Z",
-        "２０２４-01-01T12:00:00Z",
-    ])
+    @Test(
+        "refuses impossible dates, missing offsets and garbage",
+        arguments: [
+            "2023-02-29T00:00:00Z", "2024-13-01T00:00:00Z", "2024-00-10T00:00:00Z", "2024-04-31T00:00:00Z",
+            "2024-01-01T24:00:00Z", "2024-01-01T12:60:00Z", "2024-01-01T12:00:60Z", "2024-01-01T12:00:00",
+            "2024-01-01 12:00:00Z", "2024-01-01", "", "yesterday", "2024-01-01T12:00:00.Z",
+            "2024-01-01T12:00:00.1234567890Z", "2024-01-01T12:00:00+25:00", "2024-01-01T12:00:00+02",
+            "2024-01-01T12:00:00Zjunk", "0000-01-01T00:00:00+01:00", "+2024-01-01T12:00:00Z", "2024-1-01T12:00:00Z",
+            "２０２４-01-01T12:00:00Z",
+        ])
     func refuses(text: String) {
         #expect(throws: TimestampError.self) { try Timestamp(rfc3339: text) }
     }
@@ -40,7 +46,9 @@ struct TimestampTests {
     @Test("accepts a naive timestamp as UTC only when asked (OTX)")
     func naiveUTC() throws {
         #expect(throws: TimestampError.self) { try Timestamp(rfc3339: "2024-01-01T12:00:00.123000") }
-        #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00.123000", assumeUTC: true).description == "2024-01-01T12:00:00.123Z")
+        #expect(
+            try Timestamp(rfc3339: "2024-01-01T12:00:00.123000", assumeUTC: true).description
+                == "2024-01-01T12:00:00.123Z")
         #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00", assumeUTC: true).description == "2024-01-01T12:00:00Z")
     }
 
@@ -62,7 +70,9 @@ struct TimestampTests {
     func truncatedFormat() throws {
         let stamp = try Timestamp(rfc3339: "2024-01-01T12:00:00.123456999Z")
         #expect(stamp.formatted(fractionDigits: 6) == "2024-01-01T12:00:00.123456Z")
-        #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00Z").formatted(fractionDigits: 6) == "2024-01-01T12:00:00.000000Z")
+        #expect(
+            try Timestamp(rfc3339: "2024-01-01T12:00:00Z").formatted(fractionDigits: 6) == "2024-01-01T12:00:00.000000Z"
+        )
         #expect(stamp.formatted(fractionDigits: 0) == "2024-01-01T12:00:00Z")
     }
 
@@ -86,17 +96,22 @@ struct TimestampTests {
 
 @Suite("SourceID")
 struct SourceIDTests {
-    @Test("accepts the allowed alphabet up to 128 characters", arguments: [
-        "alienvault_otx", "a", "taxii:mitre.enterprise-attack", "A-Z.a_z:0-9", String(repeating: "x", count: 128), "...",
-    ])
+    @Test(
+        "accepts the allowed alphabet up to 128 characters",
+        arguments: [
+            "alienvault_otx", "a", "taxii:mitre.enterprise-attack", "A-Z.a_z:0-9", String(repeating: "x", count: 128),
+            "...",
+        ])
     func accepts(text: String) throws {
         #expect(try SourceID(text).rawValue == text)
     }
 
-    @Test("refuses everything else with invalid_source_id", arguments: [
-        "", ".", "..", "a/b", "a%2Fb", "a b", "ünicode", "emoji😀", String(repeating: "x", count: 129), "a\u{0}b",
-        "tab\tid", "quote\"",
-    ])
+    @Test(
+        "refuses everything else with invalid_source_id",
+        arguments: [
+            "", ".", "..", "a/b", "a%2Fb", "a b", "ünicode", "emoji😀", String(repeating: "x", count: 129), "a\u{0}b",
+            "tab\tid", "quote\"",
+        ])
     func refuses(text: String) {
         #expect(throws: WatermarkError.self) { try SourceID(text) }
         #expect((try? SourceID(text)) == nil)

@@ -21,7 +21,8 @@ struct WatermarkUpdateTests {
 
     @Test("decodes the seed's body")
     func seedBody() throws {
-        let update = try decode(#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","error_message":null,"records_collected":150}"#)
+        let update = try decode(
+            #"{"timestamp":"2024-01-01T12:30:00Z","status":"success","error_message":null,"records_collected":150}"#)
         #expect(update.status == .success)
         #expect(update.timestamp?.description == "2024-01-01T12:30:00Z")
         #expect(update.recordsCollected == 150)
@@ -34,20 +35,25 @@ struct WatermarkUpdateTests {
         #expect(update.status == .failed && update.timestamp == nil && update.errorMessage == "HTTP 500 from feed")
     }
 
-    @Test("names what is wrong", arguments: [
-        (#"{"status":"success"}"#, "missing_timestamp"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z"}"#, "invalid_body"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":"done"}"#, "invalid_status"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":7}"#, "invalid_body"),
-        (#"{"timestamp":"2024-02-30T12:30:00Z","status":"success"}"#, "invalid_timestamp"),
-        (#"{"timestamp":"2024-01-01T12:30:00","status":"success"}"#, "invalid_timestamp"),
-        (#"{"timestamp":1704112200,"status":"success"}"#, "invalid_body"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":"150"}"#, "invalid_body"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":1.5}"#, "invalid_body"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":-1}"#, "invalid_body"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":99999999999999999999}"#, "invalid_body"),
-        (#"{"timestamp":"2024-01-01T12:30:00Z","status":"failed","error_message":42}"#, "invalid_body"),
-    ])
+    @Test(
+        "names what is wrong",
+        arguments: [
+            (#"{"status":"success"}"#, "missing_timestamp"),
+            (#"{"timestamp":"2024-01-01T12:30:00Z"}"#, "invalid_body"),
+            (#"{"timestamp":"2024-01-01T12:30:00Z","status":"done"}"#, "invalid_status"),
+            (#"{"timestamp":"2024-01-01T12:30:00Z","status":7}"#, "invalid_body"),
+            (#"{"timestamp":"2024-02-30T12:30:00Z","status":"success"}"#, "invalid_timestamp"),
+            (#"{"timestamp":"2024-01-01T12:30:00","status":"success"}"#, "invalid_timestamp"),
+            (#"{"timestamp":1704112200,"status":"success"}"#, "invalid_body"),
+            (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":"150"}"#, "invalid_body"),
+            (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":1.5}"#, "invalid_body"),
+            (#"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":-1}"#, "invalid_body"),
+            (
+                #"{"timestamp":"2024-01-01T12:30:00Z","status":"success","records_collected":99999999999999999999}"#,
+                "invalid_body"
+            ),
+            (#"{"timestamp":"2024-01-01T12:30:00Z","status":"failed","error_message":42}"#, "invalid_body"),
+        ])
     func errors(json: String, expected: String) {
         #expect(code(json) == expected)
     }

@@ -17,8 +17,11 @@ extension Request {
     /// `WatermarkError` naming the field at fault; it passes through unchanged.
     mutating func decodeJSON<T: Decodable>(_ type: T.Type, limit: Int) async throws -> T {
         if let contentType = headers[.contentType] {
-            let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-            guard mediaType == "application/json" || (mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json"))
+            let mediaType =
+                contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+                ?? ""
+            guard
+                mediaType == "application/json" || (mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json"))
             else { throw WatermarkError.unsupportedMediaType(contentType) }
         }
         if let length = headers[.contentLength].flatMap({ Int($0) }), length > limit {
@@ -70,7 +73,8 @@ extension Request {
     func intQuery(_ name: String, default fallback: Int, in range: ClosedRange<Int>) throws -> Int {
         guard let text = query(name) else { return fallback }
         guard let value = Int(text), range.contains(value) else {
-            throw WatermarkError.invalidParameter(name, "'\(text.prefix(32))' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+            throw WatermarkError.invalidParameter(
+                name, "'\(text.prefix(32))' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
         }
         return value
     }
@@ -103,7 +107,8 @@ extension Request {
             guard value.count >= 3, value.first == "\"", value.last == "\"",
                 let version = Int64(value.dropFirst().dropLast()), version > 0
             else {
-                throw WatermarkError.invalidHeader("If-Match", "expected a version in quotes, like \"3\" (the ETag), or *")
+                throw WatermarkError.invalidHeader(
+                    "If-Match", "expected a version in quotes, like \"3\" (the ETag), or *")
             }
             return .version(version)
         }
@@ -113,7 +118,8 @@ extension Request {
     func leaseToken() throws -> Int64? {
         guard let text = headers[.leaseToken]?.trimmingCharacters(in: .whitespaces) else { return nil }
         guard let token = Int64(text), token > 0 else {
-            throw WatermarkError.invalidHeader("Lease-Token", "expected the lease's fencing_token, a positive whole number")
+            throw WatermarkError.invalidHeader(
+                "Lease-Token", "expected the lease's fencing_token, a positive whole number")
         }
         return token
     }
@@ -145,7 +151,8 @@ enum JSONResponse {
     static func error(_ error: WatermarkError, headers: HTTPFields = [:]) -> Response {
         struct Body: Encodable { let error: WatermarkError.ErrorBody }
         do {
-            return try make(Body(error: error.bodyOnly), status: HTTPResponse.Status(code: error.status), headers: headers)
+            return try make(
+                Body(error: error.bodyOnly), status: HTTPResponse.Status(code: error.status), headers: headers)
         } catch {
             return Response(status: .internalServerError)
         }
@@ -154,7 +161,9 @@ enum JSONResponse {
 
 extension WatermarkError {
     /// The error as the body shows it: without the status, which the response line already carries.
-    fileprivate var bodyOnly: ErrorBody { ErrorBody(code: code, message: message, holder: holder, expiresAt: expiresAt) }
+    fileprivate var bodyOnly: ErrorBody {
+        ErrorBody(code: code, message: message, holder: holder, expiresAt: expiresAt)
+    }
 
     fileprivate struct ErrorBody: Encodable {
         let code: String

@@ -67,7 +67,8 @@ struct WatermarkController<Context: RequestContext> {
 
     @Sendable func list(request: Request, context: Context) async throws -> Response {
         var query = WatermarkQuery()
-        query.limit = try request.intQuery("limit", default: WatermarkQuery.defaultLimit, in: 1...WatermarkQuery.maxLimit)
+        query.limit = try request.intQuery(
+            "limit", default: WatermarkQuery.defaultLimit, in: 1...WatermarkQuery.maxLimit)
         if let cursor = request.query("cursor") {
             guard let after = try? SourceID(cursor) else {
                 throw WatermarkError.invalidParameter("cursor", "not a cursor returned as next_cursor")

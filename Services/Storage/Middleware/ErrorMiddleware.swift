@@ -35,7 +35,8 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             default:
                 let code = error.status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_")
                 return JSONResponse.error(
-                    WatermarkError(status: error.status.code, code: code, message: error.body ?? error.status.reasonPhrase)
+                    WatermarkError(
+                        status: error.status.code, code: code, message: error.body ?? error.status.reasonPhrase)
                 )
             }
         } catch is NIOTooManyBytesError {
@@ -44,7 +45,8 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let error as HTTPParserError {
             // The body broke HTTP framing (bad chunk sizes, EOF inside a chunk): the client's fault.
             context.logger.info("Request body unreadable", metadata: ["error": "\(String(reflecting: error))"])
-            return JSONResponse.error(.incompleteRequest("the request body could not be read: \(String(reflecting: error))"))
+            return JSONResponse.error(
+                .incompleteRequest("the request body could not be read: \(String(reflecting: error))"))
         } catch let error where error is IOError || error is ChannelError {
             // The client went away mid-request (reset, closed): nobody will read this answer, and it is not
             // a server fault, so no error-level line and no 500 in the metrics.

@@ -29,7 +29,8 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         let route = context.endpointPath ?? "NotFound"
         metrics.recordRequest(method: request.method.rawValue, route: route, status: status, duration: elapsed)
         let level: Logger.Level =
-            status >= 500 ? .error : (request.method == .get || request.method == .head) && status < 400 ? .debug : .info
+            status >= 500
+            ? .error : (request.method == .get || request.method == .head) && status < 400 ? .debug : .info
         var metadata: Logger.Metadata = [
             "method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(status)",
             "duration_ms": "\(elapsed.milliseconds)",

@@ -283,7 +283,7 @@ enum OpenAPIDocument {
               schema: {type: string, enum: ["true"]}
           responses:
             BadRequest:
-              description: Malformed input (invalid_source_id, invalid_json, invalid_body, invalid_timestamp, invalid_status, missing_timestamp, timestamp_in_future, invalid_parameter, invalid_header)
+              description: Malformed input (invalid_source_id, invalid_json, invalid_body, invalid_timestamp, invalid_status, missing_timestamp, timestamp_in_future, invalid_parameter, invalid_header, incomplete_request)
               content:
                 application/json:
                   schema: {$ref: "#/components/schemas/Error"}

@@ -21,7 +21,8 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     /// Opens (creating if needed) the database file at `path`, with its folder, and migrates it.
     convenience init(
-        path: String, policy: WatermarkPolicy, logger: Logger, clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+        path: String, policy: WatermarkPolicy, logger: Logger,
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
     ) throws {
         try Self.createFolder(for: path)
         var configuration = Configuration()

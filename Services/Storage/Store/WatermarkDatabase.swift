@@ -48,7 +48,9 @@ enum WatermarkDatabase {
                 t.column("recorded_at", .text).notNull()
                 t.primaryKey(["source_id", "key"])
             }
-            try db.create(index: "idempotency_key_age", on: IdempotencyRow.databaseTableName, columns: ["source_id", "recorded_at"])
+            try db.create(
+                index: "idempotency_key_age", on: IdempotencyRow.databaseTableName,
+                columns: ["source_id", "recorded_at"])
             try db.create(table: "health_probe") { t in
                 t.primaryKey("id", .integer)
                 t.column("checked_at", .text).notNull()

@@ -18,7 +18,9 @@ final class ServiceProcess: Sendable {
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         // Linux: .../debug/<Package>PackageTests.xctest; macOS: .../debug/<Package>PackageTests.xctest/Contents/MacOS/...
         var dir = bundle.deletingLastPathComponent()
-        while dir.path != "/", !FileManager.default.fileExists(atPath: dir.appendingPathComponent("storage-service").path) {
+        while dir.path != "/",
+            !FileManager.default.fileExists(atPath: dir.appendingPathComponent("storage-service").path)
+        {
             dir = dir.deletingLastPathComponent()
         }
         return dir
@@ -29,7 +31,8 @@ final class ServiceProcess: Sendable {
         name = executable
         process = Process()
         process.executableURL =
-            executable.hasPrefix("/") ? URL(fileURLWithPath: executable) : Self.binDirectory.appendingPathComponent(executable)
+            executable.hasPrefix("/")
+            ? URL(fileURLWithPath: executable) : Self.binDirectory.appendingPathComponent(executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
@@ -76,7 +79,8 @@ final class ServiceProcess: Sendable {
             if !process.isRunning {
                 try await Task.sleep(for: .milliseconds(50))  // let the last output arrive
                 if let line = log.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
-                throw ProcessFailure("\(name) exited (\(process.terminationStatus)) before logging '\(marker)':\n\(log)")
+                throw ProcessFailure(
+                    "\(name) exited (\(process.terminationStatus)) before logging '\(marker)':\n\(log)")
             }
             try await Task.sleep(for: .milliseconds(20))
         }
