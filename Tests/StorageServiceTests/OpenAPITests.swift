@@ -104,7 +104,8 @@ struct OpenAPITests {
         #expect(matches.count > 20)
         let lines = yaml.split(separator: "\n").map(String.init)
         for match in matches {
-            guard let kindRange = Range(match.range(at: 1), in: yaml), let nameRange = Range(match.range(at: 2), in: yaml)
+            guard let kindRange = Range(match.range(at: 1), in: yaml),
+                let nameRange = Range(match.range(at: 2), in: yaml)
             else { continue }
             let kind = String(yaml[kindRange])
             let name = String(yaml[nameRange])

@@ -72,7 +72,9 @@ struct AccessTests {
                 }
             }
             // Nothing refused changed anything.
-            #expect(try await http.send(.GET, "/api/v1/watermarks/\(Self.secretSource)", headers: write).body == stored.body)
+            #expect(
+                try await http.send(.GET, "/api/v1/watermarks/\(Self.secretSource)", headers: write).body == stored.body
+            )
 
             // /health, /metrics and /openapi.yaml need no token and carry no data.
             for path in ["/health", "/metrics", "/openapi.yaml"] {
@@ -87,7 +89,8 @@ struct AccessTests {
             try await Task.sleep(for: .milliseconds(200))  // let the last lines through the pipe
             let log = harness.allLogs
             #expect(log.contains("Request refused"), "the refusals are logged")
-            for secret in [Self.apiToken, Self.readToken, String(Self.apiToken.dropLast()), Self.apiToken.uppercased()] {
+            for secret in [Self.apiToken, Self.readToken, String(Self.apiToken.dropLast()), Self.apiToken.uppercased()]
+            {
                 #expect(!log.contains(secret), "the log contains a token")
             }
             #expect(!log.contains(Data("user:\(Self.apiToken)".utf8).base64EncodedString()))

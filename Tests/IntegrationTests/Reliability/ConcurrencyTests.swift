@@ -13,7 +13,8 @@ struct ConcurrencyTests {
         try await withStorageService(environment: ["LOG_LEVEL": "info"]) { harness in
             let http = harness.http
             let path = "/api/v1/watermarks/race"
-            let created = try await http.send(.PUT, path, json: Self.success(second: 0), headers: [("If-None-Match", "*")])
+            let created = try await http.send(
+                .PUT, path, json: Self.success(second: 0), headers: [("If-None-Match", "*")])
             #expect(created.status == 201)
             let perWriter = 3
             let results = try await withThrowingTaskGroup(of: (successes: Int, conflicts: Int).self) { group in
@@ -30,7 +31,8 @@ struct ConcurrencyTests {
                             }
                             // The timestamp follows the version, so the race is on the version alone.
                             let write = try await http.send(
-                                .PUT, path, json: Self.success(second: version), headers: [("If-Match", "\"\(version)\"")]
+                                .PUT, path, json: Self.success(second: version),
+                                headers: [("If-Match", "\"\(version)\"")]
                             )
                             switch write.status {
                             case 200: successes += 1
@@ -118,7 +120,10 @@ struct ConcurrencyTests {
             let first = try await http.send(.POST, path + "/lease", json: #"{"owner":"paused","ttl_seconds":1}"#)
             #expect(first.status == 200)
             let oldToken = try #require(try first.json()["fencing_token"] as? Int)
-            #expect(try await http.send(.PUT, path, json: Self.success(second: 1), headers: [("Lease-Token", "\(oldToken)")]).status == 201)
+            #expect(
+                try await http.send(
+                    .PUT, path, json: Self.success(second: 1), headers: [("Lease-Token", "\(oldToken)")]
+                ).status == 201)
             // While the lease is live, nobody else gets it and a write without the token is refused.
             let early = try await http.send(.POST, path + "/lease", json: #"{"owner":"successor","ttl_seconds":60}"#)
             #expect(early.status == 409)
@@ -128,7 +133,8 @@ struct ConcurrencyTests {
             // The first holder pauses past its lease; the successor takes over.
             var newToken = 0
             try await waitUntil("the successor to get the lease", timeout: .seconds(10), every: .milliseconds(100)) {
-                let reply = try await http.send(.POST, path + "/lease", json: #"{"owner":"successor","ttl_seconds":60}"#)
+                let reply = try await http.send(
+                    .POST, path + "/lease", json: #"{"owner":"successor","ttl_seconds":60}"#)
                 guard reply.status == 200 else { return false }
                 newToken = try reply.json()["fencing_token"] as? Int ?? 0
                 return true
@@ -137,7 +143,8 @@ struct ConcurrencyTests {
             let before = try await http.send(.GET, path)
 
             // The paused collector wakes up and writes with its old token: refused, nothing changes.
-            let stale = try await http.send(.PUT, path, json: Self.success(second: 3), headers: [("Lease-Token", "\(oldToken)")])
+            let stale = try await http.send(
+                .PUT, path, json: Self.success(second: 3), headers: [("Lease-Token", "\(oldToken)")])
             #expect(stale.status == 409)
             #expect(stale.text.contains("stale_lease"))
             let staleDelete = try await http.send(.DELETE, path, headers: [("Lease-Token", "\(oldToken)")])
@@ -146,7 +153,8 @@ struct ConcurrencyTests {
             #expect(staleRelease.status == 409)
             #expect(try await http.send(.GET, path).body == before.body)
 
-            let current = try await http.send(.PUT, path, json: Self.success(second: 4), headers: [("Lease-Token", "\(newToken)")])
+            let current = try await http.send(
+                .PUT, path, json: Self.success(second: 4), headers: [("Lease-Token", "\(newToken)")])
             #expect(current.status == 200)
             #expect(try current.json()["version"] as? Int == 2)
         }
@@ -159,10 +167,12 @@ struct ConcurrencyTests {
             let path = "/api/v1/watermarks/idempotent"
             #expect(try await http.send(.PUT, path, json: Self.success(second: 1)).status == 201)
             let body = #"{"timestamp":"2025-01-01T00:00:05.000000001Z","status":"success","records_collected":42}"#
-            let replies = try await withThrowingTaskGroup(of: (status: Int, version: Int?, replayed: Bool).self) { group in
+            let replies = try await withThrowingTaskGroup(of: (status: Int, version: Int?, replayed: Bool).self) {
+                group in
                 for _ in 0..<Self.racers {
                     group.addTask {
-                        let reply = try await http.send(.PUT, path, json: body, headers: [("Idempotency-Key", "run-2025-01-01-5")])
+                        let reply = try await http.send(
+                            .PUT, path, json: body, headers: [("Idempotency-Key", "run-2025-01-01-5")])
                         let version = try? reply.json()["version"] as? Int
                         return (reply.status, version, reply.headers.first(name: "Idempotent-Replayed") == "true")
                     }

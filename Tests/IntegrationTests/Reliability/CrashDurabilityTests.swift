@@ -56,7 +56,9 @@ struct CrashDurabilityTests {
         }
     }
 
-    private func run(_ harness: StorageServiceHarness, kills: Int, seed: UInt64, random: inout SeededRandom) async throws {
+    private func run(_ harness: StorageServiceHarness, kills: Int, seed: UInt64, random: inout SeededRandom)
+        async throws
+    {
         let state = Ledger(count: Self.sources)
         var killsDone = 0
         var verifiedReads = 0
@@ -160,7 +162,9 @@ struct CrashDurabilityTests {
                 // Never acknowledged: absent, or present with the pending write only.
                 if reply.status == 200 {
                     let body = try reply.json()
-                    #expect(body["last_successful_timestamp"] as? String == expected.pending, "cycle \(cycle) source \(source)")
+                    #expect(
+                        body["last_successful_timestamp"] as? String == expected.pending,
+                        "cycle \(cycle) source \(source)")
                     try adopt(body, source: source, state: state)
                 } else {
                     #expect(reply.status == 404, "cycle \(cycle) source \(source): \(reply.status) \(reply.text)")
@@ -178,7 +182,9 @@ struct CrashDurabilityTests {
                 #expect(timestamp == acknowledged.timestamp, "cycle \(cycle) source \(source): acknowledged value lost")
             } else {
                 // Only the one unacknowledged write may have landed after the acknowledged one.
-                #expect(version == acknowledged.version + 1, "cycle \(cycle) source \(source): v\(version) vs ack v\(acknowledged.version)")
+                #expect(
+                    version == acknowledged.version + 1,
+                    "cycle \(cycle) source \(source): v\(version) vs ack v\(acknowledged.version)")
                 #expect(timestamp != nil && timestamp == expected.pending, "cycle \(cycle) source \(source)")
             }
             try adopt(body, source: source, state: state)

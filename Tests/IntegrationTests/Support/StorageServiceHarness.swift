@@ -78,7 +78,9 @@ func waitUntil(
     let deadline = ContinuousClock.now + timeout
     while true {
         if try await condition() { return }
-        guard ContinuousClock.now < deadline else { throw ProcessFailure("timed out after \(timeout) waiting for \(what)") }
+        guard ContinuousClock.now < deadline else {
+            throw ProcessFailure("timed out after \(timeout) waiting for \(what)")
+        }
         try await Task.sleep(for: interval)
     }
 }
