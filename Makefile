@@ -12,10 +12,12 @@ deps:
 build: deps
 	$(SWIFT) build -c $(CONFIG)
 
-## Unit and integration tests (integration tests start the built executables), then the deployment lint.
+## Unit and integration tests (integration tests start the built executables), API fuzzing with
+## schemathesis against the built service, then the deployment lint.
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	STORAGE_SERVICE_BIN=$(BIN)/storage-service bash scripts/schemathesis.sh
 	bash scripts/lint-deploy.sh
 
 ## Storage service on :8000 with its database in ./data/.

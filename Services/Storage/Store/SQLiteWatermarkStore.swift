@@ -189,11 +189,24 @@ final class SQLiteWatermarkStore: WatermarkStore {
     }
 
     /// Rule refusals pass through; database failures become 503 with a log line.
+    /// What an operator should check, for the result codes that mean the disk or the file is at fault.
+    static func explain(_ code: ResultCode) -> String {
+        switch code.primaryResultCode {
+        case .SQLITE_FULL: "the disk is full"
+        case .SQLITE_READONLY: "the database file or its folder is read-only"
+        case .SQLITE_IOERR: "disk I/O error (disk full, file size limit or failing disk)"
+        case .SQLITE_CANTOPEN: "the database file cannot be opened (missing folder or permissions)"
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB: "the database file is damaged"
+        case .SQLITE_BUSY, .SQLITE_LOCKED: "the database is locked by another process"
+        default: "SQLite error \(code.rawValue)"
+        }
+    }
+
     private func mapped(_ error: any Error, writing: Bool) -> any Error {
         if error is WatermarkError { return error }
         let detail: String
         if let databaseError = error as? DatabaseError {
-            detail = "\(databaseError.resultCode): \(databaseError.message ?? "no detail")"
+            detail = "\(Self.explain(databaseError.resultCode))\(databaseError.message.map { " (\($0))" } ?? "")"
             if writing {
                 lastWriteFailure.withLockedValue { $0 = detail }
             }
