@@ -1,0 +1,115 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import WatermarkCore
+
+@testable import StorageClient
+
+/// How the fake storage behaves right now.
+enum StorageBehaviour: Sendable {
+    /// Answers with the real rules (a `MemoryWatermarkStore`).
+    case healthy
+    /// Answers every watermark call after `delay` (past the client's timeout).
+    case slow(Duration)
+    /// Answers 200 with a body that is not a watermark.
+    case garbage
+}
+
+/// A storage that applies the real rules when healthy and misbehaves on demand: the collector's update
+/// path (HTTP client + WatermarkManager) must never lose an update, whatever the storage does.
+final class FaultyStorage: Sendable {
+    let store = MemoryWatermarkStore()
+    let behaviour = Mutex<StorageBehaviour>(.healthy)
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/health") { _, _ in jsonResponse(.ok, #"{"status":"healthy"}"#) }
+        router.get("/api/v1/watermarks/:id") { _, context in
+            if let early = try await self.misbehave() { return early }
+            let id = try SourceID(context.parameters.get("id") ?? "")
+            guard let watermark = try await self.store.watermark(for: id) else {
+                return jsonResponse(.notFound, #"{"error":{"code":"watermark_not_found","message":"none"}}"#)
+            }
+            return jsonResponse(.ok, String(decoding: try JSONEncoder().encode(watermark), as: UTF8.self))
+        }
+        router.put("/api/v1/watermarks/:id") { request, context in
+            var request = request
+            let body = try await request.collectBody(upTo: 1 << 16)
+            if let early = try await self.misbehave() { return early }
+            let update = try JSONDecoder().decode(WatermarkUpdate.self, from: Data(body.readableBytesView))
+            let outcome = try await self.store.write(
+                WatermarkWrite(
+                    sourceID: try SourceID(context.parameters.get("id") ?? ""), update: update,
+                    idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!]
+                )
+            )
+            let json = String(decoding: try JSONEncoder().encode(outcome.watermark), as: UTF8.self)
+            return jsonResponse(outcome.created ? .created : .ok, json)
+        }
+        return router
+    }
+
+    private func misbehave() async throws -> Response? {
+        switch behaviour.withLock({ $0 }) {
+        case .healthy:
+            return nil
+        case .slow(let delay):
+            try await Task.sleep(for: delay)
+            return jsonResponse(.ok, "{}")
+        case .garbage:
+            return jsonResponse(.ok, "<html>502 from a proxy that says 200</html>")
+        }
+    }
+}
+
+@Suite("Collector updates against a misbehaving storage")
+struct FaultyStorageTests {
+    let source = sid("otx")
+
+    @Test("slow past the timeout, or answering garbage: updates are queued, never lost, replayed once", arguments: [
+        StorageBehaviour.slow(.milliseconds(1500)), .garbage,
+    ])
+    func neverLost(behaviour: StorageBehaviour) async throws {
+        let storage = FaultyStorage()
+        let app = Application(router: storage.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { client in
+            let http = HTTPStorageClient(
+                baseURL: "http://127.0.0.1:\(client.port!)", timeout: .milliseconds(300),
+                retryPolicy: RetryPolicy(maxAttempts: 2, baseDelay: .milliseconds(1), maxDelay: .milliseconds(2)),
+                logger: Logger(label: "test")
+            )
+            try await using(http) { http in
+                try await withTemporaryDirectory { folder in
+                    let manager = try WatermarkManager(client: http, stateDirectory: folder, logger: Logger(label: "t"))
+                    let first = Timestamp.at("2026-11-20T00:00:00Z")
+                    let second = Timestamp.at("2026-11-21T00:00:00.123456789Z")
+                    #expect(try await !manager.updateWatermark(sourceID: source, timestamp: first, status: .success).isQueued)
+
+                    storage.behaviour.withLock { $0 = behaviour }
+                    let queued = try await manager.updateWatermark(
+                        sourceID: source, timestamp: second, status: .success, recordsCollected: 5
+                    )
+                    #expect(queued.isQueued)
+                    // The collector goes on from the queued mark, also after its own restart.
+                    let restarted = try WatermarkManager(client: http, stateDirectory: folder, logger: Logger(label: "t"))
+                    #expect(try await restarted.getWatermark(sourceID: source)?.lastSuccessfulTimestamp == second)
+                    #expect(await restarted.replayPending().remaining == 1)
+
+                    storage.behaviour.withLock { $0 = .healthy }
+                    #expect(await restarted.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
+                    // A slow storage may have applied the first attempt after the client gave up: the
+                    // idempotency key makes the replay a no-op then. Either way, one run per update.
+                    let runs = try await storage.store.history(for: source, limit: 10)
+                    #expect(runs.count == 2)
+                    #expect(runs.first?.timestamp == second && runs.first?.recordsCollected == 5)
+                    #expect(try await storage.store.watermark(for: source)?.lastSuccessfulTimestamp == second)
+                }
+            }
+        }
+    }
+}
