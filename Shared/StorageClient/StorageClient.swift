@@ -28,6 +28,9 @@ public protocol StorageClient: Sendable {
 
     /// `true` when the storage answers and its database can be used; never throws.
     func healthCheck() async -> Bool
+
+    /// Releases what the client holds (connections); call once when done. In memory: nothing to do.
+    func shutdown() async throws
 }
 
 /// The optional parts of an update: conditions, retry safety and fencing.

@@ -87,9 +87,6 @@ public struct StorageClientConfigurationError: Error, Sendable, Equatable, Custo
 }
 
 extension StorageClient {
-    /// Releases what the client holds (the `HTTPClient` an `HTTPStorageClient` made itself); nothing for
-    /// the in-memory client. Call once at shutdown on a client from `makeStorageClient`.
-    public func shutdown() async throws {
-        if let client = self as? HTTPStorageClient { try await client.shutdown() }
-    }
+    /// Nothing to release by default (the in-memory client); `HTTPStorageClient` shuts its `HTTPClient` down.
+    public func shutdown() async throws {}
 }
