@@ -71,9 +71,11 @@ final class FaultyStorage: Sendable {
 struct FaultyStorageTests {
     let source = sid("otx")
 
-    @Test("slow past the timeout, or answering garbage: updates are queued, never lost, replayed once", arguments: [
-        StorageBehaviour.slow(.milliseconds(1500)), .garbage,
-    ])
+    @Test(
+        "slow past the timeout, or answering garbage: updates are queued, never lost, replayed once",
+        arguments: [
+            StorageBehaviour.slow(.milliseconds(1500)), .garbage,
+        ])
     func neverLost(behaviour: StorageBehaviour) async throws {
         let storage = FaultyStorage()
         let app = Application(router: storage.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
@@ -88,7 +90,9 @@ struct FaultyStorageTests {
                     let manager = try WatermarkManager(client: http, stateDirectory: folder, logger: Logger(label: "t"))
                     let first = Timestamp.at("2026-11-20T00:00:00Z")
                     let second = Timestamp.at("2026-11-21T00:00:00.123456789Z")
-                    #expect(try await !manager.updateWatermark(sourceID: source, timestamp: first, status: .success).isQueued)
+                    #expect(
+                        try await !manager.updateWatermark(sourceID: source, timestamp: first, status: .success)
+                            .isQueued)
 
                     storage.behaviour.withLock { $0 = behaviour }
                     let queued = try await manager.updateWatermark(
@@ -96,7 +100,8 @@ struct FaultyStorageTests {
                     )
                     #expect(queued.isQueued)
                     // The collector goes on from the queued mark, also after its own restart.
-                    let restarted = try WatermarkManager(client: http, stateDirectory: folder, logger: Logger(label: "t"))
+                    let restarted = try WatermarkManager(
+                        client: http, stateDirectory: folder, logger: Logger(label: "t"))
                     #expect(try await restarted.getWatermark(sourceID: source)?.lastSuccessfulTimestamp == second)
                     #expect(await restarted.replayPending().remaining == 1)
 
