@@ -12,8 +12,9 @@ if ! command -v wrk >/dev/null 2>&1; then
   echo "bench: installing wrk"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
 fi
-swift build -c release --product storage-service >/dev/null
-bin=$(swift build -c release --show-bin-path)
+config=${BENCH_CONFIG:-release}
+swift build -c "$config" --product storage-service >/dev/null
+bin=$(swift build -c "$config" --show-bin-path)
 
 work=$(mktemp -d)
 log="$work/storage.log"
@@ -46,9 +47,10 @@ end
 LUA
 
 run() { # name, wrk args... -> requests/sec
-  local rps
-  rps=$(wrk -t1 -c"$connections" -d"$duration" --latency "$@" 2>&1 | tee "$work/$1.out" | awk '/Requests\/sec/ {print $2}')
-  echo "$rps"
+  local name=$1
+  shift
+  wrk -t1 -c"$connections" -d"$duration" --latency "$@" >"$work/$name.out" 2>&1
+  awk '/Requests\/sec/ {print $2}' "$work/$name.out"
 }
 
 health=$(run health "$base/health")
@@ -61,4 +63,4 @@ printf '%-34s %12s %10s %10s\n' "scenario" "requests/s" "p99" "vs health"
 printf '%-34s %12s %10s %10s\n' "GET /health (baseline)" "$health" "$(p99 health)" "1.00"
 printf '%-34s %12s %10s %10s\n' "GET one watermark" "$read_rps" "$(p99 read)" "$(awk -v a="$read_rps" -v b="$health" 'BEGIN {printf "%.2f", a/b}')"
 printf '%-34s %12s %10s %10s\n' "PUT (fsync per write, 64 sources)" "$write_rps" "$(p99 write)" "$(awk -v a="$write_rps" -v b="$health" 'BEGIN {printf "%.2f", a/b}')"
-echo "(wrk -t1 -c$connections -d$duration; write/read ratio: $(awk -v a="$write_rps" -v b="$read_rps" 'BEGIN {printf "%.3f", a/b}'))"
+echo "($config build; wrk -t1 -c$connections -d$duration; write/read ratio: $(awk -v a="$write_rps" -v b="$read_rps" 'BEGIN {printf "%.3f", a/b}'))"
