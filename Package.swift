@@ -85,6 +85,12 @@ let package = Package(
             exclude: ["Dockerfile"],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "TestSupport",
+            dependencies: ["WatermarkCore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "WatermarkCoreTests",
             dependencies: ["WatermarkCore"],
@@ -93,6 +99,7 @@ let package = Package(
         .testTarget(
             name: "StorageServiceTests",
             dependencies: [
+                "TestSupport",
                 "StorageService",
                 "WatermarkCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -105,6 +112,7 @@ let package = Package(
         .testTarget(
             name: "StorageClientTests",
             dependencies: [
+                "TestSupport",
                 "StorageClient",
                 "StorageService",
                 "WatermarkCore",
@@ -118,6 +126,7 @@ let package = Package(
         .testTarget(
             name: "CollectionServiceTests",
             dependencies: [
+                "TestSupport",
                 "CollectionService",
                 "StorageClient",
                 "WatermarkCore",

@@ -1,6 +1,8 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOHTTP1
+import TestSupport
 import Testing
 import WatermarkCore
 
@@ -14,7 +16,7 @@ struct TAXII21CollectorTests {
         TAXII21Collector(
             settings: TAXIISettings(apiRoot: "http://127.0.0.1:\(port)/api1", collectionID: "col-1", auth: auth),
             pageSize: pageSize,
-            http: SourceHTTPClient(httpClient: client, timeout: .seconds(5), retry: testRetry, logger: quietLogger)
+            http: SourceHTTPClient(httpClient: client, timeout: .seconds(5), retry: testRetry, logger: Logger.quiet)
         )
     }
 
@@ -216,7 +218,7 @@ struct OTXCollectorTests {
                     settings: OTXSettings(baseURL: "http://127.0.0.1:\(port)", apiKey: Secret("otx-secret")),
                     pageSize: 2,
                     http: SourceHTTPClient(
-                        httpClient: client, timeout: .seconds(5), retry: testRetry, logger: quietLogger)
+                        httpClient: client, timeout: .seconds(5), retry: testRetry, logger: Logger.quiet)
                 )
                 var all: [CollectedRecord] = []
                 var cursor: String?
@@ -244,7 +246,7 @@ struct OTXCollectorTests {
         try await withHTTPClient { client in
             let collector = OTXCollector(
                 settings: OTXSettings(baseURL: "http://127.0.0.1:1", apiKey: Secret("k")), pageSize: 2,
-                http: SourceHTTPClient(httpClient: client, timeout: .seconds(1), retry: testRetry, logger: quietLogger)
+                http: SourceHTTPClient(httpClient: client, timeout: .seconds(1), retry: testRetry, logger: Logger.quiet)
             )
             await #expect(throws: CollectorError.self) {
                 try await collector.fetchPage(since: ts("2026-11-25T00:00:00Z"), cursor: "http://evil.example/steal")

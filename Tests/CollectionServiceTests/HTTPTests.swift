@@ -7,6 +7,7 @@ import NIOCore
 import NIOFoundationCompat
 import Prometheus
 import StorageClient
+import TestSupport
 import Testing
 import WatermarkCore
 
@@ -18,17 +19,17 @@ struct HTTPTests {
         -> CollectionEngine
     {
         let storage = InMemoryStorageClient()
-        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: quietLogger)
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
         let board = SourceBoard(sources: sources)
         let runner = CollectionRunner(
-            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: quietLogger)
+            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet)
         return CollectionEngine(
             board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
             makeCollector: { source in
                 guard case .directory(let settings) = source.kind else { fatalError("directory only") }
                 return DirectoryCollector(settings: settings)
             },
-            logger: quietLogger, startedAt: Timestamp.now()
+            logger: Logger.quiet, startedAt: Timestamp.now()
         )
     }
 
@@ -45,7 +46,7 @@ struct HTTPTests {
         let registry = PrometheusCollectorRegistry()
         let engine = try makeEngine(dir: dir, sources: [source], registry: registry)
         let router = buildRouter(engine: engine, registry: registry, instanceID: "t")
-        let app = Application(router: router, logger: quietLogger)
+        let app = Application(router: router, logger: Logger.quiet)
         try await app.test(.router) { client in
             let health = try await client.execute(uri: "/health", method: .get)
             #expect(health.status == .ok)
@@ -91,7 +92,7 @@ struct HTTPTests {
     @Test func aSourceWithoutSuccessBeyondItsThresholdIsStaleAndWarnedOnce() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
-        let capture = LogCapture()
+        let capture = LogRecorder()
         let source = SourceConfiguration(
             id: try SourceID("quiet"), kind: .directory(DirectorySettings(path: dir)), staleAfter: .seconds(60)
         )
@@ -99,7 +100,7 @@ struct HTTPTests {
         var engine = try makeEngine(dir: dir, sources: [source], registry: registry)
         engine = CollectionEngine(
             board: engine.board, runner: engine.runner, manager: engine.manager, metrics: engine.metrics,
-            makeCollector: engine.makeCollector, logger: capture.logger,
+            makeCollector: engine.makeCollector, logger: capture.logger(),
             startedAt: Timestamp.now().adding(.seconds(-120))
         )
         await engine.refreshWatching()

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Prometheus
 import StorageClient
+import TestSupport
 import Testing
 import WatermarkCore
 
@@ -34,7 +35,7 @@ struct RunnerFixture {
     let runner: CollectionRunner
     let source: SourceConfiguration
 
-    init(owner: String = "test-replica", now: Timestamp = ts("2026-11-27T00:00:00Z"), logger: Logger = quietLogger)
+    init(owner: String = "test-replica", now: Timestamp = ts("2026-11-27T00:00:00Z"), logger: Logger = Logger.quiet)
         throws
     {
         dir = try makeTemporaryDirectory()

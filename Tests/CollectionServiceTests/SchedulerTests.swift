@@ -3,6 +3,7 @@ import Logging
 import Prometheus
 import ServiceLifecycle
 import StorageClient
+import TestSupport
 import Testing
 import WatermarkCore
 
@@ -37,16 +38,16 @@ struct SchedulerTests {
         -> CollectionEngine
     {
         let storage = InMemoryStorageClient()
-        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: quietLogger)
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
         let board = SourceBoard(sources: sources)
         let runner = CollectionRunner(
-            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: quietLogger,
+            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet,
             isStopping: { await board.isStopping() }
         )
         return CollectionEngine(
             board: board, runner: runner, manager: manager,
             metrics: CollectionMetrics(registry: PrometheusCollectorRegistry()),
-            makeCollector: { SlowCollector(id: $0.id, counter: counter, delay: delay) }, logger: quietLogger,
+            makeCollector: { SlowCollector(id: $0.id, counter: counter, delay: delay) }, logger: Logger.quiet,
             startedAt: Timestamp.now()
         )
     }
@@ -69,7 +70,7 @@ struct SchedulerTests {
         let counter = CallCounter()
         let engine = try engine(dir: dir, sources: sources, counter: counter, delay: .milliseconds(200))
         let scheduler = CollectionScheduler(engine: engine, configuration: .init(maxConcurrentRuns: 2))
-        let group = ServiceGroup(services: [scheduler], logger: quietLogger)
+        let group = ServiceGroup(services: [scheduler], logger: Logger.quiet)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             // Every source twice: the interval (1 s + jitter) brings each back.
@@ -94,7 +95,7 @@ struct SchedulerTests {
         let counter = CallCounter()
         let engine = try engine(dir: dir, sources: [source], counter: counter, delay: .milliseconds(400))
         let scheduler = CollectionScheduler(engine: engine, configuration: .init(maxConcurrentRuns: 1))
-        let group = ServiceGroup(services: [scheduler], logger: quietLogger)
+        let group = ServiceGroup(services: [scheduler], logger: Logger.quiet)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             try await waitFor("the first run") { await counter.running == 1 }

@@ -6,6 +6,7 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import StorageClient
+import TestSupport
 import WatermarkCore
 
 @testable import CollectionService
@@ -158,7 +159,7 @@ func withFakeServer<Value: Sendable>(
         )
     }
     let app = Application(
-        router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quietLogger
+        router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: Logger.quiet
     )
     return try await app.test(.live) { client in
         try await body(client.port!)
@@ -177,41 +178,6 @@ func removeTemporary(_ path: String) {
 }
 
 /// A logger that drops everything (tests capture with `CapturingLogHandler` when they assert on logs).
-let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
-
-/// Keeps log lines in memory, so tests can assert on them without bootstrapping the logging system.
-final class LogCapture: Sendable {
-    // Safe: `lines` is only read or written inside `lock.withLock`, so no two threads touch it at once.
-    private let lock = NSLock()
-    private nonisolated(unsafe) var lines: [(Logger.Level, String, Logger.Metadata)] = []
-
-    func append(_ level: Logger.Level, _ message: String, _ metadata: Logger.Metadata) {
-        lock.withLock { lines.append((level, message, metadata)) }
-    }
-
-    func messages(at level: Logger.Level? = nil) -> [String] {
-        lock.withLock { lines.filter { level == nil || $0.0 == level }.map(\.1) }
-    }
-
-    var logger: Logger {
-        Logger(label: "capture") { _ in CapturingLogHandler(capture: self) }
-    }
-}
-
-struct CapturingLogHandler: LogHandler {
-    let capture: LogCapture
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        capture.append(event.level, "\(event.message)", metadata.merging(event.metadata ?? [:]) { $1 })
-    }
-}
 
 /// An HTTP client for the collectors under test, shut down by `withHTTPClient`.
 func withHTTPClient<Value: Sendable>(_ body: (HTTPClient) async throws -> Value) async throws -> Value {

@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import StorageClient
+import TestSupport
 import Testing
 import WatermarkCore
 

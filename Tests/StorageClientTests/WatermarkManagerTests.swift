@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import StorageClient
 import Synchronization
+import TestSupport
 import Testing
 import WatermarkCore
 

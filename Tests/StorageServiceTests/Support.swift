@@ -1,25 +1,11 @@
 import GRDB
 import Logging
 import Synchronization
+import TestSupport
 import Testing
 import WatermarkCore
 
 @testable import StorageService
-
-/// A clock the test moves by hand, for lease expiry and staleness.
-final class ManualClock: Sendable {
-    private let current: Mutex<Timestamp>
-
-    init(_ start: Timestamp = Timestamp(seconds: 1_800_000_000)) {
-        current = Mutex(start)
-    }
-
-    func now() -> Timestamp { current.withLock { $0 } }
-
-    func advance(_ duration: Duration) {
-        current.withLock { $0 = $0.adding(duration) }
-    }
-}
 
 /// The stores every rule test runs against: the in-memory one and SQLite (in memory, same SQL).
 enum StoreKind: String, CaseIterable, CustomTestStringConvertible {
@@ -39,25 +25,6 @@ enum StoreKind: String, CaseIterable, CustomTestStringConvertible {
     }
 }
 
-extension Timestamp {
-    /// A timestamp literal for tests.
-    static func at(_ text: String) -> Timestamp {
-        do {
-            return try Timestamp(rfc3339: text)
-        } catch {
-            fatalError("bad test timestamp \(text): \(error)")
-        }
-    }
-}
-
-func sid(_ text: String) -> SourceID {
-    do {
-        return try SourceID(text)
-    } catch {
-        fatalError("bad test source id \(text)")
-    }
-}
-
 /// Runs `body` and returns the code of the `WatermarkError` it threw, or nil when it did not throw.
 func refusal(_ body: () async throws -> Void) async -> String? {
     do {
@@ -68,9 +35,4 @@ func refusal(_ body: () async throws -> Void) async -> String? {
     } catch {
         return "unexpected: \(error)"
     }
-}
-
-extension Logger {
-    /// A logger that drops everything: router tests assert on answers, not on log output.
-    static let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 }
