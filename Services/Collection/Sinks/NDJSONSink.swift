@@ -112,9 +112,10 @@ struct NDJSONSink: Sendable {
 
     /// Cuts a torn last line (no trailing newline) and returns the new end of the file.
     static func repairTail(fd: Int32, path: String) throws(SinkError) -> Int {
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw SinkError(path: path, operation: "stat", errno: errno) }
-        let size = Int(info.st_size)
+        // The file's size; every access below uses pread/pwrite with explicit offsets.
+        let fileEnd = lseek(fd, 0, SEEK_END)
+        guard fileEnd >= 0 else { throw SinkError(path: path, operation: "seek", errno: errno) }
+        let size = Int(fileEnd)
         guard size > 0 else { return 0 }
         // Read backwards in chunks until the last newline is found.
         var end = size
