@@ -9,9 +9,11 @@ import WatermarkCore
 ///   directory. When the storage is unreachable, `getWatermark` answers from there (the last known value).
 /// - An update that cannot reach the storage is appended to `pending.json` (durable before the call
 ///   returns) and the local value moves as the storage will move it once the update arrives, so the next
-///   run continues from there. `replayPending()` sends the queue in order, stops at the first transient
-///   failure and drops (and logs) an update the storage refuses for good (a lost lease, a regression), so
-///   the queue never jams.
+///   run continues from there. `replayPending()` sends the queue in order and stops at the first transient
+///   failure. An update the storage refuses because of a lease (`lease_required`, `stale_lease`) or a token
+///   stays queued: the source's next run replays it under its own lease (`flush(sourceID:leaseToken:)`).
+///   Only an update that can never succeed (a regression, an invalid body, a failed precondition) leaves
+///   the queue, and then it goes to `dead-letter.json` beside it, never just into a log line.
 /// - Each logical update gets one idempotency key, stored with the queued entry: replaying an update that
 ///   did reach the storage before the connection broke (or before this process restarted) applies it once.
 /// - Per source, a queued update is always sent before a newer one, so the storage sees the runs in order.
@@ -31,6 +33,7 @@ public actor WatermarkManager {
 
     static let watermarksFile = "watermarks.json"
     static let pendingFile = "pending.json"
+    static let deadLetterFile = "dead-letter.json"
 
     /// Opens (or creates) the state directory and loads what an earlier process left there. A corrupt
     /// file is moved aside to `<name>.corrupt`, logged, and replaced by an empty state.
@@ -69,7 +72,7 @@ public actor WatermarkManager {
     /// last known value is returned instead, so collection goes on from where it was.
     public func getWatermark(sourceID: SourceID) async throws -> Watermark? {
         try await withSourceLock(sourceID) {
-            if hasPending(sourceID), await flush(sourceID) == .stopped {
+            if hasPending(sourceID), await flush(sourceID, leaseToken: nil) == .stopped {
                 return useLastKnown(sourceID, because: "queued updates could not be delivered")
             }
             do {
@@ -107,7 +110,7 @@ public actor WatermarkManager {
             timestamp: timestamp, status: status, errorMessage: errorMessage, recordsCollected: recordsCollected
         )
         return try await withSourceLock(sourceID) {
-            if hasPending(sourceID), await flush(sourceID) == .stopped {
+            if hasPending(sourceID), await flush(sourceID, leaseToken: options.leaseToken) == .stopped {
                 // Older updates of this source are still queued: this one must wait behind them.
                 return try enqueue(sourceID, update, options, because: "earlier updates are still queued")
             }
@@ -139,6 +142,29 @@ public actor WatermarkManager {
 
     // MARK: Replaying
 
+    /// Sends this source's queued updates, oldest first, under the lease the caller holds now: each is sent
+    /// with `leaseToken` instead of the token it was queued with (an expired lease of this same collector,
+    /// or none when it ran through an outage). A run calls this right after taking its lease, so what a
+    /// killed or cut-off run queued is delivered in order before anything new.
+    ///
+    /// - Returns: how many were applied and dead-lettered, and how many are still queued.
+    @discardableResult
+    public func flush(sourceID: SourceID, leaseToken: Int64?) async -> ReplaySummary {
+        let outcome = await withSourceLockNonThrowing(sourceID) {
+            await flushCounting(sourceID, leaseToken: leaseToken)
+        }
+        return ReplaySummary(
+            applied: outcome.applied, dropped: outcome.dropped, remaining: pendingCount(sourceID: sourceID)
+        )
+    }
+
+    /// The updates the storage refused for good, oldest first, with the reason (kept for an operator).
+    public func deadLetters() -> [DeadLetter] {
+        let path = (stateDirectory as NSString).appendingPathComponent(Self.deadLetterFile)
+        guard let data = try? DurableFile.read(path) else { return [] }
+        return (try? JSONDecoder().decode([DeadLetter].self, from: data)) ?? []
+    }
+
     /// Sends the queued updates, oldest first. Stops at the first transient failure (the storage is still
     /// away; the rest stays queued) and drops updates the storage refuses for good.
     @discardableResult
@@ -147,10 +173,12 @@ public actor WatermarkManager {
         var seen = Set<SourceID>()
         let sources = queue.updates.map(\.sourceID).filter { seen.insert($0).inserted }
         for sourceID in sources {
-            let outcome = await withSourceLockNonThrowing(sourceID) { await flushCounting(sourceID) }
+            let outcome = await withSourceLockNonThrowing(sourceID) {
+                await flushCounting(sourceID, leaseToken: nil)
+            }
             summary.applied += outcome.applied
             summary.dropped += outcome.dropped
-            if outcome.result == .stopped { break }
+            if outcome.result == .stopped, outcome.unreachable { break }
         }
         summary.remaining = queue.updates.count
         if summary.applied + summary.dropped > 0 {
@@ -185,7 +213,7 @@ public actor WatermarkManager {
     enum FlushResult: Equatable {
         /// The source has nothing queued any more.
         case drained
-        /// A transient failure: the storage is still unreachable.
+        /// Updates are still queued: the storage is unreachable, or wants a lease this call does not hold.
         case stopped
     }
 
@@ -193,21 +221,37 @@ public actor WatermarkManager {
         var result: FlushResult
         var applied = 0
         var dropped = 0
+        /// Stopped because the storage did not answer (rather than because of a lease).
+        var unreachable = false
     }
 
     /// Sends this source's queued updates in order. The caller holds the source's lock.
-    private func flush(_ sourceID: SourceID) async -> FlushResult {
-        await flushCounting(sourceID).result
+    private func flush(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushResult {
+        await flushCounting(sourceID, leaseToken: leaseToken).result
     }
 
-    private func flushCounting(_ sourceID: SourceID) async -> FlushOutcome {
+    /// Whether the storage could accept `error`'s update later: the lease or the token may change, the
+    /// storage may come back. Everything else (a regression, an invalid body, a failed precondition) is
+    /// final for that update.
+    static func mayStillSucceed(_ error: StorageClientError) -> Bool {
+        if error.isTransient { return true }
+        switch error {
+        case .unauthorized: return true
+        case .conflict(let code, _): return ["lease_required", "stale_lease", "lease_held"].contains(code)
+        default: return false
+        }
+    }
+
+    private func flushCounting(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushOutcome {
         var outcome = FlushOutcome(result: .drained)
         while let entry = queue.updates.first(where: { $0.sourceID == sourceID }) {
+            var options = entry.options
+            if let leaseToken { options.leaseToken = leaseToken }
             do {
                 let watermark = try await client.updateWatermark(
                     sourceID: sourceID, timestamp: entry.update.timestamp, status: entry.update.status,
                     errorMessage: entry.update.errorMessage, recordsCollected: entry.update.recordsCollected,
-                    options: entry.options
+                    options: options
                 )
                 try removeFromQueue(entry)
                 remember(watermark, for: sourceID)
@@ -219,8 +263,9 @@ public actor WatermarkManager {
                         "status": "\(watermark.status)",
                     ]
                 )
-            } catch let error as StorageClientError where !error.isTransient {
+            } catch let error as StorageClientError where !Self.mayStillSucceed(error) {
                 do {
+                    try deadLetter(entry, because: error)
                     try removeFromQueue(entry)
                 } catch {
                     logger.error(
@@ -231,13 +276,24 @@ public actor WatermarkManager {
                 }
                 outcome.dropped += 1
                 logger.error(
-                    "Queued watermark update refused by storage - dropped",
+                    "Queued watermark update refused by storage - moved to the dead-letter file",
                     metadata: [
                         "source_id": "\(sourceID)", "sequence": "\(entry.sequence)", "code": "\(error.code ?? "-")",
-                        "error": "\(error)",
+                        "error": "\(error)", "path": "\(deadLetterPath)",
                     ]
                 )
                 // The local value assumed this update would apply; the next successful read replaces it.
+            } catch let error as StorageClientError where !error.isTransient {
+                // A lease or token problem: it can succeed under the source's lease, so it stays queued.
+                logger.notice(
+                    "Queued watermark update kept - the storage wants the source's lease",
+                    metadata: [
+                        "source_id": "\(sourceID)", "sequence": "\(entry.sequence)", "code": "\(error.code ?? "-")",
+                        "pending": "\(pendingCount(sourceID: sourceID))",
+                    ]
+                )
+                outcome.result = .stopped
+                return outcome
             } catch {
                 logger.warning(
                     "Queued watermark update not delivered - storage unavailable",
@@ -247,10 +303,20 @@ public actor WatermarkManager {
                     ]
                 )
                 outcome.result = .stopped
+                outcome.unreachable = true
                 return outcome
             }
         }
         return outcome
+    }
+
+    private var deadLetterPath: String { (stateDirectory as NSString).appendingPathComponent(Self.deadLetterFile) }
+
+    /// Appends `entry` and the storage's refusal to the dead-letter file (durable before it returns).
+    private func deadLetter(_ entry: PendingUpdate, because error: StorageClientError) throws {
+        var letters = deadLetters()
+        letters.append(DeadLetter(update: entry, code: error.code, reason: "\(error)", refusedAt: clock()))
+        try save(letters, to: Self.deadLetterFile)
     }
 
     private func enqueue(
@@ -413,7 +479,7 @@ public enum WatermarkUpdateResult: Sendable, Equatable {
 public struct ReplaySummary: Sendable, Equatable {
     /// Queued updates the storage accepted.
     public var applied = 0
-    /// Queued updates the storage refused for good, removed from the queue.
+    /// Queued updates the storage refused for good, moved to the dead-letter file.
     public var dropped = 0
     /// Updates still queued (the storage failed again).
     public var remaining = 0
@@ -422,6 +488,22 @@ public struct ReplaySummary: Sendable, Equatable {
         self.applied = applied
         self.dropped = dropped
         self.remaining = remaining
+    }
+}
+
+/// A queued update the storage refused for good, kept in `dead-letter.json` for an operator to look at.
+public struct DeadLetter: Sendable, Equatable, Codable {
+    public let update: PendingUpdate
+    /// The storage's error code (e.g. `watermark_regression`).
+    public let code: String?
+    public let reason: String
+    public let refusedAt: Timestamp
+
+    enum CodingKeys: String, CodingKey {
+        case update
+        case code
+        case reason
+        case refusedAt = "refused_at"
     }
 }
 

@@ -216,7 +216,7 @@ struct WatermarkManagerTests {
         }
     }
 
-    @Test func updatesRefusedForGoodAreDroppedSoTheQueueNeverJams() async throws {
+    @Test func leaseRefusalsStayQueuedAndOnlyFinalRefusalsGoToTheDeadLetterFile() async throws {
         let (otx, t1, t2, t3) = (otx, t1, t2, t3)
         let clock = ManualClock()
         try await withTemporaryDirectory { folder in
@@ -241,19 +241,61 @@ struct WatermarkManagerTests {
             let takeover = try await storage.acquireLease(sourceID: otx, owner: "replica-b", ttl: .seconds(60))
             #expect(takeover.fencingToken == 2)
 
-            #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 1, remaining: 0))
-            let dropped = try #require(
-                logs.all.first { $0.message == "Queued watermark update refused by storage - dropped" })
-            #expect(dropped.level == .error)
-            #expect(dropped.metadata["code"] == "stale_lease")
-            #expect(dropped.metadata["source_id"] == "alienvault_otx")
-            #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
+            // A stale token can succeed later, under this replica's own lease: kept, not dropped. The other
+            // source's update goes through.
+            #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 1))
+            let kept = try #require(
+                logs.all.first { $0.message == "Queued watermark update kept - the storage wants the source's lease" })
+            #expect(kept.metadata["code"] == "stale_lease" && kept.metadata["source_id"] == "alienvault_otx")
+            #expect(!logs.all.contains { $0.message.contains("dropped") })
             #expect(try await storage.getWatermark(sourceID: other)?.lastSuccessfulTimestamp == t3)
-            // The next read puts the storage's truth back in place of the dropped projection.
-            let current = try await manager.updateWatermark(
-                sourceID: otx, timestamp: t3, status: .success, leaseToken: takeover.fencingToken
-            )
-            #expect(current.watermark.version == 2)
+
+            // Replica b moves the mark past the queued one and goes away; replica a takes the lease back and
+            // replays under it: now the update is a regression, which can never succeed.
+            _ = try await storage.updateWatermark(
+                sourceID: otx, timestamp: t3, status: .success, errorMessage: nil, recordsCollected: nil,
+                options: UpdateOptions(leaseToken: takeover.fencingToken))
+            try await storage.releaseLease(sourceID: otx, token: takeover.fencingToken)
+            let again = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(60))
+            #expect(
+                await manager.flush(sourceID: otx, leaseToken: again.fencingToken)
+                    == ReplaySummary(applied: 0, dropped: 1, remaining: 0))
+            let moved = try #require(
+                logs.all.first {
+                    $0.message == "Queued watermark update refused by storage - moved to the dead-letter file"
+                })
+            #expect(moved.level == .error && moved.metadata["code"] == "watermark_regression")
+            let letters = await manager.deadLetters()
+            #expect(letters.count == 1)
+            #expect(letters.first?.code == "watermark_regression" && letters.first?.update.update.timestamp == t2)
+            let onDisk = try String(contentsOfFile: folder + "/dead-letter.json", encoding: .utf8)
+            #expect(onDisk.contains("watermark_regression"))
+            #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t3)
+            #expect(await manager.pendingCount() == 0)
+        }
+    }
+
+    @Test func aQueuedUpdateIsDeliveredUnderTheLeaseOfTheRunThatReplaysIt() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        let clock = ManualClock()
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+            let logs = LogRecorder()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
+            // A run through an outage queues its update without a token ...
+            await storage.setAvailable(false)
+            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success).isQueued)
+            await storage.setAvailable(true)
+            // ... and the next run takes the lease before anything else: tokenless writes are refused now.
+            let lease = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(60))
+            #expect(await manager.replayPending() == ReplaySummary(applied: 0, dropped: 0, remaining: 1))
+            #expect(
+                await manager.flush(sourceID: otx, leaseToken: lease.fencingToken)
+                    == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
+            let stored = try await storage.getWatermark(sourceID: otx)
+            #expect(stored?.lastSuccessfulTimestamp == t2 && stored?.version == 2)
+            #expect(await manager.deadLetters().isEmpty)
         }
     }
 
