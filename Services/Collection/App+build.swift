@@ -25,12 +25,15 @@ func buildEngine(
     let board = SourceBoard(sources: sources)
     let runner = CollectionRunner(
         storage: storage, manager: manager, dataDirectory: configuration.dataDirectory,
-        owner: configuration.instanceID, logger: logger, isStopping: { await board.isStopping() }
+        owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
+        isStopping: { await board.isStopping() }
     )
     return CollectionEngine(
         board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
         makeCollector: { source in
-            CollectionEngine.collector(for: source, httpClient: httpClient, logger: logger, retry: retry)
+            CollectionEngine.collector(
+                for: source, httpClient: httpClient, stateDirectory: configuration.stateDirectory, logger: logger,
+                retry: retry)
         },
         logger: logger, startedAt: Timestamp.now()
     )

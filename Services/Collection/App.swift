@@ -37,7 +37,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("config"), help: "Sources file (COLLECTION_CONFIG).") var config: String?
     @Option(name: .customLong("log-level"), help: "LOG_LEVEL (info).") var logLevel: String?
     @Option(name: .customLong("max-concurrent-runs"), help: "MAX_CONCURRENT_RUNS (2).") var maxConcurrentRuns: Int?
-    @Option(name: .customLong("instance-id"), help: "Lease owner (INSTANCE_ID, default hostname-pid).")
+    @Option(name: .customLong("instance-id"), help: "Lease owner (INSTANCE_ID, default the host name).")
     var instanceID: String?
     @Flag(help: "Run every enabled source once, print a summary, exit non-zero if any run failed.")
     var once = false

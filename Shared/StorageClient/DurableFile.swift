@@ -11,22 +11,22 @@ import Foundation
 /// Whole-file writes that survive a crash at any instant: the new content goes to a temporary file that
 /// is flushed to disk, renamed over the old one, and the folder is flushed too, so a reader finds either
 /// the old content or the new, never a torn mix, and a write that returned is on disk.
-enum DurableFile {
-    struct IOError: Error, CustomStringConvertible {
+public enum DurableFile {
+    public struct IOError: Error, CustomStringConvertible {
         let operation: String
         let path: String
         let code: Int32
 
-        var description: String { "\(operation) \(path): \(String(cString: strerror(code)))" }
+        public var description: String { "\(operation) \(path): \(String(cString: strerror(code)))" }
     }
 
     /// The file's content, or `nil` when it does not exist.
-    static func read(_ path: String) throws -> Data? {
+    public static func read(_ path: String) throws -> Data? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         return try Data(contentsOf: URL(fileURLWithPath: path))
     }
 
-    static func write(_ data: Data, to path: String) throws {
+    public static func write(_ data: Data, to path: String) throws {
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(operation: "open", path: temporary, code: errno) }

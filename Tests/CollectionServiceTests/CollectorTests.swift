@@ -57,6 +57,176 @@ struct TAXII21CollectorTests {
         #expect(requests[0].query["next"] == nil && requests[1].query["next"] != nil)
     }
 
+    func collector(
+        port: Int, client: HTTPClient, versions: TAXIIVersions, pageSize: Int = 2
+    ) -> TAXII21Collector {
+        var settings = TAXIISettings(apiRoot: "http://127.0.0.1:\(port)/api1", collectionID: "col-1")
+        settings.versions = versions
+        return TAXII21Collector(
+            settings: settings, pageSize: pageSize,
+            http: SourceHTTPClient(httpClient: client, timeout: .seconds(5), retry: testRetry, logger: Logger.quiet)
+        )
+    }
+
+    /// An object revised twice: three versions, each added at its own instant; another object with one version.
+    static func revisedObjects(_ server: FakeTAXIIServer) async {
+        for (index, modified) in ["2026-11-26T09:00:00.000Z", "2026-11-26T09:10:00.000Z", "2026-11-26T09:20:00.000Z"]
+            .enumerated()
+        {
+            await server.add(
+                .init(id: "indicator--a", modified: modified, dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await server.add(
+            .init(id: "indicator--b", modified: "2026-11-26T09:00:00.000Z", dateAdded: ts("2026-11-26T10:00:05Z")))
+    }
+
+    @Test func everyVersionIsAskedForByDefaultAndEveryRequestRepeatsTheFilters() async throws {
+        let server = FakeTAXIIServer()
+        await Self.revisedObjects(server)
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, versions: .all), since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        let keys = pages.flatMap(\.records).map { "\($0.id)@\($0.version)" }
+        #expect(
+            keys == [
+                "indicator--a@2026-11-26T09:00:00Z", "indicator--a@2026-11-26T09:10:00Z",
+                "indicator--a@2026-11-26T09:20:00Z",
+                "indicator--b@2026-11-26T09:00:00Z",
+            ])
+        let requests = await server.requests
+        #expect(requests.count == 2)
+        // The `next` request carries the same added_after and match[version] (the server refuses it otherwise).
+        #expect(requests.allSatisfy { $0.query["match[version]"] == "all" })
+        #expect(requests.allSatisfy { $0.query["added_after"] == "2026-11-26T00:00:00.000000Z" })
+        #expect(requests[1].query["next"] != nil)
+    }
+
+    @Test func versionsLastAsksForTheServersDefault() async throws {
+        let server = FakeTAXIIServer()
+        await Self.revisedObjects(server)
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, versions: .last), since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        #expect(
+            pages.flatMap(\.records).map { "\($0.id)@\($0.version)" } == [
+                "indicator--a@2026-11-26T09:20:00Z", "indicator--b@2026-11-26T09:00:00Z",
+            ])
+        #expect(await server.requests.allSatisfy { $0.query["match[version]"] == nil })
+    }
+
+    @Test func aPageEndingInsideATieLosesNothingWhenTheServerPagesByDate() async throws {
+        let server = FakeTAXIIServer()
+        await server.setQuirks(.init(noNextTokens: true))
+        // Two objects added by one POST share one date_added, and the first page ends between them.
+        await server.add(
+            .init(id: "indicator--0", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:00Z")))
+        await server.add(
+            .init(id: "indicator--1", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:01Z")))
+        for index in 2...3 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:01.5Z")
+                ))
+        }
+        await server.add(
+            .init(id: "indicator--4", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:02Z")))
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, versions: .all, pageSize: 3),
+                    since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        // The object at the tie comes again on the next page (dropped by the run's dedup); none is skipped.
+        #expect(
+            pages.map { $0.records.map(\.id) } == [
+                ["indicator--0", "indicator--1", "indicator--2"], ["indicator--2", "indicator--3", "indicator--4"],
+            ])
+        let afters = await server.requests.map { $0.query["added_after"] ?? "" }
+        #expect(afters.first == "2026-11-26T00:00:00.000000Z")
+        #expect(afters == ["2026-11-26T00:00:00.000000Z", "2026-11-26T10:00:01.499999Z"])
+    }
+
+    @Test func aWholePageOfOneInstantWithoutNextIsAClearError() async throws {
+        let server = FakeTAXIIServer()
+        await server.setQuirks(.init(noNextTokens: true))
+        for index in 1...3 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:01Z")))
+        }
+        await #expect {
+            try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+                try await withHTTPClient { client in
+                    try await fetchAll(
+                        collector(port: port, client: client, versions: .all, pageSize: 2),
+                        since: ts("2026-11-26T00:00:00Z"))
+                }
+            }
+        } throws: { error in
+            "\(error)".contains("raise page_size") && "\(error)".contains("2026-11-26T10:00:01Z")
+        }
+    }
+
+    @Test func missingOrMalformedDateHeadersFallBackToTheObjectsOwnTimesNeverTheCollectorsClock() async throws {
+        for quirks in [
+            FakeTAXIIServer.Quirks(omitDateHeaders: true, dateAddedInObjects: true),
+            FakeTAXIIServer.Quirks(malformedLastHeader: true, dateAddedInObjects: true),
+            FakeTAXIIServer.Quirks(omitDateHeaders: true),
+        ] {
+            let server = FakeTAXIIServer()
+            await server.setQuirks(quirks)
+            await server.add(
+                .init(id: "indicator--1", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:01Z")))
+            await server.add(
+                .init(id: "indicator--2", modified: "2026-11-26T09:30:00Z", dateAdded: ts("2026-11-26T10:00:02Z")))
+            let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+                try await withHTTPClient { client in
+                    try await fetchAll(
+                        collector(port: port, client: client, versions: .all, pageSize: 5),
+                        since: ts("2026-11-26T00:00:00Z"))
+                }
+            }
+            let page = try #require(pages.first)
+            let expected = quirks.dateAddedInObjects ? ts("2026-11-26T10:00:02Z") : ts("2026-11-26T09:30:00Z")
+            #expect(page.highWaterMark == expected, "\(quirks)")
+            #expect(page.records.allSatisfy { $0.mark == expected })
+            #expect(page.firstMark == nil, "no checkpoint inside a page without the server's marks")
+            #expect(
+                page.warnings.count == 1 && page.warnings[0].contains("X-TAXII-Date-Added-Last"), "\(page.warnings)")
+        }
+    }
+
+    @Test func objectsOutOfOrderWithinAPageAreMarkedByTheServersLastDateAdded() async throws {
+        let server = FakeTAXIIServer()
+        await server.setQuirks(.init(reverseWithinPage: true))
+        for index in 1...4 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-26T09:00:00Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index)Z")))
+        }
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, versions: .all, pageSize: 2),
+                    since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        #expect(
+            pages.map { $0.records.map(\.id) } == [
+                ["indicator--2", "indicator--1"], ["indicator--4", "indicator--3"],
+            ])
+        #expect(pages.map(\.highWaterMark) == [ts("2026-11-26T10:00:02Z"), ts("2026-11-26T10:00:04Z")])
+        #expect(pages.map(\.firstMark) == [ts("2026-11-26T10:00:01Z"), ts("2026-11-26T10:00:03Z")])
+    }
+
     @Test func emptyBracesPageIsTheLastPage() async throws {
         let server = FakeTAXIIServer()
         let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
@@ -263,9 +433,28 @@ struct OTXCollectorTests {
 
 @Suite("Directory collector")
 struct DirectoryCollectorTests {
-    @Test func readsObjectsArraysBundlesAndNDJSONSinceTheMark() async throws {
+    static func collector(_ dir: String, state: String? = nil) throws -> DirectoryCollector {
+        DirectoryCollector(
+            settings: DirectorySettings(path: dir),
+            ledger: FileLedger(stateDirectory: state ?? dir + "-state", sourceID: try SourceID("drop")))
+    }
+
+    /// Fetches every page like a run does, committing each page.
+    static func fetchAll(_ collector: DirectoryCollector) async throws -> [CollectorPage] {
+        var pages: [CollectorPage] = []
+        var cursor: String?
+        repeat {
+            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
+            try collector.pageCommitted(page)
+            pages.append(page)
+            cursor = page.next
+        } while cursor != nil
+        return pages
+    }
+
+    @Test func readsObjectsArraysBundlesAndNDJSONWhateverTheirRecordsTimes() async throws {
         let dir = try makeTemporaryDirectory()
-        defer { removeTemporary(dir) }
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
         try
             #"{"type":"bundle","id":"bundle--1","objects":[{"id":"indicator--1","modified":"2026-11-25T00:00:00Z"},{"id":"marking--1","created":"2026-11-25T01:00:00Z"}]}"#
             .write(toFile: dir + "/a.json", atomically: true, encoding: .utf8)
@@ -277,37 +466,73 @@ struct DirectoryCollectorTests {
         try "ignored".write(toFile: dir + "/.hidden.json", atomically: true, encoding: .utf8)
         try "ignored".write(toFile: dir + "/notes.txt", atomically: true, encoding: .utf8)
 
-        let collector = DirectoryCollector(settings: DirectorySettings(path: dir))
-        var all: [CollectedRecord] = []
-        var cursor: String?
-        var pages = 0
-        repeat {
-            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
-            all += page.records
-            cursor = page.next
-            pages += 1
-        } while cursor != nil
-        #expect(pages == 3)
-        #expect(all.map(\.id) == ["indicator--1", "marking--1", "x1", "p1", "p2"])
+        let pages = try await Self.fetchAll(try Self.collector(dir))
+        let all = pages.flatMap(\.records)
+        #expect(pages.count == 3)
+        // x0 is older than the mark: a drop folder is an inbox, a file's records are collected whatever their age.
+        #expect(all.map(\.id) == ["indicator--1", "marking--1", "x1", "x0", "p1", "p2"])
         #expect(all[1].mark == ts("2026-11-25T01:00:00Z"))
-        #expect(all[3].mark == ts("2026-11-26T10:00:00.5Z"))
+        #expect(all[4].mark == ts("2026-11-26T10:00:00.5Z"))
     }
 
-    @Test func aRecordWithoutTimestampFailsNamingTheFile() async throws {
+    @Test func aFileIsCollectedOnceAndAgainOnlyWhenItChangesOrGrows() async throws {
         let dir = try makeTemporaryDirectory()
-        defer { removeTemporary(dir) }
-        try #"[{"id":"x1"}]"#.write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
-        await #expect {
-            try await DirectoryCollector(settings: DirectorySettings(path: dir)).fetchPage(
-                since: ts("2026-01-01T00:00:00Z"), cursor: nil)
-        } throws: { error in
-            "\(error)".contains("bad.json") && "\(error)".contains("x1")
-        }
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        try "{\"id\":\"a\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+            toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
+        let collector = try Self.collector(dir)
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["a"])
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
+
+        // A late file with records older than anything collected so far.
+        try "{\"id\":\"old\",\"modified\":\"2020-01-01T00:00:00Z\"}\n".write(
+            toFile: dir + "/0-late.ndjson", atomically: true, encoding: .utf8)
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["old"])
+
+        // A grown file is read again whole (the run's dedup drops what it already has).
+        let handle = try #require(FileHandle(forWritingAtPath: dir + "/a.ndjson"))
+        handle.seekToEndOfFile()
+        handle.write(Data("{\"id\":\"b\",\"modified\":\"2026-11-26T01:00:00Z\"}\n".utf8))
+        try handle.close()
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["a", "b"])
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
+    }
+
+    @Test func aPageNotCommittedIsReadAgain() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        try "{\"id\":\"a\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+            toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
+        let collector = try Self.collector(dir)
+        // A crash after the fetch, before the records were on disk: the ledger does not know the file.
+        _ = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["a"])
+    }
+
+    @Test func anUnreadableFileIsMovedAsideWithItsReasonAndTheOthersGoOn() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        try #"[{"id":"x1"}]"#.write(toFile: dir + "/a-bad.json", atomically: true, encoding: .utf8)
+        try "{not json\n".write(toFile: dir + "/b-garbage.ndjson", atomically: true, encoding: .utf8)
+        try "{\"id\":\"ok\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+            toFile: dir + "/c-good.ndjson", atomically: true, encoding: .utf8)
+        let pages = try await Self.fetchAll(try Self.collector(dir))
+        #expect(pages.flatMap(\.records).map(\.id) == ["ok"])
+        let rejected = pages.flatMap(\.rejected)
+        #expect(rejected.map(\.name) == ["a-bad.json", "b-garbage.ndjson"])
+        #expect(rejected[0].reason.contains("a-bad.json") && rejected[0].reason.contains("x1"))
+        #expect(rejected[0].movedTo == dir + "/.rejected/a-bad.json")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/a-bad.json"))
+        #expect(FileManager.default.fileExists(atPath: dir + "/.rejected/a-bad.json"))
+        let reason = try String(contentsOfFile: dir + "/.rejected/b-garbage.ndjson.reason", encoding: .utf8)
+        #expect(reason.contains("b-garbage.ndjson line 1 is not valid JSON"), "\(reason)")
+        // Rejected files are gone from the inbox: the next pass reads nothing.
+        #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).isEmpty)
     }
 
     @Test func aMissingFolderIsAFileError() async throws {
         await #expect(throws: CollectorError.self) {
-            try await DirectoryCollector(settings: DirectorySettings(path: "/nonexistent/drop")).fetchPage(
+            try await Self.collector("/nonexistent/drop", state: "/nonexistent/state").fetchPage(
                 since: ts("2026-01-01T00:00:00Z"), cursor: nil)
         }
     }

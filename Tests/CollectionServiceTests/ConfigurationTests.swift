@@ -100,6 +100,43 @@ struct ConfigurationTests {
         #expect(throws: ConfigurationError.self) { try CollectionConfiguration(environment: ["LOG_LEVEL": "loud"]) }
     }
 
+    @Test func theLeaseOwnerIsStableAcrossRestartsAndRequireLeaseIsExplicit() throws {
+        let defaults = try CollectionConfiguration(environment: [:])
+        // The host name, the same for a restarted process (no pid in it), so it resumes its own live leases.
+        let host = ProcessInfo.processInfo.hostName
+        #expect(defaults.instanceID == host || host.hasPrefix(defaults.instanceID + "."), "\(defaults.instanceID)")
+        #expect(!defaults.instanceID.hasSuffix("-\(ProcessInfo.processInfo.processIdentifier)"))
+        #expect(defaults.instanceID == (try CollectionConfiguration(environment: [:])).instanceID)
+        #expect(defaults.requireLease == false)
+        #expect(try CollectionConfiguration(environment: ["REQUIRE_LEASE": "true"]).requireLease)
+        #expect(try !CollectionConfiguration(environment: ["REQUIRE_LEASE": "false"]).requireLease)
+        #expect(throws: ConfigurationError("REQUIRE_LEASE=maybe: must be true or false")) {
+            try CollectionConfiguration(environment: ["REQUIRE_LEASE": "maybe"])
+        }
+    }
+
+    @Test func taxiiVersionsAndCheckpointsAreConfigurable() throws {
+        let json = #"""
+            {"sources": [
+              {"id": "t1", "type": "taxii21", "api_root": "https://taxii.example/api1/", "collection_id": "c"},
+              {"id": "t2", "type": "taxii21", "api_root": "https://taxii.example/api1/", "collection_id": "c",
+               "versions": "last", "checkpoint_pages": 0, "checkpoint_seconds": 120}
+            ]}
+            """#
+        let sources = try SourcesFile.parse(Data(json.utf8), environment: [:])
+        guard case .taxii21(let first) = sources[0].kind, case .taxii21(let second) = sources[1].kind else {
+            Issue.record("not TAXII sources")
+            return
+        }
+        #expect(first.versions == .all && second.versions == .last)
+        #expect(sources[0].checkpointPages == 10 && sources[0].checkpointInterval == .seconds(30))
+        #expect(sources[1].checkpointPages == 0 && sources[1].checkpointInterval == .seconds(120))
+        let bad = json.replacingOccurrences(of: #""versions": "last""#, with: #""versions": "newest""#)
+        #expect(throws: ConfigurationError(#"source "t2" field "versions": "newest" is not one of all, last"#)) {
+            try SourcesFile.parse(Data(bad.utf8), environment: [:])
+        }
+    }
+
     @Test func naiveAndOffsetTimestampsParse() throws {
         #expect(try JSONRecords.naiveUTC("2024-01-01T12:00:00.123000") == ts("2024-01-01T12:00:00.123Z"))
         #expect(try JSONRecords.naiveUTC("2024-01-01T12:00:00") == ts("2024-01-01T12:00:00Z"))

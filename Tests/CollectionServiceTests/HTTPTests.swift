@@ -27,7 +27,8 @@ struct HTTPTests {
             board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
             makeCollector: { source in
                 guard case .directory(let settings) = source.kind else { fatalError("directory only") }
-                return DirectoryCollector(settings: settings)
+                return DirectoryCollector(
+                    settings: settings, ledger: FileLedger(stateDirectory: dir + "/.state", sourceID: source.id))
             },
             logger: Logger.quiet, startedAt: Timestamp.now()
         )
@@ -40,6 +41,7 @@ struct HTTPTests {
         let now = Timestamp.now()
         try "{\"id\":\"r1\",\"modified\":\"\(now.adding(.seconds(-60)))\"}\n".write(
             toFile: dir + "/in/a.ndjson", atomically: true, encoding: .utf8)
+        try "{broken".write(toFile: dir + "/in/b.json", atomically: true, encoding: .utf8)
         let source = SourceConfiguration(
             id: try SourceID("drop"), kind: .directory(DirectorySettings(path: dir + "/in")), interval: .seconds(3600)
         )
@@ -79,6 +81,8 @@ struct HTTPTests {
             #expect(item["watermark"] as? String == now.adding(.seconds(-60)).description)
             #expect(item["stale"] as? Bool == false && item["pending_updates"] as? Int == 0)
             #expect(item["next_run_at"] is String && item["last_error"] is NSNull)
+            #expect(item["rejected_files"] as? Int == 1)
+            #expect((item["last_run"] as? [String: Any])?["rejected_files"] as? Int == 1)
 
             let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
             #expect(metrics.contains(#"collection_runs_total{source_id="drop",status="success"} 1"#))
@@ -86,6 +90,7 @@ struct HTTPTests {
             #expect(metrics.contains("collection_run_duration_seconds_bucket"))
             #expect(metrics.contains(#"collection_watermark_age_seconds{source_id="drop"}"#))
             #expect(metrics.contains("collection_pending_updates 0"))
+            #expect(metrics.contains(#"collection_rejected_files_total{source_id="drop"} 1"#))
         }
     }
 

@@ -38,11 +38,19 @@ struct RunnerFixture {
     init(owner: String = "test-replica", now: Timestamp = ts("2026-11-27T00:00:00Z"), logger: Logger = Logger.quiet)
         throws
     {
+        try self.init(owner: owner, clock: { now }, logger: logger)
+    }
+
+    init(
+        owner: String = "test-replica", clock: @escaping @Sendable () -> Timestamp, requireLease: Bool = false,
+        logger: Logger = Logger.quiet
+    ) throws {
         dir = try makeTemporaryDirectory()
         storage = InMemoryStorageClient()
         manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: logger)
         runner = CollectionRunner(
-            storage: storage, manager: manager, dataDirectory: dir, owner: owner, logger: logger, clock: { now }
+            storage: storage, manager: manager, dataDirectory: dir, owner: owner, logger: logger,
+            requireLease: requireLease, clock: clock
         )
         source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir + "/in")))
     }

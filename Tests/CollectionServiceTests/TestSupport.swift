@@ -26,7 +26,9 @@ struct SeenRequest: Sendable {
 }
 
 /// A TAXII 2.1 collection in memory, strict like real servers: `added_after` must have exactly six fraction
-/// digits, is exclusive, pages carry `X-TAXII-Date-Added-First/Last`, the last page may be `{}`.
+/// digits, is exclusive, pages carry `X-TAXII-Date-Added-First/Last`, the last page may be `{}`. Each version
+/// of an object is its own entry (its own `date_added`); `match[version]` is `last` unless `all` is asked for,
+/// and a `next` request must repeat the first request's filters, as medallion insists.
 actor FakeTAXIIServer {
     struct Object: Sendable {
         var id: String
@@ -34,16 +36,32 @@ actor FakeTAXIIServer {
         var dateAdded: Timestamp
     }
 
+    /// How the server departs from the happy path.
+    struct Quirks: Sendable {
+        /// Pages by date only: `more` without `next` (the client continues with `added_after`).
+        var noNextTokens = false
+        /// No `X-TAXII-Date-Added-*` headers.
+        var omitDateHeaders = false
+        /// A `X-TAXII-Date-Added-Last` that is not a timestamp.
+        var malformedLastHeader = false
+        /// Each page's objects in reverse order (headers still give first and last date_added).
+        var reverseWithinPage = false
+        /// Puts each object's `date_added` into the object itself (some servers do).
+        var dateAddedInObjects = false
+    }
+
     var objects: [Object] = []
     var scripted: [FakeAnswer] = []
     var requests: [SeenRequest] = []
-    var pagesByToken: [String: [Object]] = [:]
+    var pagesByToken: [String: (filters: [String: String], rest: [Object])] = [:]
     var emptyAsBraces = true
     var requiredAuthorization: String?
+    var quirks = Quirks()
 
     func add(_ object: Object) { objects.append(object) }
     func script(_ answers: [FakeAnswer]) { scripted += answers }
     func setRequiredAuthorization(_ value: String?) { requiredAuthorization = value }
+    func setQuirks(_ quirks: Quirks) { self.quirks = quirks }
 
     func handle(_ seen: SeenRequest) -> FakeAnswer {
         requests.append(seen)
@@ -55,12 +73,16 @@ actor FakeTAXIIServer {
             return FakeAnswer(status: 406, body: #"{"title":"bad accept"}"#)
         }
         let limit = Int(seen.query["limit"] ?? "") ?? 100
+        let filters = seen.query.filter { $0.key != "limit" && $0.key != "next" }
         var remaining: [Object]
         if let token = seen.query["next"] {
             guard let stored = pagesByToken.removeValue(forKey: token) else {
                 return FakeAnswer(status: 400, body: #"{"title":"next not valid"}"#)
             }
-            remaining = stored
+            guard stored.filters == filters else {
+                return FakeAnswer(status: 400, body: #"{"title":"params changed over subsequent transaction"}"#)
+            }
+            remaining = stored.rest
         } else {
             var after = Timestamp(seconds: 0)
             if let text = seen.query["added_after"] {
@@ -69,26 +91,48 @@ actor FakeTAXIIServer {
                 }
                 after = parsed
             }
-            remaining = objects.filter { $0.dateAdded > after }.sorted { $0.dateAdded < $1.dateAdded }
+            var matching = objects.filter { $0.dateAdded > after }
+            if seen.query["match[version]"] != "all" {
+                // `last`: the newest version of each object only.
+                var newest: [String: Object] = [:]
+                for object in objects where (newest[object.id].map { $0.modified < object.modified } ?? true) {
+                    newest[object.id] = object
+                }
+                matching = matching.filter { newest[$0.id]?.modified == $0.modified }
+            }
+            // Stable sort by date_added: objects that share one keep the order they were added in.
+            remaining = matching.enumerated().sorted {
+                ($0.element.dateAdded, $0.offset) < ($1.element.dateAdded, $1.offset)
+            }
+            .map(\.element)
         }
         let page = Array(remaining.prefix(limit))
         let rest = Array(remaining.dropFirst(limit))
         if page.isEmpty && emptyAsBraces { return FakeAnswer(status: 200, body: "{}") }
+        let listed = quirks.reverseWithinPage ? page.reversed() : page
         var envelope: [String: Any] = [
-            "objects": page.map { ["id": $0.id, "type": "indicator", "modified": $0.modified, "created": $0.modified] }
+            "objects": listed.map { object -> [String: Any] in
+                var json: [String: Any] = [
+                    "id": object.id, "type": "indicator", "modified": object.modified, "created": object.modified,
+                ]
+                if quirks.dateAddedInObjects { json["date_added"] = object.dateAdded.description }
+                return json
+            }
         ]
         if !rest.isEmpty {
-            let token = UUID().uuidString
-            pagesByToken[token] = rest
             envelope["more"] = true
-            envelope["next"] = token
+            if !quirks.noNextTokens {
+                let token = UUID().uuidString
+                pagesByToken[token] = (filters, rest)
+                envelope["next"] = token
+            }
         } else {
             envelope["more"] = false
         }
         var headers = ["Content-Type": "application/taxii+json;version=2.1"]
-        if let first = page.first, let last = page.last {
+        if let first = page.first, let last = page.last, !quirks.omitDateHeaders {
             headers["X-TAXII-Date-Added-First"] = first.dateAdded.description
-            headers["X-TAXII-Date-Added-Last"] = last.dateAdded.description
+            headers["X-TAXII-Date-Added-Last"] = quirks.malformedLastHeader ? "yesterday" : last.dateAdded.description
         }
         let data = try! JSONSerialization.data(withJSONObject: envelope, options: [.sortedKeys])
         return FakeAnswer(status: 200, headers: headers, body: String(decoding: data, as: UTF8.self))
@@ -146,7 +190,9 @@ func withFakeServer<Value: Sendable>(
     let router = Router()
     router.get(RouterPath(path)) { request, _ -> Response in
         var query: [String: String] = [:]
-        for (key, value) in request.uri.queryParameters { query[String(key)] = String(value) }
+        for (key, value) in request.uri.queryParameters {
+            query[String(key).removingPercentEncoding ?? String(key)] = String(value)
+        }
         var headers: [String: String] = [:]
         for field in request.headers { headers[field.name.canonicalName] = field.value }
         let answer = await handler(SeenRequest(path: request.uri.path, query: query, headers: headers))

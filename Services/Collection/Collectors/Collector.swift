@@ -10,6 +10,14 @@ protocol Collector: Sendable {
     /// Fetches one page. `since` is the watermark already moved back by the source's overlap; `cursor` is the
     /// `next` of the previous page (`nil` for the first one). A page with `next == nil` is the last.
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage
+
+    /// Called once the page's records are on disk (fsynced): a collector that keeps its own progress (the
+    /// drop folder's file ledger) records it now, never before. The default does nothing.
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError)
+}
+
+extension Collector {
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError) {}
 }
 
 /// What one request to a source returned.
@@ -17,14 +25,36 @@ struct CollectorPage: Sendable {
     var records: [CollectedRecord]
     /// The source's own high-water mark for this page (TAXII `X-TAXII-Date-Added-Last`), when it gives one.
     var highWaterMark: Timestamp?
+    /// The source's mark of the page's first record (TAXII `X-TAXII-Date-Added-First`), given only by a source
+    /// whose pages come in ascending order of that mark. When it is later than the previous page's
+    /// `highWaterMark`, no record of that instant is left to come, so the previous mark is a safe checkpoint.
+    var firstMark: Timestamp?
     /// Opaque continuation for the next request; `nil` when this was the last page.
     var next: String?
+    /// Files the source moved aside as unreadable (drop folder), for the run's log, `/status` and `/metrics`.
+    var rejected: [RejectedFile] = []
+    /// Oddities of the answer worth a warning that did not stop the page (a malformed header, say).
+    var warnings: [String] = []
+    /// What the collector records in `pageCommitted` (the drop folder's file identity).
+    var progress: FileIdentity?
 
-    init(records: [CollectedRecord], highWaterMark: Timestamp? = nil, next: String? = nil) {
+    init(
+        records: [CollectedRecord], highWaterMark: Timestamp? = nil, firstMark: Timestamp? = nil,
+        next: String? = nil
+    ) {
         self.records = records
         self.highWaterMark = highWaterMark
+        self.firstMark = firstMark
         self.next = next
     }
+}
+
+/// A file that could not be read as records, moved to the drop folder's `.rejected/`.
+struct RejectedFile: Sendable, Equatable {
+    var name: String
+    /// Where it is now.
+    var movedTo: String
+    var reason: String
 }
 
 /// One record as the sink stores it.

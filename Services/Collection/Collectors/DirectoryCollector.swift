@@ -1,23 +1,65 @@
 import Foundation
+import StorageClient
 import WatermarkCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// A local drop folder of `.json` (object, array or STIX bundle) and `.ndjson` files; works offline.
 ///
-/// Incremental by a record timestamp field: each run reads every file and keeps the records stamped at or after
-/// `since` (inclusive, so the boundary record is read again and dropped by the run's dedup). One page per file,
-/// in file-name order; hidden files (`.name`) are ignored, so a writer can create `.x.json` and rename it.
+/// The folder is an inbox: every file that is new or has changed since it was last collected is read whole,
+/// once, whatever the times of its records, so a file dropped late with old records is not lost. Files are
+/// known by identity (name, size, modification time, a hash of the head) in a ledger under the local state,
+/// written only once the file's records are on disk (`pageCommitted`); the run's record-level dedup drops what
+/// a grown file or a crash between the two sends again. One page per file, in file-name order; hidden files
+/// (`.name`) are ignored, so a writer can create `.x.json` and rename it. A file that is not valid records is
+/// moved to `.rejected/` with a `.reason` file beside it, and the other files go on.
 struct DirectoryCollector: Collector {
     let settings: DirectorySettings
+    let ledger: FileLedger
 
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
         let files = try listFiles()
+        let collected = try ledger.load()
         // The cursor is the last file name read: files appearing meanwhile are still picked up in order.
-        guard let index = files.firstIndex(where: { cursor == nil || $0 > cursor! }) else {
-            return CollectorPage(records: [])
+        var index = files.firstIndex { name in cursor.map { $0.utf8.lexicographicallyPrecedes(name.utf8) } ?? true }
+        while let current = index, current < files.count {
+            let name = files[current]
+            let next = current + 1 < files.count ? name : nil
+            let path = (settings.path as NSString).appendingPathComponent(name)
+            let data: Data
+            do {
+                data = try Data(contentsOf: URL(fileURLWithPath: path))
+            } catch {
+                if !FileManager.default.fileExists(atPath: path) { index = current + 1; continue }  // moved away
+                throw .file(path: path, detail: error.localizedDescription)
+            }
+            let identity = FileIdentity(name: name, data: data, modifiedNanoseconds: Self.modificationTime(path))
+            if collected[name] == identity {
+                index = current + 1
+                continue
+            }
+            var page: CollectorPage
+            do {
+                page = CollectorPage(records: try records(in: data, name: name), next: next)
+                page.progress = identity
+            } catch {
+                page = CollectorPage(records: [], next: next)
+                page.rejected = [try reject(name, reason: error.description)]
+            }
+            return page
         }
-        let name = files[index]
-        let records = try read(name, since: since)
-        return CollectorPage(records: records, next: index + 1 < files.count ? name : nil)
+        return CollectorPage(records: [])
+    }
+
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError) {
+        guard let identity = page.progress else { return }
+        try ledger.record(identity)
     }
 
     func listFiles() throws(CollectorError) -> [String] {
@@ -32,19 +74,14 @@ struct DirectoryCollector: Collector {
         }.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
 
-    private func read(_ name: String, since: Timestamp) throws(CollectorError) -> [CollectedRecord] {
-        let path = (settings.path as NSString).appendingPathComponent(name)
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
-        } catch {
-            throw .file(path: path, detail: error.localizedDescription)
-        }
+    /// Every record of one file; a file that is not what the folder promises throws `.malformed`.
+    private func records(in data: Data, name: String) throws(CollectorError) -> [CollectedRecord] {
         let objects =
             name.hasSuffix(".ndjson")
             ? try JSONRecords.records(fromLines: data, what: name)
             : try JSONRecords.records(fromDocument: data, what: name)
         var records: [CollectedRecord] = []
+        records.reserveCapacity(objects.count)
         for (index, object) in objects.enumerated() {
             let id: String
             switch object[settings.idField] {
@@ -63,7 +100,6 @@ struct DirectoryCollector: Collector {
             } catch {
                 throw .malformed("\(name): record \(id) field \"\(field)\": \(error)")
             }
-            guard mark >= since else { continue }
             records.append(
                 CollectedRecord(
                     id: id, version: mark.description, mark: mark, json: try JSONRecords.encode(object, what: id)
@@ -71,5 +107,89 @@ struct DirectoryCollector: Collector {
             )
         }
         return records
+    }
+
+    /// Moves `name` to `.rejected/` beside it and writes `<name>.reason` there.
+    private func reject(_ name: String, reason: String) throws(CollectorError) -> RejectedFile {
+        let folder = (settings.path as NSString).appendingPathComponent(".rejected")
+        let source = (settings.path as NSString).appendingPathComponent(name)
+        let target = (folder as NSString).appendingPathComponent(name)
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try DurableFile.write(Data("\(Timestamp.now()) \(reason)\n".utf8), to: target + ".reason")
+            if FileManager.default.fileExists(atPath: target) { try FileManager.default.removeItem(atPath: target) }
+            try FileManager.default.moveItem(atPath: source, toPath: target)
+        } catch {
+            throw .file(path: source, detail: "cannot move the unreadable file to \(folder): \(error)")
+        }
+        return RejectedFile(name: name, movedTo: target, reason: reason)
+    }
+
+    static func modificationTime(_ path: String) -> Int64 {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return 0 }
+        return Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+    }
+}
+
+/// What the drop folder's ledger knows of a collected file: the same name, size, modification time and head
+/// means the same file.
+struct FileIdentity: Sendable, Equatable, Codable {
+    var name: String
+    var size: Int
+    var modifiedNanoseconds: Int64
+    /// FNV-1a (64 bits) of the first 4 KiB, in hex: a file replaced by another of the same size and time differs.
+    var headHash: String
+
+    enum CodingKeys: String, CodingKey {
+        case name, size
+        case modifiedNanoseconds = "modified_ns"
+        case headHash = "head_hash"
+    }
+
+    init(name: String, data: Data, modifiedNanoseconds: Int64) {
+        self.name = name
+        self.size = data.count
+        self.modifiedNanoseconds = modifiedNanoseconds
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in data.prefix(4096) {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        self.headHash = String(hash, radix: 16)
+    }
+}
+
+/// The files a drop-folder source has collected, in `DATA_DIR/.state/files/<source_id>.json`, written whole
+/// and durably (a crash leaves the old ledger or the new, never a torn one).
+struct FileLedger: Sendable {
+    let path: String
+
+    init(stateDirectory: String, sourceID: SourceID) {
+        path = (stateDirectory as NSString).appendingPathComponent("files/\(sourceID.rawValue).json")
+    }
+
+    func load() throws(CollectorError) -> [String: FileIdentity] {
+        do {
+            guard let data = try DurableFile.read(path) else { return [:] }
+            let files = try JSONDecoder().decode([FileIdentity].self, from: data)
+            return Dictionary(files.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+        } catch {
+            throw .file(path: path, detail: "the drop folder's ledger cannot be read (\(error))")
+        }
+    }
+
+    func record(_ identity: FileIdentity) throws(CollectorError) {
+        var files = try load()
+        files[identity.name] = identity
+        do {
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            try DurableFile.write(try encoder.encode(files.values.sorted { $0.name < $1.name }), to: path)
+        } catch {
+            throw .file(path: path, detail: "the drop folder's ledger cannot be written (\(error))")
+        }
     }
 }

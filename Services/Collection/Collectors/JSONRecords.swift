@@ -71,10 +71,10 @@ enum JSONRecords {
         }
     }
 
-    /// A timestamp field of a record; `assumeUTC` accepts naive UTC (OTX).
-    static func timestamp(_ object: [String: Any], _ field: String, assumeUTC: Bool) -> Timestamp? {
+    /// An RFC 3339 timestamp field of a record, `nil` when absent or not a timestamp.
+    static func timestamp(_ object: [String: Any], _ field: String) -> Timestamp? {
         guard let text = object[field] as? String else { return nil }
-        return try? (assumeUTC ? naiveUTC(text) : Timestamp(rfc3339: text))
+        return try? Timestamp(rfc3339: text)
     }
 
     /// Parses RFC 3339, or a naive date-time (no offset) as UTC, e.g. OTX's `2024-01-01T12:00:00.123000`.

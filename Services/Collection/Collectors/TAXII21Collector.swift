@@ -2,11 +2,14 @@ import Foundation
 import NIOHTTP1
 import WatermarkCore
 
-/// A TAXII 2.1 collection, read with `added_after` and `next` paging.
+/// A TAXII 2.1 collection, read with `added_after` and `next` paging, every version of every object by default.
 ///
 /// The mark is the server's clock: a page's `X-TAXII-Date-Added-Last`. `added_after` is sent with exactly six
 /// fraction digits, truncated, as strict servers require; because truncation moves the filter back by up to a
-/// microsecond, the boundary object may come again and the run drops it by (id, modified).
+/// microsecond, the boundary object may come again and the run drops it by (id, version). A `next` request
+/// repeats the first request's filters (servers such as medallion refuse a `next` whose filters changed).
+/// Servers that page without `next` are continued from just before the previous page's last `date_added`, so a
+/// page ending inside a run of objects that share one `date_added` loses none of them.
 struct TAXII21Collector: Collector {
     static let mediaType = "application/taxii+json;version=2.1"
 
@@ -21,17 +24,25 @@ struct TAXII21Collector: Collector {
 
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
         var addedAfter = since
-        var query = [(String, String)]()
         if let cursor, cursor.hasPrefix("after:") {
-            // The server pages by date (no `next` token): continue after the previous page's last object.
-            addedAfter = (try? Timestamp(rfc3339: String(cursor.dropFirst(6)))) ?? since
+            // The server pages by date (no `next` token): continue from just before the previous page's last
+            // `date_added` (the filter is exclusive), so objects sharing it on the next page are not skipped.
+            let last = (try? Timestamp(rfc3339: String(cursor.dropFirst(6)))) ?? since
+            addedAfter = max(since, last.adding(.nanoseconds(-1)))
         }
+        var query = [(String, String)]()
         query.append(("added_after", addedAfter.formatted(fractionDigits: 6)))
         query.append(("limit", String(pageSize)))
+        if settings.versions == .all { query.append(("match[version]", "all")) }
         if let cursor, cursor.hasPrefix("next:") {
             query.append(("next", String(cursor.dropFirst(5))))
         }
-        let url = objectsURL + "?" + query.map { "\($0.0)=\(Self.percentEncode($0.1))" }.joined(separator: "&")
+        // Keys and values strictly percent-encoded (`match%5Bversion%5D`): a bracket left bare would make the URL
+        // parser re-encode the whole query.
+        let url =
+            objectsURL + "?"
+            + query.map { "\(Self.percentEncode($0.0))=\(Self.percentEncode($0.1))" }
+            .joined(separator: "&")
 
         var headers = HTTPHeaders()
         headers.add(name: "Accept", value: Self.mediaType)
@@ -41,12 +52,20 @@ struct TAXII21Collector: Collector {
         // Paging by date must advance, or the run would loop on the same page forever. (A `next` token may
         // legitimately stay the same: medallion reuses its session id.)
         if let cursor, cursor.hasPrefix("after:"), page.next == cursor {
-            throw .malformed("the TAXII server keeps answering more=true without advancing past \(addedAfter)")
+            throw .malformed(
+                "the TAXII server pages without next and a whole page of \(page.records.count) objects shares date_added "
+                    + "\(cursor.dropFirst(6)): raise page_size above the number of objects added at one instant"
+            )
         }
         return page
     }
 
     /// Turns one envelope into a page. An empty page may be `{}` (no `objects`, no `more`).
+    ///
+    /// The mark of every record of the page is the page's `X-TAXII-Date-Added-Last`. Without that header, or
+    /// with one that is not a timestamp, each object's own `date_added` (some servers include it), else its
+    /// `modified`/`created`, stands in: the source's clock, never the collector's; such a page has no
+    /// `firstMark`, so no checkpoint is taken inside it.
     static func parse(_ response: SourceResponse, url: String) throws(CollectorError) -> CollectorPage {
         let envelope = try JSONRecords.object(from: response.body, what: "the TAXII envelope from \(url)")
         let objects: [[String: Any]]
@@ -63,48 +82,62 @@ struct TAXII21Collector: Collector {
         }
         let next = envelope["next"] as? String
 
-        var pageMark: Timestamp?
-        if let header = response.headers.first(name: "X-TAXII-Date-Added-Last") {
-            do {
-                pageMark = try Timestamp(rfc3339: header)
-            } catch {
-                throw .malformed("X-TAXII-Date-Added-Last \"\(header)\" from \(url) is not a timestamp: \(error)")
+        var warnings: [String] = []
+        func headerTime(_ name: String) -> Timestamp? {
+            guard let header = response.headers.first(name: name) else {
+                if !objects.isEmpty { warnings.append("\(name) missing from \(url); using the objects' own times") }
+                return nil
             }
+            guard let time = try? Timestamp(rfc3339: header) else {
+                warnings.append(
+                    "\(name) \"\(header.prefix(64))\" from \(url) is not a timestamp; using the objects' own times")
+                return nil
+            }
+            return time
         }
+        let pageMark = headerTime("X-TAXII-Date-Added-Last")
+        let firstMark = pageMark == nil ? nil : headerTime("X-TAXII-Date-Added-First")
 
         var records: [CollectedRecord] = []
         records.reserveCapacity(objects.count)
+        var newestOwn: Timestamp?
         for (index, object) in objects.enumerated() {
             guard let id = object["id"] as? String, !id.isEmpty else {
                 throw .malformed("object \(index) of the page from \(url) has no \"id\"")
             }
-            let modified =
-                JSONRecords.timestamp(object, "modified", assumeUTC: false)
-                ?? JSONRecords.timestamp(object, "created", assumeUTC: false)
-            // Without the header (servers must send it) fall back to the object's own time: it never moves
-            // the watermark past the server's clock, at worst it re-reads objects that are then dropped.
-            guard let mark = pageMark ?? modified else {
+            let modified = JSONRecords.timestamp(object, "modified") ?? JSONRecords.timestamp(object, "created")
+            // An object without `modified` or `created` (a STIX cyber-observable) is immutable: one version.
+            let version = modified?.description ?? (object["modified"] as? String) ?? ""
+            let own = JSONRecords.timestamp(object, "date_added") ?? modified
+            guard let mark = pageMark ?? own else {
                 throw .malformed(
-                    "object \(id) from \(url) has no X-TAXII-Date-Added-Last header nor a \"modified\"/\"created\" time"
+                    "object \(id) from \(url) has no usable X-TAXII-Date-Added-Last header nor a date_added, modified or created time"
                 )
             }
-            let version = modified?.description ?? (object["modified"] as? String) ?? mark.description
+            if let own { newestOwn = max(newestOwn ?? own, own) }
             records.append(
                 CollectedRecord(id: id, version: version, mark: mark, json: try JSONRecords.encode(object, what: id))
             )
+        }
+        // Without the header the objects may come in any order: the page's mark is the newest of them.
+        let highWaterMark = pageMark ?? newestOwn
+        if pageMark == nil, let newestOwn {
+            for index in records.indices { records[index].mark = max(records[index].mark, newestOwn) }
         }
 
         var cursor: String?
         if more {
             if let next, !next.isEmpty {
                 cursor = "next:" + next
-            } else if let pageMark {
-                cursor = "after:" + pageMark.description
+            } else if let highWaterMark {
+                cursor = "after:" + highWaterMark.description
             } else {
                 throw .malformed("the TAXII envelope from \(url) says more=true but gives neither next nor a date")
             }
         }
-        return CollectorPage(records: records, highWaterMark: pageMark, next: cursor)
+        var page = CollectorPage(records: records, highWaterMark: highWaterMark, firstMark: firstMark, next: cursor)
+        page.warnings = warnings
+        return page
     }
 
     /// Strict percent-encoding of a query value (RFC 3986 unreserved characters only).

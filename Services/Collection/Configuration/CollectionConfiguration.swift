@@ -20,7 +20,11 @@ import Logging
 ///   (no URL: the in-memory mock, refused with `ENVIRONMENT=production`).
 /// - `ENVIRONMENT` (`development`), `LOG_LEVEL` (`info`).
 /// - `MAX_CONCURRENT_RUNS` (2): runs of different sources at the same time.
-/// - `INSTANCE_ID` (`<hostname>-<pid>`): the lease owner, unique per replica.
+/// - `INSTANCE_ID` (the host name): the lease owner. Stable across restarts, so a restarted process resumes its
+///   own live leases at once; distinct per replica, so replicas exclude each other.
+/// - `REQUIRE_LEASE` (false): with `true` a source is never collected without its lease; while the storage cannot
+///   be asked the run is skipped and retried soon (set it when several replicas run). With `false` a single
+///   replica collects through a storage outage.
 /// - `REPLAY_INTERVAL_SECONDS` (30): how often queued watermark updates are replayed.
 struct CollectionConfiguration: Sendable {
     var host: String = "0.0.0.0"
@@ -32,6 +36,7 @@ struct CollectionConfiguration: Sendable {
     var maxConcurrentRuns: Int = 2
     var instanceID: String = CollectionConfiguration.defaultInstanceID()
     var replayInterval: Duration = .seconds(30)
+    var requireLease = false
     /// The whole environment, for the storage client factory and the sources' credentials.
     var environment: [String: String] = [:]
 
@@ -52,6 +57,13 @@ struct CollectionConfiguration: Sendable {
             maxConcurrentRuns = try Self.integer("MAX_CONCURRENT_RUNS", text, 1...64)
         }
         if let id = environment["INSTANCE_ID"], !id.isEmpty { instanceID = id }
+        if let text = environment["REQUIRE_LEASE"], !text.isEmpty {
+            switch text.lowercased() {
+            case "true", "1", "yes": requireLease = true
+            case "false", "0", "no": requireLease = false
+            default: throw ConfigurationError("REQUIRE_LEASE=\(text): must be true or false")
+            }
+        }
         if let text = environment["REPLAY_INTERVAL_SECONDS"] {
             replayInterval = .seconds(try Self.integer("REPLAY_INTERVAL_SECONDS", text, 1...86_400))
         }
@@ -79,6 +91,6 @@ struct CollectionConfiguration: Sendable {
         let host =
             gethostname(&buffer, buffer.count) == 0
             ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "collector"
-        return "\(host)-\(getpid())"
+        return host
     }
 }

@@ -17,6 +17,12 @@ struct SourceConfiguration: Sendable {
     var staleAfter: Duration = .seconds(7200)
     /// Bound of one request to the source.
     var timeout: Duration = .seconds(30)
+    /// A long run moves the watermark after this many pages (0: only at the end of the run) ...
+    var checkpointPages: Int = 10
+    /// ... or once this much time passed since its last checkpoint (zero: never by time), whichever comes first,
+    /// so a crash costs at most that much re-reading. Only for sources whose pages say where no record of an
+    /// instant is left to come (TAXII); a drop folder records each file as it is written instead.
+    var checkpointInterval: Duration = .seconds(30)
 
     var typeName: String { kind.typeName }
 }
@@ -42,6 +48,16 @@ struct TAXIISettings: Sendable {
     var apiRoot: String
     var collectionID: String
     var auth: SourceAuth = .none
+    /// Which versions of each object to ask for (`match[version]`).
+    var versions: TAXIIVersions = .all
+}
+
+/// `match[version]`: every version of an object (the platform keeps each as its own record) or the newest.
+enum TAXIIVersions: String, Sendable {
+    /// `match[version]=all`: an object revised twice between two runs arrives three times, once per version.
+    case all
+    /// The server's default (`last`): superseded versions are never seen.
+    case last
 }
 
 /// AlienVault OTX subscribed pulses.

@@ -11,19 +11,20 @@ import WatermarkCore
 /// - `id` (required): the source id (1-128 of `A-Z a-z 0-9 . _ : -`), also the sink folder name.
 /// - `type` (required): `taxii21`, `otx` or `directory`.
 /// - `enabled` (true), `interval_seconds` (300), `lookback_seconds` (604800 = 7 days), `page_size` (100),
-///   `overlap_seconds` (0), `stale_after_seconds` (7200), `timeout_seconds` (30).
+///   `overlap_seconds` (0), `stale_after_seconds` (7200), `timeout_seconds` (30), `checkpoint_pages` (10) and
+///   `checkpoint_seconds` (30): a long run moves the watermark after that many pages or seconds (0 turns either off).
 /// - taxii21: `api_root`, `collection_id` (required); `username_env` + `password_env` (basic auth) or
-///   `token_env` (bearer), or none of them.
+///   `token_env` (bearer), or none of them; `versions` (`all`: every version of every object, or `last`).
 /// - otx: `api_key_env` (required), `base_url` (`https://otx.alienvault.com`).
 /// - directory: `path` (required; a relative path is relative to the service's working directory),
 ///   `timestamp_field` (`modified`), `fallback_timestamp_field` (`created`; `null` disables), `id_field` (`id`).
 enum SourcesFile {
     static let commonKeys: Set<String> = [
         "id", "type", "enabled", "interval_seconds", "lookback_seconds", "page_size", "overlap_seconds",
-        "stale_after_seconds", "timeout_seconds", "description",
+        "stale_after_seconds", "timeout_seconds", "description", "checkpoint_pages", "checkpoint_seconds",
     ]
     static let typeKeys: [String: Set<String>] = [
-        "taxii21": ["api_root", "collection_id", "username_env", "password_env", "token_env"],
+        "taxii21": ["api_root", "collection_id", "username_env", "password_env", "token_env", "versions"],
         "otx": ["base_url", "api_key_env"],
         "directory": ["path", "timestamp_field", "fallback_timestamp_field", "id_field"],
     ]
@@ -118,7 +119,14 @@ enum SourcesFile {
                     password: Secret(try fields.secret("password_env", passwordEnv, environment))
                 )
             }
-            kind = .taxii21(TAXIISettings(apiRoot: apiRoot, collectionID: collection, auth: auth))
+            var settings = TAXIISettings(apiRoot: apiRoot, collectionID: collection, auth: auth)
+            if let text = try fields.string("versions") {
+                guard let versions = TAXIIVersions(rawValue: text) else {
+                    throw fields.error("versions", "\"\(text)\" is not one of all, last")
+                }
+                settings.versions = versions
+            }
+            kind = .taxii21(settings)
         case "otx":
             guard let keyEnv = try fields.string("api_key_env") else { throw fields.error("api_key_env", "required") }
             let key = Secret(try fields.secret("api_key_env", keyEnv, environment))
@@ -152,6 +160,8 @@ enum SourcesFile {
         if let value = try fields.seconds("stale_after_seconds", minimum: 1) { source.staleAfter = value }
         if let value = try fields.seconds("timeout_seconds", minimum: 1) { source.timeout = value }
         if let value = try fields.integer("page_size", range: 1...10_000) { source.pageSize = value }
+        if let value = try fields.integer("checkpoint_pages", range: 0...1_000_000) { source.checkpointPages = value }
+        if let value = try fields.seconds("checkpoint_seconds", minimum: 0) { source.checkpointInterval = value }
         return source
     }
 

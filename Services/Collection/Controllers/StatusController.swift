@@ -40,6 +40,7 @@ struct StatusController<Context: RequestContext>: Sendable {
                 "running": entry.running, "stale": entry.stale, "pending_updates": pending,
                 "interval_seconds": entry.source.interval.components.seconds,
                 "stale_after_seconds": entry.source.staleAfter.components.seconds,
+                "rejected_files": entry.rejectedFiles,
             ]
             item["watermark"] = entry.watermark.map { $0.description } ?? NSNull()
             item["watermark_age_seconds"] = entry.watermark.map { now.duration(since: $0).secondsDouble } ?? NSNull()
@@ -55,7 +56,8 @@ struct StatusController<Context: RequestContext>: Sendable {
                         "finished_at": run.finishedAt.description, "records_collected": run.recordsCollected,
                         "duplicates_dropped": run.duplicatesDropped, "duration_seconds": run.duration.secondsDouble,
                         "error_message": run.errorMessage ?? NSNull(), "update_queued": run.updateQueued,
-                        "without_lease": run.withoutLease,
+                        "without_lease": run.withoutLease, "checkpoints": run.checkpoints,
+                        "rejected_files": run.rejectedFiles,
                     ] as [String: Any]
             } else {
                 item["last_run"] = NSNull()

@@ -26,7 +26,8 @@ struct CollectionEngine: Sendable {
 
     /// The collector for a source type.
     static func collector(
-        for source: SourceConfiguration, httpClient: HTTPClient, logger: Logger, retry: SourceRetryPolicy = .default
+        for source: SourceConfiguration, httpClient: HTTPClient, stateDirectory: String, logger: Logger,
+        retry: SourceRetryPolicy = .default
     ) -> any Collector {
         var log = logger
         log[metadataKey: "source_id"] = "\(source.id)"
@@ -34,7 +35,9 @@ struct CollectionEngine: Sendable {
         switch source.kind {
         case .taxii21(let settings): return TAXII21Collector(settings: settings, pageSize: source.pageSize, http: http)
         case .otx(let settings): return OTXCollector(settings: settings, pageSize: source.pageSize, http: http)
-        case .directory(let settings): return DirectoryCollector(settings: settings)
+        case .directory(let settings):
+            return DirectoryCollector(
+                settings: settings, ledger: FileLedger(stateDirectory: stateDirectory, sourceID: source.id))
         }
     }
 

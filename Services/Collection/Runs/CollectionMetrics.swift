@@ -28,6 +28,15 @@ struct CollectionMetrics: Sendable {
             ),
             labels: [("source_id", report.sourceID.rawValue)]
         ).increment(by: report.recordsCollected)
+        if report.rejectedFiles > 0 {
+            registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    metricName: "collection_rejected_files", unitName: "total",
+                    helpText: "Drop-folder files moved to .rejected/ because they are not valid records."
+                ),
+                labels: [("source_id", report.sourceID.rawValue)]
+            ).increment(by: Int64(report.rejectedFiles))
+        }
         registry.makeDurationHistogram(
             descriptor: MetricNameDescriptor(
                 metricName: "collection_run_duration", unitName: "seconds", helpText: "Duration of collection runs."

@@ -3,30 +3,38 @@ import Logging
 import StorageClient
 import WatermarkCore
 
-/// One run of one source: lease -> watermark -> pages -> sink (fsync) -> watermark update -> release.
+/// One run of one source: lease -> queued updates -> watermark -> pages -> sink (fsync) -> watermark update ->
+/// release.
 ///
 /// The order is what makes collection exactly-once. Records are appended and fsynced page by page, and the
-/// watermark moves only after the last page, to the newest mark among records that are on disk. A crash
-/// anywhere before the update means the next run starts from the old mark and the sink's dedup drops what
-/// already arrived; a crash after it (even before this process learnt the answer) means the next run starts
-/// later and drops the boundary record again.
+/// watermark moves only to a mark whose records are all on disk: at a checkpoint (a page boundary where the
+/// source says no record of that instant is left to come), and after the last page. A crash anywhere before an
+/// update means the next run starts from the previous mark and the sink's dedup drops what already arrived; a
+/// crash after it (even before this process learnt the answer) means the next run starts later and drops the
+/// boundary record again. The mark is the newest mark the source's data has passed that is not in the future:
+/// a record stamped ahead of this process's clock never holds the mark above records that are still to come.
 struct CollectionRunner: Sendable {
     let storage: any StorageClient
     let manager: WatermarkManager
     let dataDirectory: String
-    /// The lease owner (`INSTANCE_ID`).
+    /// The lease owner (`INSTANCE_ID`, by default the host name: a restarted process is the same owner).
     let owner: String
     let logger: Logger
+    /// `REQUIRE_LEASE`: never collect a source without its lease (several replicas); when the storage cannot
+    /// be asked, the run is skipped and retried soon. Off, a single replica collects through an outage.
+    var requireLease = false
     var clock: @Sendable () -> Timestamp = Timestamp.now
     /// Checked between pages: `true` once shutdown began.
     var isStopping: @Sendable () async -> Bool = { false }
 
-    /// How far past this process's clock a mark may go (the storage refuses more than 5 minutes).
-    static let futureTolerance: Duration = .seconds(60)
-
     /// The lease a run asks for: comfortably longer than a page can take; renewed during long runs.
     static func leaseTTL(for source: SourceConfiguration) -> Duration {
         max(source.timeout * 2, .seconds(300))
+    }
+
+    /// How soon a run skipped for want of a lease (storage away, `REQUIRE_LEASE=true`) is tried again.
+    static func leaseRetry(for source: SourceConfiguration) -> Duration {
+        min(source.interval, .seconds(15))
     }
 
     func run(_ source: SourceConfiguration, collector: any Collector) async -> RunReport {
@@ -36,10 +44,12 @@ struct CollectionRunner: Sendable {
         log[metadataKey: "source_id"] = "\(source.id)"
         log.info("collection run started", metadata: ["type": "\(source.typeName)"])
 
-        // 0. Deliver updates queued during a storage outage before taking the lease: they carry no token (or
-        //    an expired one), and the storage refuses tokenless writes while a live lease exists.
-        if await manager.pendingCount(sourceID: source.id) > 0 {
-            _ = try? await manager.getWatermark(sourceID: source.id)
+        // 0. The sink as a crash left it: torn last lines are cut, so what is read is what is on disk.
+        let sink = NDJSONSink(dataDirectory: dataDirectory, sourceID: source.id)
+        do {
+            try sink.recover()
+        } catch {
+            return await finishFailed(report, source: source, lease: nil, message: "\(error)", log: log)
         }
 
         // 1. The lease: one collector per source across replicas.
@@ -47,7 +57,7 @@ struct CollectionRunner: Sendable {
         var lease: Lease?
         do {
             lease = try await storage.acquireLease(sourceID: source.id, owner: owner, ttl: ttl)
-        } catch let error as StorageClientError {
+        } catch let error as StorageClientError where !error.isTransient {
             if case .conflict(let code, let message) = error, code == "lease_held" {
                 report.outcome = .skipped
                 report.finishedAt = clock()
@@ -56,24 +66,42 @@ struct CollectionRunner: Sendable {
                     "collection run skipped: another collector holds the lease", metadata: ["detail": "\(message)"])
                 return report
             }
-            if error.isTransient {
-                report.withoutLease = true
-                log.warning(
-                    "storage unreachable: running without a lease (single-replica degraded mode)",
-                    metadata: ["error": "\(error)"]
-                )
-            } else {
-                return await finishFailed(
-                    report, source: source, lease: nil, message: "cannot take the source's lease: \(error)", log: log
-                )
-            }
+            return await finishFailed(
+                report, source: source, lease: nil, message: "cannot take the source's lease: \(error)", log: log
+            )
         } catch {
+            if requireLease {
+                report.outcome = .skipped
+                report.finishedAt = clock()
+                report.errorMessage = "storage unreachable: REQUIRE_LEASE=true, not collecting without the lease"
+                report.retryAfter = Self.leaseRetry(for: source)
+                log.warning(
+                    "collection run skipped: no lease while the storage is unreachable (REQUIRE_LEASE=true)",
+                    metadata: ["error": "\(error)", "retry_in_s": "\(report.retryAfter!.components.seconds)"]
+                )
+                return report
+            }
             report.withoutLease = true
-            log.warning("storage unreachable: running without a lease", metadata: ["error": "\(error)"])
+            log.warning(
+                "storage unreachable: running without a lease (single-replica degraded mode)",
+                metadata: ["error": "\(error)"]
+            )
         }
         var leaseTakenAt = clock()
 
-        // 2. Where to start.
+        // 2. What an earlier run (killed, or cut off from the storage) queued goes first, under this lease.
+        if await manager.pendingCount(sourceID: source.id) > 0 {
+            let replay = await manager.flush(sourceID: source.id, leaseToken: lease?.fencingToken)
+            log.info(
+                "queued watermark updates replayed under the lease",
+                metadata: [
+                    "applied": "\(replay.applied)", "dead_lettered": "\(replay.dropped)",
+                    "remaining": "\(replay.remaining)",
+                ]
+            )
+        }
+
+        // 3. Where to start.
         let previous: Timestamp?
         do {
             previous = try await manager.getWatermark(sourceID: source.id)?.lastSuccessfulTimestamp
@@ -86,11 +114,11 @@ struct CollectionRunner: Sendable {
         let start = previous ?? startedAt.adding(.zero - source.lookback)
         let since = start.adding(.zero - source.overlap)
 
-        // 3. Pages, each appended and fsynced.
-        let sink = NDJSONSink(dataDirectory: dataDirectory, sourceID: source.id)
-        var newest: Timestamp?
+        // 4. Pages, each appended and fsynced, with checkpoints on the way.
+        var marks = MarkTracker(committed: previous ?? start)
+        var sinceCheckpoint = (records: Int64(0), pages: 0, at: clock())
         do {
-            var seen = try sink.existingKeys(since: since)
+            var seen = try sink.existingKeys(since: nil)
             var cursor: String?
             var pages = 0
             repeat {
@@ -98,7 +126,7 @@ struct CollectionRunner: Sendable {
                     report.outcome = .abandoned
                     report.finishedAt = clock()
                     log.notice(
-                        "collection run abandoned at shutdown; nothing committed",
+                        "collection run abandoned at shutdown; the watermark stays at its last checkpoint",
                         metadata: ["records": "\(report.recordsCollected)", "pages": "\(pages)"]
                     )
                     await release(lease, source: source, log: log)
@@ -110,44 +138,70 @@ struct CollectionRunner: Sendable {
                 }
                 let page = try await collector.fetchPage(since: since, cursor: cursor)
                 pages += 1
+                for warning in page.warnings { log.warning("source answer is off", metadata: ["detail": "\(warning)"]) }
+                for file in page.rejected {
+                    report.rejectedFiles += 1
+                    log.error(
+                        "file rejected: moved to the rejected folder",
+                        metadata: ["file": "\(file.name)", "moved_to": "\(file.movedTo)", "reason": "\(file.reason)"]
+                    )
+                }
                 var fresh: [CollectedRecord] = []
                 for record in page.records {
-                    newest = max(newest ?? record.mark, record.mark)
                     if seen.insert(record.key).inserted {
                         fresh.append(record)
                     } else {
                         report.duplicatesDropped += 1
                     }
                 }
-                if let mark = page.highWaterMark { newest = max(newest ?? mark, mark) }
                 try sink.append(fresh, collectedAt: clock())
+                try collector.pageCommitted(page)
                 report.recordsCollected += Int64(fresh.count)
+                sinceCheckpoint.records += Int64(fresh.count)
+                sinceCheckpoint.pages += 1
+                marks.add(page, now: clock())
                 log.debug(
                     "page collected",
                     metadata: ["page": "\(pages)", "records": "\(fresh.count)", "more": "\(page.next != nil)"]
                 )
                 cursor = page.next
+                if cursor != nil, let checkpoint = marks.checkpoint, checkpoint > marks.committed,
+                    Self.checkpointDue(
+                        source, pages: sinceCheckpoint.pages, elapsed: clock().duration(since: sinceCheckpoint.at))
+                {
+                    let result = try await manager.updateWatermark(
+                        sourceID: source.id, timestamp: checkpoint, status: .success,
+                        recordsCollected: sinceCheckpoint.records,
+                        options: UpdateOptions(leaseToken: lease?.fencingToken)
+                    )
+                    marks.committed = checkpoint
+                    report.checkpoints += 1
+                    report.watermark = checkpoint
+                    sinceCheckpoint = (0, 0, clock())
+                    log.info(
+                        "checkpoint: watermark moved mid-run",
+                        metadata: ["watermark": "\(checkpoint)", "pages": "\(pages)", "queued": "\(result.isQueued)"]
+                    )
+                }
             } while cursor != nil
         } catch {
-            return await finishFailed(report, source: source, lease: lease, message: "\(error)", log: log)
+            return await finishFailed(
+                report, source: source, lease: lease, message: "\(error)", log: log,
+                recordsSinceCheckpoint: sinceCheckpoint.records
+            )
         }
 
-        // 4. The new mark: never backwards, never past what is on disk; with nothing new it stays put.
-        var mark = max(previous ?? start, newest ?? previous ?? start)
-        let now = clock()
-        if mark > now.adding(Self.futureTolerance) {
-            // A record (or the source's clock) is in the future. The storage would refuse the mark, and moving
-            // it there would skip records stamped before it that arrive later: stop at our own clock instead;
-            // the future records are read again next time and dropped as duplicates.
+        // 5. The new mark: never backwards, never past what is on disk, never in the future.
+        let mark = max(marks.committed, marks.newest ?? marks.committed)
+        if let future = marks.newestInFuture {
             log.warning(
-                "newest record is in the future; watermark held at the current time",
-                metadata: ["newest": "\(mark)", "now": "\(now)"]
+                "records stamped in the future: the watermark stays at the newest mark not in the future",
+                metadata: ["future_mark": "\(future)", "watermark": "\(mark)", "now": "\(clock())"]
             )
-            mark = max(previous ?? start, now)
         }
         do {
             let result = try await manager.updateWatermark(
-                sourceID: source.id, timestamp: mark, status: .success, recordsCollected: report.recordsCollected,
+                sourceID: source.id, timestamp: mark, status: .success, recordsCollected: sinceCheckpoint.records,
                 options: UpdateOptions(leaseToken: lease?.fencingToken)
             )
             report.updateQueued = result.isQueued
@@ -166,10 +220,17 @@ struct CollectionRunner: Sendable {
             metadata: [
                 "status": "success", "records": "\(report.recordsCollected)",
                 "duplicates": "\(report.duplicatesDropped)", "watermark": "\(mark)",
+                "checkpoints": "\(report.checkpoints)", "rejected_files": "\(report.rejectedFiles)",
                 "duration_ms": "\(report.duration.milliseconds)", "queued": "\(report.updateQueued)",
             ]
         )
         return report
+    }
+
+    /// A checkpoint is due after `checkpointPages` pages or `checkpointInterval`, whichever comes first.
+    static func checkpointDue(_ source: SourceConfiguration, pages: Int, elapsed: Duration) -> Bool {
+        (source.checkpointPages > 0 && pages >= source.checkpointPages)
+            || (source.checkpointInterval > .zero && elapsed >= source.checkpointInterval)
     }
 
     private func renew(_ lease: Lease, source: SourceConfiguration, ttl: Duration) async throws -> Lease {
@@ -184,7 +245,7 @@ struct CollectionRunner: Sendable {
     /// Records a failed run (the watermark stays) and releases the lease.
     private func finishFailed(
         _ report: RunReport, source: SourceConfiguration, lease: Lease?, message: String, log: Logger,
-        recordFailure: Bool = true
+        recordFailure: Bool = true, recordsSinceCheckpoint: Int64? = nil
     ) async -> RunReport {
         var report = report
         report.outcome = .failed
@@ -193,7 +254,8 @@ struct CollectionRunner: Sendable {
             do {
                 let result = try await manager.updateWatermark(
                     sourceID: source.id, timestamp: nil, status: .failed, errorMessage: String(message.prefix(4000)),
-                    recordsCollected: report.recordsCollected, options: UpdateOptions(leaseToken: lease?.fencingToken)
+                    recordsCollected: recordsSinceCheckpoint ?? report.recordsCollected,
+                    options: UpdateOptions(leaseToken: lease?.fencingToken)
                 )
                 report.updateQueued = result.isQueued
             } catch {
@@ -226,5 +288,42 @@ struct CollectionRunner: Sendable {
 extension Duration {
     var secondsDouble: Double {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}
+
+/// The marks a run has seen, and which of them may become the watermark.
+///
+/// Only marks not later than this process's clock count: a record from the future is written (once) but does
+/// not move the mark, so records stamped before it that arrive later are still asked for; it is read again
+/// and dropped as a duplicate until the clock passes it.
+struct MarkTracker {
+    /// The watermark as stored (the previous run's, or the last checkpoint).
+    var committed: Timestamp
+    /// The newest mark seen that is not in the future.
+    private(set) var newest: Timestamp?
+    /// The newest mark seen that is in the future, for the warning.
+    private(set) var newestInFuture: Timestamp?
+    /// A mark whose records are all on disk while the run goes on, when the source's pages say so.
+    private(set) var checkpoint: Timestamp?
+    /// The previous page's high-water mark, from a source whose pages come in ascending order.
+    private var openMark: Timestamp?
+
+    init(committed: Timestamp) {
+        self.committed = committed
+    }
+
+    mutating func add(_ page: CollectorPage, now: Timestamp) {
+        for mark in page.records.map(\.mark) + [page.highWaterMark].compactMap({ $0 }) {
+            if mark <= now {
+                newest = max(newest ?? mark, mark)
+            } else {
+                newestInFuture = max(newestInFuture ?? mark, mark)
+            }
+        }
+        // The previous page's last instant is complete once this page starts strictly after it.
+        if let open = openMark, let first = page.firstMark, first > open, open <= now, open > committed {
+            checkpoint = max(checkpoint ?? open, open)
+        }
+        openMark = page.firstMark == nil ? nil : page.highWaterMark
     }
 }

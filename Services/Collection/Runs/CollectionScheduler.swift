@@ -60,7 +60,9 @@ struct CollectionScheduler: Service {
                     for source in await board.claimDue(now: clock(), limit: slots) {
                         group.addTask {
                             let report = await engine.execute(source)
-                            await board.finish(report, nextRunAt: nextRun(after: source, now: clock()))
+                            let now = clock()
+                            let next = report.retryAfter.map { now.adding($0) } ?? nextRun(after: source, now: now)
+                            await board.finish(report, nextRunAt: next)
                             await engine.refreshWatching()
                         }
                     }

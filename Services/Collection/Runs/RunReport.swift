@@ -29,6 +29,12 @@ struct RunReport: Sendable, Equatable {
     var updateQueued = false
     /// The run went on without a lease because the storage was unreachable.
     var withoutLease = false
+    /// Times the watermark moved before the end of the run.
+    var checkpoints = 0
+    /// Drop-folder files moved to `.rejected/` by this run.
+    var rejectedFiles = 0
+    /// Set when the run should be tried again sooner than the source's interval (skipped for want of a lease).
+    var retryAfter: Duration?
 
     var duration: Duration { finishedAt.duration(since: startedAt) }
 }

@@ -15,6 +15,8 @@ actor SourceBoard {
         /// The source's watermark as last known (storage, or the local state when storage is away).
         var watermark: Timestamp?
         var stale = false
+        /// Drop-folder files moved to `.rejected/` since this process started.
+        var rejectedFiles = 0
     }
 
     enum TriggerResult: Sendable, Equatable {
@@ -73,6 +75,7 @@ actor SourceBoard {
         entry.running = false
         entry.lastRun = report
         entry.nextRunAt = nextRunAt
+        entry.rejectedFiles += report.rejectedFiles
         switch report.outcome {
         case .success:
             entry.lastError = nil

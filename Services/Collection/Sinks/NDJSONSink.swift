@@ -15,7 +15,7 @@ import WatermarkCore
 /// Exactly-once rests on two things here: `append` returns only once the lines are on disk (file fsynced, and
 /// the folder too when a file was created), and `existingKeys(since:)` tells the run which records already
 /// made it, so whatever a crash made the source send again is dropped. A torn last line (a crash in the middle
-/// of a write) is cut off before the next append and ignored when reading.
+/// of a write) is cut off by `recover()` and before the next append, and never counted when reading.
 struct NDJSONSink: Sendable {
     let directory: String
     let sourceID: SourceID
@@ -31,11 +31,13 @@ struct NDJSONSink: Sendable {
         return names.filter { $0.hasSuffix(".ndjson") && !$0.hasPrefix(".") }.sorted(by: >)
     }
 
-    /// Keys of records already written whose mark is at or after `since`.
+    /// Keys of the records already written; with `since`, only those whose mark is at or after it.
     ///
-    /// Scans files newest first and stops after a file whose newest mark is older than `since`: files are per
-    /// day of collection and a watermark only covers what was fsynced, so older files hold older marks.
-    func existingKeys(since: Timestamp) throws(SinkError) -> Set<RecordKey> {
+    /// Every file is read, in no particular order and whatever the marks in it: a future-dated or re-sent
+    /// record can sit in an older day's file, so no file order is assumed. A last line without its newline is
+    /// torn, exactly as `repairTail` decides before the next append, so reading and repairing agree: a record
+    /// whose line was cut (even one that is complete JSON) does not count as written and is written again.
+    func existingKeys(since: Timestamp?) throws(SinkError) -> Set<RecordKey> {
         var keys = Set<RecordKey>()
         for name in files() {
             let path = (directory as NSString).appendingPathComponent(name)
@@ -45,15 +47,31 @@ struct NDJSONSink: Sendable {
             } catch {
                 throw SinkError(path: path, operation: "read", detail: error.localizedDescription)
             }
-            var newest: Timestamp?
-            for line in data.split(separator: UInt8(ascii: "\n")) {
-                guard let entry = Self.decodeLine(Data(line)) else { continue }  // a torn line
-                if newest.map({ entry.mark > $0 }) ?? true { newest = entry.mark }
-                if entry.mark >= since { keys.insert(entry.key) }
+            for line in Self.completeLines(data) {
+                guard let entry = Self.decodeLine(Data(line)) else { continue }
+                if since.map({ entry.mark >= $0 }) ?? true { keys.insert(entry.key) }
             }
-            if let newest, newest < since { break }
         }
         return keys
+    }
+
+    /// The lines of `data` that end with a newline; a last line without one is torn and left out.
+    static func completeLines(_ data: Data) -> [Data.SubSequence] {
+        var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        lines.removeLast()  // after the last newline: empty, or a torn line
+        return lines.filter { !$0.isEmpty }
+    }
+
+    /// Cuts the torn last line of every file of the source (a crash in the middle of an append), so what is
+    /// on disk is exactly what `existingKeys` counts. A run calls it before reading the sink.
+    func recover() throws(SinkError) {
+        for name in files() {
+            let path = (directory as NSString).appendingPathComponent(name)
+            let fd = open(path, O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else { throw SinkError(path: path, operation: "open", errno: errno) }
+            defer { close(fd) }
+            _ = try Self.repairTail(fd: fd, path: path)
+        }
     }
 
     /// Every record of the source, in file order (for tests and tools).
@@ -61,7 +79,7 @@ struct NDJSONSink: Sendable {
         files().reversed().flatMap { name -> [SinkEntry] in
             let path = (directory as NSString).appendingPathComponent(name)
             guard let data = try? Data(contentsOf: URL(fileURLWithPath: path)) else { return [] }
-            return data.split(separator: UInt8(ascii: "\n")).compactMap { Self.decodeLine(Data($0)) }
+            return Self.completeLines(data).compactMap { Self.decodeLine(Data($0)) }
         }
     }
 
