@@ -241,6 +241,30 @@ struct ExactlyOnceTests {
         }
     }
 
+    /// A run that collected a file and died before moving the mark: the file is in the ledger and is not read
+    /// again, yet the next run's mark still reaches the file's newest record.
+    @Test func theMarkReachesFilesCollectedByARunThatDiedBeforeItsUpdate() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let inbox = f.dir + "/in"
+        try FileManager.default.createDirectory(atPath: inbox, withIntermediateDirectories: true)
+        let collector = DirectoryCollector(
+            settings: DirectorySettings(path: inbox),
+            ledger: FileLedger(stateDirectory: f.dir + "/.state", sourceID: f.source.id))
+        try "{\"id\":\"a\",\"modified\":\"2026-11-26T05:00:00Z\"}\n".write(
+            toFile: inbox + "/a.ndjson", atomically: true, encoding: .utf8)
+        // The dead run: page fetched, written, fsynced, recorded in the ledger; no watermark update.
+        let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
+        try f.sink.append(page.records, collectedAt: ts("2026-11-26T06:00:00Z"))
+        try collector.pageCommitted(page)
+
+        let report = await f.runner.run(f.source, collector: collector)
+        #expect(report.outcome == .success && report.recordsCollected == 0 && report.duplicatesDropped == 0)
+        #expect(
+            try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp
+                == ts("2026-11-26T05:00:00Z"))
+    }
+
     /// A drop folder is an inbox: a file dropped after the watermark passed its records' times is collected,
     /// an unreadable one is moved aside and counted, and nothing is collected twice.
     @Test func aLateFileWithOlderRecordsIsCollectedAndABadFileDoesNotStopTheFolder() async throws {

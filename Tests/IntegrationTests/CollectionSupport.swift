@@ -63,6 +63,33 @@ final class MedallionServer: Sendable {
 
     static let authorization = "Basic " + Data("admin:Password0".utf8).base64EncodedString()
 
+    /// One entry of the collection's manifest: a version of an object and when the server added it.
+    struct ManifestEntry: Hashable {
+        var id: String
+        var version: String
+        var dateAdded: String
+    }
+
+    /// Every version of every object the server holds (the manifest with `match[version]=all`, all pages).
+    func manifest() async throws -> [ManifestEntry] {
+        let base = apiRoot + "collections/\(Self.collectionID)/manifest/?match%5Bversion%5D=all&limit=100"
+        var entries: [ManifestEntry] = []
+        var next: String?
+        repeat {
+            let reply = try await get(base + (next.map { "&next=\($0)" } ?? ""))
+            guard reply.status == 200 else { throw ProcessFailure("manifest: HTTP \(reply.status) \(reply.text)") }
+            let object = try reply.json()
+            for item in object["objects"] as? [[String: Any]] ?? [] {
+                entries.append(
+                    ManifestEntry(
+                        id: item["id"] as? String ?? "", version: item["version"] as? String ?? "",
+                        dateAdded: item["date_added"] as? String ?? ""))
+            }
+            next = (object["more"] as? Bool == true) ? object["next"] as? String : nil
+        } while next != nil
+        return entries
+    }
+
     private func get(_ url: String) async throws -> TestHTTP.Reply {
         var request = HTTPClientRequest(url: url)
         request.headers.add(name: "Authorization", value: Self.authorization)
@@ -104,15 +131,15 @@ struct CollectionSetup {
         return env
     }
 
-    /// Starts `collection-service --once`.
-    func startOnce(storageURL: String?) throws -> ServiceProcess {
+    /// Starts `collection-service --once`; `extra` is added to (or, empty, removes from) its environment.
+    func startOnce(storageURL: String?, extra: [String: String] = [:]) throws -> ServiceProcess {
         let binary = ServiceProcess.binDirectory.appendingPathComponent("collection-service")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw ProcessFailure("collection-service is not built at \(binary.path) (run swift build first)")
         }
         return try ServiceProcess(
             binary.path, arguments: ["--once"],
-            environment: environment(storageURL: storageURL)
+            environment: environment(storageURL: storageURL).merging(extra) { $1 }
         )
     }
 
@@ -121,6 +148,26 @@ struct CollectionSetup {
         let process = try startOnce(storageURL: storageURL)
         let status = try await process.waitForExit(timeout: timeout)
         return (status, process.log)
+    }
+
+    /// The (id, version) of every line in the sink of `source`, in file order, duplicates included; a last line
+    /// without its newline counts too when it is complete JSON (what any reader of the files would see).
+    func sinkKeys(_ source: String) throws -> [String] {
+        let folder = dataPath + "/" + source
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter {
+            $0.hasSuffix(".ndjson")
+        }.sorted()
+        var keys: [String] = []
+        for name in names {
+            let data = try Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))
+            for line in data.split(separator: UInt8(ascii: "\n")) {
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                    let id = object["id"] as? String, let version = object["version"] as? String
+                else { continue }
+                keys.append(id + "@" + version)
+            }
+        }
+        return keys
     }
 
     /// The ids in the sink of `source`, in file order, duplicates included.

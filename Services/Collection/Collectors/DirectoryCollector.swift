@@ -52,13 +52,24 @@ struct DirectoryCollector: Collector {
                 page = CollectorPage(records: [], next: next)
                 page.rejected = [try reject(name, reason: error.description)]
             }
+            if cursor == nil { page.highWaterMark = Self.newestCollected(collected) }
             return page
         }
-        return CollectorPage(records: [])
+        var page = CollectorPage(records: [])
+        if cursor == nil { page.highWaterMark = Self.newestCollected(collected) }
+        return page
+    }
+
+    /// The newest record mark of the files already collected: the watermark reaches it even when the run that
+    /// collected the file died before it could move the mark.
+    static func newestCollected(_ files: [String: FileIdentity]) -> Timestamp? {
+        files.values.compactMap(\.newestMark).max()
     }
 
     func pageCommitted(_ page: CollectorPage) throws(CollectorError) {
-        guard let identity = page.progress else { return }
+        guard var identity = page.progress else { return }
+        let now = Timestamp.now()
+        identity.newestMark = page.records.lazy.map(\.mark).filter { $0 <= now }.max()
         try ledger.record(identity)
     }
 
@@ -140,11 +151,20 @@ struct FileIdentity: Sendable, Equatable, Codable {
     var modifiedNanoseconds: Int64
     /// FNV-1a (64 bits) of the first 4 KiB, in hex: a file replaced by another of the same size and time differs.
     var headHash: String
+    /// The newest record mark of the file that was not in the future when it was collected (not part of the
+    /// identity).
+    var newestMark: Timestamp?
 
     enum CodingKeys: String, CodingKey {
         case name, size
         case modifiedNanoseconds = "modified_ns"
         case headHash = "head_hash"
+        case newestMark = "newest_mark"
+    }
+
+    static func == (lhs: FileIdentity, rhs: FileIdentity) -> Bool {
+        lhs.name == rhs.name && lhs.size == rhs.size && lhs.modifiedNanoseconds == rhs.modifiedNanoseconds
+            && lhs.headHash == rhs.headHash
     }
 
     init(name: String, data: Data, modifiedNanoseconds: Int64) {

@@ -25,6 +25,11 @@ struct SourceConfiguration: Sendable {
     var checkpointInterval: Duration = .seconds(30)
 
     var typeName: String { kind.typeName }
+
+    /// The default overlap of a TAXII source. Servers stamp `date_added` when a request starts and may make the
+    /// objects visible a moment later, after a reader already paged past that instant: re-reading a few
+    /// seconds (dropped by (id, version)) closes that window.
+    static let taxiiOverlap: Duration = .seconds(5)
 }
 
 /// The type-specific part of a source.
