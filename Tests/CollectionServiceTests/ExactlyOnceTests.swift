@@ -246,11 +246,7 @@ struct ExactlyOnceTests {
     @Test func theMarkReachesFilesCollectedByARunThatDiedBeforeItsUpdate() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
-        let inbox = f.dir + "/in"
-        try FileManager.default.createDirectory(atPath: inbox, withIntermediateDirectories: true)
-        let collector = DirectoryCollector(
-            settings: DirectorySettings(path: inbox),
-            ledger: FileLedger(stateDirectory: f.dir + "/.state", sourceID: f.source.id))
+        let (inbox, collector) = try f.inbox()
         try "{\"id\":\"a\",\"modified\":\"2026-11-26T05:00:00Z\"}\n".write(
             toFile: inbox + "/a.ndjson", atomically: true, encoding: .utf8)
         // The dead run: page fetched, written, fsynced, recorded in the ledger; no watermark update.
@@ -270,11 +266,7 @@ struct ExactlyOnceTests {
     @Test func aLateFileWithOlderRecordsIsCollectedAndABadFileDoesNotStopTheFolder() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
-        let inbox = f.dir + "/in"
-        try FileManager.default.createDirectory(atPath: inbox, withIntermediateDirectories: true)
-        let collector = DirectoryCollector(
-            settings: DirectorySettings(path: inbox),
-            ledger: FileLedger(stateDirectory: f.dir + "/.state", sourceID: f.source.id))
+        let (inbox, collector) = try f.inbox()
         try "{\"id\":\"new\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
             toFile: inbox + "/b.ndjson", atomically: true, encoding: .utf8)
         #expect(await f.runner.run(f.source, collector: collector).recordsCollected == 1)

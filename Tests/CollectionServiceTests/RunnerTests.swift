@@ -56,6 +56,14 @@ struct RunnerFixture {
     }
 
     var sink: NDJSONSink { NDJSONSink(dataDirectory: dir, sourceID: source.id) }
+
+    /// The source's drop folder (created) and a directory collector on it with its ledger in the state folder.
+    func inbox() throws -> (path: String, collector: DirectoryCollector) {
+        let path = dir + "/in"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let ledger = FileLedger(stateDirectory: dir + "/.state", sourceID: source.id)
+        return (path, DirectoryCollector(settings: DirectorySettings(path: path), ledger: ledger))
+    }
     func ids() -> [String] { sink.allEntries().map(\.id) }
 }
 

@@ -100,6 +100,18 @@ final class MedallionServer: Sendable {
     }
 }
 
+/// Runs `body` with a started medallion, stopped afterwards, also when `body` throws.
+func withMedallion(_ body: (MedallionServer) async throws -> Void) async throws {
+    let medallion = try await MedallionServer()
+    do {
+        try await body(medallion)
+    } catch {
+        await medallion.stop()
+        throw error
+    }
+    await medallion.stop()
+}
+
 /// A STIX 2.1 indicator with a fixed id.
 func indicator(_ number: Int, modified: String = "2026-11-26T10:00:00.000Z") -> [String: Any] {
     let id = String(format: "indicator--%08d-0000-4000-8000-000000000000", number)
@@ -150,53 +162,47 @@ struct CollectionSetup {
         return (status, process.log)
     }
 
-    /// The (id, version) of every line in the sink of `source`, in file order, duplicates included; a last line
-    /// without its newline counts too when it is complete JSON (what any reader of the files would see).
-    func sinkKeys(_ source: String) throws -> [String] {
+    /// Every line of the sink of `source` that is complete JSON, in file order, duplicates included; a last
+    /// line without its newline counts too (what any reader of the files would see; the service itself cuts
+    /// such a torn line before its next append).
+    func sinkLines(_ source: String) throws -> [[String: Any]] {
         let folder = dataPath + "/" + source
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter {
             $0.hasSuffix(".ndjson")
         }.sorted()
-        var keys: [String] = []
+        var lines: [[String: Any]] = []
         for name in names {
             let data = try Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))
             for line in data.split(separator: UInt8(ascii: "\n")) {
-                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                    let id = object["id"] as? String, let version = object["version"] as? String
-                else { continue }
-                keys.append(id + "@" + version)
+                if let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] {
+                    lines.append(object)
+                }
             }
         }
-        return keys
+        return lines
     }
 
     /// The ids in the sink of `source`, in file order, duplicates included.
     func sinkIDs(_ source: String) throws -> [String] {
-        let folder = dataPath + "/" + source
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter {
-            $0.hasSuffix(".ndjson")
-        }.sorted()
-        var ids: [String] = []
-        for name in names {
-            let data = try Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))
-            for line in data.split(separator: UInt8(ascii: "\n")) {
-                // A torn last line (SIGKILL mid-write) is not a record; the service cuts it on its next append.
-                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                    let id = object["id"] as? String
-                else { continue }
-                ids.append(id)
-            }
+        try sinkLines(source).compactMap { $0["id"] as? String }
+    }
+
+    /// The `id@version` of every record in the sink of `source`, in file order, duplicates included.
+    func sinkKeys(_ source: String) throws -> [String] {
+        try sinkLines(source).compactMap { line in
+            guard let id = line["id"] as? String, let version = line["version"] as? String else { return nil }
+            return id + "@" + version
         }
-        return ids
     }
 
     func remove() { directory.remove() }
 }
 
-func taxiiSourcesJSON(_ medallion: MedallionServer, pageSize: Int) -> String {
+/// A sources file with one TAXII source `medallion` on `medallion`; `extra` adds fields (`"a": 1, "b": 2`).
+func taxiiSourcesJSON(_ medallion: MedallionServer, pageSize: Int, extra: String = "") -> String {
     """
     {"sources": [{"id": "medallion", "type": "taxii21", "api_root": "\(medallion.apiRoot)",
       "collection_id": "\(MedallionServer.collectionID)", "username_env": "TAXII_USERNAME",
-      "password_env": "TAXII_PASSWORD", "page_size": \(pageSize), "timeout_seconds": 10}]}
+      "password_env": "TAXII_PASSWORD", "page_size": \(pageSize), "timeout_seconds": 10\(extra.isEmpty ? "" : ", " + extra)}]}
     """
 }

@@ -24,19 +24,12 @@ struct ExactlyOnceAttackTests {
     /// mid-checkpoint or mid-update, with two storage outages on the way.
     @Test func taxiiEveryVersionOnceThroughKillsAndStorageOutages() async throws {
         var random = SeededRandom(seed: Self.seed)
-        let medallion = try await MedallionServer()
-        let setup = try CollectionSetup(
-            sourcesJSON: """
-                {"sources": [{"id": "medallion", "type": "taxii21", "api_root": "\(medallion.apiRoot)",
-                  "collection_id": "\(MedallionServer.collectionID)", "username_env": "TAXII_USERNAME",
-                  "password_env": "TAXII_PASSWORD", "page_size": 2, "timeout_seconds": 10,
-                  "checkpoint_pages": 1}]}
-                """)
-        defer { setup.remove() }
-        let storagePort = try freePort()
-        do {
+        try await withMedallion { medallion in
+            let setup = try CollectionSetup(
+                sourcesJSON: taxiiSourcesJSON(medallion, pageSize: 2, extra: #""checkpoint_pages": 1"#))
+            defer { setup.remove() }
+            let storagePort = try freePort()
             try await withStorageService(environment: ["PORT": "\(storagePort)"]) { storage in
-                let url = "http://127.0.0.1:\(storagePort)"
                 var revisions: [Int: Int] = [:]
                 var nextNumber = 1
                 /// One POST: new objects and new versions of existing ones, all with one date_added.
@@ -55,51 +48,11 @@ struct ExactlyOnceAttackTests {
                     }
                     try await medallion.add(objects)
                 }
-
-                var logs: [String] = []
-                var kills = 0
-                var killedAfterCheckpoint = 0
-                var outages = 0
-                let outageRounds: Set<Int> = [5, 11]
                 // A backlog first: the early runs are long backfills, killed between their checkpoints. (Kept
                 // small: medallion answers a first request in time that grows with the square of its versions.)
                 for _ in 0..<2 { try await produce(new: 30) }
-                // Rounds go on until at least 12 runs were killed (and both outages happened), 40 at most.
-                var round = 0
-                var runLength = 800  // ms, the wall time of the last run that ended by itself
-                while round < 40, kills < 12 || round <= 11 {
-                    defer { round += 1 }
-                    try await produce()
-                    let outage = outageRounds.contains(round)
-                    if outage {
-                        _ = try await storage.service.stop()
-                        outages += 1
-                    }
-                    let started = ContinuousClock.now
-                    let process = try setup.startOnce(storageURL: url, extra: Self.collectorEnvironment)
-                    let delay = Int.random(in: 20...max(100, runLength), using: &random)
-                    try await Task.sleep(for: .milliseconds(delay / 2))
-                    try await produce()  // while the run pages
-                    try await Task.sleep(for: .milliseconds(delay - delay / 2))
-                    // During an outage the run goes to its end: its updates are queued for the next runs.
-                    if process.isRunning && !outage {
-                        process.signal(SIGKILL)
-                        kills += 1
-                        _ = try await process.waitForExit(timeout: .seconds(30))
-                        if process.log.contains("checkpoint: watermark moved mid-run") { killedAfterCheckpoint += 1 }
-                    } else {
-                        _ = try await process.waitForExit(timeout: .seconds(90))
-                        if !outage { runLength = Int((ContinuousClock.now - started).milliseconds) }
-                    }
-                    logs.append(process.log)
-                    if outage { try await storage.restart() }
-                }
-
-                // The producer stops; one complete run collects the rest.
-                let final = try setup.startOnce(storageURL: url, extra: Self.collectorEnvironment)
-                let status = try await final.waitForExit(timeout: .seconds(120))
-                logs.append(final.log)
-                #expect(status == 0, "\(final.log)")
+                var attack = KillLoop(seed: Self.seed, storage: storage, setup: setup)
+                try await attack.run(outageRounds: [5, 11]) { _ in try await produce() }
 
                 let manifest = try await medallion.manifest()
                 let expected = Set(manifest.map { $0.id + "@" + Self.normalised($0.version) })
@@ -108,56 +61,91 @@ struct ExactlyOnceAttackTests {
                 #expect(expected.count == versions, "the server holds every version the producer made")
                 #expect(Set(keys) == expected, "missing: \(expected.subtracting(keys).sorted().prefix(5))")
                 #expect(keys.count == expected.count, "duplicates: \(keys.count - Set(keys).count)")
-
                 let newest = try #require(manifest.compactMap { try? Timestamp(rfc3339: $0.dateAdded) }.max())
-                let mark = try await storage.http.send(.GET, "/api/v1/watermarks/medallion").json()
-                let stored = try Timestamp(rfc3339: try #require(mark["last_successful_timestamp"] as? String))
-                #expect(stored == newest, "the watermark is the server's newest date_added")
-
-                let all = logs.joined(separator: "\n")
-                #expect(kills >= 10, "only \(kills) runs were killed (seed \(Self.seed))")
-                #expect(outages == 2)
-                // A restarted collector is the same lease owner: never locked out of its own source.
-                #expect(!all.contains("medallion skipped"), "a restarted collector was locked out: \(all)")
-                // Queued updates were delivered, none refused or dropped.
-                #expect(all.contains("watermark update queued"), "no update was queued during the outages")
-                #expect(!all.contains("refused by storage") && !all.contains("dropped"))
-                #expect(!FileManager.default.fileExists(atPath: setup.dataPath + "/.state/dead-letter.json"))
-                let pending =
-                    try JSONSerialization.jsonObject(
-                        with: Data(contentsOf: URL(fileURLWithPath: setup.dataPath + "/.state/pending.json")))
-                    as? [String: Any]
-                #expect((pending?["updates"] as? [Any])?.isEmpty == true, "\(String(describing: pending))")
-                #expect(all.contains("checkpoint: watermark moved mid-run"))
+                #expect(try await attack.watermark("medallion") == newest, "the server's newest date_added")
+                try attack.checkLeasesAndQueue(source: "medallion")
+                #expect(attack.log.contains("checkpoint: watermark moved mid-run"))
                 reportFigures(
                     "taxiiEveryVersionOnceThroughKillsAndStorageOutages",
-                    [
-                        "seed": Int(Self.seed), "kills": kills, "killed_after_checkpoint": killedAfterCheckpoint,
-                        "storage_outages": outages, "versions": expected.count, "objects": revisions.count,
-                        "sink_lines": keys.count, "duplicates": keys.count - Set(keys).count,
-                        "missing": expected.subtracting(keys).count,
-                    ])
+                    attack.figures.merging([
+                        "versions": expected.count, "objects": revisions.count, "sink_lines": keys.count,
+                        "duplicates": keys.count - Set(keys).count, "missing": expected.subtracting(keys).count,
+                    ]) { $1 })
             }
-        } catch {
-            await medallion.stop()
-            throw error
         }
-        await medallion.stop()
+    }
+
+    /// AlienVault OTX (a stand-in server with OTX's API: `modified_since` inclusive, newest first, offset
+    /// pages): pulses are published and revised before and during runs, some stamped days in the future; runs
+    /// are killed at random moments and the storage is stopped twice. A future-dated pulse must never cost a
+    /// later one: every pulse the server holds lands once, and the watermark is the newest `modified` that is
+    /// not in the future.
+    @Test func otxEveryPulseOnceWithFutureDatedPulsesThroughKillsAndStorageOutages() async throws {
+        var random = SeededRandom(seed: Self.seed ^ 0x9015E)
+        let otx = try await OTXStub()
+        defer { otx.stop() }
+        let setup = try CollectionSetup(
+            sourcesJSON: """
+                {"sources": [{"id": "otx", "type": "otx", "api_key_env": "OTX_API_KEY", "base_url": "\(otx.baseURL)",
+                  "page_size": 2, "timeout_seconds": 10}]}
+                """)
+        defer { setup.remove() }
+        let storagePort = try freePort()
+        try await withStorageService(environment: ["PORT": "\(storagePort)"]) { storage in
+            var current: [String: Timestamp] = [:]
+            var number = 0
+            /// Now, at OTX's precision (microseconds).
+            func now(plus offset: Duration = .zero) -> Timestamp {
+                try! Timestamp(rfc3339: Timestamp.now().adding(offset).formatted(fractionDigits: 6))
+            }
+            func produce(round: Int) async throws {
+                var pulses: [(String, Timestamp)] = []
+                for _ in 0..<3 {
+                    number += 1
+                    pulses.append(("pulse-\(number)", now()))
+                }
+                if number > 6 {  // a new version of a published pulse (OTX keeps only the newest)
+                    let id = "pulse-\(Int.random(in: 1...(number - 3), using: &random))"
+                    if current[id].map({ $0 <= now() }) ?? false { pulses.append((id, now())) }
+                }
+                if round % 4 == 1 {
+                    number += 1
+                    pulses.append(("pulse-\(number)", now(plus: .seconds(86_400 * 2))))
+                }
+                for (id, modified) in pulses { current[id] = modified }
+                try await otx.publish(pulses)
+            }
+            var attack = KillLoop(seed: Self.seed, salt: 0x0A7C, storage: storage, setup: setup)
+            attack.environment["OTX_API_KEY"] = OTXStub.apiKey
+            try await attack.run(outageRounds: [4, 9]) { round in try await produce(round: round) }
+
+            let expected = Set(current.map { $0.key + "@" + $0.value.description })
+            let keys = try setup.sinkKeys("otx")
+            #expect(expected.isSubset(of: Set(keys)), "missing: \(expected.subtracting(keys).sorted().prefix(5))")
+            #expect(keys.count == Set(keys).count, "duplicates: \(keys.count - Set(keys).count)")
+            let end = Timestamp.now()
+            let newest = try #require(current.values.filter { $0 <= end }.max())
+            #expect(try await attack.watermark("otx") == newest, "the newest modified that is not in the future")
+            #expect(current.values.contains { $0 > end }, "future-dated pulses were published")
+            try attack.checkLeasesAndQueue(source: "otx")
+            reportFigures(
+                "otxEveryPulseOnceWithFutureDatedPulsesThroughKillsAndStorageOutages",
+                attack.figures.merging([
+                    "pulses": current.count, "future_dated": current.values.count { $0 > end },
+                    "sink_lines": keys.count, "duplicates": keys.count - Set(keys).count,
+                    "missing": expected.subtracting(keys).count,
+                ]) { $1 })
+        }
     }
 
     /// A long backfill killed in its middle resumes from its last checkpoint: the next run re-reads at most what
     /// was written after it (two pages here), not the whole backfill.
     @Test func aKilledBackfillResumesFromItsLastCheckpoint() async throws {
-        let medallion = try await MedallionServer()
-        let setup = try CollectionSetup(
-            sourcesJSON: """
-                {"sources": [{"id": "medallion", "type": "taxii21", "api_root": "\(medallion.apiRoot)",
-                  "collection_id": "\(MedallionServer.collectionID)", "username_env": "TAXII_USERNAME",
-                  "password_env": "TAXII_PASSWORD", "page_size": 2, "timeout_seconds": 10,
-                  "checkpoint_pages": 1, "overlap_seconds": 0}]}
-                """)
-        defer { setup.remove() }
-        do {
+        try await withMedallion { medallion in
+            let setup = try CollectionSetup(
+                sourcesJSON: taxiiSourcesJSON(
+                    medallion, pageSize: 2, extra: #""checkpoint_pages": 1, "overlap_seconds": 0"#))
+            defer { setup.remove() }
             try await withStorageService { storage in
                 let url = "http://127.0.0.1:\(storage.port)"
                 let total = 120
@@ -190,19 +178,15 @@ struct ExactlyOnceAttackTests {
                         "objects": total, "written_before_kill": written, "reread_after_restart": duplicates,
                     ])
             }
-        } catch {
-            await medallion.stop()
-            throw error
         }
-        await medallion.stop()
     }
 
     /// A drop folder: files land before and during runs, late files with old records, a record stamped in the
-    /// future and an unreadable file among them; runs are killed at random moments and the storage goes away
-    /// once. Every record of every readable file ends in the sink exactly once, the unreadable one is set
+    /// future and an unreadable file among them; runs are killed at random moments and the storage is stopped
+    /// twice. Every record of every readable file ends in the sink exactly once, the unreadable one is set
     /// aside, and the watermark is the newest record that is not in the future.
     @Test func dropFolderEveryRecordOnceThroughKillsLateFilesAndBadFiles() async throws {
-        var random = SeededRandom(seed: Self.seed ^ 0x5DEE_CE66)
+        var random = SeededRandom(seed: Self.seed ^ 0xF11E)
         let setup = try CollectionSetup(sourcesJSON: "{}")
         defer { setup.remove() }
         let inbox = setup.directory.path + "/inbox"
@@ -241,60 +225,32 @@ struct ExactlyOnceAttackTests {
         }
 
         try await withStorageService(environment: ["PORT": "\(storagePort)"]) { storage in
-            let url = "http://127.0.0.1:\(storagePort)"
-            var kills = 0
-            var logs: [String] = []
-            var round = 0
-            var runLength = 300  // ms, the wall time of the last run that ended by itself
-            while round < 40, kills < 12 || round <= 7 {
-                defer { round += 1 }
-                try produce(round: round, part: 0)
+            var attack = KillLoop(seed: Self.seed, salt: 0x5DEE_CE66, storage: storage, setup: setup)
+            var calls = 0
+            try await attack.run(outageRounds: [4, 9]) { round in
+                calls += 1
+                try produce(round: round, part: calls)
+                guard calls.isMultiple(of: 2) else { return }  // once a round, while the run is under way
                 if round == 2 { try drop([("future-1", Timestamp.now().adding(.seconds(2 * 86_400)))]) }
                 if round == 5 {
                     try "{this is not JSON".write(toFile: inbox + "/f-bad.json", atomically: true, encoding: .utf8)
                 }
-                if round == 7 { _ = try await storage.service.stop() }
-                let started = ContinuousClock.now
-                let process = try setup.startOnce(storageURL: url, extra: Self.collectorEnvironment)
-                let delay = Int.random(in: 20...max(100, runLength), using: &random)
-                try await Task.sleep(for: .milliseconds(delay / 2))
-                try produce(round: round, part: 1)  // while the run reads the folder
-                try await Task.sleep(for: .milliseconds(delay - delay / 2))
-                if process.isRunning {
-                    process.signal(SIGKILL)
-                    kills += 1
-                    _ = try await process.waitForExit(timeout: .seconds(30))
-                } else {
-                    _ = try await process.waitForExit(timeout: .seconds(30))
-                    runLength = Int((ContinuousClock.now - started).milliseconds)
-                }
-                logs.append(process.log)
-                if round == 7 { try await storage.restart() }
             }
-            let final = try setup.startOnce(storageURL: url, extra: Self.collectorEnvironment)
-            let status = try await final.waitForExit(timeout: .seconds(120))
-            logs.append(final.log)
-            #expect(status == 0, "\(final.log)")
-
             let ids = try setup.sinkIDs("inbox")
             #expect(Set(ids) == expected, "missing: \(expected.subtracting(ids).sorted().prefix(5))")
             #expect(ids.count == expected.count, "duplicates: \(ids.count - Set(ids).count)")
             #expect(FileManager.default.fileExists(atPath: inbox + "/.rejected/f-bad.json"))
             let reason = try String(contentsOfFile: inbox + "/.rejected/f-bad.json.reason", encoding: .utf8)
             #expect(reason.contains("f-bad.json is not valid JSON"), "\(reason)")
-            #expect(logs.joined().contains("file rejected: moved to the rejected folder"))
-
-            let mark = try await storage.http.send(.GET, "/api/v1/watermarks/inbox").json()
-            let stored = try Timestamp(rfc3339: try #require(mark["last_successful_timestamp"] as? String))
-            #expect(stored == newestNotFuture, "the newest record that is not in the future")
-            #expect(kills >= 10, "only \(kills) runs were killed (seed \(Self.seed))")
+            #expect(attack.log.contains("file rejected: moved to the rejected folder"))
+            #expect(try await attack.watermark("inbox") == newestNotFuture, "the newest record not in the future")
+            try attack.checkLeasesAndQueue(source: "inbox")
             reportFigures(
                 "dropFolderEveryRecordOnceThroughKillsLateFilesAndBadFiles",
-                [
-                    "seed": Int(Self.seed), "kills": kills, "files": fileNumber, "records": expected.count,
-                    "sink_lines": ids.count, "duplicates": ids.count - Set(ids).count,
-                    "missing": expected.subtracting(ids).count,
-                ])
+                attack.figures.merging([
+                    "files": fileNumber, "records": expected.count, "sink_lines": ids.count,
+                    "duplicates": ids.count - Set(ids).count, "missing": expected.subtracting(ids).count,
+                ]) { $1 })
         }
     }
 }
