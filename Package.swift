@@ -72,6 +72,8 @@ let package = Package(
             dependencies: [
                 "WatermarkCore",
                 "StorageClient",
+                // The sink's dedup index; already built for the storage service.
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

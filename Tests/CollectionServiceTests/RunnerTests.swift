@@ -243,10 +243,10 @@ struct SinkTests {
         handle.seekToEndOfFile()
         handle.write(Data(#"{"source_id":"s","id":"torn","mar"#.utf8))
         try handle.close()
-        #expect(
-            try sink.existingKeys(since: ts("2026-11-01T00:00:00Z")) == [
-                RecordKey(id: "a", version: "2026-11-25T00:00:00Z")
-            ])
+        let read = try sink.keys(in: "2026-11-27.ndjson", from: 0)
+        #expect(read.keys == [RecordKey(id: "a", version: "2026-11-25T00:00:00Z")])
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        #expect(read.end == (bytes.firstIndex(of: UInt8(ascii: "\n")) ?? -2) + 1, "the end of the complete line")
         try sink.append([record("b", "2026-11-26T00:00:00Z")], collectedAt: ts("2026-11-27T02:00:00Z"))
         let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 2)
@@ -257,14 +257,48 @@ struct SinkTests {
         #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
     }
 
-    @Test func keysOlderThanSinceAreNotLoaded() throws {
+    /// The index follows the sink: it catches up with lines written after its last commit (a crash between the
+    /// sink's fsync and the index's commit), starts over when a file shrank, survives its own loss, and keeps
+    /// the keys of sink files that were removed.
+    @Test func theDedupIndexFollowsTheSinkWhateverHappensBetweenThem() throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
         let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
-        try sink.append([record("old", "2026-10-01T00:00:00Z")], collectedAt: ts("2026-10-01T01:00:00Z"))
-        try sink.append([record("new", "2026-11-26T00:00:00Z")], collectedAt: ts("2026-11-26T01:00:00Z"))
-        #expect(try sink.existingKeys(since: ts("2026-11-01T00:00:00Z")).map(\.id) == ["new"])
+        let path = dir + "/index/s.sqlite"
+        let old = record("old", "2026-10-01T00:00:00Z")
+        let new = record("new", "2026-11-26T00:00:00Z")
+        let written = try #require(try sink.append([old], collectedAt: ts("2026-10-01T01:00:00Z")))
+        let index = try DedupIndex(path: path)
+        try index.catchUp(with: sink)
+        #expect(try index.known([old.key, new.key]) == [old.key])
+        let size = try sink.size(of: written.file)
+        #expect(written.file == "2026-10-01.ndjson" && written.end == size)
+
+        // Written to the sink, never added to the index: the next open catches up.
+        try sink.append([new], collectedAt: ts("2026-11-26T01:00:00Z"))
+        #expect(try index.known([new.key]).isEmpty)
+        try DedupIndex(path: path).catchUp(with: sink)
+        #expect(try DedupIndex(path: path).known([old.key, new.key]) == [old.key, new.key])
         #expect(sink.files() == ["2026-11-26.ndjson", "2026-10-01.ndjson"])
+
+        // A file edited by hand to be shorter: the index starts over from the files.
+        let newFile = dir + "/s/2026-11-26.ndjson"
+        try Data().write(to: URL(fileURLWithPath: newFile))
+        let rebuilt = try DedupIndex(path: path)
+        try rebuilt.catchUp(with: sink)
+        #expect(try rebuilt.known([old.key, new.key]) == [old.key])
+
+        // The index lost or garbled: rebuilt from the sink.
+        try Data("not a database".utf8).write(to: URL(fileURLWithPath: path))
+        let fresh = try DedupIndex(path: path)
+        try fresh.catchUp(with: sink)
+        let count = try fresh.count()
+        #expect(try fresh.known([old.key]) == [old.key] && count == 1)
+
+        // A sink file shipped elsewhere and removed: its records are still known.
+        try FileManager.default.removeItem(atPath: dir + "/s/2026-10-01.ndjson")
+        try fresh.catchUp(with: sink)
+        #expect(try fresh.known([old.key]) == [old.key])
     }
 
     @Test func anUnwritableFolderFailsWithTheOperationAndPath() throws {

@@ -75,14 +75,15 @@ struct FaultyStorageTests {
     @Test(
         "slow past the timeout, or answering garbage: updates are queued, never lost, replayed once",
         arguments: [
-            StorageBehaviour.slow(.milliseconds(1500)), .garbage,
+            StorageBehaviour.slow(.milliseconds(4000)), .garbage,
         ])
     func neverLost(behaviour: StorageBehaviour) async throws {
         let storage = FaultyStorage()
         let app = Application(router: storage.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in
             let http = HTTPStorageClient(
-                baseURL: "http://127.0.0.1:\(client.port!)", timeout: .milliseconds(300),
+                // Well above a healthy answer on a loaded 2-core machine, well below the slow one.
+                baseURL: "http://127.0.0.1:\(client.port!)", timeout: .milliseconds(1200),
                 retryPolicy: RetryPolicy(maxAttempts: 2, baseDelay: .milliseconds(1), maxDelay: .milliseconds(2)),
                 logger: Logger(label: "test")
             )

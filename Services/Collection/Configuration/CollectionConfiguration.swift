@@ -40,7 +40,12 @@ struct CollectionConfiguration: Sendable {
     /// The whole environment, for the storage client factory and the sources' credentials.
     var environment: [String: String] = [:]
 
-    var stateDirectory: String { (dataDirectory as NSString).appendingPathComponent(".state") }
+    var stateDirectory: String { Self.stateDirectory(of: dataDirectory) }
+
+    /// `DATA_DIR/.state`: last known watermarks, queued updates, dead letters, drop-folder ledgers, dedup indexes.
+    static func stateDirectory(of dataDirectory: String) -> String {
+        (dataDirectory as NSString).appendingPathComponent(".state")
+    }
 
     init() {}
 

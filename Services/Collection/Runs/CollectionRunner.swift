@@ -46,8 +46,12 @@ struct CollectionRunner: Sendable {
 
         // 0. The sink as a crash left it: torn last lines are cut, so what is read is what is on disk.
         let sink = NDJSONSink(dataDirectory: dataDirectory, sourceID: source.id)
+        let index: DedupIndex
         do {
             try sink.recover()
+            index = try DedupIndex(
+                path: CollectionConfiguration.stateDirectory(of: dataDirectory) + "/dedup/\(source.id).sqlite")
+            try index.catchUp(with: sink)
         } catch {
             return await finishFailed(report, source: source, lease: nil, message: "\(error)", log: log)
         }
@@ -118,7 +122,6 @@ struct CollectionRunner: Sendable {
         var marks = MarkTracker(committed: previous ?? start)
         var sinceCheckpoint = (records: Int64(0), pages: 0, at: clock())
         do {
-            var seen = try sink.existingKeys(since: nil)
             var cursor: String?
             var pages = 0
             repeat {
@@ -146,15 +149,19 @@ struct CollectionRunner: Sendable {
                         metadata: ["file": "\(file.name)", "moved_to": "\(file.movedTo)", "reason": "\(file.reason)"]
                     )
                 }
+                let known = try index.known(page.records.map(\.key))
+                var inPage = Set<RecordKey>()
                 var fresh: [CollectedRecord] = []
                 for record in page.records {
-                    if seen.insert(record.key).inserted {
+                    if !known.contains(record.key), inPage.insert(record.key).inserted {
                         fresh.append(record)
                     } else {
                         report.duplicatesDropped += 1
                     }
                 }
-                try sink.append(fresh, collectedAt: clock())
+                if let written = try sink.append(fresh, collectedAt: clock()) {
+                    try index.add(fresh.map(\.key), file: written.file, end: written.end)
+                }
                 try collector.pageCommitted(page)
                 report.recordsCollected += Int64(fresh.count)
                 sinceCheckpoint.records += Int64(fresh.count)

@@ -13,8 +13,8 @@ import WatermarkCore
 /// collection), one line per record: `{"source_id","id","version","mark","collected_at","record"}`.
 ///
 /// Exactly-once rests on two things here: `append` returns only once the lines are on disk (file fsynced, and
-/// the folder too when a file was created), and `existingKeys(since:)` tells the run which records already
-/// made it, so whatever a crash made the source send again is dropped. A torn last line (a crash in the middle
+/// the folder too when a file was created), and the `DedupIndex` built from these files tells the run which
+/// records already made it, so whatever a crash made the source send again is dropped. A torn last line (a crash in the middle
 /// of a write) is cut off by `recover()` and before the next append, and never counted when reading.
 struct NDJSONSink: Sendable {
     let directory: String
@@ -31,28 +31,33 @@ struct NDJSONSink: Sendable {
         return names.filter { $0.hasSuffix(".ndjson") && !$0.hasPrefix(".") }.sorted(by: >)
     }
 
-    /// Keys of the records already written; with `since`, only those whose mark is at or after it.
+    /// The size of one of the source's files.
+    func size(of name: String) throws(SinkError) -> Int {
+        let path = (directory as NSString).appendingPathComponent(name)
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw SinkError(path: path, operation: "stat", errno: errno) }
+        return Int(info.st_size)
+    }
+
+    /// The keys of the complete lines of `name` from byte `offset` on, and where the last complete line ends.
     ///
-    /// Every file is read, in no particular order and whatever the marks in it: a future-dated or re-sent
-    /// record can sit in an older day's file, so no file order is assumed. A last line without its newline is
-    /// torn, exactly as `repairTail` decides before the next append, so reading and repairing agree: a record
-    /// whose line was cut (even one that is complete JSON) does not count as written and is written again.
-    func existingKeys(since: Timestamp?) throws(SinkError) -> Set<RecordKey> {
-        var keys = Set<RecordKey>()
-        for name in files() {
-            let path = (directory as NSString).appendingPathComponent(name)
-            let data: Data
-            do {
-                data = try Data(contentsOf: URL(fileURLWithPath: path))
-            } catch {
-                throw SinkError(path: path, operation: "read", detail: error.localizedDescription)
-            }
-            for line in Self.completeLines(data) {
-                guard let entry = Self.decodeLine(Data(line)) else { continue }
-                if since.map({ entry.mark >= $0 }) ?? true { keys.insert(entry.key) }
-            }
+    /// A last line without its newline is torn, exactly as `repairTail` decides before the next append, so
+    /// reading and repairing agree: a record whose line was cut (even one that is complete JSON) does not count
+    /// as written and is written again.
+    func keys(in name: String, from offset: Int) throws(SinkError) -> (keys: [RecordKey], end: Int) {
+        let path = (directory as NSString).appendingPathComponent(name)
+        let data: Data
+        do {
+            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+            defer { try? handle.close() }
+            try handle.seek(toOffset: UInt64(offset))
+            data = try handle.readToEnd() ?? Data()
+        } catch {
+            throw SinkError(path: path, operation: "read", detail: error.localizedDescription)
         }
-        return keys
+        let lines = Self.completeLines(data)
+        let end = offset + (data.lastIndex(of: UInt8(ascii: "\n")).map { $0 - data.startIndex + 1 } ?? 0)
+        return (lines.compactMap { Self.decodeLine(Data($0))?.key }, end)
     }
 
     /// The lines of `data` that end with a newline; a last line without one is torn and left out.
@@ -63,7 +68,7 @@ struct NDJSONSink: Sendable {
     }
 
     /// Cuts the torn last line of every file of the source (a crash in the middle of an append), so what is
-    /// on disk is exactly what `existingKeys` counts. A run calls it before reading the sink.
+    /// on disk is exactly what `keys(in:from:)` and the index count. A run calls it before reading the sink.
     func recover() throws(SinkError) {
         for name in files() {
             let path = (directory as NSString).appendingPathComponent(name)
@@ -83,9 +88,11 @@ struct NDJSONSink: Sendable {
         }
     }
 
-    /// Appends the records and fsyncs before returning.
-    func append(_ records: [CollectedRecord], collectedAt: Timestamp) throws(SinkError) {
-        guard !records.isEmpty else { return }
+    /// Appends the records and fsyncs before returning; says which file they went to and where it now ends
+    /// (`nil` when there was nothing to write).
+    @discardableResult
+    func append(_ records: [CollectedRecord], collectedAt: Timestamp) throws(SinkError) -> (file: String, end: Int)? {
+        guard !records.isEmpty else { return nil }
         let createdFolder = try ensureDirectory()
         let name = String(collectedAt.description.prefix(10)) + ".ndjson"
         let path = (directory as NSString).appendingPathComponent(name)
@@ -126,6 +133,7 @@ struct NDJSONSink: Sendable {
         guard fsync(fd) == 0 else { throw SinkError(path: path, operation: "fsync", errno: errno) }
         if !existed { try Self.fsyncDirectory(directory) }
         if createdFolder { try Self.fsyncDirectory((directory as NSString).deletingLastPathComponent) }
+        return (name, end)
     }
 
     /// Cuts a torn last line (no trailing newline) and returns the new end of the file.

@@ -1,0 +1,135 @@
+import Foundation
+import GRDB
+
+/// The keys (id, version) of every record in one source's NDJSON sink, in SQLite, so a run checks each record
+/// it fetches against everything ever written without re-reading the sink or holding its keys in memory.
+///
+/// The sink is the truth and the index follows it: keys are added only after their lines are fsynced, together
+/// with how far each sink file is indexed (`indexed_file.size`, always the end of a complete line). Opening
+/// the index catches up with whatever the sink holds past those sizes (a crash between the sink's fsync and
+/// the index's commit), so an index that lags, or is lost, or was never there (an existing sink, an upgrade)
+/// is rebuilt from the sink and can never let a written record through as new. For the same reason the
+/// index may commit lazily (WAL, `synchronous=NORMAL`). A sink file that shrank (edited by hand) makes the
+/// index start over from the files. Keys of sink files that were deleted (shipped elsewhere) stay, so their
+/// records are still recognised when a source sends them again.
+struct DedupIndex: Sendable {
+    let path: String
+    private let queue: DatabaseQueue
+
+    /// Opens (or creates) the index at `path`; an index that cannot be opened is moved aside and rebuilt.
+    init(path: String) throws(SinkError) {
+        self.path = path
+        do {
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        } catch {
+            throw SinkError(path: path, operation: "create folder", detail: error.localizedDescription)
+        }
+        do {
+            queue = try Self.open(path)
+        } catch {
+            // A cache, not the truth: start again from the sink.
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            do {
+                queue = try Self.open(path)
+            } catch {
+                throw SinkError(path: path, operation: "open index", detail: "\(error)")
+            }
+        }
+    }
+
+    private static func open(_ path: String) throws -> DatabaseQueue {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        let queue = try DatabaseQueue(path: path, configuration: configuration)
+        _ = try queue.writeWithoutTransaction { db in try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
+        try migrator.migrate(queue)
+        return queue
+    }
+
+    /// Append-only: a shipped migration is never edited.
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "record_key", options: [.withoutRowID]) { t in
+                t.column("id", .text).notNull()
+                t.column("version", .text).notNull()
+                t.primaryKey(["id", "version"])
+            }
+            try db.create(table: "indexed_file") { t in
+                t.primaryKey("name", .text)
+                t.column("size", .integer).notNull()
+            }
+        }
+        return migrator
+    }
+
+    /// Indexes what the sink holds beyond the indexed sizes (all of it for a new index).
+    func catchUp(with sink: NDJSONSink) throws(SinkError) {
+        do {
+            let indexed = try queue.read { db in
+                try Dictionary(
+                    Row.fetchAll(db, sql: "SELECT name, size FROM indexed_file").map {
+                        ($0["name"] as String, $0["size"] as Int)
+                    },
+                    uniquingKeysWith: { $1 })
+            }
+            var sizes: [String: Int] = [:]
+            for name in sink.files() { sizes[name] = try sink.size(of: name) }
+            if sizes.contains(where: { name, size in (indexed[name] ?? 0) > size }) {
+                try queue.write { db in
+                    try db.execute(sql: "DELETE FROM record_key")
+                    try db.execute(sql: "DELETE FROM indexed_file")
+                }
+                return try catchUp(with: sink)
+            }
+            for (name, size) in sizes where size > (indexed[name] ?? 0) {
+                let (keys, end) = try sink.keys(in: name, from: indexed[name] ?? 0)
+                try add(keys, file: name, end: end)
+            }
+        } catch let error as SinkError {
+            throw error
+        } catch {
+            throw SinkError(path: path, operation: "index", detail: "\(error)")
+        }
+    }
+
+    /// Which of `keys` the sink already holds.
+    func known(_ keys: [RecordKey]) throws(SinkError) -> Set<RecordKey> {
+        do {
+            return try queue.read { db in
+                let statement = try db.cachedStatement(sql: "SELECT 1 FROM record_key WHERE id = ? AND version = ?")
+                var known = Set<RecordKey>()
+                for key in keys where try Bool.fetchOne(statement, arguments: [key.id, key.version]) != nil {
+                    known.insert(key)
+                }
+                return known
+            }
+        } catch {
+            throw SinkError(path: path, operation: "index lookup", detail: "\(error)")
+        }
+    }
+
+    /// Records keys whose lines are on disk in `file`, now complete up to `end`, in one transaction.
+    func add(_ keys: [RecordKey], file: String, end: Int) throws(SinkError) {
+        do {
+            try queue.write { db in
+                let insert = try db.cachedStatement(sql: "INSERT OR IGNORE INTO record_key (id, version) VALUES (?, ?)")
+                for key in keys { try insert.execute(arguments: [key.id, key.version]) }
+                try db.execute(
+                    sql:
+                        "INSERT INTO indexed_file (name, size) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET size = excluded.size",
+                    arguments: [file, end])
+            }
+        } catch {
+            throw SinkError(path: path, operation: "index write", detail: "\(error)")
+        }
+    }
+
+    /// How many keys the index holds.
+    func count() throws -> Int {
+        try queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM record_key") ?? 0 }
+    }
+}
