@@ -52,7 +52,7 @@ struct ExactlyOnceAttackTests {
                 // small: medallion answers a first request in time that grows with the square of its versions.)
                 for _ in 0..<2 { try await produce(new: 30) }
                 var attack = KillLoop(seed: Self.seed, storage: storage, setup: setup)
-                try await attack.run(outageRounds: [5, 11]) { _ in try await produce() }
+                try await attack.run(source: "medallion", outageRounds: [5, 11]) { _ in try await produce() }
 
                 let manifest = try await medallion.manifest()
                 let expected = Set(manifest.map { $0.id + "@" + Self.normalised($0.version) })
@@ -117,7 +117,7 @@ struct ExactlyOnceAttackTests {
             }
             var attack = KillLoop(seed: Self.seed, salt: 0x0A7C, storage: storage, setup: setup)
             attack.environment["OTX_API_KEY"] = OTXStub.apiKey
-            try await attack.run(outageRounds: [4, 9]) { round in try await produce(round: round) }
+            try await attack.run(source: "otx", outageRounds: [4, 9]) { round in try await produce(round: round) }
 
             let expected = Set(current.map { $0.key + "@" + $0.value.description })
             let keys = try setup.sinkKeys("otx")
@@ -215,7 +215,7 @@ struct ExactlyOnceAttackTests {
             }
         }
         func produce(round: Int, part: Int) throws {
-            let count = Int.random(in: 50...400, using: &random)
+            let count = Int.random(in: 300...1500, using: &random)
             let base = Timestamp.now().adding(.seconds(-60))
             try drop((0..<count).map { ("r\(round)-\(part)-\($0)", base.adding(.milliseconds(Int64($0)))) })
             if round % 3 == 1 {  // a late file: records older than anything collected so far
@@ -227,7 +227,7 @@ struct ExactlyOnceAttackTests {
         try await withStorageService(environment: ["PORT": "\(storagePort)"]) { storage in
             var attack = KillLoop(seed: Self.seed, salt: 0x5DEE_CE66, storage: storage, setup: setup)
             var calls = 0
-            try await attack.run(outageRounds: [4, 9]) { round in
+            try await attack.run(source: "inbox", outageRounds: [4, 9]) { round in
                 calls += 1
                 try produce(round: round, part: calls)
                 guard calls.isMultiple(of: 2) else { return }  // once a round, while the run is under way

@@ -19,6 +19,8 @@ struct KillLoop {
     private(set) var kills = 0
     private(set) var killedAfterCheckpoint = 0
     private(set) var outages = 0
+    /// Outages that began while a run held its lease.
+    private(set) var midRunOutages = 0
     private(set) var logs: [String] = []
 
     /// `seed` is `ATTACK_SEED` (printed with the figures); `salt` gives each test its own sequence of it.
@@ -33,12 +35,15 @@ struct KillLoop {
     var figures: [String: Int] {
         [
             "seed": Int(seed), "kills": kills, "killed_after_checkpoint": killedAfterCheckpoint,
-            "storage_outages": outages, "rounds": round,
+            "storage_outages": outages, "mid_run_outages": midRunOutages, "rounds": round,
         ]
     }
 
+    /// `outageRounds`: the first outage stops the storage before its run starts (the run goes without a lease),
+    /// the second once its run has written a page (the run holds a live lease and queues its updates with the
+    /// token; the next process must take over its own lease and deliver them).
     mutating func run(
-        outageRounds: Set<Int>, minimumKills: Int = 12, minimumRounds: Int = 12,
+        source: String, outageRounds: [Int], minimumKills: Int = 12, minimumRounds: Int = 12,
         produce: (Int) async throws -> Void
     ) async throws {
         let url = "http://127.0.0.1:\(storage.port)"
@@ -46,12 +51,21 @@ struct KillLoop {
         while round < 40, kills < minimumKills || round < minimumRounds {
             try await produce(round)
             let outage = outageRounds.contains(round)
-            if outage {
+            let midRun = outage && outageRounds.firstIndex(of: round)!.isMultiple(of: 2) == false
+            if outage && !midRun {
                 _ = try await storage.service.stop()
                 outages += 1
             }
-            let started = ContinuousClock.now
+            let before = try setup.sinkLines(source).count
             let process = try setup.startOnce(storageURL: url, extra: environment)
+            if midRun {
+                try await waitUntil("a page on disk", timeout: .seconds(60), every: .milliseconds(2)) {
+                    try setup.sinkLines(source).count > before || !process.isRunning
+                }
+                _ = try await storage.service.stop()
+                outages += 1
+                if process.isRunning { midRunOutages += 1 }
+            }
             let delay = Int.random(in: 20...max(100, runLength), using: &random)
             try await Task.sleep(for: .milliseconds(delay / 2))
             try await produce(round)  // while the run is under way
@@ -63,9 +77,18 @@ struct KillLoop {
                 if process.log.contains("checkpoint: watermark moved mid-run") { killedAfterCheckpoint += 1 }
             } else {
                 _ = try await process.waitForExit(timeout: .seconds(90))
-                if !outage { runLength = Int((ContinuousClock.now - started).milliseconds) }
+                // The run's own length plus the process start, as it reported it (the wall time would
+                // include the wait above and only grow).
+                if !outage, let line = process.log.split(separator: "\n").last(where: { $0.hasPrefix(source + " ") }),
+                    let range = line.range(of: "duration_ms="),
+                    let reported = Int(line[range.upperBound...].prefix { $0.isNumber })
+                {
+                    runLength = reported + 150
+                }
             }
             logs.append(process.log)
+            let summary = process.log.split(separator: "\n").last { $0.hasPrefix(source + " ") } ?? "killed"
+            print("attack: round \(round) delay_ms=\(delay) outage=\(outage) \(summary.prefix(160))")
             if outage { try await storage.restart() }
             round += 1
         }
