@@ -32,17 +32,20 @@ struct DirectoryCollector: Collector {
             let name = files[current]
             let next = current + 1 < files.count ? name : nil
             let path = (settings.path as NSString).appendingPathComponent(name)
+            // Known by its identity (a stat and its first 4 KiB): an unchanged file is not read again.
+            guard let identity = try Self.identity(of: path, name: name) else {  // moved away meanwhile
+                index = current + 1
+                continue
+            }
+            if collected[name] == identity {
+                index = current + 1
+                continue
+            }
             let data: Data
             do {
                 data = try Data(contentsOf: URL(fileURLWithPath: path))
             } catch {
-                if !FileManager.default.fileExists(atPath: path) { index = current + 1; continue }  // moved away
                 throw .file(path: path, detail: error.localizedDescription)
-            }
-            let identity = FileIdentity(name: name, data: data, modifiedNanoseconds: Self.modificationTime(path))
-            if collected[name] == identity {
-                index = current + 1
-                continue
             }
             var page: CollectorPage
             do {
@@ -136,10 +139,25 @@ struct DirectoryCollector: Collector {
         return RejectedFile(name: name, movedTo: target, reason: reason)
     }
 
-    static func modificationTime(_ path: String) -> Int64 {
+    /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
+    /// and the next run reads it again (its records already written are dropped by dedup).
+    static func identity(of path: String, name: String) throws(CollectorError) -> FileIdentity? {
         var info = stat()
-        guard stat(path, &info) == 0 else { return 0 }
-        return Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        guard stat(path, &info) == 0 else {
+            if errno == ENOENT { return nil }
+            throw .file(path: path, detail: String(cString: strerror(errno)))
+        }
+        let head: Data
+        do {
+            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+            defer { try? handle.close() }
+            head = try handle.read(upToCount: FileIdentity.headSize) ?? Data()
+        } catch {
+            throw .file(path: path, detail: error.localizedDescription)
+        }
+        return FileIdentity(
+            name: name, size: Int(info.st_size),
+            modifiedNanoseconds: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec), head: head)
     }
 }
 
@@ -167,12 +185,14 @@ struct FileIdentity: Sendable, Equatable, Codable {
             && lhs.headHash == rhs.headHash
     }
 
-    init(name: String, data: Data, modifiedNanoseconds: Int64) {
+    static let headSize = 4096
+
+    init(name: String, size: Int, modifiedNanoseconds: Int64, head: Data) {
         self.name = name
-        self.size = data.count
+        self.size = size
         self.modifiedNanoseconds = modifiedNanoseconds
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in data.prefix(4096) {
+        for byte in head.prefix(Self.headSize) {
             hash ^= UInt64(byte)
             hash &*= 0x0000_0100_0000_01b3
         }

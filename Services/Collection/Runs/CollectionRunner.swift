@@ -97,10 +97,11 @@ struct CollectionRunner: Sendable {
         if await manager.pendingCount(sourceID: source.id) > 0 {
             let replay = await manager.flush(sourceID: source.id, leaseToken: lease?.fencingToken)
             log.info(
-                "queued watermark updates replayed under the lease",
+                "queued watermark updates replayed",
                 metadata: [
                     "applied": "\(replay.applied)", "dead_lettered": "\(replay.dropped)",
                     "remaining": "\(replay.remaining)",
+                    "lease_token": "\(lease.map { "\($0.fencingToken)" } ?? "none")",
                 ]
             )
         }
