@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "storage-service", targets: ["StorageService"]),
         .executable(name: "collection-service", targets: ["CollectionService"]),
+        .executable(name: "bench-hello", targets: ["BenchHello"]),
         .library(name: "WatermarkCore", targets: ["WatermarkCore"]),
         .library(name: "StorageClient", targets: ["StorageClient"]),
     ],
@@ -86,6 +87,13 @@ let package = Package(
             ],
             path: "Services/Collection",
             exclude: ["Dockerfile"],
+            swiftSettings: swiftSettings
+        ),
+        // `make bench`'s baseline: a Hummingbird hello world built from the same graph, not a route of the service.
+        .executableTarget(
+            name: "BenchHello",
+            dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
+            path: "bench/Hello",
             swiftSettings: swiftSettings
         ),
         .target(

@@ -1,0 +1,103 @@
+import Foundation
+import GRDB
+import TestSupport
+import Testing
+import WatermarkCore
+
+@testable import StorageService
+
+@Suite("Group commit")
+struct GroupCommitTests {
+    /// Jobs that arrive while a batch commits share the next transaction; a job that throws rolls back its own
+    /// savepoint only, later jobs see the earlier ones' writes, and every caller gets its own outcome.
+    @Test func jobsWaitingDuringACommitShareTheNextOneAndKeepTheirOwnOutcome() async throws {
+        let queue = try DatabaseQueue()
+        try await queue.write { db in try db.execute(sql: "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)") }
+        let writer = GroupCommitWriter(writer: queue)
+        struct Refused: Error {}
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // The first batch holds the writer long enough for the others to queue behind it.
+            group.addTask {
+                try await writer.write { db in
+                    try db.execute(sql: "INSERT INTO t VALUES ('slow', 0)")
+                    Thread.sleep(forTimeInterval: 0.3)
+                }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            for index in 0..<20 {
+                group.addTask {
+                    try await writer.write { db in
+                        try db.execute(sql: "INSERT INTO t VALUES (?, ?)", arguments: ["k\(index)", index])
+                    }
+                }
+            }
+            group.addTask {
+                await #expect(throws: Refused.self) {
+                    try await writer.write { db in
+                        try db.execute(sql: "INSERT INTO t VALUES ('refused', 1)")
+                        throw Refused()
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let rows = try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") }
+        #expect(rows == 21, "the refused job's insert was rolled back, every other job committed")
+        let refused = try await queue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t WHERE k = 'refused'")
+        }
+        #expect(refused == 0)
+        let (batches, jobs) = (await writer.batches, await writer.jobs)
+        #expect(jobs == 22 && batches == 2, "\(jobs) jobs in \(batches) batches")
+
+        // Within a batch the rules see the batch's earlier writes: a second insert of one key fails alone.
+        let outcomes = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    (try? await writer.write { db in try db.execute(sql: "INSERT INTO t VALUES ('once', 1)") }) != nil
+                }
+            }
+            return await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(outcomes.filter { $0 }.count == 1)
+    }
+
+    /// Through the store: concurrent writes to many sources take fewer commits than writes, a refused write
+    /// among them changes nothing and does not fail the others.
+    @Test func concurrentStoreWritesShareCommitsAndRefusalsStayTheirOwn() async throws {
+        let folder = NSTemporaryDirectory() + "group-commit-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        // On disk, WAL and synchronous=FULL: each commit waits for an fsync, as in production.
+        let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+        let seeded = try await store.write(
+            WatermarkWrite(sourceID: sid("seeded"), update: .success(.at("2026-01-01T00:00:00Z"), records: 1)))
+        let results = await withTaskGroup(of: (String, String?).self) { group in
+            for index in 0..<48 {
+                group.addTask {
+                    let code = await refusal {
+                        _ = try await store.write(
+                            WatermarkWrite(
+                                sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+                    }
+                    return ("s\(index)", code)
+                }
+            }
+            group.addTask {
+                let code = await refusal {
+                    _ = try await store.write(
+                        WatermarkWrite(
+                            sourceID: sid("seeded"), update: .success(.at("2025-01-01T00:00:00Z"), records: 1)))
+                }
+                return ("seeded", code)
+            }
+            return await group.reduce(into: [String: String?]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(results["seeded"] == "watermark_regression")
+        #expect(results.filter { $0.key != "seeded" }.allSatisfy { $0.value == nil })
+        #expect(try await store.watermark(for: sid("seeded")) == seeded.watermark)
+        for index in 0..<48 { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
+        let (batches, writes) = await store.writeBatches()
+        #expect(writes == 50 && batches < writes, "\(writes) writes in \(batches) commits")
+        try store.close()
+    }
+}
