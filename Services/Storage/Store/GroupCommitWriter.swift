@@ -55,7 +55,7 @@ actor GroupCommitWriter {
             result = await lead()
         }
         // Every job's result is the value its own `work` returned.
-        return try result.get() as! T  // swiftlint:disable:this force_cast
+        return try result.get() as! T
     }
 
     /// Runs one batch (the leader's job is the one without a continuation) and hands the lead on.

@@ -71,7 +71,19 @@ final class SQLiteWatermarkStore: WatermarkStore {
     // MARK: WatermarkStore
 
     func watermark(for sourceID: SourceID) async throws -> Watermark? {
-        try await read { db in try SQLiteTransaction(db: db).watermark(sourceID) }
+        // The hottest read runs on the calling thread: in WAL mode a reader never waits for the writer, so this
+        // blocks only for the lookup itself (tens of microseconds), where the asynchronous read hopped to GRDB's
+        // reader queue and back, the largest cost of a GET under load.
+        do {
+            return try readHere { db in try SQLiteTransaction(db: db).watermark(sourceID) }
+        } catch {
+            throw mapped(error, writing: false)
+        }
+    }
+
+    /// GRDB's synchronous read (from a synchronous function, so the asynchronous overload is not chosen).
+    private func readHere<T>(_ body: (Database) throws -> T) throws -> T {
+        try writer.read(body)
     }
 
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
