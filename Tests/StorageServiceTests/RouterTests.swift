@@ -158,7 +158,7 @@ struct RouterTests {
             #expect(stale.status == .preconditionFailed)
             let matching = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: "\"1\""])
             #expect(matching.status == .ok && matching.headers[.eTag] == "\"2\"")
-            for bad in ["2", "\"abc\"", "W/\"2\"", "\"\""] {
+            for bad in ["x2", "\"abc\"", "W/\"2\"", "\"\""] {
                 let response = try await put(client, "c", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: bad])
                 #expect(response.status == .badRequest && errorCode(response) == "invalid_header", "If-Match: \(bad)")
             }
@@ -168,6 +168,43 @@ struct RouterTests {
             let deleted = try await client.execute(
                 uri: "/api/v1/watermarks/c", method: .delete, headers: [.ifMatch: "\"2\""])
             #expect(deleted.status == .noContent)
+        }
+    }
+
+    /// What the fuzzer found schema-valid and the service refused: each is accepted now, or refused for a reason
+    /// of state (412), as the document says.
+    @Test("schema-valid requests: bare If-Match versions, both conditions, %3A in ids, 490.0 seconds")
+    func schemaValidRequestsAreAccepted() async throws {
+        try await app().test(.router) { client in
+            let created = try await put(client, "a:b", success("2025-12-31T00:00:00Z"))
+            #expect(created.status == .created)
+            // The same source, its ':' percent-encoded (as AsyncHTTPClient and Python clients send it).
+            let encoded = try await client.execute(uri: "/api/v1/watermarks/a%3Ab", method: .get)
+            let encodedBody = try json(encoded)
+            #expect(encoded.status == .ok && encodedBody["source_id"] as? String == "a:b")
+            let updated = try await put(client, "a%3Ab", success("2025-12-31T01:00:00Z"), headers: [.ifMatch: "1"])
+            #expect(updated.status == .ok && updated.headers[.eTag] == "\"2\"", "a bare version is the ETag's")
+            for never in ["0", "\"0\""] {
+                let response = try await put(client, "a:b", success("2025-12-31T02:00:00Z"), headers: [.ifMatch: never])
+                #expect(response.status == .preconditionFailed, "If-Match: \(never)")
+            }
+            let both = try await put(
+                client, "new", success("2025-12-31T00:00:00Z"), headers: [.ifMatch: "\"1\"", .ifNoneMatch: "*"])
+            #expect(both.status == .preconditionFailed && errorCode(both) == "precondition_failed")
+            #expect(try await client.execute(uri: "/api/v1/watermarks/new", method: .get).status == .notFound)
+            for id in ["a%2Fb", "%00", "%2E%2E", "a%253Ab"] {
+                let response = try await client.execute(uri: "/api/v1/watermarks/\(id)", method: .get)
+                #expect(response.status == .badRequest && errorCode(response) == "invalid_source_id", "\(id)")
+            }
+            let lease = try await client.execute(
+                uri: "/api/v1/watermarks/a%3Ab/lease", method: .post, headers: Self.jsonHeaders,
+                body: ByteBuffer(string: #"{"owner":"c1","ttl_seconds":490.0}"#))
+            let leaseBody = try json(lease)
+            #expect(lease.status == .ok && leaseBody["source_id"] as? String == "a:b")
+            let fraction = try await client.execute(
+                uri: "/api/v1/watermarks/other/lease", method: .post, headers: Self.jsonHeaders,
+                body: ByteBuffer(string: #"{"owner":"c1","ttl_seconds":490.5}"#))
+            #expect(fraction.status == .badRequest)
         }
     }
 

@@ -95,23 +95,36 @@ extension Request {
         switch (ifMatch, ifNoneMatch) {
         case (nil, nil):
             return nil
-        case (_?, _?):
-            throw WatermarkError.invalidHeader("If-Match", "send either If-Match or If-None-Match, not both")
+        case (let match?, let noneMatch?):
+            // RFC 9110 evaluates If-Match, then If-None-Match: "this version" and "absent" never both hold.
+            _ = try Self.ifMatchPrecondition(match)
+            guard noneMatch == "*" else {
+                throw WatermarkError.invalidHeader("If-None-Match", "only '*' (create only) is supported on writes")
+            }
+            throw WatermarkError.preconditionFailed(
+                "If-Match and If-None-Match: * cannot both hold (the source cannot exist and be absent)")
         case (nil, let value?):
             guard value == "*" else {
                 throw WatermarkError.invalidHeader("If-None-Match", "only '*' (create only) is supported on writes")
             }
             return .absent
         case (let value?, nil):
-            if value == "*" { return .exists }
-            guard value.count >= 3, value.first == "\"", value.last == "\"",
-                let version = Int64(value.dropFirst().dropLast()), version > 0
-            else {
-                throw WatermarkError.invalidHeader(
-                    "If-Match", "expected a version in quotes, like \"3\" (the ETag), or *")
-            }
-            return .version(version)
+            return try Self.ifMatchPrecondition(value)
         }
+    }
+
+    /// `If-Match: "3"` (the ETag), or the bare version `3` as some clients send it, or `*`. A version that
+    /// cannot exist (`"0"`) is valid and simply never matches (412).
+    private static func ifMatchPrecondition(_ value: String) throws -> WritePrecondition {
+        if value == "*" { return .exists }
+        let quoted = value.count >= 3 && value.first == "\"" && value.last == "\""
+        let digits = quoted ? value.dropFirst().dropLast() : Substring(value)
+        guard digits.count <= 18, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber),
+            let version = Int64(digits)
+        else {
+            throw WatermarkError.invalidHeader("If-Match", "expected a version in quotes, like \"3\" (the ETag), or *")
+        }
+        return .version(version)
     }
 
     /// `Lease-Token: <fencing_token>`.

@@ -1,3 +1,4 @@
+import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -113,8 +114,10 @@ struct WatermarkController<Context: RequestContext> {
     }
 
     private func sourceID(_ context: Context) throws -> SourceID {
+        // The router matches the path before it is percent-decoded: decode the segment once, so a client that
+        // encodes ':' as %3A reaches the same source (an encoded '/', a NUL or '..' are still refused).
         let raw = context.parameters.get("source_id") ?? ""
-        return try SourceID(raw)
+        return try SourceID(raw.removingPercentEncoding ?? raw)
     }
 }
 
@@ -135,7 +138,17 @@ struct LeaseRequest: Decodable {
         guard let owner = try? c.decodeIfPresent(String.self, forKey: .owner) else {
             throw WatermarkError.invalidBody("field \"owner\" is required: a string naming the collector instance")
         }
-        guard let ttl = try? c.decodeIfPresent(Int64.self, forKey: .ttlSeconds) ?? Self.defaultTTLSeconds else {
+        // JSON Schema counts 490.0 as the integer 490: accept a whole number written with a fraction.
+        let ttl: Int64
+        if (try? c.decodeNil(forKey: .ttlSeconds)) ?? true {
+            ttl = Self.defaultTTLSeconds
+        } else if let whole = try? c.decode(Int64.self, forKey: .ttlSeconds) {
+            ttl = whole
+        } else if let number = try? c.decode(Double.self, forKey: .ttlSeconds), number.rounded() == number,
+            abs(number) < 1e15
+        {
+            ttl = Int64(number)
+        } else {
             throw WatermarkError.invalidBody("field \"ttl_seconds\" must be a whole number of seconds")
         }
         self.owner = owner

@@ -266,8 +266,10 @@ enum OpenAPIDocument {
             IfMatch:
               name: If-Match
               in: header
-              description: "The ETag of the version the write expects, or '*' (it must exist); else 412"
-              schema: {type: string, pattern: '^("[0-9]{1,18}"|\*)$'}
+              description: >-
+                The ETag of the version the write expects ("3", or the bare 3), or '*' (it must exist); else 412.
+                With If-None-Match: * as well, 412 (both cannot hold).
+              schema: {type: string, pattern: '^("[0-9]{1,18}"|[0-9]{1,18}|\*)$'}
             LeaseToken:
               name: Lease-Token
               in: header
