@@ -35,7 +35,8 @@ run-all: build
 	@bash scripts/run-all.sh
 
 ## Load benchmark of the storage service against a Hummingbird hello world of the same run (ratios), at 1 and
-## 64 connections; writes bench/results/<date>.json.
+## 64 connections; writes bench/results/<date>.json. PROFILE=collector: the collection path against a Python
+## loop (bench/results/<date>-collector.json); PROFILE=all: both.
 bench: deps
 	@bash scripts/bench.sh
 

@@ -4,7 +4,10 @@
 # each figure a ratio to the hello world of the same run (disk and CPU speed swing by the hour; only ratios
 # within one run mean something). Prints a table and writes bench/results/<date>.json; never asserts.
 #
-# BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_CONFIG (release).
+# PROFILE picks what runs: `http` (the default: the table above), `collector` (bench/collector.py: a million STIX
+# objects from a drop folder and from a TAXII-like feed through collection-service, against a plain-Python
+# loop of the same run), or `all`.
+# BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_RECORDS (1000000), BENCH_CONFIG (release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +16,18 @@ if ! command -v wrk >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
 fi
 config=${BENCH_CONFIG:-release}
+profile=${PROFILE:-http}
+case "$profile" in
+  http|collector|all) ;;
+  *) echo "bench: PROFILE must be http, collector or all (got $profile)" >&2; exit 2 ;;
+esac
 swift build -c "$config" --product storage-service
-swift build -c "$config" --product bench-hello
-python3 bench/run.py "$(swift build -c "$config" --show-bin-path)"
+bin=$(swift build -c "$config" --show-bin-path)
+if [ "$profile" = http ] || [ "$profile" = all ]; then
+  swift build -c "$config" --product bench-hello
+  python3 bench/run.py "$bin"
+fi
+if [ "$profile" = collector ] || [ "$profile" = all ]; then
+  swift build -c "$config" --product collection-service
+  python3 bench/collector.py "$bin"
+fi

@@ -365,9 +365,9 @@ struct TAXII21CollectorTests {
         }
     }
 
-    @Test func parseRejectsMoreWithoutAnyWayToContinue() throws {
+    @Test func parseRejectsMoreWithoutAnyWayToContinue() async throws {
         let response = SourceResponse(status: 200, headers: [:], body: Data(#"{"more":true,"objects":[]}"#.utf8))
-        #expect(throws: CollectorError.self) { try TAXII21Collector.parse(response, url: "u") }
+        await #expect(throws: CollectorError.self) { try await TAXII21Collector.parse(response, url: "u") }
     }
 }
 
@@ -424,19 +424,20 @@ struct OTXCollectorTests {
         }
     }
 
-    @Test func pulseWithoutModifiedIsMalformed() {
-        #expect(throws: CollectorError.self) {
-            try OTXCollector.parse(Data(#"{"results":[{"id":"x"}],"next":null}"#.utf8), url: "u")
+    @Test func pulseWithoutModifiedIsMalformed() async {
+        await #expect(throws: CollectorError.self) {
+            try await OTXCollector.parse(Data(#"{"results":[{"id":"x"}],"next":null}"#.utf8), url: "u")
         }
     }
 }
 
 @Suite("Directory collector")
 struct DirectoryCollectorTests {
-    static func collector(_ dir: String, state: String? = nil) throws -> DirectoryCollector {
+    static func collector(_ dir: String, state: String? = nil, pageSize: Int = 100) throws -> DirectoryCollector {
         DirectoryCollector(
             settings: DirectorySettings(path: dir),
-            ledger: FileLedger(stateDirectory: state ?? dir + "-state", sourceID: try SourceID("drop")))
+            ledger: FileLedger(stateDirectory: state ?? dir + "-state", sourceID: try SourceID("drop")),
+            pageSize: pageSize)
     }
 
     /// Fetches every page like a run does, committing each page.
@@ -528,6 +529,65 @@ struct DirectoryCollectorTests {
         #expect(reason.contains("b-garbage.ndjson line 1 is not valid JSON"), "\(reason)")
         // Rejected files are gone from the inbox: the next pass reads nothing.
         #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).isEmpty)
+    }
+
+    /// A record `n` with text that looks like JSON structure inside its strings, padded to about `size` bytes.
+    static func tricky(_ number: Int, size: Int = 200) -> String {
+        let pad = String(repeating: "x", count: max(0, size - 120))
+        return #"{ "name" : "a \"quoted\" ] } [ { name", "id":"r-\#(number)", "modified":"2026-11-25T00:00:00Z", "pad":"\#(pad)", "n":[\#(number),{"k":"}"}] }"#
+    }
+
+    @Test func largeFilesComeInPagesOfPageSizeWithEachRecordsOwnBytes() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        // Both files are larger than the reading window, so records straddle its refills.
+        let count = 2_500
+        let lines = (0..<count).map { Self.tricky($0, size: 900) }
+        try (lines.joined(separator: "\n\n") + "\n").write(toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
+        let bundle = #"{"type": "bundle", "id": "bundle--1", "objects": [ "# + lines.joined(separator: " ,\n ") + "\n] }"
+        try bundle.write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
+        #expect(bundle.utf8.count > 2 * DropFile.windowSize)
+
+        let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 1_000))
+        #expect(pages.map(\.records.count) == [1_000, 1_000, 500, 1_000, 1_000, 500])
+        let records = pages.flatMap(\.records)
+        #expect(records.map(\.id) == (0..<count).map { "r-\($0)" } + (0..<count).map { "r-\($0)" })
+        // Byte for byte what the file holds: key order, spaces and escapes stay.
+        #expect(records.map { String(decoding: $0.json, as: UTF8.self) } == lines + lines)
+        // Only the last page of a file records it: the next pass reads nothing.
+        #expect(pages.map { $0.progress != nil } == [false, false, true, false, false, true])
+        #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 1_000)).flatMap(\.records).isEmpty)
+    }
+
+    @Test func aBundleWhoseObjectsComeBeforeItsTypeIsStillABundle() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        try (#"{"objects":["# + Self.tricky(1) + "," + Self.tricky(2) + #"],"id":"bundle--2","type":"bundle"}"#)
+            .write(toFile: dir + "/a.json", atomically: true, encoding: .utf8)
+        try #"{"id":"single","modified":"2026-11-25T00:00:00Z","objects":[{"id":"inner"}]}"#
+            .write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
+        try #"{"type":"bundle","id":"bundle--empty"}"#.write(toFile: dir + "/c.json", atomically: true, encoding: .utf8)
+        let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 1))
+        #expect(pages.flatMap(\.records).map(\.id) == ["r-1", "r-2", "single"])
+        #expect(pages.flatMap(\.rejected).isEmpty)
+    }
+
+    @Test func aBadRecordAfterTheFirstPagesRejectsTheFileThereAndKeepsWhatCameBefore() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let lines = (0..<5).map { Self.tricky($0) } + [#"{"id":"r-5","modified":"#] + [Self.tricky(6)]
+        try lines.joined(separator: "\n").write(toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
+        let missingComma: String = "[" + Self.tricky(7) + "," + Self.tricky(8) + " " + Self.tricky(9) + "]"
+        try missingComma.write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
+        try #"[{"id":"r-10","modified":"2026-11-25T00:00:00Z"},"#.write(toFile: dir + "/c.json", atomically: true, encoding: .utf8)
+        let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 2))
+        #expect(pages.flatMap(\.records).map(\.id) == ["r-0", "r-1", "r-2", "r-3", "r-7", "r-8"])
+        let rejected = pages.flatMap(\.rejected)
+        #expect(rejected.map(\.name) == ["a.ndjson", "b.json", "c.json"])
+        #expect(rejected[0].reason.contains("a.ndjson line 6 is not valid JSON"), "\(rejected[0].reason)")
+        #expect(rejected[1].reason.contains("',' or ']' expected after record 1"), "\(rejected[1].reason)")
+        #expect(rejected[2].reason.contains("c.json: the file ends in the middle of its JSON"), "\(rejected[2].reason)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.isEmpty)
     }
 
     @Test func aMissingFolderIsAFileError() async throws {

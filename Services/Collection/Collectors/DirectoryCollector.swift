@@ -12,49 +12,39 @@ import WatermarkCore
 
 /// A local drop folder of `.json` (object, array or STIX bundle) and `.ndjson` files; works offline.
 ///
-/// The folder is an inbox: every file that is new or has changed since it was last collected is read whole,
-/// once, whatever the times of its records, so a file dropped late with old records is not lost. Files are
-/// known by identity (name, size, modification time, a hash of the head) in a ledger under the local state,
-/// written only once the file's records are on disk (`pageCommitted`); the run's record-level dedup drops what
-/// a grown file or a crash between the two sends again. One page per file, in file-name order; hidden files
+/// The folder is an inbox: every file that is new or has changed since it was last collected is read once,
+/// whatever the times of its records, so a file dropped late with old records is not lost. Files are known by
+/// identity (name, size, modification time, a hash of the head) in a ledger under the local state, written
+/// only once the file's last records are on disk (`pageCommitted`); the run's record-level dedup drops what a
+/// grown file or a crash in the middle of a file sends again. Files are read in file-name order and streamed:
+/// a page holds at most `pageSize` records, and the cursor says where in which file the next page starts, so
+/// a file of any size is never held in memory. Each record keeps the bytes it has in the file. Hidden files
 /// (`.name`) are ignored, so a writer can create `.x.json` and rename it. A file that is not valid records is
-/// moved to `.rejected/` with a `.reason` file beside it, and the other files go on.
+/// moved to `.rejected/` with a `.reason` file beside it when its first bad record is met (the records before
+/// it, already collected, stay collected), and the other files go on.
 struct DirectoryCollector: Collector {
     let settings: DirectorySettings
     let ledger: FileLedger
+    /// The most records one page holds (the source's `page_size`).
+    var pageSize = 100
 
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        if let cursor, let position = FilePosition(cursor: cursor) {
+            return try await page(from: position)
+        }
         let files = try listFiles()
         let collected = try ledger.load()
         // The cursor is the last file name read: files appearing meanwhile are still picked up in order.
         var index = files.firstIndex { name in cursor.map { $0.utf8.lexicographicallyPrecedes(name.utf8) } ?? true }
         while let current = index, current < files.count {
             let name = files[current]
-            let next = current + 1 < files.count ? name : nil
             let path = (settings.path as NSString).appendingPathComponent(name)
             // Known by its identity (a stat and its first 4 KiB): an unchanged file is not read again.
-            guard let identity = try Self.identity(of: path, name: name) else {  // moved away meanwhile
-                index = current + 1
+            guard let identity = try Self.identity(of: path, name: name), collected[name] != identity else {
+                index = current + 1  // collected already, or moved away meanwhile
                 continue
             }
-            if collected[name] == identity {
-                index = current + 1
-                continue
-            }
-            let data: Data
-            do {
-                data = try Data(contentsOf: URL(fileURLWithPath: path))
-            } catch {
-                throw .file(path: path, detail: error.localizedDescription)
-            }
-            var page: CollectorPage
-            do {
-                page = CollectorPage(records: try records(in: data, name: name), next: next)
-                page.progress = identity
-            } catch {
-                page = CollectorPage(records: [], next: next)
-                page.rejected = [try reject(name, reason: error.description)]
-            }
+            var page = try await page(from: FilePosition(file: name, identity: identity))
             if cursor == nil { page.highWaterMark = Self.newestCollected(collected) }
             return page
         }
@@ -70,9 +60,7 @@ struct DirectoryCollector: Collector {
     }
 
     func pageCommitted(_ page: CollectorPage) throws(CollectorError) {
-        guard var identity = page.progress else { return }
-        let now = Timestamp.now()
-        identity.newestMark = page.records.lazy.map(\.mark).filter { $0 <= now }.max()
+        guard let identity = page.progress else { return }
         try ledger.record(identity)
     }
 
@@ -88,37 +76,69 @@ struct DirectoryCollector: Collector {
         }.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
 
-    /// Every record of one file; a file that is not what the folder promises throws `.malformed`.
-    private func records(in data: Data, name: String) throws(CollectorError) -> [CollectedRecord] {
-        let objects =
-            name.hasSuffix(".ndjson")
-            ? try JSONRecords.records(fromLines: data, what: name)
-            : try JSONRecords.records(fromDocument: data, what: name)
+    /// The page of records of one file starting at `position`. The page after the file's last one goes on with
+    /// the next file (`next` is the file's name), or ends the run when no file follows.
+    private func page(from start: FilePosition) async throws(CollectorError) -> CollectorPage {
+        let name = start.file
+        let path = (settings.path as NSString).appendingPathComponent(name)
+        let moreFiles = { () throws(CollectorError) -> String? in
+            try listFiles().contains { name.utf8.lexicographicallyPrecedes($0.utf8) } ? name : nil
+        }
+        var position = start
+        var page: CollectorPage
+        do {
+            guard let file = try DropFile(path: path) else {  // moved away meanwhile
+                return CollectorPage(records: [], next: try moreFiles())
+            }
+            let chunk = try file.next(&position, limit: pageSize, lines: name.hasSuffix(".ndjson"))
+            let records = try await records(chunk, name: name)
+            let now = Timestamp.now()
+            let newest = records.lazy.map(\.mark).filter { $0 <= now }.max()
+            position.identity.newestMark = [position.identity.newestMark, newest].compactMap { $0 }.max()
+            page = CollectorPage(records: records)
+            if chunk.finished {
+                page.progress = position.identity
+                page.next = try moreFiles()
+            } else {
+                page.next = position.cursor
+            }
+        } catch let failure as DropFile.Failure {
+            if case .io(let detail) = failure { throw .file(path: path, detail: detail) }
+            page = CollectorPage(records: [], next: try moreFiles())
+            page.rejected = [try reject(name, reason: "\(name): \(failure)")]
+        } catch let error as CollectorError {
+            guard case .malformed(let detail) = error else { throw error }
+            page = CollectorPage(records: [], next: try moreFiles())
+            page.rejected = [try reject(name, reason: detail)]
+        } catch {
+            throw .file(path: path, detail: "\(error)")
+        }
+        return page
+    }
+
+    /// The records of one chunk of a file; a record that is not what the folder promises throws `.malformed`.
+    private func records(_ chunk: DropFile.Chunk, name: String) async throws(CollectorError) -> [CollectedRecord] {
+        let wanted = [settings.idField, settings.timestampField] + (settings.fallbackTimestampField.map { [$0] } ?? [])
+        let labels = chunk.labels
+        let fields = try await JSONRecords.fields(of: chunk.records, wanted: wanted, label: { labels[$0] })
         var records: [CollectedRecord] = []
-        records.reserveCapacity(objects.count)
-        for (index, object) in objects.enumerated() {
-            let id: String
-            switch object[settings.idField] {
-            case let text as String where !text.isEmpty: id = text
-            case let number as NSNumber: id = number.stringValue
-            default: throw .malformed("\(name): record \(index) has no \"\(settings.idField)\"")
+        records.reserveCapacity(fields.count)
+        for (index, object) in fields.enumerated() {
+            guard let id = object.text(settings.idField), !id.isEmpty else {
+                throw .malformed("\(labels[index]) has no \"\(settings.idField)\"")
             }
             var field = settings.timestampField
-            if object[field] == nil, let fallback = settings.fallbackTimestampField { field = fallback }
-            guard let text = object[field] as? String else {
-                throw .malformed("\(name): record \(id) has no \"\(settings.timestampField)\" timestamp")
+            if !object.has(field), let fallback = settings.fallbackTimestampField { field = fallback }
+            guard let text = object.string(field) else {
+                throw .malformed("\(labels[index]) (\(id)) has no \"\(settings.timestampField)\" timestamp")
             }
             let mark: Timestamp
             do {
                 mark = try JSONRecords.naiveUTC(text)
             } catch {
-                throw .malformed("\(name): record \(id) field \"\(field)\": \(error)")
+                throw .malformed("\(labels[index]) (\(id)) field \"\(field)\": \(error)")
             }
-            records.append(
-                CollectedRecord(
-                    id: id, version: mark.description, mark: mark, json: try JSONRecords.encode(object, what: id)
-                )
-            )
+            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: chunk.records[index]))
         }
         return records
     }

@@ -1,80 +1,96 @@
 import Foundation
 import WatermarkCore
 
-/// Parsing helpers shared by the collectors: sources hand us arbitrary JSON objects, and the sink keeps them
-/// as they were, so records are handled as `JSONSerialization` dictionaries and written back compactly.
+/// How the collectors read sources' JSON: records are kept as the bytes the source sent (the sink stores
+/// them as they are), and only the few fields a collector needs (id, times) are decoded, with `JSONDecoder`,
+/// which also proves each record is valid JSON before its bytes reach the sink.
+///
+/// Finding where each record starts and ends inside an envelope, a bundle or a file is `JSONSplitter`'s job:
+/// it follows strings and brackets only, and never interprets a value.
 enum JSONRecords {
-    /// Parses a JSON document that must be an object.
-    static func object(from data: Data, what: String) throws(CollectorError) -> [String: Any] {
-        let value: Any
-        do {
-            value = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
-            throw .malformed("\(what) is not valid JSON (\(snippet(data)))")
-        }
-        guard let object = value as? [String: Any] else {
-            throw .malformed("\(what) is not a JSON object (\(snippet(data)))")
-        }
-        return object
+    /// A decoder of `RecordFields` that reads the fields `wanted`.
+    static func decoder(wanted: [String]) -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.userInfo[RecordFields.wantedKey] = wanted
+        return decoder
     }
 
-    /// The records of a `.json` document: an object, an array of objects, or a STIX bundle's `objects`.
-    static func records(fromDocument data: Data, what: String) throws(CollectorError) -> [[String: Any]] {
-        let value: Any
+    /// The fields of one record, decoding `bytes` (which must be one JSON object) whole.
+    static func fields(_ bytes: Data, decoder: JSONDecoder) throws(CollectorError) -> RecordFields {
         do {
-            value = try JSONSerialization.jsonObject(with: data, options: [])
+            return try decoder.decode(RecordFields.self, from: bytes)
+        } catch let error as DecodingError {
+            if case .typeMismatch = error { throw .malformed("is not a JSON object (\(snippet(bytes)))") }
+            throw .malformed("is not valid JSON (\(snippet(bytes)))")
         } catch {
-            throw .malformed("\(what) is not valid JSON (\(snippet(data)))")
+            throw .malformed("is not valid JSON (\(snippet(bytes)))")
         }
-        if let array = value as? [Any] {
-            return try array.enumerated().map { (index, element) throws(CollectorError) in
-                guard let object = element as? [String: Any] else {
-                    throw .malformed("\(what): element \(index) is not a JSON object")
+    }
+
+    /// Decodes the fields of many records on every core: chunks of `records` go to child tasks, each with its
+    /// own decoder. `label(i)` names record `i` in an error ("a.ndjson line 3").
+    static func fields(
+        of records: [Data], wanted: [String], label: @Sendable @escaping (Int) -> String
+    ) async throws(CollectorError) -> [RecordFields] {
+        let workers = records.count >= 256 ? max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8)) : 1
+        let chunk = (records.count + workers - 1) / max(workers, 1)
+        let decodeChunk: @Sendable (Range<Int>) -> Result<[RecordFields], CollectorError> = { range in
+            let decoder = decoder(wanted: wanted)
+            var out: [RecordFields] = []
+            out.reserveCapacity(range.count)
+            for index in range {
+                do throws(CollectorError) {
+                    out.append(try fields(records[index], decoder: decoder))
+                } catch {
+                    guard case .malformed(let detail) = error else { return .failure(error) }
+                    return .failure(.malformed("\(label(index)) \(detail)"))
                 }
-                return object
             }
+            return .success(out)
         }
-        guard let object = value as? [String: Any] else {
-            throw .malformed("\(what) is neither an object nor an array")
-        }
-        if object["type"] as? String == "bundle" {
-            guard let objects = object["objects"] else { return [] }
-            guard let list = objects as? [[String: Any]] else {
-                throw .malformed("\(what): the bundle's \"objects\" is not an array of objects")
+        if workers == 1 { return try decodeChunk(0..<records.count).get() }
+        let results = await withTaskGroup(of: (Int, Result<[RecordFields], CollectorError>).self) { group in
+            for worker in 0..<workers {
+                let range = (worker * chunk)..<min(records.count, (worker + 1) * chunk)
+                if range.isEmpty { continue }
+                group.addTask { (worker, decodeChunk(range)) }
             }
-            return list
+            var results: [(Int, Result<[RecordFields], CollectorError>)] = []
+            for await result in group { results.append(result) }
+            return results.sorted { $0.0 < $1.0 }
         }
-        return [object]
+        var all: [RecordFields] = []
+        all.reserveCapacity(records.count)
+        for (_, result) in results { all += try result.get() }  // the first failing chunk in record order
+        return all
     }
 
-    /// The records of a `.ndjson` document: one object per non-empty line.
-    static func records(fromLines data: Data, what: String) throws(CollectorError) -> [[String: Any]] {
-        var result: [[String: Any]] = []
-        var lineNumber = 0
-        for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-            lineNumber += 1
-            let trimmed = line.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }
-            if trimmed.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }) {
-                continue
-            }
-            result.append(try object(from: Data(line), what: "\(what) line \(lineNumber)"))
-        }
-        return result
+    /// One JSON value of an envelope (`more`, `next`), `nil` when it is not valid JSON.
+    static func value(_ bytes: Data) -> FieldValue? {
+        try? JSONDecoder().decode(FieldValue.self, from: bytes)
     }
 
-    /// Compact one-line JSON of a record (keys sorted, so the same object always gives the same bytes).
-    static func encode(_ object: [String: Any], what: String) throws(CollectorError) -> Data {
+    /// The top-level members of an envelope, by name, and the envelope's bytes; `what` names it in errors.
+    static func envelope(_ body: Data, what: String) throws(CollectorError) -> [String: Range<Int>] {
         do {
-            return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            let members = try body.withRawBytes { bytes throws(JSONSplitter.Failure) in try JSONSplitter.members(bytes, 0) }
+            return Dictionary(members.map { ($0.0, $0.1) }, uniquingKeysWith: { $1 })
         } catch {
-            throw .malformed("\(what) cannot be re-encoded as JSON")
+            throw .malformed("\(what) is not valid JSON: \(error.reason) at byte \(error.offset) (\(snippet(body)))")
         }
     }
 
-    /// An RFC 3339 timestamp field of a record, `nil` when absent or not a timestamp.
-    static func timestamp(_ object: [String: Any], _ field: String) -> Timestamp? {
-        guard let text = object[field] as? String else { return nil }
-        return try? Timestamp(rfc3339: text)
+    /// The elements of the array at `range` of `body` (an envelope's `objects`), each as its own bytes.
+    static func elements(of body: Data, at range: Range<Int>, what: String) throws(CollectorError) -> [Data]? {
+        do {
+            return try body.withRawBytes { bytes throws(JSONSplitter.Failure) -> [Data]? in
+                let slice = UnsafeRawBufferPointer(rebasing: bytes[range])
+                guard slice.first == UInt8(ascii: "[") else { return nil }
+                return try JSONSplitter.elements(slice, 0).map { Data(slice[$0]) }
+            }
+        } catch {
+            throw .malformed("\(what) is not valid JSON: \(error.reason)")
+        }
     }
 
     /// Parses RFC 3339, or a naive date-time (no offset) as UTC, e.g. OTX's `2024-01-01T12:00:00.123000`.
@@ -82,10 +98,11 @@ enum JSONRecords {
     /// Adds the `Z` itself rather than relying on `Timestamp(rfc3339:assumeUTC:)`, which in this version
     /// refuses a naive value at the end of the text.
     static func naiveUTC(_ text: String) throws(TimestampError) -> Timestamp {
+        if let strict = try? Timestamp(rfc3339: text) { return strict }
         let trimmed = text.trimmingCharacters(in: .whitespaces)
-        guard trimmed.count >= 19 else { return try Timestamp(rfc3339: trimmed) }
-        let time = trimmed.dropFirst(19)  // after YYYY-MM-DDTHH:MM:SS
-        let hasOffset = time.contains { $0 == "Z" || $0 == "z" || $0 == "+" || $0 == "-" }
+        guard trimmed.utf8.count >= 19 else { return try Timestamp(rfc3339: trimmed) }
+        let time = trimmed.utf8.dropFirst(19)  // after YYYY-MM-DDTHH:MM:SS
+        let hasOffset = time.contains { $0 == UInt8(ascii: "Z") || $0 == UInt8(ascii: "z") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") }
         var normalised = hasOffset ? trimmed : trimmed + "Z"
         if normalised.count > 10 {
             let index = normalised.index(normalised.startIndex, offsetBy: 10)
@@ -100,5 +117,228 @@ enum JSONRecords {
             .replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ")
         if data.isEmpty { return "empty body" }
         return "starts with \"\(text)\"" + (data.count > limit ? "..." : "")
+    }
+}
+
+/// The fields a collector asked for of one record (the decoder's `userInfo[wantedKey]` names them).
+struct RecordFields: Decodable, Sendable {
+    static let wantedKey = CodingUserInfoKey(rawValue: "collection.wanted-fields")!
+
+    var values: [String: FieldValue] = [:]
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: FieldKey.self)
+        for name in decoder.userInfo[Self.wantedKey] as? [String] ?? [] {
+            if let value = try container.decodeIfPresent(FieldValue.self, forKey: FieldKey(stringValue: name)) {
+                values[name] = value
+            }
+        }
+    }
+
+    init(values: [String: FieldValue]) { self.values = values }
+
+    /// The field as text: a string, or a number as written (`"id": 42` is `"42"`).
+    func text(_ name: String) -> String? {
+        switch values[name] {
+        case .string(let text), .number(let text): text
+        default: nil
+        }
+    }
+
+    /// The field when it is a string.
+    func string(_ name: String) -> String? {
+        if case .string(let text) = values[name] { return text }
+        return nil
+    }
+
+    func has(_ name: String) -> Bool { values[name] != nil }
+
+    /// An RFC 3339 timestamp field, `nil` when absent or not a timestamp.
+    func timestamp(_ name: String) -> Timestamp? {
+        string(name).flatMap { try? Timestamp(rfc3339: $0) }
+    }
+}
+
+/// One decoded field: what the collectors can use of it.
+enum FieldValue: Decodable, Sendable, Equatable {
+    case string(String)
+    case number(String)
+    case bool(Bool)
+    case null
+    /// An object or an array.
+    case other
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let text = try? container.decode(String.self) {
+            self = .string(text)
+        } else if let flag = try? container.decode(Bool.self) {
+            self = .bool(flag)
+        } else if let integer = try? container.decode(Int64.self) {
+            self = .number(String(integer))
+        } else if let number = try? container.decode(Double.self) {
+            self = .number("\(number)")
+        } else {
+            self = .other
+        }
+    }
+}
+
+struct FieldKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+/// Finds where JSON values begin and end in a buffer, following strings, escapes and brackets only: the
+/// values themselves are left to `JSONDecoder`. Offsets are indexes into the buffer.
+enum JSONSplitter {
+    struct Failure: Error {
+        var offset: Int
+        var reason: String
+    }
+
+    static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+    }
+
+    static func skipWhitespace(_ bytes: UnsafeRawBufferPointer, _ start: Int) -> Int {
+        var index = start
+        while index < bytes.count, isWhitespace(bytes[index]) { index += 1 }
+        return index
+    }
+
+    /// Where the value starting at `start` ends (exclusive), or `nil` when the buffer ends before it does (a
+    /// number at the very end counts as ended only if `complete`).
+    static func valueEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int, complete: Bool = true) throws(Failure) -> Int? {
+        guard start < bytes.count else { return nil }
+        let first = bytes[start]
+        if first == UInt8(ascii: "\"") { return stringEnd(bytes, start) }
+        if first != UInt8(ascii: "{") && first != UInt8(ascii: "[") {
+            var index = start
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: ",") || byte == UInt8(ascii: "]") || byte == UInt8(ascii: "}")
+                    || byte == UInt8(ascii: ":") || isWhitespace(byte)
+                {
+                    break
+                }
+                if byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") || byte == UInt8(ascii: "\"") {
+                    throw Failure(offset: index, reason: "unexpected \(Character(UnicodeScalar(byte)))")
+                }
+                index += 1
+            }
+            if index == start { throw Failure(offset: start, reason: "a value is missing") }
+            return index < bytes.count || complete ? index : nil
+        }
+        var stack: [UInt8] = [first]
+        stack.reserveCapacity(16)
+        var index = start + 1
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                guard let end = stringEnd(bytes, index) else { return nil }
+                index = end
+                continue
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                stack.append(byte)
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                let open = stack.removeLast()
+                guard (open == UInt8(ascii: "{")) == (byte == UInt8(ascii: "}")) else {
+                    throw Failure(offset: index, reason: "mismatched \(Character(UnicodeScalar(byte)))")
+                }
+                if stack.isEmpty { return index + 1 }
+            default:
+                break
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    /// The end (after the closing quote) of the string whose opening quote is at `start`; `nil` if unclosed.
+    static func stringEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) -> Int? {
+        var index = start + 1
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { return index + 1 }
+            index += byte == UInt8(ascii: "\\") ? 2 : 1
+        }
+        return nil
+    }
+
+    /// The members of the object at `start`, which must be whole in the buffer: each key (unescaped, as
+    /// written) with the range of its value.
+    static func members(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Failure) -> [(String, Range<Int>)] {
+        var index = skipWhitespace(bytes, start)
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else {
+            throw Failure(offset: index, reason: "not a JSON object")
+        }
+        var members: [(String, Range<Int>)] = []
+        index = skipWhitespace(bytes, index + 1)
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") { return try trailing(bytes, index + 1, members) }
+        while true {
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "\""), let keyEnd = stringEnd(bytes, index) else {
+                throw Failure(offset: index, reason: "a member name is missing")
+            }
+            let key = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(index + 1)..<(keyEnd - 1)]), as: UTF8.self)
+            index = skipWhitespace(bytes, keyEnd)
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
+                throw Failure(offset: index, reason: "':' is missing after \"\(key)\"")
+            }
+            let valueStart = skipWhitespace(bytes, index + 1)
+            guard let valueEnd = try valueEnd(bytes, valueStart) else {
+                throw Failure(offset: valueStart, reason: "the value of \"\(key)\" is cut off")
+            }
+            members.append((key, valueStart..<valueEnd))
+            index = skipWhitespace(bytes, valueEnd)
+            guard index < bytes.count else { throw Failure(offset: index, reason: "the object is not closed") }
+            if bytes[index] == UInt8(ascii: "}") { return try trailing(bytes, index + 1, members) }
+            guard bytes[index] == UInt8(ascii: ",") else { throw Failure(offset: index, reason: "',' or '}' expected") }
+            index = skipWhitespace(bytes, index + 1)
+        }
+    }
+
+    private static func trailing<T>(_ bytes: UnsafeRawBufferPointer, _ index: Int, _ value: T) throws(Failure) -> T {
+        let end = skipWhitespace(bytes, index)
+        guard end == bytes.count else { throw Failure(offset: end, reason: "something follows the JSON value") }
+        return value
+    }
+
+    /// The elements of the array whose `[` is at `start`, which must be whole in the buffer.
+    static func elements(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Failure) -> [Range<Int>] {
+        guard start < bytes.count, bytes[start] == UInt8(ascii: "[") else {
+            throw Failure(offset: start, reason: "not an array")
+        }
+        var elements: [Range<Int>] = []
+        var index = skipWhitespace(bytes, start + 1)
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") { return elements }
+        while true {
+            guard let end = try valueEnd(bytes, index) else {
+                throw Failure(offset: index, reason: "element \(elements.count) is cut off")
+            }
+            elements.append(index..<end)
+            index = skipWhitespace(bytes, end)
+            guard index < bytes.count else { throw Failure(offset: index, reason: "the array is not closed") }
+            if bytes[index] == UInt8(ascii: "]") { return elements }
+            guard bytes[index] == UInt8(ascii: ",") else { throw Failure(offset: index, reason: "',' or ']' expected") }
+            index = skipWhitespace(bytes, index + 1)
+        }
+    }
+}
+
+extension Data {
+    /// Runs `body` over the bytes (contiguous `Data` storage, no copy).
+    func withRawBytes<T>(_ body: (UnsafeRawBufferPointer) throws(JSONSplitter.Failure) -> T) throws(JSONSplitter.Failure)
+        -> T
+    {
+        let result: Result<T, JSONSplitter.Failure> = withUnsafeBytes { raw in
+            do throws(JSONSplitter.Failure) { return .success(try body(raw)) } catch { return .failure(error) }
+        }
+        return try result.get()
     }
 }

@@ -34,23 +34,27 @@ struct OTXCollector: Collector {
         headers.add(name: "X-OTX-API-KEY", value: settings.apiKey.value)
         headers.add(name: "Accept", value: "application/json")
         let response = try await http.get(url, headers: headers)
-        return try Self.parse(response.body, url: SourceHTTPClient.displayURL(url))
+        return try await Self.parse(response.body, url: SourceHTTPClient.displayURL(url))
     }
 
-    static func parse(_ body: Data, url: String) throws(CollectorError) -> CollectorPage {
-        let envelope = try JSONRecords.object(from: body, what: "the OTX answer from \(url)")
-        let pulses: [[String: Any]]
-        switch envelope["results"] {
-        case nil, is NSNull: pulses = []
-        case let list as [[String: Any]]: pulses = list
-        default: throw .malformed("\"results\" in the OTX answer from \(url) is not an array of objects")
+    static func parse(_ body: Data, url: String) async throws(CollectorError) -> CollectorPage {
+        let what = "the OTX answer from \(url)"
+        let envelope = try JSONRecords.envelope(body, what: what)
+        var pulses: [Data] = []
+        if let range = envelope["results"], JSONRecords.value(body[range]) != .null {
+            guard let list = try JSONRecords.elements(of: body, at: range, what: what) else {
+                throw .malformed("\"results\" in the OTX answer from \(url) is not an array of objects")
+            }
+            pulses = list
         }
+        let fields = try await JSONRecords.fields(
+            of: pulses, wanted: ["id", "modified"], label: { "pulse \($0) from \(url)" })
         var records: [CollectedRecord] = []
-        for (index, pulse) in pulses.enumerated() {
-            guard let id = (pulse["id"] as? String) ?? (pulse["id"] as? NSNumber)?.stringValue, !id.isEmpty else {
+        for (index, pulse) in fields.enumerated() {
+            guard let id = pulse.text("id"), !id.isEmpty else {
                 throw .malformed("pulse \(index) from \(url) has no \"id\"")
             }
-            guard let text = pulse["modified"] as? String else {
+            guard let text = pulse.string("modified") else {
                 throw .malformed("pulse \(id) from \(url) has no \"modified\"")
             }
             let mark: Timestamp
@@ -59,12 +63,14 @@ struct OTXCollector: Collector {
             } catch {
                 throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
             }
-            records.append(
-                CollectedRecord(
-                    id: id, version: mark.description, mark: mark, json: try JSONRecords.encode(pulse, what: id))
-            )
+            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: pulses[index]))
         }
-        let next = (envelope["next"] as? String).flatMap { $0.isEmpty ? nil : $0 }
+        let next: String? =
+            if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]), !text.isEmpty {
+                text
+            } else {
+                nil
+            }
         return CollectorPage(records: records, next: next)
     }
 

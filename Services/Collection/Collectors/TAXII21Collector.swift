@@ -48,7 +48,7 @@ struct TAXII21Collector: Collector {
         headers.add(name: "Accept", value: Self.mediaType)
         if let authorization = settings.auth.headerValue { headers.add(name: "Authorization", value: authorization) }
         let response = try await http.get(url, headers: headers)
-        let page = try Self.parse(response, url: SourceHTTPClient.displayURL(url))
+        let page = try await Self.parse(response, url: SourceHTTPClient.displayURL(url))
         // Paging by date must advance, or the run would loop on the same page forever. (A `next` token may
         // legitimately stay the same: medallion reuses its session id.)
         if let cursor, cursor.hasPrefix("after:"), page.next == cursor {
@@ -66,21 +66,25 @@ struct TAXII21Collector: Collector {
     /// with one that is not a timestamp, each object's own `date_added` (some servers include it), else its
     /// `modified`/`created`, stands in: the source's clock, never the collector's; such a page has no
     /// `firstMark`, so no checkpoint is taken inside it.
-    static func parse(_ response: SourceResponse, url: String) throws(CollectorError) -> CollectorPage {
-        let envelope = try JSONRecords.object(from: response.body, what: "the TAXII envelope from \(url)")
-        let objects: [[String: Any]]
-        switch envelope["objects"] {
-        case nil, is NSNull: objects = []
-        case let list as [[String: Any]]: objects = list
-        default: throw .malformed("\"objects\" in the TAXII envelope from \(url) is not an array of objects")
+    static func parse(_ response: SourceResponse, url: String) async throws(CollectorError) -> CollectorPage {
+        let body = response.body
+        let what = "the TAXII envelope from \(url)"
+        let envelope = try JSONRecords.envelope(body, what: what)
+        var objects: [Data] = []
+        if let range = envelope["objects"], JSONRecords.value(body[range]) != .null {
+            guard let list = try JSONRecords.elements(of: body, at: range, what: what) else {
+                throw .malformed("\"objects\" in the TAXII envelope from \(url) is not an array of objects")
+            }
+            objects = list
         }
         let more: Bool
-        switch envelope["more"] {
-        case nil, is NSNull: more = false
-        case let flag as Bool: more = flag
+        switch envelope["more"].map({ JSONRecords.value(body[$0]) }) {
+        case nil, .null: more = false
+        case .bool(let flag): more = flag
         default: throw .malformed("\"more\" in the TAXII envelope from \(url) is not a boolean")
         }
-        let next = envelope["next"] as? String
+        let next: String? =
+            if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]) { text } else { nil }
 
         var warnings: [String] = []
         func headerTime(_ name: String) -> Timestamp? {
@@ -98,26 +102,27 @@ struct TAXII21Collector: Collector {
         let pageMark = headerTime("X-TAXII-Date-Added-Last")
         let firstMark = pageMark == nil ? nil : headerTime("X-TAXII-Date-Added-First")
 
+        let fields = try await JSONRecords.fields(
+            of: objects, wanted: ["id", "modified", "created", "date_added"],
+            label: { "object \($0) of the page from \(url)" })
         var records: [CollectedRecord] = []
         records.reserveCapacity(objects.count)
         var newestOwn: Timestamp?
-        for (index, object) in objects.enumerated() {
-            guard let id = object["id"] as? String, !id.isEmpty else {
+        for (index, object) in fields.enumerated() {
+            guard let id = object.string("id"), !id.isEmpty else {
                 throw .malformed("object \(index) of the page from \(url) has no \"id\"")
             }
-            let modified = JSONRecords.timestamp(object, "modified") ?? JSONRecords.timestamp(object, "created")
+            let modified = object.timestamp("modified") ?? object.timestamp("created")
             // An object without `modified` or `created` (a STIX cyber-observable) is immutable: one version.
-            let version = modified?.description ?? (object["modified"] as? String) ?? ""
-            let own = JSONRecords.timestamp(object, "date_added") ?? modified
+            let version = modified?.description ?? object.string("modified") ?? ""
+            let own = object.timestamp("date_added") ?? modified
             guard let mark = pageMark ?? own else {
                 throw .malformed(
                     "object \(id) from \(url) has no usable X-TAXII-Date-Added-Last header nor a date_added, modified or created time"
                 )
             }
             if let own { newestOwn = max(newestOwn ?? own, own) }
-            records.append(
-                CollectedRecord(id: id, version: version, mark: mark, json: try JSONRecords.encode(object, what: id))
-            )
+            records.append(CollectedRecord(id: id, version: version, mark: mark, json: objects[index]))
         }
         // Without the header the objects may come in any order: the page's mark is the newest of them.
         let highWaterMark = pageMark ?? newestOwn

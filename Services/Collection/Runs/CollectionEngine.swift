@@ -37,7 +37,8 @@ struct CollectionEngine: Sendable {
         case .otx(let settings): return OTXCollector(settings: settings, pageSize: source.pageSize, http: http)
         case .directory(let settings):
             return DirectoryCollector(
-                settings: settings, ledger: FileLedger(stateDirectory: stateDirectory, sourceID: source.id))
+                settings: settings, ledger: FileLedger(stateDirectory: stateDirectory, sourceID: source.id),
+                pageSize: source.pageSize)
         }
     }
 

@@ -150,19 +150,11 @@ struct CollectionRunner: Sendable {
                         metadata: ["file": "\(file.name)", "moved_to": "\(file.movedTo)", "reason": "\(file.reason)"]
                     )
                 }
-                let known = try index.known(page.records.map(\.key))
-                var inPage = Set<RecordKey>()
-                var fresh: [CollectedRecord] = []
-                for record in page.records {
-                    if !known.contains(record.key), inPage.insert(record.key).inserted {
-                        fresh.append(record)
-                    } else {
-                        report.duplicatesDropped += 1
-                    }
+                let collectedAt = clock()
+                let fresh = try index.admit(page.records) { records throws(SinkError) in
+                    try sink.append(records, collectedAt: collectedAt)
                 }
-                if let written = try sink.append(fresh, collectedAt: clock()) {
-                    try index.add(fresh.map(\.key), file: written.file, end: written.end)
-                }
+                report.duplicatesDropped += Int64(page.records.count - fresh.count)
                 try collector.pageCommitted(page)
                 report.recordsCollected += Int64(fresh.count)
                 sinceCheckpoint.records += Int64(fresh.count)

@@ -96,6 +96,38 @@ struct DedupIndex: Sendable {
         }
     }
 
+    /// Keeps the records of a page the sink does not hold yet (nor holds twice within the page), has `write`
+    /// make them durable, and records their keys with `write`'s file and end, in one transaction: one index
+    /// lookup per record. Should `write` fail, or the process die before the commit, the index is as before
+    /// (and `catchUp` indexes whatever `write` managed to put on disk).
+    func admit(
+        _ records: [CollectedRecord],
+        write: ([CollectedRecord]) throws(SinkError) -> (file: String, end: Int)?
+    ) throws(SinkError) -> [CollectedRecord] {
+        do {
+            var fresh: [CollectedRecord] = []
+            try queue.inTransaction { db in
+                let insert = try db.cachedStatement(sql: "INSERT OR IGNORE INTO record_key (id, version) VALUES (?, ?)")
+                fresh.reserveCapacity(records.count)
+                for record in records {
+                    try insert.execute(arguments: [record.id, record.version])
+                    if db.changesCount > 0 { fresh.append(record) }
+                }
+                guard !fresh.isEmpty, let written = try write(fresh) else { return .rollback }
+                try db.execute(
+                    sql:
+                        "INSERT INTO indexed_file (name, size) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET size = excluded.size",
+                    arguments: [written.file, written.end])
+                return .commit
+            }
+            return fresh
+        } catch let error as SinkError {
+            throw error
+        } catch {
+            throw SinkError(path: path, operation: "index write", detail: "\(error)")
+        }
+    }
+
     /// Which of `keys` the sink already holds.
     func known(_ keys: [RecordKey]) throws(SinkError) -> Set<RecordKey> {
         do {

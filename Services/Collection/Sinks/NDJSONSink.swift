@@ -102,22 +102,25 @@ struct NDJSONSink: Sendable {
         defer { close(fd) }
         var end = try Self.repairTail(fd: fd, path: path)
 
-        var buffer = Data()
-        let stamp = collectedAt.description
+        let stamp = Array(collectedAt.description.utf8)
+        let source = Self.jsonString(sourceID.rawValue)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(records.reduce(0) { $0 + $1.json.count + $1.id.utf8.count + 160 })
         for record in records {
-            buffer.append(contentsOf: Array(#"{"source_id":"#.utf8))
-            buffer.append(contentsOf: Self.jsonString(sourceID.rawValue))
-            buffer.append(contentsOf: Array(#","id":"#.utf8))
-            buffer.append(contentsOf: Self.jsonString(record.id))
-            buffer.append(contentsOf: Array(#","version":"#.utf8))
-            buffer.append(contentsOf: Self.jsonString(record.version))
-            buffer.append(contentsOf: Array(#","mark":""#.utf8) + Array(record.mark.description.utf8))
-            buffer.append(contentsOf: Array(#"","collected_at":""#.utf8) + Array(stamp.utf8))
-            buffer.append(contentsOf: Array(#"","record":"#.utf8))
-            buffer.append(record.json)
-            buffer.append(contentsOf: Array("}\n".utf8))
+            bytes += #"{"source_id":"#.utf8
+            bytes += source
+            bytes += #","id":"#.utf8
+            Self.appendJSONString(record.id, to: &bytes)
+            bytes += #","version":"#.utf8
+            Self.appendJSONString(record.version, to: &bytes)
+            bytes += #","mark":""#.utf8
+            bytes += record.mark.description.utf8
+            bytes += #"","collected_at":""#.utf8
+            bytes += stamp
+            bytes += #"","record":"#.utf8
+            bytes += record.json
+            bytes += "}\n".utf8
         }
-        let bytes = [UInt8](buffer)
         var offset = 0
         while offset < bytes.count {
             let written = bytes.withUnsafeBytes { raw in
@@ -200,22 +203,33 @@ struct NDJSONSink: Sendable {
 
     /// A JSON string literal, escaped.
     static func jsonString(_ text: String) -> [UInt8] {
-        var out: [UInt8] = [UInt8(ascii: "\"")]
+        var out: [UInt8] = []
+        appendJSONString(text, to: &out)
+        return out
+    }
+
+    /// Appends `text` as a JSON string literal; text with nothing to escape (ids, times) is copied as it is.
+    static func appendJSONString(_ text: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += text.utf8
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         for scalar in text.unicodeScalars {
             switch scalar {
-            case "\"": out += Array(#"\""#.utf8)
-            case "\\": out += Array(#"\\"#.utf8)
-            case "\n": out += Array(#"\n"#.utf8)
-            case "\r": out += Array(#"\r"#.utf8)
-            case "\t": out += Array(#"\t"#.utf8)
+            case "\"": out += #"\""#.utf8
+            case "\\": out += #"\\"#.utf8
+            case "\n": out += #"\n"#.utf8
+            case "\r": out += #"\r"#.utf8
+            case "\t": out += #"\t"#.utf8
             case _ where scalar.value < 0x20:
                 let hex = String(scalar.value, radix: 16)
-                out += Array(("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
-            default: out += Array(String(scalar).utf8)
+                out += ("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8
+            default: out += String(scalar).utf8
             }
         }
         out.append(UInt8(ascii: "\""))
-        return out
     }
 }
 

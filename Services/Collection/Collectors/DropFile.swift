@@ -1,0 +1,317 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Where a drop-folder run is inside one file, carried from page to page in the cursor.
+struct FilePosition: Codable, Sendable, Equatable {
+    var file: String
+    /// The file as it was when its first page was read: what the ledger records after the last page.
+    var identity: FileIdentity
+    /// The byte where reading goes on.
+    var offset = 0
+    /// Records read so far (array elements, or lines holding a record).
+    var records = 0
+    /// Lines read so far (NDJSON), for error messages.
+    var lines = 0
+    /// `offset` is inside the array of records (a `.json` array or a bundle's `objects`).
+    var inArray = false
+
+    init(file: String, identity: FileIdentity) {
+        self.file = file
+        self.identity = identity
+    }
+
+    /// Cursors that go on inside a file start with this byte, which no file name the folder reads starts with.
+    private static let marker = "\u{1}"
+
+    var cursor: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Self.marker + String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
+    }
+
+    /// The position a cursor names; `nil` for a cursor that is a file name (the next file starts after it).
+    init?(cursor: String) {
+        guard cursor.hasPrefix(Self.marker),
+            let position = try? JSONDecoder().decode(Self.self, from: Data(cursor.utf8.dropFirst()))
+        else { return nil }
+        self = position
+    }
+}
+
+/// One drop-folder file read a page at a time through a window of about a MiB, whatever its size: NDJSON line
+/// by line, a `.json` array or STIX bundle element by element (the bundle's `objects` found without reading
+/// the rest), a single object as one record. Only the window and the page's records are ever in memory (a
+/// bundle whose `objects` come before its `type`, unusual, is read whole to learn its type).
+final class DropFile {
+    /// What a page of the file holds.
+    struct Chunk {
+        /// Each record's bytes as they are in the file.
+        var records: [Data] = []
+        /// How each record is named in errors (`a.ndjson line 3`, `b.json record 7`).
+        var labels: [String] = []
+        /// The file has no records after these.
+        var finished = false
+    }
+
+    enum Failure: Error, CustomStringConvertible {
+        /// The file is not what a drop folder reads.
+        case malformed(String)
+        /// The file cannot be read.
+        case io(String)
+
+        var description: String {
+            switch self {
+            case .malformed(let detail), .io(let detail): detail
+            }
+        }
+    }
+
+    static let windowSize = 1 << 20
+
+    let path: String
+    let name: String
+    private let descriptor: Int32
+    /// Bytes of the file from `base` on.
+    private var window: [UInt8] = []
+    private var base = 0
+    private var atEnd = false
+
+    /// Opens the file; `nil` when it is gone.
+    init?(path: String) throws(Failure) {
+        self.path = path
+        self.name = (path as NSString).lastPathComponent
+        descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            if errno == ENOENT { return nil }
+            throw .io(String(cString: strerror(errno)))
+        }
+    }
+
+    deinit { close(descriptor) }
+
+    /// The next records from `position` (at most `limit`), moving `position` past them.
+    func next(_ position: inout FilePosition, limit: Int, lines: Bool) throws(Failure) -> Chunk {
+        if lines { return try nextLines(&position, limit: limit) }
+        if !position.inArray {
+            if let whole = try openDocument(&position) { return whole }
+        }
+        return try nextElements(&position, limit: limit)
+    }
+
+    // MARK: NDJSON
+
+    private func nextLines(_ position: inout FilePosition, limit: Int) throws(Failure) -> Chunk {
+        var chunk = Chunk()
+        while chunk.records.count < limit {
+            guard try load(position.offset) else { break }
+            let start = position.offset - base
+            guard let newline = window[start...].firstIndex(of: UInt8(ascii: "\n")) ?? (atEnd ? window.count : nil)
+            else {
+                try refill(keeping: position.offset)
+                continue
+            }
+            position.lines += 1
+            position.offset = base + min(newline + 1, window.count)
+            var line = window[start..<newline]
+            while let first = line.first, JSONSplitter.isWhitespace(first) { line = line.dropFirst() }
+            while let last = line.last, JSONSplitter.isWhitespace(last) { line = line.dropLast() }
+            guard !line.isEmpty else { continue }
+            position.records += 1
+            chunk.records.append(Data(line))
+            chunk.labels.append("\(name) line \(position.lines)")
+        }
+        chunk.finished = try onlyWhitespaceLeft(from: position.offset) != nil
+        return chunk
+    }
+
+    // MARK: JSON documents
+
+    /// Reads the start of a `.json` file. An array or a bundle leaves `position` at its first element (and
+    /// returns `nil`); a single object, or a bundle without objects, is the whole file's chunk.
+    private func openDocument(_ position: inout FilePosition) throws(Failure) -> Chunk? {
+        let start = try skipWhitespace(from: 0)
+        guard try load(start) else { throw .malformed("the file is empty") }
+        switch window[start - base] {
+        case UInt8(ascii: "["):
+            position.offset = start + 1
+            position.inArray = true
+            return nil
+        case UInt8(ascii: "{"):
+            break
+        default:
+            throw .malformed("not a JSON object or array")
+        }
+        // The top-level object's members, one by one, until the bundle's `objects` are found.
+        var isBundle: Bool?
+        var objectsAt: Int?
+        var index = try skipWhitespace(from: start + 1)
+        if try byte(at: index) != UInt8(ascii: "}") {
+            while true {
+                guard try byte(at: index) == UInt8(ascii: "\"") else { throw .malformed("a member name is missing") }
+                let keyEnd = try valueEnd(at: index)
+                let key = String(decoding: window[(index - base + 1)..<(keyEnd - base - 1)], as: UTF8.self)
+                index = try skipWhitespace(from: keyEnd)
+                guard try byte(at: index) == UInt8(ascii: ":") else { throw .malformed("':' is missing after \"\(key)\"") }
+                let valueStart = try skipWhitespace(from: index + 1)
+                if key == "objects", try byte(at: valueStart) == UInt8(ascii: "["), isBundle != false {
+                    if isBundle == true {
+                        position.offset = valueStart + 1
+                        position.inArray = true
+                        return nil
+                    }
+                    objectsAt = valueStart
+                }
+                let valueEnd = try valueEnd(at: valueStart)
+                if key == "type" {
+                    isBundle = window[(valueStart - base)..<(valueEnd - base)].elementsEqual(#""bundle""#.utf8)
+                }
+                index = try skipWhitespace(from: valueEnd)
+                let separator = try byte(at: index)
+                if separator == UInt8(ascii: "}") { break }
+                guard separator == UInt8(ascii: ",") else { throw .malformed("',' or '}' expected at byte \(index)") }
+                index = try skipWhitespace(from: index + 1)
+            }
+        }
+        let end = index + 1
+        if isBundle == true {
+            guard let objectsAt else { return Chunk(finished: true) }
+            position.offset = objectsAt + 1
+            position.inArray = true
+            return nil
+        }
+        guard try onlyWhitespaceLeft(from: end) != nil else { throw .malformed("something follows the JSON object") }
+        try hold(start..<end)
+        position.records = 1
+        return Chunk(
+            records: [Data(window[(start - base)..<(end - base)])], labels: ["\(name) record 0"], finished: true)
+    }
+
+    private func nextElements(_ position: inout FilePosition, limit: Int) throws(Failure) -> Chunk {
+        var chunk = Chunk()
+        var needComma = position.records > 0
+        while chunk.records.count < limit {
+            var index = try skipWhitespace(from: position.offset)
+            guard try load(index) else { throw .malformed("the array of records is not closed") }
+            var byte = window[index - base]
+            if byte == UInt8(ascii: "]") {
+                position.offset = index + 1
+                chunk.finished = true
+                return chunk
+            }
+            if needComma {
+                guard byte == UInt8(ascii: ",") else {
+                    throw .malformed("',' or ']' expected after record \(position.records - 1)")
+                }
+                index = try skipWhitespace(from: index + 1)
+                byte = try self.byte(at: index)
+                needComma = false
+            }
+            guard byte == UInt8(ascii: "{") else {
+                throw .malformed("record \(position.records) is not a JSON object")
+            }
+            let end = try valueEnd(at: index)
+            chunk.records.append(Data(window[(index - base)..<(end - base)]))
+            chunk.labels.append("\(name) record \(position.records)")
+            position.records += 1
+            position.offset = end
+            needComma = true
+        }
+        // A full page that is the last of the file says so, sparing the run an empty page.
+        let after = try skipWhitespace(from: position.offset)
+        if try load(after), window[after - base] == UInt8(ascii: "]") { chunk.finished = true }
+        return chunk
+    }
+
+    // MARK: The window
+
+    /// Makes the window hold the byte at `offset` (reading on as needed); `false` when the file ends first.
+    @discardableResult
+    private func load(_ offset: Int) throws(Failure) -> Bool {
+        if offset < base { try refill(keeping: offset, from: offset) }
+        while offset >= base + window.count {
+            if atEnd { return false }
+            try refill(keeping: min(offset, base + window.count))
+        }
+        return true
+    }
+
+    /// Makes the window hold all of `range`.
+    private func hold(_ range: Range<Int>) throws(Failure) {
+        if range.lowerBound < base { try refill(keeping: range.lowerBound, from: range.lowerBound) }
+        while base + window.count < range.upperBound {
+            if atEnd { throw .malformed("the file ends in the middle of its JSON") }
+            try refill(keeping: range.lowerBound)
+        }
+    }
+
+    private func byte(at offset: Int) throws(Failure) -> UInt8 {
+        guard try load(offset) else { throw .malformed("the file ends in the middle of its JSON") }
+        return window[offset - base]
+    }
+
+    /// Drops the window's bytes before `offset` and reads up to `windowSize` more (from `from` when the window
+    /// has to move back, for the rare document read twice).
+    private func refill(keeping offset: Int, from restart: Int? = nil) throws(Failure) {
+        if let restart {
+            window.removeAll(keepingCapacity: true)
+            base = restart
+            atEnd = false
+        } else if offset > base {
+            window.removeFirst(min(offset - base, window.count))
+            base = offset
+        }
+        let old = window.count
+        window.append(contentsOf: repeatElement(0, count: Self.windowSize))
+        let read = window.withUnsafeMutableBytes { raw in
+            pread(descriptor, raw.baseAddress! + old, Self.windowSize, off_t(base + old))
+        }
+        guard read >= 0 else {
+            window.removeLast(Self.windowSize)
+            throw .io(String(cString: strerror(errno)))
+        }
+        window.removeLast(Self.windowSize - read)
+        if read == 0 { atEnd = true }
+    }
+
+    private func skipWhitespace(from offset: Int) throws(Failure) -> Int {
+        var index = offset
+        while try load(index), JSONSplitter.isWhitespace(window[index - base]) { index += 1 }
+        return index
+    }
+
+    /// `offset` itself when nothing but whitespace follows it, else `nil`.
+    private func onlyWhitespaceLeft(from offset: Int) throws(Failure) -> Int? {
+        let index = try skipWhitespace(from: offset)
+        return try load(index) ? nil : offset
+    }
+
+    /// Where the JSON value at `offset` ends; the window grows until it holds the value whole.
+    private func valueEnd(at offset: Int) throws(Failure) -> Int {
+        guard try load(offset) else { throw .malformed("the file ends in the middle of its JSON") }
+        while true {
+            let (start, complete) = (offset - base, atEnd)
+            let result: Result<Int?, JSONSplitter.Failure> = window.withUnsafeBytes { raw in
+                do throws(JSONSplitter.Failure) {
+                    return .success(try JSONSplitter.valueEnd(raw, start, complete: complete))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            let found: Int?
+            switch result {
+            case .success(let end): found = end
+            case .failure(let error): throw .malformed("\(error.reason) at byte \(base + error.offset)")
+            }
+            if let found { return base + found }
+            if atEnd { throw .malformed("the file ends in the middle of its JSON") }
+            try refill(keeping: offset)
+        }
+    }
+}
