@@ -36,7 +36,8 @@ run-all: build
 
 ## Load benchmark of the storage service against a Hummingbird hello world of the same run (ratios), at 1 and
 ## 64 connections; writes bench/results/<date>.json. PROFILE=collector: the collection path against a Python
-## loop (bench/results/<date>-collector.json); PROFILE=all: both.
+## loop (bench/results/<date>-collector.json); PROFILE=scale: a million watermarks against a thousand
+## (bench/results/<date>-scale.json); PROFILE=all: every one.
 bench: deps
 	@bash scripts/bench.sh
 

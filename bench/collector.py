@@ -8,7 +8,7 @@ so dedup has work; several versions of some objects), serves the same objects fr
 this process (pre-rendered 1,000-object pages with `next` and the X-TAXII-Date-Added headers), then runs
 `collection-service --once` (release build) against a real `storage-service` for each source, and
 bench/baseline_collector.py on the same input: records/s into the durable sink, wall time, peak RSS of the
-collecting process (wait4's ru_maxrss), and whether every unique (id, version) landed exactly once.
+collecting process, and whether every unique (id, version) landed exactly once.
 Prints a table and writes bench/results/<UTC date>-collector.json. It reports; it never asserts.
 """
 import argparse
@@ -29,7 +29,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import free_port, wait_listening  # noqa: E402
+from run import free_port, peak_rss_kib, wait_listening  # noqa: E402
 
 FILES = 20  # ten NDJSON files, ten bundles
 PAGE = 1000
@@ -124,13 +124,19 @@ def serve_feed(objects):
     return server
 
 
-def measured(command, env=None, cwd=None):
-    """Runs `command`; returns (seconds, peak RSS MiB, exit status)."""
+def measured(command, env=None):
+    """Runs `command`; returns (seconds, peak RSS MiB, exit status). The peak is the child's VmHWM, read every
+    10 ms until it exits (wait4's ru_maxrss would count the RSS of this process at the fork)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, proc.returncode
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, peak_rss_kib(proc.pid))
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return time.perf_counter() - start, peak / 1024, proc.returncode
 
 
 def sink_count(folder):

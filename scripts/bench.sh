@@ -6,7 +6,8 @@
 #
 # PROFILE picks what runs: `http` (the default: the table above), `collector` (bench/collector.py: a million STIX
 # objects from a drop folder and from a TAXII-like feed through collection-service, against a plain-Python
-# loop of the same run), or `all`.
+# loop of the same run), `scale` (bench/scale.py: a million watermarks and ten million history rows against
+# the same service with a thousand), or `all`.
 # BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_RECORDS (1000000), BENCH_CONFIG (release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,8 @@ fi
 config=${BENCH_CONFIG:-release}
 profile=${PROFILE:-http}
 case "$profile" in
-  http|collector|all) ;;
-  *) echo "bench: PROFILE must be http, collector or all (got $profile)" >&2; exit 2 ;;
+  http|collector|scale|all) ;;
+  *) echo "bench: PROFILE must be http, collector, scale or all (got $profile)" >&2; exit 2 ;;
 esac
 swift build -c "$config" --product storage-service
 bin=$(swift build -c "$config" --show-bin-path)
@@ -30,4 +31,7 @@ fi
 if [ "$profile" = collector ] || [ "$profile" = all ]; then
   swift build -c "$config" --product collection-service
   python3 bench/collector.py "$bin"
+fi
+if [ "$profile" = scale ] || [ "$profile" = all ]; then
+  python3 bench/scale.py "$bin"
 fi

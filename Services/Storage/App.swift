@@ -7,14 +7,14 @@ import NIOCore
 import NIOHTTP1
 import WatermarkCore
 
-/// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), or checks
-/// a running instance for container health checks (`healthcheck`).
+/// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), checks a running
+/// instance for container health checks (`healthcheck`), or fills a database for load tests (`seed`).
 @main
 struct StorageServiceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage-service",
         abstract: "Keeps, per data source, the instant up to which data was collected.",
-        subcommands: [Serve.self, HealthCheck.self],
+        subcommands: [Serve.self, HealthCheck.self, Seed.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -122,5 +122,40 @@ struct HealthCheck: AsyncParsableCommand {
             print("\(url): \(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+/// Fills a database with many watermarks and their history (`WatermarkSeeder`), to see the service at scale.
+struct Seed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load many watermarks and history rows into a database (for load tests; not while it is served)."
+    )
+
+    @Option(help: "DATABASE_PATH: SQLite file to fill (created if missing).") var databasePath = "data/watermarks.db"
+    @Option(help: "How many watermarks.") var sources = 1_000_000
+    @Option(help: "How many history rows in all (spread evenly over the sources).") var history = 10_000_000
+    @Option(help: "Source ids are this prefix and a number.") var prefix = "seed-"
+
+    func validate() throws {
+        guard sources >= 0, history >= 0 else { throw ValidationError("--sources and --history must be >= 0") }
+    }
+
+    func run() throws {
+        let started = ContinuousClock.now
+        do {
+            try SQLiteWatermarkStore.createFolder(for: databasePath)
+            let lock = try DatabaseLock(databasePath: databasePath)
+            try WatermarkSeeder(sources: sources, history: history, prefix: prefix).seed(path: databasePath) {
+                print("seed: \($0)")
+            }
+            withExtendedLifetime(lock) {}
+        } catch {
+            FileHandle.standardError.write(Data("storage-service seed: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: databasePath)[.size] as? Int) ?? 0
+        print(
+            "seed: \(sources) watermarks and \(history) history rows in \(databasePath) "
+                + "(\(size / 1_048_576) MiB) in \(ContinuousClock.now - started)")
     }
 }

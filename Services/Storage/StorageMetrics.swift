@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Prometheus
 import WatermarkCore
 
@@ -12,21 +13,43 @@ struct StorageMetrics: Sendable {
         .seconds(5),
     ]
 
+    private struct RequestKey: Hashable {
+        var method: String
+        var route: String
+        var status: Int
+    }
+
+    /// The counter and histogram of each (method, route, status) met so far: the registry builds a metric's
+    /// name and labels on every `make...` call, which cost a GET more than its database read.
+    private let requestMetrics = NIOLockedValueBox<[RequestKey: (Counter, DurationHistogram)]>([:])
+
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
     }
 
     func recordRequest(method: String, route: String, status: Int, duration: Duration) {
-        registry.makeCounter(
-            descriptor: .init(metricName: "http_requests", unitName: "total", helpText: "HTTP requests answered"),
-            labels: [("method", method), ("route", route), ("status", String(status))]
-        ).increment()
-        registry.makeDurationHistogram(
-            descriptor: .init(
-                metricName: "http_request_duration", unitName: "seconds", helpText: "Time to answer a request"),
-            labels: [("method", method), ("route", route)],
-            buckets: Self.latencyBuckets
-        ).record(duration)
+        let key = RequestKey(method: method, route: route, status: status)
+        let (counter, histogram) = requestMetrics.withLockedValue { known in
+            if let metrics = known[key] { return metrics }
+            let metrics = (
+                registry.makeCounter(
+                    descriptor: .init(
+                        metricName: "http_requests", unitName: "total", helpText: "HTTP requests answered"),
+                    labels: [("method", method), ("route", route), ("status", String(status))]
+                ),
+                registry.makeDurationHistogram(
+                    descriptor: .init(
+                        metricName: "http_request_duration", unitName: "seconds",
+                        helpText: "Time to answer a request"),
+                    labels: [("method", method), ("route", route)],
+                    buckets: Self.latencyBuckets
+                )
+            )
+            if known.count < 1_000 { known[key] = metrics }  // bounded whatever methods clients invent
+            return metrics
+        }
+        counter.increment()
+        histogram.record(duration)
     }
 
     /// The text exposition, with the watermark counts read just now (left out if the store failed).

@@ -79,22 +79,60 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         case digits(Int)
     }
 
+    /// Writes the digits into a fixed buffer: string concatenation and padding were most of the cost of a
+    /// collected record (every record's version and mark is formatted).
     private func format(fraction style: FractionStyle) -> String {
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secondOfDay = seconds - days * 86_400
         let (year, month, day) = Self.civil(fromDays: days)
-        var text = Self.pad(year, 4) + "-" + Self.pad(month, 2) + "-" + Self.pad(day, 2)
-        text += "T" + Self.pad(secondOfDay / 3600, 2) + ":" + Self.pad(secondOfDay % 3600 / 60, 2)
-        text += ":" + Self.pad(secondOfDay % 60, 2)
-        var digits = Self.pad(Int64(nanoseconds), 9)
+        let fractionDigits: Int
         switch style {
         case .trimmed:
-            while digits.last == "0" { digits.removeLast() }
+            var count = 9
+            var rest = Int64(nanoseconds)
+            if rest == 0 {
+                count = 0
+            } else {
+                while rest % 10 == 0 {
+                    rest /= 10
+                    count -= 1
+                }
+            }
+            fractionDigits = count
         case .digits(let count):
-            digits = String(digits.prefix(count))
+            fractionDigits = count
         }
-        if !digits.isEmpty { text += "." + digits }
-        return text + "Z"
+        let length = 20 + (fractionDigits > 0 ? fractionDigits + 1 : 0)
+        return String(unsafeUninitializedCapacity: length) { buffer in
+            func put(_ value: Int64, width: Int, at offset: Int) {
+                var rest = value
+                for index in stride(from: offset + width - 1, through: offset, by: -1) {
+                    buffer[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                }
+            }
+            put(year, width: 4, at: 0)
+            buffer[4] = UInt8(ascii: "-")
+            put(month, width: 2, at: 5)
+            buffer[7] = UInt8(ascii: "-")
+            put(day, width: 2, at: 8)
+            buffer[10] = UInt8(ascii: "T")
+            put(secondOfDay / 3600, width: 2, at: 11)
+            buffer[13] = UInt8(ascii: ":")
+            put(secondOfDay % 3600 / 60, width: 2, at: 14)
+            buffer[16] = UInt8(ascii: ":")
+            put(secondOfDay % 60, width: 2, at: 17)
+            var end = 19
+            if fractionDigits > 0 {
+                buffer[19] = UInt8(ascii: ".")
+                var scaled = Int64(nanoseconds)
+                for _ in fractionDigits..<9 { scaled /= 10 }
+                put(scaled, width: fractionDigits, at: 20)
+                end = 20 + fractionDigits
+            }
+            buffer[end] = UInt8(ascii: "Z")
+            return end + 1
+        }
     }
 
     private static func pad(_ value: Int64, _ width: Int) -> String {

@@ -559,6 +559,19 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 1_000)).flatMap(\.records).isEmpty)
     }
 
+    @Test func aPrettyPrintedRecordIsKeptOnOneLine() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let pretty = "{\r\n  \"id\": \"p\",\n  \"modified\": \"2026-11-25T00:00:00Z\",\n  \"text\": \"a\\nb\"\n}"
+        try ("{\"type\": \"bundle\",\n \"objects\": [\n" + pretty + "\n]\n}").write(
+            toFile: dir + "/a.json", atomically: true, encoding: .utf8)
+        let records = try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records)
+        #expect(records.map(\.id) == ["p"])
+        let json = try #require(records.first?.json)
+        #expect(!json.contains(0x0A) && !json.contains(0x0D))
+        #expect(String(decoding: json, as: UTF8.self) == #"{  "id": "p",  "modified": "2026-11-25T00:00:00Z",  "text": "a\nb"}"#)
+    }
+
     @Test func aBundleWhoseObjectsComeBeforeItsTypeIsStillABundle() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir); removeTemporary(dir + "-state") }
@@ -586,7 +599,7 @@ struct DirectoryCollectorTests {
         #expect(rejected.map(\.name) == ["a.ndjson", "b.json", "c.json"])
         #expect(rejected[0].reason.contains("a.ndjson line 6 is not valid JSON"), "\(rejected[0].reason)")
         #expect(rejected[1].reason.contains("',' or ']' expected after record 1"), "\(rejected[1].reason)")
-        #expect(rejected[2].reason.contains("c.json: the file ends in the middle of its JSON"), "\(rejected[2].reason)")
+        #expect(rejected[2].reason.contains("c.json is not valid JSON records: the file ends in the middle of its JSON"), "\(rejected[2].reason)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.isEmpty)
     }
 

@@ -105,7 +105,7 @@ struct DirectoryCollector: Collector {
         } catch let failure as DropFile.Failure {
             if case .io(let detail) = failure { throw .file(path: path, detail: detail) }
             page = CollectorPage(records: [], next: try moreFiles())
-            page.rejected = [try reject(name, reason: "\(name): \(failure)")]
+            page.rejected = [try reject(name, reason: "\(name) is not valid JSON records: \(failure)")]
         } catch let error as CollectorError {
             guard case .malformed(let detail) = error else { throw error }
             page = CollectorPage(records: [], next: try moreFiles())
@@ -119,26 +119,27 @@ struct DirectoryCollector: Collector {
     /// The records of one chunk of a file; a record that is not what the folder promises throws `.malformed`.
     private func records(_ chunk: DropFile.Chunk, name: String) async throws(CollectorError) -> [CollectedRecord] {
         let wanted = [settings.idField, settings.timestampField] + (settings.fallbackTimestampField.map { [$0] } ?? [])
-        let labels = chunk.labels
-        let fields = try await JSONRecords.fields(of: chunk.records, wanted: wanted, label: { labels[$0] })
+        let (places, unit) = (chunk.places, chunk.unit)
+        let label = { @Sendable (index: Int) in "\(name) \(unit) \(places[index])" }
+        let fields = try await JSONRecords.fields(of: chunk.records, wanted: wanted, label: label)
         var records: [CollectedRecord] = []
         records.reserveCapacity(fields.count)
         for (index, object) in fields.enumerated() {
             guard let id = object.text(settings.idField), !id.isEmpty else {
-                throw .malformed("\(labels[index]) has no \"\(settings.idField)\"")
+                throw .malformed("\(label(index)) has no \"\(settings.idField)\"")
             }
             var field = settings.timestampField
             if !object.has(field), let fallback = settings.fallbackTimestampField { field = fallback }
             guard let text = object.string(field) else {
-                throw .malformed("\(labels[index]) (\(id)) has no \"\(settings.timestampField)\" timestamp")
+                throw .malformed("\(label(index)) (\(id)) has no \"\(settings.timestampField)\" timestamp")
             }
             let mark: Timestamp
             do {
                 mark = try JSONRecords.naiveUTC(text)
             } catch {
-                throw .malformed("\(labels[index]) (\(id)) field \"\(field)\": \(error)")
+                throw .malformed("\(label(index)) (\(id)) field \"\(field)\": \(error)")
             }
-            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: chunk.records[index]))
+            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(chunk.records[index])))
         }
         return records
     }

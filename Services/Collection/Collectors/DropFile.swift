@@ -54,8 +54,10 @@ final class DropFile {
     struct Chunk {
         /// Each record's bytes as they are in the file.
         var records: [Data] = []
-        /// How each record is named in errors (`a.ndjson line 3`, `b.json record 7`).
-        var labels: [String] = []
+        /// Where each record is in the file: its line (NDJSON) or its number (`.json`), for errors.
+        var places: [Int] = []
+        /// `line` or `record`.
+        var unit = "record"
         /// The file has no records after these.
         var finished = false
     }
@@ -125,7 +127,8 @@ final class DropFile {
             guard !line.isEmpty else { continue }
             position.records += 1
             chunk.records.append(Data(line))
-            chunk.labels.append("\(name) line \(position.lines)")
+            chunk.places.append(position.lines)
+            chunk.unit = "line"
         }
         chunk.finished = try onlyWhitespaceLeft(from: position.offset) != nil
         return chunk
@@ -189,8 +192,7 @@ final class DropFile {
         guard try onlyWhitespaceLeft(from: end) != nil else { throw .malformed("something follows the JSON object") }
         try hold(start..<end)
         position.records = 1
-        return Chunk(
-            records: [Data(window[(start - base)..<(end - base)])], labels: ["\(name) record 0"], finished: true)
+        return Chunk(records: [Data(window[(start - base)..<(end - base)])], places: [0], finished: true)
     }
 
     private func nextElements(_ position: inout FilePosition, limit: Int) throws(Failure) -> Chunk {
@@ -218,7 +220,7 @@ final class DropFile {
             }
             let end = try valueEnd(at: index)
             chunk.records.append(Data(window[(index - base)..<(end - base)]))
-            chunk.labels.append("\(name) record \(position.records)")
+            chunk.places.append(position.records)
             position.records += 1
             position.offset = end
             needComma = true

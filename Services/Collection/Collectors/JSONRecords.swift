@@ -8,23 +8,30 @@ import WatermarkCore
 /// Finding where each record starts and ends inside an envelope, a bundle or a file is `JSONSplitter`'s job:
 /// it follows strings and brackets only, and never interprets a value.
 enum JSONRecords {
-    /// A decoder of `RecordFields` that reads the fields `wanted`.
-    static func decoder(wanted: [String]) -> JSONDecoder {
-        let decoder = JSONDecoder()
-        decoder.userInfo[RecordFields.wantedKey] = wanted
-        return decoder
-    }
-
-    /// The fields of one record, decoding `bytes` (which must be one JSON object) whole.
-    static func fields(_ bytes: Data, decoder: JSONDecoder) throws(CollectorError) -> RecordFields {
+    /// The fields `wanted` of one record: `bytes` must be one JSON object, which `decoder` proves by reading it
+    /// whole; the fields are then found by `JSONSplitter` among the object's top-level members (building the
+    /// decoder's keyed container of every member cost more than the validation itself).
+    static func fields(_ bytes: Data, wanted: [String], decoder: JSONDecoder) throws(CollectorError) -> RecordFields {
         do {
-            return try decoder.decode(RecordFields.self, from: bytes)
-        } catch let error as DecodingError {
-            if case .typeMismatch = error { throw .malformed("is not a JSON object (\(snippet(bytes)))") }
-            throw .malformed("is not valid JSON (\(snippet(bytes)))")
+            _ = try decoder.decode(Validated.self, from: bytes)
         } catch {
             throw .malformed("is not valid JSON (\(snippet(bytes)))")
         }
+        let found: [Range<Int>?]? = bytes.withUnsafeBytes { raw in JSONSplitter.topLevelValues(wanted, in: raw) }
+        guard let found else { throw .malformed("is not a JSON object (\(snippet(bytes)))") }
+        let start = bytes.startIndex
+        return RecordFields(
+            names: wanted,
+            values: found.map { range in
+                range.map { FieldValue(json: bytes[(start + $0.lowerBound)..<(start + $0.upperBound)]) }
+            })
+    }
+
+    /// The record on one line, as the sink's NDJSON needs it: in valid JSON a line break can only be whitespace
+    /// between tokens (never inside a string), so removing them keeps the record's meaning and every other byte.
+    static func oneLine(_ bytes: Data) -> Data {
+        guard bytes.contains(where: { $0 == 0x0A || $0 == 0x0D }) else { return bytes }
+        return bytes.filter { $0 != 0x0A && $0 != 0x0D }
     }
 
     /// Decodes the fields of many records on every core: chunks of `records` go to child tasks, each with its
@@ -35,12 +42,12 @@ enum JSONRecords {
         let workers = records.count >= 256 ? max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8)) : 1
         let chunk = (records.count + workers - 1) / max(workers, 1)
         let decodeChunk: @Sendable (Range<Int>) -> Result<[RecordFields], CollectorError> = { range in
-            let decoder = decoder(wanted: wanted)
+            let decoder = JSONDecoder()
             var out: [RecordFields] = []
             out.reserveCapacity(range.count)
             for index in range {
                 do throws(CollectorError) {
-                    out.append(try fields(records[index], decoder: decoder))
+                    out.append(try fields(records[index], wanted: wanted, decoder: decoder))
                 } catch {
                     guard case .malformed(let detail) = error else { return .failure(error) }
                     return .failure(.malformed("\(label(index)) \(detail)"))
@@ -120,26 +127,25 @@ enum JSONRecords {
     }
 }
 
-/// The fields a collector asked for of one record (the decoder's `userInfo[wantedKey]` names them).
-struct RecordFields: Decodable, Sendable {
-    static let wantedKey = CodingUserInfoKey(rawValue: "collection.wanted-fields")!
+/// Decodes nothing: `JSONDecoder` reads the whole input before it decodes, which is what proves it valid.
+private struct Validated: Decodable {
+    init(from decoder: any Decoder) throws {}
+}
 
-    var values: [String: FieldValue] = [:]
+/// The fields a collector asked for of one record.
+struct RecordFields: Sendable {
+    /// The names asked for, and each one's value (`nil` when the record has no such member).
+    var names: [String]
+    var values: [FieldValue?]
 
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: FieldKey.self)
-        for name in decoder.userInfo[Self.wantedKey] as? [String] ?? [] {
-            if let value = try container.decodeIfPresent(FieldValue.self, forKey: FieldKey(stringValue: name)) {
-                values[name] = value
-            }
-        }
+    subscript(name: String) -> FieldValue? {
+        guard let index = names.firstIndex(of: name) else { return nil }
+        return values[index]
     }
-
-    init(values: [String: FieldValue]) { self.values = values }
 
     /// The field as text: a string, or a number as written (`"id": 42` is `"42"`).
     func text(_ name: String) -> String? {
-        switch values[name] {
+        switch self[name] {
         case .string(let text), .number(let text): text
         default: nil
         }
@@ -147,11 +153,11 @@ struct RecordFields: Decodable, Sendable {
 
     /// The field when it is a string.
     func string(_ name: String) -> String? {
-        if case .string(let text) = values[name] { return text }
+        if case .string(let text) = self[name] { return text }
         return nil
     }
 
-    func has(_ name: String) -> Bool { values[name] != nil }
+    func has(_ name: String) -> Bool { self[name] != nil }
 
     /// An RFC 3339 timestamp field, `nil` when absent or not a timestamp.
     func timestamp(_ name: String) -> Timestamp? {
@@ -159,7 +165,7 @@ struct RecordFields: Decodable, Sendable {
     }
 }
 
-/// One decoded field: what the collectors can use of it.
+/// One field: what the collectors can use of it.
 enum FieldValue: Decodable, Sendable, Equatable {
     case string(String)
     case number(String)
@@ -167,6 +173,28 @@ enum FieldValue: Decodable, Sendable, Equatable {
     case null
     /// An object or an array.
     case other
+
+    /// The value of already validated JSON `bytes`: a string without escapes is taken as it is, one with
+    /// escapes is unescaped by `JSONDecoder`, a number is kept as written.
+    init(json bytes: Data) {
+        guard let first = bytes.first else {
+            self = .null
+            return
+        }
+        switch first {
+        case UInt8(ascii: "\""):
+            if !bytes.contains(UInt8(ascii: "\\")) {
+                self = .string(String(decoding: bytes.dropFirst().dropLast(), as: UTF8.self))
+            } else {
+                self = (try? JSONDecoder().decode(String.self, from: bytes)).map(FieldValue.string) ?? .other
+            }
+        case UInt8(ascii: "t"): self = .bool(true)
+        case UInt8(ascii: "f"): self = .bool(false)
+        case UInt8(ascii: "n"): self = .null
+        case UInt8(ascii: "{"), UInt8(ascii: "["): self = .other
+        default: self = .number(String(decoding: bytes, as: UTF8.self))
+        }
+    }
 
     init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
@@ -184,13 +212,6 @@ enum FieldValue: Decodable, Sendable, Equatable {
             self = .other
         }
     }
-}
-
-struct FieldKey: CodingKey {
-    var stringValue: String
-    var intValue: Int? { nil }
-    init(stringValue: String) { self.stringValue = stringValue }
-    init?(intValue: Int) { nil }
 }
 
 /// Finds where JSON values begin and end in a buffer, following strings, escapes and brackets only: the
@@ -269,6 +290,32 @@ enum JSONSplitter {
             index += byte == UInt8(ascii: "\\") ? 2 : 1
         }
         return nil
+    }
+
+    /// The ranges of the values of the members named `names` of the JSON object in `bytes` (already proven
+    /// valid), `nil` if `bytes` is not an object. Names are compared as written, byte for byte.
+    static func topLevelValues(_ names: [String], in bytes: UnsafeRawBufferPointer) -> [Range<Int>?]? {
+        var found = [Range<Int>?](repeating: nil, count: names.count)
+        var index = skipWhitespace(bytes, 0)
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { return nil }
+        index = skipWhitespace(bytes, index + 1)
+        while index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
+            guard let keyEnd = stringEnd(bytes, index) else { return found }
+            let key = UnsafeRawBufferPointer(rebasing: bytes[(index + 1)..<(keyEnd - 1)])
+            index = skipWhitespace(bytes, keyEnd)
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { return found }
+            let valueStart = skipWhitespace(bytes, index + 1)
+            guard let valueEnd = try? valueEnd(bytes, valueStart) else { return found }
+            for (position, name) in names.enumerated() where name.utf8.count == key.count {
+                if name.utf8.withContiguousStorageIfAvailable({ $0.elementsEqual(key) }) ?? name.utf8.elementsEqual(key) {
+                    found[position] = valueStart..<valueEnd
+                }
+            }
+            index = skipWhitespace(bytes, valueEnd)
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ",") else { return found }
+            index = skipWhitespace(bytes, index + 1)
+        }
+        return found
     }
 
     /// The members of the object at `start`, which must be whole in the buffer: each key (unescaped, as

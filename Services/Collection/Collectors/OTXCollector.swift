@@ -63,7 +63,7 @@ struct OTXCollector: Collector {
             } catch {
                 throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
             }
-            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: pulses[index]))
+            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(pulses[index])))
         }
         let next: String? =
             if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]), !text.isEmpty {

@@ -122,7 +122,7 @@ struct TAXII21Collector: Collector {
                 )
             }
             if let own { newestOwn = max(newestOwn ?? own, own) }
-            records.append(CollectedRecord(id: id, version: version, mark: mark, json: objects[index]))
+            records.append(CollectedRecord(id: id, version: version, mark: mark, json: JSONRecords.oneLine(objects[index])))
         }
         // Without the header the objects may come in any order: the page's mark is the newest of them.
         let highWaterMark = pageMark ?? newestOwn

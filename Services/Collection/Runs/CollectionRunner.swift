@@ -123,8 +123,10 @@ struct CollectionRunner: Sendable {
         var marks = MarkTracker(committed: previous ?? start)
         var sinceCheckpoint = (records: Int64(0), pages: 0, at: clock())
         do {
-            var cursor: String?
             var pages = 0
+            // The next page is fetched (and parsed) while the current one is written and fsynced: only pages
+            // whose records are on disk ever move the mark, so reading ahead changes nothing of what is promised.
+            var upcoming: CollectorPage?
             repeat {
                 if await isStopping() || Task.isCancelled {
                     report.outcome = .abandoned
@@ -140,7 +142,13 @@ struct CollectionRunner: Sendable {
                     lease = try await renew(held, source: source, ttl: ttl)
                     leaseTakenAt = clock()
                 }
-                let page = try await collector.fetchPage(since: since, cursor: cursor)
+                let page: CollectorPage
+                if let upcoming {
+                    page = upcoming
+                } else {
+                    page = try await collector.fetchPage(since: since, cursor: nil)
+                }
+                async let following = Self.fetch(after: page, since: since, from: collector)
                 pages += 1
                 for warning in page.warnings { log.warning("source answer is off", metadata: ["detail": "\(warning)"]) }
                 for file in page.rejected {
@@ -164,8 +172,7 @@ struct CollectionRunner: Sendable {
                     "page collected",
                     metadata: ["page": "\(pages)", "records": "\(fresh.count)", "more": "\(page.next != nil)"]
                 )
-                cursor = page.next
-                if cursor != nil, let checkpoint = marks.checkpoint, checkpoint > marks.committed,
+                if page.next != nil, let checkpoint = marks.checkpoint, checkpoint > marks.committed,
                     Self.checkpointDue(
                         source, pages: sinceCheckpoint.pages, elapsed: clock().duration(since: sinceCheckpoint.at))
                 {
@@ -183,7 +190,8 @@ struct CollectionRunner: Sendable {
                         metadata: ["watermark": "\(checkpoint)", "pages": "\(pages)", "queued": "\(result.isQueued)"]
                     )
                 }
-            } while cursor != nil
+                upcoming = try await following
+            } while upcoming != nil
         } catch {
             return await finishFailed(
                 report, source: source, lease: lease, message: "\(error)", log: log,
@@ -225,6 +233,14 @@ struct CollectionRunner: Sendable {
             ]
         )
         return report
+    }
+
+    /// The page after `page`, `nil` when `page` was the last.
+    private static func fetch(
+        after page: CollectorPage, since: Timestamp, from collector: any Collector
+    ) async throws -> CollectorPage? {
+        guard let cursor = page.next else { return nil }
+        return try await collector.fetchPage(since: since, cursor: cursor)
     }
 
     /// A checkpoint is due after `checkpointPages` pages or `checkpointInterval`, whichever comes first.

@@ -11,6 +11,8 @@ import WatermarkCore
 struct WatermarkController<Context: RequestContext> {
     let store: any WatermarkStore
     let maxBodySize: Int
+    /// The JSON of watermarks answered lately: a GET of an unchanged watermark encodes nothing.
+    let bodies = ReadCache<SourceID, EncodedWatermark>(capacity: 100_000)
 
     var endpoints: RouteCollection<Context> {
         let routes = RouteCollection(context: Context.self)
@@ -27,7 +29,13 @@ struct WatermarkController<Context: RequestContext> {
     @Sendable func get(request: Request, context: Context) async throws -> Response {
         let id = try sourceID(context)
         guard let watermark = try await store.watermark(for: id) else { throw WatermarkError.watermarkNotFound(id) }
-        return try JSONResponse.make(watermark, headers: [.eTag: watermark.etag])
+        let (cached, generation) = bodies.lookup(id)
+        if let cached, cached.watermark == watermark {
+            return JSONResponse.make(body: cached.body, headers: [.eTag: watermark.etag])
+        }
+        let body = try JSONResponse.encode(watermark)
+        bodies.store(EncodedWatermark(watermark: watermark, body: body), for: id, ifGeneration: generation)
+        return JSONResponse.make(body: body, headers: [.eTag: watermark.etag])
     }
 
     @Sendable func put(request: Request, context: Context) async throws -> Response {
@@ -119,6 +127,12 @@ struct WatermarkController<Context: RequestContext> {
         let raw = context.parameters.get("source_id") ?? ""
         return try SourceID(raw.removingPercentEncoding ?? raw)
     }
+}
+
+/// A watermark and its JSON body, reused while the watermark stays the same.
+struct EncodedWatermark: Sendable {
+    var watermark: Watermark
+    var body: ByteBuffer
 }
 
 /// The body of `POST /api/v1/watermarks/{source_id}/lease`.

@@ -31,6 +31,8 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         let level: Logger.Level =
             status >= 500
             ? .error : (request.method == .get || request.method == .head) && status < 400 ? .debug : .info
+        // The line's metadata is built only when it is written (reads log at debug, off by default).
+        guard context.logger.logLevel <= level else { return }
         var metadata: Logger.Metadata = [
             "method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(status)",
             "duration_ms": "\(elapsed.milliseconds)",

@@ -20,6 +20,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// The last write failure that may be lasting (disk full, read-only, I/O error), until a write
     /// succeeds again; `checkHealth` then probes with a real write.
     private let lastWriteFailure = NIOLockedValueBox<String?>(nil)
+    /// Watermarks by source, so a GET of an unchanged watermark reads no database. This process is the only
+    /// writer of the file (`DatabaseLock`), and every write forgets its source before it is answered.
+    let cache: ReadCache<SourceID, Watermark>
 
     /// Opens (creating if needed) the database file at `path`, with its folder, and migrates it.
     convenience init(
@@ -46,9 +49,10 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// Uses an open database; `DatabaseQueue()` gives an in-memory one for tests.
     init(
         writer: any DatabaseWriter, path: String? = nil, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 100_000
     ) throws {
         self.writer = writer
+        self.cache = ReadCache(capacity: cacheCapacity)
         self.batcher = GroupCommitWriter(writer: writer)
         self.path = path
         self.policy = policy
@@ -71,11 +75,15 @@ final class SQLiteWatermarkStore: WatermarkStore {
     // MARK: WatermarkStore
 
     func watermark(for sourceID: SourceID) async throws -> Watermark? {
-        // The hottest read runs on the calling thread: in WAL mode a reader never waits for the writer, so this
-        // blocks only for the lookup itself (tens of microseconds), where the asynchronous read hopped to GRDB's
-        // reader queue and back, the largest cost of a GET under load.
+        let (cached, generation) = cache.lookup(sourceID)
+        if let cached { return cached }
+        // A miss reads on the calling thread: in WAL mode a reader never waits for the writer, so this blocks only
+        // for the lookup itself (tens of microseconds), where the asynchronous read hopped to GRDB's reader queue
+        // and back.
         do {
-            return try readHere { db in try SQLiteTransaction(db: db).watermark(sourceID) }
+            let watermark = try readHere { db in try SQLiteTransaction(db: db).watermark(sourceID) }
+            if let watermark { cache.store(watermark, for: sourceID, ifGeneration: generation) }
+            return watermark
         } catch {
             throw mapped(error, writing: false)
         }
@@ -87,10 +95,14 @@ final class SQLiteWatermarkStore: WatermarkStore {
     }
 
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
-        try await transact { tx, now in try WatermarkRules.apply(write, now: now, policy: self.policy, in: &tx) }
+        defer { cache.forget(write.sourceID) }
+        return try await transact { tx, now in
+            try WatermarkRules.apply(write, now: now, policy: self.policy, in: &tx)
+        }
     }
 
     func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+        defer { cache.forget(sourceID) }
         try await transact { tx, now in
             try WatermarkRules.delete(sourceID, precondition: precondition, leaseToken: leaseToken, now: now, in: &tx)
         }
@@ -138,14 +150,15 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func summary() async throws -> WatermarkSummary {
         let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
         return try await read { db in
+            // The totals are kept by triggers; the stale ones are an index range (never a scan of the table).
             let row = try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT COUNT(*) AS total,
-                           COALESCE(SUM(status = 'failed'), 0) AS failed,
-                           COALESCE(SUM(last_successful_timestamp IS NULL OR last_successful_timestamp < ?), 0) AS stale
-                    FROM watermark
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT total, failed,
+                               (SELECT COUNT(*) FROM watermark WHERE last_successful_timestamp IS NULL)
+                               + (SELECT COUNT(*) FROM watermark WHERE last_successful_timestamp < ?) AS stale
+                        FROM watermark_count WHERE id = 1
+                        """),
                 arguments: [cutoff]
             )
             return WatermarkSummary(total: row?["total"] ?? 0, failed: row?["failed"] ?? 0, stale: row?["stale"] ?? 0)

@@ -56,6 +56,38 @@ enum WatermarkDatabase {
                 t.column("checked_at", .text).notNull()
             }
         }
+        migrator.registerMigration("v2-counts-and-filter-indexes") { db in
+            // `/status` and `/metrics` read these counts on every scrape: kept by triggers in the write's own
+            // transaction, so a scrape costs one row whatever the number of watermarks.
+            try db.execute(
+                sql: """
+                    CREATE TABLE watermark_count (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        total INTEGER NOT NULL,
+                        failed INTEGER NOT NULL
+                    );
+                    INSERT INTO watermark_count (id, total, failed)
+                        SELECT 1, COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM watermark;
+                    CREATE TRIGGER watermark_count_insert AFTER INSERT ON watermark BEGIN
+                        UPDATE watermark_count SET total = total + 1, failed = failed + (NEW.status = 'failed')
+                        WHERE id = 1;
+                    END;
+                    CREATE TRIGGER watermark_count_delete AFTER DELETE ON watermark BEGIN
+                        UPDATE watermark_count SET total = total - 1, failed = failed - (OLD.status = 'failed')
+                        WHERE id = 1;
+                    END;
+                    CREATE TRIGGER watermark_count_status AFTER UPDATE OF status ON watermark BEGIN
+                        UPDATE watermark_count
+                        SET failed = failed + (NEW.status = 'failed') - (OLD.status = 'failed') WHERE id = 1;
+                    END;
+                    """)
+            // The list's filters, with keyset paging on source_id: `status` walks (status, source_id) in order;
+            // staleness (and the stale count) reads a range of last_successful_timestamp.
+            try db.create(index: "watermark_status", on: WatermarkRow.databaseTableName, columns: ["status", "source_id"])
+            try db.create(
+                index: "watermark_last_success", on: WatermarkRow.databaseTableName,
+                columns: ["last_successful_timestamp"])
+        }
         return migrator
     }
 }
