@@ -12,11 +12,9 @@ collecting process, and whether every unique (id, version) landed exactly once.
 Prints a table and writes bench/results/<UTC date>-collector.json. It reports; it never asserts.
 """
 import argparse
-import datetime
 import http.server
 import json
 import os
-import platform
 import random
 import shutil
 import socket
@@ -29,7 +27,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import free_port, peak_rss_kib, wait_listening  # noqa: E402
+from run import free_port, peak_rss_kib, wait_listening, write_report  # noqa: E402
 
 FILES = 20  # ten NDJSON files, ten bundles
 PAGE = 1000
@@ -224,17 +222,9 @@ def main():
     for r in results:
         print(f"{r['scenario']:30} {r['records']:>9} {r['seconds']:>8.2f} {r['records_per_s']:>10} "
               f"{r['vs_python']:>9.2f} {r['peak_rss_mib']:>12.1f} {str(r['exactly_once']).lower():>12}")
-    stamp = datetime.datetime.now(datetime.timezone.utc)
-    report = {"date": stamp.isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-              "objects": args.records, "unique": unique, "page_size": PAGE, "results": results}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", stamp.strftime("%Y-%m-%d") + "-collector.json")
-    with open(path, "w") as out:
-        json.dump(report, out, indent=2)
-    print(f"\n(records/s into the fsynced sink, ratios against the Python loop of this run) written to "
-          f"{os.path.relpath(path)}")
-
+    path = write_report("-collector", {"objects": args.records, "unique": unique, "page_size": PAGE,
+                                       "results": results})
+    print(f"\n(records/s into the fsynced sink, ratios against the Python loop of this run) written to {path}")
 
 if __name__ == "__main__":
     main()

@@ -165,6 +165,19 @@ def reset_peak(pid):
         pass
 
 
+def write_report(suffix, fields):
+    """Writes bench/results/<UTC date><suffix>.json with the date and the machine; returns its path."""
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    report = {"date": stamp.isoformat(timespec="seconds"),
+              "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+              **fields}
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", stamp.strftime("%Y-%m-%d") + suffix + ".json")
+    with open(path, "w") as out:
+        json.dump(report, out, indent=2)
+    return os.path.relpath(path)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bin")
@@ -232,20 +245,8 @@ def main():
             errors = r["socket_errors"]  # every answer is a 404 by design
         print(f"{r['scenario']:26} {r['connections']:>5} {r['rps']:>10.0f} {r['vs_hello']:>8.2f} "
               f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {errors:>7} {r['peak_rss_kib'] / 1024:>12.1f}")
-    stamp = datetime.datetime.now(datetime.timezone.utc)
-    report = {
-        "date": stamp.isoformat(timespec="seconds"), "machine": {
-            "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-        },
-        "wrk": f"-t1 -d{args.duration}", "fsync_probe": fsync, "results": results,
-    }
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", stamp.strftime("%Y-%m-%d") + ".json")
-    with open(path, "w") as out:
-        json.dump(report, out, indent=2)
-    print(f"\n(wrk -t1 -d{args.duration}; ratios against the hello world of this run) written to "
-          f"{os.path.relpath(path)}")
-
+    path = write_report("", {"wrk": f"-t1 -d{args.duration}", "fsync_probe": fsync, "results": results})
+    print(f"\n(wrk -t1 -d{args.duration}; ratios against the hello world of this run) written to {path}")
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,8 @@ also given as a ratio to the small one. Prints a table and writes bench/results/
 It reports; it never asserts.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import free_port, parse_wrk, peak_rss_kib  # noqa: E402
+from run import free_port, parse_wrk, peak_rss_kib, write_report  # noqa: E402
 
 LUA_GET = """
 math.randomseed(42)
@@ -142,19 +140,11 @@ def main():
             rows.append((key, small[key], large[key]))
     for name, a, b in rows:
         print(f"{name:36} {a:>14} {b:>18} {b / a if a else 0:>7.2f}")
-    stamp = datetime.datetime.now(datetime.timezone.utc)
-    report = {"date": stamp.isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
-              "sources": args.sources, "history": args.history, "seed_seconds": round(seconds, 1),
-              "database_mib": round(size / 2**20, 1),
-              "mib_per_million_watermarks": round(size / 2**20 / (args.sources / 1e6), 1),
-              "wrk": f"-t1 -c64 -d{args.duration}", "small": small, "large": large}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", stamp.strftime("%Y-%m-%d") + "-scale.json")
-    with open(path, "w") as out:
-        json.dump(report, out, indent=2)
-    print(f"\n(wrk -t1 -c64 -d{args.duration}) written to {os.path.relpath(path)}")
-
+    path = write_report("-scale", {
+        "sources": args.sources, "history": args.history, "seed_seconds": round(seconds, 1),
+        "database_mib": round(size / 2**20, 1), "mib_per_million_watermarks": round(size / 2**20 / (args.sources / 1e6), 1),
+        "wrk": f"-t1 -c64 -d{args.duration}", "small": small, "large": large})
+    print(f"\n(wrk -t1 -c64 -d{args.duration}) written to {path}")
 
 if __name__ == "__main__":
     main()

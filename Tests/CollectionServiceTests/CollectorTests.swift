@@ -534,7 +534,8 @@ struct DirectoryCollectorTests {
     /// A record `n` with text that looks like JSON structure inside its strings, padded to about `size` bytes.
     static func tricky(_ number: Int, size: Int = 200) -> String {
         let pad = String(repeating: "x", count: max(0, size - 120))
-        return #"{ "name" : "a \"quoted\" ] } [ { name", "id":"r-\#(number)", "modified":"2026-11-25T00:00:00Z", "pad":"\#(pad)", "n":[\#(number),{"k":"}"}] }"#
+        return
+            #"{ "name" : "a \"quoted\" ] } [ { name", "id":"r-\#(number)", "modified":"2026-11-25T00:00:00Z", "pad":"\#(pad)", "n":[\#(number),{"k":"}"}] }"#
     }
 
     @Test func largeFilesComeInPagesOfPageSizeWithEachRecordsOwnBytes() async throws {
@@ -544,7 +545,8 @@ struct DirectoryCollectorTests {
         let count = 2_500
         let lines = (0..<count).map { Self.tricky($0, size: 900) }
         try (lines.joined(separator: "\n\n") + "\n").write(toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
-        let bundle = #"{"type": "bundle", "id": "bundle--1", "objects": [ "# + lines.joined(separator: " ,\n ") + "\n] }"
+        let bundle =
+            #"{"type": "bundle", "id": "bundle--1", "objects": [ "# + lines.joined(separator: " ,\n ") + "\n] }"
         try bundle.write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
         #expect(bundle.utf8.count > 2 * DropFile.windowSize)
 
@@ -569,7 +571,9 @@ struct DirectoryCollectorTests {
         #expect(records.map(\.id) == ["p"])
         let json = try #require(records.first?.json)
         #expect(!json.contains(0x0A) && !json.contains(0x0D))
-        #expect(String(decoding: json, as: UTF8.self) == #"{  "id": "p",  "modified": "2026-11-25T00:00:00Z",  "text": "a\nb"}"#)
+        #expect(
+            String(decoding: json, as: UTF8.self)
+                == #"{  "id": "p",  "modified": "2026-11-25T00:00:00Z",  "text": "a\nb"}"#)
     }
 
     @Test func aBundleWhoseObjectsComeBeforeItsTypeIsStillABundle() async throws {
@@ -592,14 +596,17 @@ struct DirectoryCollectorTests {
         try lines.joined(separator: "\n").write(toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
         let missingComma: String = "[" + Self.tricky(7) + "," + Self.tricky(8) + " " + Self.tricky(9) + "]"
         try missingComma.write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
-        try #"[{"id":"r-10","modified":"2026-11-25T00:00:00Z"},"#.write(toFile: dir + "/c.json", atomically: true, encoding: .utf8)
+        try #"[{"id":"r-10","modified":"2026-11-25T00:00:00Z"},"#.write(
+            toFile: dir + "/c.json", atomically: true, encoding: .utf8)
         let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 2))
         #expect(pages.flatMap(\.records).map(\.id) == ["r-0", "r-1", "r-2", "r-3", "r-7", "r-8"])
         let rejected = pages.flatMap(\.rejected)
         #expect(rejected.map(\.name) == ["a.ndjson", "b.json", "c.json"])
         #expect(rejected[0].reason.contains("a.ndjson line 6 is not valid JSON"), "\(rejected[0].reason)")
         #expect(rejected[1].reason.contains("',' or ']' expected after record 1"), "\(rejected[1].reason)")
-        #expect(rejected[2].reason.contains("c.json is not valid JSON records: the file ends in the middle of its JSON"), "\(rejected[2].reason)")
+        #expect(
+            rejected[2].reason.contains("c.json is not valid JSON records: the file ends in the middle of its JSON"),
+            "\(rejected[2].reason)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.isEmpty)
     }
 

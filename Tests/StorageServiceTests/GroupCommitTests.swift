@@ -8,6 +8,17 @@ import WatermarkCore
 
 @Suite("Group commit")
 struct GroupCommitTests {
+    /// Polls `condition` every 5 ms until it holds, failing after 10 s.
+    func waitUntil(_ what: String, _ condition: () async -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !(await condition()) {
+            guard ContinuousClock.now < deadline else { throw WaitTimeout(what: what) }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    struct WaitTimeout: Error { var what: String }
+
     /// Jobs that arrive while a batch commits share the next transaction; a job that throws rolls back its own
     /// savepoint only, later jobs see the earlier ones' writes, and every caller gets its own outcome.
     @Test func jobsWaitingDuringACommitShareTheNextOneAndKeepTheirOwnOutcome() async throws {
@@ -16,14 +27,18 @@ struct GroupCommitTests {
         let writer = GroupCommitWriter(writer: queue)
         struct Refused: Error {}
         try await withThrowingTaskGroup(of: Void.self) { group in
-            // The first batch holds the writer long enough for the others to queue behind it.
+            // The first batch holds the writer until the 21 others are queued behind it.
+            let release = DispatchSemaphore(value: 0)
             group.addTask {
                 try await writer.write { db in
                     try db.execute(sql: "INSERT INTO t VALUES ('slow', 0)")
-                    Thread.sleep(forTimeInterval: 0.3)
+                    _ = release.wait(timeout: .now() + 30)
                 }
             }
-            try await Task.sleep(for: .milliseconds(50))
+            try await waitUntil("the first job leads its batch") {
+                let (running, waiting) = (await writer.batchRunning, await writer.waitingCount)
+                return running && waiting == 0
+            }
             for index in 0..<20 {
                 group.addTask {
                     try await writer.write { db in
@@ -39,6 +54,8 @@ struct GroupCommitTests {
                     }
                 }
             }
+            try await waitUntil("21 jobs queued behind the first") { await writer.waitingCount == 21 }
+            release.signal()
             try await group.waitForAll()
         }
         let rows = try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") }

@@ -139,7 +139,9 @@ struct DirectoryCollector: Collector {
             } catch {
                 throw .malformed("\(label(index)) (\(id)) field \"\(field)\": \(error)")
             }
-            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(chunk.records[index])))
+            records.append(
+                CollectedRecord(
+                    id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(chunk.records[index])))
         }
         return records
     }

@@ -161,7 +161,9 @@ final class DropFile {
                 let keyEnd = try valueEnd(at: index)
                 let key = String(decoding: window[(index - base + 1)..<(keyEnd - base - 1)], as: UTF8.self)
                 index = try skipWhitespace(from: keyEnd)
-                guard try byte(at: index) == UInt8(ascii: ":") else { throw .malformed("':' is missing after \"\(key)\"") }
+                guard try byte(at: index) == UInt8(ascii: ":") else {
+                    throw .malformed("':' is missing after \"\(key)\"")
+                }
                 let valueStart = try skipWhitespace(from: index + 1)
                 if key == "objects", try byte(at: valueStart) == UInt8(ascii: "["), isBundle != false {
                     if isBundle == true {

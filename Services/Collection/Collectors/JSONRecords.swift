@@ -80,11 +80,25 @@ enum JSONRecords {
     /// The top-level members of an envelope, by name, and the envelope's bytes; `what` names it in errors.
     static func envelope(_ body: Data, what: String) throws(CollectorError) -> [String: Range<Int>] {
         do {
-            let members = try body.withRawBytes { bytes throws(JSONSplitter.Failure) in try JSONSplitter.members(bytes, 0) }
+            let members = try body.withRawBytes { bytes throws(JSONSplitter.Failure) in
+                try JSONSplitter.members(bytes, 0)
+            }
             return Dictionary(members.map { ($0.0, $0.1) }, uniquingKeysWith: { $1 })
         } catch {
             throw .malformed("\(what) is not valid JSON: \(error.reason) at byte \(error.offset) (\(snippet(body)))")
         }
+    }
+
+    /// The records of the envelope member `name` (`objects`, `results`), each as its own bytes: none when the
+    /// member is absent or null.
+    static func records(
+        _ name: String, of body: Data, envelope: [String: Range<Int>], what: String
+    ) throws(CollectorError) -> [Data] {
+        guard let range = envelope[name], value(body[range]) != .null else { return [] }
+        guard let list = try elements(of: body, at: range, what: what) else {
+            throw .malformed("\"\(name)\" in \(what) is not an array of objects")
+        }
+        return list
     }
 
     /// The elements of the array at `range` of `body` (an envelope's `objects`), each as its own bytes.
@@ -109,7 +123,9 @@ enum JSONRecords {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         guard trimmed.utf8.count >= 19 else { return try Timestamp(rfc3339: trimmed) }
         let time = trimmed.utf8.dropFirst(19)  // after YYYY-MM-DDTHH:MM:SS
-        let hasOffset = time.contains { $0 == UInt8(ascii: "Z") || $0 == UInt8(ascii: "z") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") }
+        let hasOffset = time.contains {
+            $0 == UInt8(ascii: "Z") || $0 == UInt8(ascii: "z") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-")
+        }
         var normalised = hasOffset ? trimmed : trimmed + "Z"
         if normalised.count > 10 {
             let index = normalised.index(normalised.startIndex, offsetBy: 10)
@@ -307,7 +323,8 @@ enum JSONSplitter {
             let valueStart = skipWhitespace(bytes, index + 1)
             guard let valueEnd = try? valueEnd(bytes, valueStart) else { return found }
             for (position, name) in names.enumerated() where name.utf8.count == key.count {
-                if name.utf8.withContiguousStorageIfAvailable({ $0.elementsEqual(key) }) ?? name.utf8.elementsEqual(key) {
+                if name.utf8.withContiguousStorageIfAvailable({ $0.elementsEqual(key) }) ?? name.utf8.elementsEqual(key)
+                {
                     found[position] = valueStart..<valueEnd
                 }
             }
@@ -332,7 +349,8 @@ enum JSONSplitter {
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\""), let keyEnd = stringEnd(bytes, index) else {
                 throw Failure(offset: index, reason: "a member name is missing")
             }
-            let key = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(index + 1)..<(keyEnd - 1)]), as: UTF8.self)
+            let key = String(
+                decoding: UnsafeRawBufferPointer(rebasing: bytes[(index + 1)..<(keyEnd - 1)]), as: UTF8.self)
             index = skipWhitespace(bytes, keyEnd)
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
                 throw Failure(offset: index, reason: "':' is missing after \"\(key)\"")
@@ -380,7 +398,8 @@ enum JSONSplitter {
 
 extension Data {
     /// Runs `body` over the bytes (contiguous `Data` storage, no copy).
-    func withRawBytes<T>(_ body: (UnsafeRawBufferPointer) throws(JSONSplitter.Failure) -> T) throws(JSONSplitter.Failure)
+    func withRawBytes<T>(_ body: (UnsafeRawBufferPointer) throws(JSONSplitter.Failure) -> T) throws(JSONSplitter
+        .Failure)
         -> T
     {
         let result: Result<T, JSONSplitter.Failure> = withUnsafeBytes { raw in

@@ -40,13 +40,7 @@ struct OTXCollector: Collector {
     static func parse(_ body: Data, url: String) async throws(CollectorError) -> CollectorPage {
         let what = "the OTX answer from \(url)"
         let envelope = try JSONRecords.envelope(body, what: what)
-        var pulses: [Data] = []
-        if let range = envelope["results"], JSONRecords.value(body[range]) != .null {
-            guard let list = try JSONRecords.elements(of: body, at: range, what: what) else {
-                throw .malformed("\"results\" in the OTX answer from \(url) is not an array of objects")
-            }
-            pulses = list
-        }
+        let pulses = try JSONRecords.records("results", of: body, envelope: envelope, what: what)
         let fields = try await JSONRecords.fields(
             of: pulses, wanted: ["id", "modified"], label: { "pulse \($0) from \(url)" })
         var records: [CollectedRecord] = []
@@ -63,7 +57,9 @@ struct OTXCollector: Collector {
             } catch {
                 throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
             }
-            records.append(CollectedRecord(id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(pulses[index])))
+            records.append(
+                CollectedRecord(id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(pulses[index]))
+            )
         }
         let next: String? =
             if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]), !text.isEmpty {

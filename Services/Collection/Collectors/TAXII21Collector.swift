@@ -70,13 +70,7 @@ struct TAXII21Collector: Collector {
         let body = response.body
         let what = "the TAXII envelope from \(url)"
         let envelope = try JSONRecords.envelope(body, what: what)
-        var objects: [Data] = []
-        if let range = envelope["objects"], JSONRecords.value(body[range]) != .null {
-            guard let list = try JSONRecords.elements(of: body, at: range, what: what) else {
-                throw .malformed("\"objects\" in the TAXII envelope from \(url) is not an array of objects")
-            }
-            objects = list
-        }
+        let objects = try JSONRecords.records("objects", of: body, envelope: envelope, what: what)
         let more: Bool
         switch envelope["more"].map({ JSONRecords.value(body[$0]) }) {
         case nil, .null: more = false
@@ -84,7 +78,9 @@ struct TAXII21Collector: Collector {
         default: throw .malformed("\"more\" in the TAXII envelope from \(url) is not a boolean")
         }
         let next: String? =
-            if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]) { text } else { nil }
+            if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]) { text } else {
+                nil
+            }
 
         var warnings: [String] = []
         func headerTime(_ name: String) -> Timestamp? {
@@ -122,7 +118,8 @@ struct TAXII21Collector: Collector {
                 )
             }
             if let own { newestOwn = max(newestOwn ?? own, own) }
-            records.append(CollectedRecord(id: id, version: version, mark: mark, json: JSONRecords.oneLine(objects[index])))
+            records.append(
+                CollectedRecord(id: id, version: version, mark: mark, json: JSONRecords.oneLine(objects[index])))
         }
         // Without the header the objects may come in any order: the page's mark is the newest of them.
         let highWaterMark = pageMark ?? newestOwn

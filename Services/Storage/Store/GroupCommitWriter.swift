@@ -27,10 +27,12 @@ actor GroupCommitWriter {
     /// Largest batch: bounds the time one transaction holds the writer.
     private let maxBatch: Int
     private var waiting: [Job] = []
-    private var batchRunning = false
+    private(set) var batchRunning = false
     /// Batches committed and jobs they carried, for `/metrics`.
     private(set) var batches = 0
     private(set) var jobs = 0
+    /// Jobs queued for the next batch (tests wait on it rather than on time).
+    var waitingCount: Int { waiting.count }
 
     init(writer: any DatabaseWriter, maxBatch: Int = 256) {
         self.writer = writer

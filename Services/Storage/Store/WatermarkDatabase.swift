@@ -83,7 +83,8 @@ enum WatermarkDatabase {
                     """)
             // The list's filters, with keyset paging on source_id: `status` walks (status, source_id) in order;
             // staleness (and the stale count) reads a range of last_successful_timestamp.
-            try db.create(index: "watermark_status", on: WatermarkRow.databaseTableName, columns: ["status", "source_id"])
+            try db.create(
+                index: "watermark_status", on: WatermarkRow.databaseTableName, columns: ["status", "source_id"])
             try db.create(
                 index: "watermark_last_success", on: WatermarkRow.databaseTableName,
                 columns: ["last_successful_timestamp"])
