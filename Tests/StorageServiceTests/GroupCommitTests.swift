@@ -117,4 +117,17 @@ struct GroupCommitTests {
         #expect(writes == 50 && batches < writes, "\(writes) writes in \(batches) commits")
         try store.close()
     }
+
+    /// An acknowledged write must survive power loss, so every commit syncs the WAL: `DatabasePool` turns its
+    /// writer to `synchronous = NORMAL` when it switches to WAL, and the store must set FULL after that.
+    @Test("the writer connection commits with synchronous = FULL, also on a database opened again")
+    func synchronousFull() async throws {
+        let folder = NSTemporaryDirectory() + "synchronous-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        for _ in 0..<2 {
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+            #expect(try await store.writerSynchronous() == 2)
+            try store.close()
+        }
+    }
 }
