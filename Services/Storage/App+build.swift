@@ -51,7 +51,9 @@ func buildRouter(
         store: store, metrics: metrics, startedAt: .now, environment: configuration.environment
     ).addRoutes(to: recorder)
     recorder.addRoutes(
-        WatermarkController<StorageRequestContext>(store: store, maxBodySize: configuration.maxBodySize).endpoints,
+        WatermarkController<StorageRequestContext>(
+            store: store, maxBodySize: configuration.maxBodySize, cacheEntries: configuration.readCacheEntries
+        ).endpoints,
         atPath: "/api/v1/watermarks"
     )
     return router

@@ -73,7 +73,8 @@ struct Serve: AsyncParsableCommand {
             try SQLiteWatermarkStore.createFolder(for: configuration.databasePath)
             lock = try DatabaseLock(databasePath: configuration.databasePath)
             store = try SQLiteWatermarkStore(
-                path: configuration.databasePath, policy: configuration.policy, logger: logger
+                path: configuration.databasePath, policy: configuration.policy, logger: logger,
+                cacheCapacity: configuration.readCacheEntries
             )
         } catch {
             logger.critical(

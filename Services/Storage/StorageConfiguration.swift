@@ -21,6 +21,7 @@ import WatermarkCore
 /// | `IDLE_TIMEOUT_SECONDS` | 60 | idle connections are closed after this |
 /// | `REQUEST_TIMEOUT_SECONDS` | 30 | a request must arrive in full (head to end of body) within this, or its connection is closed |
 /// | `MAX_CONNECTIONS` | 512 | connections served at once; more wait in the backlog |
+/// | `READ_CACHE_ENTRIES` | 10000 | watermarks (and their JSON) kept in memory for reads; 0 turns the cache off |
 package struct StorageConfiguration: Sendable {
     package enum Environment: String, Sendable {
         case development, production
@@ -38,6 +39,9 @@ package struct StorageConfiguration: Sendable {
     /// Slow-body (slowloris) defence: the idle timeout counts every trickled byte as activity.
     package var requestTimeoutSeconds = 30
     package var maxConnections = 512
+    /// Watermarks kept in memory for GETs, each with its JSON: bounds the memory whatever the number of sources
+    /// (about 1 KiB an entry); a read past it costs one indexed SQLite lookup.
+    package var readCacheEntries = 10_000
     /// Largest request body accepted (the contract's 64 KiB).
     package var maxBodySize = 64 * 1024
 
@@ -47,7 +51,7 @@ package struct StorageConfiguration: Sendable {
     package static let keys = [
         "PORT", "HOST", "DATABASE_PATH", "STORAGE_API_TOKEN", "STORAGE_READ_TOKEN", "LOG_LEVEL", "ENVIRONMENT",
         "FUTURE_TOLERANCE_SECONDS", "HISTORY_RETENTION", "STALE_AFTER_SECONDS", "IDLE_TIMEOUT_SECONDS",
-        "REQUEST_TIMEOUT_SECONDS", "MAX_CONNECTIONS",
+        "REQUEST_TIMEOUT_SECONDS", "MAX_CONNECTIONS", "READ_CACHE_ENTRIES",
     ]
 
     /// Reads `values` (the environment with flags laid over it). Invalid values are refused with a
@@ -70,6 +74,7 @@ package struct StorageConfiguration: Sendable {
         requestTimeoutSeconds = try reader.int(
             "REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
         maxConnections = try reader.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
+        readCacheEntries = try reader.int("READ_CACHE_ENTRIES", default: readCacheEntries, in: 0...10_000_000)
         if let apiToken, let readToken, apiToken == readToken {
             throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")
         }

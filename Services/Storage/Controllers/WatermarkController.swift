@@ -12,7 +12,13 @@ struct WatermarkController<Context: RequestContext> {
     let store: any WatermarkStore
     let maxBodySize: Int
     /// The JSON of watermarks answered lately: a GET of an unchanged watermark encodes nothing.
-    let bodies = ReadCache<SourceID, EncodedWatermark>(capacity: 100_000)
+    let bodies: ReadCache<SourceID, EncodedWatermark>
+
+    init(store: any WatermarkStore, maxBodySize: Int, cacheEntries: Int) {
+        self.store = store
+        self.maxBodySize = maxBodySize
+        self.bodies = ReadCache(capacity: cacheEntries)
+    }
 
     var endpoints: RouteCollection<Context> {
         let routes = RouteCollection(context: Context.self)

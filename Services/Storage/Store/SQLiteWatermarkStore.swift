@@ -27,7 +27,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// Opens (creating if needed) the database file at `path`, with its folder, and migrates it.
     convenience init(
         path: String, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 10_000
     ) throws {
         try Self.createFolder(for: path)
         var configuration = Configuration()
@@ -38,7 +38,8 @@ final class SQLiteWatermarkStore: WatermarkStore {
         // to WAL with `synchronous = NORMAL` after `prepareDatabase` ran, so a pragma set there is undone
         // (NORMAL syncs only at checkpoints: 16 fdatasyncs for some 9,000 commits in a 4 s load).
         try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
-        try self.init(writer: pool, path: path, policy: policy, logger: logger, clock: clock)
+        try self.init(
+            writer: pool, path: path, policy: policy, logger: logger, clock: clock, cacheCapacity: cacheCapacity)
     }
 
     /// Creates the folder that will hold the database file, if it is missing.
@@ -50,7 +51,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// Uses an open database; `DatabaseQueue()` gives an in-memory one for tests.
     init(
         writer: any DatabaseWriter, path: String? = nil, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 100_000
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 10_000
     ) throws {
         self.writer = writer
         self.cache = ReadCache(capacity: cacheCapacity)

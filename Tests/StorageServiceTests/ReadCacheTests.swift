@@ -1,0 +1,62 @@
+import GRDB
+import TestSupport
+import Testing
+import WatermarkCore
+
+@testable import StorageService
+
+/// The read cache holds at most `READ_CACHE_ENTRIES` watermarks, so the memory of the service does not grow
+/// with the number of sources, and every read past it still answers what the database holds.
+@Suite("Read cache bound")
+struct ReadCacheTests {
+    let clock = ManualClock(.at("2026-01-01T00:00:00Z"))
+
+    private func store(entries: Int) throws -> SQLiteWatermarkStore {
+        try SQLiteWatermarkStore(
+            writer: try DatabaseQueue(), policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() },
+            cacheCapacity: entries)
+    }
+
+    @Test("reads of more sources than the bound keep the cache at the bound and answer each source's own mark")
+    func bounded() async throws {
+        let store = try store(entries: 8)
+        for index in 0..<40 {
+            _ = try await store.write(
+                WatermarkWrite(sourceID: sid("s\(index)"), update: .success(.at("2025-12-31T00:00:00Z"), records: 1)))
+        }
+        for _ in 0..<2 {
+            for index in 0..<40 {
+                let watermark = try await store.watermark(for: sid("s\(index)"))
+                #expect(watermark?.sourceID == sid("s\(index)") && watermark?.version == 1)
+                #expect(store.cache.count <= 8)
+            }
+        }
+        #expect(store.cache.count == 8)
+    }
+
+    @Test("READ_CACHE_ENTRIES=0 keeps nothing in memory and reads still answer, also after a write")
+    func off() async throws {
+        let store = try store(entries: 0)
+        _ = try await store.write(
+            WatermarkWrite(sourceID: sid("a"), update: .success(.at("2025-12-31T00:00:00Z"), records: 1)))
+        #expect(try await store.watermark(for: sid("a"))?.version == 1)
+        _ = try await store.write(
+            WatermarkWrite(sourceID: sid("a"), update: .success(.at("2025-12-31T01:00:00Z"), records: 2)))
+        #expect(try await store.watermark(for: sid("a"))?.version == 2)
+        #expect(store.cache.count == 0)
+    }
+
+    @Test("READ_CACHE_ENTRIES is read, defaults to 10000, and a value out of range is refused by name")
+    func configuration() throws {
+        #expect(try StorageConfiguration([:]).readCacheEntries == 10_000)
+        #expect(try StorageConfiguration(["READ_CACHE_ENTRIES": "0"]).readCacheEntries == 0)
+        #expect(try StorageConfiguration(["READ_CACHE_ENTRIES": " 250000 "]).readCacheEntries == 250_000)
+        for bad in ["-1", "lots", "10000001", "1e4"] {
+            #expect {
+                _ = try StorageConfiguration(["READ_CACHE_ENTRIES": bad])
+            } throws: { error in
+                "\(error)" == "READ_CACHE_ENTRIES='\(bad)' is invalid: expected a whole number from 0 to 10000000"
+            }
+        }
+    }
+}
