@@ -257,6 +257,49 @@ struct SinkTests {
         #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
     }
 
+    /// The index commits every few pages, not every page: pages admitted since its last commit are lost with the
+    /// process (the connection closes with the transaction open), yet their records are in the sink, so the next
+    /// open indexes them again and a second admission of the same records keeps none of them.
+    @Test func pagesAdmittedAfterTheIndexsLastCommitAreKnownAgainAfterARestart() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        let path = dir + "/index/s.sqlite"
+        let pages = (0..<3).map { page in
+            (0..<5).map { record("p\(page)-\($0)", "2026-11-0\(page + 1)T00:00:00Z") }
+        }
+        do {
+            // Cadence of the service's (32 pages), without its 1 s timer, so a loaded machine changes nothing.
+            let index = try DedupIndex(path: path, commitInterval: .seconds(3600))
+            try index.catchUp(with: sink)
+            for page in pages {
+                let fresh = try await index.admit(page) { records throws(SinkError) in
+                    try sink.append(records, collectedAt: ts("2026-11-27T01:00:00Z"))
+                }
+                #expect(fresh.count == 5)
+            }
+            // Under `commitPages` pages and well within `commitInterval`: nothing committed yet.
+            #expect(pages.count < DedupIndex.commitPages)
+        }
+        let reopened = try DedupIndex(path: path)
+        #expect(try reopened.count() == 0)
+        try reopened.catchUp(with: sink)
+        #expect(try reopened.count() == 15)
+        let again = try await reopened.admit(pages.flatMap { $0 }) { records throws(SinkError) in
+            Issue.record("\(records.count) records written twice")
+            return nil
+        }
+        #expect(again.isEmpty)
+
+        // flush() commits: a third open finds every key without catching up.
+        let more = [record("late", "2026-11-05T00:00:00Z")]
+        _ = try await reopened.admit(more) { records throws(SinkError) in
+            try sink.append(records, collectedAt: ts("2026-11-27T02:00:00Z"))
+        }
+        try await reopened.flush()
+        #expect(try DedupIndex(path: path).count() == 16)
+    }
+
     /// The index follows the sink: it catches up with lines written after its last commit (a crash between the
     /// sink's fsync and the index's commit), starts over when a file shrank, survives its own loss, and keeps
     /// the keys of sink files that were removed.

@@ -135,6 +135,7 @@ struct CollectionRunner: Sendable {
                         "collection run abandoned at shutdown; the watermark stays at its last checkpoint",
                         metadata: ["records": "\(report.recordsCollected)", "pages": "\(pages)"]
                     )
+                    await flush(index, log: log)
                     await release(lease, source: source, log: log)
                     return report
                 }
@@ -159,7 +160,7 @@ struct CollectionRunner: Sendable {
                     )
                 }
                 let collectedAt = clock()
-                let fresh = try index.admit(page.records) { records throws(SinkError) in
+                let fresh = try await index.admit(page.records) { records throws(SinkError) in
                     try sink.append(records, collectedAt: collectedAt)
                 }
                 report.duplicatesDropped += Int64(page.records.count - fresh.count)
@@ -192,7 +193,9 @@ struct CollectionRunner: Sendable {
                 }
                 upcoming = try await following
             } while upcoming != nil
+            await flush(index, log: log)
         } catch {
+            await flush(index, log: log)
             return await finishFailed(
                 report, source: source, lease: lease, message: "\(error)", log: log,
                 recordsSinceCheckpoint: sinceCheckpoint.records
@@ -259,6 +262,18 @@ struct CollectionRunner: Sendable {
     }
 
     /// Records a failed run (the watermark stays) and releases the lease.
+    /// Commits the dedup index's last pages. A failure costs time only: the next run's `catchUp` indexes
+    /// those records again from the sink, which holds them.
+    private func flush(_ index: DedupIndex, log: Logger) async {
+        do {
+            try await index.flush()
+        } catch {
+            log.warning(
+                "dedup index not committed: the next run indexes these records again from the sink",
+                metadata: ["error": "\(error)"])
+        }
+    }
+
     private func finishFailed(
         _ report: RunReport, source: SourceConfiguration, lease: Lease?, message: String, log: Logger,
         recordFailure: Bool = true, recordsSinceCheckpoint: Int64? = nil
