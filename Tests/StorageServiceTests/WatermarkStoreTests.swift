@@ -1,3 +1,4 @@
+import GRDB
 import TestSupport
 import Testing
 import WatermarkCore
@@ -264,5 +265,70 @@ struct WatermarkStoreTests {
 
         let summary = try await store.summary()
         #expect(summary == WatermarkSummary(total: 9, failed: 2, stale: 2))
+    }
+
+    /// The SQLite store counts stale sources from hour buckets kept by triggers; the in-memory store counts them
+    /// one by one. The same writes (successes over several days, failures, deletes, backfills) and clock moves
+    /// across hour boundaries must give both the same summary, every time.
+    @Test("the stale count from hour buckets equals a count of every source, across writes, deletes and hours")
+    func staleCountFromHourBuckets() async throws {
+        let memoryClock = ManualClock(clock.now())
+        let memory = try StoreKind.memory.make(clock: memoryClock)
+        let sqlite = try StoreKind.sqlite.make(clock: clock)
+        for step in 0..<240 {
+            let id = sid("s\((step * 7919) % 37)")
+            let write: WatermarkWrite
+            switch (step * 31) % 10 {
+            case 0, 1:
+                write = WatermarkWrite(sourceID: id, update: .failed("down"))
+            case 2:
+                for store in [memory, sqlite] {
+                    _ = await refusal { try await store.delete(id, precondition: nil, leaseToken: nil) }
+                }
+                continue
+            default:
+                // Up to ten hours back from the moving clock (the cutoff is two hours back), at seconds that fall
+                // on either side of hour boundaries; force lets a backfill through.
+                let at = clock.now().adding(.seconds(-Int64((step * 104_729) % (10 * 3600))))
+                write = WatermarkWrite(sourceID: id, update: .success(at, records: 1), force: true)
+            }
+            let outcomes = [
+                await refusal { _ = try await memory.write(write) }, await refusal { _ = try await sqlite.write(write) },
+            ]
+            #expect(outcomes[0] == outcomes[1])
+            if step % 12 == 0 {
+                let (a, b) = (try await memory.summary(), try await sqlite.summary())
+                #expect(a == b, "step \(step) at \(clock.now()): memory \(a), sqlite \(b)")
+                #expect(step < 24 || (b.stale > 0 && b.stale < b.total), "a count that proves little: \(b)")
+                // The cutoff moves by 47 minutes: it lands at other places within an hour, and in other hours.
+                clock.advance(.seconds(47 * 60))
+                memoryClock.advance(.seconds(47 * 60))
+            }
+        }
+    }
+
+    /// A database written before the hour buckets existed gets them from its rows when it is migrated.
+    @Test("a database from before the hour buckets gets them filled from its rows")
+    func hourBucketsBackfilled() async throws {
+        let queue = try DatabaseQueue()
+        try WatermarkDatabase.migrator.migrate(queue, upTo: "v2-counts-and-filter-indexes")
+        try await queue.write { db in
+            let rows: [(String, String?)] = [
+                ("a", "2025-12-31T20:10:00.000000000Z"), ("b", nil), ("c", "2025-12-31T23:30:00.000000000Z"),
+                ("d", "2025-12-31T21:59:59.999999999Z"), ("e", "2025-12-31T22:00:00.000000000Z"),
+            ]
+            for (id, last) in rows {
+                try db.execute(
+                    sql: """
+                        INSERT INTO watermark (source_id, last_successful_timestamp, last_run_timestamp, status,
+                            records_collected, version, consecutive_failures, created_at)
+                        VALUES (?, ?, '2025-12-31T23:30:00.000000000Z', ?, 0, 1, 0, '2025-12-31T00:00:00.000000000Z')
+                        """, arguments: [id, last, last == nil ? "failed" : "success"])
+            }
+        }
+        let store = try SQLiteWatermarkStore(
+            writer: queue, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
+        // Cutoff 2025-12-31T22:00:00Z (two hours before the clock): a, b (never) and d are stale, e is not.
+        #expect(try await store.summary() == WatermarkSummary(total: 5, failed: 1, stale: 3))
     }
 }

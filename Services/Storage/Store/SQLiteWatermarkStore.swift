@@ -157,17 +157,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func summary() async throws -> WatermarkSummary {
         let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
         return try await read { db in
-            // The totals are kept by triggers; the stale ones are an index range (never a scan of the table).
-            let row = try Row.fetchOne(
-                db.cachedStatement(
-                    sql: """
-                        SELECT total, failed,
-                               (SELECT COUNT(*) FROM watermark WHERE last_successful_timestamp IS NULL)
-                               + (SELECT COUNT(*) FROM watermark WHERE last_successful_timestamp < ?) AS stale
-                        FROM watermark_count WHERE id = 1
-                        """),
-                arguments: [cutoff]
-            )
+            // The totals are kept by triggers; the stale ones are hour buckets kept by triggers plus an index
+            // range within one hour (never a scan of the table, nor of every stale source).
+            let row = try Row.fetchOne(db.cachedStatement(sql: WatermarkDatabase.summarySQL), arguments: [cutoff])
             return WatermarkSummary(total: row?["total"] ?? 0, failed: row?["failed"] ?? 0, stale: row?["stale"] ?? 0)
         }
     }

@@ -89,8 +89,46 @@ enum WatermarkDatabase {
                 index: "watermark_last_success", on: WatermarkRow.databaseTableName,
                 columns: ["last_successful_timestamp"])
         }
+        migrator.registerMigration("v3-success-hours") { db in
+            // The stale count of `/status` and `/metrics` (last success before now - STALE_AFTER_SECONDS, or
+            // never): the cutoff moves with the clock, so no trigger can keep the count itself. Triggers keep
+            // how many sources last succeeded in each hour instead ('' for never), and a scrape adds the hours
+            // before the cutoff's hour to an index range within that one hour: a cost that grows with the
+            // number of distinct hours, never with the number of sources (an index range over every stale
+            // source was 1 ms a scrape at 10,000 stale sources, /status at 0.37 of its small-database rate).
+            let hour = { (row: String) in "COALESCE(substr(\(row).last_successful_timestamp, 1, 13), '')" }
+            let add = { (row: String) in
+                "INSERT INTO success_hour (hour, sources) VALUES (\(hour(row)), 1) "
+                    + "ON CONFLICT (hour) DO UPDATE SET sources = sources + 1;"
+            }
+            let remove = { (row: String) in
+                "UPDATE success_hour SET sources = sources - 1 WHERE hour = \(hour(row)); "
+                    + "DELETE FROM success_hour WHERE hour = \(hour(row)) AND sources = 0;"
+            }
+            try db.execute(
+                sql: """
+                    CREATE TABLE success_hour (hour TEXT PRIMARY KEY, sources INTEGER NOT NULL) WITHOUT ROWID;
+                    INSERT INTO success_hour (hour, sources)
+                        SELECT COALESCE(substr(last_successful_timestamp, 1, 13), ''), COUNT(*) FROM watermark
+                        GROUP BY 1;
+                    CREATE TRIGGER success_hour_insert AFTER INSERT ON watermark BEGIN \(add("NEW")) END;
+                    CREATE TRIGGER success_hour_delete AFTER DELETE ON watermark BEGIN \(remove("OLD")) END;
+                    CREATE TRIGGER success_hour_update AFTER UPDATE OF last_successful_timestamp ON watermark
+                    WHEN \(hour("NEW")) IS NOT \(hour("OLD")) BEGIN \(remove("OLD")) \(add("NEW")) END;
+                    """)
+        }
         return migrator
     }
+
+    /// The stale count with the hour buckets of `v3-success-hours`: sources that never succeeded or last
+    /// succeeded in an hour before the cutoff's, plus those of the cutoff's hour before the cutoff.
+    static let summarySQL = """
+        SELECT total, failed,
+               (SELECT COALESCE(SUM(sources), 0) FROM success_hour WHERE hour < substr(?1, 1, 13))
+               + (SELECT COUNT(*) FROM watermark
+                  WHERE last_successful_timestamp >= substr(?1, 1, 13) AND last_successful_timestamp < ?1) AS stale
+        FROM watermark_count WHERE id = 1
+        """
 }
 
 extension Timestamp {
