@@ -40,6 +40,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "REQUEST_TIMEOUT_SECONDS: time for a whole request to arrive (default 30).")
     var requestTimeoutSeconds: String?
     @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
+    @Option(help: "READ_CACHE_ENTRIES: watermarks kept in memory for reads (default 10000; 0 turns it off).")
+    var readCacheEntries: String?
 
     func run() async throws {
         var values = ProcessInfo.processInfo.environment
@@ -49,6 +51,7 @@ struct Serve: AsyncParsableCommand {
             "FUTURE_TOLERANCE_SECONDS": futureToleranceSeconds, "HISTORY_RETENTION": historyRetention,
             "STALE_AFTER_SECONDS": staleAfterSeconds, "IDLE_TIMEOUT_SECONDS": idleTimeoutSeconds,
             "REQUEST_TIMEOUT_SECONDS": requestTimeoutSeconds, "MAX_CONNECTIONS": maxConnections,
+            "READ_CACHE_ENTRIES": readCacheEntries,
         ]
         for case (let key, let value?) in flags { values[key] = value }
 

@@ -89,6 +89,7 @@ struct StorageServiceProcessTests {
             ("PORT", "eighty", "PORT='eighty' is invalid"),
             ("ENVIRONMENT", "staging", "ENVIRONMENT='staging' is invalid"),
             ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
+            ("READ_CACHE_ENTRIES", "-5", "READ_CACHE_ENTRIES='-5' is invalid"),
         ])
     func invalidConfiguration(key: String, value: String, message: String) async throws {
         let dir = try TemporaryDirectory()
@@ -96,5 +97,19 @@ struct StorageServiceProcessTests {
         let service = try start(dir, extra: [key: value])
         #expect(try await service.waitForExit() == 2)
         #expect(service.log.contains(message))
+    }
+
+    /// A flag overrides the environment: the environment's valid value loses to the flag's invalid one.
+    @Test("--read-cache-entries overrides READ_CACHE_ENTRIES and is checked like it")
+    func readCacheFlag() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let service = try ServiceProcess(
+            "storage-service", arguments: ["--read-cache-entries", "lots"],
+            environment: [
+                "PORT": "0", "HOST": "127.0.0.1", "DATABASE_PATH": dir.path + "/db/w.db", "READ_CACHE_ENTRIES": "5",
+            ])
+        #expect(try await service.waitForExit() == 2)
+        #expect(service.log.contains("READ_CACHE_ENTRIES='lots' is invalid"))
     }
 }

@@ -37,11 +37,11 @@ struct WatermarkController<Context: RequestContext> {
         guard let watermark = try await store.watermark(for: id) else { throw WatermarkError.watermarkNotFound(id) }
         let (cached, generation) = bodies.lookup(id)
         if let cached, cached.watermark == watermark {
-            return JSONResponse.make(body: cached.body, headers: [.eTag: watermark.etag])
+            return Response(status: .ok, headers: cached.headers, body: .init(byteBuffer: cached.body))
         }
-        let body = try JSONResponse.encode(watermark)
-        bodies.store(EncodedWatermark(watermark: watermark, body: body), for: id, ifGeneration: generation)
-        return JSONResponse.make(body: body, headers: [.eTag: watermark.etag])
+        let encoded = EncodedWatermark(watermark: watermark, body: try JSONResponse.encode(watermark))
+        bodies.store(encoded, for: id, ifGeneration: generation)
+        return Response(status: .ok, headers: encoded.headers, body: .init(byteBuffer: encoded.body))
     }
 
     @Sendable func put(request: Request, context: Context) async throws -> Response {
@@ -131,14 +131,23 @@ struct WatermarkController<Context: RequestContext> {
         // The router matches the path before it is percent-decoded: decode the segment once, so a client that
         // encodes ':' as %3A reaches the same source (an encoded '/', a NUL or '..' are still refused).
         let raw = context.parameters.get("source_id") ?? ""
+        // Foundation's decoding (through CFString) was 3.6 % of a GET's CPU: most ids have nothing to decode.
+        guard raw.utf8.contains(UInt8(ascii: "%")) else { return try SourceID(raw) }
         return try SourceID(raw.removingPercentEncoding ?? raw)
     }
 }
 
-/// A watermark and its JSON body, reused while the watermark stays the same.
+/// A watermark, its JSON body and its response headers, reused while the watermark stays the same.
 struct EncodedWatermark: Sendable {
     var watermark: Watermark
     var body: ByteBuffer
+    var headers: HTTPFields
+
+    init(watermark: Watermark, body: ByteBuffer) {
+        self.watermark = watermark
+        self.body = body
+        self.headers = [.eTag: watermark.etag, .contentType: "application/json"]
+    }
 }
 
 /// The body of `POST /api/v1/watermarks/{source_id}/lease`.
