@@ -120,6 +120,11 @@ enum WatermarkDatabase {
         return migrator
     }
 
+    /// `INSERT INTO table (columns) VALUES (?, ...)`: the rows written on every PUT bind their columns in this order.
+    static func insertSQL(into table: String, _ columns: [String]) -> String {
+        "INSERT INTO \(table) (\(columns.joined(separator: ", "))) VALUES (\(columns.map { _ in "?" }.joined(separator: ", ")))"
+    }
+
     /// The stale count with the hour buckets of `v3-success-hours`: sources that never succeeded or last
     /// succeeded in an hour before the cutoff's, plus those of the cutoff's hour before the cutoff.
     static let summarySQL = """
@@ -177,12 +182,9 @@ struct WatermarkRow: Codable, FetchableRecord, PersistableRecord {
     ]
     static var databaseSelection: [any SQLSelectable] { columnNames.map { Column($0) } }
     static let selectOne = "SELECT \(columnNames.joined(separator: ", ")) FROM watermark WHERE source_id = ?"
-    private static let upsertSQL = """
-        INSERT INTO watermark (\(columnNames.joined(separator: ", ")))
-        VALUES (\(columnNames.map { _ in "?" }.joined(separator: ", ")))
-        ON CONFLICT (source_id) DO UPDATE SET
-        \(columnNames.dropFirst().map { "\($0) = excluded.\($0)" }.joined(separator: ", "))
-        """
+    private static let upsertSQL =
+        WatermarkDatabase.insertSQL(into: databaseTableName, columnNames) + " ON CONFLICT (source_id) DO UPDATE SET "
+        + columnNames.dropFirst().map { "\($0) = excluded.\($0)" }.joined(separator: ", ")
 
     /// Reads the columns by position: the Decodable path looked each one up by name through a decoder.
     init(row: Row) throws {
@@ -272,10 +274,7 @@ struct RunRow: Codable, FetchableRecord, PersistableRecord {
         "records_collected", "error_message",
     ]
     static var databaseSelection: [any SQLSelectable] { columnNames.map { Column($0) } }
-    private static let insertSQL = """
-        INSERT INTO watermark_run (\(columnNames.joined(separator: ", ")))
-        VALUES (\(columnNames.map { _ in "?" }.joined(separator: ", ")))
-        """
+    private static let insertSQL = WatermarkDatabase.insertSQL(into: databaseTableName, columnNames)
 
     init(row: Row) throws {
         sourceID = row[0]
