@@ -367,7 +367,21 @@ enum OpenAPIDocument {
             WatermarkUpdate:
               type: object
               required: [status]
-              description: A success needs timestamp (400 missing_timestamp); unknown fields are ignored
+              description: >-
+                A success needs a timestamp (400 missing_timestamp) no further ahead of the server's clock than
+                FUTURE_TOLERANCE_SECONDS (400 timestamp_in_future: a rule of the clock, which no schema can
+                state); a failed run may leave it out or null. Unknown fields are ignored.
+              oneOf:
+                - properties:
+                    status: {const: success}
+                    timestamp: {$ref: "#/components/schemas/Timestamp"}
+                  required: [status, timestamp]
+                - properties:
+                    status: {const: failed}
+                    timestamp:
+                      oneOf:
+                        - {$ref: "#/components/schemas/Timestamp"}
+                        - {type: "null"}
               properties:
                 timestamp:
                   oneOf:
