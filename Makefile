@@ -12,11 +12,13 @@ deps:
 build: deps
 	$(SWIFT) build -c $(CONFIG)
 
-## Unit and integration tests (integration tests start the built executables), API fuzzing with
-## schemathesis against the built service, then the deployment lint.
+## Unit and integration tests (integration tests start the built executables), the OpenAPI lint of every
+## document the service can serve, API fuzzing with schemathesis against the built service, then the
+## deployment lint.
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	STORAGE_SERVICE_BIN=$(BIN)/storage-service bash scripts/lint-openapi.sh
 	STORAGE_SERVICE_BIN=$(BIN)/storage-service bash scripts/schemathesis.sh
 	bash scripts/lint-deploy.sh
 
@@ -43,6 +45,7 @@ bench: deps
 
 lint:
 	$(SWIFT) format lint --recursive Services Shared Tests bench/Hello
+	bash scripts/lint-openapi.sh
 	bash scripts/lint-deploy.sh
 
 ## Removes the demo's database and collected data (the next run-all starts from scratch).

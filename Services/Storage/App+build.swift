@@ -48,7 +48,8 @@ func buildRouter(
     router.add(middleware: AuthMiddleware(apiToken: configuration.apiToken, readToken: configuration.readToken))
     let recorder = RecordingRouter(router: router, table: routes)
     SystemController<StorageRequestContext>(
-        store: store, metrics: metrics, startedAt: .now, environment: configuration.environment
+        store: store, metrics: metrics, startedAt: .now, environment: configuration.environment,
+        openAPIDocument: ByteBuffer(string: OpenAPIDocument.yaml(for: .init(configuration)))
     ).addRoutes(to: recorder)
     recorder.addRoutes(
         WatermarkController<StorageRequestContext>(

@@ -8,13 +8,14 @@ import NIOHTTP1
 import WatermarkCore
 
 /// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), checks a running
-/// instance for container health checks (`healthcheck`), or fills a database for load tests (`seed`).
+/// instance for container health checks (`healthcheck`), fills a database for load tests (`seed`), or prints
+/// the OpenAPI document it serves (`openapi`).
 @main
 struct StorageServiceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage-service",
         abstract: "Keeps, per data source, the instant up to which data was collected.",
-        subcommands: [Serve.self, HealthCheck.self, Seed.self],
+        subcommands: [Serve.self, HealthCheck.self, Seed.self, PrintOpenAPI.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -161,5 +162,25 @@ struct Seed: ParsableCommand {
         print(
             "seed: \(sources) watermarks and \(history) history rows in \(databasePath) "
                 + "(\(size / 1_048_576) MiB) in \(ContinuousClock.now - started)")
+    }
+}
+
+/// Prints the OpenAPI document `serve` answers at `/openapi.yaml` with the same environment: for linters and
+/// client generators, without starting a server.
+struct PrintOpenAPI: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "openapi",
+        abstract: "Print the OpenAPI document served with this environment (STORAGE_API_TOKEN, STORAGE_READ_TOKEN)."
+    )
+
+    func run() throws {
+        let configuration: StorageConfiguration
+        do {
+            configuration = try StorageConfiguration(ProcessInfo.processInfo.environment)
+        } catch {
+            FileHandle.standardError.write(Data("storage-service openapi: configuration error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        print(OpenAPIDocument.yaml(for: .init(configuration)), terminator: "")
     }
 }

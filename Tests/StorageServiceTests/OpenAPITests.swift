@@ -59,9 +59,15 @@ struct OpenAPITests {
         return operations
     }
 
-    @Test("every route is in the document and every documented operation is a route")
-    func routesMatchDocument() throws {
-        let documented = Self.documentedOperations(OpenAPIDocument.yaml)
+    /// Every document the service can serve: no token, an API token, an API and a read-only token.
+    static let variants: [OpenAPIDocument.Variant] = [
+        .init(authentication: false, readOnlyToken: false), .init(authentication: true, readOnlyToken: false),
+        .init(authentication: true, readOnlyToken: true),
+    ]
+
+    @Test("every route is in the document and every documented operation is a route", arguments: variants)
+    func routesMatchDocument(variant: OpenAPIDocument.Variant) throws {
+        let documented = Self.documentedOperations(OpenAPIDocument.yaml(for: variant))
         let routed = try Self.routedOperations()
         #expect(!routed.isEmpty)
         #expect(routed.subtracting(documented).sorted() == [], "routes the document does not describe")
@@ -97,9 +103,9 @@ struct OpenAPITests {
         #expect(Self.documentedOperations(yaml) == ["GET /health", "PUT /api/v1/watermarks/{source_id}"])
     }
 
-    @Test("every $ref names a component the document defines")
-    func referencesResolve() throws {
-        let yaml = OpenAPIDocument.yaml
+    @Test("every $ref names a component the document defines", arguments: variants)
+    func referencesResolve(variant: OpenAPIDocument.Variant) throws {
+        let yaml = OpenAPIDocument.yaml(for: variant)
         let regex = try NSRegularExpression(pattern: ##"\$ref: "#/components/([a-zA-Z]+)/([A-Za-z]+)""##)
         let matches = regex.matches(in: yaml, range: NSRange(yaml.startIndex..., in: yaml))
         #expect(matches.count > 20)
@@ -122,20 +128,77 @@ struct OpenAPITests {
 
     @Test("the headers of the contract are described")
     func headersDescribed() {
+        let yaml = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: true))
         for header in ["ETag", "If-Match", "If-None-Match", "Idempotency-Key", "Lease-Token", "Idempotent-Replayed"] {
-            #expect(OpenAPIDocument.yaml.contains(header), "\(header)")
+            #expect(yaml.contains(header), "\(header)")
         }
         for status in ["400", "401", "403", "404", "409", "412", "413", "415", "503"] {
-            #expect(OpenAPIDocument.yaml.contains("\"\(status)\":"), "\(status)")
+            #expect(yaml.contains("\"\(status)\":"), "\(status)")
         }
     }
 
-    @Test("GET /openapi.yaml serves the document as YAML, without a token even when tokens are set")
+    /// The response statuses an operation declares, by `METHOD path`, read like `documentedOperations`.
+    static func declaredStatuses(_ yaml: String) -> [String: Set<String>] {
+        var statuses: [String: Set<String>] = [:]
+        var path: String?
+        var operation: String?
+        var inPaths = false
+        for line in yaml.split(separator: "\n") {
+            let indent = line.prefix { $0 == " " }.count
+            let key = line.trimmingCharacters(in: .whitespaces)
+            if indent == 0 { inPaths = key == "paths:" }
+            guard inPaths else { continue }
+            if indent == 2 { path = String(key.dropLast()) }
+            if indent == 4 { operation = path.map { "\(key.dropLast().uppercased()) \($0)" } }
+            if indent == 8, let operation, key.hasPrefix("\""), let end = key.dropFirst().firstIndex(of: "\"") {
+                statuses[operation, default: []].insert(String(key[key.index(after: key.startIndex)..<end]))
+            }
+        }
+        return statuses
+    }
+
+    @Test("without a token the document requires no authentication and declares no 401 or 403")
+    func documentWithoutToken() {
+        let yaml = OpenAPIDocument.yaml(for: .init(authentication: false, readOnlyToken: false))
+        #expect(yaml.contains("\nsecurity: []\n"))
+        #expect(!yaml.contains("\n  - bearer: []"))
+        #expect(yaml.contains("accepts requests without\n    authentication"))
+        #expect(!yaml.contains("\"401\""))
+        #expect(!yaml.contains("\"403\""))
+        #expect(!yaml.contains("# when:"))
+        let statuses = Self.declaredStatuses(yaml)
+        #expect(statuses["DELETE /api/v1/watermarks/{source_id}"] == ["204", "400", "404", "409", "412", "503"])
+    }
+
+    @Test("with a token bearer auth is required; 403 is declared only with a read-only token")
+    func documentWithTokens() {
+        let api = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: false))
+        #expect(api.contains("\nsecurity:\n  - bearer: []\n"))
+        #expect(!api.contains("\nsecurity: []\n"))
+        #expect(!api.contains("accepts requests without"))
+        #expect(!api.contains("\"403\""))
+        #expect(!api.contains("# when:"))
+        let apiStatuses = Self.declaredStatuses(api)
+        #expect(apiStatuses["GET /status"] == ["200", "401", "503"])
+        #expect(apiStatuses["GET /health"] == ["200", "503"])
+        let read = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: true))
+        #expect(read.contains("STORAGE_READ_TOKEN (GET and HEAD only; else 403)"))
+        let readStatuses = Self.declaredStatuses(read)
+        #expect(
+            readStatuses["PUT /api/v1/watermarks/{source_id}"]
+                == ["200", "201", "400", "401", "403", "409", "412", "413", "415", "503"])
+        #expect(readStatuses["GET /api/v1/watermarks/{source_id}"] == ["200", "400", "401", "404", "503"])
+        // A read-only token without an API token cannot be configured; the variant folds it away.
+        #expect(OpenAPIDocument.Variant(authentication: false, readOnlyToken: true).readOnlyToken == false)
+    }
+
+    @Test("GET /openapi.yaml serves the document of the running configuration, without a token")
     func served() async throws {
         var configuration = StorageConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
         configuration.apiToken = "write-secret"
+        let expected = OpenAPIDocument.yaml(for: .init(configuration))
         let app = try await buildApplication(
             configuration: configuration, store: MemoryWatermarkStore(policy: WatermarkPolicy()),
             logger: Logger(label: "test")
@@ -144,11 +207,33 @@ struct OpenAPITests {
             let response = try await client.execute(uri: "/openapi.yaml", method: .get)
             #expect(response.status == .ok)
             #expect(response.headers[.contentType] == "application/yaml")
-            #expect(String(buffer: response.body) == OpenAPIDocument.yaml)
+            #expect(String(buffer: response.body) == expected)
+            #expect(String(buffer: response.body).contains("\nsecurity:\n  - bearer: []\n"))
             #expect(String(buffer: response.body).hasPrefix("openapi: 3.1.0\n"))
             let wrongMethod = try await client.execute(uri: "/openapi.yaml", method: .post)
             #expect(wrongMethod.status == .methodNotAllowed)
             #expect(wrongMethod.headers[.allow] == "GET, HEAD")
+        }
+    }
+
+    @Test("a service without a token serves the document that requires none")
+    func servedWithoutToken() async throws {
+        var configuration = StorageConfiguration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let app = try await buildApplication(
+            configuration: configuration, store: MemoryWatermarkStore(policy: WatermarkPolicy()),
+            logger: Logger(label: "test")
+        )
+        try await app.test(.router) { client in
+            let response = try await client.execute(uri: "/openapi.yaml", method: .get)
+            #expect(response.status == .ok)
+            let body = String(buffer: response.body)
+            #expect(body == OpenAPIDocument.yaml(for: .init(authentication: false, readOnlyToken: false)))
+            #expect(body.contains("\nsecurity: []\n"))
+            // What the document says holds: an API call without a token is served.
+            let list = try await client.execute(uri: "/api/v1/watermarks", method: .get)
+            #expect(list.status == .ok)
         }
     }
 }

@@ -12,12 +12,14 @@ struct SystemController<Context: RequestContext> {
     let metrics: StorageMetrics
     let startedAt: ContinuousClock.Instant
     let environment: StorageConfiguration.Environment
+    /// The OpenAPI document for the running configuration, rendered once.
+    let openAPIDocument: ByteBuffer
 
     func addRoutes(to router: some RouterMethods<Context>) {
         router.get("health", use: health)
         router.get("status", use: status)
         router.get("metrics", use: metricsText)
-        router.get("openapi.yaml", use: openAPIDocument)
+        router.get("openapi.yaml", use: openAPI)
     }
 
     /// 200 when the database answers (and, after a failed write, accepts a write again); 503 otherwise.
@@ -54,10 +56,9 @@ struct SystemController<Context: RequestContext> {
     }
 
     /// The API description, open like `/health`: it says how to call the API, not what is stored.
-    @Sendable func openAPIDocument(request: Request, context: Context) async throws -> Response {
+    @Sendable func openAPI(request: Request, context: Context) async throws -> Response {
         Response(
-            status: .ok, headers: [.contentType: OpenAPIDocument.contentType],
-            body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml))
+            status: .ok, headers: [.contentType: OpenAPIDocument.contentType], body: .init(byteBuffer: openAPIDocument)
         )
     }
 }

@@ -3,11 +3,57 @@
 /// It lives in a string so the binary serves it without resource bundles. `OpenAPITests` fails when a
 /// route exists that this document does not describe, or the reverse, and `scripts/schemathesis.sh`
 /// fuzzes the running service against it: edit the two together.
+///
+/// The served document says what the running configuration does: a template line that ends in
+/// `  # when: CONDITION` is kept (without the marker) only when the condition holds, so with no token
+/// configured there is no security requirement and no 401, and 403 appears only with a read-only token.
 enum OpenAPIDocument {
     /// The media type the document is served with.
     static let contentType = "application/yaml"
 
-    static let yaml = #"""
+    /// What the served document depends on.
+    struct Variant: Equatable, Sendable {
+        /// `STORAGE_API_TOKEN` is set: bearer auth is required (401 without it).
+        var authentication: Bool
+        /// `STORAGE_READ_TOKEN` is set too: writes with it are 403.
+        var readOnlyToken: Bool
+
+        init(authentication: Bool, readOnlyToken: Bool) {
+            self.authentication = authentication
+            self.readOnlyToken = authentication && readOnlyToken
+        }
+
+        init(_ configuration: StorageConfiguration) {
+            self.init(authentication: configuration.apiToken != nil, readOnlyToken: configuration.readToken != nil)
+        }
+
+        /// Whether a template line marked `# when: condition` belongs to this variant.
+        func includes(_ condition: Substring) -> Bool {
+            switch condition {
+            case "auth": authentication
+            case "no-auth": !authentication
+            case "read-token": readOnlyToken
+            case "api-token-only": authentication && !readOnlyToken
+            default: preconditionFailure("unknown condition '\(condition)' in the OpenAPI template")
+            }
+        }
+    }
+
+    /// The document for `variant`: the template with its conditional lines resolved.
+    static func yaml(for variant: Variant) -> String {
+        var lines: [Substring] = []
+        for line in template.split(separator: "\n", omittingEmptySubsequences: false) {
+            guard let marker = line.firstRange(of: "  # when: ") else {
+                lines.append(line)
+                continue
+            }
+            if variant.includes(line[marker.upperBound...]) { lines.append(line[..<marker.lowerBound]) }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Every variant in one text; `yaml(for:)` resolves it.
+    static let template = #"""
         openapi: 3.1.0
         info:
           title: Watermark Storage Service
@@ -16,10 +62,14 @@ enum OpenAPIDocument {
             Per data source, the instant up to which data was collected successfully. HTTP/1.1 + JSON on a
             SQLite file. Every error is {"error": {"code", "message"}}. A 2xx answer to a write means the write
             is durable on disk. Unknown methods on a known path are 405 with an Allow header.
+            Authentication: every call but /health, /metrics and /openapi.yaml needs a bearer token.  # when: auth
+            Authentication: none; this service runs without STORAGE_API_TOKEN and accepts requests without  # when: no-auth
+            authentication (set STORAGE_API_TOKEN to require a bearer token).  # when: no-auth
         servers:
           - url: /
-        security:
-          - bearer: []
+        security:  # when: auth
+          - bearer: []  # when: auth
+        security: []  # when: no-auth
         tags:
           - name: system
           - name: watermarks
@@ -53,7 +103,7 @@ enum OpenAPIDocument {
                   content:
                     application/json:
                       schema: {$ref: "#/components/schemas/Status"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
                 "503": {$ref: "#/components/responses/Unavailable"}
           /metrics:
             get:
@@ -106,7 +156,7 @@ enum OpenAPIDocument {
                     application/json:
                       schema: {$ref: "#/components/schemas/WatermarkPage"}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
                 "503": {$ref: "#/components/responses/Unavailable"}
           /api/v1/watermarks/{source_id}:
             parameters:
@@ -124,7 +174,7 @@ enum OpenAPIDocument {
                     application/json:
                       schema: {$ref: "#/components/schemas/Watermark"}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
                 "404": {$ref: "#/components/responses/NotFound"}
                 "503": {$ref: "#/components/responses/Unavailable"}
             put:
@@ -169,8 +219,8 @@ enum OpenAPIDocument {
                     application/json:
                       schema: {$ref: "#/components/schemas/Watermark"}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
-                "403": {$ref: "#/components/responses/Forbidden"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
+                "403": {$ref: "#/components/responses/Forbidden"}  # when: read-token
                 "409": {$ref: "#/components/responses/Conflict"}
                 "412": {$ref: "#/components/responses/PreconditionFailed"}
                 "413": {$ref: "#/components/responses/PayloadTooLarge"}
@@ -186,8 +236,8 @@ enum OpenAPIDocument {
               responses:
                 "204": {description: Deleted}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
-                "403": {$ref: "#/components/responses/Forbidden"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
+                "403": {$ref: "#/components/responses/Forbidden"}  # when: read-token
                 "404": {$ref: "#/components/responses/NotFound"}
                 "409": {$ref: "#/components/responses/Conflict"}
                 "412": {$ref: "#/components/responses/PreconditionFailed"}
@@ -210,7 +260,7 @@ enum OpenAPIDocument {
                     application/json:
                       schema: {$ref: "#/components/schemas/History"}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
                 "404": {$ref: "#/components/responses/NotFound"}
                 "503": {$ref: "#/components/responses/Unavailable"}
           /api/v1/watermarks/{source_id}/lease:
@@ -232,8 +282,8 @@ enum OpenAPIDocument {
                     application/json:
                       schema: {$ref: "#/components/schemas/Lease"}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
-                "403": {$ref: "#/components/responses/Forbidden"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
+                "403": {$ref: "#/components/responses/Forbidden"}  # when: read-token
                 "409": {$ref: "#/components/responses/Conflict"}
                 "413": {$ref: "#/components/responses/PayloadTooLarge"}
                 "415": {$ref: "#/components/responses/UnsupportedMediaType"}
@@ -247,8 +297,8 @@ enum OpenAPIDocument {
               responses:
                 "204": {description: Released}
                 "400": {$ref: "#/components/responses/BadRequest"}
-                "401": {$ref: "#/components/responses/Unauthorized"}
-                "403": {$ref: "#/components/responses/Forbidden"}
+                "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
+                "403": {$ref: "#/components/responses/Forbidden"}  # when: read-token
                 "409": {$ref: "#/components/responses/Conflict"}
                 "503": {$ref: "#/components/responses/Unavailable"}
         components:
@@ -256,7 +306,11 @@ enum OpenAPIDocument {
             bearer:
               type: http
               scheme: bearer
-              description: STORAGE_API_TOKEN (anything), or STORAGE_READ_TOKEN (GET and HEAD only; else 403)
+              description: STORAGE_API_TOKEN, needed on /status and /api/v1/*  # when: api-token-only
+              description: >-  # when: read-token
+                STORAGE_API_TOKEN (anything) or STORAGE_READ_TOKEN (GET and HEAD only; else 403) on /status  # when: read-token
+                and /api/v1/*  # when: read-token
+              description: Not required; this service runs without STORAGE_API_TOKEN  # when: no-auth
           parameters:
             SourceID:
               name: source_id
