@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         // Already in the graph through Hummingbird; named because the request timeout handler sees its types.
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        // Already in the graph through async-http-client and HummingbirdTLS; named for TLS files and trust roots.
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
@@ -34,10 +36,25 @@ let package = Package(
             path: "Shared/WatermarkCore",
             swiftSettings: swiftSettings
         ),
+        // What both services and the client library share beyond the model: TLS files, the health probe.
+        .target(
+            name: "ServiceSupport",
+            dependencies: [
+                "WatermarkCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            path: "Shared/ServiceSupport",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "StorageClient",
             dependencies: [
                 "WatermarkCore",
+                "ServiceSupport",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -51,9 +68,10 @@ let package = Package(
             name: "StorageService",
             dependencies: [
                 "WatermarkCore",
+                "ServiceSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -73,9 +91,11 @@ let package = Package(
             dependencies: [
                 "WatermarkCore",
                 "StorageClient",
+                "ServiceSupport",
                 // The sink's dedup index; already built for the storage service.
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -151,6 +171,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
+                "TestSupport",
                 "StorageClient",
                 "WatermarkCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

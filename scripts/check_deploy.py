@@ -11,6 +11,11 @@ Run by scripts/lint-deploy.sh (which installs PyYAML if it is missing); run it a
   the collection reads STORAGE_SERVICE_URL from a ConfigMap that points at the storage Service,
   its INSTANCE_ID from the pod name, and its sources file from a mounted ConfigMap;
   deploy/secret.example.yaml holds every key that is required by a secretKeyRef.
+- deploy/k8s/tls (the HTTPS overlay), laid over the base as kustomize would: storage's TLS_CERT_PATH
+  and TLS_KEY_PATH are files of a mounted Secret and its probes speak HTTPS; the collection calls an
+  https:// STORAGE_SERVICE_URL of the storage Service and its STORAGE_CA_PATH is a mounted CA file,
+  without the server's key.
+- docker-compose.tls.yml laid over docker-compose.yml: the same, with the certificates in ./certs.
 - docker-compose.yml: the fields the issue asks for (docker-compose itself validates the syntax).
 - The Dockerfiles: multi-stage, slim runtime, non-root, a HEALTHCHECK without curl.
 - demo/: every record has an id and an RFC 3339 `modified` in UTC, and only reserved addresses.
@@ -390,6 +395,145 @@ def check_compose(checks: Checks) -> None:
     checks.check("compose collection: storage URL, 8001:8000, healthy dependency, config and data volumes", problems)
 
 
+# ---------------------------------------------------------------- TLS (k8s overlay, compose override)
+
+K8S_TLS = K8S / "tls"
+
+
+def merge_named(base: list, patch: list) -> list:
+    """A strategic merge of lists of named entries (env, volumeMounts, volumes, containers)."""
+    merged = [dict(item) for item in base or []]
+    for item in patch or []:
+        key = "mountPath" if "mountPath" in item and "name" not in item else "name"
+        existing = next((m for m in merged if m.get(key) == item.get(key)), None)
+        if existing is None:
+            merged.append(item)
+        else:
+            for field, value in item.items():
+                existing[field] = merge_value(existing.get(field), value)
+    return merged
+
+
+def merge_value(base, patch):
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = merge_value(base.get(key), value)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) for i in base + patch):
+        return merge_named(base, patch)
+    return patch
+
+
+def secret_file(spec: dict, container: dict, path: str) -> tuple[str | None, str | None]:
+    """(Secret name, key) of the file at `path` in `container`, when it is a mounted Secret's item."""
+    for mount in container.get("volumeMounts") or []:
+        prefix = str(mount.get("mountPath", "")).rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = next((v for v in spec.get("volumes") or [] if v.get("name") == mount.get("name")), None)
+        secret = (volume or {}).get("secret")
+        if not secret:
+            return None, None
+        name = path[len(prefix) :]
+        items = secret.get("items")
+        if items is None:
+            return secret.get("secretName"), name
+        for item in items:
+            if item.get("path") == name:
+                return secret.get("secretName"), item.get("key")
+        return None, None
+    return None, None
+
+
+def check_tls_overlay(checks: Checks, docs: list[dict]) -> None:
+    problems: list[str] = []
+    try:
+        kustomization = yaml.safe_load((K8S_TLS / "kustomization.yaml").read_text())
+        patches = [yaml.safe_load((K8S_TLS / p["path"]).read_text()) for p in kustomization.get("patches") or []]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        checks.check("deploy/k8s/tls: kustomization and patches parse", [str(error)])
+        return
+    if ".." not in (kustomization.get("resources") or []):
+        problems.append("the overlay does not build on deploy/k8s (resources: [..])")
+    deployments = {}
+    for patch in patches:
+        name = (patch.get("metadata") or {}).get("name")
+        base = find(docs, "Deployment", name)
+        if patch.get("kind") != "Deployment" or not base:
+            problems.append(f"a patch targets {patch.get('kind')} {name!r}, not a Deployment of deploy/k8s")
+            continue
+        deployments[name] = merge_value(base[0], patch)
+    checks.check("deploy/k8s/tls: builds on deploy/k8s and patches its Deployments", problems)
+
+    def patched(name: str, problems: list[str]) -> tuple[dict, dict] | None:
+        """(pod spec, first container) of the patched Deployment `name`."""
+        if name not in deployments:
+            problems.append(f"no patch of {name}")
+            return None
+        spec = pod_spec(deployments[name])
+        return spec, (spec.get("containers") or [{}])[0]
+
+    problems = []
+    if found := patched(STORAGE, problems):
+        spec, container = found
+        for key in ("TLS_CERT_PATH", "TLS_KEY_PATH"):
+            value = (env_of(container, key) or {}).get("value")
+            secret, item = secret_file(spec, container, str(value or ""))
+            if not value or not secret:
+                problems.append(f"{key}={value!r} is not a file of a mounted Secret")
+        for probe in ("readinessProbe", "livenessProbe"):
+            if ((container.get(probe) or {}).get("httpGet") or {}).get("scheme") != "HTTPS":
+                problems.append(f"{probe} does not speak HTTPS")
+    checks.check("deploy/k8s/tls storage: certificate and key from a Secret, HTTPS probes", problems)
+
+    problems = []
+    if found := patched(COLLECTION, problems):
+        spec, container = found
+        url = str((env_of(container, "STORAGE_SERVICE_URL") or {}).get("value") or "")
+        ports = {
+            str(p.get("port")) for svc in find(docs, "Service", STORAGE) for p in (svc.get("spec") or {}).get("ports") or []
+        }
+        match = re.fullmatch(r"https://([a-z0-9.-]+):(\d+)", url)
+        if not match or match.group(1).split(".")[0] != STORAGE or match.group(2) not in ports:
+            problems.append(f"STORAGE_SERVICE_URL {url!r} is not https:// to a port of the {STORAGE} Service")
+        ca = str((env_of(container, "STORAGE_CA_PATH") or {}).get("value") or "")
+        secret, item = secret_file(spec, container, ca)
+        if not secret:
+            problems.append(f"STORAGE_CA_PATH {ca!r} is not a file of a mounted Secret")
+        for volume in spec.get("volumes") or []:
+            items = (volume.get("secret") or {}).get("items")
+            if volume.get("secret") and (items is None or any(i.get("key") == "tls.key" for i in items)):
+                problems.append(f"volume {volume.get('name')!r} gives the collection the server's private key")
+    checks.check("deploy/k8s/tls collection: https:// storage URL, CA from a Secret, no server key", problems)
+
+
+def check_compose_tls(checks: Checks) -> None:
+    try:
+        base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+        override = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())["services"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        checks.check("docker-compose.tls.yml parses with services", [str(error)])
+        return
+    problems = []
+    for name, files in (("storage", ("TLS_CERT_PATH", "TLS_KEY_PATH")), ("collection", ("STORAGE_CA_PATH",))):
+        service = dict(base.get(name) or {})
+        patch = override.get(name) or {}
+        environment = dict(service.get("environment") or {}) | dict(patch.get("environment") or {})
+        volumes = [str(v) for v in (service.get("volumes") or []) + (patch.get("volumes") or [])]
+        binds = [v.split(":") for v in volumes if v.startswith("./")]
+        for key in files:
+            path = str(environment.get(key, ""))
+            if not any(path.startswith(b[1].rstrip("/") + "/") for b in binds):
+                problems.append(f"{name}: {key}={path!r} is not in a bind-mounted folder")
+        test = [str(t) for t in ((patch.get("healthcheck") or {}).get("test") or [])]
+        if not any(t.startswith("https://") for t in test) or "--ca-path" not in test:
+            problems.append(f"{name}: the healthcheck does not probe https:// with --ca-path")
+        if name == "collection" and not str(environment.get("STORAGE_SERVICE_URL", "")).startswith("https://storage:"):
+            problems.append("collection: STORAGE_SERVICE_URL is not https://storage:...")
+    checks.check("docker-compose.tls.yml: certificates from ./certs, https:// between the services", problems)
+
+
 # ---------------------------------------------------------------- Dockerfiles
 
 
@@ -491,6 +635,8 @@ def main() -> int:
     check_collection(checks, docs)
     check_secret_example(checks, docs)
     check_compose(checks)
+    check_tls_overlay(checks, docs)
+    check_compose_tls(checks)
     check_dockerfile(checks, ROOT / "Services" / "Storage" / "Dockerfile", "storage-service")
     check_dockerfile(checks, ROOT / "Services" / "Collection" / "Dockerfile", "collection-service")
     check_demo(checks)

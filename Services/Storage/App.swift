@@ -1,10 +1,11 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
+import ServiceSupport
 import WatermarkCore
 
 /// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), checks a running
@@ -43,6 +44,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
     @Option(help: "READ_CACHE_ENTRIES: watermarks kept in memory for reads (default 10000; 0 turns it off).")
     var readCacheEntries: String?
+    @Option(help: "TLS_CERT_PATH: PEM certificate chain; with --tls-key-path serves HTTPS.") var tlsCertPath: String?
+    @Option(help: "TLS_KEY_PATH: PEM private key of the certificate.") var tlsKeyPath: String?
 
     func run() async throws {
         var values = ProcessInfo.processInfo.environment
@@ -52,13 +55,15 @@ struct Serve: AsyncParsableCommand {
             "FUTURE_TOLERANCE_SECONDS": futureToleranceSeconds, "HISTORY_RETENTION": historyRetention,
             "STALE_AFTER_SECONDS": staleAfterSeconds, "IDLE_TIMEOUT_SECONDS": idleTimeoutSeconds,
             "REQUEST_TIMEOUT_SECONDS": requestTimeoutSeconds, "MAX_CONNECTIONS": maxConnections,
-            "READ_CACHE_ENTRIES": readCacheEntries,
+            "READ_CACHE_ENTRIES": readCacheEntries, "TLS_CERT_PATH": tlsCertPath, "TLS_KEY_PATH": tlsKeyPath,
         ]
         for case (let key, let value?) in flags { values[key] = value }
 
         let configuration: StorageConfiguration
+        let tlsConfiguration: TLSConfiguration?
         do {
             configuration = try StorageConfiguration(values)
+            tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
             FileHandle.standardError.write(Data("storage-service: configuration error: \(error)\n".utf8))
             throw ExitCode(2)
@@ -88,14 +93,23 @@ struct Serve: AsyncParsableCommand {
         if configuration.apiToken == nil {
             let level: Logger.Level = configuration.environment == .production ? .warning : .info
             logger.log(level: level, "No STORAGE_API_TOKEN set: the API is open to every caller")
+        } else if configuration.environment == .production, tlsConfiguration == nil {
+            logger.warning(
+                """
+                STORAGE_API_TOKEN set without TLS: bearer tokens cross the network in clear text; set TLS_CERT_PATH \
+                and TLS_KEY_PATH, or put a TLS-terminating proxy on the same host in front of this service
+                """)
         }
-        let app = try await buildApplication(configuration: configuration, store: store, logger: logger) { port in
+        let app = try await buildApplication(
+            configuration: configuration, store: store, logger: logger, tlsConfiguration: tlsConfiguration
+        ) { port in
             logger.info(
                 "Storage service listening",
                 metadata: [
                     "host": "\(configuration.host)", "port": "\(port)", "database": "\(configuration.databasePath)",
                     "environment": "\(configuration.environment.rawValue)",
                     "auth": "\(configuration.apiToken == nil ? "off" : "bearer")",
+                    "scheme": "\(tlsConfiguration == nil ? "http" : "https")",
                 ]
             )
         }
@@ -112,21 +126,15 @@ struct HealthCheck: AsyncParsableCommand {
         commandName: "healthcheck", abstract: "Check a running storage service's /health."
     )
 
-    @Option(help: "The health URL.") var url = "http://127.0.0.1:8000/health"
+    @Option(help: "The health URL (https:// when the service serves TLS).") var url = "http://127.0.0.1:8000/health"
     @Option(help: "Seconds to wait for the answer.") var timeoutSeconds: Int64 = 5
+    @Option(help: "PEM file of a private CA to trust for an https:// URL.") var caPath: String?
 
     func run() async throws {
-        do {
-            let response = try await HTTPClient.shared.execute(
-                HTTPClientRequest(url: url), timeout: .seconds(timeoutSeconds))
-            print("\(url): \(response.status.code)")
-            guard response.status == .ok else { throw ExitCode(1) }
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            print("\(url): \(error)")
-            throw ExitCode(1)
-        }
+        let (healthy, line) = await HealthProbe.check(
+            url: url, caPath: caPath, timeout: .seconds(max(1, timeoutSeconds)))
+        print(line)
+        guard healthy else { throw ExitCode(1) }
     }
 }
 

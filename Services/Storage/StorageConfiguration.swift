@@ -1,4 +1,5 @@
 import Logging
+import ServiceSupport
 import WatermarkCore
 
 /// Everything the storage service can be told at start-up, read in one place.
@@ -22,6 +23,8 @@ import WatermarkCore
 /// | `REQUEST_TIMEOUT_SECONDS` | 30 | a request must arrive in full (head to end of body) within this, or its connection is closed |
 /// | `MAX_CONNECTIONS` | 512 | connections served at once; more wait in the backlog |
 /// | `READ_CACHE_ENTRIES` | 10000 | watermarks (and their JSON) kept in memory for reads; 0 turns the cache off |
+/// | `TLS_CERT_PATH` | none | PEM certificate chain: serve HTTPS (with `TLS_KEY_PATH`; both or neither) |
+/// | `TLS_KEY_PATH` | none | PEM private key of that certificate (unencrypted) |
 package struct StorageConfiguration: Sendable {
     package enum Environment: String, Sendable {
         case development, production
@@ -44,6 +47,8 @@ package struct StorageConfiguration: Sendable {
     package var readCacheEntries = 10_000
     /// Largest request body accepted (the contract's 64 KiB).
     package var maxBodySize = 64 * 1024
+    /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
+    package var tls: TLSFiles?
 
     package init() {}
 
@@ -51,7 +56,8 @@ package struct StorageConfiguration: Sendable {
     package static let keys = [
         "PORT", "HOST", "DATABASE_PATH", "STORAGE_API_TOKEN", "STORAGE_READ_TOKEN", "LOG_LEVEL", "ENVIRONMENT",
         "FUTURE_TOLERANCE_SECONDS", "HISTORY_RETENTION", "STALE_AFTER_SECONDS", "IDLE_TIMEOUT_SECONDS",
-        "REQUEST_TIMEOUT_SECONDS", "MAX_CONNECTIONS", "READ_CACHE_ENTRIES",
+        "REQUEST_TIMEOUT_SECONDS", "MAX_CONNECTIONS", "READ_CACHE_ENTRIES", TLSFiles.certificateKey,
+        TLSFiles.privateKeyKey,
     ]
 
     /// Reads `values` (the environment with flags laid over it). Invalid values are refused with a
@@ -75,6 +81,11 @@ package struct StorageConfiguration: Sendable {
             "REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
         maxConnections = try reader.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
         readCacheEntries = try reader.int("READ_CACHE_ENTRIES", default: readCacheEntries, in: 0...10_000_000)
+        do {
+            tls = try TLSFiles.from(values)
+        } catch {
+            throw ConfigurationError("\(error.key) \(error.message)")
+        }
         if let apiToken, let readToken, apiToken == readToken {
             throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")
         }

@@ -4,6 +4,8 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOSSL
+import ServiceSupport
 import WatermarkCore
 
 /// The Storage Service's HTTP API (CONTRACT §1) behind the `StorageClient` protocol.
@@ -39,9 +41,12 @@ public final class HTTPStorageClient: StorageClient {
     ///   - token: sent as `Authorization: Bearer <token>`; never logged.
     ///   - timeout: for each attempt, from sending the request to the end of the answer.
     ///   - httpClient: a shared client to use; when `nil` the storage client makes (and owns) one.
+    ///   - tlsConfiguration: for `https://` with a client made here, e.g. a private CA's trust roots
+    ///     (`HTTPStorageClient.tlsConfiguration(trusting:)`); `nil` trusts the system's roots.
     public init(
         baseURL: String, token: String? = nil, timeout: Duration = .seconds(30), retryPolicy: RetryPolicy = .default,
-        httpClient: HTTPClient? = nil, maxResponseBytes: Int = 1 << 20, logger: Logger,
+        httpClient: HTTPClient? = nil, tlsConfiguration: TLSConfiguration? = nil, maxResponseBytes: Int = 1 << 20,
+        logger: Logger,
         sleep: @escaping Sleeper = { try await Task.sleep(for: $0) },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0...1) }
     ) {
@@ -57,7 +62,8 @@ public final class HTTPStorageClient: StorageClient {
             self.ownsHTTPClient = false
         } else {
             self.httpClient = HTTPClient(
-                eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: Self.configuration(timeout: timeout)
+                eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+                configuration: Self.configuration(timeout: timeout, tls: tlsConfiguration)
             )
             self.ownsHTTPClient = true
         }
@@ -72,11 +78,20 @@ public final class HTTPStorageClient: StorageClient {
     /// connection until the request's deadline, so a storage that is down would hold every call for the
     /// whole timeout; this client fails such a connection at once and retries with its own backoff instead.
     /// An injected `HTTPClient` keeps its owner's configuration.
-    public static func configuration(timeout: Duration) -> HTTPClient.Configuration {
+    public static func configuration(timeout: Duration, tls: TLSConfiguration? = nil) -> HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout.connect = .init(min(timeout, .seconds(10)))
+        if let tls { configuration.tlsConfiguration = tls }
         return configuration
+    }
+
+    /// A client TLS configuration that trusts the CA certificates in the PEM file at `caPath` as well as the
+    /// system's roots (`STORAGE_CA_PATH`). The server's name is still verified against its certificate.
+    public static func tlsConfiguration(trusting caPath: String) throws(ConfigurationKeyError) -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.additionalTrustRoots = [.certificates(try TLSFiles.certificates(key: "STORAGE_CA_PATH", path: caPath))]
+        return tls
     }
 
     /// Shuts down the `HTTPClient` if this client created it. Call once, when done with the client.

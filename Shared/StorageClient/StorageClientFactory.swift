@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import NIOSSL
+import ServiceSupport
 import WatermarkCore
 
 /// The configuration keys the factory reads:
@@ -9,10 +11,12 @@ import WatermarkCore
 /// | `STORAGE_SERVICE_URL` | none | `http(s)://host:port` of the Storage Service; unset (or empty) gives the in-memory mock |
 /// | `STORAGE_API_TOKEN` | none | bearer token sent to the service |
 /// | `STORAGE_TIMEOUT_SECONDS` | 30 | timeout of each call, in seconds (fractions allowed) |
+/// | `STORAGE_CA_PATH` | none | PEM file of a private CA to trust (with an `https://` URL), on top of the system's roots |
 /// | `ENVIRONMENT` | development | `production` makes a missing `STORAGE_SERVICE_URL` a start-up error |
 ///
 /// The mock keeps nothing across restarts, so it is only for development: it logs
-/// `No storage service URL provided - using mock storage client` as a warning whenever it is chosen.
+/// `No storage service URL provided - using mock storage client` as a warning whenever it is chosen. With
+/// `ENVIRONMENT=production`, a token and an `http://` URL it warns that the token crosses the network in clear text.
 ///
 /// - Throws: `StorageClientConfigurationError` for an invalid URL or timeout, or no URL in production.
 /// - Returns: an `HTTPStorageClient` (call `shutdown()` when done, see `StorageClient.shutdown()`) or an
@@ -49,11 +53,34 @@ public func makeStorageClient(
         }
         timeout = .milliseconds(Int64((seconds * 1000).rounded(.up)))
     }
+    let https = url.lowercased().hasPrefix("https://")
+    var tls: TLSConfiguration?
+    if let caPath = value("STORAGE_CA_PATH") {
+        guard https else {
+            throw StorageClientConfigurationError(
+                key: "STORAGE_CA_PATH",
+                message: "is set but STORAGE_SERVICE_URL is not https://; use https://, or unset STORAGE_CA_PATH"
+            )
+        }
+        tls = try HTTPStorageClient.tlsConfiguration(trusting: caPath)
+    }
+    let token = value("STORAGE_API_TOKEN")
+    if token != nil, !https, value("ENVIRONMENT")?.lowercased() == "production" {
+        logger.warning(
+            """
+            STORAGE_API_TOKEN sent over http://: the token crosses the network in clear text; serve the Storage \
+            Service with TLS_CERT_PATH and TLS_KEY_PATH and use an https:// STORAGE_SERVICE_URL
+            """)
+    }
     logger.info(
-        "Using storage service", metadata: ["storage_url": "\(url)", "timeout_ms": "\(timeout.milliseconds)"]
+        "Using storage service",
+        metadata: [
+            "storage_url": "\(url)", "timeout_ms": "\(timeout.milliseconds)",
+            "trust": "\(tls == nil ? "system" : "system+STORAGE_CA_PATH")",
+        ]
     )
     return HTTPStorageClient(
-        baseURL: url, token: value("STORAGE_API_TOKEN"), timeout: timeout, retryPolicy: retryPolicy, logger: logger
+        baseURL: url, token: token, timeout: timeout, retryPolicy: retryPolicy, tlsConfiguration: tls, logger: logger
     )
 }
 
@@ -74,17 +101,7 @@ func validateStorageURL(_ text: String) throws(StorageClientConfigurationError) 
 }
 
 /// A start-up configuration that cannot work; the message names the key and how to fix it.
-public struct StorageClientConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
-    public let key: String
-    public let message: String
-
-    public init(key: String, message: String) {
-        self.key = key
-        self.message = message
-    }
-
-    public var description: String { "invalid configuration: \(key) \(message)" }
-}
+public typealias StorageClientConfigurationError = ConfigurationKeyError
 
 extension StorageClient {
     /// Nothing to release by default (the in-memory client); `HTTPStorageClient` shuts its `HTTPClient` down.

@@ -162,10 +162,7 @@ struct CollectionIntegrationTests {
                 {"sources": [{"id": "drop", "type": "directory", "path": "PLACEHOLDER", "interval_seconds": 3600}]}
                 """)
         defer { setup.remove() }
-        let drop = setup.directory.path + "/drop"
-        try FileManager.default.createDirectory(atPath: drop, withIntermediateDirectories: true)
-        try #"{"sources": [{"id": "drop", "type": "directory", "path": "\#(drop)", "interval_seconds": 3600}]}"#
-            .write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
+        let drop = try CollectionSetup.dropFolder("drop", in: setup, extra: #""interval_seconds": 3600"#)
         let now = ISO8601DateFormatter().string(from: Date())
         try "{\"id\":\"r1\",\"modified\":\"\(now)\"}\n".write(
             toFile: drop + "/a.ndjson", atomically: true, encoding: .utf8)

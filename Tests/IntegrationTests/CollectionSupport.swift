@@ -133,6 +133,17 @@ struct CollectionSetup {
         try sourcesJSON.write(toFile: directory.path + "/sources.json", atomically: true, encoding: .utf8)
     }
 
+    /// Creates the drop folder `name` in the setup's folder and writes a sources file with one `directory`
+    /// source of that id reading it (`extra` adds fields: `"interval_seconds": 3600`); returns the folder.
+    static func dropFolder(_ name: String, in setup: CollectionSetup, extra: String = "") throws -> String {
+        let folder = setup.directory.path + "/" + name
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try
+            #"{"sources": [{"id": "\#(name)", "type": "directory", "path": "\#(folder)"\#(extra.isEmpty ? "" : ", " + extra)}]}"#
+            .write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
+        return folder
+    }
+
     func environment(storageURL: String?) -> [String: String] {
         var env = [
             "COLLECTION_CONFIG": sourcesPath, "DATA_DIR": dataPath, "PORT": "0", "HOST": "127.0.0.1",

@@ -189,10 +189,7 @@ struct ExactlyOnceAttackTests {
         var random = SeededRandom(seed: Self.seed ^ 0xF11E)
         let setup = try CollectionSetup(sourcesJSON: "{}")
         defer { setup.remove() }
-        let inbox = setup.directory.path + "/inbox"
-        try FileManager.default.createDirectory(atPath: inbox, withIntermediateDirectories: true)
-        try #"{"sources": [{"id": "inbox", "type": "directory", "path": "\#(inbox)"}]}"#
-            .write(toFile: setup.sourcesPath, atomically: true, encoding: .utf8)
+        let inbox = try CollectionSetup.dropFolder("inbox", in: setup)
         let storagePort = try freePort()
         let start = Timestamp.now()
         var expected: Set<String> = []

@@ -1,6 +1,8 @@
+import Foundation
 import Logging
 import TestSupport
 import Testing
+import WatermarkCore
 
 @testable import StorageClient
 
@@ -75,5 +77,56 @@ struct StorageClientFactoryTests {
         } throws: { error in
             (error as? StorageClientConfigurationError)?.key == "STORAGE_TIMEOUT_SECONDS"
         }
+    }
+
+    @Test func aCAFileNeedsAnHTTPSURL() {
+        #expect {
+            _ = try makeStorageClient(
+                environment: ["STORAGE_SERVICE_URL": "http://storage:8000", "STORAGE_CA_PATH": "/etc/hostname"],
+                logger: Logger(label: "test"))
+        } throws: { error in
+            let error = error as? StorageClientConfigurationError
+            return error?.key == "STORAGE_CA_PATH" && error?.message.contains("https://") == true
+        }
+    }
+
+    @Test(arguments: [("/surely/missing/ca.pem", "does not exist"), ("/etc/hostname", "holds no PEM certificate")])
+    func aCAFileThatCannotBeUsedIsRefused(path: String, problem: String) {
+        #expect {
+            _ = try makeStorageClient(
+                environment: ["STORAGE_SERVICE_URL": "https://storage:8000", "STORAGE_CA_PATH": path],
+                logger: Logger(label: "test"))
+        } throws: { error in
+            let error = error as? StorageClientConfigurationError
+            return error?.key == "STORAGE_CA_PATH" && error?.message.contains(problem) == true
+        }
+    }
+
+    @Test func aPrivateCAIsTrustedWithHTTPS() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("wm-ca-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let certificates = try TestCertificates(in: directory)
+        let logs = LogRecorder()
+        let client = try makeStorageClient(
+            environment: ["STORAGE_SERVICE_URL": "https://storage:8443", "STORAGE_CA_PATH": certificates.caPath],
+            logger: logs.logger())
+        #expect(client is HTTPStorageClient)
+        #expect(logs.all.contains { $0.metadata["trust"] == "system+STORAGE_CA_PATH" })
+        try await client.shutdown()
+    }
+
+    @Test(arguments: [("http://storage:8000", true), ("https://storage:8443", false)])
+    func aTokenOverPlainHTTPInProductionIsWarnedAbout(url: String, warned: Bool) async throws {
+        let logs = LogRecorder()
+        let client = try makeStorageClient(
+            environment: [
+                "STORAGE_SERVICE_URL": url, "STORAGE_API_TOKEN": "secret-t0ken", "ENVIRONMENT": "production",
+            ],
+            logger: logs.logger())
+        let warnings = logs.all.filter { $0.level == .warning && $0.message.contains("clear text") }
+        #expect(warnings.count == (warned ? 1 : 0))
+        #expect(!logs.all.contains { $0.message.contains("secret-t0ken") })
+        try await client.shutdown()
     }
 }

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import ServiceSupport
+import WatermarkCore
 
 #if canImport(Glibc)
     import Glibc
@@ -26,6 +28,8 @@ import Logging
 ///   be asked the run is skipped and retried soon (set it when several replicas run). With `false` a single
 ///   replica collects through a storage outage.
 /// - `REPLAY_INTERVAL_SECONDS` (30): how often queued watermark updates are replayed.
+/// - `TLS_CERT_PATH`, `TLS_KEY_PATH` (none): serve the HTTP API over HTTPS with this PEM certificate chain and
+///   unencrypted PEM key (both or neither). `STORAGE_CA_PATH` (none): a private CA the storage client trusts.
 struct CollectionConfiguration: Sendable {
     var host: String = "0.0.0.0"
     var port: Int = 8000
@@ -37,6 +41,8 @@ struct CollectionConfiguration: Sendable {
     var instanceID: String = CollectionConfiguration.defaultInstanceID()
     var replayInterval: Duration = .seconds(30)
     var requireLease = false
+    /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
+    var tls: TLSFiles?
     /// The whole environment, for the storage client factory and the sources' credentials.
     var environment: [String: String] = [:]
 
@@ -71,6 +77,11 @@ struct CollectionConfiguration: Sendable {
         }
         if let text = environment["REPLAY_INTERVAL_SECONDS"] {
             replayInterval = .seconds(try Self.integer("REPLAY_INTERVAL_SECONDS", text, 1...86_400))
+        }
+        do {
+            tls = try TLSFiles.from(environment)
+        } catch {
+            throw ConfigurationError("\(error.key) \(error.message)")
         }
     }
 
