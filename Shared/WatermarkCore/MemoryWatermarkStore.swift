@@ -47,8 +47,10 @@ public actor MemoryWatermarkStore: WatermarkStore {
         return WatermarkPage(rows: Array(rows), limit: query.limit)
     }
 
+    /// The source's runs, newest first. A reset source (no watermark) answers 404 like one never seen; its runs are
+    /// kept and show again after its next update.
     public func history(for sourceID: SourceID, limit: Int) throws -> [WatermarkRun] {
-        guard let runs = state.history[sourceID], !runs.isEmpty else {
+        guard state.watermarks[sourceID] != nil, let runs = state.history[sourceID], !runs.isEmpty else {
             throw WatermarkError.watermarkNotFound(sourceID)
         }
         return Array(runs.reversed().prefix(limit))

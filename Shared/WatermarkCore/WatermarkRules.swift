@@ -97,7 +97,8 @@ public enum WatermarkRules {
         return outcome
     }
 
-    /// Resets a source: its next run starts from the default lookback. History and the lease counter stay.
+    /// Resets a source: its next run starts from the default lookback. Its runs (answered again by the history
+    /// after its next update), its highest version and the lease counter stay.
     public static func delete(
         _ id: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, now: Timestamp,
         in tx: inout some WatermarkTransaction

@@ -291,6 +291,20 @@ struct RouterTests {
         }
     }
 
+    @Test("after a reset the history answers 404 like the watermark, and shows every run after the next update")
+    func historyAfterReset() async throws {
+        try await app().test(.router) { client in
+            try await put(client, "r", success("2025-12-31T00:00:00Z"))
+            #expect(try await client.execute(uri: "/api/v1/watermarks/r", method: .delete).status == .noContent)
+            // What the stateful fuzzer holds a DELETE to: nothing below the deleted path is served.
+            let gone = try await client.execute(uri: "/api/v1/watermarks/r/history", method: .get)
+            #expect(gone.status == .notFound && errorCode(gone) == "watermark_not_found")
+            try await put(client, "r", success("2025-01-01T00:00:00Z"))
+            let body = try json(try await client.execute(uri: "/api/v1/watermarks/r/history", method: .get))
+            #expect((body["runs"] as? [[String: Any]])?.compactMap { $0["version"] as? Int } == [2, 1])
+        }
+    }
+
     @Test("leases: grant, 409 lease_held with holder, renew, fencing on writes, release")
     func leases() async throws {
         try await app().test(.router) { client in
@@ -319,6 +333,11 @@ struct RouterTests {
             #expect(wrong.status == .conflict && errorCode(wrong) == "stale_lease")
             let badToken = try await put(client, "l", success("2025-12-31T00:00:00Z"), headers: [.leaseToken: "abc"])
             #expect(badToken.status == .badRequest && errorCode(badToken) == "invalid_header")
+            // Exactly the document's pattern (^[1-9][0-9]{0,17}$): no sign, no leading zero, at most 18 digits.
+            for text in ["+1", "01", "0", "-1", "1.0", "1e0", "1234567890123456789", "0x1", ""] {
+                let refused = try await put(client, "l", success("2025-12-31T00:00:00Z"), headers: [.leaseToken: text])
+                #expect(refused.status == .badRequest && errorCode(refused) == "invalid_header", "Lease-Token: \(text)")
+            }
             let fenced = try await put(client, "l", success("2025-12-31T00:00:00Z"), headers: [.leaseToken: "1"])
             #expect(fenced.status == .created)
 

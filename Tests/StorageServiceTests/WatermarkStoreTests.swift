@@ -137,7 +137,9 @@ struct WatermarkStoreTests {
         #expect(!again.replayed && again.watermark.version == 3)
     }
 
-    @Test("delete resets a source; history stays and versions continue", arguments: StoreKind.allCases)
+    @Test(
+        "delete resets a source: history is 404 until its next update, then shows every run",
+        arguments: StoreKind.allCases)
     func delete(kind: StoreKind) async throws {
         let store = try kind.make(clock: clock)
         #expect(
@@ -147,10 +149,12 @@ struct WatermarkStoreTests {
         _ = try await store.write(success("d", "2025-01-02T00:00:00Z"))
         try await store.delete(sid("d"), precondition: nil, leaseToken: nil)
         #expect(try await store.watermark(for: sid("d")) == nil)
-        #expect(try await store.history(for: sid("d"), limit: 10).map(\.version) == [2, 1])
-        // Recreated after a reset: a regression is no longer one, and the ETag never repeats.
+        // Like a source never seen (what a DELETE promises for everything below its path)...
+        #expect(await refusal { _ = try await store.history(for: sid("d"), limit: 10) } == "watermark_not_found")
+        // ...until it is recreated: a regression is no longer one, the ETag never repeats, and the runs were kept.
         let recreated = try await store.write(success("d", "2024-01-01T00:00:00Z"))
         #expect(recreated.created && recreated.watermark.version == 3)
+        #expect(try await store.history(for: sid("d"), limit: 10).map(\.version) == [3, 2, 1])
     }
 
     @Test("history is newest first, limited, and bounded per source", arguments: StoreKind.allCases)

@@ -130,9 +130,13 @@ extension Request {
     /// `Lease-Token: <fencing_token>`.
     func leaseToken() throws -> Int64? {
         guard let text = headers[.leaseToken]?.trimmingCharacters(in: .whitespaces) else { return nil }
-        guard let token = Int64(text), token > 0 else {
+        // Exactly what the document's pattern says: 1 to 18 decimal digits, no sign, no leading zero.
+        let digits = text.utf8
+        guard (1...18).contains(digits.count), digits.first != UInt8(ascii: "0"),
+            digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), let token = Int64(text)
+        else {
             throw WatermarkError.invalidHeader(
-                "Lease-Token", "expected the lease's fencing_token, a positive whole number")
+                "Lease-Token", "expected the lease's fencing_token: 1 to 18 digits, like 3, no sign or leading zero")
         }
         return token
     }

@@ -210,6 +210,12 @@ enum OpenAPIDocument {
                   content:
                     application/json:
                       schema: {$ref: "#/components/schemas/Watermark"}
+                  links:
+                    GetWatermark: {$ref: "#/components/links/GetWatermark"}
+                    GetWatermarkHistory: {$ref: "#/components/links/GetWatermarkHistory"}
+                    PutWatermarkIfMatch: {$ref: "#/components/links/PutWatermarkIfMatch"}
+                    DeleteWatermarkIfMatch: {$ref: "#/components/links/DeleteWatermarkIfMatch"}
+                    AcquireLease: {$ref: "#/components/links/AcquireLease"}
                 "201":
                   description: Created
                   headers:
@@ -218,6 +224,12 @@ enum OpenAPIDocument {
                   content:
                     application/json:
                       schema: {$ref: "#/components/schemas/Watermark"}
+                  links:
+                    GetWatermark: {$ref: "#/components/links/GetWatermark"}
+                    GetWatermarkHistory: {$ref: "#/components/links/GetWatermarkHistory"}
+                    PutWatermarkIfMatch: {$ref: "#/components/links/PutWatermarkIfMatch"}
+                    DeleteWatermarkIfMatch: {$ref: "#/components/links/DeleteWatermarkIfMatch"}
+                    AcquireLease: {$ref: "#/components/links/AcquireLease"}
                 "400": {$ref: "#/components/responses/BadRequest"}
                 "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
                 "403": {$ref: "#/components/responses/Forbidden"}  # when: read-token
@@ -230,6 +242,9 @@ enum OpenAPIDocument {
               operationId: deleteWatermark
               tags: [watermarks]
               summary: Reset a source (its next run starts from the default lookback)
+              description: >-
+                Afterwards the source answers like one never seen (GET and its history 404) until its next update;
+                its runs are kept and its versions go on, so the history then shows the runs from before the reset.
               parameters:
                 - $ref: "#/components/parameters/IfMatch"
                 - $ref: "#/components/parameters/LeaseToken"
@@ -248,7 +263,7 @@ enum OpenAPIDocument {
             get:
               operationId: getWatermarkHistory
               tags: [watermarks]
-              summary: Every accepted update, newest first
+              summary: Every accepted update, newest first; 404 while the source has no watermark (never updated, or reset)
               parameters:
                 - name: limit
                   in: query
@@ -281,6 +296,9 @@ enum OpenAPIDocument {
                   content:
                     application/json:
                       schema: {$ref: "#/components/schemas/Lease"}
+                  links:
+                    PutWatermarkWithLease: {$ref: "#/components/links/PutWatermarkWithLease"}
+                    ReleaseLease: {$ref: "#/components/links/ReleaseLease"}
                 "400": {$ref: "#/components/responses/BadRequest"}
                 "401": {$ref: "#/components/responses/Unauthorized"}  # when: auth
                 "403": {$ref: "#/components/responses/Forbidden"}  # when: read-token
@@ -327,8 +345,34 @@ enum OpenAPIDocument {
             LeaseToken:
               name: Lease-Token
               in: header
-              description: The fencing_token of the live lease; needed on writes while a lease is live
-              schema: {type: integer, minimum: 1, maximum: 9223372036854775807}
+              description: >-
+                The fencing_token of the live lease, in decimal without sign or leading zeros; needed on writes
+                while a lease is live
+              schema: {type: string, pattern: "^[1-9][0-9]{0,17}$"}
+          links:
+            GetWatermark:
+              operationId: getWatermark
+              parameters: {source_id: "$response.body#/source_id"}
+            GetWatermarkHistory:
+              operationId: getWatermarkHistory
+              parameters: {source_id: "$response.body#/source_id"}
+            PutWatermarkIfMatch:
+              operationId: putWatermark
+              description: The next update of the same source, expecting the version just written
+              parameters: {source_id: "$response.body#/source_id", header.If-Match: "$response.header.ETag"}
+            DeleteWatermarkIfMatch:
+              operationId: deleteWatermark
+              parameters: {source_id: "$response.body#/source_id", header.If-Match: "$response.header.ETag"}
+            AcquireLease:
+              operationId: acquireLease
+              parameters: {source_id: "$response.body#/source_id"}
+            PutWatermarkWithLease:
+              operationId: putWatermark
+              description: An update of the leased source, fenced by the lease's token
+              parameters: {source_id: "$response.body#/source_id", header.Lease-Token: "{$response.body#/fencing_token}"}
+            ReleaseLease:
+              operationId: releaseLease
+              parameters: {source_id: "$response.body#/source_id", header.Lease-Token: "{$response.body#/fencing_token}"}
           headers:
             ETag:
               description: The watermark's version in quotes, like "3"

@@ -132,9 +132,12 @@ final class SQLiteWatermarkStore: WatermarkStore {
         return WatermarkPage(rows: rows, limit: query.limit)
     }
 
+    /// The source's runs, newest first. A reset source (no watermark) answers 404 like one never seen; its runs are
+    /// kept and show again after its next update.
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
-        let runs = try await read { db in
-            try RunRow.filter(RunRow.Columns.sourceID == sourceID.rawValue)
+        let runs = try await read { db -> [WatermarkRun] in
+            guard try SQLiteTransaction(db: db).watermark(sourceID) != nil else { return [] }
+            return try RunRow.filter(RunRow.Columns.sourceID == sourceID.rawValue)
                 .order(RunRow.Columns.version.desc)
                 .limit(limit)
                 .fetchAll(db)
