@@ -1,10 +1,14 @@
 """Schemathesis hooks for scripts/schemathesis.sh.
 
-The document states every rule of a request body except one that depends on the server's clock: a success
-timestamp may be at most FUTURE_TOLERANCE_SECONDS ahead of now (400 timestamp_in_future). Generated bodies
-with such a timestamp are moved into the past (year 2020, a leap year, so every month and day stays a real
-date), so a 400 for schema-valid data is always a finding. Nothing else is changed: a body that is invalid
-for another reason stays invalid, and a timestamp that is not a date-time is left as it is.
+The document states every rule of a request body except two that no schema can state:
+- a success timestamp may be at most FUTURE_TOLERANCE_SECONDS ahead of the server's clock (400
+  timestamp_in_future): generated success bodies with such a timestamp are moved into the past (year 2020);
+- a timestamp must fall in the years 0000 to 9999 once converted to UTC (an offset can carry
+  9999-12-31T23:00:00-02:00 past the end): generated timestamps in the first or last year move to 0004 or
+  9996.
+All three years are leap years, so every month and day stays a real date; a 400 for schema-valid data is
+always a finding. Nothing else is changed: a body that is invalid for another reason stays invalid, and a
+timestamp that is not a date-time is left as it is.
 """
 import datetime
 import re
@@ -16,18 +20,23 @@ YEAR = re.compile(r"^(\d{4})(-\d{2}-\d{2}[Tt].*)$")
 
 @schemathesis.hook
 def map_body(context, body):
-    if not isinstance(body, dict) or body.get("status") != "success":
+    if not isinstance(body, dict):
         return body
     timestamp = body.get("timestamp")
     if not isinstance(timestamp, str):
         return body
     match = YEAR.match(timestamp)
+    if not match:
+        return body
+    year = int(match.group(1))
     # Any year from this one on may be ahead of the clock (with an offset, even late in the year).
-    if match and int(match.group(1)) >= datetime.datetime.now(datetime.timezone.utc).year - 1:
+    if body.get("status") == "success" and year >= datetime.datetime.now(datetime.timezone.utc).year - 1:
         return dict(body, timestamp="2020" + match.group(2))
+    if year == 0:
+        return dict(body, timestamp="0004" + match.group(2))
+    if year == 9999:
+        return dict(body, timestamp="9996" + match.group(2))
     return body
-
-
 
 
 @schemathesis.hook

@@ -41,11 +41,7 @@ public actor InMemoryStorageClient: StorageClient {
         try await call {
             if let key = options.idempotencyKey { try WatermarkRules.validateIdempotencyKey(key) }
             // The same checks the service makes when it decodes the body.
-            if let message = errorMessage, message.utf8.count > WatermarkUpdate.maxErrorMessageLength {
-                throw WatermarkError.invalidBody(
-                    "field \"error_message\" is over \(WatermarkUpdate.maxErrorMessageLength) bytes"
-                )
-            }
+            try WatermarkUpdate.validate(errorMessage: errorMessage)
             if let records = recordsCollected, records < 0 {
                 throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")
             }

@@ -147,7 +147,8 @@ public enum WatermarkRules {
 
     /// Validates the body of a lease request.
     public static func validateLease(owner: String, ttl: Duration, policy: WatermarkPolicy) throws {
-        guard !owner.isEmpty, owner.utf8.count <= maxOwnerLength,
+        // Lengths count characters as JSON Schema's maxLength does (Unicode code points), not bytes.
+        guard !owner.isEmpty, owner.unicodeScalars.count <= maxOwnerLength,
             owner.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
         else {
             throw WatermarkError.invalidBody("field \"owner\" must be 1 to \(maxOwnerLength) printable characters")

@@ -10,6 +10,14 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
 
     public static let maxErrorMessageLength = 16_384
 
+    /// Refuses an error message over `maxErrorMessageLength` characters, counted as JSON Schema's `maxLength`
+    /// counts them (Unicode code points), not bytes.
+    public static func validate(errorMessage: String?) throws(WatermarkError) {
+        if let errorMessage, errorMessage.unicodeScalars.count > maxErrorMessageLength {
+            throw WatermarkError.invalidBody("field \"error_message\" is over \(maxErrorMessageLength) characters")
+        }
+    }
+
     public init(
         timestamp: Timestamp?, status: RunStatus, errorMessage: String? = nil, recordsCollected: Int64? = nil
     ) {
@@ -59,9 +67,7 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
             timestamp = nil
         }
         errorMessage = try field(String.self, .errorMessage, "a string or null")
-        if let message = errorMessage, message.utf8.count > Self.maxErrorMessageLength {
-            throw WatermarkError.invalidBody("field \"error_message\" is over \(Self.maxErrorMessageLength) bytes")
-        }
+        try Self.validate(errorMessage: errorMessage)
         recordsCollected = try field(Int64.self, .recordsCollected, "a whole number")
         if let records = recordsCollected, records < 0 {
             throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")

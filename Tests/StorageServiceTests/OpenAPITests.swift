@@ -157,6 +157,28 @@ struct OpenAPITests {
         return statuses
     }
 
+    @Test("the Timestamp pattern and the service's parser agree on what they refuse beyond date-time")
+    func timestampPatternMatchesParser() throws {
+        let yaml = OpenAPIDocument.yaml(for: .init(authentication: false, readOnlyToken: false))
+        let line = try #require(
+            yaml.split(separator: "\n").first { $0.contains("pattern: '^[0-9]{4}-") && $0.contains("[0-5][0-9]") })
+        let pattern = String(line.split(separator: "'")[1])
+        let regex = try NSRegularExpression(pattern: pattern)
+        func matches(_ text: String) -> Bool {
+            regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) != nil
+        }
+        for valid in [
+            "2020-01-01T00:00:00Z", "2020-01-01t00:00:00z", "2020-01-01T00:00:00.123456789+05:30",
+            "2020-01-01T00:00:00-00:00", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z",
+        ] {
+            #expect(matches(valid) && (try? Timestamp(rfc3339: valid)) != nil, "\(valid)")
+        }
+        // date-time allows these; the service does not, and neither does the pattern.
+        for refused in ["2020-12-31T23:59:60Z", "2020-01-01T00:00:00.1234567891Z"] {
+            #expect(!matches(refused) && (try? Timestamp(rfc3339: refused)) == nil, "\(refused)")
+        }
+    }
+
     @Test("without a token the document requires no authentication and declares no 401 or 403")
     func documentWithoutToken() {
         let yaml = OpenAPIDocument.yaml(for: .init(authentication: false, readOnlyToken: false))

@@ -291,6 +291,27 @@ struct RouterTests {
         }
     }
 
+    @Test("lengths count characters as JSON Schema's maxLength does (code points), not bytes")
+    func lengthsCountCharacters() async throws {
+        try await app().test(.router) { client in
+            // 16,384 two-byte characters (32 KiB) is the document's limit, accepted; one more is refused.
+            let limit = String(repeating: "é", count: 16_384)
+            let accepted = try await put(client, "m", #"{"status":"failed","error_message":"\#(limit)"}"#)
+            #expect(accepted.status == .created)
+            let over = try await put(client, "m", #"{"status":"failed","error_message":"\#(limit)é"}"#)
+            #expect(over.status == .badRequest && errorCode(over) == "invalid_body")
+            let owner = String(repeating: "é", count: 256)
+            let granted = try await client.execute(
+                uri: "/api/v1/watermarks/m/lease", method: .post, headers: Self.jsonHeaders,
+                body: ByteBuffer(string: #"{"owner":"\#(owner)"}"#))
+            #expect(granted.status == .ok)
+            let tooLong = try await client.execute(
+                uri: "/api/v1/watermarks/n/lease", method: .post, headers: Self.jsonHeaders,
+                body: ByteBuffer(string: #"{"owner":"\#(owner)é"}"#))
+            #expect(tooLong.status == .badRequest && errorCode(tooLong) == "invalid_body")
+        }
+    }
+
     @Test("after a reset the history answers 404 like the watermark, and shows every run after the next update")
     func historyAfterReset() async throws {
         try await app().test(.router) { client in

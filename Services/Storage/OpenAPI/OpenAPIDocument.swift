@@ -437,7 +437,12 @@ enum OpenAPIDocument {
             Timestamp:
               type: string
               format: date-time
-              description: RFC 3339 with an offset; answered in UTC with Z, fractions exact to the nanosecond
+              # Stricter than date-time where the service is: no leap second (:60), at most 9 fraction digits.
+              pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$'
+              description: >-
+                RFC 3339 with an offset, without leap seconds, to the nanosecond at most; once converted to UTC it
+                must fall in the years 0000 to 9999 (else 400 invalid_timestamp). Answered in UTC with Z, fractions
+                exact to the nanosecond.
             RunStatus:
               type: string
               enum: [success, failed]
@@ -540,7 +545,7 @@ enum OpenAPIDocument {
                   minLength: 1
                   maxLength: 256
                   pattern: "^[^\\x00-\\x1F\\x7F]+$"
-                  description: The collector instance; 1 to 256 bytes of printable characters
+                  description: The collector instance; 1 to 256 printable characters (code points)
                 ttl_seconds:
                   type: [integer, "null"]
                   minimum: 1
