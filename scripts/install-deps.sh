@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing need and is not there yet: the system SQLite headers (GRDB links
-# the system libsqlite3) and Python's venv module (test tools such as medallion run in a venv).
+# the system libsqlite3), Python's venv module (test tools such as medallion run in a venv) and the openssl
+# command (scripts/make-dev-certs.sh, which the TLS tests use).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
 missing=()
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
