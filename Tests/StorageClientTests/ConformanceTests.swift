@@ -74,6 +74,41 @@ struct ConformanceTests {
         }
     }
 
+    /// Ids with every character the contract allows, at its edges: written, read, listed page by page (the
+    /// cursor is an id too), leased, its history read and deleted, each the same id it was sent as.
+    @Test(arguments: Backend.allCases)
+    func everyValidIDRoundTrips(backend: Backend) async throws {
+        let t1 = t1
+        let ids = [
+            "a:b", ":", "::", "x.y-z_0", "...", "-", "_", "A.b:C-d_9", "urn:otx:pulse:1",
+            String(repeating: "z", count: 128),
+        ].map { sid($0) }
+        try await backend.run { client in
+            for id in ids {
+                let written = try await client.updateWatermark(
+                    sourceID: id, timestamp: t1, status: .success, recordsCollected: 1)
+                #expect(written.sourceID == id)
+                #expect(try await client.getWatermark(sourceID: id)?.sourceID == id)
+                #expect(try await client.history(sourceID: id, limit: nil).count == 1, "\(id)")
+                let lease = try await client.acquireLease(sourceID: id, owner: "round-trip", ttl: .seconds(60))
+                #expect(lease.sourceID == id)
+                try await client.releaseLease(sourceID: id, token: lease.fencingToken)
+            }
+            var listed: [SourceID] = []
+            var cursor: SourceID?
+            repeat {
+                let page = try await client.listWatermarks(WatermarkQuery(limit: 3, after: cursor))
+                listed += page.watermarks.map(\.sourceID)
+                cursor = try page.nextCursor.map { try SourceID($0) }
+            } while cursor != nil
+            #expect(listed == ids.sorted())
+            for id in ids {
+                try await client.deleteWatermark(sourceID: id, precondition: nil, leaseToken: nil)
+                #expect(try await client.getWatermark(sourceID: id) == nil, "\(id)")
+            }
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func successCreatesThenMovesTheWatermarkWithNanosecondPrecision(backend: Backend) async throws {
         let (alpha, t1, t2) = (alpha, t1, t2)
