@@ -84,7 +84,7 @@ package struct StorageConfiguration: Sendable {
         do {
             tls = try TLSFiles.from(values)
         } catch {
-            throw ConfigurationError("\(error.key) \(error.message)")
+            throw ConfigurationError(error.description)
         }
         if let apiToken, let readToken, apiToken == readToken {
             throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")

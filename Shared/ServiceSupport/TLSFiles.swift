@@ -2,6 +2,14 @@ import Foundation
 import NIOSSL
 import WatermarkCore
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// The certificate and private key a service serves HTTPS with: `TLS_CERT_PATH` (PEM, the server certificate
 /// first, then any intermediates) and `TLS_KEY_PATH` (PEM, unencrypted). Set both, or neither for plain HTTP.
 public struct TLSFiles: Sendable, Equatable {
@@ -43,7 +51,7 @@ public struct TLSFiles: Sendable, Equatable {
     /// context is built from them).
     public func serverConfiguration() throws(ConfigurationKeyError) -> TLSConfiguration {
         let chain = try TLSFiles.certificates(key: Self.certificateKey, path: certificatePath)
-        let keyBytes = try TLSFiles.read(key: Self.privateKeyKey, path: privateKeyPath)
+        let keyBytes = try TLSFiles.contents(key: Self.privateKeyKey, path: privateKeyPath)
         let privateKey: NIOSSLPrivateKey
         do {
             privateKey = try NIOSSLPrivateKey(bytes: keyBytes, format: .pem)
@@ -69,7 +77,7 @@ public struct TLSFiles: Sendable, Equatable {
 
     /// The PEM certificates in the file at `path` (at least one), for a chain or for trust roots.
     public static func certificates(key: String, path: String) throws(ConfigurationKeyError) -> [NIOSSLCertificate] {
-        let bytes = try read(key: key, path: path)
+        let bytes = try contents(key: key, path: path)
         let certificates: [NIOSSLCertificate]
         do {
             certificates = try NIOSSLCertificate.fromPEMBytes(bytes)
@@ -85,7 +93,7 @@ public struct TLSFiles: Sendable, Equatable {
     }
 
     /// The bytes of a file, or an error that says why it cannot be read.
-    static func read(key: String, path: String) throws(ConfigurationKeyError) -> [UInt8] {
+    static func contents(key: String, path: String) throws(ConfigurationKeyError) -> [UInt8] {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ConfigurationKeyError(key: key, message: "'\(path)' does not exist")
@@ -93,10 +101,27 @@ public struct TLSFiles: Sendable, Equatable {
         guard !isDirectory.boolValue else {
             throw ConfigurationKeyError(key: key, message: "'\(path)' is a folder, not a file")
         }
-        do {
-            return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
-        } catch {
-            throw ConfigurationKeyError(key: key, message: "'\(path)' cannot be read (\(error.localizedDescription))")
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw unreadable(key, path, errno) }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count == 0 { return bytes }
+            guard count > 0 else {
+                if errno == EINTR { continue }
+                throw unreadable(key, path, errno)
+            }
+            // A certificate or key is a few KiB; anything past 1 MiB is not one.
+            guard bytes.count + count <= 1 << 20 else {
+                throw ConfigurationKeyError(key: key, message: "'\(path)' is over 1 MiB: not a PEM certificate or key")
+            }
+            bytes += chunk[0..<count]
         }
+    }
+
+    private static func unreadable(_ key: String, _ path: String, _ code: Int32) -> ConfigurationKeyError {
+        ConfigurationKeyError(key: key, message: "'\(path)' cannot be read (\(String(cString: strerror(code))))")
     }
 }

@@ -9,5 +9,5 @@ public struct ConfigurationKeyError: Error, Sendable, Equatable, CustomStringCon
         self.message = message
     }
 
-    public var description: String { "invalid configuration: \(key) \(message)" }
+    public var description: String { "\(key) \(message)" }
 }

@@ -152,6 +152,8 @@ struct TLSIntegrationTests {
             (directory.path + "/missing.pem", key, "TLS_CERT_PATH", "does not exist"),
             (cert, directory.path + "/missing.key", "TLS_KEY_PATH", "does not exist"),
             (directory.path, key, "TLS_CERT_PATH", "is a folder, not a file"),
+            // A file even root cannot read: reading /proc/self/mem from offset 0 fails with EIO.
+            ("/proc/self/mem", key, "TLS_CERT_PATH", "cannot be read (Input/output error)"),
             (notPEM, key, "TLS_CERT_PATH", "holds no PEM certificate"),
             (cert, notPEM, "TLS_KEY_PATH", "holds no unencrypted PEM private key"),
             (cert, certificates.otherKeyPath, "TLS_KEY_PATH", "does not match the certificate"),

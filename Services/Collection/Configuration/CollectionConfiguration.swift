@@ -81,7 +81,7 @@ struct CollectionConfiguration: Sendable {
         do {
             tls = try TLSFiles.from(environment)
         } catch {
-            throw ConfigurationError("\(error.key) \(error.message)")
+            throw ConfigurationError(error.description)
         }
     }
 
