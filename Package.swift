@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // Tests only: OpenAPITests read the document with a real YAML parser.
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .target(
@@ -84,6 +86,8 @@ let package = Package(
             ],
             path: "Services/Storage",
             exclude: ["Dockerfile"],
+            // The OpenAPI document, compiled into the binary as bytes (PackageResources.openapi_yaml).
+            resources: [.embedInCode("Resources/openapi.yaml")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -131,6 +135,7 @@ let package = Package(
             name: "StorageServiceTests",
             dependencies: [
                 "TestSupport",
+                .product(name: "Yams", package: "Yams"),
                 "StorageService",
                 "WatermarkCore",
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -7,6 +7,7 @@ import NIOCore
 import TestSupport
 import Testing
 import WatermarkCore
+import Yams
 
 @testable import StorageService
 
@@ -14,30 +15,28 @@ import WatermarkCore
 /// every reference resolves, and `/openapi.yaml` serves the document without a token.
 @Suite("OpenAPI document")
 struct OpenAPITests {
-    /// The `paths:` of the document as `METHOD path` pairs, read with a small line parser: paths are the
-    /// keys indented by two spaces under `paths:`, operations the HTTP method keys four spaces in.
-    static func documentedOperations(_ yaml: String) -> Set<String> {
-        let methods: Set<String> = ["get", "put", "post", "delete", "patch", "head", "options", "trace"]
-        var operations = Set<String>()
-        var inPaths = false
-        var currentPath: String?
-        for line in yaml.split(separator: "\n", omittingEmptySubsequences: true) {
-            let indent = line.prefix { $0 == " " }.count
-            let key = line.trimmingCharacters(in: .whitespaces)
-            if indent == 0 {
-                inPaths = key == "paths:"
-                currentPath = nil
-                continue
-            }
-            guard inPaths, key.hasSuffix(":") else { continue }
-            let name = String(key.dropLast())
-            if indent == 2, name.hasPrefix("/") {
-                currentPath = name
-            } else if indent == 4, let currentPath, methods.contains(name) {
-                operations.insert("\(name.uppercased()) \(currentPath)")
+    static let methods: Set<String> = ["get", "put", "post", "delete", "patch", "head", "options", "trace"]
+
+    /// The document parsed by Yams.
+    static func parse(_ yaml: String) throws -> [String: Any] {
+        try #require(try Yams.load(yaml: yaml) as? [String: Any], "the document is not a YAML mapping")
+    }
+
+    /// The operations of the document's `paths`, by `METHOD path`.
+    static func operations(_ yaml: String) throws -> [String: [String: Any]] {
+        let paths = try #require(try parse(yaml)["paths"] as? [String: Any], "no paths")
+        var operations: [String: [String: Any]] = [:]
+        for (path, item) in paths {
+            for (method, operation) in (item as? [String: Any]) ?? [:] where methods.contains(method) {
+                operations["\(method.uppercased()) \(path)"] = operation as? [String: Any] ?? [:]
             }
         }
         return operations
+    }
+
+    /// The document's operations as `METHOD path` pairs.
+    static func documentedOperations(_ yaml: String) throws -> Set<String> {
+        Set(try operations(yaml).keys)
     }
 
     /// The router's routes as `METHOD path`, with Hummingbird's `:name` parameters written `{name}`.
@@ -67,7 +66,7 @@ struct OpenAPITests {
 
     @Test("every route is in the document and every documented operation is a route", arguments: variants)
     func routesMatchDocument(variant: OpenAPIDocument.Variant) throws {
-        let documented = Self.documentedOperations(OpenAPIDocument.yaml(for: variant))
+        let documented = try Self.documentedOperations(OpenAPIDocument.yaml(for: variant))
         let routed = try Self.routedOperations()
         #expect(!routed.isEmpty)
         #expect(routed.subtracting(documented).sorted() == [], "routes the document does not describe")
@@ -83,8 +82,8 @@ struct OpenAPITests {
         }
     }
 
-    @Test("the parser notices a route missing from the document")
-    func parserSeesDifferences() {
+    @Test("the reading of operations sees paths and methods, not components")
+    func parserSeesDifferences() throws {
         let yaml = """
             openapi: 3.1.0
             paths:
@@ -100,30 +99,44 @@ struct OpenAPITests {
                 get:
                   type: string
             """
-        #expect(Self.documentedOperations(yaml) == ["GET /health", "PUT /api/v1/watermarks/{source_id}"])
+        #expect(try Self.documentedOperations(yaml) == ["GET /health", "PUT /api/v1/watermarks/{source_id}"])
     }
 
-    @Test("every $ref names a component the document defines", arguments: variants)
+    /// Every value of a `$ref` key, and every link's `operationId`, anywhere in `node`.
+    static func references(in node: Any, refs: inout [String], linkedOperations: inout [String]) {
+        if let mapping = node as? [String: Any] {
+            if let ref = mapping["$ref"] as? String { refs.append(ref) }
+            if let links = mapping["links"] as? [String: Any] {
+                for case let link as [String: Any] in links.values {
+                    if let id = link["operationId"] as? String { linkedOperations.append(id) }
+                }
+            }
+            for value in mapping.values { references(in: value, refs: &refs, linkedOperations: &linkedOperations) }
+        } else if let sequence = node as? [Any] {
+            for value in sequence { references(in: value, refs: &refs, linkedOperations: &linkedOperations) }
+        }
+    }
+
+    @Test("every $ref names a component the document defines, every link an operation", arguments: variants)
     func referencesResolve(variant: OpenAPIDocument.Variant) throws {
         let yaml = OpenAPIDocument.yaml(for: variant)
-        let regex = try NSRegularExpression(pattern: ##"\$ref: "#/components/([a-zA-Z]+)/([A-Za-z]+)""##)
-        let matches = regex.matches(in: yaml, range: NSRange(yaml.startIndex..., in: yaml))
-        #expect(matches.count > 20)
-        let lines = yaml.split(separator: "\n").map(String.init)
-        for match in matches {
-            guard let kindRange = Range(match.range(at: 1), in: yaml),
-                let nameRange = Range(match.range(at: 2), in: yaml)
-            else { continue }
-            let kind = String(yaml[kindRange])
-            let name = String(yaml[nameRange])
-            // Component sections are at two spaces, their entries at four.
-            guard let section = lines.firstIndex(of: "  \(kind):") else {
-                Issue.record("no components section '\(kind)'")
+        let document = try Self.parse(yaml)
+        var refs: [String] = []
+        var linked: [String] = []
+        Self.references(in: document, refs: &refs, linkedOperations: &linked)
+        #expect(refs.count > 20)
+        #expect(linked.count >= 7)
+        let components = try #require(document["components"] as? [String: Any])
+        for ref in Set(refs) {
+            let parts = ref.split(separator: "/").map(String.init)
+            guard parts.count == 4, parts[0] == "#", parts[1] == "components" else {
+                Issue.record("\(ref) is not a local component reference")
                 continue
             }
-            let entries = lines[(section + 1)...].prefix { $0.hasPrefix("    ") || $0.isEmpty }
-            #expect(entries.contains { $0 == "    \(name):" || $0.hasPrefix("    \(name): ") }, "\(kind)/\(name)")
+            #expect((components[parts[2]] as? [String: Any])?[parts[3]] != nil, "\(ref)")
         }
+        let operationIDs = Set(try Self.operations(yaml).values.compactMap { $0["operationId"] as? String })
+        for id in linked { #expect(operationIDs.contains(id), "link to unknown operation \(id)") }
     }
 
     @Test("the headers of the contract are described")
@@ -137,24 +150,9 @@ struct OpenAPITests {
         }
     }
 
-    /// The response statuses an operation declares, by `METHOD path`, read like `documentedOperations`.
-    static func declaredStatuses(_ yaml: String) -> [String: Set<String>] {
-        var statuses: [String: Set<String>] = [:]
-        var path: String?
-        var operation: String?
-        var inPaths = false
-        for line in yaml.split(separator: "\n") {
-            let indent = line.prefix { $0 == " " }.count
-            let key = line.trimmingCharacters(in: .whitespaces)
-            if indent == 0 { inPaths = key == "paths:" }
-            guard inPaths else { continue }
-            if indent == 2 { path = String(key.dropLast()) }
-            if indent == 4 { operation = path.map { "\(key.dropLast().uppercased()) \($0)" } }
-            if indent == 8, let operation, key.hasPrefix("\""), let end = key.dropFirst().firstIndex(of: "\"") {
-                statuses[operation, default: []].insert(String(key[key.index(after: key.startIndex)..<end]))
-            }
-        }
-        return statuses
+    /// The response statuses each operation declares, by `METHOD path`.
+    static func declaredStatuses(_ yaml: String) throws -> [String: Set<String>] {
+        try operations(yaml).mapValues { Set((($0["responses"] as? [String: Any]) ?? [:]).keys) }
     }
 
     @Test("the Timestamp pattern and the service's parser agree on what they refuse beyond date-time")
@@ -180,7 +178,7 @@ struct OpenAPITests {
     }
 
     @Test("without a token the document requires no authentication and declares no 401 or 403")
-    func documentWithoutToken() {
+    func documentWithoutToken() throws {
         let yaml = OpenAPIDocument.yaml(for: .init(authentication: false, readOnlyToken: false))
         #expect(yaml.contains("\nsecurity: []\n"))
         #expect(!yaml.contains("\n  - bearer: []"))
@@ -188,24 +186,24 @@ struct OpenAPITests {
         #expect(!yaml.contains("\"401\""))
         #expect(!yaml.contains("\"403\""))
         #expect(!yaml.contains("# when:"))
-        let statuses = Self.declaredStatuses(yaml)
+        let statuses = try Self.declaredStatuses(yaml)
         #expect(statuses["DELETE /api/v1/watermarks/{source_id}"] == ["204", "400", "404", "409", "412", "503"])
     }
 
     @Test("with a token bearer auth is required; 403 is declared only with a read-only token")
-    func documentWithTokens() {
+    func documentWithTokens() throws {
         let api = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: false))
         #expect(api.contains("\nsecurity:\n  - bearer: []\n"))
         #expect(!api.contains("\nsecurity: []\n"))
         #expect(!api.contains("accepts requests without"))
         #expect(!api.contains("\"403\""))
         #expect(!api.contains("# when:"))
-        let apiStatuses = Self.declaredStatuses(api)
+        let apiStatuses = try Self.declaredStatuses(api)
         #expect(apiStatuses["GET /status"] == ["200", "401", "503"])
         #expect(apiStatuses["GET /health"] == ["200", "503"])
         let read = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: true))
         #expect(read.contains("STORAGE_READ_TOKEN (GET and HEAD only; else 403)"))
-        let readStatuses = Self.declaredStatuses(read)
+        let readStatuses = try Self.declaredStatuses(read)
         #expect(
             readStatuses["PUT /api/v1/watermarks/{source_id}"]
                 == ["200", "201", "400", "401", "403", "409", "412", "413", "415", "503"])
