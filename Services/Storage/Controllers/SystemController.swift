@@ -15,11 +15,13 @@ struct SystemController<Context: RequestContext> {
     /// The OpenAPI document for the running configuration, rendered once.
     let openAPIDocument: ByteBuffer
 
-    func addRoutes(to router: some RouterMethods<Context>) {
-        router.get("health", use: health)
-        router.get("status", use: status)
-        router.get("metrics", use: metricsText)
-        router.get("openapi.yaml", use: openAPI)
+    /// `open`: the routes that never need a token (they carry no data); `protected`: the group behind the
+    /// token, where `/status` goes.
+    func addRoutes(open: some RouterMethods<Context>, protected: some RouterMethods<Context>) {
+        open.get("health", use: health)
+        open.get("metrics", use: metricsText)
+        open.get("openapi.yaml", use: openAPI)
+        protected.get("status", use: status)
     }
 
     /// 200 when the database answers (and, after a failed write, accepts a write again); 503 otherwise.

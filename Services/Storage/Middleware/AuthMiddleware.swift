@@ -3,8 +3,9 @@ import Hummingbird
 import Logging
 import WatermarkCore
 
-/// Bearer-token access to `/api/v1/*` and `/status`: the API token may do anything, the read token
-/// only read. `/health` and `/metrics` stay open for orchestrators and scrapers; they carry no data.
+/// Bearer-token access to the routes of the group it is added to (`/api/v1/*` and `/status`): the API
+/// token may do anything, the read token only read. `/health`, `/metrics` and `/openapi.yaml` are outside
+/// that group, open for orchestrators and scrapers; they carry no data.
 ///
 /// Tokens are compared in constant time and never logged.
 struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
@@ -14,7 +15,7 @@ struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
-        guard let apiToken, Self.isProtected(request.uri.path) else { return try await next(request, context) }
+        guard let apiToken else { return try await next(request, context) }
         let presented = Self.bearer(request.headers[.authorization])
         if let presented, Self.constantTimeEquals(presented, apiToken) {
             return try await next(request, context)
@@ -25,10 +26,6 @@ struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         context.logger.notice("Request refused: missing or wrong token", metadata: ["path": "\(request.uri.path)"])
         throw WatermarkError.unauthorized
-    }
-
-    static func isProtected(_ path: String) -> Bool {
-        path == "/status" || path == "/status/" || path == "/api/v1" || path.hasPrefix("/api/v1/")
     }
 
     static func bearer(_ header: String?) -> String? {

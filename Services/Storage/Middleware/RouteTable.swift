@@ -47,23 +47,29 @@ final class RouteTable: Sendable {
     }
 }
 
-/// A router front that records every route it adds in a `RouteTable`.
-struct RecordingRouter<Context: RequestContext>: RouterMethods {
-    let router: Router<Context>
+/// A router (or group) front that records every route it adds in a `RouteTable`.
+struct RecordingRouter<Base: RouterMethods>: RouterMethods {
+    typealias Context = Base.Context
+    let base: Base
     let table: RouteTable
+
+    init(_ base: Base, table: RouteTable) {
+        self.base = base
+        self.table = table
+    }
 
     @discardableResult
     func on<Responder: HTTPResponder>(
         _ path: RouterPath, method: HTTPRequest.Method, responder: Responder
     ) -> Self where Responder.Context == Context {
-        router.on(path, method: method, responder: responder)
+        base.on(path, method: method, responder: responder)
         table.record(path.description, method: method)
         return self
     }
 
     @discardableResult
     func add(middleware: any MiddlewareProtocol<Request, Response, Context>) -> Self {
-        router.add(middleware: middleware)
+        base.add(middleware: middleware)
         return self
     }
 }
