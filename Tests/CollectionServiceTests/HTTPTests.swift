@@ -71,6 +71,7 @@ struct HTTPTests {
             #expect(busy.status == .conflict && String(buffer: busy.body).contains("already_running"))
             let report = await engine.execute(source)
             await engine.board.finish(report, nextRunAt: Timestamp.now().adding(.seconds(3600)))
+            await engine.refreshWatching()  // as the scheduler does after each run: /status and /metrics only read
 
             let status = try await client.execute(uri: "/status", method: .get)
             let body = try #require(try JSONSerialization.jsonObject(with: Data(buffer: status.body)) as? [String: Any])

@@ -12,7 +12,7 @@ struct SourcesController<Context: RequestContext>: Sendable {
         return routes
     }
 
-    @Sendable func run(_ request: Request, context: Context) async throws -> Response {
+    @Sendable func run(_ request: Request, context: Context) async throws -> EditedResponse<RunAccepted> {
         let text = try context.parameters.require("source_id")
         guard let id = try? SourceID(text) else {
             throw APIError(
@@ -23,12 +23,23 @@ struct SourcesController<Context: RequestContext>: Sendable {
         switch await board.trigger(id) {
         case .accepted:
             context.logger.info("run requested", metadata: ["source_id": "\(id)"])
-            return StatusController<Context>.json(["source_id": id.rawValue, "status": "accepted"], status: .accepted)
+            return EditedResponse(status: .accepted, response: RunAccepted(sourceID: id.rawValue))
         case .alreadyRunning:
             throw APIError(
                 .conflict, code: "already_running", message: "source \(id) is running; try again when it ends")
         case .unknownSource:
             throw APIError(.notFound, code: "source_not_found", message: "no source \(id) in the configuration")
         }
+    }
+}
+
+/// The body of an accepted run request.
+struct RunAccepted: ResponseEncodable, Sendable {
+    let sourceID: String
+    let status = "accepted"
+
+    enum CodingKeys: String, CodingKey {
+        case status
+        case sourceID = "source_id"
     }
 }

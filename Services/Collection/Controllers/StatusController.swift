@@ -1,4 +1,3 @@
-import Foundation
 import Hummingbird
 import NIOCore
 import Prometheus
@@ -21,59 +20,43 @@ struct StatusController<Context: RequestContext>: Sendable {
 
     /// Alive and scheduling. Storage being away is not unhealthy: collection goes on (degraded) and updates
     /// are queued, which `/status` shows.
-    @Sendable func health(_ request: Request, context: Context) async throws -> Response {
+    @Sendable func health(_ request: Request, context: Context) async throws -> EditedResponse<HealthBody> {
         let stopping = await engine.board.isStopping()
-        let body: [String: Any] = ["status": stopping ? "stopping" : "healthy"]
-        return Self.json(body, status: stopping ? .serviceUnavailable : .ok)
+        return EditedResponse(
+            status: stopping ? .serviceUnavailable : .ok,
+            response: HealthBody(status: stopping ? "stopping" : "healthy"))
     }
 
-    @Sendable func status(_ request: Request, context: Context) async throws -> Response {
-        await engine.refreshWatching()
+    /// What the engine knows now; it changes nothing and logs nothing (the scheduler refreshes staleness).
+    @Sendable func status(_ request: Request, context: Context) async throws -> ServiceStatus {
         let now = engine.clock()
-        var sources: [[String: Any]] = []
+        var sources: [SourceStatus] = []
         for entry in await engine.board.allEntries() {
             let id = entry.source.id
             let known = await engine.manager.lastKnownWatermark(sourceID: id)
-            let pending = await engine.manager.pendingCount(sourceID: id)
-            var item: [String: Any] = [
-                "source_id": id.rawValue, "type": entry.source.typeName, "enabled": entry.source.enabled,
-                "running": entry.running, "stale": entry.stale, "pending_updates": pending,
-                "interval_seconds": entry.source.interval.components.seconds,
-                "stale_after_seconds": entry.source.staleAfter.components.seconds,
-                "rejected_files": entry.rejectedFiles,
-            ]
-            item["watermark"] = entry.watermark.map { $0.description } ?? NSNull()
-            item["watermark_age_seconds"] = entry.watermark.map { now.duration(since: $0).secondsDouble } ?? NSNull()
-            let lastSuccess = CollectionEngine.lastSuccess(entry: entry, known: known)
-            item["last_success_at"] = lastSuccess.map { $0.description } ?? NSNull()
-            item["next_run_at"] = entry.running ? NSNull() : (entry.nextRunAt.map { $0.description } ?? "now")
-            item["last_error"] =
-                entry.lastError ?? known.flatMap { $0.status == .failed ? $0.errorMessage : nil } ?? NSNull()
-            if let run = entry.lastRun {
-                item["last_run"] =
-                    [
-                        "status": run.outcome.rawValue, "started_at": run.startedAt.description,
-                        "finished_at": run.finishedAt.description, "records_collected": run.recordsCollected,
-                        "duplicates_dropped": run.duplicatesDropped, "duration_seconds": run.duration.secondsDouble,
-                        "error_message": run.errorMessage ?? NSNull(), "update_queued": run.updateQueued,
-                        "without_lease": run.withoutLease, "checkpoints": run.checkpoints,
-                        "rejected_files": run.rejectedFiles,
-                    ] as [String: Any]
-            } else {
-                item["last_run"] = NSNull()
-            }
-            sources.append(item)
+            sources.append(
+                SourceStatus(
+                    sourceID: id.rawValue, type: entry.source.typeName, enabled: entry.source.enabled,
+                    running: entry.running, stale: entry.stale,
+                    pendingUpdates: await engine.manager.pendingCount(sourceID: id),
+                    intervalSeconds: entry.source.interval.components.seconds,
+                    staleAfterSeconds: entry.source.staleAfter.components.seconds, rejectedFiles: entry.rejectedFiles,
+                    watermark: entry.watermark?.description,
+                    watermarkAgeSeconds: entry.watermark.map { now.duration(since: $0).secondsDouble },
+                    lastSuccessAt: CollectionEngine.lastSuccess(entry: entry, known: known)?.description,
+                    nextRunAt: entry.running ? nil : (entry.nextRunAt?.description ?? "now"),
+                    lastError: entry.lastError ?? known.flatMap { $0.status == .failed ? $0.errorMessage : nil },
+                    lastRun: entry.lastRun.map(RunStatusBody.init)
+                ))
         }
-        let body: [String: Any] = [
-            "status": "running", "instance_id": instanceID, "now": now.description,
-            "uptime_seconds": now.duration(since: engine.startedAt).secondsDouble,
-            "pending_updates": await engine.manager.pendingCount(), "sources": sources,
-        ]
-        return Self.json(body)
+        return ServiceStatus(
+            instanceID: instanceID, now: now.description,
+            uptimeSeconds: now.duration(since: engine.startedAt).secondsDouble,
+            pendingUpdates: await engine.manager.pendingCount(), sources: sources)
     }
 
+    /// The registry as it is; the scheduler keeps the watermark gauges current.
     @Sendable func metrics(_ request: Request, context: Context) async throws -> Response {
-        await engine.refreshWatching()
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
@@ -81,12 +64,137 @@ struct StatusController<Context: RequestContext>: Sendable {
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer))
         )
     }
+}
 
-    static func json(_ object: [String: Any], status: HTTPResponse.Status = .ok) -> Response {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
-        return Response(
-            status: status, headers: [.contentType: "application/json"],
-            body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
-        )
+/// The body of `/health`.
+struct HealthBody: ResponseEncodable, Sendable {
+    let status: String
+}
+
+/// The body of `/status`. Absent values are `null`, never left out, so readers see every field.
+struct ServiceStatus: ResponseEncodable, Sendable {
+    let status = "running"
+    let instanceID: String
+    let now: String
+    let uptimeSeconds: Double
+    let pendingUpdates: Int
+    let sources: [SourceStatus]
+
+    enum CodingKeys: String, CodingKey {
+        case status, now, sources
+        case instanceID = "instance_id"
+        case uptimeSeconds = "uptime_seconds"
+        case pendingUpdates = "pending_updates"
+    }
+}
+
+/// One source in `/status`.
+struct SourceStatus: Encodable, Sendable {
+    let sourceID: String
+    let type: String
+    let enabled: Bool
+    let running: Bool
+    let stale: Bool
+    let pendingUpdates: Int
+    let intervalSeconds: Int64
+    let staleAfterSeconds: Int64
+    let rejectedFiles: Int
+    let watermark: String?
+    let watermarkAgeSeconds: Double?
+    let lastSuccessAt: String?
+    /// A timestamp, "now" when due, `null` while running.
+    let nextRunAt: String?
+    let lastError: String?
+    let lastRun: RunStatusBody?
+
+    enum CodingKeys: String, CodingKey {
+        case type, enabled, running, stale, watermark
+        case sourceID = "source_id"
+        case pendingUpdates = "pending_updates"
+        case intervalSeconds = "interval_seconds"
+        case staleAfterSeconds = "stale_after_seconds"
+        case rejectedFiles = "rejected_files"
+        case watermarkAgeSeconds = "watermark_age_seconds"
+        case lastSuccessAt = "last_success_at"
+        case nextRunAt = "next_run_at"
+        case lastError = "last_error"
+        case lastRun = "last_run"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(sourceID, forKey: .sourceID)
+        try c.encode(type, forKey: .type)
+        try c.encode(enabled, forKey: .enabled)
+        try c.encode(running, forKey: .running)
+        try c.encode(stale, forKey: .stale)
+        try c.encode(pendingUpdates, forKey: .pendingUpdates)
+        try c.encode(intervalSeconds, forKey: .intervalSeconds)
+        try c.encode(staleAfterSeconds, forKey: .staleAfterSeconds)
+        try c.encode(rejectedFiles, forKey: .rejectedFiles)
+        // `encode` of an Optional writes null for nil (the synthesized code would leave the key out).
+        try c.encode(watermark, forKey: .watermark)
+        try c.encode(watermarkAgeSeconds, forKey: .watermarkAgeSeconds)
+        try c.encode(lastSuccessAt, forKey: .lastSuccessAt)
+        try c.encode(nextRunAt, forKey: .nextRunAt)
+        try c.encode(lastError, forKey: .lastError)
+        try c.encode(lastRun, forKey: .lastRun)
+    }
+}
+
+/// A source's last run in `/status`.
+struct RunStatusBody: Encodable, Sendable {
+    let status: String
+    let startedAt: String
+    let finishedAt: String
+    let recordsCollected: Int64
+    let duplicatesDropped: Int64
+    let durationSeconds: Double
+    let errorMessage: String?
+    let updateQueued: Bool
+    let withoutLease: Bool
+    let checkpoints: Int
+    let rejectedFiles: Int
+
+    init(_ run: RunReport) {
+        status = run.outcome.rawValue
+        startedAt = run.startedAt.description
+        finishedAt = run.finishedAt.description
+        recordsCollected = run.recordsCollected
+        duplicatesDropped = run.duplicatesDropped
+        durationSeconds = run.duration.secondsDouble
+        errorMessage = run.errorMessage
+        updateQueued = run.updateQueued
+        withoutLease = run.withoutLease
+        checkpoints = run.checkpoints
+        rejectedFiles = run.rejectedFiles
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case status, checkpoints
+        case startedAt = "started_at"
+        case finishedAt = "finished_at"
+        case recordsCollected = "records_collected"
+        case duplicatesDropped = "duplicates_dropped"
+        case durationSeconds = "duration_seconds"
+        case errorMessage = "error_message"
+        case updateQueued = "update_queued"
+        case withoutLease = "without_lease"
+        case rejectedFiles = "rejected_files"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(status, forKey: .status)
+        try c.encode(startedAt, forKey: .startedAt)
+        try c.encode(finishedAt, forKey: .finishedAt)
+        try c.encode(recordsCollected, forKey: .recordsCollected)
+        try c.encode(duplicatesDropped, forKey: .duplicatesDropped)
+        try c.encode(durationSeconds, forKey: .durationSeconds)
+        try c.encode(errorMessage, forKey: .errorMessage)
+        try c.encode(updateQueued, forKey: .updateQueued)
+        try c.encode(withoutLease, forKey: .withoutLease)
+        try c.encode(checkpoints, forKey: .checkpoints)
+        try c.encode(rejectedFiles, forKey: .rejectedFiles)
     }
 }

@@ -15,6 +15,8 @@ struct CollectionScheduler: Service {
         var jitterFraction = 0.1
         /// How often due sources are looked for (and triggers picked up).
         var tick: Duration = .milliseconds(200)
+        /// How often staleness and the watermark gauges are refreshed between runs.
+        var watchInterval: Duration = .seconds(1)
         /// How often queued updates are replayed and watermark ages refreshed.
         var maintenanceInterval: Duration = .seconds(30)
 
@@ -46,11 +48,17 @@ struct CollectionScheduler: Service {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     var last: Timestamp?
+                    var watched: Timestamp?
                     while !Task.isCancelled, !(await board.isStopping()) {
                         let now = clock()
                         if last.map({ now.duration(since: $0) >= configuration.maintenanceInterval }) ?? true {
                             last = now
-                            await engine.maintain()
+                            watched = now
+                            await engine.maintain()  // refreshes staleness too
+                        } else if watched.map({ now.duration(since: $0) >= configuration.watchInterval }) ?? true {
+                            // Staleness and the watermark gauges, so /status and /metrics only read.
+                            watched = now
+                            await engine.refreshWatching()
                         }
                         try? await Task.sleep(for: configuration.tick)
                     }
