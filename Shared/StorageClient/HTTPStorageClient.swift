@@ -167,7 +167,7 @@ public final class HTTPStorageClient: StorageClient {
     }
 
     public func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
-        let request = LeaseRequest(owner: owner, ttlSeconds: ttl.components.seconds)
+        let request = LeaseRequestBody(owner: owner, ttlSeconds: ttl.components.seconds)
         let body: ByteBuffer
         do {
             body = try JSONEncoder().encodeAsByteBuffer(request, allocator: ByteBufferAllocator())
@@ -318,7 +318,7 @@ public final class HTTPStorageClient: StorageClient {
     /// The service's `{"error": {...}}`, or a stand-in built from the status when the body is not one
     /// (an answer from a proxy, say).
     static func serviceError(status: Int, body: ByteBuffer) -> WatermarkError {
-        if let decoded = try? JSONDecoder().decode(ErrorBody.self, from: body) {
+        if let decoded = try? JSONDecoder().decode(ErrorEnvelope.self, from: body) {
             return WatermarkError(
                 status: status, code: decoded.error.code, message: decoded.error.message, holder: decoded.error.holder,
                 expiresAt: decoded.error.expiresAt
@@ -388,34 +388,4 @@ public struct ResponseTooLarge: Error, Sendable, CustomStringConvertible {
     public let underlying: any Error
 
     public var description: String { "the answer is over \(limit) bytes" }
-}
-
-private struct ErrorBody: Decodable {
-    struct Detail: Decodable {
-        var code: String
-        var message: String
-        var holder: String?
-        var expiresAt: Timestamp?
-
-        enum CodingKeys: String, CodingKey {
-            case code, message, holder
-            case expiresAt = "expires_at"
-        }
-    }
-
-    var error: Detail
-}
-
-private struct HistoryBody: Decodable {
-    var runs: [WatermarkRun]
-}
-
-private struct LeaseRequest: Encodable {
-    var owner: String
-    var ttlSeconds: Int64
-
-    enum CodingKeys: String, CodingKey {
-        case owner
-        case ttlSeconds = "ttl_seconds"
-    }
 }

@@ -3,8 +3,10 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import WatermarkCore
 
-/// The contract's error body, `{"error": {"code", "message"}}`, with its status.
+/// The contract's error body, `{"error": {"code", "message"}}` (`ErrorEnvelope`, as the storage service
+/// writes it), with its status. It renders itself.
 struct APIError: Error, HTTPResponseError, Sendable {
     var status: HTTPResponse.Status
     var code: String
@@ -21,8 +23,9 @@ struct APIError: Error, HTTPResponseError, Sendable {
     }
 
     static func jsonResponse(status: HTTPResponse.Status, code: String, message: String) -> Response {
-        let body: [String: [String: String]] = ["error": ["code": code, "message": message]]
-        let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(ErrorEnvelope(.init(code: code, message: message)))) ?? Data()
         return Response(
             status: status, headers: [.contentType: "application/json"],
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
@@ -30,8 +33,8 @@ struct APIError: Error, HTTPResponseError, Sendable {
     }
 }
 
-/// Turns every error (unknown route, wrong method, anything thrown) into the JSON error body; never leaks an
-/// internal error's text.
+/// Turns every other error (unknown route, wrong method, anything unexpected) into an `APIError`, which
+/// renders itself; an `APIError` passes through untouched. Never leaks an internal error's text.
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
@@ -39,7 +42,7 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as APIError {
-            return APIError.jsonResponse(status: error.status, code: error.code, message: error.message)
+            throw error
         } catch let error as HTTPError {
             let code: String
             switch error.status.code {
@@ -51,11 +54,10 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             let message =
                 error.body
                 ?? (error.status == .notFound ? "no route for \(request.uri.path)" : error.status.reasonPhrase)
-            return APIError.jsonResponse(status: error.status, code: code, message: message)
+            throw APIError(error.status, code: code, message: message)
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
-            return APIError.jsonResponse(
-                status: .internalServerError, code: "internal_error", message: "internal error")
+            throw APIError(.internalServerError, code: "internal_error", message: "internal error")
         }
     }
 }

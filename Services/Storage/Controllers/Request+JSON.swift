@@ -175,31 +175,10 @@ enum JSONResponse {
 
     /// The contract's error body: `{"error": {"code", "message"}}` (plus holder and expiry for a held lease).
     static func error(_ error: WatermarkError, headers: HTTPFields = [:]) -> Response {
-        struct Body: Encodable { let error: WatermarkError.ErrorBody }
         do {
-            return try make(
-                Body(error: error.bodyOnly), status: HTTPResponse.Status(code: error.status), headers: headers)
+            return try make(ErrorEnvelope(error), status: HTTPResponse.Status(code: error.status), headers: headers)
         } catch {
             return Response(status: .internalServerError)
-        }
-    }
-}
-
-extension WatermarkError {
-    /// The error as the body shows it: without the status, which the response line already carries.
-    fileprivate var bodyOnly: ErrorBody {
-        ErrorBody(code: code, message: message, holder: holder, expiresAt: expiresAt)
-    }
-
-    fileprivate struct ErrorBody: Encodable {
-        let code: String
-        let message: String
-        let holder: String?
-        let expiresAt: Timestamp?
-
-        enum CodingKeys: String, CodingKey {
-            case code, message, holder
-            case expiresAt = "expires_at"
         }
     }
 }

@@ -105,13 +105,13 @@ struct WatermarkController<Context: RequestContext> {
     @Sendable func history(request: Request, context: Context) async throws -> Response {
         let id = try sourceID(context)
         let limit = try request.intQuery("limit", default: 50, in: 1...1000)
-        return try JSONResponse.make(History(sourceID: id, runs: try await store.history(for: id, limit: limit)))
+        return try JSONResponse.make(HistoryBody(sourceID: id, runs: try await store.history(for: id, limit: limit)))
     }
 
     @Sendable func acquireLease(request: Request, context: Context) async throws -> Response {
         let id = try sourceID(context)
         var request = request
-        let body = try await request.decodeJSON(LeaseRequest.self, limit: maxBodySize)
+        let body = try await request.decodeJSON(LeaseRequestBody.self, limit: maxBodySize)
         let lease = try await store.acquireLease(for: id, owner: body.owner, ttl: .seconds(body.ttlSeconds))
         context.logger.info(
             "Lease granted",
@@ -147,54 +147,5 @@ struct EncodedWatermark: Sendable {
         self.watermark = watermark
         self.body = body
         self.headers = [.eTag: watermark.etag, .contentType: "application/json"]
-    }
-}
-
-/// The body of `POST /api/v1/watermarks/{source_id}/lease`.
-struct LeaseRequest: Decodable {
-    static let defaultTTLSeconds: Int64 = 300
-
-    let owner: String
-    let ttlSeconds: Int64
-
-    enum CodingKeys: String, CodingKey {
-        case owner
-        case ttlSeconds = "ttl_seconds"
-    }
-
-    init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        guard let owner = try? c.decodeIfPresent(String.self, forKey: .owner) else {
-            throw WatermarkError.invalidBody("field \"owner\" is required: a string naming the collector instance")
-        }
-        // JSON Schema counts 490.0 as the integer 490: accept a whole number written with a fraction.
-        let ttl: Int64
-        if (try? c.decodeNil(forKey: .ttlSeconds)) ?? true {
-            ttl = Self.defaultTTLSeconds
-        } else if let whole = try? c.decode(Int64.self, forKey: .ttlSeconds) {
-            ttl = whole
-        } else if let number = try? c.decode(Double.self, forKey: .ttlSeconds), number.rounded() == number,
-            abs(number) < 1e15
-        {
-            ttl = Int64(number)
-        } else {
-            throw WatermarkError.invalidBody("field \"ttl_seconds\" must be a whole number of seconds")
-        }
-        self.owner = owner
-        self.ttlSeconds = ttl
-        // Range checks live with the rules; checking the type here keeps `.seconds(_:)` from overflowing.
-        guard (1...Int64(Int32.max)).contains(ttl) else {
-            throw WatermarkError.invalidBody("field \"ttl_seconds\" must be at least 1")
-        }
-    }
-}
-
-/// The body of `/history`.
-private struct History: Encodable {
-    let sourceID: SourceID
-    let runs: [WatermarkRun]
-    enum CodingKeys: String, CodingKey {
-        case sourceID = "source_id"
-        case runs
     }
 }
