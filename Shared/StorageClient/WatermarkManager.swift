@@ -414,10 +414,10 @@ public actor WatermarkManager {
     static func project(
         _ update: WatermarkUpdate, for sourceID: SourceID, force: Bool, onto existing: Watermark?, now: Timestamp
     ) throws -> Watermark {
-        var tx = LocalTransaction(watermark: existing)
         do {
             let write = WatermarkWrite(sourceID: sourceID, update: update, force: force)
-            return try WatermarkRules.apply(write, now: now, policy: WatermarkPolicy(), in: &tx).watermark
+            let snapshot = WatermarkSnapshot(watermark: existing)
+            return try WatermarkRules.apply(write, to: snapshot, now: now, policy: WatermarkPolicy()).outcome.watermark
         } catch let error as WatermarkError {
             throw StorageClientError(error)
         }
@@ -599,22 +599,4 @@ struct PendingQueue: Codable {
         )
         nextSequence += 1
     }
-}
-
-/// One source's last known watermark as a transaction, so a queued update's effect is computed by the
-/// very rules the storage runs. It knows no lease, history or idempotency records: those stay the
-/// storage's business.
-struct LocalTransaction: WatermarkTransaction {
-    var watermark: Watermark?
-
-    func watermark(_ sourceID: SourceID) -> Watermark? { watermark }
-    func lease(_ sourceID: SourceID) -> Lease? { nil }
-    func latestVersion(_ sourceID: SourceID) -> Int64 { watermark?.version ?? 0 }
-    func idempotencyRecord(_ sourceID: SourceID, key: String) -> IdempotencyRecord? { nil }
-    mutating func save(_ watermark: Watermark) { self.watermark = watermark }
-    mutating func deleteWatermark(_ sourceID: SourceID) { watermark = nil }
-    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) {}
-    mutating func save(_ lease: Lease) {}
-    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) {}
-    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) {}
 }

@@ -1,9 +1,9 @@
 /// A `WatermarkStore` in memory, for tests and the mock storage client.
 ///
-/// Each call copies the state into a transaction, runs the shared rules on the copy and keeps the copy
-/// only if they succeed: a refused request changes nothing, exactly as a rolled-back SQL transaction.
+/// Each call reads a snapshot of the source, runs the shared rules on it and persists their plan; a refused
+/// request changes nothing. The actor makes each call one transaction.
 public actor MemoryWatermarkStore: WatermarkStore {
-    private var state = MemoryTransaction()
+    private var state = MemoryState()
     private let policy: WatermarkPolicy
     private let clock: @Sendable () -> Timestamp
 
@@ -13,25 +13,22 @@ public actor MemoryWatermarkStore: WatermarkStore {
         self.clock = clock
     }
 
-    private func transact<T>(_ body: (inout MemoryTransaction, Timestamp) throws -> T) throws -> T {
-        var tx = state
-        let result = try body(&tx, clock())
-        state = tx
-        return result
-    }
-
     public func watermark(for sourceID: SourceID) -> Watermark? {
         state.watermarks[sourceID]
     }
 
     public func write(_ write: WatermarkWrite) throws -> WriteOutcome {
-        try transact { tx, now in try WatermarkRules.apply(write, now: now, policy: policy, in: &tx) }
+        let snapshot = state.snapshot(write.sourceID, idempotencyKey: write.idempotencyKey)
+        let plan = try WatermarkRules.apply(write, to: snapshot, now: clock(), policy: policy)
+        state.persist(plan)
+        return plan.outcome
     }
 
     public func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) throws {
-        try transact { tx, now in
-            try WatermarkRules.delete(sourceID, precondition: precondition, leaseToken: leaseToken, now: now, in: &tx)
-        }
+        let snapshot = state.snapshot(sourceID, idempotencyKey: nil)
+        state.persist(
+            try WatermarkRules.delete(
+                sourceID, precondition: precondition, leaseToken: leaseToken, to: snapshot, now: clock()))
     }
 
     public func list(_ query: WatermarkQuery) -> WatermarkPage {
@@ -57,13 +54,18 @@ public actor MemoryWatermarkStore: WatermarkStore {
     }
 
     public func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) throws -> Lease {
-        try transact { tx, now in
-            try WatermarkRules.acquireLease(sourceID, owner: owner, ttl: ttl, now: now, policy: policy, in: &tx)
-        }
+        let snapshot = state.snapshot(sourceID, idempotencyKey: nil)
+        let lease = try WatermarkRules.acquireLease(
+            sourceID, owner: owner, ttl: ttl, to: snapshot, now: clock(), policy: policy)
+        state.leases[sourceID] = lease
+        return lease
     }
 
     public func releaseLease(for sourceID: SourceID, token: Int64?) throws {
-        try transact { tx, now in try WatermarkRules.releaseLease(sourceID, token: token, now: now, in: &tx) }
+        let snapshot = state.snapshot(sourceID, idempotencyKey: nil)
+        if let ended = try WatermarkRules.releaseLease(sourceID, token: token, to: snapshot, now: clock()) {
+            state.leases[sourceID] = ended
+        }
     }
 
     public func summary() -> WatermarkSummary {
@@ -82,36 +84,40 @@ public actor MemoryWatermarkStore: WatermarkStore {
     }
 }
 
-/// The whole in-memory state; a value type, so a copy is a transaction.
-struct MemoryTransaction: WatermarkTransaction {
+/// The whole in-memory state.
+struct MemoryState {
     var watermarks: [SourceID: Watermark] = [:]
     var leases: [SourceID: Lease] = [:]
     /// Oldest first.
     var history: [SourceID: [WatermarkRun]] = [:]
     var idempotency: [SourceID: [String: IdempotencyRecord]] = [:]
 
-    func watermark(_ sourceID: SourceID) -> Watermark? { watermarks[sourceID] }
-    func lease(_ sourceID: SourceID) -> Lease? { leases[sourceID] }
-    func latestVersion(_ sourceID: SourceID) -> Int64 { history[sourceID]?.last?.version ?? 0 }
-    func idempotencyRecord(_ sourceID: SourceID, key: String) -> IdempotencyRecord? { idempotency[sourceID]?[key] }
-
-    mutating func save(_ watermark: Watermark) { watermarks[watermark.sourceID] = watermark }
-    mutating func deleteWatermark(_ sourceID: SourceID) { watermarks[sourceID] = nil }
-
-    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) {
-        var runs = history[sourceID, default: []]
-        runs.append(run)
-        if runs.count > keep { runs.removeFirst(runs.count - keep) }
-        history[sourceID] = runs
+    func snapshot(_ sourceID: SourceID, idempotencyKey: String?) -> WatermarkSnapshot {
+        WatermarkSnapshot(
+            watermark: watermarks[sourceID], lease: leases[sourceID],
+            latestVersion: history[sourceID]?.last?.version ?? 0,
+            idempotencyRecord: idempotencyKey.flatMap { idempotency[sourceID]?[$0] })
     }
 
-    mutating func save(_ lease: Lease) { leases[lease.sourceID] = lease }
-
-    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) {
-        var records = idempotency[sourceID, default: [:]].filter { $0.value.recordedAt >= expiredBefore }
-        records[record.key] = record
-        idempotency[sourceID] = records
+    mutating func persist(_ plan: WritePlan) {
+        guard let changes = plan.changes else { return }
+        let id = changes.watermark.sourceID
+        watermarks[id] = changes.watermark
+        var runs = history[id, default: []]
+        runs.append(changes.run)
+        if runs.count > changes.keepRuns { runs.removeFirst(runs.count - changes.keepRuns) }
+        history[id] = runs
+        if let record = changes.idempotencyRecord {
+            var records = idempotency[id, default: [:]].filter {
+                $0.value.recordedAt >= changes.idempotencyExpiredBefore
+            }
+            records[record.key] = record
+            idempotency[id] = records
+        }
     }
 
-    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) { idempotency[sourceID] = nil }
+    mutating func persist(_ plan: DeletePlan) {
+        watermarks[plan.sourceID] = nil
+        idempotency[plan.sourceID] = nil
+    }
 }

@@ -1,21 +1,51 @@
-/// What a store must be able to read and change inside one transaction. The rules below are written
-/// against this protocol only, so the SQLite store, the in-memory store and the mock client all apply
-/// exactly the same rules; a store contributes data access and atomicity, nothing else.
-public protocol WatermarkTransaction {
-    func watermark(_ sourceID: SourceID) throws -> Watermark?
+/// What the rules read about one source, loaded by a store inside the transaction that will persist the plan:
+/// the rules themselves read nothing and change nothing, so a store on any database (or in memory, or a
+/// client's local projection) applies exactly the same rules.
+public struct WatermarkSnapshot: Sendable, Equatable {
+    public var watermark: Watermark?
     /// The last lease granted on the source, live or not; `nil` if none ever was.
-    func lease(_ sourceID: SourceID) throws -> Lease?
-    /// The highest version ever recorded for the source (it outlives a delete), 0 if none.
-    func latestVersion(_ sourceID: SourceID) throws -> Int64
-    func idempotencyRecord(_ sourceID: SourceID, key: String) throws -> IdempotencyRecord?
-    mutating func save(_ watermark: Watermark) throws
-    mutating func deleteWatermark(_ sourceID: SourceID) throws
-    /// Appends a run and keeps only the newest `keep` runs of that source.
-    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) throws
-    mutating func save(_ lease: Lease) throws
-    /// Stores a first answer and forgets the source's records recorded before `expiredBefore`.
-    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) throws
-    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) throws
+    public var lease: Lease?
+    /// The highest version ever recorded for the source (it outlives a delete; the watermark's own when there
+    /// is one), 0 if none.
+    public var latestVersion: Int64
+    /// The first answer stored for the write's `Idempotency-Key`, if it has one and it was seen.
+    public var idempotencyRecord: IdempotencyRecord?
+
+    public init(
+        watermark: Watermark? = nil, lease: Lease? = nil, latestVersion: Int64? = nil,
+        idempotencyRecord: IdempotencyRecord? = nil
+    ) {
+        self.watermark = watermark
+        self.lease = lease
+        self.latestVersion = latestVersion ?? watermark?.version ?? 0
+        self.idempotencyRecord = idempotencyRecord
+    }
+}
+
+/// What a store persists for an accepted write, and the answer to give once it has.
+public struct WritePlan: Sendable, Equatable {
+    /// The rows to write; `nil` for the replay of a stored answer, which changes nothing.
+    public struct Changes: Sendable, Equatable {
+        /// Saved in place of the source's watermark.
+        public var watermark: Watermark
+        /// Appended to the history, of which only the newest `keepRuns` runs stay.
+        public var run: WatermarkRun
+        public var keepRuns: Int
+        /// Stored for the write's key; the source's records recorded before `idempotencyExpiredBefore` go.
+        public var idempotencyRecord: IdempotencyRecord?
+        public var idempotencyExpiredBefore: Timestamp
+    }
+
+    public var outcome: WriteOutcome
+    public var changes: Changes?
+}
+
+/// A reset to persist: the source's watermark and its idempotency records go; its runs, highest version and
+/// lease stay.
+public struct DeletePlan: Sendable, Equatable {
+    public var sourceID: SourceID
+
+    public init(sourceID: SourceID) { self.sourceID = sourceID }
 }
 
 /// The first answer given to an idempotency key.
@@ -41,15 +71,17 @@ public enum WatermarkRules {
     public static let maxOwnerLength = 256
     public static let maxIdempotencyKeyLength = 255
 
-    /// Accepts or refuses one update. A refusal throws before anything is changed.
+    /// Accepts or refuses one update. A refusal throws; nothing is persisted unless the store persists the plan.
     public static func apply(
-        _ write: WatermarkWrite, now: Timestamp, policy: WatermarkPolicy, in tx: inout some WatermarkTransaction
-    ) throws -> WriteOutcome {
+        _ write: WatermarkWrite, to snapshot: WatermarkSnapshot, now: Timestamp, policy: WatermarkPolicy
+    ) throws -> WritePlan {
         let id = write.sourceID
         let update = write.update
-        if let key = write.idempotencyKey, let record = try tx.idempotencyRecord(id, key: key) {
+        if write.idempotencyKey != nil, let record = snapshot.idempotencyRecord {
             guard record.fingerprint == write.fingerprint else { throw WatermarkError.idempotencyKeyReused }
-            return WriteOutcome(watermark: record.watermark, created: record.created, replayed: true)
+            return WritePlan(
+                outcome: WriteOutcome(watermark: record.watermark, created: record.created, replayed: true),
+                changes: nil)
         }
         if update.status == .success {
             guard let timestamp = update.timestamp else { throw WatermarkError.missingTimestamp }
@@ -57,8 +89,8 @@ public enum WatermarkRules {
                 throw WatermarkError.timestampInFuture(timestamp, tolerance: policy.futureTolerance)
             }
         }
-        try checkFencing(id, token: write.leaseToken, lease: tx.lease(id), now: now)
-        let existing = try tx.watermark(id)
+        try checkFencing(id, token: write.leaseToken, lease: snapshot.lease, now: now)
+        let existing = snapshot.watermark
         try check(write.precondition, existing: existing)
         if update.status == .success, let timestamp = update.timestamp, let stored = existing?.lastSuccessfulTimestamp,
             timestamp < stored, !write.force
@@ -66,7 +98,7 @@ public enum WatermarkRules {
             throw WatermarkError.watermarkRegression(stored: stored, requested: timestamp)
         }
 
-        let version = try (existing?.version ?? tx.latestVersion(id)) + 1
+        let version = (existing?.version ?? snapshot.latestVersion) + 1
         let success = update.status == .success
         let watermark = Watermark(
             sourceID: id,
@@ -79,70 +111,66 @@ public enum WatermarkRules {
             consecutiveFailures: success ? 0 : (existing?.consecutiveFailures ?? 0) + 1,
             createdAt: existing?.createdAt ?? now
         )
-        try tx.save(watermark)
         let run = WatermarkRun(
             version: version, recordedAt: now, status: update.status, timestamp: update.timestamp,
             lastSuccessfulTimestamp: watermark.lastSuccessfulTimestamp, recordsCollected: watermark.recordsCollected,
             errorMessage: update.errorMessage
         )
-        try tx.append(run, for: id, keep: max(1, policy.historyRetention))
         let outcome = WriteOutcome(watermark: watermark, created: existing == nil)
-        if let key = write.idempotencyKey {
-            let record = IdempotencyRecord(
+        let record = write.idempotencyKey.map { key in
+            IdempotencyRecord(
                 key: key, fingerprint: write.fingerprint, watermark: watermark, created: outcome.created,
-                recordedAt: now
-            )
-            try tx.save(record, for: id, expiredBefore: now.adding(.zero - policy.idempotencyRetention))
+                recordedAt: now)
         }
-        return outcome
+        return WritePlan(
+            outcome: outcome,
+            changes: WritePlan.Changes(
+                watermark: watermark, run: run, keepRuns: max(1, policy.historyRetention), idempotencyRecord: record,
+                idempotencyExpiredBefore: now.adding(.zero - policy.idempotencyRetention)))
     }
 
     /// Resets a source: its next run starts from the default lookback. Its runs (answered again by the history
     /// after its next update), its highest version and the lease counter stay.
     public static func delete(
-        _ id: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, now: Timestamp,
-        in tx: inout some WatermarkTransaction
-    ) throws {
-        try checkFencing(id, token: leaseToken, lease: tx.lease(id), now: now)
-        let existing = try tx.watermark(id)
+        _ id: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, to snapshot: WatermarkSnapshot,
+        now: Timestamp
+    ) throws -> DeletePlan {
+        try checkFencing(id, token: leaseToken, lease: snapshot.lease, now: now)
+        let existing = snapshot.watermark
         if precondition == .absent {
             throw WatermarkError.invalidHeader("If-None-Match", "'*' has no meaning on DELETE; use If-Match")
         }
         try check(precondition, existing: existing)
         guard existing != nil else { throw WatermarkError.watermarkNotFound(id) }
-        try tx.deleteWatermark(id)
-        try tx.deleteIdempotencyRecords(id)
+        return DeletePlan(sourceID: id)
     }
 
-    /// Grants, renews or refuses a lease. A source needs no watermark to be leased (its first run).
+    /// Grants, renews or refuses a lease. A source needs no watermark to be leased (its first run). The plan is
+    /// the lease to save, which is also the answer.
     public static func acquireLease(
-        _ id: SourceID, owner: String, ttl: Duration, now: Timestamp, policy: WatermarkPolicy,
-        in tx: inout some WatermarkTransaction
+        _ id: SourceID, owner: String, ttl: Duration, to snapshot: WatermarkSnapshot, now: Timestamp,
+        policy: WatermarkPolicy
     ) throws -> Lease {
         try validateLease(owner: owner, ttl: ttl, policy: policy)
         let expiresAt = now.adding(ttl)
-        let current = try tx.lease(id)
-        let lease: Lease
-        if let current, current.isLive(at: now) {
+        if let current = snapshot.lease, current.isLive(at: now) {
             guard current.owner == owner else { throw WatermarkError.leaseHeld(current) }
-            lease = Lease(sourceID: id, owner: owner, fencingToken: current.fencingToken, expiresAt: expiresAt)
-        } else {
-            lease = Lease(
-                sourceID: id, owner: owner, fencingToken: (current?.fencingToken ?? 0) + 1, expiresAt: expiresAt)
+            return Lease(sourceID: id, owner: owner, fencingToken: current.fencingToken, expiresAt: expiresAt)
         }
-        try tx.save(lease)
-        return lease
+        return Lease(
+            sourceID: id, owner: owner, fencingToken: (snapshot.lease?.fencingToken ?? 0) + 1, expiresAt: expiresAt)
     }
 
-    /// Ends a live lease early. Releasing a lease that already expired is not an error.
+    /// Ends a live lease early: the plan is the ended lease to save, `nil` when there is nothing to end (releasing
+    /// a lease that already expired is not an error).
     public static func releaseLease(
-        _ id: SourceID, token: Int64?, now: Timestamp, in tx: inout some WatermarkTransaction
-    ) throws {
-        guard var current = try tx.lease(id), current.isLive(at: now) else { return }
+        _ id: SourceID, token: Int64?, to snapshot: WatermarkSnapshot, now: Timestamp
+    ) throws -> Lease? {
+        guard var current = snapshot.lease, current.isLive(at: now) else { return nil }
         guard let token else { throw WatermarkError.leaseRequired(id) }
         guard token == current.fencingToken else { throw WatermarkError.staleLease(id, token: token) }
         current.expiresAt = now
-        try tx.save(current)
+        return current
     }
 
     /// Validates the body of a lease request.

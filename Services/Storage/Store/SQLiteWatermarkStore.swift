@@ -104,14 +104,20 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
         defer { cache.forget(write.sourceID) }
         return try await transact { tx, now in
-            try WatermarkRules.apply(write, now: now, policy: self.policy, in: &tx)
+            let snapshot = try tx.snapshot(write.sourceID, idempotencyKey: write.idempotencyKey)
+            let plan = try WatermarkRules.apply(write, to: snapshot, now: now, policy: self.policy)
+            try tx.persist(plan)
+            return plan.outcome
         }
     }
 
     func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
         defer { cache.forget(sourceID) }
         try await transact { tx, now in
-            try WatermarkRules.delete(sourceID, precondition: precondition, leaseToken: leaseToken, now: now, in: &tx)
+            let snapshot = try tx.snapshot(sourceID, idempotencyKey: nil)
+            try tx.persist(
+                try WatermarkRules.delete(
+                    sourceID, precondition: precondition, leaseToken: leaseToken, to: snapshot, now: now))
         }
     }
 
@@ -149,12 +155,21 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
         try await transact { tx, now in
-            try WatermarkRules.acquireLease(sourceID, owner: owner, ttl: ttl, now: now, policy: self.policy, in: &tx)
+            let snapshot = try tx.snapshot(sourceID, idempotencyKey: nil)
+            let lease = try WatermarkRules.acquireLease(
+                sourceID, owner: owner, ttl: ttl, to: snapshot, now: now, policy: self.policy)
+            try tx.save(lease)
+            return lease
         }
     }
 
     func releaseLease(for sourceID: SourceID, token: Int64?) async throws {
-        try await transact { tx, now in try WatermarkRules.releaseLease(sourceID, token: token, now: now, in: &tx) }
+        try await transact { tx, now in
+            let snapshot = try tx.snapshot(sourceID, idempotencyKey: nil)
+            if let ended = try WatermarkRules.releaseLease(sourceID, token: token, to: snapshot, now: now) {
+                try tx.save(ended)
+            }
+        }
     }
 
     func summary() async throws -> WatermarkSummary {

@@ -1,0 +1,100 @@
+import Testing
+import WatermarkCore
+
+/// The rules as the pure function every store calls: a snapshot in, a plan out, nothing read or changed
+/// behind their back. (The stores' own tests and the conformance suite cover them through each store.)
+@Suite("Watermark rules: snapshot in, plan out")
+struct WatermarkRulesTests {
+    let id: SourceID
+    let now: Timestamp
+    let policy = WatermarkPolicy()
+
+    init() throws {
+        id = try SourceID("rules")
+        now = try Timestamp(rfc3339: "2026-01-01T00:00:00Z")
+    }
+
+    func at(_ text: String) throws -> Timestamp { try Timestamp(rfc3339: text) }
+
+    func success(_ text: String) throws -> WatermarkUpdate {
+        WatermarkUpdate(timestamp: try at(text), status: .success, recordsCollected: 3)
+    }
+
+    @Test func aFirstWriteAfterAResetContinuesTheVersions() throws {
+        let write = WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z"))
+        let plan = try WatermarkRules.apply(
+            write, to: WatermarkSnapshot(latestVersion: 7), now: now, policy: policy)
+        let changes = try #require(plan.changes)
+        #expect(plan.outcome.created && plan.outcome.watermark.version == 8)
+        #expect(changes.watermark == plan.outcome.watermark && changes.run.version == 8)
+        #expect(changes.run.recordedAt == now && changes.keepRuns == policy.historyRetention)
+        #expect(changes.idempotencyRecord == nil)
+    }
+
+    @Test func aReplayedKeyAnswersTheStoredOutcomeAndChangesNothing() throws {
+        let write = WatermarkWrite(
+            sourceID: id, update: try success("2025-12-31T00:00:00Z"), idempotencyKey: "run-1")
+        let first = try WatermarkRules.apply(write, to: WatermarkSnapshot(), now: now, policy: policy)
+        let record = try #require(first.changes?.idempotencyRecord)
+        let snapshot = WatermarkSnapshot(watermark: first.outcome.watermark, idempotencyRecord: record)
+        let replay = try WatermarkRules.apply(write, to: snapshot, now: now.adding(.seconds(5)), policy: policy)
+        #expect(replay.changes == nil && replay.outcome.replayed && replay.outcome.watermark == first.outcome.watermark)
+        var other = write
+        other.update = try success("2025-12-31T01:00:00Z")
+        #expect(throws: WatermarkError.idempotencyKeyReused) {
+            try WatermarkRules.apply(other, to: snapshot, now: now, policy: policy)
+        }
+    }
+
+    @Test func refusalsThrowInsteadOfPlanning() throws {
+        let stored = try WatermarkRules.apply(
+            WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z")), to: WatermarkSnapshot(),
+            now: now, policy: policy
+        ).outcome.watermark
+        let snapshot = WatermarkSnapshot(watermark: stored)
+        let older = WatermarkWrite(sourceID: id, update: try success("2025-12-01T00:00:00Z"))
+        #expect(throws: WatermarkError.self) { try WatermarkRules.apply(older, to: snapshot, now: now, policy: policy) }
+        let forced = WatermarkWrite(sourceID: id, update: try success("2025-12-01T00:00:00Z"), force: true)
+        #expect(try WatermarkRules.apply(forced, to: snapshot, now: now, policy: policy).outcome.watermark.version == 2)
+        let stale = WatermarkWrite(
+            sourceID: id, update: try success("2025-12-31T00:00:00Z"), precondition: .version(9))
+        #expect(throws: WatermarkError.self) { try WatermarkRules.apply(stale, to: snapshot, now: now, policy: policy) }
+    }
+
+    @Test func leasesAreGrantedRenewedFencedAndReleasedAsPlans() throws {
+        let granted = try WatermarkRules.acquireLease(
+            id, owner: "a", ttl: .seconds(60), to: WatermarkSnapshot(), now: now, policy: policy)
+        #expect(granted.fencingToken == 1 && granted.expiresAt == now.adding(.seconds(60)))
+        let held = WatermarkSnapshot(lease: granted)
+        #expect(throws: WatermarkError.self) {
+            try WatermarkRules.acquireLease(id, owner: "b", ttl: .seconds(60), to: held, now: now, policy: policy)
+        }
+        let renewed = try WatermarkRules.acquireLease(
+            id, owner: "a", ttl: .seconds(60), to: held, now: now.adding(.seconds(30)), policy: policy)
+        #expect(renewed.fencingToken == 1)
+        let later = now.adding(.seconds(120))
+        #expect(
+            try WatermarkRules.acquireLease(id, owner: "b", ttl: .seconds(60), to: held, now: later, policy: policy)
+                .fencingToken == 2)
+        // A write during the lease needs its token.
+        let unfenced = WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z"))
+        #expect(throws: WatermarkError.self) { try WatermarkRules.apply(unfenced, to: held, now: now, policy: policy) }
+        // Release: the ended lease to save, or nothing once it lapsed.
+        let ended = try #require(try WatermarkRules.releaseLease(id, token: 1, to: held, now: now))
+        #expect(ended.expiresAt == now)
+        #expect(try WatermarkRules.releaseLease(id, token: 1, to: held, now: later) == nil)
+    }
+
+    @Test func aDeleteNeedsAWatermarkAndPlansItsRemoval() throws {
+        #expect(throws: WatermarkError.self) {
+            try WatermarkRules.delete(id, precondition: nil, leaseToken: nil, to: WatermarkSnapshot(), now: now)
+        }
+        let stored = try WatermarkRules.apply(
+            WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z")), to: WatermarkSnapshot(),
+            now: now, policy: policy
+        ).outcome.watermark
+        let plan = try WatermarkRules.delete(
+            id, precondition: .version(1), leaseToken: nil, to: WatermarkSnapshot(watermark: stored), now: now)
+        #expect(plan == DeletePlan(sourceID: id))
+    }
+}
