@@ -70,29 +70,11 @@ extension WatermarkError {
         WatermarkError(status: 400, code: "invalid_header", message: "header \(name): \(detail)")
     }
 
-    // 401, 403
-    public static let unauthorized = WatermarkError(
-        status: 401, code: "unauthorized",
-        message: "missing or wrong bearer token: send 'Authorization: Bearer <STORAGE_API_TOKEN>'"
-    )
-    public static let forbidden = WatermarkError(
-        status: 403, code: "forbidden", message: "the read-only token cannot change data; use STORAGE_API_TOKEN"
-    )
-
-    // 404, 405
+    // 404
     public static func watermarkNotFound(_ id: SourceID) -> WatermarkError {
         WatermarkError(
             status: 404, code: "watermark_not_found",
             message: "no watermark for source '\(id)' (a first collection starts from the default lookback)"
-        )
-    }
-    public static func routeNotFound(_ path: String) -> WatermarkError {
-        WatermarkError(status: 404, code: "not_found", message: "no such endpoint: \(path.prefix(200))")
-    }
-    public static func methodNotAllowed(_ method: String, allowed: [String]) -> WatermarkError {
-        WatermarkError(
-            status: 405, code: "method_not_allowed",
-            message: "method \(method.prefix(32)) is not allowed here; allowed: \(allowed.joined(separator: ", "))"
         )
     }
 
@@ -128,25 +110,13 @@ extension WatermarkError {
         message: "this Idempotency-Key was already used with a different request; use a new key per update"
     )
 
-    // 412, 413, 415
+    // 412
     public static func preconditionFailed(_ detail: String) -> WatermarkError {
         WatermarkError(status: 412, code: "precondition_failed", message: detail)
-    }
-    public static func payloadTooLarge(limit: Int) -> WatermarkError {
-        WatermarkError(status: 413, code: "payload_too_large", message: "the request body is over \(limit) bytes")
-    }
-    public static func unsupportedMediaType(_ type: String) -> WatermarkError {
-        WatermarkError(
-            status: 415, code: "unsupported_media_type",
-            message: "content type '\(type.prefix(100))' is not JSON: send 'Content-Type: application/json'"
-        )
     }
 
     // 5xx
     public static func unavailable(_ detail: String) -> WatermarkError {
         WatermarkError(status: 503, code: "database_unavailable", message: "the database cannot be used: \(detail)")
     }
-    public static let internalError = WatermarkError(
-        status: 500, code: "internal_error", message: "an unexpected error occurred; see the server log"
-    )
 }

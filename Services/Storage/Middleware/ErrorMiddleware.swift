@@ -58,10 +58,3 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         }
     }
 }
-
-extension WatermarkError {
-    /// A request whose body never arrived whole: the connection ended or broke HTTP framing.
-    static func incompleteRequest(_ detail: String) -> WatermarkError {
-        WatermarkError(status: 400, code: "incomplete_request", message: detail)
-    }
-}
