@@ -38,6 +38,13 @@ let package = Package(
             path: "Shared/WatermarkCore",
             swiftSettings: swiftSettings
         ),
+        // The server side of the model: the store protocol and the in-memory store (which the mock client runs too).
+        .target(
+            name: "WatermarkStores",
+            dependencies: ["WatermarkCore"],
+            path: "Shared/WatermarkStores",
+            swiftSettings: swiftSettings
+        ),
         // What both services and the client library share beyond the model: TLS files, the health probe.
         .target(
             name: "ServiceSupport",
@@ -55,6 +62,7 @@ let package = Package(
             name: "StorageClient",
             dependencies: [
                 "WatermarkCore",
+                "WatermarkStores",
                 "ServiceSupport",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -70,6 +78,7 @@ let package = Package(
             name: "StorageService",
             dependencies: [
                 "WatermarkCore",
+                "WatermarkStores",
                 "ServiceSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -135,6 +144,7 @@ let package = Package(
             name: "StorageServiceTests",
             dependencies: [
                 "TestSupport",
+                "WatermarkStores",
                 .product(name: "Yams", package: "Yams"),
                 "StorageService",
                 "WatermarkCore",
@@ -149,6 +159,7 @@ let package = Package(
             name: "StorageClientTests",
             dependencies: [
                 "TestSupport",
+                "WatermarkStores",
                 "StorageClient",
                 "StorageService",
                 "WatermarkCore",

@@ -5,6 +5,7 @@ import HummingbirdTLS
 import Logging
 import NIOCore
 import WatermarkCore
+import WatermarkStores
 
 /// Builds the storage service: tests call this too, so they run exactly the app that ships.
 ///

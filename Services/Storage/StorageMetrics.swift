@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import Prometheus
 import WatermarkCore
+import WatermarkStores
 
 /// The service's Prometheus metrics, on a registry of its own (injected, so tests read exactly what
 /// one app instance recorded without a global metrics system).

@@ -1,4 +1,5 @@
 import WatermarkCore
+import WatermarkStores
 
 /// A `StorageClient` that keeps watermarks in memory, for unit tests and development without a Storage
 /// Service.

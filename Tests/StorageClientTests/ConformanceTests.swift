@@ -6,6 +6,7 @@ import StorageClient
 import TestSupport
 import Testing
 import WatermarkCore
+import WatermarkStores
 
 @testable import StorageService
 

@@ -8,6 +8,7 @@ import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
+import WatermarkStores
 
 @testable import StorageClient
 

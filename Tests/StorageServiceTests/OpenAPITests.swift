@@ -7,6 +7,7 @@ import NIOCore
 import TestSupport
 import Testing
 import WatermarkCore
+import WatermarkStores
 import Yams
 
 @testable import StorageService

@@ -4,6 +4,7 @@ import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
+import WatermarkStores
 
 @testable import StorageService
 

@@ -2,6 +2,7 @@ import GRDB
 import TestSupport
 import Testing
 import WatermarkCore
+import WatermarkStores
 
 @testable import StorageService
 

@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import WatermarkCore
+import WatermarkStores
 
 /// `/health`, `/status`, `/metrics` and `/openapi.yaml`: what operators, orchestrators and API clients look at.
 struct SystemController<Context: RequestContext> {

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import WatermarkCore
+import WatermarkStores
 
 /// `/api/v1/watermarks`: read, write, reset, list, history and leases of watermarks.
 ///

@@ -3,6 +3,7 @@ import GRDB
 import Logging
 import NIOConcurrencyHelpers
 import WatermarkCore
+import WatermarkStores
 
 /// The watermark store on SQLite: one `DatabasePool` in WAL mode with `synchronous=FULL`, so a write
 /// is on disk before the caller is answered, and readers never wait for the writer.

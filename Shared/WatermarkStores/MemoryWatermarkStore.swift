@@ -1,3 +1,5 @@
+import WatermarkCore
+
 /// A `WatermarkStore` in memory, for tests and the mock storage client.
 ///
 /// Each call reads a snapshot of the source, runs the shared rules on it and persists their plan; a refused
