@@ -64,7 +64,7 @@ func buildRouter(
     ).addRoutes(open: recorder, protected: protected)
     protected.addRoutes(
         WatermarkController<StorageRequestContext>(
-            store: store, maxBodySize: configuration.maxBodySize, cacheEntries: configuration.readCacheEntries
+            store: store, cacheEntries: configuration.readCacheEntries
         ).endpoints,
         atPath: "/api/v1/watermarks"
     )

@@ -45,8 +45,6 @@ package struct StorageConfiguration: Sendable {
     /// Watermarks kept in memory for GETs, each with its JSON: bounds the memory whatever the number of sources
     /// (about 1 KiB an entry); a read past it costs one indexed SQLite lookup.
     package var readCacheEntries = 10_000
-    /// Largest request body accepted (the contract's 64 KiB).
-    package var maxBodySize = 64 * 1024
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
     package var tls: TLSFiles?
 

@@ -11,13 +11,11 @@ import WatermarkStores
 /// the store, which applies the watermark rules in one transaction.
 struct WatermarkController<Context: RequestContext> {
     let store: any WatermarkStore
-    let maxBodySize: Int
     /// The JSON of watermarks answered lately: a GET of an unchanged watermark encodes nothing.
     let bodies: ReadCache<SourceID, EncodedWatermark>
 
-    init(store: any WatermarkStore, maxBodySize: Int, cacheEntries: Int) {
+    init(store: any WatermarkStore, cacheEntries: Int) {
         self.store = store
-        self.maxBodySize = maxBodySize
         self.bodies = ReadCache(capacity: cacheEntries)
     }
 
@@ -51,8 +49,7 @@ struct WatermarkController<Context: RequestContext> {
         let precondition = try request.writePrecondition()
         let leaseToken = try request.leaseToken()
         let idempotencyKey = try request.idempotencyKey()
-        var request = request
-        let update = try await request.decodeJSON(WatermarkUpdate.self, limit: maxBodySize)
+        let update = try await request.decode(as: WatermarkUpdate.self, context: context)
         let outcome = try await store.write(
             WatermarkWrite(
                 sourceID: id, update: update, force: force, precondition: precondition, leaseToken: leaseToken,
@@ -111,8 +108,7 @@ struct WatermarkController<Context: RequestContext> {
 
     @Sendable func acquireLease(request: Request, context: Context) async throws -> Response {
         let id = try sourceID(context)
-        var request = request
-        let body = try await request.decodeJSON(LeaseRequestBody.self, limit: maxBodySize)
+        let body = try await request.decode(as: LeaseRequestBody.self, context: context)
         let lease = try await store.acquireLease(for: id, owner: body.owner, ttl: .seconds(body.ttlSeconds))
         context.logger.info(
             "Lease granted",
