@@ -92,7 +92,7 @@ public enum StorageClientError: Error, Sendable, CustomStringConvertible {
 
     /// Maps the service's error body (or the in-memory store's refusal) to a case.
     public init(_ error: WatermarkError) {
-        switch error.status {
+        switch error.statusCode {
         case 404: self = .notFound(message: error.message)
         case 409: self = .conflict(code: error.code, message: error.message)
         case 412: self = .preconditionFailed(message: error.message)

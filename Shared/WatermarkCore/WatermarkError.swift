@@ -4,7 +4,8 @@
 /// The storage service renders it as `{"error": {"code", "message"}}`; the in-memory client throws the
 /// very same values, so a caller cannot tell the two apart by their errors.
 public struct WatermarkError: Error, Sendable, Equatable, Codable, CustomStringConvertible {
-    public let status: Int
+    /// The HTTP status it is answered with.
+    public let statusCode: Int
     public let code: String
     public let message: String
     /// Who holds a lease, for `lease_held`.
@@ -13,17 +14,17 @@ public struct WatermarkError: Error, Sendable, Equatable, Codable, CustomStringC
     public var expiresAt: Timestamp?
 
     public init(status: Int, code: String, message: String, holder: String? = nil, expiresAt: Timestamp? = nil) {
-        self.status = status
+        self.statusCode = status
         self.code = code
         self.message = message
         self.holder = holder
         self.expiresAt = expiresAt
     }
 
-    public var description: String { "\(status) \(code): \(message)" }
+    public var description: String { "\(statusCode) \(code): \(message)" }
 
     enum CodingKeys: String, CodingKey {
-        case status, code, message, holder
+        case statusCode = "status", code, message, holder
         case expiresAt = "expires_at"
     }
 }

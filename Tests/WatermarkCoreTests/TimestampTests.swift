@@ -118,7 +118,7 @@ struct SourceIDTests {
         do {
             _ = try SourceID(text)
         } catch {
-            #expect(error.code == "invalid_source_id" && error.status == 400)
+            #expect(error.code == "invalid_source_id" && error.statusCode == 400)
         }
     }
 }

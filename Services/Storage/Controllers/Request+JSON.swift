@@ -176,7 +176,7 @@ enum JSONResponse {
     /// The contract's error body: `{"error": {"code", "message"}}` (plus holder and expiry for a held lease).
     static func error(_ error: WatermarkError, headers: HTTPFields = [:]) -> Response {
         do {
-            return try make(ErrorEnvelope(error), status: HTTPResponse.Status(code: error.status), headers: headers)
+            return try make(ErrorEnvelope(error), status: error.status, headers: headers)
         } catch {
             return Response(status: .internalServerError)
         }

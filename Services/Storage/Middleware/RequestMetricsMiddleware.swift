@@ -16,8 +16,9 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             response = try await next(request, context)
         } catch {
-            // The error middleware answers everything; this only sees a failure to write the answer.
-            record(request, context: context, status: 500, start: start)
+            // A refusal renders itself further out (HTTPResponseError); anything else becomes a 500 there.
+            let status = (error as? any HTTPResponseError)?.status.code ?? 500
+            record(request, context: context, status: status, start: start)
             throw error
         }
         record(request, context: context, status: response.status.code, start: start)

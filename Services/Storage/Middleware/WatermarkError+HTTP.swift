@@ -1,4 +1,15 @@
+import HTTPTypes
+import Hummingbird
 import WatermarkCore
+
+/// Every refusal renders itself, in one place: its status and the contract's `{"error": {...}}` body.
+extension WatermarkError: HTTPResponseError {
+    public var status: HTTPResponse.Status { HTTPResponse.Status(code: statusCode) }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        JSONResponse.error(self)
+    }
+}
 
 /// The refusals that come from HTTP itself rather than from the watermark rules (401, 403, 404 for a path,
 /// 405, 413, 415, 500): the storage service's alone, so they live here and not in WatermarkCore.
