@@ -25,7 +25,7 @@ func buildEngine(
     )
     let board = SourceBoard(sources: sources)
     let runner = CollectionRunner(
-        storage: storage, manager: manager, dataDirectory: configuration.dataDirectory,
+        manager: manager, dataDirectory: configuration.dataDirectory,
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
         isStopping: { await board.isStopping() }
     )

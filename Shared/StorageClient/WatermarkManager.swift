@@ -22,7 +22,9 @@ import WatermarkCore
 public actor WatermarkManager {
     public let stateDirectory: String
     private let client: any StorageClient
-    private let logger: Logger
+    let logger: Logger
+    /// The storage this manager talks to, for the lease calls of `withLease`.
+    nonisolated var storage: any StorageClient { client }
     private let clock: @Sendable () -> Timestamp
 
     private var lastKnown: [SourceID: Watermark]

@@ -49,7 +49,7 @@ struct RunnerFixture {
         storage = InMemoryStorageClient()
         manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: logger)
         runner = CollectionRunner(
-            storage: storage, manager: manager, dataDirectory: dir, owner: owner, logger: logger,
+            manager: manager, dataDirectory: dir, owner: owner, logger: logger,
             requireLease: requireLease, clock: clock
         )
         source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir + "/in")))

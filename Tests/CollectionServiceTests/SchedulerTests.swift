@@ -41,7 +41,7 @@ struct SchedulerTests {
         let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
         let board = SourceBoard(sources: sources)
         let runner = CollectionRunner(
-            storage: storage, manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet,
+            manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet,
             isStopping: { await board.isStopping() }
         )
         return CollectionEngine(

@@ -14,7 +14,7 @@ import WatermarkCore
 /// boundary record again. The mark is the newest mark the source's data has passed that is not in the future:
 /// a record stamped ahead of this process's clock never holds the mark above records that are still to come.
 struct CollectionRunner: Sendable {
-    let storage: any StorageClient
+    /// The one dependency on the storage: watermarks, the queue of unsent updates, and leases (`withLease`).
     let manager: WatermarkManager
     let dataDirectory: String
     /// The lease owner (`INSTANCE_ID`, by default the host name: a restarted process is the same owner).
@@ -53,73 +53,76 @@ struct CollectionRunner: Sendable {
                 path: CollectionConfiguration.stateDirectory(of: dataDirectory) + "/dedup/\(source.id).sqlite")
             try index.catchUp(with: sink)
         } catch {
-            return await finishFailed(report, source: source, lease: nil, message: "\(error)", log: log)
+            return await finishFailed(report, session: nil, message: "\(error)", log: log)
         }
 
-        // 1. The lease: one collector per source across replicas.
+        // 1. The lease (one collector per source across replicas), and under it what an earlier run (killed, or
+        //    cut off from the storage) queued, before anything new; released when the run ends, however it ends.
         let ttl = Self.leaseTTL(for: source)
-        var lease: Lease?
         do {
-            lease = try await storage.acquireLease(sourceID: source.id, owner: owner, ttl: ttl)
-        } catch let error as StorageClientError where !error.isTransient {
-            if case .conflict(let code, let message) = error, code == "lease_held" {
-                report.outcome = .skipped
-                report.finishedAt = clock()
-                report.errorMessage = message
-                log.info(
-                    "collection run skipped: another collector holds the lease", metadata: ["detail": "\(message)"])
-                return report
+            return try await manager.withLease(source.id, owner: owner, ttl: ttl, requireLease: requireLease) {
+                session in
+                if session.withoutLease {
+                    report.withoutLease = true
+                    log.warning(
+                        "storage unreachable: running without a lease (single-replica degraded mode)",
+                        metadata: ["error": "\(session.unreachable ?? "unknown")"])
+                }
+                if let replay = session.replay {
+                    log.info(
+                        "queued watermark updates replayed",
+                        metadata: [
+                            "applied": "\(replay.applied)", "dead_lettered": "\(replay.dropped)",
+                            "remaining": "\(replay.remaining)",
+                            "lease_token": "\(session.lease.map { "\($0.fencingToken)" } ?? "none")",
+                        ]
+                    )
+                }
+                return await collect(
+                    source, collector: collector, session: &session, sink: sink, index: index,
+                    report: report, log: log)
             }
-            return await finishFailed(
-                report, source: source, lease: nil, message: "cannot take the source's lease: \(error)", log: log
-            )
-        } catch {
-            if requireLease {
-                report.outcome = .skipped
-                report.finishedAt = clock()
-                report.errorMessage = "storage unreachable: REQUIRE_LEASE=true, not collecting without the lease"
-                report.retryAfter = Self.leaseRetry(for: source)
-                log.warning(
-                    "collection run skipped: no lease while the storage is unreachable (REQUIRE_LEASE=true)",
-                    metadata: ["error": "\(error)", "retry_in_s": "\(report.retryAfter!.components.seconds)"]
-                )
-                return report
-            }
-            report.withoutLease = true
+        } catch LeaseRefusal.held(let message) {
+            report.outcome = .skipped
+            report.finishedAt = clock()
+            report.errorMessage = message
+            log.info("collection run skipped: another collector holds the lease", metadata: ["detail": "\(message)"])
+            return report
+        } catch LeaseRefusal.storageUnreachable(let error) {
+            report.outcome = .skipped
+            report.finishedAt = clock()
+            report.errorMessage = "storage unreachable: REQUIRE_LEASE=true, not collecting without the lease"
+            report.retryAfter = Self.leaseRetry(for: source)
             log.warning(
-                "storage unreachable: running without a lease (single-replica degraded mode)",
-                metadata: ["error": "\(error)"]
+                "collection run skipped: no lease while the storage is unreachable (REQUIRE_LEASE=true)",
+                metadata: ["error": "\(error)", "retry_in_s": "\(report.retryAfter!.components.seconds)"]
             )
+            return report
+        } catch {
+            return await finishFailed(report, session: nil, message: "\(error)", log: log)
         }
-        var leaseTakenAt = clock()
+    }
 
-        // 2. What an earlier run (killed, or cut off from the storage) queued goes first, under this lease.
-        if await manager.pendingCount(sourceID: source.id) > 0 {
-            let replay = await manager.flush(sourceID: source.id, leaseToken: lease?.fencingToken)
-            log.info(
-                "queued watermark updates replayed",
-                metadata: [
-                    "applied": "\(replay.applied)", "dead_lettered": "\(replay.dropped)",
-                    "remaining": "\(replay.remaining)",
-                    "lease_token": "\(lease.map { "\($0.fencingToken)" } ?? "none")",
-                ]
-            )
-        }
-
-        // 3. Where to start.
+    /// Steps 2 to 5 of a run, under its lease session.
+    private func collect(
+        _ source: SourceConfiguration, collector: any Collector, session: inout LeaseSession, sink: NDJSONSink,
+        index: DedupIndex, report: RunReport, log: Logger
+    ) async -> RunReport {
+        var report = report
+        let startedAt = report.startedAt
+        // 2. Where to start.
         let previous: Timestamp?
         do {
-            previous = try await manager.getWatermark(sourceID: source.id)?.lastSuccessfulTimestamp
+            previous = try await session.getWatermark()?.lastSuccessfulTimestamp
         } catch {
             return await finishFailed(
-                report, source: source, lease: lease, message: "cannot read the watermark: \(error)", log: log
-            )
+                report, session: session, message: "cannot read the watermark: \(error)", log: log)
         }
         report.watermark = previous
         let start = previous ?? startedAt.adding(.zero - source.lookback)
         let since = start.adding(.zero - source.overlap)
 
-        // 4. Pages, each appended and fsynced, with checkpoints on the way.
+        // 3. Pages, each appended and fsynced, with checkpoints on the way.
         var marks = MarkTracker(committed: previous ?? start)
         var sinceCheckpoint = (records: Int64(0), pages: 0, at: clock())
         do {
@@ -136,13 +139,9 @@ struct CollectionRunner: Sendable {
                         metadata: ["records": "\(report.recordsCollected)", "pages": "\(pages)"]
                     )
                     await flush(index, log: log)
-                    await release(lease, source: source, log: log)
                     return report
                 }
-                if let held = lease, clock().duration(since: leaseTakenAt) > ttl / 2 {
-                    lease = try await renew(held, source: source, ttl: ttl)
-                    leaseTakenAt = clock()
-                }
+                try await session.renewIfDue()
                 let page: CollectorPage
                 if let upcoming {
                     page = upcoming
@@ -177,11 +176,7 @@ struct CollectionRunner: Sendable {
                     Self.checkpointDue(
                         source, pages: sinceCheckpoint.pages, elapsed: clock().duration(since: sinceCheckpoint.at))
                 {
-                    let result = try await manager.updateWatermark(
-                        sourceID: source.id, timestamp: checkpoint, status: .success,
-                        recordsCollected: sinceCheckpoint.records,
-                        options: UpdateOptions(leaseToken: lease?.fencingToken)
-                    )
+                    let result = try await session.commit(checkpoint, recordsCollected: sinceCheckpoint.records)
                     marks.committed = checkpoint
                     report.checkpoints += 1
                     report.watermark = checkpoint
@@ -197,12 +192,11 @@ struct CollectionRunner: Sendable {
         } catch {
             await flush(index, log: log)
             return await finishFailed(
-                report, source: source, lease: lease, message: "\(error)", log: log,
-                recordsSinceCheckpoint: sinceCheckpoint.records
+                report, session: session, message: "\(error)", log: log, recordsSinceCheckpoint: sinceCheckpoint.records
             )
         }
 
-        // 5. The new mark: never backwards, never past what is on disk, never in the future.
+        // 4. The new mark: never backwards, never past what is on disk, never in the future.
         let mark = max(marks.committed, marks.newest ?? marks.committed)
         if let future = marks.newestInFuture {
             log.warning(
@@ -211,21 +205,17 @@ struct CollectionRunner: Sendable {
             )
         }
         do {
-            let result = try await manager.updateWatermark(
-                sourceID: source.id, timestamp: mark, status: .success, recordsCollected: sinceCheckpoint.records,
-                options: UpdateOptions(leaseToken: lease?.fencingToken)
-            )
+            let result = try await session.commit(mark, recordsCollected: sinceCheckpoint.records)
             report.updateQueued = result.isQueued
         } catch {
             return await finishFailed(
-                report, source: source, lease: lease, message: "watermark update refused: \(error)", log: log,
-                recordFailure: false
+                report, session: session, message: "watermark update refused: \(error)", log: log, recordFailure: false
             )
         }
+        // 5. The lease is released by the session when this returns.
         report.outcome = .success
         report.watermark = mark
         report.finishedAt = clock()
-        await release(lease, source: source, log: log)
         log.info(
             "collection run finished",
             metadata: [
@@ -252,15 +242,6 @@ struct CollectionRunner: Sendable {
             || (source.checkpointInterval > .zero && elapsed >= source.checkpointInterval)
     }
 
-    private func renew(_ lease: Lease, source: SourceConfiguration, ttl: Duration) async throws -> Lease {
-        do {
-            return try await storage.acquireLease(sourceID: source.id, owner: owner, ttl: ttl)
-        } catch let error as StorageClientError where error.isTransient {
-            // Storage away: keep going; the update carries the token and is refused if the lease was lost.
-            return lease
-        }
-    }
-
     /// Records a failed run (the watermark stays) and releases the lease.
     /// Commits the dedup index's last pages. A failure costs time only: the next run's `catchUp` indexes
     /// those records again from the sink, which holds them.
@@ -274,27 +255,32 @@ struct CollectionRunner: Sendable {
         }
     }
 
+    /// Records a failed run (the watermark stays), fenced with the session's lease when there is one.
     private func finishFailed(
-        _ report: RunReport, source: SourceConfiguration, lease: Lease?, message: String, log: Logger,
-        recordFailure: Bool = true, recordsSinceCheckpoint: Int64? = nil
+        _ report: RunReport, session: LeaseSession?, message: String, log: Logger, recordFailure: Bool = true,
+        recordsSinceCheckpoint: Int64? = nil
     ) async -> RunReport {
         var report = report
         report.outcome = .failed
         report.errorMessage = message
         if recordFailure {
             do {
-                let result = try await manager.updateWatermark(
-                    sourceID: source.id, timestamp: nil, status: .failed, errorMessage: String(message.prefix(4000)),
-                    recordsCollected: recordsSinceCheckpoint ?? report.recordsCollected,
-                    options: UpdateOptions(leaseToken: lease?.fencingToken)
-                )
+                let text = String(message.prefix(4000))
+                let records = recordsSinceCheckpoint ?? report.recordsCollected
+                let result: WatermarkUpdateResult
+                if let session {
+                    result = try await session.recordFailure(text, recordsCollected: records)
+                } else {
+                    result = try await manager.updateWatermark(
+                        sourceID: report.sourceID, timestamp: nil, status: .failed, errorMessage: text,
+                        recordsCollected: records)
+                }
                 report.updateQueued = result.isQueued
             } catch {
                 log.error("cannot record the failed run", metadata: ["error": "\(error)"])
             }
         }
         report.finishedAt = clock()
-        await release(lease, source: source, log: log)
         log.error(
             "collection run failed",
             metadata: [
@@ -303,16 +289,6 @@ struct CollectionRunner: Sendable {
             ]
         )
         return report
-    }
-
-    private func release(_ lease: Lease?, source: SourceConfiguration, log: Logger) async {
-        guard let lease else { return }
-        do {
-            try await storage.releaseLease(sourceID: source.id, token: lease.fencingToken)
-        } catch {
-            // An unreleased lease expires by itself; the next run only waits for its TTL.
-            log.warning("cannot release the lease", metadata: ["error": "\(error)"])
-        }
     }
 }
 

@@ -1,0 +1,143 @@
+import Logging
+import WatermarkCore
+
+/// Why `WatermarkManager.withLease` did not run its body.
+public enum LeaseRefusal: Error, Sendable, CustomStringConvertible {
+    /// Another owner holds the source's lease (the storage's message says who and until when).
+    case held(String)
+    /// The storage cannot be asked and the caller requires the lease.
+    case storageUnreachable(any Error)
+    /// The storage refused the lease for another reason (a bad owner, the token, ...).
+    case refused(StorageClientError)
+
+    public var description: String {
+        switch self {
+        case .held(let message): "another collector holds the lease: \(message)"
+        case .storageUnreachable(let error): "storage unreachable, not running without the lease: \(error)"
+        case .refused(let error): "cannot take the source's lease: \(error)"
+        }
+    }
+}
+
+/// A run's hold on one source, from `WatermarkManager.withLease`: the lease (or none in degraded mode), renewed
+/// as it runs, and the watermark calls, each fenced with the lease's token. The session is the one thing a run
+/// needs to read and move its mark.
+public struct LeaseSession: Sendable {
+    public let sourceID: SourceID
+    /// The lease held; `nil` when the storage could not be asked and the caller allowed running without one.
+    public private(set) var lease: Lease?
+    /// What replaying the updates an earlier run queued did, right after the lease was taken (`nil`: none queued).
+    public let replay: ReplaySummary?
+    /// Why there is no lease (the storage could not be asked), for the run's log.
+    public let unreachable: String?
+    let manager: WatermarkManager
+    let owner: String
+    let ttl: Duration
+    private var renewedAt: ContinuousClock.Instant
+
+    init(
+        sourceID: SourceID, lease: Lease?, replay: ReplaySummary?, unreachable: String?, manager: WatermarkManager,
+        owner: String, ttl: Duration
+    ) {
+        self.sourceID = sourceID
+        self.lease = lease
+        self.replay = replay
+        self.unreachable = unreachable
+        self.manager = manager
+        self.owner = owner
+        self.ttl = ttl
+        self.renewedAt = .now
+    }
+
+    /// Whether the run goes on without a lease (single-replica degraded mode).
+    public var withoutLease: Bool { lease == nil }
+
+    /// Renews the lease once half its TTL has passed. While the storage is away the lease held is kept: the
+    /// fenced updates are refused if it was lost meanwhile.
+    ///
+    /// - Throws: `StorageClientError` when the storage refuses the renewal (another owner took over).
+    public mutating func renewIfDue() async throws {
+        guard lease != nil, ContinuousClock.now - renewedAt > ttl / 2 else { return }
+        do {
+            lease = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
+            renewedAt = .now
+        } catch let error as StorageClientError where error.isTransient {
+            return
+        }
+    }
+
+    /// The source's watermark (the last known one while the storage is away).
+    public func getWatermark() async throws -> Watermark? {
+        try await manager.getWatermark(sourceID: sourceID)
+    }
+
+    /// Moves the mark, fenced with the lease's token; queued when the storage is away.
+    @discardableResult
+    public func commit(_ timestamp: Timestamp, recordsCollected: Int64) async throws -> WatermarkUpdateResult {
+        try await manager.updateWatermark(
+            sourceID: sourceID, timestamp: timestamp, status: .success, recordsCollected: recordsCollected,
+            options: UpdateOptions(leaseToken: lease?.fencingToken))
+    }
+
+    /// Records a failed run (the mark stays), fenced like `commit`.
+    @discardableResult
+    public func recordFailure(_ message: String, recordsCollected: Int64) async throws -> WatermarkUpdateResult {
+        try await manager.updateWatermark(
+            sourceID: sourceID, timestamp: nil, status: .failed, errorMessage: message,
+            recordsCollected: recordsCollected, options: UpdateOptions(leaseToken: lease?.fencingToken))
+    }
+}
+
+extension WatermarkManager {
+    /// Runs `body` holding the source's lease: takes it (one owner per source across replicas), replays what an
+    /// earlier run of the source queued under it, hands `body` a session whose watermark calls carry its fencing
+    /// token, and releases it when `body` returns or throws (an unreleased lease expires by itself).
+    ///
+    /// When the storage cannot be asked, `requireLease: false` runs `body` without a lease (a single replica
+    /// collecting through an outage) and `true` refuses.
+    ///
+    /// - Throws: `LeaseRefusal` when `body` did not run; else whatever `body` throws.
+    public nonisolated func withLease<T: Sendable>(
+        _ sourceID: SourceID, owner: String, ttl: Duration, requireLease: Bool,
+        _ body: (inout LeaseSession) async throws -> T
+    ) async throws -> T {
+        var lease: Lease?
+        var unreachable: String?
+        do {
+            lease = try await storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
+        } catch let error as StorageClientError where !error.isTransient {
+            if case .conflict(let code, let message) = error, code == "lease_held" { throw LeaseRefusal.held(message) }
+            throw LeaseRefusal.refused(error)
+        } catch {
+            if requireLease { throw LeaseRefusal.storageUnreachable(error) }
+            unreachable = "\(error)"
+        }
+        var replay: ReplaySummary?
+        if await pendingCount(sourceID: sourceID) > 0 {
+            replay = await flush(sourceID: sourceID, leaseToken: lease?.fencingToken)
+        }
+        var session = LeaseSession(
+            sourceID: sourceID, lease: lease, replay: replay, unreachable: unreachable, manager: self, owner: owner,
+            ttl: ttl)
+        do {
+            let result = try await body(&session)
+            await release(session.lease)
+            return result
+        } catch {
+            await release(session.lease)
+            throw error
+        }
+    }
+
+    /// Releases `lease` if there is one; a failure only means it expires by itself.
+    private nonisolated func release(_ lease: Lease?) async {
+        guard let lease else { return }
+        do {
+            try await storage.releaseLease(sourceID: lease.sourceID, token: lease.fencingToken)
+        } catch {
+            logger.warning(
+                "cannot release the lease; it expires by itself",
+                metadata: ["source_id": "\(lease.sourceID)", "error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import Logging
+import TestSupport
+import Testing
+import WatermarkCore
+
+@testable import StorageClient
+
+/// `WatermarkManager.withLease`: one dependency for a run's lease, its fenced mark and its release.
+@Suite("Lease session")
+struct LeaseSessionTests {
+    let id = sid("leased")
+    let mark = Timestamp.at("2026-01-01T00:00:00Z")
+
+    @Test func theBodyRunsFencedAndTheLeaseIsReleasedAfterIt() async throws {
+        let storage = InMemoryStorageClient()
+        try await withTemporaryDirectory { folder in
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            let token = try await manager.withLease(id, owner: "a", ttl: .seconds(60), requireLease: true) {
+                session in
+                #expect(!session.withoutLease && session.replay == nil)
+                try await session.commit(mark, recordsCollected: 4)
+                // Held now: another owner is refused, and an unfenced write too.
+                await #expect(throws: StorageClientError.self) {
+                    try await storage.acquireLease(sourceID: id, owner: "b", ttl: .seconds(60))
+                }
+                await #expect(throws: StorageClientError.self) {
+                    try await storage.updateWatermark(sourceID: id, timestamp: mark, status: .success)
+                }
+                return session.lease?.fencingToken
+            }
+            #expect(token == 1)
+            #expect(try await storage.getWatermark(sourceID: id)?.lastSuccessfulTimestamp == mark)
+            // Released: another owner gets it at once.
+            #expect(try await storage.acquireLease(sourceID: id, owner: "b", ttl: .seconds(60)).fencingToken == 2)
+        }
+    }
+
+    @Test func aThrowingBodyStillReleasesAndAHeldLeaseRefusesToRun() async throws {
+        let storage = InMemoryStorageClient()
+        try await withTemporaryDirectory { folder in
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
+            struct Boom: Error {}
+            await #expect(throws: Boom.self) {
+                try await manager.withLease(id, owner: "a", ttl: .seconds(60), requireLease: true) { _ in throw Boom() }
+            }
+            _ = try await storage.acquireLease(sourceID: id, owner: "b", ttl: .seconds(60))
+            var ran = false
+            do {
+                try await manager.withLease(id, owner: "a", ttl: .seconds(60), requireLease: false) { _ in ran = true }
+                Issue.record("ran while another owner held the lease")
+            } catch LeaseRefusal.held(let message) {
+                #expect(message.contains("'b'"), "\(message)")
+            }
+            #expect(!ran)
+        }
+    }
+}
