@@ -19,7 +19,13 @@ stop() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo "run-all: stopped"
 }
-trap stop INT TERM EXIT
+# Ctrl-C (or SIGTERM) is the normal end: both services stopped, exit 0.
+on_signal() {
+  stop
+  exit 0
+}
+trap on_signal INT TERM
+trap stop EXIT
 
 PORT=$storage_port HOST=${HOST:-127.0.0.1} DATABASE_PATH=${DATABASE_PATH:-data/watermarks.db} \
   "$bin/storage-service" &
@@ -52,5 +58,8 @@ cat <<INFO
 
 INFO
 
-# Exit (and stop the other) as soon as either service ends.
-wait -n "${pids[@]}" || true
+# A service that ends on its own is a failure: stop the other and exit 1.
+wait -n "${pids[@]}"
+status=$?
+echo "run-all: a service exited by itself (status $status); stopping the other" >&2
+exit 1

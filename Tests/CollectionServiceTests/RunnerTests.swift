@@ -190,10 +190,15 @@ struct RunnerTests {
     @Test func theLeaseIsReleasedAfterARunAndItsTokenFencesTheUpdate() async throws {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
-        _ = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
-        // Released: another owner can take it at once.
+        let report = await f.runner.run(
+            f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
+        // The update went through while the run's lease was live, so it carried the token: a write without it
+        // would have been refused with lease_required and the run would have failed.
+        #expect(report.outcome == .success && !report.withoutLease)
+        #expect(try await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp != nil)
+        // Released: another owner can take it at once, and gets the next token (the run held the first).
         let lease = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other", ttl: .seconds(60))
-        #expect(lease.owner == "other")
+        #expect(lease.owner == "other" && lease.fencingToken == 2)
     }
 
     @Test func storageDownQueuesTheUpdateRunsWithoutLeaseAndReplaysLater() async throws {

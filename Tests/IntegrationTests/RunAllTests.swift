@@ -55,8 +55,8 @@ struct RunAllTests {
 
         // Ctrl-C: the script stops both services and exits.
         let status = try await script.stop(signal: SIGINT, timeout: .seconds(30))
+        #expect(status == 0, "Ctrl-C is the normal end of run-all: \(script.log)")
         #expect(script.log.contains("run-all: stopped"))
-        _ = status
         for pid in pids {
             #expect(kill(pid, 0) != 0, "process \(pid) is still running")
         }

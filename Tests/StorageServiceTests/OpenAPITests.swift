@@ -140,12 +140,45 @@ struct OpenAPITests {
         for id in linked { #expect(operationIDs.contains(id), "link to unknown operation \(id)") }
     }
 
-    @Test("the headers of the contract are described")
-    func headersDescribed() {
-        let yaml = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: true))
-        for header in ["ETag", "If-Match", "If-None-Match", "Idempotency-Key", "Lease-Token", "Idempotent-Replayed"] {
-            #expect(yaml.contains(header), "\(header)")
+    /// The header parameters an operation declares (its own and its path's, `$ref`s resolved), and the headers
+    /// each of its responses declares, by status.
+    static func headers(_ yaml: String, _ operation: String) throws -> (
+        request: Set<String>, responses: [String: Set<String>]
+    ) {
+        let document = try parse(yaml)
+        let parameters = ((document["components"] as? [String: Any])?["parameters"] as? [String: Any]) ?? [:]
+        let parts = operation.split(separator: " ", maxSplits: 1).map(String.init)
+        let item = try #require((document["paths"] as? [String: Any])?[parts[1]] as? [String: Any])
+        let op = try #require(item[parts[0].lowercased()] as? [String: Any])
+        var request = Set<String>()
+        for case let parameter as [String: Any] in (item["parameters"] as? [Any] ?? [])
+            + (op["parameters"] as? [Any] ?? [])
+        {
+            let resolved = (parameter["$ref"] as? String).flatMap { parameters[String($0.split(separator: "/").last!)] }
+            let definition = (resolved as? [String: Any]) ?? parameter
+            if definition["in"] as? String == "header", let name = definition["name"] as? String {
+                request.insert(name)
+            }
         }
+        var responses: [String: Set<String>] = [:]
+        for (status, response) in (op["responses"] as? [String: Any]) ?? [:] {
+            responses[status] = Set((((response as? [String: Any])?["headers"] as? [String: Any]) ?? [:]).keys)
+        }
+        return (request, responses)
+    }
+
+    @Test("each header of the contract is declared on the operations that carry it")
+    func headersDescribed() throws {
+        let yaml = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: true))
+        let put = try Self.headers(yaml, "PUT /api/v1/watermarks/{source_id}")
+        #expect(put.request == ["If-Match", "If-None-Match", "Lease-Token", "Idempotency-Key"])
+        for status in ["200", "201"] { #expect(put.responses[status] == ["ETag", "Idempotent-Replayed"], "\(status)") }
+        let delete = try Self.headers(yaml, "DELETE /api/v1/watermarks/{source_id}")
+        #expect(delete.request == ["If-Match", "Lease-Token"])
+        let get = try Self.headers(yaml, "GET /api/v1/watermarks/{source_id}")
+        #expect(get.request.isEmpty && get.responses["200"] == ["ETag"])
+        #expect(try Self.headers(yaml, "DELETE /api/v1/watermarks/{source_id}/lease").request == ["Lease-Token"])
+        #expect(try Self.headers(yaml, "POST /api/v1/watermarks/{source_id}/lease").request.isEmpty)
         for status in ["400", "401", "403", "404", "409", "412", "413", "415", "503"] {
             #expect(yaml.contains("\"\(status)\":"), "\(status)")
         }
