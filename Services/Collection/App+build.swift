@@ -7,18 +7,11 @@ import ServiceLifecycle
 import StorageClient
 import WatermarkCore
 
-/// Everything the service is made of, built from configuration; the command and the tests build it the same
-/// way. The caller owns `httpClient` and `storage` and shuts them down after the app stops.
-struct CollectionServiceParts: Sendable {
-    let engine: CollectionEngine
-    let registry: PrometheusCollectorRegistry
-}
-
 /// Builds the engine (board, runner, collectors, manager, metrics) for the given sources.
 func buildEngine(
     configuration: CollectionConfiguration, sources: [SourceConfiguration], storage: any StorageClient,
     httpClient: HTTPClient, registry: PrometheusCollectorRegistry, logger: Logger,
-    retry: SourceRetryPolicy = .default
+    retry: RetryPolicy = .source
 ) throws -> CollectionEngine {
     let manager = try WatermarkManager(
         client: storage, stateDirectory: configuration.stateDirectory, logger: logger
@@ -27,7 +20,7 @@ func buildEngine(
     let runner = CollectionRunner(
         manager: manager, dataDirectory: configuration.dataDirectory,
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
-        isStopping: { await board.isStopping() }
+        isStopping: { board.isStopping() }
     )
     return CollectionEngine(
         board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),

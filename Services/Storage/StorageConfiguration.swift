@@ -50,14 +50,6 @@ package struct StorageConfiguration: Sendable {
 
     package init() {}
 
-    /// Every key this reader knows, for `--help` and for rejecting typos in flags.
-    package static let keys = [
-        "PORT", "HOST", "DATABASE_PATH", "STORAGE_API_TOKEN", "STORAGE_READ_TOKEN", "LOG_LEVEL", "ENVIRONMENT",
-        "FUTURE_TOLERANCE_SECONDS", "HISTORY_RETENTION", "STALE_AFTER_SECONDS", "IDLE_TIMEOUT_SECONDS",
-        "REQUEST_TIMEOUT_SECONDS", "MAX_CONNECTIONS", "READ_CACHE_ENTRIES", TLSFiles.certificateKey,
-        TLSFiles.privateKeyKey,
-    ]
-
     /// Reads `values` (the environment with flags laid over it). Invalid values are refused with a
     /// message that names the key and what is allowed.
     package init(_ values: [String: String]) throws(ConfigurationError) {

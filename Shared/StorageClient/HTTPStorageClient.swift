@@ -259,7 +259,7 @@ public final class HTTPStorageClient: StorageClient {
                     status == 404 && error.code != "watermark_not_found"
                     ? .invalidRequest(code: error.code, message: error.message) : StorageClientError(error)
                 retryable = [429, 502, 503, 504].contains(status)
-                retryAfter = response.headers.first(name: "Retry-After").flatMap(Self.parseRetryAfter)
+                retryAfter = response.headers.first(name: "Retry-After").flatMap(RetryPolicy.retryAfter)
             } catch let error as StorageClientError {
                 throw error
             } catch {
@@ -330,18 +330,6 @@ public final class HTTPStorageClient: StorageClient {
             status: Int(status.code), code: "http_\(status.code)",
             message: text.isEmpty ? status.reasonPhrase : "\(status.reasonPhrase): \(text)"
         )
-    }
-
-    /// `Retry-After` as delta-seconds or as an HTTP-date.
-    static func parseRetryAfter(_ value: String) -> Duration? {
-        let text = value.trimmingCharacters(in: .whitespaces)
-        if let seconds = Int64(text) { return seconds >= 0 ? .seconds(seconds) : nil }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-        guard let date = formatter.date(from: text) else { return nil }
-        return .milliseconds(max(0, Int64(date.timeIntervalSinceNow * 1000)))
     }
 
     /// Connection failures are worth retrying; a programming error, a cancelled call or (unless asked) a

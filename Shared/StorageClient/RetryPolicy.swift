@@ -1,5 +1,8 @@
-/// How `HTTPStorageClient` retries a call that failed for a reason that may pass: the connection could not
-/// be made or broke, or the service answered 502, 503, 504 or 429.
+import Foundation
+
+/// How a call is retried after a failure that may pass: the connection could not be made or broke, or the
+/// server answered 502, 503, 504 or 429. `HTTPStorageClient` uses it with the storage, the collection
+/// service's source client with the feeds (with its own defaults).
 ///
 /// Only idempotent calls are retried (every call of the client is: a `PUT` always carries an
 /// `Idempotency-Key`, so the service applies it once however often it arrives). The wait before retry *n*
@@ -58,5 +61,18 @@ public struct RetryPolicy: Sendable, Equatable {
         guard let retryAfter else { return jittered }
         guard retryAfter <= maxRetryAfter else { return nil }
         return max(retryAfter, jittered)
+    }
+
+    /// `Retry-After` as delta-seconds or as an HTTP-date (RFC 9110); `nil` for anything else, a negative
+    /// number included (the caller then backs off as if it was not sent).
+    public static func retryAfter(_ value: String) -> Duration? {
+        let text = value.trimmingCharacters(in: .whitespaces)
+        if let seconds = Int64(text) { return seconds >= 0 ? .seconds(seconds) : nil }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        guard let date = formatter.date(from: text) else { return nil }
+        return .milliseconds(max(0, Int64(date.timeIntervalSinceNow * 1000)))
     }
 }

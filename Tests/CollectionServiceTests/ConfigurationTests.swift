@@ -139,10 +139,10 @@ struct ConfigurationTests {
     }
 
     @Test func naiveAndOffsetTimestampsParse() throws {
-        #expect(try JSONRecords.naiveUTC("2024-01-01T12:00:00.123000") == ts("2024-01-01T12:00:00.123Z"))
-        #expect(try JSONRecords.naiveUTC("2024-01-01T12:00:00") == ts("2024-01-01T12:00:00Z"))
-        #expect(try JSONRecords.naiveUTC("2024-01-01 12:00:00") == ts("2024-01-01T12:00:00Z"))
-        #expect(try JSONRecords.naiveUTC("2024-01-01T12:00:00+02:00") == ts("2024-01-01T10:00:00Z"))
-        #expect(throws: TimestampError.self) { try JSONRecords.naiveUTC("yesterday") }
+        #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00.123000", assumeUTC: true) == ts("2024-01-01T12:00:00.123Z"))
+        #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00", assumeUTC: true) == ts("2024-01-01T12:00:00Z"))
+        #expect(try Timestamp(rfc3339: "2024-01-01 12:00:00", assumeUTC: true) == ts("2024-01-01T12:00:00Z"))
+        #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00+02:00", assumeUTC: true) == ts("2024-01-01T10:00:00Z"))
+        #expect(throws: TimestampError.self) { try Timestamp(rfc3339: "yesterday", assumeUTC: true) }
     }
 }

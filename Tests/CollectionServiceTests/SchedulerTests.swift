@@ -42,7 +42,7 @@ struct SchedulerTests {
         let board = SourceBoard(sources: sources)
         let runner = CollectionRunner(
             manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet,
-            isStopping: { await board.isStopping() }
+            isStopping: { board.isStopping() }
         )
         return CollectionEngine(
             board: board, runner: runner, manager: manager,
@@ -117,7 +117,7 @@ struct SchedulerTests {
         let source = SourceConfiguration(id: try SourceID("a"), kind: .directory(DirectorySettings(path: dir)))
         let counter = CallCounter()
         let engine = try engine(dir: dir, sources: [source], counter: counter, delay: .milliseconds(300))
-        await engine.board.stop()
+        engine.board.stop()
         let report = await engine.execute(source)
         #expect(report.outcome == .abandoned)
         #expect(await counter.count(source.id) == 0)

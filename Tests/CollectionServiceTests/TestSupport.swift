@@ -163,11 +163,13 @@ actor FakeOTXServer {
             return FakeAnswer(status: 403, body: #"{"detail":"Authentication credentials were not provided."}"#)
         }
         let since =
-            seen.query["modified_since"].flatMap { try? JSONRecords.naiveUTC($0) }
+            seen.query["modified_since"].flatMap { try? Timestamp(rfc3339: $0, assumeUTC: true) }
             ?? Timestamp(seconds: 0)
         let limit = Int(seen.query["limit"] ?? "") ?? 10
         let page = Int(seen.query["page"] ?? "") ?? 1
-        let matching = pulses.filter { (try? JSONRecords.naiveUTC($0["modified"]!)).map { $0 >= since } ?? false }
+        let matching = pulses.filter {
+            (try? Timestamp(rfc3339: $0["modified"]!, assumeUTC: true)).map { $0 >= since } ?? false
+        }
         let slice = Array(matching.dropFirst((page - 1) * limit).prefix(limit))
         var envelope: [String: Any] = ["results": slice, "count": matching.count]
         if page * limit < matching.count {
@@ -239,7 +241,7 @@ func withHTTPClient<Value: Sendable>(_ body: (HTTPClient) async throws -> Value)
 }
 
 /// Fast retries for tests: tiny backoffs, real `Retry-After` honoured.
-let testRetry = SourceRetryPolicy(
+let testRetry = RetryPolicy(
     maxAttempts: 3, baseDelay: .milliseconds(10), maxDelay: .milliseconds(50), maxRetryAfter: .seconds(5))
 
 func ts(_ text: String) -> Timestamp { try! Timestamp(rfc3339: text) }

@@ -437,17 +437,17 @@ struct RetryPolicyTests {
     }
 
     @Test func parsesRetryAfterSecondsAndDates() {
-        #expect(HTTPStorageClient.parseRetryAfter("7") == .seconds(7))
-        #expect(HTTPStorageClient.parseRetryAfter(" 0 ") == .zero)
-        #expect(HTTPStorageClient.parseRetryAfter("-3") == nil)
-        #expect(HTTPStorageClient.parseRetryAfter("soon") == nil)
-        #expect(HTTPStorageClient.parseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == .zero)
+        #expect(RetryPolicy.retryAfter("7") == .seconds(7))
+        #expect(RetryPolicy.retryAfter(" 0 ") == .zero)
+        #expect(RetryPolicy.retryAfter("-3") == nil)
+        #expect(RetryPolicy.retryAfter("soon") == nil)
+        #expect(RetryPolicy.retryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == .zero)
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "GMT")
         formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
         let inAMinute = formatter.string(from: Date().addingTimeInterval(60))
-        let parsed = HTTPStorageClient.parseRetryAfter(inAMinute)
+        let parsed = RetryPolicy.retryAfter(inAMinute)
         #expect(parsed.map { $0 > .seconds(55) && $0 <= .seconds(60) } == true)
     }
 }

@@ -116,26 +116,6 @@ enum JSONRecords {
         }
     }
 
-    /// Parses RFC 3339, or a naive date-time (no offset) as UTC, e.g. OTX's `2024-01-01T12:00:00.123000`.
-    ///
-    /// Adds the `Z` itself rather than relying on `Timestamp(rfc3339:assumeUTC:)`, which in this version
-    /// refuses a naive value at the end of the text.
-    static func naiveUTC(_ text: String) throws(TimestampError) -> Timestamp {
-        if let strict = try? Timestamp(rfc3339: text) { return strict }
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        guard trimmed.utf8.count >= 19 else { return try Timestamp(rfc3339: trimmed) }
-        let time = trimmed.utf8.dropFirst(19)  // after YYYY-MM-DDTHH:MM:SS
-        let hasOffset = time.contains {
-            $0 == UInt8(ascii: "Z") || $0 == UInt8(ascii: "z") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-")
-        }
-        var normalised = hasOffset ? trimmed : trimmed + "Z"
-        if normalised.count > 10 {
-            let index = normalised.index(normalised.startIndex, offsetBy: 10)
-            if normalised[index] == " " { normalised.replaceSubrange(index...index, with: "T") }
-        }
-        return try Timestamp(rfc3339: normalised)
-    }
-
     /// The beginning of a payload for an error message, on one line.
     static func snippet(_ data: Data, limit: Int = 80) -> String {
         let text = String(decoding: data.prefix(limit), as: UTF8.self)

@@ -53,7 +53,8 @@ struct OTXCollector: Collector {
             }
             let mark: Timestamp
             do {
-                mark = try JSONRecords.naiveUTC(text)
+                // RFC 3339, or a naive date-time as UTC (OTX's `2024-01-01T12:00:00.123000`).
+                mark = try Timestamp(rfc3339: text.trimmingCharacters(in: .whitespaces), assumeUTC: true)
             } catch {
                 throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
             }

@@ -4,27 +4,15 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import StorageClient
 import WatermarkCore
 
-/// How a collector retries a source that answers 429 or 5xx, or cannot be reached.
-struct SourceRetryPolicy: Sendable {
-    /// Attempts in total, the first included.
-    var maxAttempts: Int = 4
-    /// Backoff before the second attempt; doubled each time, with full jitter.
-    var baseDelay: Duration = .milliseconds(500)
-    var maxDelay: Duration = .seconds(30)
-    /// A `Retry-After` longer than this fails the run instead of stalling it; the scheduler tries again later.
-    var maxRetryAfter: Duration = .seconds(120)
-
-    static let `default` = SourceRetryPolicy()
-
-    /// The delay before attempt `attempt + 1` (attempt counts from 1).
-    func backoff(afterAttempt attempt: Int) -> Duration {
-        let exponent = min(attempt - 1, 20)
-        let ceiling = min(baseDelay * (1 << exponent), maxDelay)
-        let nanos = ceiling.components.seconds * 1_000_000_000 + ceiling.components.attoseconds / 1_000_000_000
-        return .nanoseconds(Int64.random(in: 0...max(0, nanos)))
-    }
+extension RetryPolicy {
+    /// How a collector retries a source that answers 429 or 5xx, or cannot be reached: 4 attempts, full jitter
+    /// from 0.5 s doubling up to 30 s; a `Retry-After` over 120 s fails the run instead of stalling it (the
+    /// scheduler tries again later).
+    static let source = RetryPolicy(
+        maxAttempts: 4, baseDelay: .milliseconds(500), maxDelay: .seconds(30), maxRetryAfter: .seconds(120))
 }
 
 /// A source's answer: status, headers, body.
@@ -41,14 +29,14 @@ struct SourceResponse: Sendable {
 struct SourceHTTPClient: Sendable {
     let httpClient: HTTPClient
     var timeout: Duration
-    var retry: SourceRetryPolicy
+    var retry: RetryPolicy
     var maxBodyBytes: Int = 64 * 1024 * 1024
     var logger: Logger
     /// Injectable so tests do not wait for real backoffs.
     var sleep: @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
 
     init(
-        httpClient: HTTPClient, timeout: Duration, retry: SourceRetryPolicy = .default, logger: Logger,
+        httpClient: HTTPClient, timeout: Duration, retry: RetryPolicy = .source, logger: Logger,
         sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
     ) {
         self.httpClient = httpClient
@@ -73,14 +61,13 @@ struct SourceHTTPClient: Sendable {
             case .success(let response) where response.status == 429 || (500..<600).contains(response.status):
                 let error = CollectorError.httpStatus(response.status, url: display, detail: Self.detail(response.body))
                 guard attempt < retry.maxAttempts else { throw error }
-                if let retryAfter = Self.retryAfter(response.headers) {
-                    guard retryAfter <= retry.maxRetryAfter else {
-                        throw .rateLimited(url: display, retryAfterSeconds: retryAfter.components.seconds)
-                    }
-                    delay = retryAfter
-                } else {
-                    delay = retry.backoff(afterAttempt: attempt)
+                let retryAfter = response.headers.first(name: "Retry-After").flatMap(RetryPolicy.retryAfter)
+                guard let wait = retry.delay(beforeRetry: attempt, retryAfter: retryAfter, random: .random(in: 0...1))
+                else {
+                    // Attempts remain, so the only reason to give up is a Retry-After longer than the policy waits.
+                    throw .rateLimited(url: display, retryAfterSeconds: retryAfter?.components.seconds ?? 0)
                 }
+                delay = wait
                 logger.warning(
                     "source request retried",
                     metadata: [
@@ -92,8 +79,10 @@ struct SourceHTTPClient: Sendable {
             case .success(let response):
                 throw .httpStatus(response.status, url: display, detail: Self.detail(response.body))
             case .failure(let error):
-                guard case .transport = error, attempt < retry.maxAttempts else { throw error }
-                delay = retry.backoff(afterAttempt: attempt)
+                guard case .transport = error,
+                    let wait = retry.delay(beforeRetry: attempt, retryAfter: nil, random: .random(in: 0...1))
+                else { throw error }
+                delay = wait
                 logger.warning(
                     "source request retried",
                     metadata: ["url": "\(display)", "error": "\(error)", "attempt": "\(attempt)"]
@@ -135,18 +124,6 @@ struct SourceHTTPClient: Sendable {
         } catch {
             return .failure(.transport(url: display, detail: "\(error)"))
         }
-    }
-
-    /// `Retry-After` as seconds or as an HTTP date.
-    static func retryAfter(_ headers: HTTPHeaders) -> Duration? {
-        guard let value = headers.first(name: "Retry-After")?.trimmingCharacters(in: .whitespaces) else { return nil }
-        if let seconds = Int64(value) { return .seconds(max(0, seconds)) }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-        guard let date = formatter.date(from: value) else { return nil }
-        return .seconds(max(0, Int64(date.timeIntervalSinceNow.rounded(.up))))
     }
 
     /// The URL without its query, for messages and logs (queries may carry filters, never needed to diagnose).

@@ -35,7 +35,6 @@ struct CollectionConfiguration: Sendable {
     var port: Int = 8000
     var dataDirectory: String = "./data/collection"
     var sourcesPath: String = "./config/sources.json"
-    var environmentName: String = "development"
     var logLevel: Logger.Level = .info
     var maxConcurrentRuns: Int = 2
     var instanceID: String = CollectionConfiguration.defaultInstanceID()
@@ -62,7 +61,6 @@ struct CollectionConfiguration: Sendable {
         if let text = environment["PORT"] { port = try Self.integer("PORT", text, 0...65_535) }
         if let dir = environment["DATA_DIR"], !dir.isEmpty { dataDirectory = dir }
         if let path = environment["COLLECTION_CONFIG"], !path.isEmpty { sourcesPath = path }
-        if let name = environment["ENVIRONMENT"], !name.isEmpty { environmentName = name }
         if let level = environment["LOG_LEVEL"], !level.isEmpty { logLevel = try Self.level(level) }
         if let text = environment["MAX_CONCURRENT_RUNS"] {
             maxConcurrentRuns = try Self.integer("MAX_CONCURRENT_RUNS", text, 1...64)

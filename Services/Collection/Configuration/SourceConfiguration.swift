@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import WatermarkCore
 
 /// One configured source, validated: every value here was checked at start-up, credentials included.
@@ -92,9 +93,8 @@ enum SourceAuth: Sendable, Equatable {
         switch self {
         case .none: return nil
         case .basic(let username, let password):
-            let raw = Array("\(username):\(password.value)".utf8)
-            return "Basic " + Base64.encode(raw)
-        case .bearer(let token): return "Bearer \(token.value)"
+            return HTTPClient.Authorization.basic(username: username, password: password.value).headerValue
+        case .bearer(let token): return HTTPClient.Authorization.bearer(tokens: token.value).headerValue
         }
     }
 }
@@ -105,26 +105,4 @@ struct Secret: Sendable, Equatable, CustomStringConvertible, CustomDebugStringCo
     init(_ value: String) { self.value = value }
     var description: String { "<redacted>" }
     var debugDescription: String { "<redacted>" }
-}
-
-/// Standard base64 (RFC 4648) for the basic-auth header, without pulling Foundation into the model.
-enum Base64 {
-    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-
-    static func encode(_ bytes: [UInt8]) -> String {
-        var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
-        var index = 0
-        while index < bytes.count {
-            let b0 = bytes[index]
-            let b1 = index + 1 < bytes.count ? bytes[index + 1] : 0
-            let b2 = index + 2 < bytes.count ? bytes[index + 2] : 0
-            out.append(alphabet[Int(b0 >> 2)])
-            out.append(alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)])
-            out.append(index + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "="))
-            out.append(index + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "="))
-            index += 3
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
 }

@@ -21,7 +21,7 @@ struct StatusController<Context: RequestContext>: Sendable {
     /// Alive and scheduling. Storage being away is not unhealthy: collection goes on (degraded) and updates
     /// are queued, which `/status` shows.
     @Sendable func health(_ request: Request, context: Context) async throws -> EditedResponse<HealthBody> {
-        let stopping = await engine.board.isStopping()
+        let stopping = engine.board.isStopping()
         return EditedResponse(
             status: stopping ? .serviceUnavailable : .ok,
             response: HealthBody(status: stopping ? "stopping" : "healthy"))

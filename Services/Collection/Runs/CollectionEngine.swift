@@ -27,7 +27,7 @@ struct CollectionEngine: Sendable {
     /// The collector for a source type.
     static func collector(
         for source: SourceConfiguration, httpClient: HTTPClient, stateDirectory: String, logger: Logger,
-        retry: SourceRetryPolicy = .default
+        retry: RetryPolicy = .source
     ) -> any Collector {
         var log = logger
         log[metadataKey: "source_id"] = "\(source.id)"

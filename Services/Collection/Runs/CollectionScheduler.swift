@@ -49,7 +49,7 @@ struct CollectionScheduler: Service {
                 group.addTask {
                     var last: Timestamp?
                     var watched: Timestamp?
-                    while !Task.isCancelled, !(await board.isStopping()) {
+                    while !Task.isCancelled, !board.isStopping() {
                         let now = clock()
                         if last.map({ now.duration(since: $0) >= configuration.maintenanceInterval }) ?? true {
                             last = now
@@ -63,7 +63,7 @@ struct CollectionScheduler: Service {
                         try? await Task.sleep(for: configuration.tick)
                     }
                 }
-                while !Task.isCancelled, !(await board.isStopping()) {
+                while !Task.isCancelled, !board.isStopping() {
                     let slots = configuration.maxConcurrentRuns - (await board.runningCount)
                     for source in await board.claimDue(now: clock(), limit: slots) {
                         group.addTask {
@@ -78,7 +78,7 @@ struct CollectionScheduler: Service {
                 }
             }
         } onGracefulShutdown: {
-            Task { await board.stop() }
+            board.stop()
         }
         engine.logger.info("scheduler stopped")
     }

@@ -1,3 +1,4 @@
+import Synchronization
 import WatermarkCore
 
 /// The live state of every source: what runs, what is due, how the last run went. The scheduler claims runs
@@ -27,15 +28,17 @@ actor SourceBoard {
 
     private(set) var entries: [SourceID: Entry] = [:]
     let order: [SourceID]
-    private(set) var stopping = false
+    /// Set once shutdown began; a lock rather than actor state, so graceful shutdown (a synchronous callback)
+    /// can set it without starting a task.
+    private let stopping = Mutex(false)
 
     init(sources: [SourceConfiguration]) {
         order = sources.map(\.id)
         for source in sources { entries[source.id] = Entry(source: source) }
     }
 
-    func isStopping() -> Bool { stopping }
-    func stop() { stopping = true }
+    nonisolated func isStopping() -> Bool { stopping.withLock { $0 } }
+    nonisolated func stop() { stopping.withLock { $0 = true } }
 
     func entry(_ id: SourceID) -> Entry? { entries[id] }
     func allEntries() -> [Entry] { order.compactMap { entries[$0] } }
@@ -52,7 +55,7 @@ actor SourceBoard {
 
     /// Marks up to `limit` due sources as running and returns them (triggered ones first).
     func claimDue(now: Timestamp, limit: Int) -> [SourceConfiguration] {
-        guard !stopping, limit > 0 else { return [] }
+        guard !isStopping(), limit > 0 else { return [] }
         let due = order.compactMap { entries[$0] }.filter { entry in
             !entry.running
                 && (entry.triggered || (entry.source.enabled && (entry.nextRunAt.map { $0 <= now } ?? true)))
@@ -63,11 +66,6 @@ actor SourceBoard {
             entries[entry.source.id]?.triggered = false
         }
         return claimed.map(\.source)
-    }
-
-    /// Sets when a source runs next (scheduled interval plus jitter).
-    func schedule(_ id: SourceID, at time: Timestamp) {
-        entries[id]?.nextRunAt = time
     }
 
     func finish(_ report: RunReport, nextRunAt: Timestamp) {
