@@ -71,7 +71,7 @@ struct HealthBody: ResponseEncodable, Sendable {
     let status: String
 }
 
-/// The body of `/status`. Absent values are `null`, never left out, so readers see every field.
+/// The body of `/status`. Absent values are `null`, never left out (`NullWhenAbsent`), so readers see every field.
 struct ServiceStatus: ResponseEncodable, Sendable {
     let status = "running"
     let instanceID: String
@@ -99,13 +99,13 @@ struct SourceStatus: Encodable, Sendable {
     let intervalSeconds: Int64
     let staleAfterSeconds: Int64
     let rejectedFiles: Int
-    let watermark: String?
-    let watermarkAgeSeconds: Double?
-    let lastSuccessAt: String?
+    @NullWhenAbsent var watermark: String?
+    @NullWhenAbsent var watermarkAgeSeconds: Double?
+    @NullWhenAbsent var lastSuccessAt: String?
     /// A timestamp, "now" when due, `null` while running.
-    let nextRunAt: String?
-    let lastError: String?
-    let lastRun: RunStatusBody?
+    @NullWhenAbsent var nextRunAt: String?
+    @NullWhenAbsent var lastError: String?
+    @NullWhenAbsent var lastRun: RunStatusBody?
 
     enum CodingKeys: String, CodingKey {
         case type, enabled, running, stale, watermark
@@ -120,26 +120,6 @@ struct SourceStatus: Encodable, Sendable {
         case lastError = "last_error"
         case lastRun = "last_run"
     }
-
-    func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(sourceID, forKey: .sourceID)
-        try c.encode(type, forKey: .type)
-        try c.encode(enabled, forKey: .enabled)
-        try c.encode(running, forKey: .running)
-        try c.encode(stale, forKey: .stale)
-        try c.encode(pendingUpdates, forKey: .pendingUpdates)
-        try c.encode(intervalSeconds, forKey: .intervalSeconds)
-        try c.encode(staleAfterSeconds, forKey: .staleAfterSeconds)
-        try c.encode(rejectedFiles, forKey: .rejectedFiles)
-        // `encode` of an Optional writes null for nil (the synthesized code would leave the key out).
-        try c.encode(watermark, forKey: .watermark)
-        try c.encode(watermarkAgeSeconds, forKey: .watermarkAgeSeconds)
-        try c.encode(lastSuccessAt, forKey: .lastSuccessAt)
-        try c.encode(nextRunAt, forKey: .nextRunAt)
-        try c.encode(lastError, forKey: .lastError)
-        try c.encode(lastRun, forKey: .lastRun)
-    }
 }
 
 /// A source's last run in `/status`.
@@ -150,7 +130,7 @@ struct RunStatusBody: Encodable, Sendable {
     let recordsCollected: Int64
     let duplicatesDropped: Int64
     let durationSeconds: Double
-    let errorMessage: String?
+    @NullWhenAbsent var errorMessage: String?
     let updateQueued: Bool
     let withoutLease: Bool
     let checkpoints: Int
@@ -182,19 +162,17 @@ struct RunStatusBody: Encodable, Sendable {
         case withoutLease = "without_lease"
         case rejectedFiles = "rejected_files"
     }
+}
+
+/// Encodes an absent value as `null` where the synthesized code would leave the key out.
+@propertyWrapper
+struct NullWhenAbsent<Value: Encodable & Sendable>: Encodable, Sendable {
+    var wrappedValue: Value?
+
+    init(wrappedValue: Value?) { self.wrappedValue = wrappedValue }
 
     func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(status, forKey: .status)
-        try c.encode(startedAt, forKey: .startedAt)
-        try c.encode(finishedAt, forKey: .finishedAt)
-        try c.encode(recordsCollected, forKey: .recordsCollected)
-        try c.encode(duplicatesDropped, forKey: .duplicatesDropped)
-        try c.encode(durationSeconds, forKey: .durationSeconds)
-        try c.encode(errorMessage, forKey: .errorMessage)
-        try c.encode(updateQueued, forKey: .updateQueued)
-        try c.encode(withoutLease, forKey: .withoutLease)
-        try c.encode(checkpoints, forKey: .checkpoints)
-        try c.encode(rejectedFiles, forKey: .rejectedFiles)
+        var container = encoder.singleValueContainer()
+        if let wrappedValue { try container.encode(wrappedValue) } else { try container.encodeNil() }
     }
 }
