@@ -41,15 +41,11 @@ public actor InMemoryStorageClient: StorageClient {
     ) async throws -> Watermark {
         try await call {
             if let key = options.idempotencyKey { try WatermarkRules.validateIdempotencyKey(key) }
-            // The same checks the service makes when it decodes the body.
-            try WatermarkUpdate.validate(errorMessage: errorMessage)
-            if let records = recordsCollected, records < 0 {
-                throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")
-            }
-            if status == .success, timestamp == nil { throw WatermarkError.missingTimestamp }
             let update = WatermarkUpdate(
                 timestamp: timestamp, status: status, errorMessage: errorMessage, recordsCollected: recordsCollected
             )
+            // The same checks the service makes when it decodes the body.
+            try update.validate()
             let write = WatermarkWrite(
                 sourceID: sourceID, update: update, force: options.force, precondition: options.precondition,
                 leaseToken: options.leaseToken, idempotencyKey: options.idempotencyKey

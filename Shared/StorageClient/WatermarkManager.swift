@@ -325,8 +325,8 @@ public actor WatermarkManager {
         _ sourceID: SourceID, _ update: WatermarkUpdate, _ options: UpdateOptions, because reason: String
     ) throws -> WatermarkUpdateResult {
         do {
-            // What the storage checks on the wire, by the same code: the body's decoder and the key's rule.
-            _ = try JSONDecoder().decode(WatermarkUpdate.self, from: JSONEncoder().encode(update))
+            // What the storage checks on the wire, by the same code: the update's rules and the key's rule.
+            try update.validate()
             if let key = options.idempotencyKey { try WatermarkRules.validateIdempotencyKey(key) }
         } catch let error as WatermarkError {
             throw StorageClientError(error)

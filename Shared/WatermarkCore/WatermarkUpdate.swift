@@ -10,12 +10,18 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
 
     public static let maxErrorMessageLength = 16_384
 
-    /// Refuses an error message over `maxErrorMessageLength` characters, counted as JSON Schema's `maxLength`
-    /// counts them (Unicode code points), not bytes.
-    public static func validate(errorMessage: String?) throws(WatermarkError) {
-        if let errorMessage, errorMessage.unicodeScalars.count > maxErrorMessageLength {
-            throw WatermarkError.invalidBody("field \"error_message\" is over \(maxErrorMessageLength) characters")
+    /// The rules an update must keep whatever is stored: the one check the service (after decoding), the mock
+    /// client and the manager (before queueing) all run. An error message is over `maxErrorMessageLength`
+    /// characters counted as JSON Schema's `maxLength` counts them (Unicode code points), not bytes.
+    public func validate() throws(WatermarkError) {
+        if let errorMessage, errorMessage.unicodeScalars.count > Self.maxErrorMessageLength {
+            throw WatermarkError.invalidBody(
+                "field \"error_message\" is over \(Self.maxErrorMessageLength) characters")
         }
+        if let records = recordsCollected, records < 0 {
+            throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")
+        }
+        if status == .success, timestamp == nil { throw WatermarkError.missingTimestamp }
     }
 
     public init(
@@ -67,12 +73,8 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
             timestamp = nil
         }
         errorMessage = try field(String.self, .errorMessage, "a string or null")
-        try Self.validate(errorMessage: errorMessage)
         recordsCollected = try field(Int64.self, .recordsCollected, "a whole number")
-        if let records = recordsCollected, records < 0 {
-            throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")
-        }
-        if status == .success, timestamp == nil { throw WatermarkError.missingTimestamp }
+        try validate()
     }
 
     public func encode(to encoder: any Encoder) throws {
