@@ -13,8 +13,9 @@ struct CollectionScheduler: Service {
         var maxConcurrentRuns = 2
         /// Up to this fraction of the interval is added at random, so replicas and sources spread out.
         var jitterFraction = 0.1
-        /// How often due sources are looked for (and triggers picked up).
-        var tick: Duration = .milliseconds(200)
+        /// The longest the scheduler sleeps without a signal: due times are wall-clock instants, so a clock
+        /// that jumps is noticed within this.
+        var longestSleep: Duration = .seconds(30)
         /// How often staleness and the watermark gauges are refreshed between runs.
         var watchInterval: Duration = .seconds(1)
         /// How often queued updates are replayed and watermark ages refreshed.
@@ -47,20 +48,18 @@ struct CollectionScheduler: Service {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask {
+                    // Maintenance (replays, staleness) every maintenanceInterval; the gauges every watchInterval.
                     var last: Timestamp?
-                    var watched: Timestamp?
                     while !Task.isCancelled, !board.isStopping() {
                         let now = clock()
                         if last.map({ now.duration(since: $0) >= configuration.maintenanceInterval }) ?? true {
                             last = now
-                            watched = now
                             await engine.maintain()  // refreshes staleness too
-                        } else if watched.map({ now.duration(since: $0) >= configuration.watchInterval }) ?? true {
+                        } else {
                             // Staleness and the watermark gauges, so /status and /metrics only read.
-                            watched = now
                             await engine.refreshWatching()
                         }
-                        try? await Task.sleep(for: configuration.tick)
+                        await board.stopped.wait(for: configuration.watchInterval)
                     }
                 }
                 while !Task.isCancelled, !board.isStopping() {
@@ -74,7 +73,12 @@ struct CollectionScheduler: Service {
                             await engine.refreshWatching()
                         }
                     }
-                    try? await Task.sleep(for: configuration.tick)
+                    // Sleep until the next due run, or until a trigger, a finished run or shutdown signals.
+                    var sleep = configuration.longestSleep
+                    if let due = await board.nextDue() {
+                        sleep = min(sleep, max(.zero, due.duration(since: clock())))
+                    }
+                    await board.wakeup.wait(for: sleep)
                 }
             }
         } onGracefulShutdown: {

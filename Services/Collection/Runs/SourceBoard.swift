@@ -31,6 +31,10 @@ actor SourceBoard {
     /// Set once shutdown began; a lock rather than actor state, so graceful shutdown (a synchronous callback)
     /// can set it without starting a task.
     private let stopping = Mutex(false)
+    /// Signalled whenever the scheduler has something new to do: a trigger, a finished run, shutdown.
+    nonisolated let wakeup = Wakeup()
+    /// Signalled at shutdown only, for the scheduler's maintenance loop (each `Wakeup` has one sleeper).
+    nonisolated let stopped = Wakeup()
 
     init(sources: [SourceConfiguration]) {
         order = sources.map(\.id)
@@ -38,7 +42,11 @@ actor SourceBoard {
     }
 
     nonisolated func isStopping() -> Bool { stopping.withLock { $0 } }
-    nonisolated func stop() { stopping.withLock { $0 = true } }
+    nonisolated func stop() {
+        stopping.withLock { $0 = true }
+        wakeup.signal()
+        stopped.signal()
+    }
 
     func entry(_ id: SourceID) -> Entry? { entries[id] }
     func allEntries() -> [Entry] { order.compactMap { entries[$0] } }
@@ -50,6 +58,7 @@ actor SourceBoard {
         guard !entry.running else { return .alreadyRunning }
         entry.triggered = true
         entries[id] = entry
+        wakeup.signal()
         return .accepted
     }
 
@@ -66,6 +75,12 @@ actor SourceBoard {
             entries[entry.source.id]?.triggered = false
         }
         return claimed.map(\.source)
+    }
+
+    /// When the next claim can find something: the earliest next run of an enabled source that is not running
+    /// (`nil` when there is none; a trigger or a finished run signals `wakeup`).
+    func nextDue() -> Timestamp? {
+        entries.values.filter { !$0.running && $0.source.enabled }.compactMap(\.nextRunAt).min()
     }
 
     func finish(_ report: RunReport, nextRunAt: Timestamp) {
@@ -85,6 +100,7 @@ actor SourceBoard {
             break
         }
         entries[report.sourceID] = entry
+        wakeup.signal()
     }
 
     func setWatermark(_ id: SourceID, _ timestamp: Timestamp?) {

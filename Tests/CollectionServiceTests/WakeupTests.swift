@@ -1,0 +1,69 @@
+import Testing
+
+@testable import CollectionService
+
+/// The scheduler sleeps on `Wakeup` until its next due run: a lost signal would leave a triggered or freed run
+/// waiting for the longest sleep (30 s).
+@Suite("Wakeup", .timeLimit(.minutes(1)))
+struct WakeupTests {
+    /// Long enough that returning before it can only be the signal (or cancellation) at work.
+    static let long = Duration.seconds(30)
+
+    @Test func aSignalBeforeTheWaitIsKeptForIt() async {
+        let wakeup = Wakeup()
+        wakeup.signal()
+        wakeup.signal()  // coalesced: one pending wake, not two
+        let started = ContinuousClock.now
+        await wakeup.wait(for: Self.long)
+        #expect(ContinuousClock.now - started < .seconds(10))
+        // The pending wake was used up: the next wait sleeps its whole (short) timeout.
+        let again = ContinuousClock.now
+        await wakeup.wait(for: .milliseconds(200))
+        #expect(ContinuousClock.now - again >= .milliseconds(200))
+    }
+
+    @Test func aSignalWakesTheWaiter() async {
+        let wakeup = Wakeup()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(50))
+                wakeup.signal()
+            }
+            let started = ContinuousClock.now
+            await wakeup.wait(for: Self.long)
+            #expect(ContinuousClock.now - started < .seconds(10))
+        }
+    }
+
+    @Test func cancellationEndsTheWait() async {
+        let wakeup = Wakeup()
+        let started = ContinuousClock.now
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await wakeup.wait(for: Self.long) }
+            try? await Task.sleep(for: .milliseconds(50))
+            group.cancelAll()
+        }
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    /// Signals racing waits that time out at once, are cancelled, or are woken: no round may sleep the long
+    /// timeout, whatever the interleaving.
+    @Test func noSignalIsLostUnderRaces() async {
+        let wakeup = Wakeup()
+        let rounds = 2_000
+        let started = ContinuousClock.now
+        for round in 0..<rounds {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    if round % 3 == 0 { await Task.yield() }
+                    wakeup.signal()
+                }
+                // Every third wait also races its own zero timeout against the signal.
+                await wakeup.wait(for: round % 3 == 1 ? .zero : Self.long)
+                await group.waitForAll()
+            }
+            // A zero-timeout wait may leave the round's signal pending for the next: at most one extra wake.
+        }
+        #expect(ContinuousClock.now - started < .seconds(25), "\(rounds) rounds")
+    }
+}
