@@ -82,7 +82,7 @@ public actor MemoryWatermarkStore: WatermarkStore {
     public func checkHealth() {}
 
     public func info() -> StoreInfo {
-        StoreInfo(path: ":memory:", sizeBytes: 0, journalMode: "memory")
+        StoreInfo(backend: "memory", path: ":memory:", sizeBytes: 0, details: ["journal_mode": "memory"])
     }
 }
 

@@ -21,22 +21,52 @@ public protocol WatermarkStore: Sendable {
     func info() async throws -> StoreInfo
 }
 
-/// The `database` part of `/status`.
+/// The `database` part of `/status`, the same shape for every backend: which one (`sqlite`, `memory`, later
+/// `postgres`), where the data is (a file, or a server named without credentials), its size, and what only that
+/// backend has (`details`, flattened into the object: SQLite's `journal_mode`, for instance).
 public struct StoreInfo: Sendable, Equatable, Codable {
+    public var backend: String
     public var path: String
     public var sizeBytes: Int64
-    public var journalMode: String
+    public var details: [String: String]
 
-    public init(path: String, sizeBytes: Int64, journalMode: String) {
+    public init(backend: String, path: String, sizeBytes: Int64, details: [String: String] = [:]) {
+        self.backend = backend
         self.path = path
         self.sizeBytes = sizeBytes
-        self.journalMode = journalMode
+        self.details = details
     }
 
-    enum CodingKeys: String, CodingKey {
-        case path
-        case sizeBytes = "size_bytes"
-        case journalMode = "journal_mode"
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.init(stringValue) }
+        init?(intValue: Int) { nil }
+    }
+
+    private static let fixed: Set<String> = ["backend", "path", "size_bytes"]
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: Key.self)
+        backend = try container.decode(String.self, forKey: Key("backend"))
+        path = try container.decode(String.self, forKey: Key("path"))
+        sizeBytes = try container.decode(Int64.self, forKey: Key("size_bytes"))
+        var details: [String: String] = [:]
+        for key in container.allKeys where !Self.fixed.contains(key.stringValue) {
+            details[key.stringValue] = try container.decode(String.self, forKey: key)
+        }
+        self.details = details
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(backend, forKey: Key("backend"))
+        try container.encode(path, forKey: Key("path"))
+        try container.encode(sizeBytes, forKey: Key("size_bytes"))
+        for (key, value) in details.sorted(by: { $0.key < $1.key }) where !Self.fixed.contains(key) {
+            try container.encode(value, forKey: Key(key))
+        }
     }
 }
 

@@ -201,13 +201,14 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     func info() async throws -> StoreInfo {
         let journalMode = try await read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "unknown" }
-        guard let path else { return StoreInfo(path: ":memory:", sizeBytes: 0, journalMode: journalMode) }
+        let details = ["journal_mode": journalMode]
+        guard let path else { return StoreInfo(backend: "sqlite", path: ":memory:", sizeBytes: 0, details: details) }
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
         let size = ["", "-wal"].reduce(Int64(0)) { total, suffix in
             let attributes = try? FileManager.default.attributesOfItem(atPath: absolute + suffix)
             return total + ((attributes?[.size] as? NSNumber)?.int64Value ?? 0)
         }
-        return StoreInfo(path: absolute, sizeBytes: size, journalMode: journalMode)
+        return StoreInfo(backend: "sqlite", path: absolute, sizeBytes: size, details: details)
     }
 
     // MARK: Plumbing
