@@ -148,37 +148,3 @@ extension Request {
         return key
     }
 }
-
-/// JSON answers, with the content type set.
-enum JSONResponse {
-    static func make<T: Encodable>(
-        _ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]
-    ) throws -> Response {
-        make(body: try encode(value), status: status, headers: headers)
-    }
-
-    /// The JSON body of `value` (keys sorted, one line and a newline).
-    static func encode<T: Encodable>(_ value: T) throws -> ByteBuffer {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        var buffer = ByteBuffer()
-        try encoder.encode(value, into: &buffer)
-        buffer.writeString("\n")
-        return buffer
-    }
-
-    static func make(body: ByteBuffer, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
-        var fields = headers
-        fields[.contentType] = "application/json"
-        return Response(status: status, headers: fields, body: .init(byteBuffer: body))
-    }
-
-    /// The contract's error body: `{"error": {"code", "message"}}` (plus holder and expiry for a held lease).
-    static func error(_ error: WatermarkError, headers: HTTPFields = [:]) -> Response {
-        do {
-            return try make(ErrorEnvelope(error), status: error.status, headers: headers)
-        } catch {
-            return Response(status: .internalServerError)
-        }
-    }
-}

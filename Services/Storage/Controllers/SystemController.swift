@@ -26,25 +26,23 @@ struct SystemController<Context: RequestContext> {
     }
 
     /// 200 when the database answers (and, after a failed write, accepts a write again); 503 otherwise.
-    @Sendable func health(request: Request, context: Context) async throws -> Response {
+    @Sendable func health(request: Request, context: Context) async throws -> EditedResponse<Health> {
         do {
             try await store.checkHealth()
-            return try JSONResponse.make(Health(status: "healthy"))
+            return EditedResponse(response: Health(status: "healthy"))
         } catch {
             let detail = (error as? WatermarkError)?.message ?? "\(error)"
             context.logger.warning("Health check failed", metadata: ["error": "\(detail)"])
-            return try JSONResponse.make(Health(status: "unhealthy", error: detail), status: .serviceUnavailable)
+            return EditedResponse(status: .serviceUnavailable, response: Health(status: "unhealthy", error: detail))
         }
     }
 
-    @Sendable func status(request: Request, context: Context) async throws -> Response {
+    @Sendable func status(request: Request, context: Context) async throws -> Status {
         let uptime = ContinuousClock.now - startedAt
-        return try JSONResponse.make(
-            Status(
-                version: Self.serviceVersion, environment: environment.rawValue,
-                uptimeSeconds: uptime.components.seconds, database: try await store.info(),
-                watermarks: try await store.summary()
-            )
+        return Status(
+            version: Self.serviceVersion, environment: environment.rawValue,
+            uptimeSeconds: uptime.components.seconds, database: try await store.info(),
+            watermarks: try await store.summary()
         )
     }
 
@@ -67,13 +65,13 @@ struct SystemController<Context: RequestContext> {
 }
 
 /// The body of `/health`.
-private struct Health: Encodable {
+struct Health: ResponseEncodable {
     let status: String
     var error: String?
 }
 
 /// The body of `/status`.
-private struct Status: Encodable {
+struct Status: ResponseEncodable {
     let service = "storage-service"
     let version: String
     let environment: String

@@ -38,12 +38,12 @@ struct WatermarkController<Context: RequestContext> {
         if let cached, cached.watermark == watermark {
             return Response(status: .ok, headers: cached.headers, body: .init(byteBuffer: cached.body))
         }
-        let encoded = EncodedWatermark(watermark: watermark, body: try JSONResponse.encode(watermark))
+        let encoded = EncodedWatermark(watermark: watermark, body: try ContractJSONEncoder.body(watermark))
         bodies.store(encoded, for: id, ifGeneration: generation)
         return Response(status: .ok, headers: encoded.headers, body: .init(byteBuffer: encoded.body))
     }
 
-    @Sendable func put(request: Request, context: Context) async throws -> Response {
+    @Sendable func put(request: Request, context: Context) async throws -> EditedResponse<Watermark> {
         let id = try sourceID(context)
         let force = try request.boolQuery("force")
         let precondition = try request.writePrecondition()
@@ -67,7 +67,7 @@ struct WatermarkController<Context: RequestContext> {
         )
         var headers: HTTPFields = [.eTag: watermark.etag]
         if outcome.replayed { headers[.idempotentReplayed] = "true" }
-        return try JSONResponse.make(watermark, status: outcome.created ? .created : .ok, headers: headers)
+        return EditedResponse(status: outcome.created ? .created : .ok, headers: headers, response: watermark)
     }
 
     @Sendable func delete(request: Request, context: Context) async throws -> Response {
@@ -78,7 +78,7 @@ struct WatermarkController<Context: RequestContext> {
         return Response(status: .noContent)
     }
 
-    @Sendable func list(request: Request, context: Context) async throws -> Response {
+    @Sendable func list(request: Request, context: Context) async throws -> WatermarkPage {
         var query = WatermarkQuery()
         query.limit = try request.intQuery(
             "limit", default: WatermarkQuery.defaultLimit, in: 1...WatermarkQuery.maxLimit)
@@ -97,16 +97,16 @@ struct WatermarkController<Context: RequestContext> {
         if request.query("stale_after_seconds") != nil {
             query.staleAfter = .seconds(try request.intQuery("stale_after_seconds", default: 0, in: 0...3_153_600_000))
         }
-        return try JSONResponse.make(try await store.list(query))
+        return try await store.list(query)
     }
 
-    @Sendable func history(request: Request, context: Context) async throws -> Response {
+    @Sendable func history(request: Request, context: Context) async throws -> HistoryBody {
         let id = try sourceID(context)
         let limit = try request.intQuery("limit", default: 50, in: 1...1000)
-        return try JSONResponse.make(HistoryBody(sourceID: id, runs: try await store.history(for: id, limit: limit)))
+        return HistoryBody(sourceID: id, runs: try await store.history(for: id, limit: limit))
     }
 
-    @Sendable func acquireLease(request: Request, context: Context) async throws -> Response {
+    @Sendable func acquireLease(request: Request, context: Context) async throws -> Lease {
         let id = try sourceID(context)
         let body = try await request.decode(as: LeaseRequestBody.self, context: context)
         let lease = try await store.acquireLease(for: id, owner: body.owner, ttl: .seconds(body.ttlSeconds))
@@ -114,7 +114,7 @@ struct WatermarkController<Context: RequestContext> {
             "Lease granted",
             metadata: ["source_id": "\(id)", "owner": "\(lease.owner)", "fencing_token": "\(lease.fencingToken)"]
         )
-        return try JSONResponse.make(lease)
+        return lease
     }
 
     @Sendable func releaseLease(request: Request, context: Context) async throws -> Response {
@@ -146,3 +146,9 @@ struct EncodedWatermark: Sendable {
         self.headers = [.eTag: watermark.etag, .contentType: "application/json"]
     }
 }
+
+// The answers of the routes above, written by the context's `responseEncoder`.
+extension Watermark: ResponseEncodable {}
+extension WatermarkPage: ResponseEncodable {}
+extension HistoryBody: ResponseEncodable {}
+extension Lease: ResponseEncodable {}

@@ -27,7 +27,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .notFound:
                 let allowed = routes.allowedMethods(for: request.uri.path)
                 if allowed.isEmpty { throw WatermarkError.routeNotFound(request.uri.path) }
-                return JSONResponse.error(
+                return ContractJSONEncoder.error(
                     .methodNotAllowed(request.method.rawValue, allowed: allowed),
                     headers: [.allow: allowed.joined(separator: ", ")]
                 )

@@ -7,7 +7,7 @@ extension WatermarkError: HTTPResponseError {
     public var status: HTTPResponse.Status { HTTPResponse.Status(code: statusCode) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        JSONResponse.error(self)
+        ContractJSONEncoder.error(self)
     }
 }
 
