@@ -8,7 +8,7 @@ let swiftSettings: [SwiftSetting] = [
 
 let package = Package(
     name: "watermark-platform",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "storage-service", targets: ["StorageService"]),
         .executable(name: "collection-service", targets: ["CollectionService"]),
@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        // The configuration reader of both services and the client factory; no file formats needed (no traits).
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0", traits: []),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         // Already in the graph through Hummingbird; named because the request timeout handler sees its types.
@@ -50,6 +52,7 @@ let package = Package(
             name: "ServiceSupport",
             dependencies: [
                 "WatermarkCore",
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -159,6 +162,7 @@ let package = Package(
             name: "StorageClientTests",
             dependencies: [
                 "TestSupport",
+                "ServiceSupport",
                 "WatermarkStores",
                 "StorageClient",
                 "StorageService",
@@ -174,6 +178,7 @@ let package = Package(
             name: "CollectionServiceTests",
             dependencies: [
                 "TestSupport",
+                "ServiceSupport",
                 "CollectionService",
                 "StorageClient",
                 "WatermarkCore",

@@ -34,7 +34,7 @@ struct Serve: AsyncParsableCommand {
     )
 
     @Option(help: "Address to bind (HOST, default 0.0.0.0).") var host: String?
-    @Option(help: "HTTP port (PORT, default 8000).") var port: Int?
+    @Option(help: "HTTP port (PORT, default 8001).") var port: Int?
     @Option(name: .customLong("data-dir"), help: "Sink and local state (DATA_DIR).") var dataDir: String?
     @Option(name: .customLong("config"), help: "Sources file (COLLECTION_CONFIG).") var config: String?
     @Option(name: .customLong("log-level"), help: "LOG_LEVEL (info).") var logLevel: String?
@@ -45,21 +45,19 @@ struct Serve: AsyncParsableCommand {
     var once = false
 
     func run() async throws {
-        var environment = ProcessInfo.processInfo.environment
-        if let host { environment["HOST"] = host }
-        if let port { environment["PORT"] = String(port) }
-        if let dataDir { environment["DATA_DIR"] = dataDir }
-        if let config { environment["COLLECTION_CONFIG"] = config }
-        if let logLevel { environment["LOG_LEVEL"] = logLevel }
-        if let maxConcurrentRuns { environment["MAX_CONCURRENT_RUNS"] = String(maxConcurrentRuns) }
-        if let instanceID { environment["INSTANCE_ID"] = instanceID }
+        let flags: [String: String?] = [
+            "HOST": host, "PORT": port.map(String.init), "DATA_DIR": dataDir, "COLLECTION_CONFIG": config,
+            "LOG_LEVEL": logLevel, "MAX_CONCURRENT_RUNS": maxConcurrentRuns.map(String.init),
+            "INSTANCE_ID": instanceID,
+        ]
+        let settings = Settings(flags: flags.compactMapValues { $0 })
 
         let configuration: CollectionConfiguration
         let sources: [SourceConfiguration]
         let tlsConfiguration: TLSConfiguration?
         do {
-            configuration = try CollectionConfiguration(environment: environment)
-            sources = try SourcesFile.load(path: configuration.sourcesPath, environment: environment)
+            configuration = try CollectionConfiguration(settings)
+            sources = try SourcesFile.load(path: configuration.sourcesPath, settings: settings)
             tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
             FileHandle.standardError.write(Data("collection-service: configuration error: \(error)\n".utf8))
@@ -74,17 +72,21 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "collection-service")
         logger.logLevel = level
 
+        // The process's one HTTP client, for the storage and every source; shut down here, after both.
+        let httpClient = HTTPClient(
+            eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+            configuration: HTTPStorageClient.configuration(timeout: .seconds(30)))
         let storage: any StorageClient
         do {
-            storage = try makeStorageClient(environment: environment, logger: logger)
+            storage = try makeStorageClient(settings: settings, httpClient: httpClient, logger: logger)
         } catch {
             logger.critical("invalid storage configuration", metadata: ["error": "\(error)"])
+            try? await httpClient.shutdown()
             throw ExitCode(2)
         }
         if !(await storage.healthCheck()) {
             logger.warning("Storage Service health check failed - watermarks will not persist")
         }
-        let httpClient = HTTPClient(eventLoopGroupProvider: .singleton)
         let registry = PrometheusCollectorRegistry()
         var exitCode: Int32 = 0
         do {
@@ -114,8 +116,8 @@ struct Serve: AsyncParsableCommand {
             logger.critical("collection service failed", metadata: ["error": "\(error)"])
             exitCode = 1
         }
+        try? await storage.shutdown()
         try? await httpClient.shutdown()
-        if let client = storage as? HTTPStorageClient { try? await client.shutdown() }
         if exitCode != 0 { throw ExitCode(exitCode) }
     }
 
@@ -147,7 +149,7 @@ func runOnce(engine: CollectionEngine, sources: [SourceConfiguration], limit: In
     return enabled.compactMap { reports[$0.id] }
 }
 
-/// `collection-service healthcheck --url http://127.0.0.1:8000/health`: exit 0 when the answer is 200, else 1.
+/// `collection-service healthcheck --url http://127.0.0.1:8001/health`: exit 0 when the answer is 200, else 1.
 /// For container healthchecks in images without curl.
 struct Healthcheck: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -155,7 +157,7 @@ struct Healthcheck: AsyncParsableCommand {
     )
 
     @Option(help: "The health URL (https:// when the service serves TLS).")
-    var url: String = "http://127.0.0.1:8000/health"
+    var url: String = "http://127.0.0.1:8001/health"
     @Option(help: "Seconds to wait for the answer.") var timeout: Int64 = 5
     @Option(help: "PEM file of a private CA to trust for an https:// URL.") var caPath: String?
 

@@ -48,7 +48,6 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "TLS_KEY_PATH: PEM private key of the certificate.") var tlsKeyPath: String?
 
     func run() async throws {
-        var values = ProcessInfo.processInfo.environment
         let flags: [String: String?] = [
             "PORT": port, "HOST": host, "DATABASE_PATH": databasePath, "STORAGE_API_TOKEN": apiToken,
             "STORAGE_READ_TOKEN": readToken, "LOG_LEVEL": logLevel, "ENVIRONMENT": environment,
@@ -57,12 +56,12 @@ struct Serve: AsyncParsableCommand {
             "REQUEST_TIMEOUT_SECONDS": requestTimeoutSeconds, "MAX_CONNECTIONS": maxConnections,
             "READ_CACHE_ENTRIES": readCacheEntries, "TLS_CERT_PATH": tlsCertPath, "TLS_KEY_PATH": tlsKeyPath,
         ]
-        for case (let key, let value?) in flags { values[key] = value }
+        let settings = Settings(flags: flags.compactMapValues { $0 })
 
         let configuration: StorageConfiguration
         let tlsConfiguration: TLSConfiguration?
         do {
-            configuration = try StorageConfiguration(values)
+            configuration = try StorageConfiguration(settings)
             tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
             FileHandle.standardError.write(Data("storage-service: configuration error: \(error)\n".utf8))
@@ -184,7 +183,7 @@ struct PrintOpenAPI: ParsableCommand {
     func run() throws {
         let configuration: StorageConfiguration
         do {
-            configuration = try StorageConfiguration(ProcessInfo.processInfo.environment)
+            configuration = try StorageConfiguration(Settings())
         } catch {
             FileHandle.standardError.write(Data("storage-service openapi: configuration error: \(error)\n".utf8))
             throw ExitCode(2)

@@ -50,84 +50,44 @@ package struct StorageConfiguration: Sendable {
 
     package init() {}
 
-    /// Reads `values` (the environment with flags laid over it). Invalid values are refused with a
+    /// Reads the settings (command-line flags laid over the environment). Invalid values are refused with a
     /// message that names the key and what is allowed.
-    package init(_ values: [String: String]) throws(ConfigurationError) {
-        let reader = ConfigurationReader(values)
-        host = try reader.string("HOST", default: host)
-        port = try reader.int("PORT", default: port, in: 0...65_535)
-        databasePath = try reader.string("DATABASE_PATH", default: databasePath)
-        apiToken = reader.optional("STORAGE_API_TOKEN")
-        readToken = reader.optional("STORAGE_READ_TOKEN")
-        logLevel = try reader.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
-        environment = try reader.choice(
+    package init(_ settings: Settings) throws(ConfigurationKeyError) {
+        host = settings.string("HOST", default: host)
+        port = try settings.int("PORT", default: port, in: 0...65_535)
+        databasePath = settings.string("DATABASE_PATH", default: databasePath)
+        apiToken = settings.text("STORAGE_API_TOKEN")
+        readToken = settings.text("STORAGE_READ_TOKEN")
+        logLevel = try settings.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
+        environment = try settings.choice(
             "ENVIRONMENT", default: environment, [("development", .development), ("production", .production)]
         )
-        policy.futureTolerance = .seconds(try reader.int("FUTURE_TOLERANCE_SECONDS", default: 300, in: 0...86_400))
-        policy.historyRetention = try reader.int("HISTORY_RETENTION", default: 1000, in: 1...1_000_000)
-        policy.staleAfter = .seconds(try reader.int("STALE_AFTER_SECONDS", default: 7200, in: 1...31_536_000))
-        idleTimeoutSeconds = try reader.int("IDLE_TIMEOUT_SECONDS", default: idleTimeoutSeconds, in: 1...86_400)
-        requestTimeoutSeconds = try reader.int(
+        policy.futureTolerance = .seconds(try settings.int("FUTURE_TOLERANCE_SECONDS", default: 300, in: 0...86_400))
+        policy.historyRetention = try settings.int("HISTORY_RETENTION", default: 1000, in: 1...1_000_000)
+        policy.staleAfter = .seconds(try settings.int("STALE_AFTER_SECONDS", default: 7200, in: 1...31_536_000))
+        idleTimeoutSeconds = try settings.int("IDLE_TIMEOUT_SECONDS", default: idleTimeoutSeconds, in: 1...86_400)
+        requestTimeoutSeconds = try settings.int(
             "REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
-        maxConnections = try reader.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
-        readCacheEntries = try reader.int("READ_CACHE_ENTRIES", default: readCacheEntries, in: 0...10_000_000)
-        do {
-            tls = try TLSFiles.from(values)
-        } catch {
-            throw ConfigurationError(error.description)
-        }
+        maxConnections = try settings.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
+        readCacheEntries = try settings.int("READ_CACHE_ENTRIES", default: readCacheEntries, in: 0...10_000_000)
+        tls = try TLSFiles.from(settings)
         if let apiToken, let readToken, apiToken == readToken {
-            throw ConfigurationError("STORAGE_READ_TOKEN must differ from STORAGE_API_TOKEN")
+            throw ConfigurationKeyError(key: "STORAGE_READ_TOKEN", message: "must differ from STORAGE_API_TOKEN")
         }
         if readToken != nil, apiToken == nil {
-            throw ConfigurationError("STORAGE_READ_TOKEN needs STORAGE_API_TOKEN: without it every caller may write")
+            throw ConfigurationKeyError(
+                key: "STORAGE_READ_TOKEN", message: "needs STORAGE_API_TOKEN: without it every caller may write")
         }
     }
-}
 
-/// A start-up configuration that cannot be used; the message says which key and why.
-package struct ConfigurationError: Error, CustomStringConvertible, Sendable {
-    package let description: String
-    package init(_ description: String) { self.description = description }
-}
-
-/// Typed, validated reads of string settings.
-struct ConfigurationReader {
-    let values: [String: String]
-
-    init(_ values: [String: String]) { self.values = values }
-
-    /// A set, non-blank value, trimmed of surrounding white space.
-    func optional(_ key: String) -> String? {
-        guard let raw = values[key] else { return nil }
-        let trimmed = raw.trimmingWhitespace()
-        return trimmed.isEmpty ? nil : trimmed
-    }
-
-    func string(_ key: String, default fallback: String) throws(ConfigurationError) -> String {
-        optional(key) ?? fallback
-    }
-
-    func int(_ key: String, default fallback: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
-        guard let text = optional(key) else { return fallback }
-        guard let value = Int(text), range.contains(value) else {
-            throw ConfigurationError(
-                "\(key)='\(text)' is invalid: expected a whole number from \(range.lowerBound) to \(range.upperBound)")
-        }
-        return value
-    }
-
-    func choice<T>(_ key: String, default fallback: T, _ options: [(String, T)]) throws(ConfigurationError) -> T {
-        guard let text = optional(key) else { return fallback }
-        guard let match = options.first(where: { $0.0 == text.lowercased() }) else {
-            throw ConfigurationError(
-                "\(key)='\(text)' is invalid: expected one of \(options.map(\.0).joined(separator: ", "))")
-        }
-        return match.1
+    /// The settings of `environment` alone (tests, and sub-commands without flags).
+    package init(_ environment: [String: String]) throws(ConfigurationKeyError) {
+        try self.init(Settings(environment: environment))
     }
 }
 
 extension String {
+    /// Foundation-free trim, for the request path.
     func trimmingWhitespace() -> String {
         var scalars = Substring(self)
         while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }

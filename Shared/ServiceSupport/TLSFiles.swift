@@ -24,15 +24,9 @@ public struct TLSFiles: Sendable, Equatable {
         self.privateKeyPath = privateKeyPath
     }
 
-    /// The files named in `values`, `nil` when neither key is set; one without the other is an error.
-    public static func from(_ values: [String: String]) throws(ConfigurationKeyError) -> TLSFiles? {
-        func value(_ key: String) -> String? {
-            guard let text = values[key]?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else {
-                return nil
-            }
-            return text
-        }
-        switch (value(certificateKey), value(privateKeyKey)) {
+    /// The files named in `settings`, `nil` when neither key is set; one without the other is an error.
+    public static func from(_ settings: Settings) throws(ConfigurationKeyError) -> TLSFiles? {
+        switch (settings.text(certificateKey), settings.text(privateKeyKey)) {
         case (nil, nil):
             return nil
         case (let certificate?, let key?):

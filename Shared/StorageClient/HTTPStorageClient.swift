@@ -30,6 +30,8 @@ public final class HTTPStorageClient: StorageClient {
     public let maxResponseBytes: Int
 
     private let token: String?
+    /// Set on every request, so a shared `HTTPClient` trusts the private CA for the storage's calls only.
+    private let tlsConfiguration: TLSConfiguration?
     private let httpClient: HTTPClient
     private let ownsHTTPClient: Bool
     private let logger: Logger
@@ -41,8 +43,9 @@ public final class HTTPStorageClient: StorageClient {
     ///   - token: sent as `Authorization: Bearer <token>`; never logged.
     ///   - timeout: for each attempt, from sending the request to the end of the answer.
     ///   - httpClient: a shared client to use; when `nil` the storage client makes (and owns) one.
-    ///   - tlsConfiguration: for `https://` with a client made here, e.g. a private CA's trust roots
-    ///     (`HTTPStorageClient.tlsConfiguration(trusting:)`); `nil` trusts the system's roots.
+    ///   - tlsConfiguration: for `https://`, e.g. a private CA's trust roots
+    ///     (`HTTPStorageClient.tlsConfiguration(trusting:)`), set on each request (also through an injected
+    ///     client); `nil` trusts the system's roots.
     public init(
         baseURL: String, token: String? = nil, timeout: Duration = .seconds(30), retryPolicy: RetryPolicy = .default,
         httpClient: HTTPClient? = nil, tlsConfiguration: TLSConfiguration? = nil, maxResponseBytes: Int = 1 << 20,
@@ -57,13 +60,14 @@ public final class HTTPStorageClient: StorageClient {
         self.timeout = timeout
         self.retryPolicy = retryPolicy
         self.maxResponseBytes = maxResponseBytes
+        self.tlsConfiguration = tlsConfiguration
         if let httpClient {
             self.httpClient = httpClient
             self.ownsHTTPClient = false
         } else {
             self.httpClient = HTTPClient(
                 eventLoopGroup: HTTPClient.defaultEventLoopGroup,
-                configuration: Self.configuration(timeout: timeout, tls: tlsConfiguration)
+                configuration: Self.configuration(timeout: timeout)
             )
             self.ownsHTTPClient = true
         }
@@ -77,12 +81,12 @@ public final class HTTPStorageClient: StorageClient {
     /// The configuration of an `HTTPClient` made here. AsyncHTTPClient by default keeps retrying a refused
     /// connection until the request's deadline, so a storage that is down would hold every call for the
     /// whole timeout; this client fails such a connection at once and retries with its own backoff instead.
-    /// An injected `HTTPClient` keeps its owner's configuration.
-    public static func configuration(timeout: Duration, tls: TLSConfiguration? = nil) -> HTTPClient.Configuration {
+    /// An injected `HTTPClient` keeps its owner's configuration (the collection service makes its one client
+    /// with this one).
+    public static func configuration(timeout: Duration) -> HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout.connect = .init(min(timeout, .seconds(10)))
-        if let tls { configuration.tlsConfiguration = tls }
         return configuration
     }
 
@@ -198,6 +202,7 @@ public final class HTTPStorageClient: StorageClient {
         do {
             var request = HTTPClientRequest(url: baseURL + "/health")
             request.method = .GET
+            request.tlsConfiguration = tlsConfiguration
             let response = try await httpClient.execute(request, timeout: .init(timeout))
             _ = try await response.body.collect(upTo: maxResponseBytes)
             let healthy = response.status == .ok
@@ -228,6 +233,7 @@ public final class HTTPStorageClient: StorageClient {
     ) async throws -> Answer {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
+        request.tlsConfiguration = tlsConfiguration
         request.headers = headers
         request.headers.add(name: "Accept", value: "application/json")
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }

@@ -1,10 +1,11 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOSSL
 import ServiceSupport
 import WatermarkCore
 
-/// The configuration keys the factory reads:
+/// The configuration keys the factory reads (through `Settings`: command-line flags, then the environment):
 ///
 /// | key | default | meaning |
 /// |---|---|---|
@@ -18,21 +19,17 @@ import WatermarkCore
 /// `No storage service URL provided - using mock storage client` as a warning whenever it is chosen. With
 /// `ENVIRONMENT=production`, a token and an `http://` URL it warns that the token crosses the network in clear text.
 ///
+/// - Parameter httpClient: the process's `HTTPClient`, shut down by its owner; `nil` makes the storage client
+///   create (and shut down) its own.
 /// - Throws: `StorageClientConfigurationError` for an invalid URL or timeout, or no URL in production.
 /// - Returns: an `HTTPStorageClient` (call `shutdown()` when done, see `StorageClient.shutdown()`) or an
 ///   `InMemoryStorageClient`.
 public func makeStorageClient(
-    environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger,
-    retryPolicy: RetryPolicy = .default
+    settings: Settings = Settings(), httpClient: HTTPClient? = nil, logger: Logger, retryPolicy: RetryPolicy = .default
 ) throws(StorageClientConfigurationError) -> any StorageClient {
-    func value(_ key: String) -> String? {
-        guard let text = environment[key]?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else {
-            return nil
-        }
-        return text
-    }
-    guard let url = value("STORAGE_SERVICE_URL") else {
-        if value("ENVIRONMENT")?.lowercased() == "production" {
+    let production = settings.text("ENVIRONMENT")?.lowercased() == "production"
+    guard let url = settings.text("STORAGE_SERVICE_URL") else {
+        if production {
             throw StorageClientConfigurationError(
                 key: "STORAGE_SERVICE_URL",
                 message: "is required when ENVIRONMENT=production (the mock storage client keeps nothing across "
@@ -43,19 +40,10 @@ public func makeStorageClient(
         return InMemoryStorageClient()
     }
     try validateStorageURL(url)
-    var timeout = Duration.seconds(30)
-    if let text = value("STORAGE_TIMEOUT_SECONDS") {
-        guard let seconds = Double(text), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
-            throw StorageClientConfigurationError(
-                key: "STORAGE_TIMEOUT_SECONDS",
-                message: "'\(text.prefix(64))' is not a number of seconds from 0 to 86400, e.g. 30"
-            )
-        }
-        timeout = .milliseconds(Int64((seconds * 1000).rounded(.up)))
-    }
+    let timeout = try settings.seconds("STORAGE_TIMEOUT_SECONDS", default: .seconds(30), in: 0...86_400)
     let https = url.lowercased().hasPrefix("https://")
     var tls: TLSConfiguration?
-    if let caPath = value("STORAGE_CA_PATH") {
+    if let caPath = settings.text("STORAGE_CA_PATH") {
         guard https else {
             throw StorageClientConfigurationError(
                 key: "STORAGE_CA_PATH",
@@ -64,8 +52,8 @@ public func makeStorageClient(
         }
         tls = try HTTPStorageClient.tlsConfiguration(trusting: caPath)
     }
-    let token = value("STORAGE_API_TOKEN")
-    if token != nil, !https, value("ENVIRONMENT")?.lowercased() == "production" {
+    let token = settings.text("STORAGE_API_TOKEN")
+    if token != nil, !https, production {
         logger.warning(
             """
             STORAGE_API_TOKEN sent over http://: the token crosses the network in clear text; serve the Storage \
@@ -80,7 +68,8 @@ public func makeStorageClient(
         ]
     )
     return HTTPStorageClient(
-        baseURL: url, token: token, timeout: timeout, retryPolicy: retryPolicy, tlsConfiguration: tls, logger: logger
+        baseURL: url, token: token, timeout: timeout, retryPolicy: retryPolicy, httpClient: httpClient,
+        tlsConfiguration: tls, logger: logger
     )
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ServiceSupport
 import TestSupport
 import Testing
 import WatermarkCore
@@ -9,7 +10,7 @@ import WatermarkCore
 @Suite("Configuration")
 struct ConfigurationTests {
     func parse(_ json: String, env: [String: String] = [:]) throws(ConfigurationError) -> [SourceConfiguration] {
-        try SourcesFile.parse(Data(json.utf8), environment: env, baseDirectory: "/etc/collection")
+        try SourcesFile.parse(Data(json.utf8), settings: Settings(environment: env), baseDirectory: "/etc/collection")
     }
 
     func message(_ json: String, env: [String: String] = [:]) -> String {
@@ -84,7 +85,8 @@ struct ConfigurationTests {
         let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("config/sources.example.json").path
         let sources = try SourcesFile.load(
-            path: path, environment: ["OTX_API_KEY": "k", "TAXII_USERNAME": "u", "TAXII_PASSWORD": "p"]
+            path: path,
+            settings: Settings(environment: ["OTX_API_KEY": "k", "TAXII_USERNAME": "u", "TAXII_PASSWORD": "p"])
         )
         #expect(sources.count >= 3)
     }
@@ -96,8 +98,24 @@ struct ConfigurationTests {
         ])
         #expect(config.port == 8001 && config.dataDirectory == "/data" && config.stateDirectory == "/data/.state")
         #expect(config.maxConcurrentRuns == 4 && config.instanceID == "pod-1" && config.logLevel == .debug)
-        #expect(throws: ConfigurationError.self) { try CollectionConfiguration(environment: ["PORT": "eighty"]) }
-        #expect(throws: ConfigurationError.self) { try CollectionConfiguration(environment: ["LOG_LEVEL": "loud"]) }
+        #expect(throws: ConfigurationKeyError.self) { try CollectionConfiguration(environment: ["PORT": "eighty"]) }
+        #expect(throws: ConfigurationKeyError.self) { try CollectionConfiguration(environment: ["LOG_LEVEL": "loud"]) }
+    }
+
+    @Test func settingsLayFlagsOverTheEnvironmentAndTreatBlankAsUnset() throws {
+        let settings = Settings(
+            environment: ["PORT": "9000", "DATA_DIR": "  ", "HOST": " 10.0.0.1 ", "INSTANCE_ID": "env"],
+            flags: ["INSTANCE_ID": "flag"])
+        let config = try CollectionConfiguration(settings)
+        #expect(config.port == 9000 && config.host == "10.0.0.1" && config.instanceID == "flag")
+        #expect(config.dataDirectory == "./data/collection")  // blank: the default
+        #expect(try CollectionConfiguration(environment: [:]).port == 8001)  // not the storage's 8000
+        // A value under a secret-looking name is never repeated in the error.
+        #expect {
+            _ = try Settings(environment: ["FEED_TOKEN": "s3cr3t"]).int("FEED_TOKEN", default: 1, in: 0...9)
+        } throws: { error in
+            "\(error)" == "FEED_TOKEN <redacted> is invalid: expected a whole number from 0 to 9"
+        }
     }
 
     @Test func theLeaseOwnerIsStableAcrossRestartsAndRequireLeaseIsExplicit() throws {
@@ -110,7 +128,10 @@ struct ConfigurationTests {
         #expect(defaults.requireLease == false)
         #expect(try CollectionConfiguration(environment: ["REQUIRE_LEASE": "true"]).requireLease)
         #expect(try !CollectionConfiguration(environment: ["REQUIRE_LEASE": "false"]).requireLease)
-        #expect(throws: ConfigurationError("REQUIRE_LEASE=maybe: must be true or false")) {
+        #expect(
+            throws: ConfigurationKeyError(
+                key: "REQUIRE_LEASE", message: "'maybe' is invalid: expected one of true, false, 1, 0, yes, no")
+        ) {
             try CollectionConfiguration(environment: ["REQUIRE_LEASE": "maybe"])
         }
     }
@@ -123,7 +144,7 @@ struct ConfigurationTests {
                "versions": "last", "checkpoint_pages": 0, "checkpoint_seconds": 120}
             ]}
             """#
-        let sources = try SourcesFile.parse(Data(json.utf8), environment: [:])
+        let sources = try SourcesFile.parse(Data(json.utf8), settings: Settings(environment: [:]))
         guard case .taxii21(let first) = sources[0].kind, case .taxii21(let second) = sources[1].kind else {
             Issue.record("not TAXII sources")
             return
@@ -134,7 +155,7 @@ struct ConfigurationTests {
         #expect(sources[1].checkpointPages == 0 && sources[1].checkpointInterval == .seconds(120))
         let bad = json.replacingOccurrences(of: #""versions": "last""#, with: #""versions": "newest""#)
         #expect(throws: ConfigurationError(#"source "t2" field "versions": "newest" is not one of all, last"#)) {
-            try SourcesFile.parse(Data(bad.utf8), environment: [:])
+            try SourcesFile.parse(Data(bad.utf8), settings: Settings(environment: [:]))
         }
     }
 

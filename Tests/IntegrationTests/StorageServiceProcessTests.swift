@@ -86,10 +86,10 @@ struct StorageServiceProcessTests {
     @Test(
         "invalid configuration is refused at start with the key named",
         arguments: [
-            ("PORT", "eighty", "PORT='eighty' is invalid"),
-            ("ENVIRONMENT", "staging", "ENVIRONMENT='staging' is invalid"),
-            ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
-            ("READ_CACHE_ENTRIES", "-5", "READ_CACHE_ENTRIES='-5' is invalid"),
+            ("PORT", "eighty", "PORT 'eighty' is invalid"),
+            ("ENVIRONMENT", "staging", "ENVIRONMENT 'staging' is invalid"),
+            ("LOG_LEVEL", "loud", "LOG_LEVEL 'loud' is invalid"),
+            ("READ_CACHE_ENTRIES", "-5", "READ_CACHE_ENTRIES '-5' is invalid"),
         ])
     func invalidConfiguration(key: String, value: String, message: String) async throws {
         let dir = try TemporaryDirectory()
@@ -110,6 +110,6 @@ struct StorageServiceProcessTests {
                 "PORT": "0", "HOST": "127.0.0.1", "DATABASE_PATH": dir.path + "/db/w.db", "READ_CACHE_ENTRIES": "5",
             ])
         #expect(try await service.waitForExit() == 2)
-        #expect(service.log.contains("READ_CACHE_ENTRIES='lots' is invalid"))
+        #expect(service.log.contains("READ_CACHE_ENTRIES 'lots' is invalid"))
     }
 }

@@ -1,10 +1,11 @@
 import Foundation
 import Logging
+import StorageClient
 import TestSupport
 import Testing
 import WatermarkCore
 
-@testable import StorageClient
+@testable import ServiceSupport
 
 @Suite("makeStorageClient")
 struct StorageClientFactoryTests {
@@ -13,10 +14,10 @@ struct StorageClientFactoryTests {
     @Test func aURLGivesTheHTTPClientWithItsSettings() async throws {
         let logs = LogRecorder()
         let client = try makeStorageClient(
-            environment: [
+            settings: Settings(environment: [
                 "STORAGE_SERVICE_URL": "http://storage:8000/", "STORAGE_API_TOKEN": "t0ken",
                 "STORAGE_TIMEOUT_SECONDS": "2.5", "ENVIRONMENT": "production",
-            ],
+            ]),
             logger: logs.logger()
         )
         try await client.shutdown()
@@ -29,7 +30,8 @@ struct StorageClientFactoryTests {
 
     @Test func theDefaultTimeoutIsThirtySeconds() async throws {
         let client = try makeStorageClient(
-            environment: ["STORAGE_SERVICE_URL": "https://storage.example"], logger: Logger(label: "test")
+            settings: Settings(environment: ["STORAGE_SERVICE_URL": "https://storage.example"]),
+            logger: Logger(label: "test")
         )
         #expect((client as? HTTPStorageClient)?.timeout == .seconds(30))
         try await client.shutdown()
@@ -38,7 +40,7 @@ struct StorageClientFactoryTests {
     @Test(arguments: [[:], ["STORAGE_SERVICE_URL": "  "], ["ENVIRONMENT": "development"]])
     func noURLGivesTheMockAndSaysSo(environment: [String: String]) async throws {
         let logs = LogRecorder()
-        let client = try makeStorageClient(environment: environment, logger: logs.logger())
+        let client = try makeStorageClient(settings: Settings(environment: environment), logger: logs.logger())
         #expect(client is InMemoryStorageClient)
         let lines = logs.all.filter { $0.message == Self.mockLine }
         #expect(lines.count == 1)
@@ -50,7 +52,7 @@ struct StorageClientFactoryTests {
     func productionWithoutAURLIsAStartUpError(value: String) {
         let logs = LogRecorder()
         #expect {
-            _ = try makeStorageClient(environment: ["ENVIRONMENT": value], logger: logs.logger())
+            _ = try makeStorageClient(settings: Settings(environment: ["ENVIRONMENT": value]), logger: logs.logger())
         } throws: { error in
             guard let error = error as? StorageClientConfigurationError else { return false }
             return error.key == "STORAGE_SERVICE_URL" && error.description.contains("ENVIRONMENT=production")
@@ -63,7 +65,8 @@ struct StorageClientFactoryTests {
     ])
     func anInvalidURLIsRefused(url: String) {
         #expect(throws: StorageClientConfigurationError.self) {
-            _ = try makeStorageClient(environment: ["STORAGE_SERVICE_URL": url], logger: Logger(label: "test"))
+            _ = try makeStorageClient(
+                settings: Settings(environment: ["STORAGE_SERVICE_URL": url]), logger: Logger(label: "test"))
         }
     }
 
@@ -71,7 +74,9 @@ struct StorageClientFactoryTests {
     func anInvalidTimeoutIsRefused(timeout: String) {
         #expect {
             _ = try makeStorageClient(
-                environment: ["STORAGE_SERVICE_URL": "http://storage:8000", "STORAGE_TIMEOUT_SECONDS": timeout],
+                settings: Settings(environment: [
+                    "STORAGE_SERVICE_URL": "http://storage:8000", "STORAGE_TIMEOUT_SECONDS": timeout,
+                ]),
                 logger: Logger(label: "test")
             )
         } throws: { error in
@@ -82,7 +87,9 @@ struct StorageClientFactoryTests {
     @Test func aCAFileNeedsAnHTTPSURL() {
         #expect {
             _ = try makeStorageClient(
-                environment: ["STORAGE_SERVICE_URL": "http://storage:8000", "STORAGE_CA_PATH": "/etc/hostname"],
+                settings: Settings(environment: [
+                    "STORAGE_SERVICE_URL": "http://storage:8000", "STORAGE_CA_PATH": "/etc/hostname",
+                ]),
                 logger: Logger(label: "test"))
         } throws: { error in
             let error = error as? StorageClientConfigurationError
@@ -94,7 +101,9 @@ struct StorageClientFactoryTests {
     func aCAFileThatCannotBeUsedIsRefused(path: String, problem: String) {
         #expect {
             _ = try makeStorageClient(
-                environment: ["STORAGE_SERVICE_URL": "https://storage:8000", "STORAGE_CA_PATH": path],
+                settings: Settings(environment: [
+                    "STORAGE_SERVICE_URL": "https://storage:8000", "STORAGE_CA_PATH": path,
+                ]),
                 logger: Logger(label: "test"))
         } throws: { error in
             let error = error as? StorageClientConfigurationError
@@ -109,7 +118,9 @@ struct StorageClientFactoryTests {
         let certificates = try TestCertificates(in: directory)
         let logs = LogRecorder()
         let client = try makeStorageClient(
-            environment: ["STORAGE_SERVICE_URL": "https://storage:8443", "STORAGE_CA_PATH": certificates.caPath],
+            settings: Settings(environment: [
+                "STORAGE_SERVICE_URL": "https://storage:8443", "STORAGE_CA_PATH": certificates.caPath,
+            ]),
             logger: logs.logger())
         #expect(client is HTTPStorageClient)
         #expect(logs.all.contains { $0.metadata["trust"] == "system+STORAGE_CA_PATH" })
@@ -120,9 +131,9 @@ struct StorageClientFactoryTests {
     func aTokenOverPlainHTTPInProductionIsWarnedAbout(url: String, warned: Bool) async throws {
         let logs = LogRecorder()
         let client = try makeStorageClient(
-            environment: [
+            settings: Settings(environment: [
                 "STORAGE_SERVICE_URL": url, "STORAGE_API_TOKEN": "secret-t0ken", "ENVIRONMENT": "production",
-            ],
+            ]),
             logger: logs.logger())
         let warnings = logs.all.filter { $0.level == .warning && $0.message.contains("clear text") }
         #expect(warnings.count == (warned ? 1 : 0))

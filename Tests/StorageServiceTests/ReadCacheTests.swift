@@ -55,7 +55,7 @@ struct ReadCacheTests {
             #expect {
                 _ = try StorageConfiguration(["READ_CACHE_ENTRIES": bad])
             } throws: { error in
-                "\(error)" == "READ_CACHE_ENTRIES='\(bad)' is invalid: expected a whole number from 0 to 10000000"
+                "\(error)" == "READ_CACHE_ENTRIES '\(bad)' is invalid: expected a whole number from 0 to 10000000"
             }
         }
     }

@@ -11,10 +11,10 @@ import WatermarkCore
     import Darwin
 #endif
 
-/// Service-wide settings, read in one place from the environment (command-line flags override them).
+/// Service-wide settings, read in one place through `Settings` (command-line flags over the environment).
 ///
 /// Keys and defaults:
-/// - `PORT` (8000), `HOST` (0.0.0.0): the HTTP port with `/health`, `/status`, `/metrics`, `POST /api/v1/sources/{id}/run`.
+/// - `PORT` (8001), `HOST` (0.0.0.0): the HTTP port with `/health`, `/status`, `/metrics`, `POST /api/v1/sources/{id}/run`.
 /// - `DATA_DIR` (`./data/collection`): the sink (`<source_id>/<day>.ndjson`) and `.state/` (last known watermarks,
 ///   queued updates).
 /// - `COLLECTION_CONFIG` (`./config/sources.json`): the sources file, see `SourcesFile`.
@@ -32,7 +32,8 @@ import WatermarkCore
 ///   unencrypted PEM key (both or neither). `STORAGE_CA_PATH` (none): a private CA the storage client trusts.
 struct CollectionConfiguration: Sendable {
     var host: String = "0.0.0.0"
-    var port: Int = 8000
+    /// Not storage's 8000, so both run side by side on one host (as `make run-all` does).
+    var port: Int = 8001
     var dataDirectory: String = "./data/collection"
     var sourcesPath: String = "./config/sources.json"
     var logLevel: Logger.Level = .info
@@ -42,8 +43,8 @@ struct CollectionConfiguration: Sendable {
     var requireLease = false
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
     var tls: TLSFiles?
-    /// The whole environment, for the storage client factory and the sources' credentials.
-    var environment: [String: String] = [:]
+    /// Where the values came from, for the storage client factory and the sources' credentials.
+    var settings = Settings(environment: [:])
 
     var stateDirectory: String { Self.stateDirectory(of: dataDirectory) }
 
@@ -54,50 +55,25 @@ struct CollectionConfiguration: Sendable {
 
     init() {}
 
-    /// Reads the keys above from `environment`; malformed values are errors naming the variable.
-    init(environment: [String: String]) throws(ConfigurationError) {
-        self.environment = environment
-        if let host = environment["HOST"], !host.isEmpty { self.host = host }
-        if let text = environment["PORT"] { port = try Self.integer("PORT", text, 0...65_535) }
-        if let dir = environment["DATA_DIR"], !dir.isEmpty { dataDirectory = dir }
-        if let path = environment["COLLECTION_CONFIG"], !path.isEmpty { sourcesPath = path }
-        if let level = environment["LOG_LEVEL"], !level.isEmpty { logLevel = try Self.level(level) }
-        if let text = environment["MAX_CONCURRENT_RUNS"] {
-            maxConcurrentRuns = try Self.integer("MAX_CONCURRENT_RUNS", text, 1...64)
-        }
-        if let id = environment["INSTANCE_ID"], !id.isEmpty { instanceID = id }
-        if let text = environment["REQUIRE_LEASE"], !text.isEmpty {
-            switch text.lowercased() {
-            case "true", "1", "yes": requireLease = true
-            case "false", "0", "no": requireLease = false
-            default: throw ConfigurationError("REQUIRE_LEASE=\(text): must be true or false")
-            }
-        }
-        if let text = environment["REPLAY_INTERVAL_SECONDS"] {
-            replayInterval = .seconds(try Self.integer("REPLAY_INTERVAL_SECONDS", text, 1...86_400))
-        }
-        do {
-            tls = try TLSFiles.from(environment)
-        } catch {
-            throw ConfigurationError(error.description)
-        }
+    /// Reads the keys above from `settings` (flags over the environment); malformed values are errors naming
+    /// the variable.
+    init(_ settings: Settings) throws(ConfigurationKeyError) {
+        self.settings = settings
+        host = settings.string("HOST", default: host)
+        port = try settings.int("PORT", default: port, in: 0...65_535)
+        dataDirectory = settings.string("DATA_DIR", default: dataDirectory)
+        sourcesPath = settings.string("COLLECTION_CONFIG", default: sourcesPath)
+        logLevel = try settings.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
+        maxConcurrentRuns = try settings.int("MAX_CONCURRENT_RUNS", default: maxConcurrentRuns, in: 1...64)
+        instanceID = settings.string("INSTANCE_ID", default: instanceID)
+        requireLease = try settings.bool("REQUIRE_LEASE", default: requireLease)
+        replayInterval = .seconds(try settings.int("REPLAY_INTERVAL_SECONDS", default: 30, in: 1...86_400))
+        tls = try TLSFiles.from(settings)
     }
 
-    static func integer(_ name: String, _ text: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
-        guard let value = Int(text.trimmingCharacters(in: .whitespaces)), range.contains(value) else {
-            throw ConfigurationError(
-                "\(name)=\(text): must be a whole number from \(range.lowerBound) to \(range.upperBound)")
-        }
-        return value
-    }
-
-    static func level(_ text: String) throws(ConfigurationError) -> Logger.Level {
-        guard let level = Logger.Level(rawValue: text.lowercased()) else {
-            throw ConfigurationError(
-                "LOG_LEVEL=\(text): must be one of trace, debug, info, notice, warning, error, critical"
-            )
-        }
-        return level
+    /// The settings of `environment` alone (tests).
+    init(environment: [String: String]) throws(ConfigurationKeyError) {
+        try self.init(Settings(environment: environment))
     }
 
     static func defaultInstanceID() -> String {

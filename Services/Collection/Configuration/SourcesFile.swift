@@ -1,4 +1,5 @@
 import Foundation
+import ServiceSupport
 import WatermarkCore
 
 /// Reads and validates the sources file (`COLLECTION_CONFIG`, JSON).
@@ -30,7 +31,7 @@ enum SourcesFile {
     ]
 
     /// Loads the file at `path`.
-    static func load(path: String, environment: [String: String]) throws(ConfigurationError) -> [SourceConfiguration] {
+    static func load(path: String, settings: Settings) throws(ConfigurationError) -> [SourceConfiguration] {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -39,11 +40,11 @@ enum SourcesFile {
                 "cannot read the sources file \(path) (COLLECTION_CONFIG): \(error.localizedDescription)")
         }
         let base = (path as NSString).deletingLastPathComponent
-        return try parse(data, environment: environment, baseDirectory: base.isEmpty ? "." : base)
+        return try parse(data, settings: settings, baseDirectory: base.isEmpty ? "." : base)
     }
 
     static func parse(
-        _ data: Data, environment: [String: String], baseDirectory: String = "."
+        _ data: Data, settings: Settings, baseDirectory: String = "."
     ) throws(ConfigurationError) -> [SourceConfiguration] {
         let root: Any
         do {
@@ -60,7 +61,7 @@ enum SourcesFile {
             guard let entry = element as? [String: Any] else {
                 throw ConfigurationError("sources[\(index)] must be an object")
             }
-            let source = try parseSource(entry, index: index, environment: environment, baseDirectory: baseDirectory)
+            let source = try parseSource(entry, index: index, settings: settings, baseDirectory: baseDirectory)
             guard seen.insert(source.id.rawValue).inserted else {
                 throw ConfigurationError("source \"\(source.id)\" field \"id\": used by more than one source")
             }
@@ -70,7 +71,7 @@ enum SourcesFile {
     }
 
     private static func parseSource(
-        _ entry: [String: Any], index: Int, environment: [String: String], baseDirectory: String
+        _ entry: [String: Any], index: Int, settings: Settings, baseDirectory: String
     ) throws(ConfigurationError) -> SourceConfiguration {
         guard let idText = entry["id"] as? String else {
             throw ConfigurationError("sources[\(index)] field \"id\": required, a string")
@@ -110,13 +111,13 @@ enum SourcesFile {
                 throw fields.error("token_env", "give either token_env or username_env + password_env, not both")
             }
             if let tokenEnv {
-                auth = .bearer(Secret(try fields.secret("token_env", tokenEnv, environment)))
+                auth = .bearer(Secret(try fields.secret("token_env", tokenEnv, settings)))
             } else if usernameEnv != nil || passwordEnv != nil {
                 guard let usernameEnv else { throw fields.error("username_env", "required with password_env") }
                 guard let passwordEnv else { throw fields.error("password_env", "required with username_env") }
                 auth = .basic(
-                    username: try fields.secret("username_env", usernameEnv, environment),
-                    password: Secret(try fields.secret("password_env", passwordEnv, environment))
+                    username: try fields.secret("username_env", usernameEnv, settings),
+                    password: Secret(try fields.secret("password_env", passwordEnv, settings))
                 )
             }
             var settings = TAXIISettings(apiRoot: apiRoot, collectionID: collection, auth: auth)
@@ -129,7 +130,7 @@ enum SourcesFile {
             kind = .taxii21(settings)
         case "otx":
             guard let keyEnv = try fields.string("api_key_env") else { throw fields.error("api_key_env", "required") }
-            let key = Secret(try fields.secret("api_key_env", keyEnv, environment))
+            let key = Secret(try fields.secret("api_key_env", keyEnv, settings))
             var settings = OTXSettings(apiKey: key)
             if let base = try fields.string("base_url") {
                 try fields.checkURL("base_url", base)
@@ -200,11 +201,9 @@ enum SourcesFile {
             try integer(field, range: minimum...(100 * 365 * 86_400)).map { .seconds($0) }
         }
 
-        func secret(_ field: String, _ variable: String, _ environment: [String: String]) throws(ConfigurationError)
-            -> String
-        {
+        func secret(_ field: String, _ variable: String, _ settings: Settings) throws(ConfigurationError) -> String {
             guard !variable.isEmpty else { throw error(field, "must name an environment variable") }
-            guard let value = environment[variable], !value.isEmpty else {
+            guard let value = settings.text(variable) else {
                 throw error(field, "environment variable \(variable) is not set")
             }
             return value
