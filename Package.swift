@@ -134,7 +134,11 @@ let package = Package(
         ),
         .target(
             name: "TestSupport",
-            dependencies: ["WatermarkCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "WatermarkCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+            ],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),

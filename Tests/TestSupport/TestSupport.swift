@@ -1,3 +1,4 @@
+import InMemoryLogging
 import Logging
 import Synchronization
 import WatermarkCore
@@ -45,7 +46,8 @@ extension Logger {
     package static let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 }
 
-/// Log lines captured in memory, so a test can assert a message without bootstrapping logging.
+/// Log lines captured in memory (swift-log's `InMemoryLogHandler`), so a test can assert a message without
+/// bootstrapping logging; entries are flattened to strings for easy comparison.
 package final class LogRecorder: Sendable {
     package struct Entry: Sendable {
         package var level: Logger.Level
@@ -53,39 +55,25 @@ package final class LogRecorder: Sendable {
         package var metadata: [String: String]
     }
 
-    private let entries = Mutex<[Entry]>([])
+    /// Copies of the handler share its entries.
+    private let handler = InMemoryLogHandler()
 
     package init() {}
 
-    package var all: [Entry] { entries.withLock { $0 } }
+    package var all: [Entry] {
+        handler.entries.map {
+            .init(level: $0.level, message: "\($0.message)", metadata: $0.metadata.mapValues { "\($0)" })
+        }
+    }
 
     package func messages(at level: Logger.Level? = nil) -> [String] {
         all.filter { level == nil || $0.level == level }.map(\.message)
     }
 
-    package func append(_ entry: Entry) { entries.withLock { $0.append(entry) } }
-
     /// A logger whose lines land here.
     package func logger(_ label: String = "test", level: Logger.Level = .trace) -> Logger {
-        var logger = Logger(label: label) { _ in RecordingLogHandler(recorder: self) }
+        var logger = Logger(label: label) { [handler] _ in handler }
         logger.logLevel = level
         return logger
-    }
-}
-
-package struct RecordingLogHandler: LogHandler {
-    let recorder: LogRecorder
-    package var metadata: Logger.Metadata = [:]
-    package var logLevel: Logger.Level = .trace
-
-    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    package func log(event: LogEvent) {
-        var all = metadata
-        if let extra = event.metadata { all.merge(extra) { $1 } }
-        recorder.append(.init(level: event.level, message: "\(event.message)", metadata: all.mapValues { "\($0)" }))
     }
 }
