@@ -35,7 +35,8 @@ struct DemoDataTests {
     @Test func theDemoSourcesFilesParseAndLookBackTenYears() throws {
         for name in ["sources.json", "sources.container.json"] {
             let sources = try SourcesFile.load(
-                path: Self.root.appendingPathComponent("demo/config/\(name)").path, settings: Settings(environment: [:]))
+                path: Self.root.appendingPathComponent("demo/config/\(name)").path, settings: Settings(environment: [:])
+            )
             #expect(!sources.isEmpty, "\(name)")
             for source in sources {
                 #expect(source.lookback >= .seconds(3650 * 86_400), "\(name): \(source.id)")

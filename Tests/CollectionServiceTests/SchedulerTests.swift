@@ -52,7 +52,10 @@ struct SchedulerTests {
         )
     }
 
-    func waitFor(_ what: String, timeout: Duration = .seconds(10), _ condition: () async -> Bool) async throws {
+    /// The deadline is a liveness bound, not a speed claim: in the full parallel run on 2 cores the first
+    /// seconds are saturated by CPU-bound suites (a test with no waits at all took 13 to 15 s to finish there,
+    /// 0.05 s alone), so a 10 s bound failed while the scheduler was merely not given a thread.
+    func waitFor(_ what: String, timeout: Duration = .seconds(30), _ condition: () async -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while !(await condition()) {
             guard ContinuousClock.now < deadline else { throw CancellationError() }
