@@ -4,18 +4,21 @@ import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
+import ServiceLifecycle
 import WatermarkCore
 import WatermarkStores
 
 /// Builds the storage service: tests call this too, so they run exactly the app that ships.
 ///
 /// - Parameters:
+///   - services: run by the app's `ServiceGroup` before the server and stopped after it (the database).
 ///   - tlsConfiguration: serve HTTPS with it (`TLSFiles.serverConfiguration()`); `nil` serves plain HTTP.
 ///   - onServerRunning: called with the bound port once the server listens (useful with port 0, which picks
 ///     a free one).
 package func buildApplication(
     configuration: StorageConfiguration,
     store: any WatermarkStore,
+    services: [any Service] = [],
     logger: Logger,
     tlsConfiguration: TLSConfiguration? = nil,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
@@ -37,6 +40,7 @@ package func buildApplication(
             serverName: "storage-service",
             availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger)
         ),
+        services: services,
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger
     )

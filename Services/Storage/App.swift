@@ -75,15 +75,11 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "storage-service")
 
-        let lock: DatabaseLock
-        let store: SQLiteWatermarkStore
+        let database: SQLiteDatabaseService
         do {
-            try SQLiteWatermarkStore.createFolder(for: configuration.databasePath)
-            lock = try DatabaseLock(databasePath: configuration.databasePath)
-            store = try SQLiteWatermarkStore(
-                path: configuration.databasePath, policy: configuration.policy, logger: logger,
-                cacheCapacity: configuration.readCacheEntries
-            )
+            database = try SQLiteDatabaseService(
+                path: configuration.databasePath, policy: configuration.policy,
+                cacheCapacity: configuration.readCacheEntries, logger: logger)
         } catch {
             logger.critical(
                 "Cannot open the database", metadata: ["path": "\(configuration.databasePath)", "error": "\(error)"])
@@ -100,7 +96,8 @@ struct Serve: AsyncParsableCommand {
                 """)
         }
         let app = try await buildApplication(
-            configuration: configuration, store: store, logger: logger, tlsConfiguration: tlsConfiguration
+            configuration: configuration, store: database.store, services: [database], logger: logger,
+            tlsConfiguration: tlsConfiguration
         ) { port in
             logger.info(
                 "Storage service listening",
@@ -113,8 +110,6 @@ struct Serve: AsyncParsableCommand {
             )
         }
         try await app.runService()
-        try store.close()
-        withExtendedLifetime(lock) {}
         logger.info("Storage service stopped")
     }
 }
@@ -155,7 +150,8 @@ struct Seed: ParsableCommand {
     func run() throws {
         let started = ContinuousClock.now
         do {
-            try SQLiteWatermarkStore.createFolder(for: databasePath)
+            let folder = URL(fileURLWithPath: databasePath).deletingLastPathComponent().path
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let lock = try DatabaseLock(databasePath: databasePath)
             try WatermarkSeeder(sources: sources, history: history, prefix: prefix).seed(path: databasePath) {
                 print("seed: \($0)")

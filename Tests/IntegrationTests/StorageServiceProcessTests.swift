@@ -64,6 +64,10 @@ struct StorageServiceProcessTests {
             #expect(try await service.stop(signal: signal) == 0)
             #expect(!service.wasSignalled)
             #expect(service.log.contains("Storage service stopped"))
+            // The database is a service of the group: closed after the server stopped, before the process ends.
+            let log = service.log
+            let closed = try #require(log.range(of: "Database closed"))
+            #expect(closed.lowerBound < (log.range(of: "Storage service stopped")?.lowerBound ?? log.startIndex))
         }
     }
 

@@ -84,6 +84,7 @@ struct GroupCommitTests {
     @Test func concurrentStoreWritesShareCommitsAndRefusalsStayTheirOwn() async throws {
         let folder = NSTemporaryDirectory() + "group-commit-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         // On disk, WAL and synchronous=FULL: each commit waits for an fsync, as in production.
         let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
         let seeded = try await store.write(
@@ -124,6 +125,7 @@ struct GroupCommitTests {
     func synchronousFull() async throws {
         let folder = NSTemporaryDirectory() + "synchronous-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         for _ in 0..<2 {
             let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
             #expect(try await store.writerSynchronous() == 2)

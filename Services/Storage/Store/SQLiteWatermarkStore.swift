@@ -25,12 +25,12 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// writer of the file (`DatabaseLock`), and every write forgets its source before it is answered.
     let cache: ReadCache<SourceID, Watermark>
 
-    /// Opens (creating if needed) the database file at `path`, with its folder, and migrates it.
+    /// Opens (creating if needed) the database file at `path` and migrates it; its folder must exist
+    /// (`SQLiteDatabaseService` creates it).
     convenience init(
         path: String, policy: WatermarkPolicy, logger: Logger,
         clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 10_000
     ) throws {
-        try Self.createFolder(for: path)
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
         let pool = try DatabasePool(path: path, configuration: configuration)
@@ -41,12 +41,6 @@ final class SQLiteWatermarkStore: WatermarkStore {
         try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         try self.init(
             writer: pool, path: path, policy: policy, logger: logger, clock: clock, cacheCapacity: cacheCapacity)
-    }
-
-    /// Creates the folder that will hold the database file, if it is missing.
-    static func createFolder(for path: String) throws {
-        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     }
 
     /// Uses an open database; `DatabaseQueue()` gives an in-memory one for tests.
@@ -64,20 +58,20 @@ final class SQLiteWatermarkStore: WatermarkStore {
         try WatermarkDatabase.migrator.migrate(writer)
     }
 
-    /// The writer connection's `PRAGMA synchronous` (2: FULL), so a test can prove what a commit waits for.
+    /// The writer connection's `PRAGMA synchronous` (2: FULL): what a commit waits for, in `/status`.
     func writerSynchronous() async throws -> Int {
         try await writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
-    /// Write transactions committed and the writes they carried (more writes than batches: group commit).
+    /// Write transactions committed and the writes they carried (more writes than batches: group commit), in
+    /// `/status`.
     func writeBatches() async -> (batches: Int, writes: Int) {
         (await batcher.batches, await batcher.jobs)
     }
 
     /// Closes the database: used on shutdown, after the last request was answered.
     func close() throws {
-        if let pool = writer as? DatabasePool { try pool.close() }
-        if let queue = writer as? DatabaseQueue { try queue.close() }
+        try writer.close()
     }
 
     // MARK: WatermarkStore
@@ -125,16 +119,16 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func list(_ query: WatermarkQuery) async throws -> WatermarkPage {
         let cutoff = query.staleAfter.map { WatermarkRules.staleCutoff(now: clock(), staleAfter: $0) }
         let rows = try await read { db in
-            var request = WatermarkRow.order(WatermarkRow.Columns.sourceID)
-            if let after = query.after { request = request.filter(WatermarkRow.Columns.sourceID > after.rawValue) }
-            if let status = query.status { request = request.filter(WatermarkRow.Columns.status == status.rawValue) }
+            var request = Watermark.order(Watermark.Columns.sourceID)
+            if let after = query.after { request = request.filter(Watermark.Columns.sourceID > after) }
+            if let status = query.status { request = request.filter(Watermark.Columns.status == status) }
             if let cutoff {
                 request = request.filter(
-                    WatermarkRow.Columns.lastSuccessfulTimestamp == nil
-                        || WatermarkRow.Columns.lastSuccessfulTimestamp < cutoff.sortableString
+                    Watermark.Columns.lastSuccessfulTimestamp == nil
+                        || Watermark.Columns.lastSuccessfulTimestamp < cutoff
                 )
             }
-            return try request.limit(query.limit + 1).fetchAll(db).map { try $0.model() }
+            return try request.limit(query.limit + 1).fetchAll(db)
         }
         return WatermarkPage(rows: rows, limit: query.limit)
     }
@@ -144,11 +138,10 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
         let runs = try await read { db -> [WatermarkRun] in
             guard try SQLiteTransaction(db: db).watermark(sourceID) != nil else { return [] }
-            return try RunRow.filter(RunRow.Columns.sourceID == sourceID.rawValue)
-                .order(RunRow.Columns.version.desc)
+            return try WatermarkRun.filter(WatermarkRun.Columns.sourceID == sourceID)
+                .order(WatermarkRun.Columns.version.desc)
                 .limit(limit)
                 .fetchAll(db)
-                .map { try $0.model() }
         }
         if runs.isEmpty { throw WatermarkError.watermarkNotFound(sourceID) }
         return runs
@@ -174,7 +167,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     }
 
     func summary() async throws -> WatermarkSummary {
-        let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
+        let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter)
         return try await read { db in
             // The totals are kept by triggers; the stale ones are hour buckets kept by triggers plus an index
             // range within one hour (never a scan of the table, nor of every stale source).
@@ -193,7 +186,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
             try tx.db.execute(
                 sql: "INSERT INTO health_probe (id, checked_at) VALUES (1, ?) "
                     + "ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
-                arguments: [now.sortableString]
+                arguments: [now]
             )
         }
         logger.notice("Database writable again", metadata: ["previous_error": "\(failure)"])
@@ -201,7 +194,15 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     func info() async throws -> StoreInfo {
         let journalMode = try await read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "unknown" }
-        let details = ["journal_mode": journalMode]
+        let synchronous = try await writerSynchronous()
+        let (batches, writes) = await writeBatches()
+        // What durability and group commit look like from outside: FULL means a 2xx write is on disk.
+        let details = [
+            "journal_mode": journalMode,
+            "synchronous": ["off", "normal", "full", "extra"].indices.contains(synchronous)
+                ? ["off", "normal", "full", "extra"][synchronous] : "\(synchronous)",
+            "write_batches": "\(batches)", "batched_writes": "\(writes)",
+        ]
         guard let path else { return StoreInfo(backend: "sqlite", path: ":memory:", sizeBytes: 0, details: details) }
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
         let size = ["", "-wal"].reduce(Int64(0)) { total, suffix in

@@ -2,7 +2,8 @@ import Foundation
 import GRDB
 import WatermarkCore
 
-/// The SQLite schema and every row type. All SQL of the service lives in this folder.
+/// The SQLite schema and its fixed statements. All SQL of the service lives in this folder: the records of the
+/// model are in `Records.swift`, the transaction the rules run in is `SQLiteTransaction`.
 ///
 /// Timestamps are stored as `Timestamp.sortableString` (fixed-width, nine fraction digits), so text
 /// comparison in SQL is time comparison and nothing is lost to floating point.
@@ -11,7 +12,7 @@ enum WatermarkDatabase {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
-            try db.create(table: WatermarkRow.databaseTableName) { t in
+            try db.create(table: "watermark") { t in
                 t.primaryKey("source_id", .text)
                 t.column("last_successful_timestamp", .text)
                 t.column("last_run_timestamp", .text).notNull()
@@ -22,7 +23,7 @@ enum WatermarkDatabase {
                 t.column("consecutive_failures", .integer).notNull()
                 t.column("created_at", .text).notNull()
             }
-            try db.create(table: RunRow.databaseTableName) { t in
+            try db.create(table: "watermark_run") { t in
                 t.column("source_id", .text).notNull()
                 t.column("version", .integer).notNull()
                 t.column("recorded_at", .text).notNull()
@@ -33,13 +34,13 @@ enum WatermarkDatabase {
                 t.column("error_message", .text)
                 t.primaryKey(["source_id", "version"])
             }
-            try db.create(table: LeaseRow.databaseTableName) { t in
+            try db.create(table: "lease") { t in
                 t.primaryKey("source_id", .text)
                 t.column("owner", .text).notNull()
                 t.column("fencing_token", .integer).notNull()
                 t.column("expires_at", .text).notNull()
             }
-            try db.create(table: IdempotencyRow.databaseTableName) { t in
+            try db.create(table: "idempotency_key") { t in
                 t.column("source_id", .text).notNull()
                 t.column("key", .text).notNull()
                 t.column("fingerprint", .text).notNull()
@@ -49,7 +50,7 @@ enum WatermarkDatabase {
                 t.primaryKey(["source_id", "key"])
             }
             try db.create(
-                index: "idempotency_key_age", on: IdempotencyRow.databaseTableName,
+                index: "idempotency_key_age", on: "idempotency_key",
                 columns: ["source_id", "recorded_at"])
             try db.create(table: "health_probe") { t in
                 t.primaryKey("id", .integer)
@@ -84,9 +85,9 @@ enum WatermarkDatabase {
             // The list's filters, with keyset paging on source_id: `status` walks (status, source_id) in order;
             // staleness (and the stale count) reads a range of last_successful_timestamp.
             try db.create(
-                index: "watermark_status", on: WatermarkRow.databaseTableName, columns: ["status", "source_id"])
+                index: "watermark_status", on: "watermark", columns: ["status", "source_id"])
             try db.create(
-                index: "watermark_last_success", on: WatermarkRow.databaseTableName,
+                index: "watermark_last_success", on: "watermark",
                 columns: ["last_successful_timestamp"])
         }
         migrator.registerMigration("v3-success-hours") { db in
@@ -134,359 +135,4 @@ enum WatermarkDatabase {
                   WHERE last_successful_timestamp >= substr(?1, 1, 13) AND last_successful_timestamp < ?1) AS stale
         FROM watermark_count WHERE id = 1
         """
-}
-
-extension Timestamp {
-    /// Reads a stored column value back.
-    init(stored text: String) throws {
-        try self.init(rfc3339: text)
-    }
-}
-
-/// A row of `watermark`: the current state of one source.
-struct WatermarkRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "watermark"
-
-    var sourceID: String
-    var lastSuccessfulTimestamp: String?
-    var lastRunTimestamp: String
-    var status: String
-    var recordsCollected: Int64
-    var errorMessage: String?
-    var version: Int64
-    var consecutiveFailures: Int64
-    var createdAt: String
-
-    enum CodingKeys: String, CodingKey {
-        case sourceID = "source_id"
-        case lastSuccessfulTimestamp = "last_successful_timestamp"
-        case lastRunTimestamp = "last_run_timestamp"
-        case status
-        case recordsCollected = "records_collected"
-        case errorMessage = "error_message"
-        case version
-        case consecutiveFailures = "consecutive_failures"
-        case createdAt = "created_at"
-    }
-
-    enum Columns {
-        static let sourceID = Column(CodingKeys.sourceID)
-        static let lastSuccessfulTimestamp = Column(CodingKeys.lastSuccessfulTimestamp)
-        static let status = Column(CodingKeys.status)
-    }
-
-    /// Every column, in the order `init(row:)` reads them (requests select them in this order).
-    static let columnNames = [
-        "source_id", "last_successful_timestamp", "last_run_timestamp", "status", "records_collected",
-        "error_message", "version", "consecutive_failures", "created_at",
-    ]
-    static var databaseSelection: [any SQLSelectable] { columnNames.map { Column($0) } }
-    static let selectOne = "SELECT \(columnNames.joined(separator: ", ")) FROM watermark WHERE source_id = ?"
-    private static let upsertSQL =
-        WatermarkDatabase.insertSQL(into: databaseTableName, columnNames) + " ON CONFLICT (source_id) DO UPDATE SET "
-        + columnNames.dropFirst().map { "\($0) = excluded.\($0)" }.joined(separator: ", ")
-
-    /// Reads the columns by position: the Decodable path looked each one up by name through a decoder.
-    init(row: Row) throws {
-        sourceID = row[0]
-        lastSuccessfulTimestamp = row[1]
-        lastRunTimestamp = row[2]
-        status = row[3]
-        recordsCollected = row[4]
-        errorMessage = row[5]
-        version = row[6]
-        consecutiveFailures = row[7]
-        createdAt = row[8]
-    }
-
-    /// Inserts the row or replaces the one of the same source with one statement prepared once per connection.
-    /// GRDB's `save` encoded the record through `Encodable` and built an UPDATE, then an INSERT, on every call:
-    /// with the row decoding, two thirds of the single writer's CPU under concurrent PUTs. The count triggers
-    /// fire as before (the insert trigger on a new source, the status trigger on a replaced one).
-    func upsert(_ db: Database) throws {
-        try db.cachedStatement(sql: Self.upsertSQL).execute(arguments: [
-            sourceID, lastSuccessfulTimestamp, lastRunTimestamp, status, recordsCollected, errorMessage, version,
-            consecutiveFailures, createdAt,
-        ])
-    }
-
-    init(_ watermark: Watermark) {
-        sourceID = watermark.sourceID.rawValue
-        lastSuccessfulTimestamp = watermark.lastSuccessfulTimestamp?.sortableString
-        lastRunTimestamp = watermark.lastRunTimestamp.sortableString
-        status = watermark.status.rawValue
-        recordsCollected = watermark.recordsCollected
-        errorMessage = watermark.errorMessage
-        version = watermark.version
-        consecutiveFailures = watermark.consecutiveFailures
-        createdAt = watermark.createdAt.sortableString
-    }
-
-    func model() throws -> Watermark {
-        guard let status = RunStatus(rawValue: status) else {
-            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "unknown status '\(status)' for \(sourceID)")
-        }
-        return Watermark(
-            sourceID: try SourceID(sourceID),
-            lastSuccessfulTimestamp: try lastSuccessfulTimestamp.map(Timestamp.init(stored:)),
-            lastRunTimestamp: try Timestamp(stored: lastRunTimestamp),
-            status: status,
-            recordsCollected: recordsCollected,
-            errorMessage: errorMessage,
-            version: version,
-            consecutiveFailures: consecutiveFailures,
-            createdAt: try Timestamp(stored: createdAt)
-        )
-    }
-}
-
-/// A row of `watermark_run`: one accepted update.
-struct RunRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "watermark_run"
-
-    var sourceID: String
-    var version: Int64
-    var recordedAt: String
-    var status: String
-    var timestamp: String?
-    var lastSuccessfulTimestamp: String?
-    var recordsCollected: Int64
-    var errorMessage: String?
-
-    enum CodingKeys: String, CodingKey {
-        case sourceID = "source_id"
-        case version
-        case recordedAt = "recorded_at"
-        case status, timestamp
-        case lastSuccessfulTimestamp = "last_successful_timestamp"
-        case recordsCollected = "records_collected"
-        case errorMessage = "error_message"
-    }
-
-    enum Columns {
-        static let sourceID = Column(CodingKeys.sourceID)
-        static let version = Column(CodingKeys.version)
-    }
-
-    /// Every column, in the order `init(row:)` reads them.
-    static let columnNames = [
-        "source_id", "version", "recorded_at", "status", "timestamp", "last_successful_timestamp",
-        "records_collected", "error_message",
-    ]
-    static var databaseSelection: [any SQLSelectable] { columnNames.map { Column($0) } }
-    private static let insertSQL = WatermarkDatabase.insertSQL(into: databaseTableName, columnNames)
-
-    init(row: Row) throws {
-        sourceID = row[0]
-        version = row[1]
-        recordedAt = row[2]
-        status = row[3]
-        timestamp = row[4]
-        lastSuccessfulTimestamp = row[5]
-        recordsCollected = row[6]
-        errorMessage = row[7]
-    }
-
-    /// Appends the run with a statement prepared once per connection (see `WatermarkRow.upsert`).
-    func append(to db: Database) throws {
-        try db.cachedStatement(sql: Self.insertSQL).execute(arguments: [
-            sourceID, version, recordedAt, status, timestamp, lastSuccessfulTimestamp, recordsCollected, errorMessage,
-        ])
-    }
-
-    init(_ run: WatermarkRun, sourceID: SourceID) {
-        self.sourceID = sourceID.rawValue
-        version = run.version
-        recordedAt = run.recordedAt.sortableString
-        status = run.status.rawValue
-        timestamp = run.timestamp?.sortableString
-        lastSuccessfulTimestamp = run.lastSuccessfulTimestamp?.sortableString
-        recordsCollected = run.recordsCollected
-        errorMessage = run.errorMessage
-    }
-
-    func model() throws -> WatermarkRun {
-        guard let status = RunStatus(rawValue: status) else {
-            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "unknown status '\(status)' for \(sourceID)")
-        }
-        return WatermarkRun(
-            version: version, recordedAt: try Timestamp(stored: recordedAt), status: status,
-            timestamp: try timestamp.map(Timestamp.init(stored:)),
-            lastSuccessfulTimestamp: try lastSuccessfulTimestamp.map(Timestamp.init(stored:)),
-            recordsCollected: recordsCollected, errorMessage: errorMessage
-        )
-    }
-}
-
-/// A row of `lease`: the last lease granted on a source (kept after expiry for its fencing counter).
-struct LeaseRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "lease"
-
-    var sourceID: String
-    var owner: String
-    var fencingToken: Int64
-    var expiresAt: String
-
-    enum CodingKeys: String, CodingKey {
-        case sourceID = "source_id"
-        case owner
-        case fencingToken = "fencing_token"
-        case expiresAt = "expires_at"
-    }
-
-    static var databaseSelection: [any SQLSelectable] {
-        [Column("source_id"), Column("owner"), Column("fencing_token"), Column("expires_at")]
-    }
-    static let selectOne = "SELECT source_id, owner, fencing_token, expires_at FROM lease WHERE source_id = ?"
-
-    init(row: Row) throws {
-        sourceID = row[0]
-        owner = row[1]
-        fencingToken = row[2]
-        expiresAt = row[3]
-    }
-
-    init(_ lease: Lease) {
-        sourceID = lease.sourceID.rawValue
-        owner = lease.owner
-        fencingToken = lease.fencingToken
-        expiresAt = lease.expiresAt.sortableString
-    }
-
-    func model() throws -> Lease {
-        Lease(
-            sourceID: try SourceID(sourceID), owner: owner, fencingToken: fencingToken,
-            expiresAt: try Timestamp(stored: expiresAt)
-        )
-    }
-}
-
-/// A row of `idempotency_key`: the first answer given to a key, replayed to retries.
-struct IdempotencyRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "idempotency_key"
-
-    var sourceID: String
-    var key: String
-    var fingerprint: String
-    var created: Bool
-    /// The watermark answered, as JSON.
-    var response: String
-    var recordedAt: String
-
-    enum CodingKeys: String, CodingKey {
-        case sourceID = "source_id"
-        case key, fingerprint, created, response
-        case recordedAt = "recorded_at"
-    }
-
-    enum Columns {
-        static let sourceID = Column(CodingKeys.sourceID)
-        static let key = Column(CodingKeys.key)
-        static let recordedAt = Column(CodingKeys.recordedAt)
-    }
-
-    init(_ record: IdempotencyRecord, sourceID: SourceID) throws {
-        self.sourceID = sourceID.rawValue
-        key = record.key
-        fingerprint = record.fingerprint
-        created = record.created
-        response = String(decoding: try JSONEncoder().encode(record.watermark), as: UTF8.self)
-        recordedAt = record.recordedAt.sortableString
-    }
-
-    func model() throws -> IdempotencyRecord {
-        IdempotencyRecord(
-            key: key, fingerprint: fingerprint,
-            watermark: try JSONDecoder().decode(Watermark.self, from: Data(response.utf8)), created: created,
-            recordedAt: try Timestamp(stored: recordedAt)
-        )
-    }
-}
-
-/// One SQLite transaction as the rules need it: the snapshot of a source they read, and the plan they return
-/// persisted (and the reads of the API).
-///
-/// The reads every request makes use statements prepared once per connection (`cachedStatement`): building and
-/// preparing a query-interface request on each call was the largest cost of a GET after the thread hops
-/// (about 13 % of the service's CPU under load, SQL generation and SQLite's authorizer callbacks).
-struct SQLiteTransaction {
-    let db: Database
-
-    func watermark(_ sourceID: SourceID) throws -> Watermark? {
-        try WatermarkRow.fetchOne(db.cachedStatement(sql: WatermarkRow.selectOne), arguments: [sourceID.rawValue])?
-            .model()
-    }
-
-    func lease(_ sourceID: SourceID) throws -> Lease? {
-        try LeaseRow.fetchOne(db.cachedStatement(sql: LeaseRow.selectOne), arguments: [sourceID.rawValue])?.model()
-    }
-
-    func latestVersion(_ sourceID: SourceID) throws -> Int64 {
-        try Int64.fetchOne(
-            db.cachedStatement(sql: "SELECT MAX(version) FROM watermark_run WHERE source_id = ?"),
-            arguments: [sourceID.rawValue]
-        ) ?? 0
-    }
-
-    func idempotencyRecord(_ sourceID: SourceID, key: String) throws -> IdempotencyRecord? {
-        try IdempotencyRow.fetchOne(
-            db.cachedStatement(sql: "SELECT * FROM idempotency_key WHERE source_id = ? AND key = ?"),
-            arguments: [sourceID.rawValue, key]
-        )?.model()
-    }
-
-    /// What the rules read about `sourceID`; the highest version is looked up only when there is no watermark.
-    func snapshot(_ sourceID: SourceID, idempotencyKey: String?) throws -> WatermarkSnapshot {
-        let watermark = try watermark(sourceID)
-        return WatermarkSnapshot(
-            watermark: watermark, lease: try lease(sourceID),
-            latestVersion: try watermark?.version ?? latestVersion(sourceID),
-            idempotencyRecord: try idempotencyKey.flatMap { try idempotencyRecord(sourceID, key: $0) })
-    }
-
-    mutating func persist(_ plan: WritePlan) throws {
-        guard let changes = plan.changes else { return }
-        let id = changes.watermark.sourceID
-        try save(changes.watermark)
-        try append(changes.run, for: id, keep: changes.keepRuns)
-        if let record = changes.idempotencyRecord {
-            try save(record, for: id, expiredBefore: changes.idempotencyExpiredBefore)
-        }
-    }
-
-    mutating func persist(_ plan: DeletePlan) throws {
-        try deleteWatermark(plan.sourceID)
-        try deleteIdempotencyRecords(plan.sourceID)
-    }
-
-    mutating func save(_ watermark: Watermark) throws {
-        try WatermarkRow(watermark).upsert(db)
-    }
-
-    mutating func deleteWatermark(_ sourceID: SourceID) throws {
-        _ = try WatermarkRow.deleteOne(db, key: sourceID.rawValue)
-    }
-
-    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) throws {
-        try RunRow(run, sourceID: sourceID).append(to: db)
-        // Versions of one source's runs are consecutive, so the oldest run to keep is known directly.
-        try db.cachedStatement(sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?")
-            .execute(arguments: [sourceID.rawValue, run.version - Int64(keep)])
-    }
-
-    mutating func save(_ lease: Lease) throws {
-        try LeaseRow(lease).save(db)
-    }
-
-    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) throws {
-        try IdempotencyRow(record, sourceID: sourceID).save(db)
-        try IdempotencyRow
-            .filter(IdempotencyRow.Columns.sourceID == sourceID.rawValue)
-            .filter(IdempotencyRow.Columns.recordedAt < expiredBefore.sortableString)
-            .deleteAll(db)
-    }
-
-    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) throws {
-        try IdempotencyRow.filter(IdempotencyRow.Columns.sourceID == sourceID.rawValue).deleteAll(db)
-    }
 }

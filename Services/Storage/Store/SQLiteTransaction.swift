@@ -1,0 +1,87 @@
+import GRDB
+import WatermarkCore
+
+/// One SQLite transaction as the rules need it: the snapshot of a source they read, and the plan they return
+/// persisted (and the reads of the API).
+///
+/// The reads every request makes use statements prepared once per connection (`cachedStatement`): building and
+/// preparing a query-interface request on each call was the largest cost of a GET after the thread hops
+/// (about 13 % of the service's CPU under load, SQL generation and SQLite's authorizer callbacks).
+struct SQLiteTransaction {
+    let db: Database
+
+    func watermark(_ sourceID: SourceID) throws -> Watermark? {
+        try Watermark.fetchOne(db.cachedStatement(sql: Watermark.selectOne), arguments: [sourceID])
+    }
+
+    func lease(_ sourceID: SourceID) throws -> Lease? {
+        try Lease.fetchOne(db.cachedStatement(sql: Lease.selectOne), arguments: [sourceID])
+    }
+
+    func latestVersion(_ sourceID: SourceID) throws -> Int64 {
+        try Int64.fetchOne(
+            db.cachedStatement(sql: "SELECT MAX(version) FROM watermark_run WHERE source_id = ?"),
+            arguments: [sourceID]
+        ) ?? 0
+    }
+
+    func idempotencyRecord(_ sourceID: SourceID, key: String) throws -> IdempotencyRecord? {
+        try IdempotencyRecord.fetchOne(
+            db.cachedStatement(sql: IdempotencyRecord.selectOne), arguments: [sourceID, key])
+    }
+
+    /// What the rules read about `sourceID`; the highest version is looked up only when there is no watermark.
+    func snapshot(_ sourceID: SourceID, idempotencyKey: String?) throws -> WatermarkSnapshot {
+        let watermark = try watermark(sourceID)
+        return WatermarkSnapshot(
+            watermark: watermark, lease: try lease(sourceID),
+            latestVersion: try watermark?.version ?? latestVersion(sourceID),
+            idempotencyRecord: try idempotencyKey.flatMap { try idempotencyRecord(sourceID, key: $0) })
+    }
+
+    mutating func persist(_ plan: WritePlan) throws {
+        guard let changes = plan.changes else { return }
+        let id = changes.watermark.sourceID
+        try save(changes.watermark)
+        try append(changes.run, for: id, keep: changes.keepRuns)
+        if let record = changes.idempotencyRecord {
+            try save(record, for: id, expiredBefore: changes.idempotencyExpiredBefore)
+        }
+    }
+
+    mutating func persist(_ plan: DeletePlan) throws {
+        try deleteWatermark(plan.sourceID)
+        try deleteIdempotencyRecords(plan.sourceID)
+    }
+
+    mutating func save(_ watermark: Watermark) throws {
+        try watermark.upsert(db)
+    }
+
+    mutating func deleteWatermark(_ sourceID: SourceID) throws {
+        _ = try Watermark.deleteOne(db, key: sourceID)
+    }
+
+    mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) throws {
+        try run.append(for: sourceID, to: db)
+        // Versions of one source's runs are consecutive, so the oldest run to keep is known directly.
+        try db.cachedStatement(sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?")
+            .execute(arguments: [sourceID, run.version - Int64(keep)])
+    }
+
+    mutating func save(_ lease: Lease) throws {
+        try lease.save(db)
+    }
+
+    mutating func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) throws {
+        try record.save(for: sourceID, to: db)
+        try IdempotencyRecord
+            .filter(IdempotencyRecord.Columns.sourceID == sourceID)
+            .filter(IdempotencyRecord.Columns.recordedAt < expiredBefore)
+            .deleteAll(db)
+    }
+
+    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) throws {
+        try IdempotencyRecord.filter(IdempotencyRecord.Columns.sourceID == sourceID).deleteAll(db)
+    }
+}
