@@ -60,17 +60,12 @@ struct Serve: AsyncParsableCommand {
             sources = try SourcesFile.load(path: configuration.sourcesPath, settings: settings)
             tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
-            FileHandle.standardError.write(Data("collection-service: configuration error: \(error)\n".utf8))
+            ServiceStart.reportConfigurationError("collection-service", error)
             throw ExitCode(2)
         }
-        let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardOutput(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        ServiceStart.bootstrapLogging(level: configuration.logLevel, to: .standardOutput)
         var logger = Logger(label: "collection-service")
-        logger.logLevel = level
+        logger.logLevel = configuration.logLevel
 
         // The process's one HTTP client, for the storage and every source; shut down here, after both.
         let httpClient = HTTPClient(

@@ -64,15 +64,10 @@ struct Serve: AsyncParsableCommand {
             configuration = try StorageConfiguration(settings)
             tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
-            FileHandle.standardError.write(Data("storage-service: configuration error: \(error)\n".utf8))
+            ServiceStart.reportConfigurationError("storage-service", error)
             throw ExitCode(2)
         }
-        let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        ServiceStart.bootstrapLogging(level: configuration.logLevel, to: .standardError)
         let logger = Logger(label: "storage-service")
 
         let database: SQLiteDatabaseService
@@ -181,7 +176,7 @@ struct PrintOpenAPI: ParsableCommand {
         do {
             configuration = try StorageConfiguration(Settings())
         } catch {
-            FileHandle.standardError.write(Data("storage-service openapi: configuration error: \(error)\n".utf8))
+            ServiceStart.reportConfigurationError("storage-service openapi", error)
             throw ExitCode(2)
         }
         print(OpenAPIDocument.yaml(for: .init(configuration)), terminator: "")

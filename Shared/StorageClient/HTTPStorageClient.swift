@@ -8,6 +8,9 @@ import NIOSSL
 import ServiceSupport
 import WatermarkCore
 
+// Over 300 lines for a reason: every call of the API and the one transport they share (retries, limits, error
+// mapping) are one class, whose transport stays private to it.
+
 /// The Storage Service's HTTP API (CONTRACT §1) behind the `StorageClient` protocol.
 ///
 /// Every call has a timeout (default 30 s) and reads at most `maxResponseBytes` of an answer. Transient

@@ -6,6 +6,9 @@
     import Darwin
 #endif
 
+// About 300 lines for a reason: the RFC 3339 parser, the formatter and the arithmetic of one value type, each
+// needing the others.
+
 /// An instant in UTC with nanosecond precision.
 ///
 /// Watermarks must round-trip exactly: a collector that stores `12:00:00.123456789Z` and reads back

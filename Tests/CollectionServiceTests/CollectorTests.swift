@@ -8,6 +8,9 @@ import WatermarkCore
 
 @testable import CollectionService
 
+// Over 300 lines for a reason: the collectors' suites share the scripted HTTP server and the record builders defined
+// here.
+
 @Suite("TAXII 2.1 collector")
 struct TAXII21CollectorTests {
     static let path = "/api1/collections/col-1/objects/"

@@ -8,6 +8,8 @@ import WatermarkCore
 
 @testable import CollectionService
 
+// Over 300 lines for a reason: the runner's suite and the RunnerFixture that other suites of this target use.
+
 /// A collector that serves fixed pages and can fail at a chosen page, to simulate crashes and errors.
 struct ScriptedCollector: Collector {
     let pages: [[CollectedRecord]]

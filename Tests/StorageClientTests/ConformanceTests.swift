@@ -10,6 +10,9 @@ import WatermarkStores
 
 @testable import StorageService
 
+// Over 300 lines for a reason: one conformance suite, run unchanged against every client and store; its cases must
+// stay together.
+
 /// The two implementations of `StorageClient` every conformance test runs against: the in-memory mock,
 /// and the HTTP client talking to a live Storage Service (SQLite on a temporary file) started in the test.
 /// The same assertions pass on both, so the mock cannot drift from the service.

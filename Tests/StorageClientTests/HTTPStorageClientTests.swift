@@ -11,6 +11,8 @@ import WatermarkCore
 
 @testable import StorageClient
 
+// Over 300 lines for a reason: one suite against scripted servers, which its cases share.
+
 /// What the test server saw, and how many times it should still fail.
 final class ServerScript: Sendable {
     struct Seen: Sendable {

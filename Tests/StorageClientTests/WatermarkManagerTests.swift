@@ -6,6 +6,8 @@ import TestSupport
 import Testing
 import WatermarkCore
 
+// Over 300 lines for a reason: one suite of the manager with the faulty-storage fixture its cases share.
+
 /// Wraps the in-memory client and makes chosen calls fail as a broken connection would: before reaching
 /// the storage, or after the storage applied the update (the answer got lost on the way back).
 actor FlakyClient: StorageClient {

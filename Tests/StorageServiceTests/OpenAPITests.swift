@@ -246,17 +246,23 @@ struct OpenAPITests {
         #expect(OpenAPIDocument.Variant(authentication: false, readOnlyToken: true).readOnlyToken == false)
     }
 
-    @Test("GET /openapi.yaml serves the document of the running configuration, without a token")
-    func served() async throws {
+    /// The app on a memory store with `apiToken` (none: open), and the configuration it was built with.
+    static func app(apiToken: String?) async throws -> (some ApplicationProtocol, StorageConfiguration) {
         var configuration = StorageConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
-        configuration.apiToken = "write-secret"
-        let expected = OpenAPIDocument.yaml(for: .init(configuration))
+        configuration.apiToken = apiToken
         let app = try await buildApplication(
             configuration: configuration, store: MemoryWatermarkStore(policy: WatermarkPolicy()),
             logger: Logger(label: "test")
         )
+        return (app, configuration)
+    }
+
+    @Test("GET /openapi.yaml serves the document of the running configuration, without a token")
+    func served() async throws {
+        let (app, configuration) = try await Self.app(apiToken: "write-secret")
+        let expected = OpenAPIDocument.yaml(for: .init(configuration))
         try await app.test(.router) { client in
             let response = try await client.execute(uri: "/openapi.yaml", method: .get)
             #expect(response.status == .ok)
@@ -272,13 +278,7 @@ struct OpenAPITests {
 
     @Test("a service without a token serves the document that requires none")
     func servedWithoutToken() async throws {
-        var configuration = StorageConfiguration()
-        configuration.host = "127.0.0.1"
-        configuration.port = 0
-        let app = try await buildApplication(
-            configuration: configuration, store: MemoryWatermarkStore(policy: WatermarkPolicy()),
-            logger: Logger(label: "test")
-        )
+        let (app, _) = try await Self.app(apiToken: nil)
         try await app.test(.router) { client in
             let response = try await client.execute(uri: "/openapi.yaml", method: .get)
             #expect(response.status == .ok)

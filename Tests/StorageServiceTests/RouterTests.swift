@@ -11,6 +11,9 @@ import WatermarkStores
 
 @testable import StorageService
 
+// Over 300 lines for a reason: one suite, the whole HTTP API through the router, with one app fixture; split by
+// route it would repeat the fixture.
+
 /// Every endpoint and every error code of the contract, through the real router.
 @Suite("Storage API")
 struct RouterTests {

@@ -6,6 +6,8 @@ import WatermarkStores
 
 @testable import StorageService
 
+// Over 300 lines for a reason: one store suite run against the memory and SQLite stores alike.
+
 /// The watermark rules, run against every store so the SQLite store and the in-memory one (which the
 /// mock client uses) can never disagree.
 @Suite("WatermarkStore rules")

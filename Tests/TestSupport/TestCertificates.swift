@@ -21,17 +21,10 @@ package struct TestCertificates: Sendable {
         otherKeyPath = path("collection.key")
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/make-dev-certs.sh")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [script.path, directory.path]
-        process.environment = ProcessInfo.processInfo.environment.merging(["DAYS": "2"]) { $1 }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
+        let (status, text) = try runToEnd(
+            ["/bin/bash", script.path, directory.path],
+            environment: ProcessInfo.processInfo.environment.merging(["DAYS": "2"]) { $1 })
+        guard status == 0 else {
             throw CertificateError(description: "scripts/make-dev-certs.sh failed: \(text)")
         }
     }

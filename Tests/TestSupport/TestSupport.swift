@@ -1,3 +1,4 @@
+import Foundation
 import InMemoryLogging
 import Logging
 import Synchronization
@@ -76,4 +77,27 @@ package final class LogRecorder: Sendable {
         logger.logLevel = level
         return logger
     }
+}
+
+/// Runs a command (an absolute path, or a name looked up by `/usr/bin/env`) to its end: its exit status and its
+/// standard output and error together.
+package func runToEnd(_ arguments: [String], environment: [String: String]? = nil) throws -> (
+    status: Int32, output: String
+) {
+    let process = Process()
+    if arguments[0].hasPrefix("/") {
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+    } else {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+    }
+    if let environment { process.environment = environment }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }

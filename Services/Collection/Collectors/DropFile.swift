@@ -8,6 +8,9 @@ import Foundation
     import Darwin
 #endif
 
+// Over 300 lines for a reason: the three file layouts (NDJSON, JSON array, STIX bundle) share one read window and
+// one cursor, private to this class.
+
 /// Where a drop-folder run is inside one file, carried from page to page in the cursor.
 struct FilePosition: Codable, Sendable, Equatable {
     var file: String

@@ -2,6 +2,7 @@
     import Foundation
     import Glibc
     import NIOHTTP1
+    import TestSupport
     import Testing
 
     /// Storage faults under the real process: the disk filling up (the file-size limit of the process,
@@ -27,7 +28,7 @@
 
         @discardableResult
         static func run(_ arguments: String...) throws -> (status: Int32, output: String) {
-            let result = try run(arguments)
+            let result = try runToEnd(arguments)
             guard result.status == 0 else {
                 throw ProcessFailure("\(arguments.joined(separator: " ")): \(result.output)")
             }
@@ -101,8 +102,8 @@
                 // when a mapped file turns immutable under it (a case no real read-only mount can produce).
                 let files = [harness.databasePath, harness.databasePath + "-wal"]
                     .filter { FileManager.default.fileExists(atPath: $0) }
-                let locked = try Self.run(["/usr/bin/env", "chattr", "+i"] + files)
-                defer { _ = try? Self.run(["/usr/bin/env", "chattr", "-i"] + files) }
+                let locked = try runToEnd(["chattr", "+i"] + files)
+                defer { _ = try? runToEnd(["chattr", "-i"] + files) }
                 try #require(locked.status == 0, "chattr +i is not supported here: \(locked.output)")
 
                 var refused = 0
@@ -117,7 +118,7 @@
                 #expect(try await http.send(.GET, "/health").status == 503)
                 #expect(harness.service.log.contains("Database operation failed"))
 
-                _ = try Self.run(["/usr/bin/env", "chattr", "-i"] + files)
+                _ = try runToEnd(["chattr", "-i"] + files)
                 try await waitUntil("/health to be 200 again", timeout: .seconds(10), every: .milliseconds(100)) {
                     try await http.send(.GET, "/health").status == 200
                 }
@@ -130,18 +131,5 @@
             }
         }
 
-        /// Runs a command to its end and returns its status and output.
-        static func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: arguments[0])
-            process.arguments = Array(arguments.dropFirst())
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
     }
 #endif

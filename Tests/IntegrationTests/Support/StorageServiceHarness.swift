@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import TestSupport
 
 /// A `storage-service` process on 127.0.0.1 with a temporary database, for the reliability tests.
 ///
@@ -52,21 +53,13 @@ final class StorageServiceHarness {
 /// `PRAGMA integrity_check` of a SQLite file, run with python3's sqlite3 module (the test target has
 /// no GRDB): "ok" for a sound database.
 func sqliteIntegrityCheck(_ path: String) throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = [
+    let (status, output) = try runToEnd([
         "python3", "-c",
         "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])",
         path,
-    ]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    guard process.terminationStatus == 0 else { throw ProcessFailure("integrity check failed to run: \(text)") }
+    ])
+    let text = output.trimmingCharacters(in: .whitespacesAndNewlines)
+    guard status == 0 else { throw ProcessFailure("integrity check failed to run: \(text)") }
     return text
 }
 
