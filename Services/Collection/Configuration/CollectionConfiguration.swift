@@ -43,8 +43,6 @@ struct CollectionConfiguration: Sendable {
     var requireLease = false
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
     var tls: TLSFiles?
-    /// Where the values came from, for the storage client factory and the sources' credentials.
-    var settings = Settings(environment: [:])
 
     var stateDirectory: String { Self.stateDirectory(of: dataDirectory) }
 
@@ -58,7 +56,6 @@ struct CollectionConfiguration: Sendable {
     /// Reads the keys above from `settings` (flags over the environment); malformed values are errors naming
     /// the variable.
     init(_ settings: Settings) throws(ConfigurationKeyError) {
-        self.settings = settings
         host = settings.string("HOST", default: host)
         port = try settings.int("PORT", default: port, in: 0...65_535)
         dataDirectory = settings.string("DATA_DIR", default: dataDirectory)
