@@ -335,7 +335,9 @@ struct HTTPStorageClientTests {
             let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
             return (error, ContinuousClock.now - started)
         }
-        #expect(elapsed < .seconds(10))
+        // 20 s: refused at once took 10.7 s once in the full parallel run on 2 cores, whose first seconds are
+        // saturated; still far from the 30 s that connection retries inside AsyncHTTPClient would take.
+        #expect(elapsed < .seconds(20))
         guard case .unavailable? = error else {
             Issue.record("expected unavailable, got \(String(describing: error))")
             return
