@@ -4,6 +4,10 @@ import Logging
 import Synchronization
 import WatermarkCore
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// What the test targets share: a clock moved by hand, literals for timestamps and source ids, and log
 /// lines captured in memory (tests never bootstrap the logging system).
 
@@ -80,10 +84,12 @@ package final class LogRecorder: Sendable {
 }
 
 /// Runs a command (an absolute path, or a name looked up by `/usr/bin/env`) to its end: its exit status and its
-/// standard output and error together.
-package func runToEnd(_ arguments: [String], environment: [String: String]? = nil) throws -> (
-    status: Int32, output: String
-) {
+/// standard output and error together. With `outputFile` the output goes to that file instead of a pipe (and is
+/// read back from it) and the command is reaped with `waitpid`: for commands that leave a daemon behind, which
+/// would hold a pipe open for ever.
+package func runToEnd(_ arguments: [String], environment: [String: String]? = nil, outputFile: String? = nil) throws
+    -> (status: Int32, output: String)
+{
     let process = Process()
     if arguments[0].hasPrefix("/") {
         process.executableURL = URL(fileURLWithPath: arguments[0])
@@ -93,6 +99,21 @@ package func runToEnd(_ arguments: [String], environment: [String: String]? = ni
         process.arguments = arguments
     }
     if let environment { process.environment = environment }
+    if let outputFile {
+        FileManager.default.createFile(atPath: outputFile, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputFile))
+        defer { try? handle.close() }
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        // Reaped here: Foundation learns of a child's exit when a socket the child inherited closes, and a
+        // daemon the command leaves behind inherits that socket too, so `waitUntilExit` would wait for ever.
+        var status: Int32 = 0
+        while waitpid(process.processIdentifier, &status, 0) < 0, errno == EINTR {}
+        let output = (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? ""
+        let exited = (status & 0x7f) == 0
+        return (exited ? (status >> 8) & 0xff : 128 + (status & 0x7f), output)
+    }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
