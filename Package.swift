@@ -29,6 +29,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         // Already in the graph through async-http-client and HummingbirdTLS; named for TLS files and trust roots.
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // The PostgreSQL store (DATABASE_URL): the pool and the wire protocol; its graph (NIO, SSL, log,
+        // service-lifecycle) is already ours.
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         // Tests only: OpenAPITests read the document with a real YAML parser.
@@ -87,6 +90,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -152,6 +156,7 @@ let package = Package(
             name: "StorageServiceTests",
             dependencies: [
                 "TestSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "WatermarkStores",
                 .product(name: "Yams", package: "Yams"),
                 "StorageService",

@@ -5,8 +5,10 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import ServiceLifecycle
 import ServiceSupport
 import WatermarkCore
+import WatermarkStores
 
 /// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), checks a running
 /// instance for container health checks (`healthcheck`), fills a database for load tests (`seed`), or prints
@@ -70,15 +72,24 @@ struct Serve: AsyncParsableCommand {
         ServiceStart.bootstrapLogging(level: configuration.logLevel, to: .standardError)
         let logger = Logger(label: "storage-service")
 
-        let database: SQLiteDatabaseService
-        do {
-            database = try SQLiteDatabaseService(
-                path: configuration.databasePath, policy: configuration.policy,
-                cacheCapacity: configuration.readCacheEntries, logger: logger)
-        } catch {
-            logger.critical(
-                "Cannot open the database", metadata: ["path": "\(configuration.databasePath)", "error": "\(error)"])
-            throw ExitCode(1)
+        let store: any WatermarkStore
+        let database: any Service
+        let databaseName: String
+        if let url = configuration.databaseURL {
+            let postgres = PostgresDatabaseService(url: url, policy: configuration.policy, logger: logger)
+            (store, database, databaseName) = (postgres.store, postgres, url.redacted)
+        } else {
+            do {
+                let sqlite = try SQLiteDatabaseService(
+                    path: configuration.databasePath, policy: configuration.policy,
+                    cacheCapacity: configuration.readCacheEntries, logger: logger)
+                (store, database, databaseName) = (sqlite.store, sqlite, configuration.databasePath)
+            } catch {
+                logger.critical(
+                    "Cannot open the database",
+                    metadata: ["path": "\(configuration.databasePath)", "error": "\(error)"])
+                throw ExitCode(1)
+            }
         }
         if configuration.apiToken == nil {
             let level: Logger.Level = configuration.environment == .production ? .warning : .info
@@ -91,20 +102,25 @@ struct Serve: AsyncParsableCommand {
                 """)
         }
         let app = try await buildApplication(
-            configuration: configuration, store: database.store, services: [database], logger: logger,
+            configuration: configuration, store: store, services: [database], logger: logger,
             tlsConfiguration: tlsConfiguration
         ) { port in
             logger.info(
                 "Storage service listening",
                 metadata: [
-                    "host": "\(configuration.host)", "port": "\(port)", "database": "\(configuration.databasePath)",
+                    "host": "\(configuration.host)", "port": "\(port)", "database": "\(databaseName)",
                     "environment": "\(configuration.environment.rawValue)",
                     "auth": "\(configuration.apiToken == nil ? "off" : "bearer")",
                     "scheme": "\(tlsConfiguration == nil ? "http" : "https")",
                 ]
             )
         }
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch let error as PostgresDatabaseService.StartError {
+            logger.critical("Cannot use the database", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
         logger.info("Storage service stopped")
     }
 }

@@ -12,6 +12,7 @@ import WatermarkCore
 /// | `PORT` | 8000 | TCP port (0 picks a free one) |
 /// | `HOST` | 0.0.0.0 | address to bind |
 /// | `DATABASE_PATH` | data/watermarks.db | SQLite file; its folder is created |
+/// | `DATABASE_URL` | none | `postgres://user:password@host:5432/db[?sslmode=...]`: PostgreSQL instead of SQLite |
 /// | `STORAGE_API_TOKEN` | none | bearer token for `/api/v1/*` and `/status` |
 /// | `STORAGE_READ_TOKEN` | none | second token that may only read |
 /// | `LOG_LEVEL` | info | trace, debug, info, notice, warning, error, critical |
@@ -33,6 +34,8 @@ package struct StorageConfiguration: Sendable {
     package var host = "0.0.0.0"
     package var port = 8000
     package var databasePath = "data/watermarks.db"
+    /// PostgreSQL instead of the SQLite file, for several replicas on one database.
+    var databaseURL: PostgresURL?
     package var apiToken: String?
     package var readToken: String?
     package var logLevel = Logger.Level.info
@@ -56,6 +59,9 @@ package struct StorageConfiguration: Sendable {
         host = settings.string("HOST", default: host)
         port = try settings.int("PORT", default: port, in: 0...65_535)
         databasePath = settings.string("DATABASE_PATH", default: databasePath)
+        databaseURL = try settings.text(PostgresURL.key).map { text throws(ConfigurationKeyError) in
+            try PostgresURL(text)
+        }
         apiToken = settings.text("STORAGE_API_TOKEN")
         readToken = settings.text("STORAGE_READ_TOKEN")
         logLevel = try settings.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })

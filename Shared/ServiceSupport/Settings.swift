@@ -10,7 +10,7 @@ import WatermarkCore
 /// the variable. A value that is blank counts as unset. Values that cannot be used are refused with a
 /// `ConfigurationKeyError` naming the key, the value and what is allowed: swift-configuration's own typed reads
 /// would silently fall back to the default, so the conversions are done here. Names holding `TOKEN`, `PASSWORD`,
-/// `SECRET` or `KEY` are marked secret, so the reader's access reports never print them.
+/// `SECRET` or `KEY`, and the database URLs, are marked secret, so the reader's access reports never print them.
 public struct Settings: Sendable {
     private let reader: ConfigReader
 
@@ -95,6 +95,8 @@ public struct Settings: Sendable {
 
     static func isSecretName(_ name: String) -> Bool {
         let upper = name.uppercased()
+        // Database URLs carry a password.
         return ["TOKEN", "PASSWORD", "SECRET", "KEY"].contains { upper.contains($0) }
+            || ["DATABASE_URL", "SINK_URL"].contains(upper)
     }
 }

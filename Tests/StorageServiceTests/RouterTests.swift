@@ -26,9 +26,10 @@ struct RouterTests {
         configuration.host = "127.0.0.1"
         configuration.port = 0
         configure(&configuration)
+        let sqlite = store == nil ? try await StoreKind.sqlite.make(clock: clock, policy: configuration.policy) : nil
         return try await buildApplication(
             configuration: configuration,
-            store: try store ?? StoreKind.sqlite.make(clock: clock, policy: configuration.policy),
+            store: store ?? sqlite!,
             logger: .quiet
         )
     }

@@ -6,11 +6,11 @@ import WatermarkStores
 
 @testable import StorageService
 
-// Over 300 lines for a reason: one store suite run against the memory and SQLite stores alike.
+// Over 300 lines for a reason: one store suite run against the memory, SQLite and PostgreSQL stores alike.
 
 /// The watermark rules, run against every store so the SQLite store and the in-memory one (which the
 /// mock client uses) can never disagree.
-@Suite("WatermarkStore rules")
+@Suite("WatermarkStore rules", .postgres)
 struct WatermarkStoreTests {
     let clock = ManualClock(.at("2026-01-01T00:00:00Z"))
 
@@ -26,7 +26,7 @@ struct WatermarkStoreTests {
 
     @Test("first write creates version 1, each accepted update adds exactly 1", arguments: StoreKind.allCases)
     func versions(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         #expect(try await store.watermark(for: sid("otx")) == nil)
         let first = try await store.write(success("otx", "2025-12-31T00:00:00Z", records: 150))
         #expect(first.created && first.watermark.version == 1)
@@ -44,7 +44,7 @@ struct WatermarkStoreTests {
     @Test(
         "regression is refused and changes nothing; equal is accepted; force backfills", arguments: StoreKind.allCases)
     func regression(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         let stored = try await store.write(success("s", "2025-12-31T12:00:00.5Z")).watermark
         clock.advance(.seconds(1))
         let code = await refusal { _ = try await store.write(success("s", "2025-12-31T12:00:00.499999999Z")) }
@@ -59,7 +59,7 @@ struct WatermarkStoreTests {
 
     @Test("a failed run keeps the last success, counts failures, a success resets them", arguments: StoreKind.allCases)
     func failedRuns(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         let neverSucceeded = try await store.write(WatermarkWrite(sourceID: sid("f"), update: .failed("HTTP 500")))
         #expect(neverSucceeded.watermark.lastSuccessfulTimestamp == nil)
         #expect(neverSucceeded.watermark.consecutiveFailures == 1)
@@ -75,7 +75,7 @@ struct WatermarkStoreTests {
 
     @Test("a success too far in the future is refused", arguments: StoreKind.allCases)
     func future(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         let limit = clock.now().adding(.seconds(300))
         #expect(
             await refusal { _ = try await store.write(success("s", limit.adding(.nanoseconds(1)).description)) }
@@ -86,7 +86,7 @@ struct WatermarkStoreTests {
 
     @Test("If-Match and If-None-Match", arguments: StoreKind.allCases)
     func preconditions(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         #expect(
             await refusal { _ = try await store.write(success("p", "2025-01-01T00:00:00Z", precondition: .version(1))) }
                 == "precondition_failed")
@@ -113,7 +113,7 @@ struct WatermarkStoreTests {
 
     @Test("an idempotency key replays the first answer and is applied once", arguments: StoreKind.allCases)
     func idempotency(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         let first = try await store.write(success("i", "2025-01-01T00:00:00Z", key: "k1"))
         clock.advance(.seconds(5))
         let replay = try await store.write(success("i", "2025-01-01T00:00:00Z", key: "k1"))
@@ -132,7 +132,7 @@ struct WatermarkStoreTests {
 
     @Test("idempotency keys expire after the retention", arguments: StoreKind.allCases)
     func idempotencyExpiry(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock, policy: WatermarkPolicy(idempotencyRetention: .seconds(60)))
+        let store = try await kind.make(clock: clock, policy: WatermarkPolicy(idempotencyRetention: .seconds(60)))
         _ = try await store.write(success("e", "2025-01-01T00:00:00Z", key: "old"))
         clock.advance(.seconds(61))
         _ = try await store.write(success("e", "2025-01-01T00:00:00Z", key: "new"))  // purges "old"
@@ -144,7 +144,7 @@ struct WatermarkStoreTests {
         "delete resets a source: history is 404 until its next update, then shows every run",
         arguments: StoreKind.allCases)
     func delete(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         #expect(
             await refusal { try await store.delete(sid("d"), precondition: nil, leaseToken: nil) }
                 == "watermark_not_found")
@@ -162,7 +162,7 @@ struct WatermarkStoreTests {
 
     @Test("history is newest first, limited, and bounded per source", arguments: StoreKind.allCases)
     func history(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock, policy: WatermarkPolicy(historyRetention: 3))
+        let store = try await kind.make(clock: clock, policy: WatermarkPolicy(historyRetention: 3))
         #expect(await refusal { _ = try await store.history(for: sid("h"), limit: 10) } == "watermark_not_found")
         for day in 1...5 { _ = try await store.write(success("h", "2025-01-0\(day)T00:00:00Z", records: Int64(day))) }
         _ = try await store.write(WatermarkWrite(sourceID: sid("h"), update: .failed("boom")))
@@ -176,7 +176,7 @@ struct WatermarkStoreTests {
 
     @Test("leases: one holder, renewals keep the token, fencing refuses the old holder", arguments: StoreKind.allCases)
     func leases(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         // A source with no watermark yet can be leased (its first collection).
         let lease = try await store.acquireLease(for: sid("l"), owner: "a", ttl: .seconds(60))
         #expect(lease.fencingToken == 1 && lease.expiresAt == clock.now().adding(.seconds(60)))
@@ -230,7 +230,7 @@ struct WatermarkStoreTests {
 
     @Test("lease requests are validated", arguments: StoreKind.allCases)
     func leaseValidation(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         #expect(
             await refusal { _ = try await store.acquireLease(for: sid("v"), owner: "", ttl: .seconds(60)) }
                 == "invalid_body")
@@ -246,7 +246,7 @@ struct WatermarkStoreTests {
 
     @Test("list: sorted by source id, paged by cursor, filtered by status and staleness", arguments: StoreKind.allCases)
     func list(kind: StoreKind) async throws {
-        let store = try kind.make(clock: clock)
+        let store = try await kind.make(clock: clock)
         for id in ["c", "a", "e", "b", "d", "B", "a.b"] {
             _ = try await store.write(success(id, "2025-12-31T23:00:00Z"))
         }
@@ -280,8 +280,8 @@ struct WatermarkStoreTests {
     @Test("the stale count from hour buckets equals a count of every source, across writes, deletes and hours")
     func staleCountFromHourBuckets() async throws {
         let memoryClock = ManualClock(clock.now())
-        let memory = try StoreKind.memory.make(clock: memoryClock)
-        let sqlite = try StoreKind.sqlite.make(clock: clock)
+        let memory = try await StoreKind.memory.make(clock: memoryClock)
+        let sqlite = try await StoreKind.sqlite.make(clock: clock)
         for step in 0..<240 {
             let id = sid("s\((step * 7919) % 37)")
             let write: WatermarkWrite

@@ -1,0 +1,214 @@
+import Foundation
+import Logging
+import PostgresNIO
+import WatermarkCore
+
+/// The statements of the PostgreSQL store on one connection (inside a transaction for writes): the snapshot
+/// the rules read, the plan they return persisted, and the reads of the API. The SQL mirrors
+/// `SQLiteTransaction`; timestamps travel as `Timestamp.sortableString`.
+struct PostgresTransaction {
+    let connection: PostgresConnection
+    let logger: Logger
+
+    private static let watermarkColumns = """
+        source_id, last_successful_timestamp, last_run_timestamp, status, records_collected, error_message, \
+        version, consecutive_failures, created_at
+        """
+    private typealias WatermarkRow = (String, String?, String, String, Int64, String?, Int64, Int64, String)
+
+    /// Serialises every write of `sourceID` across replicas until the transaction ends, also while the source has
+    /// no row to lock.
+    func lock(_ sourceID: SourceID) async throws {
+        try await connection.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(\(sourceID.rawValue), 0))", logger: logger)
+    }
+
+    func watermark(_ sourceID: SourceID) async throws -> Watermark? {
+        let rows = try await connection.query(
+            "SELECT \(unescaped: Self.watermarkColumns) FROM watermark WHERE source_id = \(sourceID.rawValue)",
+            logger: logger)
+        for try await row in rows.decode(WatermarkRow.self) { return try Self.watermark(row) }
+        return nil
+    }
+
+    func list(after: SourceID?, status: RunStatus?, staleBefore cutoff: String?, limit: Int) async throws
+        -> [Watermark]
+    {
+        // One statement for every filter: an absent filter is a NULL parameter (planned per execution, so each
+        // filter still uses its index with keyset paging on source_id).
+        let query: PostgresQuery = """
+            SELECT \(unescaped: Self.watermarkColumns) FROM watermark
+            WHERE (\(after?.rawValue)::text IS NULL OR source_id > \(after?.rawValue))
+              AND (\(status?.rawValue)::text IS NULL OR status = \(status?.rawValue))
+              AND (\(cutoff)::text IS NULL OR last_successful_timestamp IS NULL OR last_successful_timestamp < \(cutoff))
+            ORDER BY source_id LIMIT \(limit)
+            """
+        var page: [Watermark] = []
+        for try await row in try await connection.query(query, logger: logger).decode(WatermarkRow.self) {
+            page.append(try Self.watermark(row))
+        }
+        return page
+    }
+
+    func history(_ sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
+        let rows = try await connection.query(
+            """
+            SELECT version, recorded_at, status, "timestamp", last_successful_timestamp, records_collected,
+                   error_message
+            FROM watermark_run WHERE source_id = \(sourceID.rawValue) ORDER BY version DESC LIMIT \(limit)
+            """, logger: logger)
+        var runs: [WatermarkRun] = []
+        for try await (version, recordedAt, status, timestamp, lastSuccess, records, message) in rows.decode(
+            (Int64, String, String, String?, String?, Int64, String?).self)
+        {
+            runs.append(
+                WatermarkRun(
+                    version: version, recordedAt: try Self.timestamp(recordedAt), status: try Self.status(status),
+                    timestamp: try timestamp.map(Self.timestamp),
+                    lastSuccessfulTimestamp: try lastSuccess.map(
+                        Self.timestamp),
+                    recordsCollected: records, errorMessage: message))
+        }
+        return runs
+    }
+
+    /// What the rules read about `sourceID`; the highest version is looked up only when there is no watermark.
+    func snapshot(_ sourceID: SourceID, idempotencyKey: String?) async throws -> WatermarkSnapshot {
+        let watermark = try await watermark(sourceID)
+        var latestVersion = watermark?.version ?? 0
+        if watermark == nil {
+            let rows = try await connection.query(
+                "SELECT COALESCE(MAX(version), 0) FROM watermark_run WHERE source_id = \(sourceID.rawValue)",
+                logger: logger)
+            for try await version in rows.decode(Int64.self) { latestVersion = version }
+        }
+        var record: IdempotencyRecord?
+        if let idempotencyKey { record = try await self.idempotencyRecord(sourceID, key: idempotencyKey) }
+        return WatermarkSnapshot(
+            watermark: watermark, lease: try await lease(sourceID), latestVersion: latestVersion,
+            idempotencyRecord: record)
+    }
+
+    func lease(_ sourceID: SourceID) async throws -> Lease? {
+        let rows = try await connection.query(
+            "SELECT owner, fencing_token, expires_at FROM lease WHERE source_id = \(sourceID.rawValue)",
+            logger: logger)
+        for try await (owner, token, expiresAt) in rows.decode((String, Int64, String).self) {
+            return Lease(
+                sourceID: sourceID, owner: owner, fencingToken: token, expiresAt: try Self.timestamp(expiresAt))
+        }
+        return nil
+    }
+
+    func idempotencyRecord(_ sourceID: SourceID, key: String) async throws -> IdempotencyRecord? {
+        let rows = try await connection.query(
+            """
+            SELECT fingerprint, response, created, recorded_at FROM idempotency_key
+            WHERE source_id = \(sourceID.rawValue) AND key = \(key)
+            """, logger: logger)
+        for try await (fingerprint, response, created, recordedAt) in rows.decode((String, String, Bool, String).self) {
+            return IdempotencyRecord(
+                key: key, fingerprint: fingerprint,
+                watermark: try JSONDecoder().decode(Watermark.self, from: Data(response.utf8)), created: created,
+                recordedAt: try Self.timestamp(recordedAt))
+        }
+        return nil
+    }
+
+    // MARK: Persisting plans
+
+    func persist(_ plan: WritePlan) async throws {
+        guard let changes = plan.changes else { return }
+        let id = changes.watermark.sourceID
+        try await save(changes.watermark)
+        try await append(changes.run, for: id, keep: changes.keepRuns)
+        if let record = changes.idempotencyRecord {
+            try await save(record, for: id, expiredBefore: changes.idempotencyExpiredBefore)
+        }
+    }
+
+    func persist(_ plan: DeletePlan) async throws {
+        let id = plan.sourceID.rawValue
+        try await connection.query("DELETE FROM watermark WHERE source_id = \(id)", logger: logger)
+        try await connection.query("DELETE FROM idempotency_key WHERE source_id = \(id)", logger: logger)
+    }
+
+    func save(_ watermark: Watermark) async throws {
+        try await connection.query(
+            """
+            INSERT INTO watermark (\(unescaped: Self.watermarkColumns))
+            VALUES (\(watermark.sourceID.rawValue), \(watermark.lastSuccessfulTimestamp?.sortableString),
+                    \(watermark.lastRunTimestamp.sortableString), \(watermark.status.rawValue),
+                    \(watermark.recordsCollected), \(watermark.errorMessage), \(watermark.version),
+                    \(watermark.consecutiveFailures), \(watermark.createdAt.sortableString))
+            ON CONFLICT (source_id) DO UPDATE SET
+                last_successful_timestamp = excluded.last_successful_timestamp,
+                last_run_timestamp = excluded.last_run_timestamp, status = excluded.status,
+                records_collected = excluded.records_collected, error_message = excluded.error_message,
+                version = excluded.version, consecutive_failures = excluded.consecutive_failures,
+                created_at = excluded.created_at
+            """, logger: logger)
+    }
+
+    /// Appends the run and drops the runs beyond the newest `keep` (versions are consecutive: one range delete).
+    func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) async throws {
+        try await connection.query(
+            """
+            INSERT INTO watermark_run (source_id, version, recorded_at, status, "timestamp",
+                                       last_successful_timestamp, records_collected, error_message)
+            VALUES (\(sourceID.rawValue), \(run.version), \(run.recordedAt.sortableString), \(run.status.rawValue),
+                    \(run.timestamp?.sortableString), \(run.lastSuccessfulTimestamp?.sortableString),
+                    \(run.recordsCollected), \(run.errorMessage))
+            """, logger: logger)
+        try await connection.query(
+            "DELETE FROM watermark_run WHERE source_id = \(sourceID.rawValue) AND version <= \(run.version - Int64(keep))",
+            logger: logger)
+    }
+
+    func save(_ lease: Lease) async throws {
+        try await connection.query(
+            """
+            INSERT INTO lease (source_id, owner, fencing_token, expires_at)
+            VALUES (\(lease.sourceID.rawValue), \(lease.owner), \(lease.fencingToken), \(lease.expiresAt.sortableString))
+            ON CONFLICT (source_id) DO UPDATE SET owner = excluded.owner, fencing_token = excluded.fencing_token,
+                expires_at = excluded.expires_at
+            """, logger: logger)
+    }
+
+    func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) async throws {
+        let response = String(decoding: try JSONEncoder().encode(record.watermark), as: UTF8.self)
+        try await connection.query(
+            """
+            INSERT INTO idempotency_key (source_id, key, fingerprint, created, response, recorded_at)
+            VALUES (\(sourceID.rawValue), \(record.key), \(record.fingerprint), \(record.created), \(response),
+                    \(record.recordedAt.sortableString))
+            ON CONFLICT (source_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                created = excluded.created, response = excluded.response, recorded_at = excluded.recorded_at
+            """, logger: logger)
+        try await connection.query(
+            """
+            DELETE FROM idempotency_key
+            WHERE source_id = \(sourceID.rawValue) AND recorded_at < \(expiredBefore.sortableString)
+            """, logger: logger)
+    }
+
+    // MARK: Rows
+
+    private static func watermark(_ row: WatermarkRow) throws -> Watermark {
+        Watermark(
+            sourceID: try SourceID(row.0), lastSuccessfulTimestamp: try row.1.map(timestamp),
+            lastRunTimestamp: try timestamp(row.2), status: try status(row.3), recordsCollected: row.4,
+            errorMessage: row.5, version: row.6, consecutiveFailures: row.7, createdAt: try timestamp(row.8))
+    }
+
+    private static func timestamp(_ text: String) throws -> Timestamp {
+        try Timestamp(rfc3339: text)
+    }
+
+    private static func status(_ text: String) throws -> RunStatus {
+        guard let status = RunStatus(rawValue: text) else {
+            throw WatermarkError.unavailable("the database holds an unknown status '\(text.prefix(32))'")
+        }
+        return status
+    }
+}

@@ -1,0 +1,235 @@
+import Foundation
+import Logging
+import PostgresNIO
+import WatermarkCore
+import WatermarkStores
+
+/// The watermark store on PostgreSQL, for many stateless storage replicas on one database.
+///
+/// Every rule is held by the database, never in this process's memory: each write is one transaction that
+/// first takes a transaction-scoped advisory lock on its source (so two replicas writing one source run one
+/// after the other, also for a source that has no row yet), then reads the snapshot the rules need, applies
+/// `WatermarkRules` and persists the plan. A 2xx is answered only after COMMIT returned. Serialization failures
+/// and deadlocks are retried here, never surfaced as 500; a database that cannot be reached is 503 with the
+/// cause, and the pool reconnects by itself when it is back. Nothing is cached: another replica may have
+/// written since.
+final class PostgresWatermarkStore: WatermarkStore {
+    let client: PostgresClient
+    let url: PostgresURL
+    private let policy: WatermarkPolicy
+    private let clock: @Sendable () -> Timestamp
+    private let logger: Logger
+    /// Open once the migrations are applied (`PostgresDatabaseService`); tests open it themselves.
+    let ready = ReadyGate()
+    /// The longest one operation may take, waiting for a connection included: beyond it the answer is 503.
+    static let operationTimeout = Duration.seconds(5)
+
+    init(
+        client: PostgresClient, url: PostgresURL, policy: WatermarkPolicy, logger: Logger,
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+    ) {
+        self.client = client
+        self.url = url
+        self.policy = policy
+        self.logger = logger
+        self.clock = clock
+    }
+
+    // MARK: WatermarkStore
+
+    func watermark(for sourceID: SourceID) async throws -> Watermark? {
+        try await mappingErrors { [self] in
+            try await client.withConnection { connection in
+                try await PostgresTransaction(connection: connection, logger: logger).watermark(sourceID)
+            }
+        }
+    }
+
+    func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
+        try await transact(locking: write.sourceID) { tx, now in
+            let snapshot = try await tx.snapshot(write.sourceID, idempotencyKey: write.idempotencyKey)
+            let plan = try WatermarkRules.apply(write, to: snapshot, now: now, policy: self.policy)
+            try await tx.persist(plan)
+            return plan.outcome
+        }
+    }
+
+    func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+        try await transact(locking: sourceID) { tx, now in
+            let snapshot = try await tx.snapshot(sourceID, idempotencyKey: nil)
+            try await tx.persist(
+                try WatermarkRules.delete(
+                    sourceID, precondition: precondition, leaseToken: leaseToken, to: snapshot, now: now))
+        }
+    }
+
+    func list(_ query: WatermarkQuery) async throws -> WatermarkPage {
+        let cutoff = query.staleAfter.map { WatermarkRules.staleCutoff(now: clock(), staleAfter: $0).sortableString }
+        let rows = try await mappingErrors { [self] in
+            try await client.withConnection { connection in
+                try await PostgresTransaction(connection: connection, logger: logger).list(
+                    after: query.after, status: query.status, staleBefore: cutoff, limit: query.limit + 1)
+            }
+        }
+        return WatermarkPage(rows: rows, limit: query.limit)
+    }
+
+    /// The source's runs, newest first; a reset source (no watermark) answers 404 like one never seen.
+    func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
+        let runs = try await mappingErrors { [self] in
+            try await client.withConnection { connection in
+                let tx = PostgresTransaction(connection: connection, logger: logger)
+                guard try await tx.watermark(sourceID) != nil else { return [WatermarkRun]() }
+                return try await tx.history(sourceID, limit: limit)
+            }
+        }
+        if runs.isEmpty { throw WatermarkError.watermarkNotFound(sourceID) }
+        return runs
+    }
+
+    func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
+        try await transact(locking: sourceID) { tx, now in
+            let snapshot = try await tx.snapshot(sourceID, idempotencyKey: nil)
+            let lease = try WatermarkRules.acquireLease(
+                sourceID, owner: owner, ttl: ttl, to: snapshot, now: now, policy: self.policy)
+            try await tx.save(lease)
+            return lease
+        }
+    }
+
+    func releaseLease(for sourceID: SourceID, token: Int64?) async throws {
+        try await transact(locking: sourceID) { tx, now in
+            let snapshot = try await tx.snapshot(sourceID, idempotencyKey: nil)
+            if let ended = try WatermarkRules.releaseLease(sourceID, token: token, to: snapshot, now: now) {
+                try await tx.save(ended)
+            }
+        }
+    }
+
+    func summary() async throws -> WatermarkSummary {
+        let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
+        return try await mappingErrors { [self] in
+            let rows = try await client.query(
+                """
+                SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'failed'),
+                       COUNT(*) FILTER (WHERE last_successful_timestamp IS NULL
+                                        OR last_successful_timestamp < \(cutoff))
+                FROM watermark
+                """, logger: logger)
+            for try await (total, failed, stale) in rows.decode((Int, Int, Int).self) {
+                return WatermarkSummary(total: total, failed: failed, stale: stale)
+            }
+            return WatermarkSummary(total: 0, failed: 0, stale: 0)
+        }
+    }
+
+    func checkHealth() async throws {
+        try await mappingErrors { [self] in
+            try await client.query("SELECT 1 FROM watermark LIMIT 1", logger: logger)
+        }
+    }
+
+    func info() async throws -> StoreInfo {
+        try await mappingErrors { [self] in
+            let rows = try await client.query(
+                """
+                SELECT pg_database_size(current_database()), current_setting('server_version'),
+                       current_setting('synchronous_commit')
+                """, logger: logger)
+            for try await (size, version, synchronous) in rows.decode((Int64, String, String).self) {
+                return StoreInfo(
+                    backend: "postgres", path: url.redacted, sizeBytes: size,
+                    details: ["journal_mode": "wal", "server_version": version, "synchronous_commit": synchronous])
+            }
+            return StoreInfo(backend: "postgres", path: url.redacted, sizeBytes: 0, details: ["journal_mode": "wal"])
+        }
+    }
+
+    // MARK: Plumbing
+
+    /// How often a write that lost a serialization race or a deadlock is run again before it is a 503.
+    static let maxAttempts = 8
+
+    /// Runs `body` in one transaction that holds `sourceID`'s advisory lock, with the clock read after the lock,
+    /// so the `now` of two writes to a source follows their commit order.
+    private func transact<T: Sendable>(
+        locking sourceID: SourceID,
+        _ body: @escaping @Sendable (PostgresTransaction, Timestamp) async throws -> T
+    ) async throws -> T {
+        var attempt = 1
+        while true {
+            do {
+                try await ready.wait()
+                return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) {
+                    try await self.client.withTransaction(logger: self.logger) { connection in
+                        let tx = PostgresTransaction(connection: connection, logger: self.logger)
+                        try await tx.lock(sourceID)
+                        return try await body(tx, self.clock())
+                    }
+                }
+            } catch {
+                let underlying = Self.underlying(error)
+                if attempt < Self.maxAttempts, Self.isRetryable(underlying) {
+                    logger.debug(
+                        "Transaction retried", metadata: ["source_id": "\(sourceID)", "attempt": "\(attempt)"])
+                    attempt += 1
+                    try await Task.sleep(for: .milliseconds(Int64.random(in: 1...(5 * Int64(attempt)))))
+                    continue
+                }
+                throw mapped(underlying)
+            }
+        }
+    }
+
+    private func mappingErrors<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        do {
+            try await ready.wait()
+            return try await withDeadline(Self.operationTimeout, onTimeout: timedOut, body)
+        } catch {
+            throw mapped(Self.underlying(error))
+        }
+    }
+
+    private var timedOut: @Sendable () -> any Error {
+        { [url] in
+            WatermarkError.unavailable(
+                "PostgreSQL at \(url.host):\(url.port) did not answer within \(PostgresWatermarkStore.operationTimeout)"
+            )
+        }
+    }
+
+    /// The error a transaction's closure (or its BEGIN or COMMIT) threw, out of postgres-nio's wrapper.
+    static func underlying(_ error: any Error) -> any Error {
+        guard let transaction = error as? PostgresTransactionError else { return error }
+        return transaction.closureError ?? transaction.commitError ?? transaction.beginError ?? error
+    }
+
+    /// 40001 (serialization failure) and 40P01 (deadlock): the transaction may simply run again.
+    static func isRetryable(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError, let state = error.serverInfo?[.sqlState] else { return false }
+        return state == "40001" || state == "40P01"
+    }
+
+    /// Rule refusals pass through; database failures become 503 naming the cause (never the password).
+    private func mapped(_ error: any Error) -> any Error {
+        if error is WatermarkError || error is CancellationError { return error }
+        let detail = Self.describe(error, url: url)
+        logger.error("Database operation failed", metadata: ["error": "\(detail)"])
+        return WatermarkError.unavailable(detail)
+    }
+
+    /// What went wrong, from PostgreSQL's own message where there is one; PSQLError's description is generic
+    /// on purpose, and its debug description may hold the query.
+    static func describe(_ error: any Error, url: PostgresURL) -> String {
+        guard let error = error as? PSQLError else { return "PostgreSQL at \(url.host):\(url.port): \(error)" }
+        if let info = error.serverInfo {
+            return "PostgreSQL \(info[.sqlState] ?? "?"): \(info[.message] ?? "error")"
+        }
+        switch error.code {
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed:
+            return "PostgreSQL at \(url.host):\(url.port) cannot be reached (\(error.code))"
+        default:
+            return "PostgreSQL at \(url.host):\(url.port): \(error.code)"
+        }
+    }
+}
