@@ -5,7 +5,9 @@ Run by scripts/lint-deploy.sh after yamllint, kubernetes-validate, checkov and h
 `python3 scripts/check_deploy.py` (PyYAML). Prints `ok - ...` or `FAIL - ...: why` per check, exits
 1 when any failed. On deploy/k8s/base and every overlay, as scripts/k8s_render.py builds them:
 - a storage-service on SQLite (DATABASE_PATH; deploy/k8s/base must be) is one writer: 1 replica,
-  Recreate, the database on a writable mount of a PersistentVolumeClaim of the build;
+  Recreate, the database on a writable mount of a PersistentVolumeClaim of the build; on PostgreSQL
+  (DATABASE_URL; deploy/k8s/postgres must be) it is several stateless replicas: DATABASE_URL from a
+  required Secret key, RollingUpdate with maxUnavailable 0, a PodDisruptionBudget, no claim;
 - both Deployments probe readiness and liveness on GET /health at a container port and take
   STORAGE_API_TOKEN from a required Secret key; deploy/secret.example.yaml holds every required key;
 - the collection's STORAGE_SERVICE_URL names a port of the storage-service Service, which selects
@@ -14,7 +16,9 @@ Run by scripts/lint-deploy.sh after yamllint, kubernetes-validate, checkov and h
 - HTTPS (TLS_CERT_PATH set; deploy/k8s/tls must): certificate and key are files of a mounted Secret,
   probes speak HTTPS, the collection calls https:// and trusts STORAGE_CA_PATH from a Secret
   volume without the server's key.
-Then docker-compose.yml with docker-compose.tls.yml laid over it, and each Dockerfile's HEALTHCHECK.
+Then docker-compose.yml (also its postgres profile: PostgreSQL with a volume and pg_isready, two storage
+replicas on it behind deploy/compose/storage-lb.conf, a leased collection) with docker-compose.tls.yml
+laid over it, and each Dockerfile's HEALTHCHECK.
 """
 
 from __future__ import annotations
@@ -75,12 +79,38 @@ def mounted(spec: dict, container: dict, path: str, source: str) -> tuple[dict, 
     return None
 
 
+def check_postgres(rel: Path, docs: list[dict], deployment: dict, spec: dict, storage: dict, url: dict) -> None:
+    """Storage on PostgreSQL: stateless replicas, rolled one at a time, a budget for disruptions."""
+    ref = (url.get("valueFrom") or {}).get("secretKeyRef")
+    problems = [] if ref and not ref.get("optional") else ["DATABASE_URL is not from a required secretKeyRef"]
+    replicas = deployment["spec"].get("replicas") or 1
+    if replicas < 2:
+        problems.append(f"replicas is {replicas}, not several")
+    strategy = deployment["spec"].get("strategy") or {}
+    if strategy.get("type") != "RollingUpdate" or (strategy.get("rollingUpdate") or {}).get("maxUnavailable") != 0:
+        problems.append("strategy is not RollingUpdate with maxUnavailable 0")
+    labels = ((deployment["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+    budgets = [
+        b for b in find(docs, "PodDisruptionBudget")
+        if ((b["spec"].get("selector") or {}).get("matchLabels") or {}).items() <= labels.items()
+    ]
+    if not budgets or not 1 <= (budgets[0]["spec"].get("minAvailable") or 0) < replicas:
+        problems.append("no PodDisruptionBudget with 1 <= minAvailable < replicas selects the storage pods")
+    claims = [v for v in spec.get("volumes") or [] if "persistentVolumeClaim" in v]
+    if claims:
+        problems.append(f"the stateless storage still mounts a claim: {claims[0]['name']}")
+    check(f"{rel} {STORAGE}: PostgreSQL replicas (DATABASE_URL from a Secret, RollingUpdate, budget)", problems)
+
+
 def check_build(folder: Path, docs: list[dict], secret: dict) -> None:
     rel = folder.relative_to(ROOT)
     spec, storage = pod(docs, STORAGE)
     deployment = next(iter(find(docs, "Deployment", STORAGE)), {"spec": {}})
     db = value(docs, storage, "DATABASE_PATH")
-    if db or folder == K8S:
+    database_url = env(docs, storage, "DATABASE_URL")
+    if database_url or folder.name == "postgres":
+        check_postgres(rel, docs, deployment, spec, storage, database_url)
+    elif db or folder == K8S:
         problems = [] if db else ["DATABASE_PATH is not set"]
         if deployment["spec"].get("replicas") != 1:
             problems.append(f"replicas is {deployment['spec'].get('replicas')!r}")
@@ -196,6 +226,26 @@ def check_compose() -> None:
     if not re.fullmatch(r"\$\{STORAGE_API_TOKEN:-[^}]*\}", str(env_c.get("STORAGE_API_TOKEN", ""))):
         problems.append("STORAGE_API_TOKEN is not an optional ${STORAGE_API_TOKEN:-} from .env")
     check("compose collection: storage URL, 8001:8000, healthy dependency, config and data volumes", problems)
+
+    services = compose["services"]
+    pg = {name: service for name, service in services.items() if "postgres" in (service.get("profiles") or [])}
+    problems = [] if at(pg.get("postgres") or {}, "/var/lib/postgresql/data") in named else ["postgres has no named volume"]
+    if "pg_isready" not in str(((pg.get("postgres") or {}).get("healthcheck") or {}).get("test")):
+        problems.append("postgres has no pg_isready healthcheck")
+    replicas = [n for n, svc in pg.items() if "@postgres:5432/" in str((svc.get("environment") or {}).get("DATABASE_URL"))]
+    if len(replicas) < 2:
+        problems.append(f"{len(replicas)} storage replicas on postgres, not 2")
+    for name in replicas:
+        if ((pg[name].get("depends_on") or {}).get("postgres") or {}).get("condition") != "service_healthy":
+            problems.append(f"{name} does not wait for postgres to be healthy")
+    balancer = (ROOT / "deploy" / "compose" / "storage-lb.conf").read_text()
+    problems += [f"storage-lb.conf does not name {n}" for n in replicas if f"server {n}:8000" not in balancer]
+    collectors = [svc for svc in pg.values() if (svc.get("environment") or {}).get("STORAGE_SERVICE_URL")]
+    if not collectors or any(c["environment"]["STORAGE_SERVICE_URL"] != "http://storage-lb:8000" for c in collectors):
+        problems.append("the profile's collection does not call http://storage-lb:8000")
+    if any(str(c["environment"].get("REQUIRE_LEASE")) != "true" for c in collectors):
+        problems.append("the profile's collection does not set REQUIRE_LEASE=true")
+    check("compose profile postgres: volume and healthcheck, 2 replicas behind storage-lb, leased collection", problems)
 
     problems = []
     for name, files in (("storage", ("TLS_CERT_PATH", "TLS_KEY_PATH")), ("collection", ("STORAGE_CA_PATH",))):

@@ -6,7 +6,8 @@ Deployments, so scripts/lint-deploy.sh checks the built objects instead:
     python3 scripts/k8s_render.py OUT_DIR
 writes OUT_DIR/<dir>.yaml per folder with a kustomization.yaml (k8s-base.yaml, k8s-tls.yaml, ...) and
 exits 1 with the reason when a kustomization uses more than this supports: `resources` (files and
-folders), `patches` with only a `path` (strategic merge, targeted by kind and name) and
+folders), `patches` with only a `path` (strategic merge, targeted by kind and name, with `$patch: delete`
+of a whole object or of a list item) and
 `labels[].pairs` (on metadata.labels only); `images` is not applied (the manifests name the same
 tags). A YAML file of such a folder that the kustomization
 does not name is an error too, so no manifest escapes the checks. scripts/check_deploy.py imports
@@ -46,7 +47,11 @@ def merge(base, patch, field: str = ""):
         merged = list(base)
         for item in patch:
             at = next((n for n, m in enumerate(merged) if m[key] == item[key]), None)
-            if at is None:
+            if item.get("$patch") == "delete":
+                if at is None:
+                    raise RenderError(f"$patch: delete of {field} {item[key]!r}, which is not there")
+                del merged[at]
+            elif at is None:
                 merged.append(item)
             else:
                 merged[at] = merge(merged[at], item, field)
@@ -82,7 +87,10 @@ def render(folder: Path) -> list[dict]:
             at = [n for n, d in enumerate(docs) if d.get("kind") == patch.get("kind") and d["metadata"]["name"] == name]
             if not at:
                 raise RenderError(f"{rel}/{entry['path']} patches {patch.get('kind')} {name!r}, which is not built")
-            docs[at[0]] = merge(docs[at[0]], patch)
+            if patch.get("$patch") == "delete":
+                del docs[at[0]]
+            else:
+                docs[at[0]] = merge(docs[at[0]], patch)
     for entry in kustomization.get("labels") or []:
         for doc in docs:
             doc["metadata"] = merge(doc.get("metadata") or {}, {"labels": dict(entry.get("pairs") or {})})
