@@ -161,8 +161,7 @@ struct Seed: ParsableCommand {
     func run() throws {
         let started = ContinuousClock.now
         do {
-            let folder = URL(fileURLWithPath: databasePath).deletingLastPathComponent().path
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try SQLiteDatabaseService.createFolder(for: databasePath)
             let lock = try DatabaseLock(databasePath: databasePath)
             try WatermarkSeeder(sources: sources, history: history, prefix: prefix).seed(path: databasePath) {
                 print("seed: \($0)")

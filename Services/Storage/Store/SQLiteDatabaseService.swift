@@ -14,11 +14,16 @@ struct SQLiteDatabaseService: Service {
 
     /// Creates the database's folder once, takes `<path>.lock` and opens the store.
     init(path: String, policy: WatermarkPolicy, cacheCapacity: Int, logger: Logger) throws {
-        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try Self.createFolder(for: path)
         lock = try DatabaseLock(databasePath: path)
         store = try SQLiteWatermarkStore(path: path, policy: policy, logger: logger, cacheCapacity: cacheCapacity)
         self.logger = logger
+    }
+
+    /// Creates the folder that will hold the database file (also for `storage-service seed`).
+    static func createFolder(for path: String) throws {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     }
 
     func run() async throws {

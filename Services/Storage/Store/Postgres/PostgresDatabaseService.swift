@@ -50,35 +50,28 @@ struct PostgresDatabaseService: Service {
 
     private func migrate() async throws {
         let started = ContinuousClock.now
-        let outcome = await withTaskGroup(of: Result<[String], any Error>?.self) { group in
-            group.addTask { [client, logger] in
-                do {
-                    return .success(try await PostgresSchema.migrate(client, logger: logger))
-                } catch {
-                    return .failure(error)
-                }
+        let applied: [String]
+        do {
+            applied = try await withDeadline(startTimeout, onTimeout: unreachable) { [client, logger] in
+                try await PostgresSchema.migrate(client, logger: logger)
             }
-            group.addTask { [startTimeout] in
-                try? await Task.sleep(for: startTimeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
-        switch outcome {
-        case .success(let applied):
-            logger.info(
-                "Database ready",
-                metadata: [
-                    "database": "\(url.redacted)", "migrations_applied": "\(applied.joined(separator: ","))",
-                    "ms": "\((ContinuousClock.now - started).milliseconds)",
-                ])
-        case .failure(let error):
+        } catch let error as StartError {
+            throw error
+        } catch {
             let detail = PostgresWatermarkStore.describe(PostgresWatermarkStore.underlying(error), url: url)
             throw StartError(description: "cannot use the database \(url.redacted): \(detail)")
-        case nil:
-            throw StartError(
+        }
+        logger.info(
+            "Database ready",
+            metadata: [
+                "database": "\(url.redacted)", "migrations_applied": "\(applied.joined(separator: ","))",
+                "ms": "\((ContinuousClock.now - started).milliseconds)",
+            ])
+    }
+
+    private var unreachable: @Sendable () -> any Error {
+        { [url, startTimeout] in
+            StartError(
                 description: "cannot reach the database \(url.redacted) within \(startTimeout) (is PostgreSQL up, "
                     + "and DATABASE_URL's host, port, user and password right?)")
         }
