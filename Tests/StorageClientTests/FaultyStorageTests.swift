@@ -16,8 +16,9 @@ import WatermarkStores
 enum StorageBehaviour: Sendable {
     /// Answers with the real rules (a `MemoryWatermarkStore`).
     case healthy
-    /// Answers every watermark call after `delay` (past the client's timeout).
-    case slow(Duration)
+    /// Holds every watermark call until the storage is healthy again (so past any client timeout), then
+    /// answers it: what a storage behind a stalled disk or a hung proxy does.
+    case stalled
     /// Answers 200 with a body that is not a watermark.
     case garbage
 }
@@ -60,8 +61,12 @@ final class FaultyStorage: Sendable {
         switch behaviour.withLock({ $0 }) {
         case .healthy:
             return nil
-        case .slow(let delay):
-            try await Task.sleep(for: delay)
+        case .stalled:
+            // Released when the test makes the storage healthy again, or by the bound (never reached).
+            let deadline = ContinuousClock.now + .seconds(120)
+            while case .stalled = behaviour.withLock({ $0 }), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             return jsonResponse(.ok, "{}")
         case .garbage:
             return jsonResponse(.ok, "<html>502 from a proxy that says 200</html>")
@@ -74,17 +79,16 @@ struct FaultyStorageTests {
     let source = sid("otx")
 
     @Test(
-        "slow past the timeout, or answering garbage: updates are queued, never lost, replayed once",
-        arguments: [
-            StorageBehaviour.slow(.milliseconds(4000)), .garbage,
-        ])
+        "stalled past the timeout, or answering garbage: updates are queued, never lost, replayed once",
+        arguments: [StorageBehaviour.stalled, .garbage])
     func neverLost(behaviour: StorageBehaviour) async throws {
         let storage = FaultyStorage()
         let app = Application(router: storage.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in
             let http = HTTPStorageClient(
-                // Well above a healthy answer on a loaded 2-core machine, well below the slow one.
-                baseURL: "http://127.0.0.1:\(client.port!)", timeout: .milliseconds(1200),
+                // A healthy answer comes well within it even on a loaded 2-core machine running every suite at
+                // once (1.2 s was not enough there); a stalled one never does.
+                baseURL: "http://127.0.0.1:\(client.port!)", timeout: .seconds(5),
                 retryPolicy: RetryPolicy(maxAttempts: 2, baseDelay: .milliseconds(1), maxDelay: .milliseconds(2)),
                 logger: Logger(label: "test")
             )
@@ -110,7 +114,7 @@ struct FaultyStorageTests {
 
                     storage.behaviour.withLock { $0 = .healthy }
                     #expect(await restarted.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
-                    // A slow storage may have applied the first attempt after the client gave up: the
+                    // A stalled storage may have applied the first attempt after the client gave up: the
                     // idempotency key makes the replay a no-op then. Either way, one run per update.
                     let runs = try await storage.store.history(for: source, limit: 10)
                     #expect(runs.count == 2)
