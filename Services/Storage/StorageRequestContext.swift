@@ -31,10 +31,8 @@ struct ContractJSONEncoder: ResponseEncoder {
 
     /// The body of `value`: the one place the JSON is written (the read cache keeps these bytes).
     static func body(_ value: some Encodable) throws -> ByteBuffer {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var buffer = ByteBuffer()
-        try encoder.encode(value, into: &buffer)
+        try JSONEncoder.contract().encode(value, into: &buffer)
         buffer.writeString("\n")
         return buffer
     }

@@ -130,12 +130,7 @@ public final class HTTPStorageClient: StorageClient {
         let update = WatermarkUpdate(
             timestamp: timestamp, status: status, errorMessage: errorMessage, recordsCollected: recordsCollected
         )
-        let body: ByteBuffer
-        do {
-            body = try JSONEncoder().encodeAsByteBuffer(update, allocator: ByteBufferAllocator())
-        } catch {
-            throw StorageClientError.invalidRequest(code: "invalid_body", message: "cannot encode the update: \(error)")
-        }
+        let body = try Self.jsonBody(update, what: "the update")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         // One key per logical update, the same on every retry: the service applies it once.
@@ -148,6 +143,15 @@ public final class HTTPStorageClient: StorageClient {
             logger.debug("storage update replayed", metadata: ["source_id": "\(sourceID)"])
         }
         return try decode(Watermark.self, from: answer)
+    }
+
+    /// A request body as JSON; a value that cannot be encoded is the caller's mistake, said as one.
+    private static func jsonBody(_ value: some Encodable, what: String) throws -> ByteBuffer {
+        do {
+            return try JSONEncoder().encodeAsByteBuffer(value, allocator: ByteBufferAllocator())
+        } catch {
+            throw StorageClientError.invalidRequest(code: "invalid_body", message: "cannot encode \(what): \(error)")
+        }
     }
 
     public func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
@@ -175,12 +179,7 @@ public final class HTTPStorageClient: StorageClient {
 
     public func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
         let request = LeaseRequestBody(owner: owner, ttlSeconds: ttl.components.seconds)
-        let body: ByteBuffer
-        do {
-            body = try JSONEncoder().encodeAsByteBuffer(request, allocator: ByteBufferAllocator())
-        } catch {
-            throw StorageClientError.invalidRequest(code: "invalid_body", message: "cannot encode the lease: \(error)")
-        }
+        let body = try Self.jsonBody(request, what: "the lease")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         // Idempotent: the same owner asking again renews and keeps its fencing token.

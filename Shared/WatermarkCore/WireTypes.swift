@@ -1,3 +1,5 @@
+import Foundation
+
 /// The bodies the Storage Service and its clients exchange besides `Watermark`, `WatermarkRun`, `Lease` and
 /// `WatermarkPage`: one definition each, encoded by one side and decoded by the other.
 
@@ -93,5 +95,14 @@ public struct LeaseRequestBody: Codable, Sendable, Equatable {
         guard (1...Int64(Int32.max)).contains(ttl) else {
             throw WatermarkError.invalidBody("field \"ttl_seconds\" must be at least 1")
         }
+    }
+}
+
+extension JSONEncoder {
+    /// How both services write the contract's JSON answers: keys sorted, slashes not escaped.
+    public static func contract() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
     }
 }

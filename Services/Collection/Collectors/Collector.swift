@@ -71,6 +71,20 @@ struct CollectedRecord: Sendable, Equatable {
     var key: RecordKey { RecordKey(id: id, version: version) }
 }
 
+extension CollectedRecord {
+    /// A record versioned and marked by its timestamp `text`: RFC 3339, or a naive date-time read as UTC
+    /// (OTX's `2024-01-01T12:00:00.123000`). `field` names where the text came from in the error.
+    init(id: String, stamp text: String, json: Data, field: @autoclosure () -> String) throws(CollectorError) {
+        let mark: Timestamp
+        do {
+            mark = try Timestamp(rfc3339: text.trimmingCharacters(in: .whitespaces), assumeUTC: true)
+        } catch {
+            throw .malformed("\(field()): \(error)")
+        }
+        self.init(id: id, version: mark.description, mark: mark, json: json)
+    }
+}
+
 /// "The same record": a source returning the boundary object again produces the same key.
 struct RecordKey: Hashable, Sendable {
     var id: String

@@ -133,16 +133,10 @@ struct DirectoryCollector: Collector {
             guard let text = object.string(field) else {
                 throw .malformed("\(label(index)) (\(id)) has no \"\(settings.timestampField)\" timestamp")
             }
-            let mark: Timestamp
-            do {
-                // RFC 3339, or a naive date-time as UTC (OTX's `2024-01-01T12:00:00.123000`).
-                mark = try Timestamp(rfc3339: text.trimmingCharacters(in: .whitespaces), assumeUTC: true)
-            } catch {
-                throw .malformed("\(label(index)) (\(id)) field \"\(field)\": \(error)")
-            }
             records.append(
-                CollectedRecord(
-                    id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(chunk.records[index])))
+                try CollectedRecord(
+                    id: id, stamp: text, json: JSONRecords.oneLine(chunk.records[index]),
+                    field: "\(label(index)) (\(id)) field \"\(field)\""))
         }
         return records
     }

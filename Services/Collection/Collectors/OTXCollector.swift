@@ -51,16 +51,10 @@ struct OTXCollector: Collector {
             guard let text = pulse.string("modified") else {
                 throw .malformed("pulse \(id) from \(url) has no \"modified\"")
             }
-            let mark: Timestamp
-            do {
-                // RFC 3339, or a naive date-time as UTC (OTX's `2024-01-01T12:00:00.123000`).
-                mark = try Timestamp(rfc3339: text.trimmingCharacters(in: .whitespaces), assumeUTC: true)
-            } catch {
-                throw .malformed("pulse \(id) from \(url): \"modified\" \(error)")
-            }
             records.append(
-                CollectedRecord(id: id, version: mark.description, mark: mark, json: JSONRecords.oneLine(pulses[index]))
-            )
+                try CollectedRecord(
+                    id: id, stamp: text, json: JSONRecords.oneLine(pulses[index]),
+                    field: "pulse \(id) from \(url): \"modified\""))
         }
         let next: String? =
             if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]), !text.isEmpty {

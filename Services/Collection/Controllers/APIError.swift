@@ -23,9 +23,7 @@ struct APIError: Error, HTTPResponseError, Sendable {
     }
 
     static func jsonResponse(status: HTTPResponse.Status, code: String, message: String) -> Response {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(ErrorEnvelope(.init(code: code, message: message)))) ?? Data()
+        let data = (try? JSONEncoder.contract().encode(ErrorEnvelope(.init(code: code, message: message)))) ?? Data()
         return Response(
             status: status, headers: [.contentType: "application/json"],
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
