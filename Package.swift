@@ -156,6 +156,7 @@ let package = Package(
             name: "StorageServiceTests",
             dependencies: [
                 "TestSupport",
+                "ServiceSupport",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 "WatermarkStores",
                 .product(name: "Yams", package: "Yams"),

@@ -67,7 +67,9 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "collection-service")
         logger.logLevel = configuration.logLevel
 
-        // The process's one HTTP client, for the storage and every source; shut down here, after both.
+        // The process's one HTTP client, for the storage and every source; shut down here, after both. Its
+        // connect bound (10 s) serves every destination; each storage call has its own deadline of
+        // STORAGE_TIMEOUT_SECONDS (the factory reads it) and each source request its source's timeout.
         let httpClient = HTTPClient(
             eventLoopGroup: HTTPClient.defaultEventLoopGroup,
             configuration: HTTPStorageClient.configuration(timeout: .seconds(30)))

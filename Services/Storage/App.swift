@@ -48,6 +48,12 @@ struct Serve: AsyncParsableCommand {
     var readCacheEntries: String?
     @Option(help: "TLS_CERT_PATH: PEM certificate chain; with --tls-key-path serves HTTPS.") var tlsCertPath: String?
     @Option(help: "TLS_KEY_PATH: PEM private key of the certificate.") var tlsKeyPath: String?
+    @Option(
+        help: """
+            DATABASE_URL: postgres://user:password@host:port/db selects PostgreSQL (prefer the environment \
+            variable: a flag's password shows in the process list).
+            """)
+    var databaseURL: String?
 
     func run() async throws {
         let flags: [String: String?] = [
@@ -57,6 +63,7 @@ struct Serve: AsyncParsableCommand {
             "STALE_AFTER_SECONDS": staleAfterSeconds, "IDLE_TIMEOUT_SECONDS": idleTimeoutSeconds,
             "REQUEST_TIMEOUT_SECONDS": requestTimeoutSeconds, "MAX_CONNECTIONS": maxConnections,
             "READ_CACHE_ENTRIES": readCacheEntries, "TLS_CERT_PATH": tlsCertPath, "TLS_KEY_PATH": tlsKeyPath,
+            "DATABASE_URL": databaseURL,
         ]
         let settings = Settings(flags: flags.compactMapValues { $0 })
 

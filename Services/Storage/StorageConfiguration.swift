@@ -85,11 +85,6 @@ package struct StorageConfiguration: Sendable {
                 key: "STORAGE_READ_TOKEN", message: "needs STORAGE_API_TOKEN: without it every caller may write")
         }
     }
-
-    /// The settings of `environment` alone (tests, and sub-commands without flags).
-    package init(_ environment: [String: String]) throws(ConfigurationKeyError) {
-        try self.init(Settings(environment: environment))
-    }
 }
 
 extension String {

@@ -5,6 +5,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import ServiceSupport
 import StorageClient
 import TestSupport
 import WatermarkCore
@@ -245,3 +246,10 @@ let testRetry = RetryPolicy(
     maxAttempts: 3, baseDelay: .milliseconds(10), maxDelay: .milliseconds(50), maxRetryAfter: .seconds(5))
 
 func ts(_ text: String) -> Timestamp { try! Timestamp(rfc3339: text) }
+
+extension CollectionConfiguration {
+    /// The settings of `environment` alone, without command-line flags.
+    init(environment: [String: String]) throws(ConfigurationKeyError) {
+        try self.init(Settings(environment: environment))
+    }
+}

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import PostgresNIO
+import ServiceSupport
 import Synchronization
 import TestSupport
 import Testing
@@ -106,5 +107,12 @@ func refusal(_ body: () async throws -> Void) async -> String? {
         return error.code
     } catch {
         return "unexpected: \(error)"
+    }
+}
+
+extension StorageConfiguration {
+    /// The settings of `environment` alone, without command-line flags.
+    init(_ environment: [String: String]) throws(ConfigurationKeyError) {
+        try self.init(Settings(environment: environment))
     }
 }

@@ -51,8 +51,6 @@ struct CollectionConfiguration: Sendable {
         (dataDirectory as NSString).appendingPathComponent(".state")
     }
 
-    init() {}
-
     /// Reads the keys above from `settings` (flags over the environment); malformed values are errors naming
     /// the variable.
     init(_ settings: Settings) throws(ConfigurationKeyError) {
@@ -66,11 +64,6 @@ struct CollectionConfiguration: Sendable {
         requireLease = try settings.bool("REQUIRE_LEASE", default: requireLease)
         replayInterval = .seconds(try settings.int("REPLAY_INTERVAL_SECONDS", default: 30, in: 1...86_400))
         tls = try TLSFiles.from(settings)
-    }
-
-    /// The settings of `environment` alone (tests).
-    init(environment: [String: String]) throws(ConfigurationKeyError) {
-        try self.init(Settings(environment: environment))
     }
 
     static func defaultInstanceID() -> String {
