@@ -157,6 +157,7 @@ let package = Package(
             dependencies: [
                 "TestSupport",
                 "ServiceSupport",
+                "StorageClient",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 "WatermarkStores",
                 .product(name: "Yams", package: "Yams"),
@@ -176,7 +177,6 @@ let package = Package(
                 "ServiceSupport",
                 "WatermarkStores",
                 "StorageClient",
-                "StorageService",
                 "WatermarkCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

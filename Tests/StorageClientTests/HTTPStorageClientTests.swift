@@ -182,7 +182,7 @@ struct HTTPStorageClientTests {
             script: script, failure: { jsonResponse(.gatewayTimeout, "") }
         ) { url in
             try await using(makeClient(url, sleeps: sleeps, policy: RetryPolicy(maxAttempts: 3))) { client in
-                let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+                let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: alpha) }
                 #expect(error?.isTransient == true)
                 #expect(error?.code == "http_504")
             }
@@ -226,7 +226,7 @@ struct HTTPStorageClientTests {
             }
         ) { url in
             try await using(makeClient(url, sleeps: sleeps)) { client in
-                let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+                let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: alpha) }
                 #expect(error?.isTransient == true)
                 #expect(error?.code == "maintenance")
             }
@@ -249,7 +249,7 @@ struct HTTPStorageClientTests {
             script: script, failure: { jsonResponse(.init(code: status), body) }
         ) { url in
             try await using(makeClient(url, sleeps: sleeps)) { client in
-                let error = await storageError {
+                let error = await thrown(StorageClientError.self) {
                     try await client.updateWatermark(sourceID: alpha, timestamp: Timestamp.now(), status: .success)
                 }
                 #expect(error?.code == code)
@@ -311,7 +311,7 @@ struct HTTPStorageClientTests {
         ) { url in
             try await using(makeClient(url, sleeps: sleeps, timeout: .milliseconds(200))) { client in
                 let started = ContinuousClock.now
-                let error = await storageError { _ = try await client.getWatermark(sourceID: sid("slow")) }
+                let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: sid("slow")) }
                 let elapsed = ContinuousClock.now - started
                 #expect(error?.isTransient == true)
                 // Far from the 6 s answer (the timeout cut it), with room for a loaded machine (1.26 s was seen
@@ -332,7 +332,7 @@ struct HTTPStorageClientTests {
             "http://127.0.0.1:1", sleeps: sleeps, policy: RetryPolicy(maxAttempts: 3), timeout: .seconds(30))
         let (error, elapsed): (StorageClientError?, Duration) = try await using(client) { client in
             let started = ContinuousClock.now
-            let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+            let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: alpha) }
             return (error, ContinuousClock.now - started)
         }
         // 20 s: refused at once took 10.7 s once in the full parallel run on 2 cores, whose first seconds are
@@ -352,7 +352,7 @@ struct HTTPStorageClientTests {
         try await withScriptedServer(script: script, failure: { jsonResponse(.ok, "") }) { url in
             // A wrong path prefix in STORAGE_SERVICE_URL: the router answers a plain 404.
             try await using(makeClient(url + "/wrong-prefix", sleeps: SleepRecorder())) { client in
-                let error = await storageError { _ = try await client.getWatermark(sourceID: alpha) }
+                let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: alpha) }
                 guard case .invalidRequest(let code, _)? = error else {
                     Issue.record("expected invalidRequest, got \(String(describing: error))")
                     return
@@ -375,13 +375,13 @@ struct HTTPStorageClientTests {
             }
         ) { url in
             try await using(makeClient(url, sleeps: sleeps, maxResponseBytes: 4096)) { client in
-                let huge = await storageError { _ = try await client.getWatermark(sourceID: sid("huge")) }
+                let huge = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: sid("huge")) }
                 guard case .unavailable(let underlying)? = huge else {
                     Issue.record("expected unavailable, got \(String(describing: huge))")
                     return
                 }
                 #expect(underlying is ResponseTooLarge)
-                let garbled = await storageError { _ = try await client.getWatermark(sourceID: sid("garbled")) }
+                let garbled = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: sid("garbled")) }
                 guard case .unavailable(let underlying)? = garbled else {
                     Issue.record("expected unavailable, got \(String(describing: garbled))")
                     return

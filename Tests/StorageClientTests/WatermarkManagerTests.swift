@@ -308,15 +308,15 @@ struct WatermarkManagerTests {
             let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
             try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success)
             await storage.setAvailable(false)
-            let error = await storageError {
+            let error = await thrown(StorageClientError.self) {
                 try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
             }
             #expect(error?.code == "watermark_regression")
-            let negative = await storageError {
+            let negative = await thrown(StorageClientError.self) {
                 try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success, recordsCollected: -1)
             }
             #expect(negative?.code == "invalid_body")
-            let badKey = await storageError {
+            let badKey = await thrown(StorageClientError.self) {
                 try await manager.updateWatermark(
                     sourceID: otx, timestamp: t2, status: .success, options: UpdateOptions(idempotencyKey: "a b")
                 )
@@ -374,7 +374,7 @@ struct WatermarkManagerTests {
             let storage = InMemoryStorageClient()
             let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
             _ = try await storage.acquireLease(sourceID: otx, owner: "someone", ttl: .seconds(60))
-            let error = await storageError {
+            let error = await thrown(StorageClientError.self) {
                 try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success)
             }
             #expect(error?.code == "lease_required")

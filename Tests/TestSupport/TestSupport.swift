@@ -2,6 +2,7 @@ import Foundation
 import InMemoryLogging
 import Logging
 import Synchronization
+import Testing
 import WatermarkCore
 
 #if canImport(Glibc)
@@ -121,4 +122,26 @@ package func runToEnd(_ arguments: [String], environment: [String: String]? = ni
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// A fresh folder under the system's temporary directory, removed after `body` (also when it throws).
+package func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("watermark-tests-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
+}
+
+/// The error of type `E` that `body` threw; `nil` when it threw none (an error of another type is recorded as an
+/// issue, and is `nil` too).
+package func thrown<E: Error>(_ type: E.Type, _ body: () async throws -> Void) async -> E? {
+    do {
+        try await body()
+        return nil
+    } catch let error as E {
+        return error
+    } catch {
+        Issue.record("expected \(E.self), got \(error)")
+        return nil
+    }
 }

@@ -13,11 +13,11 @@ import WatermarkStores
 // Over 300 lines for a reason: one conformance suite, run unchanged against every client and store; its cases must
 // stay together.
 
-/// The two implementations of `StorageClient` every conformance test runs against: the in-memory mock,
-/// and the HTTP client talking to a live Storage Service (SQLite on a temporary file) started in the test.
-/// The same assertions pass on both, so the mock cannot drift from the service.
+/// What every conformance test runs against: the in-memory mock, and the HTTP client talking to a live Storage
+/// Service started in the test, on SQLite (a temporary file) and on PostgreSQL (a database of the suite's real
+/// server). The same assertions pass on all three, so neither the mock nor a backend can drift from the others.
 enum Backend: String, CaseIterable, CustomTestStringConvertible {
-    case memory, live
+    case memory, liveSQLite, livePostgres
 
     var testDescription: String { rawValue }
 
@@ -30,40 +30,50 @@ enum Backend: String, CaseIterable, CustomTestStringConvertible {
         switch self {
         case .memory:
             try await body(InMemoryStorageClient(policy: policy, clock: { clock.now() }))
-        case .live:
+        case .liveSQLite:
             try await withTemporaryDirectory { folder in
-                let logger = Logger(label: "storage-service-test")
                 let store = try SQLiteWatermarkStore(
-                    path: (folder as NSString).appendingPathComponent("watermarks.db"), policy: policy, logger: logger,
-                    clock: { clock.now() }
+                    path: (folder as NSString).appendingPathComponent("watermarks.db"), policy: policy,
+                    logger: Logger(label: "storage-service-test"), clock: { clock.now() }
                 )
-                var configuration = StorageConfiguration()
-                configuration.host = "127.0.0.1"
-                configuration.port = 0
-                configuration.apiToken = "conformance-token"
-                configuration.policy = policy
-                let app = try await buildApplication(configuration: configuration, store: store, logger: logger)
-                try await app.test(.live) { server in
-                    let port = try #require(server.port)
-                    let client = HTTPStorageClient(
-                        baseURL: "http://127.0.0.1:\(port)", token: "conformance-token", timeout: .seconds(10),
-                        retryPolicy: .none, logger: Logger(label: "storage-client-test")
-                    )
-                    do {
-                        try await body(client)
-                    } catch {
-                        try await client.shutdown()
-                        throw error
-                    }
-                    try await client.shutdown()
-                }
+                try await Self.serve(store, policy: policy, body)
                 try store.close()
             }
+        case .livePostgres:
+            try await Self.serve(try await StoreKind.postgres.make(clock: clock, policy: policy), policy: policy, body)
+        }
+    }
+
+    /// Serves `store` with the real application on a free port and runs `body` with an HTTP client of it.
+    private static func serve(
+        _ store: any WatermarkStore, policy: WatermarkPolicy,
+        _ body: @escaping @Sendable (any StorageClient) async throws -> Void
+    ) async throws {
+        var configuration = StorageConfiguration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        configuration.apiToken = "conformance-token"
+        configuration.policy = policy
+        let app = try await buildApplication(
+            configuration: configuration, store: store, logger: Logger(label: "storage-service-test"))
+        try await app.test(.live) { server in
+            let port = try #require(server.port)
+            let client = HTTPStorageClient(
+                baseURL: "http://127.0.0.1:\(port)", token: "conformance-token", timeout: .seconds(10),
+                retryPolicy: .none, logger: Logger(label: "storage-client-test")
+            )
+            do {
+                try await body(client)
+            } catch {
+                try await client.shutdown()
+                throw error
+            }
+            try await client.shutdown()
         }
     }
 }
 
-@Suite("StorageClient conformance (mock and live service)")
+@Suite("StorageClient conformance (mock, live service on SQLite and on PostgreSQL)", .postgres)
 struct ConformanceTests {
     let alpha = sid("alpha")
     let t1 = Timestamp.at("2024-01-01T12:00:00.123456789Z")
@@ -166,7 +176,7 @@ struct ConformanceTests {
         let (alpha, t1, t2) = (alpha, t1, t2)
         try await backend.run { client in
             let stored = try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success)
-            let error = await storageError {
+            let error = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
             }
             guard case .conflict(let code, let message)? = error else {
@@ -196,15 +206,15 @@ struct ConformanceTests {
         let clock = ManualClock()
         try await backend.run(clock: clock) { client in
             let future = clock.now().adding(.seconds(3600))
-            let tooNew = await storageError {
+            let tooNew = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(sourceID: alpha, timestamp: future, status: .success)
             }
             #expect(tooNew?.code == "timestamp_in_future")
-            let missing = await storageError {
+            let missing = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(sourceID: alpha, timestamp: nil, status: .success)
             }
             #expect(missing?.code == "missing_timestamp")
-            let badKey = await storageError {
+            let badKey = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(
                     sourceID: alpha, timestamp: clock.now(), status: .success, idempotencyKey: "has space"
                 )
@@ -227,7 +237,7 @@ struct ConformanceTests {
                 sourceID: alpha, timestamp: t1, status: .success, errorMessage: nil, recordsCollected: nil,
                 options: UpdateOptions(precondition: .absent)
             )
-            let createAgain = await storageError {
+            let createAgain = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(
                     sourceID: alpha, timestamp: t2, status: .success, errorMessage: nil, recordsCollected: nil,
                     options: UpdateOptions(precondition: .absent)
@@ -238,7 +248,7 @@ struct ConformanceTests {
                 Issue.record("got \(String(describing: createAgain))")
             }
 
-            let stale = await storageError {
+            let stale = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(sourceID: alpha, timestamp: t2, status: .success, ifVersion: 7)
             }
             if case .preconditionFailed? = stale {} else { Issue.record("got \(String(describing: stale))") }
@@ -247,7 +257,7 @@ struct ConformanceTests {
                 sourceID: alpha, timestamp: t2, status: .success, ifVersion: created.version
             )
             #expect(updated.version == 2)
-            let missing = await storageError {
+            let missing = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(
                     sourceID: sid("gamma"), timestamp: t2, status: .success, errorMessage: nil, recordsCollected: nil,
                     options: UpdateOptions(precondition: .exists)
@@ -270,7 +280,7 @@ struct ConformanceTests {
             #expect(replay == first)
             #expect(try await client.history(sourceID: alpha, limit: nil).count == 1)
 
-            let reused = await storageError {
+            let reused = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(
                     sourceID: alpha, timestamp: t2, status: .success, recordsCollected: 5, idempotencyKey: "run-1"
                 )
@@ -285,7 +295,7 @@ struct ConformanceTests {
         let (alpha, t1) = (alpha, t1)
         try await backend.run { client in
             let created = try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
-            let wrongVersion = await storageError {
+            let wrongVersion = await thrown(StorageClientError.self) {
                 try await client.deleteWatermark(sourceID: alpha, precondition: .version(9), leaseToken: nil)
             }
             if case .preconditionFailed? = wrongVersion {
@@ -297,7 +307,7 @@ struct ConformanceTests {
             let value3 = try await client.getWatermark(sourceID: alpha)
             #expect(value3 == nil)
 
-            let again = await storageError {
+            let again = await thrown(StorageClientError.self) {
                 try await client.deleteWatermark(sourceID: alpha, precondition: nil, leaseToken: nil)
             }
             if case .notFound? = again {} else { Issue.record("got \(String(describing: again))") }
@@ -333,7 +343,7 @@ struct ConformanceTests {
             let stale = try await client.listWatermarks(WatermarkQuery(staleAfter: .seconds(3600)))
             #expect(stale.watermarks.map(\.sourceID.rawValue) == ["b", "e"])
 
-            let badLimit = await storageError { _ = try await client.listWatermarks(WatermarkQuery(limit: 0)) }
+            let badLimit = await thrown(StorageClientError.self) { _ = try await client.listWatermarks(WatermarkQuery(limit: 0)) }
             #expect(badLimit?.code == "invalid_parameter")
         }
     }
@@ -342,7 +352,7 @@ struct ConformanceTests {
     func historyIsNewestFirst(backend: Backend) async throws {
         let (alpha, t1, t2) = (alpha, t1, t2)
         try await backend.run { client in
-            let missing = await storageError { _ = try await client.history(sourceID: alpha, limit: nil) }
+            let missing = await thrown(StorageClientError.self) { _ = try await client.history(sourceID: alpha, limit: nil) }
             if case .notFound? = missing {} else { Issue.record("got \(String(describing: missing))") }
 
             try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success, recordsCollected: 1)
@@ -354,7 +364,7 @@ struct ConformanceTests {
             #expect(runs[1].lastSuccessfulTimestamp == t1)
             #expect(runs[0].recordsCollected == 3)
             #expect(try await client.history(sourceID: alpha, limit: 1).map(\.version) == [3])
-            let badLimit = await storageError { _ = try await client.history(sourceID: alpha, limit: 0) }
+            let badLimit = await thrown(StorageClientError.self) { _ = try await client.history(sourceID: alpha, limit: 0) }
             #expect(badLimit?.code == "invalid_parameter")
         }
     }
@@ -370,16 +380,16 @@ struct ConformanceTests {
             #expect(lease.owner == "replica-a")
             #expect(lease.expiresAt == clock.now().adding(.seconds(60)))
 
-            let held = await storageError {
+            let held = await thrown(StorageClientError.self) {
                 _ = try await client.acquireLease(sourceID: alpha, owner: "replica-b", ttl: .seconds(60))
             }
             #expect(held?.code == "lease_held")
 
-            let noToken = await storageError {
+            let noToken = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success)
             }
             #expect(noToken?.code == "lease_required")
-            let wrongToken = await storageError {
+            let wrongToken = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success, leaseToken: 99)
             }
             #expect(wrongToken?.code == "stale_lease")
@@ -397,18 +407,18 @@ struct ConformanceTests {
             clock.advance(.seconds(61))
             let takeover = try await client.acquireLease(sourceID: alpha, owner: "replica-b", ttl: .seconds(60))
             #expect(takeover.fencingToken == 2)
-            let fenced = await storageError {
+            let fenced = await thrown(StorageClientError.self) {
                 try await client.updateWatermark(
                     sourceID: alpha, timestamp: t2, status: .success, leaseToken: lease.fencingToken
                 )
             }
             #expect(fenced?.code == "stale_lease")
-            let fencedDelete = await storageError {
+            let fencedDelete = await thrown(StorageClientError.self) {
                 try await client.deleteWatermark(sourceID: alpha, precondition: nil, leaseToken: lease.fencingToken)
             }
             #expect(fencedDelete?.code == "stale_lease")
 
-            let staleRelease = await storageError {
+            let staleRelease = await thrown(StorageClientError.self) {
                 try await client.releaseLease(sourceID: alpha, token: lease.fencingToken)
             }
             #expect(staleRelease?.code == "stale_lease")
@@ -418,11 +428,11 @@ struct ConformanceTests {
             let next = try await client.acquireLease(sourceID: alpha, owner: "replica-a", ttl: .seconds(60))
             #expect(next.fencingToken == 3)
 
-            let badTTL = await storageError {
+            let badTTL = await thrown(StorageClientError.self) {
                 _ = try await client.acquireLease(sourceID: sid("other"), owner: "x", ttl: .milliseconds(500))
             }
             #expect(badTTL?.code == "invalid_body")
-            let badOwner = await storageError {
+            let badOwner = await thrown(StorageClientError.self) {
                 _ = try await client.acquireLease(sourceID: sid("other"), owner: "", ttl: .seconds(5))
             }
             #expect(badOwner?.code == "invalid_body")
