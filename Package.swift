@@ -102,7 +102,6 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Services/Storage",
-            exclude: ["Dockerfile"],
             // The OpenAPI document, compiled into the binary as bytes (PackageResources.openapi_yaml).
             resources: [.embedInCode("Resources/openapi.yaml")],
             swiftSettings: swiftSettings
@@ -127,7 +126,6 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Services/Collection",
-            exclude: ["Dockerfile"],
             swiftSettings: swiftSettings
         ),
         // `make bench`'s baseline: a Hummingbird hello world built from the same graph, not a route of the service.

