@@ -1,14 +1,26 @@
 #!/usr/bin/env python3
 """`make bench`: the storage service under wrk, every figure a ratio to a Hummingbird hello world of the same run.
 
-    bench/run.py BIN_DIR [--duration 8s] [--connections 1,64]
+    bench/run.py BIN_DIR [--duration 8s] [--connections 1,64] [--backends sqlite,postgres]
 
-Starts `bench-hello` and `storage-service` (release builds in BIN_DIR) on free ports of 127.0.0.1, probes the
-fsync latency of the disk that holds the database, then runs each scenario at each connection count with
-`wrk -t1` (the machine has 2 cores: one for the load, one for the server). Prints a table and writes
-bench/results/<UTC date>.json. It reports; it never asserts.
+Starts `bench-hello` (release build in BIN_DIR) on a free port of 127.0.0.1, measures it at each connection
+count, probes the fsync latency of the disk that holds the databases, then measures `storage-service` with each
+scenario at each connection count, one variant after the other (only one variant's processes run at a time):
+
+  - sqlite: one process on a SQLite file (DATABASE_PATH in a temporary folder);
+  - postgres x1: one process on a PostgreSQL of its own (bench/pg.py: Debian's binaries, started like the
+    tests' PostgresTestServer, fsync on, stopped at the end);
+  - postgres x2: two processes on one database of that server (the replicas of a deployment).
+
+Each variant starts on a fresh database seeded with the same 1000 watermarks. Load comes from `wrk -t1` (the
+machine has 2 cores: one wrk thread for the load, one core for the server; one thread per wrk process). Two
+replicas get two such wrk processes at once, one per replica, each with half the connections (see
+`run_scenario`). Prints one table per variant and a comparison, and writes bench/results/<UTC date>.json
+(BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
+BENCH_BACKENDS (sqlite,postgres) picks the backends; postgres runs both one and two replicas.
 """
 import argparse
+import contextlib
 import datetime
 import http.client
 import json
@@ -24,15 +36,33 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import pg  # noqa: E402 (bench/pg.py: a throwaway PostgreSQL)
 
+# Every script starts with this. With two replicas, two wrk processes run the same script at once, each given
+# its number and the count after `--` (`-- 0 2`, `-- 1 2`): generator `offset` of `step` numbers its requests
+# offset + step, offset + 2*step, ..., so no two generators send the same write (the sources of PUT many split
+# between them, each seeing increasing timestamps), and seeds its random numbers with `seed + offset`. Without
+# arguments (one generator) the requests are the same as before replicas existed.
+LUA_PRELUDE = """
+offset, step, seed, counter = 0, 1, 0, 0
+init = function(args)
+  if #args >= 2 then offset, step = tonumber(args[1]), tonumber(args[2]) end
+  math.randomseed(seed + offset)
+end
+next_id = function()
+  counter = counter + 1
+  return offset + counter * step
+end
+"""
 LUA_GET_EXISTING = """
-math.randomseed(42)
+seed = 42
 request = function()
   return wrk.format("GET", "/api/v1/watermarks/bench-" .. math.random(0, 999))
 end
 """
 LUA_GET_MISSING = """
-math.randomseed(43)
+seed = 43
 request = function()
   return wrk.format("GET", "/api/v1/watermarks/missing-" .. math.random(0, 999999))
 end
@@ -40,30 +70,26 @@ end
 # Timestamps grow within a run (a nanosecond a request) and from one run to the next (the base is an hour
 # before the start of the run), so no write is a regression; 1000 sources.
 LUA_PUT_MANY = """
-counter = 0
 base = os.date("!%Y-%m-%dT%H:%M:%S", os.time() - 3600)
 request = function()
-  counter = counter + 1
-  local body = '{"timestamp":"' .. base .. '.' .. string.format("%09d", counter) .. 'Z","status":"success","records_collected":1}'
-  return wrk.format("PUT", "/api/v1/watermarks/bench-" .. (counter % 1000), {["Content-Type"] = "application/json"}, body)
+  local id = next_id()
+  local body = '{"timestamp":"' .. base .. '.' .. string.format("%09d", id) .. 'Z","status":"success","records_collected":1}'
+  return wrk.format("PUT", "/api/v1/watermarks/bench-" .. (id % 1000), {["Content-Type"] = "application/json"}, body)
 end
 """
 # One source: concurrent writes may arrive out of order, so the deliberate-backfill flag keeps them all 2xx.
 LUA_PUT_HOT = """
-counter = 0
 request = function()
-  counter = counter + 1
-  local body = '{"timestamp":"2025-02-01T00:00:00.' .. string.format("%09d", counter) .. 'Z","status":"success","records_collected":1}'
+  local body = '{"timestamp":"2025-02-01T00:00:00.' .. string.format("%09d", next_id()) .. 'Z","status":"success","records_collected":1}'
   return wrk.format("PUT", "/api/v1/watermarks/bench-hot?force=true", {["Content-Type"] = "application/json"}, body)
 end
 """
 LUA_MIX = """
-math.randomseed(44)
-counter = 0
+seed = 44
 request = function()
-  counter = counter + 1
+  local id = next_id()
   if counter % 10 == 0 then
-    local body = '{"timestamp":"2025-03-01T00:00:00.' .. string.format("%09d", counter) .. 'Z","status":"success","records_collected":1}'
+    local body = '{"timestamp":"2025-03-01T00:00:00.' .. string.format("%09d", id) .. 'Z","status":"success","records_collected":1}'
     return wrk.format("PUT", "/api/v1/watermarks/bench-" .. math.random(0, 999) .. "?force=true", {["Content-Type"] = "application/json"}, body)
   end
   return wrk.format("GET", "/api/v1/watermarks/bench-" .. math.random(0, 999))
@@ -88,17 +114,25 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_listening(port, proc, what):
+def wait_listening(port, proc, what, log=None):
+    """Waits until `proc` accepts connections on `port`; exits with the tail of `log` (a path) when it does not."""
+    def fail(why):
+        tail = ""
+        if log and os.path.exists(log):
+            with open(log, errors="replace") as out:
+                tail = "\n" + out.read()[-2000:]
+        sys.exit(f"bench: {what} {why}{tail}")
+
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"bench: {what} exited with {proc.returncode}")
+            fail(f"exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
-    sys.exit(f"bench: {what} did not listen on {port}")
+    fail(f"did not listen on {port}")
 
 
 def fsync_probe(folder, count=200):
@@ -166,16 +200,150 @@ def reset_peak(pid):
 
 
 def write_report(suffix, fields):
-    """Writes bench/results/<UTC date><suffix>.json with the date and the machine; returns its path."""
+    """Writes bench/results/<UTC date><suffix>.json (BENCH_RESULTS_DIR: another folder, e.g. for a smoke run)
+    with the date and the machine; returns its path."""
     stamp = datetime.datetime.now(datetime.timezone.utc)
     report = {"date": stamp.isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
               **fields}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", stamp.strftime("%Y-%m-%d") + suffix + ".json")
+    folder = os.environ.get("BENCH_RESULTS_DIR") or os.path.join(HERE, "results")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, stamp.strftime("%Y-%m-%d") + suffix + ".json")
     with open(path, "w") as out:
         json.dump(report, out, indent=2)
-    return os.path.relpath(path)
+    return os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+
+
+
+def stop(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def storage_processes(bin_dir, work, tag, database_env, replicas):
+    """Starts `replicas` storage-service processes on the same database (`database_env`: DATABASE_PATH or
+    DATABASE_URL), one after the other (the first has migrated the database before the second starts), each on
+    a free port; yields [(process, port)]; stops them all at the end, also on failure."""
+    started, logs = [], []
+    try:
+        for index in range(replicas):
+            port = free_port()
+            log_path = os.path.join(work, f"storage-{tag}-{index}.log")
+            log = open(log_path, "w")
+            logs.append(log)
+            env = dict(os.environ, HOST="127.0.0.1", LOG_LEVEL="warning", PORT=str(port), **database_env)
+            proc = subprocess.Popen([os.path.join(bin_dir, "storage-service")], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+            started.append((proc, port))
+            wait_listening(port, proc, f"storage-service ({tag}, replica {index + 1})", log_path)
+        yield started
+    finally:
+        stop([proc for proc, _ in started])
+        for log in logs:
+            log.close()
+
+
+def run_wrk(ports, connections, duration, path, script):
+    """One wrk measurement against the servers on `ports`.
+
+    One port: `wrk -t1 -cN`, as always. Several (replicas): one `wrk -t1` process per replica, all started at
+    once, connections split evenly between them (64 over two: 32 and 32), each process given its number so
+    that its writes differ from the others' (LUA_PRELUDE). A wrk process is one thread, the rule on this
+    2-core machine, and a wrk thread can only talk to one address, hence processes rather than `-t2`. The
+    figures combine: req/s, requests and errors add up; p50 and p99 are the worse of the processes' (wrk does
+    not print its histograms, so exact percentiles of the union are not available). With fewer connections
+    than replicas (1 connection over two) the extra replicas get none: one connection reaches one replica.
+    """
+    split = [connections // len(ports) + (1 if i < connections % len(ports) else 0) for i in range(len(ports))]
+    targets = [(port, count) for port, count in zip(ports, split) if count > 0]
+    procs = []
+    for index, (port, count) in enumerate(targets):
+        command = ["wrk", "-t1", f"-c{count}", f"-d{duration}", "--latency"]
+        if script:
+            command += ["-s", script]
+        command.append(f"http://127.0.0.1:{port}{path}")
+        if script:
+            command += ["--", str(index), str(len(targets))]
+        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"bench: wrk exited with {proc.returncode}: {err.strip()}")
+        outputs.append(parse_wrk(out))
+    figures = {
+        "rps": round(sum(o["rps"] for o in outputs), 2),
+        "p50_ms": max(o["p50_ms"] for o in outputs), "p99_ms": max(o["p99_ms"] for o in outputs),
+        "requests": sum(o["requests"] for o in outputs), "non_2xx": sum(o["non_2xx"] for o in outputs),
+        "socket_errors": sum(o["socket_errors"] for o in outputs),
+    }
+    if len(ports) > 1:
+        figures["wrk_split"] = [count for _, count in targets]
+    return figures
+
+
+def measure(servers, connection_counts, duration, work, only):
+    """Every scenario of server kind `only` at every connection count against `servers` ([(process, port)]),
+    with the peak RSS of the processes added up."""
+    results = []
+    script = os.path.join(work, "scenario.lua")
+    for connections in connection_counts:
+        for name, server, path, lua in SCENARIOS:
+            if server != only:
+                continue
+            if lua:
+                with open(script, "w") as out:
+                    out.write(LUA_PRELUDE + lua)
+            for proc, _ in servers:
+                reset_peak(proc.pid)
+            figures = run_wrk([port for _, port in servers], connections, duration, path, script if lua else None)
+            rss = [peak_rss_kib(proc.pid) for proc, _ in servers]
+            figures.update(scenario=name, connections=connections, peak_rss_kib=sum(rss))
+            if len(rss) > 1:
+                figures["peak_rss_kib_each"] = rss
+            results.append(figures)
+    return results
+
+
+def errors(row):
+    if row["scenario"].startswith("GET missing"):
+        return row["socket_errors"]  # every answer is a 404 by design
+    return row["non_2xx"] + row["socket_errors"]
+
+
+def print_table(title, rows):
+    print(f"\n{title}")
+    header = f"{'scenario':26} {'conns':>5} {'req/s':>10} {'vs hello':>8} {'p50 ms':>8} {'p99 ms':>8} " \
+             f"{'errors':>7} {'peak RSS MiB':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['scenario']:26} {r['connections']:>5} {r['rps']:>10.0f} {r['vs_hello']:>8.2f} "
+              f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {errors(r):>7} {r['peak_rss_kib'] / 1024:>12.1f}")
+
+
+def print_comparison(variants):
+    """One line per scenario and connection count: each variant's ratio to hello, then its p99."""
+    names = [v["label"] for v in variants]
+    width = max(9, *(len(n) for n in names))
+    print("\ncomparison: req/s as a ratio to hello | p99 ms")
+    header = f"{'scenario':26} {'conns':>5} " + " ".join(f"{n:>{width}}" for n in names) + " | " + \
+        " ".join(f"{n:>{width}}" for n in names)
+    print(header)
+    print("-" * len(header))
+    for key_row in variants[0]["results"]:
+        key = (key_row["scenario"], key_row["connections"])
+        rows = [next(r for r in v["results"] if (r["scenario"], r["connections"]) == key) for v in variants]
+        print(f"{key[0]:26} {key[1]:>5} " + " ".join(f"{r['vs_hello']:>{width}.2f}" for r in rows) + " | " +
+              " ".join(f"{r['p99_ms']:>{width}.3f}" for r in rows))
 
 
 def main():
@@ -183,70 +351,85 @@ def main():
     parser.add_argument("bin")
     parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "8s"))
     parser.add_argument("--connections", default=os.environ.get("BENCH_CONNECTIONS", "1,64"))
+    parser.add_argument("--backends", default=os.environ.get("BENCH_BACKENDS", "sqlite,postgres"),
+                        help="sqlite, postgres or both; postgres measures one and two replicas")
     args = parser.parse_args()
     connection_counts = [int(c) for c in args.connections.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = set(backends) - {"sqlite", "postgres"}
+    if unknown or not backends:
+        sys.exit(f"bench: BENCH_BACKENDS must list sqlite and/or postgres (got {args.backends})")
 
     work = tempfile.mkdtemp(prefix="bench-")
-    hello_port, storage_port = free_port(), free_port()
-    env = dict(os.environ, HOST="127.0.0.1", LOG_LEVEL="warning")
-    hello = subprocess.Popen([os.path.join(args.bin, "bench-hello")], env=dict(env, PORT=str(hello_port)),
+    hello_port = free_port()
+    hello = subprocess.Popen([os.path.join(args.bin, "bench-hello")],
+                             env=dict(os.environ, HOST="127.0.0.1", LOG_LEVEL="warning", PORT=str(hello_port)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    storage_log = open(os.path.join(work, "storage.log"), "w")
-    storage = subprocess.Popen([os.path.join(args.bin, "storage-service")],
-                               env=dict(env, PORT=str(storage_port), DATABASE_PATH=os.path.join(work, "bench.db")),
-                               stdout=storage_log, stderr=subprocess.STDOUT)
-    servers = {"hello": (hello, hello_port), "storage": (storage, storage_port)}
+    variants = []  # {"backend", "replicas", "label", "results"}
     try:
         wait_listening(hello_port, hello, "bench-hello")
-        wait_listening(storage_port, storage, "storage-service")
-        seed(storage_port)
-        fsync = fsync_probe(work)
-        results = []
-        for connections in connection_counts:
-            for name, server, path, lua in SCENARIOS:
-                proc, port = servers[server]
-                command = ["wrk", "-t1", f"-c{connections}", f"-d{args.duration}", "--latency"]
-                if lua:
-                    script = os.path.join(work, "scenario.lua")
-                    with open(script, "w") as out:
-                        out.write(lua)
-                    command += ["-s", script]
-                reset_peak(proc.pid)
-                output = subprocess.run(command + [f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                                        text=True, check=True).stdout
-                figures = parse_wrk(output)
-                figures.update(scenario=name, connections=connections, peak_rss_kib=peak_rss_kib(proc.pid))
-                results.append(figures)
-        for figures in results:
-            hello_figures = next(r for r in results if r["scenario"].startswith("hello")
-                                 and r["connections"] == figures["connections"])
-            figures["vs_hello"] = round(figures["rps"] / hello_figures["rps"], 3)
-            figures["p50_minus_hello_us"] = round((figures["p50_ms"] - hello_figures["p50_ms"]) * 1000, 1)
+        fsync = fsync_probe(work)  # the temporary folder holds the SQLite file and PostgreSQL's data alike
+        hello_results = measure([(hello, hello_port)], connection_counts, args.duration, work, "hello")
+        if "sqlite" in backends:
+            database = {"DATABASE_PATH": os.path.join(work, "bench.db")}
+            with storage_processes(args.bin, work, "sqlite", database, 1) as servers:
+                seed(servers[0][1])
+                variants.append({"backend": "sqlite", "replicas": 1, "label": "SQLite",
+                                 "results": measure(servers, connection_counts, args.duration, work, "storage")})
+        if "postgres" in backends:
+            with pg.postgres() as server:
+                for replicas in (1, 2):
+                    # A fresh database each, so the second variant does not start with the first's writes.
+                    database = {"DATABASE_URL": server.create_database(f"bench_x{replicas}")}
+                    with storage_processes(args.bin, work, f"pg-x{replicas}", database, replicas) as servers:
+                        seed(servers[0][1])
+                        variants.append({
+                            "backend": "postgres", "replicas": replicas, "label": f"PG x{replicas}",
+                            "postgres_version": server.version,
+                            "results": measure(servers, connection_counts, args.duration, work, "storage")})
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        storage_log.close()
+        stop([hello])
         shutil.rmtree(work, ignore_errors=True)
+
+    for figures in hello_results + [r for v in variants for r in v["results"]]:
+        base = next(h for h in hello_results if h["connections"] == figures["connections"])
+        figures["vs_hello"] = round(figures["rps"] / base["rps"], 3)
+        figures["p50_minus_hello_us"] = round((figures["p50_ms"] - base["p50_ms"]) * 1000, 1)
+    for variant in variants:
+        for figures in variant["results"]:
+            figures.update(backend=variant["backend"], replicas=variant["replicas"])
+
+    def with_hello(rows):
+        """Today's layout: per connection count, the hello row then the service's."""
+        return [r for c in connection_counts
+                for r in [h for h in hello_results if h["connections"] == c]
+                + [x for x in rows if x["connections"] == c]]
 
     print()
     print(f"fsync probe (4 KiB write + fsync, 200 times, database disk): p50 {fsync['p50_ms']} ms, "
           f"p99 {fsync['p99_ms']} ms")
-    header = f"{'scenario':26} {'conns':>5} {'req/s':>10} {'vs hello':>8} {'p50 ms':>8} {'p99 ms':>8} " \
-             f"{'errors':>7} {'peak RSS MiB':>12}"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        errors = r["non_2xx"] + r["socket_errors"]
-        if r["scenario"].startswith("GET missing"):
-            errors = r["socket_errors"]  # every answer is a 404 by design
-        print(f"{r['scenario']:26} {r['connections']:>5} {r['rps']:>10.0f} {r['vs_hello']:>8.2f} "
-              f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {errors:>7} {r['peak_rss_kib'] / 1024:>12.1f}")
-    path = write_report("", {"wrk": f"-t1 -d{args.duration}", "fsync_probe": fsync, "results": results})
-    print(f"\n(wrk -t1 -d{args.duration}; ratios against the hello world of this run) written to {path}")
+    for variant in variants:
+        title = {"sqlite": "SQLite, one process",
+                 "postgres": f"PostgreSQL {variant.get('postgres_version', '')}, "
+                             f"{'one process' if variant['replicas'] == 1 else 'two processes on one database'}"}
+        print_table(title[variant["backend"]], with_hello(variant["results"]))
+    if len(variants) > 1:
+        print_comparison(variants)
+
+    sqlite = next((v for v in variants if v["backend"] == "sqlite"), None)
+    report = {
+        "wrk": f"-t1 -d{args.duration}",
+        "fsync_probe": fsync,
+        # As before replicas existed: the hello rows and SQLite's (backend "sqlite", replicas 1).
+        "results": with_hello(sqlite["results"] if sqlite else []),
+        # PostgreSQL, one entry per number of replicas; two replicas are loaded by one wrk -t1 per replica,
+        # connections split between them (wrk_split), req/s summed, p50 and p99 the worse of the two.
+        "postgres": [{"backend": v["backend"], "replicas": v["replicas"], "postgres_version": v["postgres_version"],
+                      "results": v["results"]} for v in variants if v["backend"] == "postgres"],
+    }
+    path = write_report("", report)
+    print(f"\n(wrk -t1 per replica, -d{args.duration}; ratios against the hello world of this run) written to {path}")
+
 
 if __name__ == "__main__":
     main()

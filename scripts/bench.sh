@@ -2,13 +2,16 @@
 # `make bench`: release builds of the storage service and of a Hummingbird hello world (bench/Hello), then
 # bench/run.py: an fsync probe of the database's disk and every scenario at 1 and 64 connections with wrk,
 # each figure a ratio to the hello world of the same run (disk and CPU speed swing by the hour; only ratios
-# within one run mean something). Prints a table and writes bench/results/<date>.json; never asserts.
+# within one run mean something), for the service on SQLite, on PostgreSQL (a throwaway server, bench/pg.py)
+# with one replica and with two replicas on one database. Prints a table per variant and a comparison, and
+# writes bench/results/<date>.json; never asserts.
 #
 # PROFILE picks what runs: `http` (the default: the table above), `collector` (bench/collector.py: a million STIX
 # objects from a drop folder and from a TAXII-like feed through collection-service, against a plain-Python
 # loop of the same run), `scale` (bench/scale.py: a million watermarks and ten million history rows against
 # the same service with a thousand), or `all`.
-# BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_RECORDS (1000000), BENCH_CONFIG (release).
+# BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_BACKENDS (sqlite,postgres), BENCH_RECORDS
+# (1000000), BENCH_CONFIG (release), BENCH_RESULTS_DIR (bench/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,12 @@ case "$profile" in
   http|collector|scale|all) ;;
   *) echo "bench: PROFILE must be http, collector, scale or all (got $profile)" >&2; exit 2 ;;
 esac
+# `make bench` has run scripts/install-deps.sh (PostgreSQL, the watermark-pg user) already; run directly, this
+# script installs PostgreSQL the same way when the http profile needs it.
+if { [ "$profile" = http ] || [ "$profile" = all ]; } && [[ ${BENCH_BACKENDS:-postgres} == *postgres* ]] \
+  && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  bash scripts/install-deps.sh
+fi
 swift build -c "$config" --product storage-service
 bin=$(swift build -c "$config" --show-bin-path)
 if [ "$profile" = http ] || [ "$profile" = all ]; then
