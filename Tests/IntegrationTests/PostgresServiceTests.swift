@@ -25,7 +25,9 @@ struct PostgresServiceTests {
     @Test("the API on PostgreSQL; /status names the backend and never the password")
     func serves() async throws {
         try await Self.withServer { server in
-            try await withStorageService(environment: ["DATABASE_URL": server.url()]) { harness in
+            // Every level: the password must not appear in a debug or trace line either (service descriptions, the
+            // driver's own logs).
+            try await withStorageService(environment: ["DATABASE_URL": server.url(), "LOG_LEVEL": "trace"]) { harness in
                 let http = harness.http
                 #expect(try await http.send(.GET, "/health").status == 200)
                 let created = try await http.send(

@@ -77,3 +77,8 @@ struct PostgresDatabaseService: Service {
         }
     }
 }
+
+extension PostgresDatabaseService: CustomStringConvertible {
+    /// How the service lifecycle names it in its logs: the database, without the password.
+    var description: String { "PostgresDatabaseService(\(url.redacted))" }
+}

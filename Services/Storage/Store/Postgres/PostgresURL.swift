@@ -90,3 +90,11 @@ struct PostgresURL: Sendable, Equatable {
         return configuration
     }
 }
+
+/// Any description of the value is the redacted URL: a log line that prints a service or a store holding it (the
+/// service lifecycle describes its services at debug level) never shows the password.
+extension PostgresURL: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    var description: String { redacted }
+    var debugDescription: String { redacted }
+    var customMirror: Mirror { Mirror(self, children: ["url": redacted]) }
+}
