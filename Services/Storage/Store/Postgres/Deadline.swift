@@ -44,20 +44,72 @@ final class ReadyGate: Sendable {
     }
 }
 
-/// Runs `body`, or throws `onTimeout()` when it has not finished within `timeout` (and cancels it): a database
-/// that does not answer becomes a prompt 503, not a request that hangs until the client gives up.
+/// Runs `body`, or throws `onTimeout()` when it has not finished within `timeout`: a database that does not
+/// answer becomes a prompt 503, not a request that hangs until the client gives up.
+///
+/// The body runs in a task of its own rather than as a child task, on purpose: a task group waits for its
+/// children, and postgres-nio 1.33 does not end a query whose connection PostgreSQL closed in the middle of a
+/// transaction, cancelled or not (the replica restart test saw such requests still waiting 10 s after their 5 s
+/// deadline, for ever). At the deadline the body is cancelled and the caller answered at once; a body that
+/// ignores the cancellation is left to the library, holding only its dead connection (the pool opens new ones).
+/// The caller's cancellation cancels the body and ends the wait too.
 func withDeadline<T: Sendable>(
     _ timeout: Duration, onTimeout: @escaping @Sendable () -> any Error,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            return nil
+    let tasks = DeadlineTasks()
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let answer = AnswerOnce(continuation)
+            let work = Task {
+                do {
+                    answer.resume(with: .success(try await body()))
+                } catch {
+                    answer.resume(with: .failure(error))
+                }
+                tasks.state.withLock { $0.timer }?.cancel()
+            }
+            let timer = Task {
+                do {
+                    try await Task.sleep(for: timeout)
+                    answer.resume(with: .failure(onTimeout()))
+                } catch {
+                    answer.resume(with: .failure(CancellationError()))
+                }
+                work.cancel()
+            }
+            let cancelled = tasks.state.withLock { state in
+                state.work = work
+                state.timer = timer
+                return state.cancelled
+            }
+            if cancelled { timer.cancel() }
         }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw onTimeout() }
-        return value
+    } onCancel: {
+        let (work, timer) = tasks.state.withLock { state in
+            state.cancelled = true
+            return (state.work, state.timer)
+        }
+        work?.cancel()
+        timer?.cancel()
+    }
+}
+
+/// The body's and the timer's tasks, and whether the caller was cancelled before they existed.
+private final class DeadlineTasks: Sendable {
+    let state = Mutex<(work: Task<Void, Never>?, timer: Task<Void, Never>?, cancelled: Bool)>((nil, nil, false))
+}
+
+/// A continuation resumed by whichever of the body and the timer finishes first; the other's answer is dropped.
+private final class AnswerOnce<T: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
+
+    init(_ continuation: CheckedContinuation<T, any Error>) { self.continuation = Mutex(continuation) }
+
+    func resume(with result: Result<T, any Error>) {
+        continuation.withLock { pending in
+            defer { pending = nil }
+            return pending
+        }?.resume(with: result)
     }
 }
