@@ -49,6 +49,21 @@ struct PostgresServiceTests {
         }
     }
 
+    @Test(
+        "a DATABASE_URL that is not a PostgreSQL URL stops the start: exit 2, naming the key, no password",
+        arguments: [
+            "mysql://wm:hunter2@127.0.0.1:5432/w", "postgres://wm:hunter2@127.0.0.1:99999/w",
+            "postgres://wm:hunter2@127.0.0.1:5432/w?sslmode=sometimes", "postgres://wm:hunter2@/w",
+        ])
+    func badURLAtStart(url: String) async throws {
+        let service = try ServiceProcess(
+            "storage-service", environment: ["PORT": "0", "HOST": "127.0.0.1", "DATABASE_URL": url])
+        let status = try await service.waitForExit(timeout: .seconds(60))
+        #expect(status == 2)
+        #expect(service.log.contains("DATABASE_URL"), "\(service.log)")
+        #expect(!service.log.contains("hunter2"), "\(service.log)")
+    }
+
     @Test("an unreachable database stops the start: exit 1, a message naming it, no password")
     func unreachableAtStart() async throws {
         let dir = try TemporaryDirectory()
