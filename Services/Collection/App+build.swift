@@ -18,7 +18,7 @@ func buildEngine(
     )
     let board = SourceBoard(sources: sources)
     let runner = CollectionRunner(
-        manager: manager, dataDirectory: configuration.dataDirectory,
+        manager: manager, sink: NDJSONFileSink(dataDirectory: configuration.dataDirectory),
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
         isStopping: { board.isStopping() }
     )

@@ -158,7 +158,7 @@ struct ExactlyOnceTests {
 
         // Another replica (another owner) is still kept out while the lease lives.
         let other = CollectionRunner(
-            manager: f.manager, dataDirectory: f.dir, owner: "other-host", logger: Logger.quiet)
+            manager: f.manager, sink: NDJSONFileSink(dataDirectory: f.dir), owner: "other-host", logger: Logger.quiet)
         _ = try await f.storage.acquireLease(sourceID: f.source.id, owner: "collector-host", ttl: .seconds(300))
         #expect(await other.run(f.source, collector: ScriptedCollector(pages: [])).outcome == .skipped)
     }

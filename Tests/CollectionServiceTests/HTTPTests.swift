@@ -22,7 +22,7 @@ struct HTTPTests {
         let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
         let board = SourceBoard(sources: sources)
         let runner = CollectionRunner(
-            manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet)
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "t", logger: Logger.quiet)
         return CollectionEngine(
             board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
             makeCollector: { source in

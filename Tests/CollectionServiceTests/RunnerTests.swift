@@ -51,7 +51,7 @@ struct RunnerFixture {
         storage = InMemoryStorageClient()
         manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: logger)
         runner = CollectionRunner(
-            manager: manager, dataDirectory: dir, owner: owner, logger: logger,
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: owner, logger: logger,
             requireLease: requireLease, clock: clock
         )
         source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir + "/in")))

@@ -41,7 +41,7 @@ struct SchedulerTests {
         let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
         let board = SourceBoard(sources: sources)
         let runner = CollectionRunner(
-            manager: manager, dataDirectory: dir, owner: "t", logger: Logger.quiet,
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "t", logger: Logger.quiet,
             isStopping: { board.isStopping() }
         )
         return CollectionEngine(

@@ -16,7 +16,8 @@ import WatermarkCore
 struct CollectionRunner: Sendable {
     /// The one dependency on the storage: watermarks, the queue of unsent updates, and leases (`withLease`).
     let manager: WatermarkManager
-    let dataDirectory: String
+    /// Where the records go (`NDJSONFileSink` by default).
+    let sink: any Sink
     /// The lease owner (`INSTANCE_ID`, by default the host name: a restarted process is the same owner).
     let owner: String
     let logger: Logger
@@ -44,14 +45,10 @@ struct CollectionRunner: Sendable {
         log[metadataKey: "source_id"] = "\(source.id)"
         log.info("collection run started", metadata: ["type": "\(source.typeName)"])
 
-        // 0. The sink as a crash left it: torn last lines are cut, so what is read is what is on disk.
-        let sink = NDJSONSink(dataDirectory: dataDirectory, sourceID: source.id)
-        let index: DedupIndex
+        // 0. The sink as a crash left it: torn writes are undone, so what is read is what is durable.
+        let writer: any SinkWriter
         do {
-            try sink.recover()
-            index = try DedupIndex(
-                path: CollectionConfiguration.stateDirectory(of: dataDirectory) + "/dedup/\(source.id).sqlite")
-            try index.catchUp(with: sink)
+            writer = try await sink.open(source.id)
         } catch {
             return await finishFailed(report, session: nil, message: "\(error)", log: log)
         }
@@ -79,7 +76,7 @@ struct CollectionRunner: Sendable {
                     )
                 }
                 return await collect(
-                    source, collector: collector, session: &session, sink: sink, index: index,
+                    source, collector: collector, session: &session, writer: writer,
                     report: report, log: log)
             }
         } catch LeaseRefusal.held(let message) {
@@ -105,8 +102,8 @@ struct CollectionRunner: Sendable {
 
     /// Steps 2 to 5 of a run, under its lease session.
     private func collect(
-        _ source: SourceConfiguration, collector: any Collector, session: inout LeaseSession, sink: NDJSONSink,
-        index: DedupIndex, report: RunReport, log: Logger
+        _ source: SourceConfiguration, collector: any Collector, session: inout LeaseSession,
+        writer: any SinkWriter, report: RunReport, log: Logger
     ) async -> RunReport {
         var report = report
         let startedAt = report.startedAt
@@ -138,7 +135,7 @@ struct CollectionRunner: Sendable {
                         "collection run abandoned at shutdown; the watermark stays at its last checkpoint",
                         metadata: ["records": "\(report.recordsCollected)", "pages": "\(pages)"]
                     )
-                    await flush(index, log: log)
+                    await finish(writer, log: log)
                     return report
                 }
                 try await session.renewIfDue()
@@ -159,9 +156,7 @@ struct CollectionRunner: Sendable {
                     )
                 }
                 let collectedAt = clock()
-                let fresh = try await index.admit(page.records) { records throws(SinkError) in
-                    try sink.append(records, collectedAt: collectedAt)
-                }
+                let fresh = try await writer.write(page.records, collectedAt: collectedAt)
                 report.duplicatesDropped += Int64(page.records.count - fresh.count)
                 try collector.pageCommitted(page)
                 report.recordsCollected += Int64(fresh.count)
@@ -188,9 +183,9 @@ struct CollectionRunner: Sendable {
                 }
                 upcoming = try await following
             } while upcoming != nil
-            await flush(index, log: log)
+            await finish(writer, log: log)
         } catch {
-            await flush(index, log: log)
+            await finish(writer, log: log)
             return await finishFailed(
                 report, session: session, message: "\(error)", log: log, recordsSinceCheckpoint: sinceCheckpoint.records
             )
@@ -243,14 +238,14 @@ struct CollectionRunner: Sendable {
     }
 
     /// Records a failed run (the watermark stays) and releases the lease.
-    /// Commits the dedup index's last pages. A failure costs time only: the next run's `catchUp` indexes
-    /// those records again from the sink, which holds them.
-    private func flush(_ index: DedupIndex, log: Logger) async {
+    /// Ends the run's use of the sink. A failure costs time only (the NDJSON sink's dedup index is rebuilt from
+    /// its files by the next run).
+    private func finish(_ writer: any SinkWriter, log: Logger) async {
         do {
-            try await index.flush()
+            try await writer.finish()
         } catch {
             log.warning(
-                "dedup index not committed: the next run indexes these records again from the sink",
+                "sink not finished cleanly: the next run redoes the work from what the sink holds",
                 metadata: ["error": "\(error)"])
         }
     }
