@@ -65,6 +65,19 @@ let package = Package(
             path: "Shared/ServiceSupport",
             swiftSettings: swiftSettings
         ),
+        // PostgreSQL for both services: the URL setting, migrations, the database as a service, deadlines.
+        .target(
+            name: "PostgresSupport",
+            dependencies: [
+                "WatermarkCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Shared/PostgresSupport",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "StorageClient",
             dependencies: [
@@ -84,6 +97,7 @@ let package = Package(
         .executableTarget(
             name: "StorageService",
             dependencies: [
+                "PostgresSupport",
                 "WatermarkCore",
                 "WatermarkStores",
                 "ServiceSupport",
@@ -109,6 +123,8 @@ let package = Package(
         .executableTarget(
             name: "CollectionService",
             dependencies: [
+                "PostgresSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "WatermarkCore",
                 "StorageClient",
                 "ServiceSupport",
@@ -153,6 +169,7 @@ let package = Package(
         .testTarget(
             name: "StorageServiceTests",
             dependencies: [
+                "PostgresSupport",
                 "TestSupport",
                 "ServiceSupport",
                 "StorageClient",
@@ -186,6 +203,8 @@ let package = Package(
         .testTarget(
             name: "CollectionServiceTests",
             dependencies: [
+                "PostgresSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "TestSupport",
                 "ServiceSupport",
                 "CollectionService",

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
+import PostgresSupport
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -83,8 +84,11 @@ struct Serve: AsyncParsableCommand {
         let database: any Service
         let databaseName: String
         if let url = configuration.databaseURL {
-            let postgres = PostgresDatabaseService(url: url, policy: configuration.policy, logger: logger)
-            (store, database, databaseName) = (postgres.store, postgres, url.redacted)
+            let postgres = PostgresDatabase(
+                url: url, migrations: PostgresSchema.migrations, maximumConnections: 20, logger: logger)
+            let pgStore = PostgresWatermarkStore(
+                client: postgres.client, url: url, policy: configuration.policy, logger: logger, ready: postgres.ready)
+            (store, database, databaseName) = (pgStore, postgres, url.redacted)
         } else {
             do {
                 let sqlite = try SQLiteDatabaseService(
@@ -124,7 +128,7 @@ struct Serve: AsyncParsableCommand {
         }
         do {
             try await app.runService()
-        } catch let error as PostgresDatabaseService.StartError {
+        } catch let error as PostgresDatabase.StartError {
             logger.critical("Cannot use the database", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }

@@ -1,6 +1,7 @@
 import Logging
 import ServiceSupport
 import WatermarkCore
+import PostgresSupport
 
 /// Everything the storage service can be told at start-up, read in one place.
 ///
@@ -59,7 +60,7 @@ package struct StorageConfiguration: Sendable {
         host = settings.string("HOST", default: host)
         port = try settings.int("PORT", default: port, in: 0...65_535)
         databasePath = settings.string("DATABASE_PATH", default: databasePath)
-        databaseURL = try settings.text(PostgresURL.key).map { text throws(ConfigurationKeyError) in
+        databaseURL = try settings.text("DATABASE_URL").map { text throws(ConfigurationKeyError) in
             try PostgresURL(text)
         }
         apiToken = settings.text("STORAGE_API_TOKEN")

@@ -1,5 +1,6 @@
 import Testing
 import WatermarkCore
+import PostgresSupport
 
 @testable import StorageService
 

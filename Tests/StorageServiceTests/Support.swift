@@ -8,6 +8,7 @@ import TestSupport
 import Testing
 import WatermarkCore
 import WatermarkStores
+import PostgresSupport
 
 @testable import StorageService
 

@@ -1,5 +1,6 @@
 import Logging
 import PostgresNIO
+import PostgresSupport
 
 /// The PostgreSQL schema: the same tables and indexes as SQLite's, timestamps as the same fixed-width sortable
 /// text (nanoseconds round-trip exactly, and text order is time order), and every text key in the "C"
@@ -13,8 +14,8 @@ enum PostgresSchema {
     /// The key of the advisory lock that serialises migrations (any fixed number unlikely to collide).
     static let migrationLock: Int64 = 0x5741_5445_524D_4B31
 
-    /// Name and statements of each migration, oldest first. A shipped migration is never edited.
-    static let migrations: [(name: String, statements: [PostgresQuery])] = [
+    /// The migrations, oldest first, recorded in `schema_migrations`. A shipped migration is never edited.
+    static let migrations = PostgresMigrations(ledger: "schema_migrations", lock: migrationLock, list: [
         (
             "v1",
             [
@@ -68,31 +69,11 @@ enum PostgresSchema {
                 "CREATE INDEX watermark_last_success ON watermark (last_successful_timestamp)",
             ]
         )
-    ]
+    ])
 
     /// Applies the migrations not applied yet; returns the names it applied.
     @discardableResult
     static func migrate(_ client: PostgresClient, logger: Logger) async throws -> [String] {
-        try await client.withTransaction(logger: logger) { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock(\(migrationLock))", logger: logger)
-            try await connection.query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)",
-                logger: logger)
-            var applied = Set<String>()
-            for try await name in try await connection.query("SELECT name FROM schema_migrations", logger: logger)
-                .decode(String.self)
-            {
-                applied.insert(name)
-            }
-            var done: [String] = []
-            for migration in migrations where !applied.contains(migration.name) {
-                for statement in migration.statements { try await connection.query(statement, logger: logger) }
-                try await connection.query(
-                    "INSERT INTO schema_migrations (name, applied_at) VALUES (\(migration.name), now())",
-                    logger: logger)
-                done.append(migration.name)
-            }
-            return done
-        }
+        try await migrations.apply(client, logger: logger)
     }
 }

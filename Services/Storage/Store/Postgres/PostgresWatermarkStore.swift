@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresNIO
+import PostgresSupport
 import WatermarkCore
 import WatermarkStores
 
@@ -19,15 +20,16 @@ final class PostgresWatermarkStore: WatermarkStore {
     private let policy: WatermarkPolicy
     private let clock: @Sendable () -> Timestamp
     private let logger: Logger
-    /// Open once the migrations are applied (`PostgresDatabaseService`); tests open it themselves.
-    let ready = ReadyGate()
+    /// Open once the migrations are applied (`PostgresDatabase`); tests open it themselves.
+    let ready: ReadyGate
     /// The longest one operation may take, waiting for a connection included: beyond it the answer is 503.
     static let operationTimeout = Duration.seconds(5)
 
     init(
         client: PostgresClient, url: PostgresURL, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, ready: ReadyGate = ReadyGate()
     ) {
+        self.ready = ready
         self.client = client
         self.url = url
         self.policy = policy
@@ -168,8 +170,8 @@ final class PostgresWatermarkStore: WatermarkStore {
                     }
                 }
             } catch {
-                let underlying = Self.underlying(error)
-                if attempt < Self.maxAttempts, Self.isRetryable(underlying) {
+                let underlying = PostgresFailure.underlying(error)
+                if attempt < Self.maxAttempts, PostgresFailure.isRetryable(underlying) {
                     logger.debug(
                         "Transaction retried", metadata: ["source_id": "\(sourceID)", "attempt": "\(attempt)"])
                     attempt += 1
@@ -186,7 +188,7 @@ final class PostgresWatermarkStore: WatermarkStore {
             try await ready.wait()
             return try await withDeadline(Self.operationTimeout, onTimeout: timedOut, body)
         } catch {
-            throw mapped(Self.underlying(error))
+            throw mapped(PostgresFailure.underlying(error))
         }
     }
 
@@ -198,38 +200,11 @@ final class PostgresWatermarkStore: WatermarkStore {
         }
     }
 
-    /// The error a transaction's closure (or its BEGIN or COMMIT) threw, out of postgres-nio's wrapper.
-    static func underlying(_ error: any Error) -> any Error {
-        guard let transaction = error as? PostgresTransactionError else { return error }
-        return transaction.closureError ?? transaction.commitError ?? transaction.beginError ?? error
-    }
-
-    /// 40001 (serialization failure) and 40P01 (deadlock): the transaction may simply run again.
-    static func isRetryable(_ error: any Error) -> Bool {
-        guard let error = error as? PSQLError, let state = error.serverInfo?[.sqlState] else { return false }
-        return state == "40001" || state == "40P01"
-    }
-
     /// Rule refusals pass through; database failures become 503 naming the cause (never the password).
     private func mapped(_ error: any Error) -> any Error {
         if error is WatermarkError || error is CancellationError { return error }
-        let detail = Self.describe(error, url: url)
+        let detail = PostgresFailure.describe(error, url: url)
         logger.error("Database operation failed", metadata: ["error": "\(detail)"])
         return WatermarkError.unavailable(detail)
-    }
-
-    /// What went wrong, from PostgreSQL's own message where there is one; PSQLError's description is generic
-    /// on purpose, and its debug description may hold the query.
-    static func describe(_ error: any Error, url: PostgresURL) -> String {
-        guard let error = error as? PSQLError else { return "PostgreSQL at \(url.host):\(url.port): \(error)" }
-        if let info = error.serverInfo {
-            return "PostgreSQL \(info[.sqlState] ?? "?"): \(info[.message] ?? "error")"
-        }
-        switch error.code {
-        case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed:
-            return "PostgreSQL at \(url.host):\(url.port) cannot be reached (\(error.code))"
-        default:
-            return "PostgreSQL at \(url.host):\(url.port): \(error.code)"
-        }
     }
 }

@@ -3,32 +3,33 @@ import NIOSSL
 import PostgresNIO
 import WatermarkCore
 
-/// `DATABASE_URL`: `postgres://user:password@host:port/database?sslmode=...` (also `postgresql://`), read
-/// into the client's configuration. The password never leaves this value: `redacted` and every error name
-/// the server without it.
-struct PostgresURL: Sendable, Equatable {
-    var user: String
-    var password: String?
-    var host: String
-    var port: Int
-    var database: String
-    var sslMode: SSLMode
+/// A PostgreSQL URL setting (`DATABASE_URL` of the storage, `SINK_URL` of the collection):
+/// `postgres://user:password@host:port/database?sslmode=...` (also `postgresql://`), read into the client's
+/// configuration. The password never leaves this value: `redacted` and every error name the server without it.
+package struct PostgresURL: Sendable, Equatable {
+    /// The setting it was read from, named by its errors.
+    package var key: String
+    package var user: String
+    package var password: String?
+    package var host: String
+    package var port: Int
+    package var database: String
+    package var sslMode: SSLMode
 
     /// libpq's `sslmode`: `disable` never uses TLS, `allow` and `prefer` use it when the server offers it,
     /// `require` needs it (without checking the certificate, as libpq does), `verify-ca` and `verify-full`
     /// check the certificate (`verify-full` also its host name). Default `prefer`, as libpq's.
-    enum SSLMode: String, Sendable, CaseIterable {
+    package enum SSLMode: String, Sendable, CaseIterable {
         case disable, allow, prefer, require
         case verifyCA = "verify-ca"
         case verifyFull = "verify-full"
     }
 
-    static let key = "DATABASE_URL"
-
-    init(_ text: String) throws(ConfigurationKeyError) {
+    package init(_ text: String, key: String = "DATABASE_URL") throws(ConfigurationKeyError) {
+        self.key = key
         func refuse(_ why: String) -> ConfigurationKeyError {
             ConfigurationKeyError(
-                key: Self.key, message: "\(why); expected postgres://user:password@host:5432/database")
+                key: key, message: "\(why); expected postgres://user:password@host:5432/database")
         }
         guard let components = URLComponents(string: text) else { throw refuse("is not a URL") }
         guard let scheme = components.scheme?.lowercased(), scheme == "postgres" || scheme == "postgresql" else {
@@ -47,14 +48,14 @@ struct PostgresURL: Sendable, Equatable {
             case "sslmode":
                 guard let mode = item.value.flatMap(SSLMode.init(rawValue:)) else {
                     throw ConfigurationKeyError(
-                        key: Self.key,
+                        key: key,
                         message: "sslmode '\((item.value ?? "").prefix(32))' is not one of "
                             + SSLMode.allCases.map(\.rawValue).joined(separator: ", "))
                 }
                 sslMode = mode
             default:
                 throw ConfigurationKeyError(
-                    key: Self.key, message: "parameter '\(item.name.prefix(32))' is not supported (only sslmode)")
+                    key: key, message: "parameter '\(item.name.prefix(32))' is not supported (only sslmode)")
             }
         }
         self.user = user
@@ -66,9 +67,9 @@ struct PostgresURL: Sendable, Equatable {
     }
 
     /// `postgres://user@host:port/database`: for logs, errors and `/status`.
-    var redacted: String { "postgres://\(user)@\(host):\(port)/\(database)" }
+    package var redacted: String { "postgres://\(user)@\(host):\(port)/\(database)" }
 
-    var clientConfiguration: PostgresClient.Configuration {
+    package var clientConfiguration: PostgresClient.Configuration {
         var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
         let tls: PostgresClient.Configuration.TLS
         switch sslMode {
@@ -94,7 +95,7 @@ struct PostgresURL: Sendable, Equatable {
 /// Any description of the value is the redacted URL: a log line that prints a service or a store holding it (the
 /// service lifecycle describes its services at debug level) never shows the password.
 extension PostgresURL: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
-    var description: String { redacted }
-    var debugDescription: String { redacted }
-    var customMirror: Mirror { Mirror(self, children: ["url": redacted]) }
+    package var description: String { redacted }
+    package var debugDescription: String { redacted }
+    package var customMirror: Mirror { Mirror(self, children: ["url": redacted]) }
 }

@@ -2,7 +2,7 @@ import Synchronization
 
 /// Opens once, when the database is ready (migrated): until then operations wait here rather than fail on
 /// tables that are not there yet; if the start fails, they fail with its error.
-final class ReadyGate: Sendable {
+package final class ReadyGate: Sendable {
     private enum State {
         case waiting([CheckedContinuation<Void, any Error>])
         case open
@@ -11,7 +11,9 @@ final class ReadyGate: Sendable {
 
     private let state = Mutex(State.waiting([]))
 
-    func wait() async throws {
+    package init() {}
+
+    package func wait() async throws {
         if case .open = state.withLock({ $0 }) { return }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let outcome: Result<Void, any Error>? = state.withLock { state in
@@ -28,8 +30,8 @@ final class ReadyGate: Sendable {
         }
     }
 
-    func open() { finish(.success(())) }
-    func fail(_ error: any Error) { finish(.failure(error)) }
+    package func open() { finish(.success(())) }
+    package func fail(_ error: any Error) { finish(.failure(error)) }
 
     private func finish(_ outcome: Result<Void, any Error>) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
@@ -53,7 +55,7 @@ final class ReadyGate: Sendable {
 /// deadline, for ever). At the deadline the body is cancelled and the caller answered at once; a body that
 /// ignores the cancellation is left to the library, holding only its dead connection (the pool opens new ones).
 /// The caller's cancellation cancels the body and ends the wait too.
-func withDeadline<T: Sendable>(
+package func withDeadline<T: Sendable>(
     _ timeout: Duration, onTimeout: @escaping @Sendable () -> any Error,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {

@@ -1,0 +1,160 @@
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+import WatermarkCore
+
+/// Versioned, append-only migrations of one schema, recorded in their own ledger table and applied under their
+/// own transaction-scoped advisory lock: processes starting at the same moment apply each one once (the first
+/// takes the lock and migrates, the others wait and find nothing left to do), and two schemas can share a
+/// database without mistaking each other's migrations.
+package struct PostgresMigrations: Sendable {
+    package var ledger: String
+    package var lock: Int64
+    /// Name and statements of each migration, oldest first. A shipped migration is never edited.
+    package var list: [(name: String, statements: [PostgresQuery])]
+
+    package init(ledger: String, lock: Int64, list: [(name: String, statements: [PostgresQuery])]) {
+        self.ledger = ledger
+        self.lock = lock
+        self.list = list
+    }
+
+    /// Applies the migrations not applied yet, in one transaction; returns the names it applied.
+    @discardableResult
+    package func apply(_ client: PostgresClient, logger: Logger) async throws -> [String] {
+        try await client.withTransaction(logger: logger) { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock(\(lock))", logger: logger)
+            try await connection.query(
+                "CREATE TABLE IF NOT EXISTS \(unescaped: ledger) (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)",
+                logger: logger)
+            var applied = Set<String>()
+            for try await name in try await connection.query("SELECT name FROM \(unescaped: ledger)", logger: logger)
+                .decode(String.self)
+            {
+                applied.insert(name)
+            }
+            var done: [String] = []
+            for migration in list where !applied.contains(migration.name) {
+                for statement in migration.statements { try await connection.query(statement, logger: logger) }
+                try await connection.query(
+                    "INSERT INTO \(unescaped: ledger) (name, applied_at) VALUES (\(migration.name), now())",
+                    logger: logger)
+                done.append(migration.name)
+            }
+            return done
+        }
+    }
+}
+
+/// A PostgreSQL database as a service of the app's `ServiceGroup`: runs the client's connection pool, applies
+/// the migrations at start (refusing to go on, so the process exits, when the database cannot be reached or
+/// used within `startTimeout`), and stops the pool at graceful shutdown, after the services that use it.
+///
+/// Work that arrives before the migrations are applied waits for them (`ready`), so the first answers are
+/// right, not errors of tables that are not there yet.
+package struct PostgresDatabase: Service, CustomStringConvertible {
+    package let client: PostgresClient
+    package let url: PostgresURL
+    package let ready: ReadyGate
+    private let migrations: PostgresMigrations
+    private let logger: Logger
+    private let startTimeout: Duration
+
+    package init(
+        url: PostgresURL, migrations: PostgresMigrations, maximumConnections: Int, logger: Logger,
+        ready: ReadyGate = ReadyGate(), startTimeout: Duration = .seconds(15)
+    ) {
+        var configuration = url.clientConfiguration
+        configuration.options.maximumConnections = maximumConnections
+        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.url = url
+        self.ready = ready
+        self.migrations = migrations
+        self.logger = logger
+        self.startTimeout = startTimeout
+    }
+
+    /// How the service lifecycle names it in its logs: the database, without the password.
+    package var description: String { "PostgresDatabase(\(url.redacted))" }
+
+    /// The database could not be used at start; the message says why, without the password.
+    package struct StartError: Error, CustomStringConvertible {
+        package let description: String
+    }
+
+    package func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            do {
+                try await migrate()
+            } catch {
+                ready.fail(error)
+                throw error
+            }
+            ready.open()
+            // Until shutdown, or cancellation when another service failed: the pool stops either way.
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+        logger.info("Database closed", metadata: ["database": "\(url.redacted)"])
+    }
+
+    private func migrate() async throws {
+        let started = ContinuousClock.now
+        let applied: [String]
+        do {
+            applied = try await withDeadline(startTimeout, onTimeout: unreachable) { [client, logger, migrations] in
+                try await migrations.apply(client, logger: logger)
+            }
+        } catch let error as StartError {
+            throw error
+        } catch {
+            let detail = PostgresFailure.describe(PostgresFailure.underlying(error), url: url)
+            throw StartError(description: "cannot use the database \(url.redacted): \(detail)")
+        }
+        logger.info(
+            "Database ready",
+            metadata: [
+                "database": "\(url.redacted)", "migrations_applied": "\(applied.joined(separator: ","))",
+                "ms": "\((ContinuousClock.now - started).milliseconds)",
+            ])
+    }
+
+    private var unreachable: @Sendable () -> any Error {
+        { [url, startTimeout] in
+            StartError(
+                description: "cannot reach the database \(url.redacted) within \(startTimeout) (is PostgreSQL up, "
+                    + "and \(url.key)'s host, port, user and password right?)")
+        }
+    }
+}
+
+/// What postgres-nio's errors mean to the services.
+package enum PostgresFailure {
+    /// The error a transaction's closure (or its BEGIN or COMMIT) threw, out of postgres-nio's wrapper.
+    package static func underlying(_ error: any Error) -> any Error {
+        guard let transaction = error as? PostgresTransactionError else { return error }
+        return transaction.closureError ?? transaction.commitError ?? transaction.beginError ?? error
+    }
+
+    /// 40001 (serialization failure) and 40P01 (deadlock): the transaction may simply run again.
+    package static func isRetryable(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError, let state = error.serverInfo?[.sqlState] else { return false }
+        return state == "40001" || state == "40P01"
+    }
+
+    /// What went wrong, from PostgreSQL's own message where there is one; PSQLError's description is generic
+    /// on purpose, and its debug description may hold the query.
+    package static func describe(_ error: any Error, url: PostgresURL) -> String {
+        guard let error = error as? PSQLError else { return "PostgreSQL at \(url.host):\(url.port): \(error)" }
+        if let info = error.serverInfo {
+            return "PostgreSQL \(info[.sqlState] ?? "?"): \(info[.message] ?? "error")"
+        }
+        switch error.code {
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed:
+            return "PostgreSQL at \(url.host):\(url.port) cannot be reached (\(error.code))"
+        default:
+            return "PostgreSQL at \(url.host):\(url.port): \(error.code)"
+        }
+    }
+}
