@@ -155,6 +155,8 @@ let package = Package(
             name: "TestSupport",
             dependencies: [
                 "WatermarkCore",
+                "PostgresSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
             ],

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Hummingbird
 import HummingbirdTLS
 import Logging
+import PostgresSupport
 import Prometheus
 import ServiceLifecycle
 import StorageClient
@@ -11,14 +12,14 @@ import WatermarkCore
 func buildEngine(
     configuration: CollectionConfiguration, sources: [SourceConfiguration], storage: any StorageClient,
     httpClient: HTTPClient, registry: PrometheusCollectorRegistry, logger: Logger,
-    retry: RetryPolicy = .source
+    retry: RetryPolicy = .source, sink: (any Sink)? = nil
 ) throws -> CollectionEngine {
     let manager = try WatermarkManager(
         client: storage, stateDirectory: configuration.stateDirectory, logger: logger
     )
     let board = SourceBoard(sources: sources)
     let runner = CollectionRunner(
-        manager: manager, sink: NDJSONFileSink(dataDirectory: configuration.dataDirectory),
+        manager: manager, sink: sink ?? NDJSONFileSink(dataDirectory: configuration.dataDirectory),
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
         isStopping: { board.isStopping() }
     )
@@ -33,13 +34,22 @@ func buildEngine(
     )
 }
 
-/// The HTTP application with the scheduler as a service.
+/// The shared sink selected by `SINK_URL`: its database, to run as a service, and the sink on it.
+func buildSharedSink(configuration: CollectionConfiguration, logger: Logger) -> (PostgresDatabase, PostgresSink)? {
+    guard let url = configuration.sinkURL else { return nil }
+    let database = PostgresDatabase(
+        url: url, migrations: PostgresSink.migrations, maximumConnections: configuration.maxConcurrentRuns + 2,
+        logger: logger)
+    return (database, PostgresSink(client: database.client, url: url, ready: database.ready, logger: logger))
+}
+
+/// The HTTP application with the scheduler (and the shared sink's database) as services.
 ///
 /// - Parameter tlsConfiguration: serve HTTPS with it (`TLSFiles.serverConfiguration()`); `nil` serves plain HTTP.
 func buildApplication(
     configuration: CollectionConfiguration, engine: CollectionEngine, registry: PrometheusCollectorRegistry,
     logger: Logger, schedulerConfiguration: CollectionScheduler.Configuration? = nil,
-    tlsConfiguration: TLSConfiguration? = nil
+    tlsConfiguration: TLSConfiguration? = nil, database: PostgresDatabase? = nil
 ) throws -> some ApplicationProtocol {
     let router = buildRouter(engine: engine, registry: registry, instanceID: configuration.instanceID)
     let scheduler = CollectionScheduler(
@@ -56,7 +66,8 @@ func buildApplication(
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port), serverName: "collection-service"
         ),
-        services: [scheduler],
+        // Started in this order and stopped in the reverse one: the shared sink's database outlives the runs.
+        services: (database.map { [$0] } ?? []) + [scheduler],
         onServerRunning: { channel in
             logger.info(
                 "Collection service listening",

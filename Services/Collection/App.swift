@@ -3,6 +3,7 @@ import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import Logging
+import PostgresSupport
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -87,26 +88,30 @@ struct Serve: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         var exitCode: Int32 = 0
         do {
+            let shared = buildSharedSink(configuration: configuration, logger: logger)
             let engine = try buildEngine(
                 configuration: configuration, sources: sources, storage: storage, httpClient: httpClient,
-                registry: registry, logger: logger
+                registry: registry, logger: logger, sink: shared?.1
             )
             logger.info(
                 "collection service starting",
                 metadata: [
                     "sources": "\(sources.count)", "data_dir": "\(configuration.dataDirectory)",
                     "instance_id": "\(configuration.instanceID)", "mode": "\(once ? "once" : "serve")",
+                    "sink": "\(configuration.sinkURL?.redacted ?? "ndjson")",
                 ]
             )
             if once {
-                let reports = await runOnce(engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                let reports = try await whileRunning(shared?.0) {
+                    await runOnce(engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                }
                 await engine.maintain()
                 for report in reports { print(Self.summaryLine(report)) }
                 exitCode = reports.contains { $0.outcome == .failed } ? 1 : 0
             } else {
                 let app = try buildApplication(
                     configuration: configuration, engine: engine, registry: registry, logger: logger,
-                    tlsConfiguration: tlsConfiguration)
+                    tlsConfiguration: tlsConfiguration, database: shared?.0)
                 try await app.runService()
             }
         } catch {
@@ -125,6 +130,17 @@ struct Serve: AsyncParsableCommand {
         if report.updateQueued { line += " update=queued" }
         if let error = report.errorMessage { line += " error=\"\(error)\"" }
         return line
+    }
+}
+
+/// Runs `body` while `database` (the shared sink's, when there is one) runs, and stops it afterwards: `--once`
+/// has no service group. A database that cannot be used fails the runs' sink with its reason.
+func whileRunning<T: Sendable>(_ database: PostgresDatabase?, _ body: () async throws -> T) async throws -> T {
+    guard let database else { return try await body() }
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await database.run() }
+        defer { group.cancelAll() }
+        return try await body()
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PostgresSupport
 import ServiceSupport
 import TestSupport
 import Testing
@@ -133,6 +134,22 @@ struct ConfigurationTests {
                 key: "REQUIRE_LEASE", message: "'maybe' is invalid: expected one of true, false, 1, 0, yes, no")
         ) {
             try CollectionConfiguration(environment: ["REQUIRE_LEASE": "maybe"])
+        }
+    }
+
+    @Test func sinkURLSelectsTheSharedPostgresSinkAndABadOneStopsTheStart() throws {
+        #expect(try CollectionConfiguration(environment: [:]).sinkURL == nil)
+        let url = try #require(
+            try CollectionConfiguration(environment: ["SINK_URL": "postgresql://c:pw@db:5433/records?sslmode=require"])
+                .sinkURL)
+        #expect(url.redacted == "postgres://c@db:5433/records" && url.sslMode == .require)
+        for bad in ["mysql://c:pw@db/records", "postgres://c:pw@db/records?sslmode=maybe", "postgres://c:pw@db"] {
+            do {
+                _ = try CollectionConfiguration(environment: ["SINK_URL": bad])
+                Issue.record("\(bad) was accepted")
+            } catch {
+                #expect(error.key == "SINK_URL" && !error.description.contains("pw@"), "\(error)")
+            }
         }
     }
 

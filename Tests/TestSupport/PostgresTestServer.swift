@@ -82,6 +82,18 @@ package final class PostgresTestServer: Sendable {
         try tool("psql", "-h", directory, "-p", "\(port)", "-U", Self.user, "-c", "CREATE DATABASE \"\(name)\"")
     }
 
+    /// The rows `sql` returns in `database`, one line each, columns separated by `|` (psql's unaligned output).
+    package func query(_ sql: String, database: String = "postgres") throws -> [String] {
+        let out = directory + "/query-\(UUID().uuidString.prefix(8)).out"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let user = runAs.map { ["/usr/sbin/runuser", "-u", $0, "--"] } ?? []
+        let (status, output) = try runToEnd(
+            user + [binaries + "/psql", "-h", directory, "-p", "\(port)", "-U", Self.user, "-d", database, "-At", "-c", sql],
+            outputFile: out)
+        guard status == 0 else { throw Failure(description: "psql failed (\(status)): \(output)") }
+        return output.split(separator: "\n").map(String.init)
+    }
+
     /// Stops the server at once (fast shutdown; SIGKILL of PostgreSQL is `kill()`), keeping its folder.
     package func stopServer(mode: String = "fast") throws {
         try tool("pg_ctl", "-D", directory + "/data", "-m", mode, "-w", "stop")

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PostgresSupport
 import ServiceSupport
 import WatermarkCore
 
@@ -17,6 +18,9 @@ import WatermarkCore
 /// - `PORT` (8001), `HOST` (0.0.0.0): the HTTP port with `/health`, `/status`, `/metrics`, `POST /api/v1/sources/{id}/run`.
 /// - `DATA_DIR` (`./data/collection`): the sink (`<source_id>/<day>.ndjson`) and `.state/` (last known watermarks,
 ///   queued updates).
+/// - `SINK_URL` (none): `postgres://user:password@host:port/db` (also `postgresql://`, `?sslmode=`) writes the
+///   records to the `records` table of that PostgreSQL instead of the NDJSON files, one sink for every replica
+///   (`DATA_DIR/.state` is still used).
 /// - `COLLECTION_CONFIG` (`./config/sources.json`): the sources file, see `SourcesFile`.
 /// - `STORAGE_SERVICE_URL`, `STORAGE_API_TOKEN`, `STORAGE_TIMEOUT_SECONDS`: handed to the client library's factory
 ///   (no URL: the in-memory mock, refused with `ENVIRONMENT=production`).
@@ -41,6 +45,8 @@ struct CollectionConfiguration: Sendable {
     var instanceID: String = CollectionConfiguration.defaultInstanceID()
     var replayInterval: Duration = .seconds(30)
     var requireLease = false
+    /// `SINK_URL`: the shared PostgreSQL sink; `nil` writes NDJSON files under `DATA_DIR`.
+    var sinkURL: PostgresURL?
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
     var tls: TLSFiles?
 
@@ -64,6 +70,9 @@ struct CollectionConfiguration: Sendable {
         requireLease = try settings.bool("REQUIRE_LEASE", default: requireLease)
         replayInterval = .seconds(try settings.int("REPLAY_INTERVAL_SECONDS", default: 30, in: 1...86_400))
         tls = try TLSFiles.from(settings)
+        sinkURL = try settings.text("SINK_URL").map { text throws(ConfigurationKeyError) in
+            try PostgresURL(text, key: "SINK_URL")
+        }
     }
 
     static func defaultInstanceID() -> String {

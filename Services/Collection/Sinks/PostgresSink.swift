@@ -1,0 +1,183 @@
+import Foundation
+import Logging
+import PostgresNIO
+import PostgresSupport
+import WatermarkCore
+
+/// `SINK_URL=postgres://...`: the records of every source in one PostgreSQL table, shared by every collection
+/// replica. "Already written" is a fact of the table itself: its primary key is (source_id, id, version), and
+/// each page is one transaction of `INSERT ... ON CONFLICT DO NOTHING`, so a record sent again (after a crash,
+/// or by the replica that took a source over) is dropped by the database, whichever replica sends it. The
+/// runner moves the watermark only after `write` returned, that is after `COMMIT`.
+///
+/// Each row keeps the record's text exactly as the source sent it (`raw`, line breaks removed) and the same as
+/// `jsonb` (`record`) for queries; `jsonb` cannot hold a `\u0000` or a lone surrogate escape, so such a record
+/// has `record` null and only its `raw`. Marks and collection times are the sortable text of the storage
+/// (nanoseconds kept); `seq` orders rows by arrival.
+struct PostgresSink: Sink {
+    let client: PostgresClient
+    let url: PostgresURL
+    let ready: ReadyGate
+    let logger: Logger
+    /// The longest one page's transaction may take before the run fails (and retries from its last checkpoint).
+    var operationTimeout = Duration.seconds(60)
+
+    /// The sink's schema, in its own ledger and under its own lock: it may share a database with the storage.
+    static let migrations = PostgresMigrations(
+        ledger: "sink_schema_migrations", lock: 0x5741_5445_524D_5331,
+        list: [
+            (
+                "v1",
+                [
+                    """
+                    CREATE TABLE records (
+                        source_id TEXT COLLATE "C" NOT NULL,
+                        id TEXT COLLATE "C" NOT NULL,
+                        version TEXT COLLATE "C" NOT NULL,
+                        mark TEXT COLLATE "C" NOT NULL,
+                        collected_at TEXT COLLATE "C" NOT NULL,
+                        record JSONB,
+                        raw TEXT NOT NULL,
+                        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+                        PRIMARY KEY (source_id, id, version)
+                    )
+                    """,
+                    "CREATE INDEX records_source_seq ON records (source_id, seq)",
+                ]
+            )
+        ])
+
+    /// Records per statement: the arrays travel as 6 parameters whatever their length; this bounds one message.
+    static let chunkRecords = 2_000
+
+    func open(_ source: SourceID) async throws(SinkError) -> any SinkWriter {
+        do {
+            try await ready.wait()
+        } catch {
+            throw SinkError(path: url.redacted, operation: "open", detail: "\(error)")
+        }
+        return Writer(sink: self, source: source)
+    }
+
+    struct Writer: SinkWriter {
+        let sink: PostgresSink
+        let source: SourceID
+
+        func write(_ records: [CollectedRecord], collectedAt: Timestamp) async throws(SinkError) -> [CollectedRecord] {
+            var seen = Set<RecordKey>()
+            let page = records.filter { seen.insert($0.key).inserted }
+            guard !page.isEmpty else { return [] }
+            var rows: [(id: String, version: String, mark: String, raw: String, jsonb: Bool)] = []
+            rows.reserveCapacity(page.count)
+            for record in page {
+                guard let raw = String(validating: record.json, as: UTF8.self) else {
+                    throw SinkError(
+                        path: sink.url.redacted, operation: "write",
+                        detail: "record \(record.id) (\(record.version)) is not UTF-8")
+                }
+                rows.append((record.id, record.version, record.mark.sortableString, raw, PostgresSink.jsonbCanHold(raw)))
+            }
+            let inserted = try await sink.insert(rows, source: source, collectedAt: collectedAt)
+            return page.filter { inserted.contains($0.key) }
+        }
+
+        func finish() async throws(SinkError) {}
+    }
+
+    /// Inserts `rows` in one transaction and returns the keys the table did not hold. Deadlocks between replicas
+    /// inserting the same keys (rows are inserted in key order, so they are rare) and serialization failures are
+    /// retried; anything else fails the page, whose records the next run sends again.
+    private func insert(
+        _ rows: [(id: String, version: String, mark: String, raw: String, jsonb: Bool)], source: SourceID,
+        collectedAt: Timestamp
+    ) async throws(SinkError) -> Set<RecordKey> {
+        let chunks = stride(from: 0, to: rows.count, by: Self.chunkRecords).map {
+            Array(rows[$0..<min($0 + Self.chunkRecords, rows.count)])
+        }
+        var attempt = 1
+        while true {
+            do {
+                return try await withDeadline(operationTimeout, onTimeout: { [url, operationTimeout] in
+                    SinkError(
+                        path: url.redacted, operation: "write",
+                        detail: "PostgreSQL did not commit the page within \(operationTimeout)")
+                }) { [client, logger] in
+                    try await client.withTransaction(logger: logger) { connection in
+                        var inserted = Set<RecordKey>()
+                        for chunk in chunks {
+                            let query = Self.insertQuery(chunk, source: source, collectedAt: collectedAt)
+                            for try await (id, version) in try await connection.query(query, logger: logger).decode(
+                                (String, String).self)
+                            {
+                                inserted.insert(RecordKey(id: id, version: version))
+                            }
+                        }
+                        return inserted
+                    }
+                }
+            } catch let error as SinkError {
+                throw error
+            } catch {
+                let underlying = PostgresFailure.underlying(error)
+                if attempt < 5, PostgresFailure.isRetryable(underlying) {
+                    attempt += 1
+                    continue
+                }
+                throw SinkError(
+                    path: url.redacted, operation: "write", detail: PostgresFailure.describe(underlying, url: url))
+            }
+        }
+    }
+
+    private static func insertQuery(
+        _ rows: [(id: String, version: String, mark: String, raw: String, jsonb: Bool)], source: SourceID,
+        collectedAt: Timestamp
+    ) -> PostgresQuery {
+        let (ids, versions, marks, raws, jsonb) = (
+            rows.map(\.id), rows.map(\.version), rows.map(\.mark), rows.map(\.raw), rows.map(\.jsonb)
+        )
+        return """
+            INSERT INTO records (source_id, id, version, mark, collected_at, raw, record)
+            SELECT \(source.rawValue), t.id, t.version, t.mark, \(collectedAt.sortableString), t.raw,
+                   CASE WHEN t.jsonb THEN t.raw::jsonb END
+            FROM unnest(\(ids)::text[], \(versions)::text[], \(marks)::text[], \(raws)::text[], \(jsonb)::bool[])
+                 AS t(id, version, mark, raw, jsonb)
+            ORDER BY t.id, t.version
+            ON CONFLICT (source_id, id, version) DO NOTHING
+            RETURNING id, version
+            """
+    }
+
+    /// Whether `jsonb` can hold this JSON text: it refuses the escape `\u0000` and surrogate escapes that are not
+    /// a high one followed by a low one.
+    static func jsonbCanHold(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        /// The value of the `\uXXXX` escape at `at`, if there is one.
+        func escape(at index: Int) -> UInt16? {
+            guard index + 5 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
+            else { return nil }
+            return UInt16(String(decoding: bytes[(index + 2)...(index + 5)], as: UTF8.self), radix: 16)
+        }
+        var index = 0
+        while index < bytes.count {
+            guard bytes[index] == UInt8(ascii: "\\") else {
+                index += 1
+                continue
+            }
+            guard let value = escape(at: index) else {
+                index += 2  // another escape: \\, \", \n, ...
+                continue
+            }
+            switch value {
+            case 0, 0xDC00...0xDFFF:
+                return false
+            case 0xD800...0xDBFF:
+                guard let low = escape(at: index + 6), (0xDC00...0xDFFF).contains(low) else { return false }
+                index += 12
+            default:
+                index += 6
+            }
+        }
+        return true
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import Logging
+import PostgresNIO
+import PostgresSupport
+import Testing
+
+/// The PostgreSQL server of a suite (`.postgres` trait), and the clients its scope runs: a `PostgresClient` serves
+/// queries only while its `run()` runs.
+package struct PostgresDatabases: Sendable {
+    @TaskLocal static var current: PostgresDatabases?
+
+    let server: PostgresTestServer
+    let clients: AsyncStream<PostgresClient>.Continuation
+    /// Connected to the `postgres` database, to create the tests' databases (with SQL, not a blocking psql).
+    let admin: PostgresClient
+
+    /// A new, empty database of the suite's server and a running client of it.
+    package static func newDatabase() async throws -> (PostgresClient, PostgresURL) {
+        guard let databases = current else {
+            throw PostgresTestServer.Failure(description: "a PostgreSQL database needs the suite's .postgres trait")
+        }
+        let name = "test_" + UUID().uuidString.prefix(8).lowercased()
+        try await databases.admin.query("CREATE DATABASE \(unescaped: name)")
+        let url = try PostgresURL(databases.server.url(database: name))
+        return (databases.client(url), url)
+    }
+
+    /// Another running client of `url` (a second replica, say).
+    package static func client(_ url: PostgresURL) throws -> PostgresClient {
+        guard let databases = current else {
+            throw PostgresTestServer.Failure(description: "a PostgreSQL client needs the suite's .postgres trait")
+        }
+        return databases.client(url)
+    }
+
+    private func client(_ url: PostgresURL) -> PostgresClient {
+        let client = PostgresClient(configuration: url.clientConfiguration, backgroundLogger: .quiet)
+        clients.yield(client)
+        return client
+    }
+}
+
+/// Starts a PostgreSQL server for the suite, runs the clients of its databases, and stops everything when the
+/// suite ends, also when it fails.
+package struct PostgresSuite: SuiteTrait, TestScoping {
+    package var isRecursive: Bool { false }
+
+    package func provideScope(
+        for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
+    ) async throws {
+        let server = try await PostgresTestServer.started()
+        let (stream, continuation) = AsyncStream.makeStream(of: PostgresClient.self)
+        let admin = PostgresClient(
+            configuration: try PostgresURL(server.url()).clientConfiguration, backgroundLogger: .quiet)
+        continuation.yield(admin)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await withDiscardingTaskGroup { running in
+                        for await client in stream { running.addTask { await client.run() } }
+                    }
+                }
+                let databases = PostgresDatabases(server: server, clients: continuation, admin: admin)
+                try await PostgresDatabases.$current.withValue(databases) { try await function() }
+                continuation.finish()
+                group.cancelAll()
+            }
+        } catch {
+            await server.stopped()
+            throw error
+        }
+        await server.stopped()
+    }
+}
+
+extension Trait where Self == PostgresSuite {
+    /// A real PostgreSQL for the suite's databases (`PostgresDatabases.newDatabase()`).
+    package static var postgres: Self { PostgresSuite() }
+}
