@@ -21,7 +21,7 @@ func buildEngine(
     let runner = CollectionRunner(
         manager: manager, sink: sink ?? NDJSONFileSink(dataDirectory: configuration.dataDirectory),
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
-        isStopping: { board.isStopping() }
+        leaseTTL: configuration.leaseTTL, leaseRenewal: configuration.leaseRenewal, isStopping: { board.isStopping() }
     )
     return CollectionEngine(
         board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),

@@ -33,11 +33,13 @@ public struct LeaseSession: Sendable {
     let manager: WatermarkManager
     let owner: String
     let ttl: Duration
+    /// How long after taking or renewing the lease the next page boundary renews it.
+    let renewEvery: Duration
     private var renewedAt: ContinuousClock.Instant
 
     init(
         sourceID: SourceID, lease: Lease?, replay: ReplaySummary?, unreachable: String?, manager: WatermarkManager,
-        owner: String, ttl: Duration
+        owner: String, ttl: Duration, renewEvery: Duration
     ) {
         self.sourceID = sourceID
         self.lease = lease
@@ -46,18 +48,19 @@ public struct LeaseSession: Sendable {
         self.manager = manager
         self.owner = owner
         self.ttl = ttl
+        self.renewEvery = renewEvery
         self.renewedAt = .now
     }
 
     /// Whether the run goes on without a lease (single-replica degraded mode).
     public var withoutLease: Bool { lease == nil }
 
-    /// Renews the lease once half its TTL has passed. While the storage is away the lease held is kept: the
+    /// Renews the lease once `renewEvery` has passed since it was taken or last renewed. While the storage is away the lease held is kept: the
     /// fenced updates are refused if it was lost meanwhile.
     ///
     /// - Throws: `StorageClientError` when the storage refuses the renewal (another owner took over).
     public mutating func renewIfDue() async throws {
-        guard lease != nil, ContinuousClock.now - renewedAt > ttl / 2 else { return }
+        guard lease != nil, ContinuousClock.now - renewedAt > renewEvery else { return }
         do {
             lease = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
             renewedAt = .now
@@ -97,8 +100,10 @@ extension WatermarkManager {
     /// collecting through an outage) and `true` refuses.
     ///
     /// - Throws: `LeaseRefusal` when `body` did not run; else whatever `body` throws.
+    /// `renewEvery` (default half the TTL) is how long after taking or renewing the lease the run's next page
+    /// boundary renews it.
     public nonisolated func withLease<T: Sendable>(
-        _ sourceID: SourceID, owner: String, ttl: Duration, requireLease: Bool,
+        _ sourceID: SourceID, owner: String, ttl: Duration, renewEvery: Duration? = nil, requireLease: Bool,
         _ body: (inout LeaseSession) async throws -> T
     ) async throws -> T {
         var lease: Lease?
@@ -118,7 +123,7 @@ extension WatermarkManager {
         }
         var session = LeaseSession(
             sourceID: sourceID, lease: lease, replay: replay, unreachable: unreachable, manager: self, owner: owner,
-            ttl: ttl)
+            ttl: ttl, renewEvery: renewEvery ?? ttl / 2)
         do {
             let result = try await body(&session)
             await release(session.lease)

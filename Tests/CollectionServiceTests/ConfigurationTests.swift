@@ -137,6 +137,28 @@ struct ConfigurationTests {
         }
     }
 
+    @Test func leaseTTLAndRenewalAreConfigurableWithDefaultsForSeveralReplicas() throws {
+        let defaults = try CollectionConfiguration(environment: [:])
+        #expect(defaults.leaseTTL == .seconds(60) && defaults.leaseRenewal == .seconds(20))
+        let short = try CollectionConfiguration(environment: ["LEASE_TTL_SECONDS": "15"])
+        #expect(short.leaseTTL == .seconds(15) && short.leaseRenewal == .seconds(5))
+        let set = try CollectionConfiguration(environment: ["LEASE_TTL_SECONDS": "30", "LEASE_RENEW_SECONDS": "29"])
+        #expect(set.leaseRenewal == .seconds(29))
+        for bad in [["LEASE_TTL_SECONDS": "2"], ["LEASE_TTL_SECONDS": "30", "LEASE_RENEW_SECONDS": "30"]] {
+            #expect(throws: ConfigurationKeyError.self) { try CollectionConfiguration(environment: bad) }
+        }
+        // A run's lease is never shorter than two of its source's timeouts.
+        var source = SourceConfiguration(id: try SourceID("slow"), kind: .directory(DirectorySettings(path: "/tmp")))
+        source.timeout = .seconds(45)
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        var runner = f.runner
+        runner.leaseTTL = .seconds(15)
+        #expect(runner.ttl(for: source) == .seconds(90))
+        runner.leaseTTL = .seconds(120)
+        #expect(runner.ttl(for: source) == .seconds(120))
+    }
+
     @Test func sinkURLSelectsTheSharedPostgresSinkAndABadOneStopsTheStart() throws {
         #expect(try CollectionConfiguration(environment: [:]).sinkURL == nil)
         let url = try #require(

@@ -31,6 +31,10 @@ import WatermarkCore
 /// - `REQUIRE_LEASE` (false): with `true` a source is never collected without its lease; while the storage cannot
 ///   be asked the run is skipped and retried soon (set it when several replicas run). With `false` a single
 ///   replica collects through a storage outage.
+/// - `LEASE_TTL_SECONDS` (60): how long a source's lease lasts without renewal, so how soon another replica takes
+///   over the sources of a replica that died (never shorter than twice the source's `timeout_seconds`).
+/// - `LEASE_RENEW_SECONDS` (20, less than the TTL): how long after taking or renewing its lease a run renews it,
+///   at the next page boundary.
 /// - `REPLAY_INTERVAL_SECONDS` (30): how often queued watermark updates are replayed.
 /// - `TLS_CERT_PATH`, `TLS_KEY_PATH` (none): serve the HTTP API over HTTPS with this PEM certificate chain and
 ///   unencrypted PEM key (both or neither). `STORAGE_CA_PATH` (none): a private CA the storage client trusts.
@@ -45,6 +49,8 @@ struct CollectionConfiguration: Sendable {
     var instanceID: String = CollectionConfiguration.defaultInstanceID()
     var replayInterval: Duration = .seconds(30)
     var requireLease = false
+    var leaseTTL: Duration = .seconds(60)
+    var leaseRenewal: Duration = .seconds(20)
     /// `SINK_URL`: the shared PostgreSQL sink; `nil` writes NDJSON files under `DATA_DIR`.
     var sinkURL: PostgresURL?
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
@@ -69,6 +75,9 @@ struct CollectionConfiguration: Sendable {
         instanceID = settings.string("INSTANCE_ID", default: instanceID)
         requireLease = try settings.bool("REQUIRE_LEASE", default: requireLease)
         replayInterval = .seconds(try settings.int("REPLAY_INTERVAL_SECONDS", default: 30, in: 1...86_400))
+        let ttl = try settings.int("LEASE_TTL_SECONDS", default: 60, in: 5...86_400)
+        leaseTTL = .seconds(ttl)
+        leaseRenewal = .seconds(try settings.int("LEASE_RENEW_SECONDS", default: max(1, ttl / 3), in: 1...(ttl - 1)))
         tls = try TLSFiles.from(settings)
         sinkURL = try settings.text("SINK_URL").map { text throws(ConfigurationKeyError) in
             try PostgresURL(text, key: "SINK_URL")

@@ -24,13 +24,19 @@ struct CollectionRunner: Sendable {
     /// `REQUIRE_LEASE`: never collect a source without its lease (several replicas); when the storage cannot
     /// be asked, the run is skipped and retried soon. Off, a single replica collects through an outage.
     var requireLease = false
+    /// `LEASE_TTL_SECONDS`: how long a replica's lease on a source lasts without renewal, so how soon another
+    /// replica takes over the sources of one that died.
+    var leaseTTL = Duration.seconds(60)
+    /// `LEASE_RENEW_SECONDS`: how long after taking or renewing it a run renews its lease (at a page boundary).
+    var leaseRenewal = Duration.seconds(20)
     var clock: @Sendable () -> Timestamp = Timestamp.now
     /// Checked between pages: `true` once shutdown began.
     var isStopping: @Sendable () async -> Bool = { false }
 
-    /// The lease a run asks for: comfortably longer than a page can take; renewed during long runs.
-    static func leaseTTL(for source: SourceConfiguration) -> Duration {
-        max(source.timeout * 2, .seconds(300))
+    /// The lease a run of `source` asks for: `leaseTTL`, but never shorter than two of the source's request
+    /// timeouts, so a page in flight cannot outlive it.
+    func ttl(for source: SourceConfiguration) -> Duration {
+        max(source.timeout * 2, leaseTTL)
     }
 
     /// How soon a run skipped for want of a lease (storage away, `REQUIRE_LEASE=true`) is tried again.
@@ -55,9 +61,11 @@ struct CollectionRunner: Sendable {
 
         // 1. The lease (one collector per source across replicas), and under it what an earlier run (killed, or
         //    cut off from the storage) queued, before anything new; released when the run ends, however it ends.
-        let ttl = Self.leaseTTL(for: source)
+        let ttl = ttl(for: source)
         do {
-            return try await manager.withLease(source.id, owner: owner, ttl: ttl, requireLease: requireLease) {
+            return try await manager.withLease(
+                source.id, owner: owner, ttl: ttl, renewEvery: min(leaseRenewal, ttl / 2), requireLease: requireLease
+            ) {
                 session in
                 if session.withoutLease {
                     report.withoutLease = true
