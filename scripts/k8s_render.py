@@ -7,7 +7,7 @@ Deployments, so scripts/lint-deploy.sh checks the built objects instead:
 writes OUT_DIR/<dir>.yaml per folder with a kustomization.yaml (k8s-base.yaml, k8s-tls.yaml, ...) and
 exits 1 with the reason when a kustomization uses more than this supports: `resources` (files and
 folders), `patches` with only a `path` (strategic merge, targeted by kind and name, with `$patch: delete`
-of a whole object or of a list item) and
+of a whole object or of a list item, and a null value deleting a field) and
 `labels[].pairs` (on metadata.labels only); `images` is not applied (the manifests name the same
 tags). A YAML file of such a folder that the kustomization
 does not name is an error too, so no manifest escapes the checks. scripts/check_deploy.py imports
@@ -38,9 +38,11 @@ def load_docs(path: Path) -> list[dict]:
 
 
 def merge(base, patch, field: str = ""):
-    """A strategic merge: maps merge by key, lists of objects by their merge key, the rest is replaced."""
+    """A strategic merge: maps merge by key (a null deletes the key), lists of objects by their merge key, the rest
+    is replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
-        return {**base, **{k: merge(base.get(k), v, k) for k, v in patch.items()}}
+        merged = {**base, **{k: merge(base.get(k), v, k) for k, v in patch.items()}}
+        return {k: v for k, v in merged.items() if not (k in patch and patch[k] is None)}
     key = MERGE_KEYS.get(field, "name")
     keyed = isinstance(base, list) and isinstance(patch, list)
     if keyed and all(isinstance(i, dict) and key in i for i in base + patch):

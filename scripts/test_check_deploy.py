@@ -30,6 +30,20 @@ def replace(path: str, old: str, new: str, count: int = 1) -> Callable[[Path], N
     return mutate
 
 
+def cut(path: str, start: str, end: str) -> Callable[[Path], None]:
+    """Removes the text of `path` from `start` up to `end` (which stays)."""
+
+    def mutate(root: Path) -> None:
+        file = root / path
+        text = file.read_text()
+        if start not in text or end not in text.split(start, 1)[1]:
+            raise AssertionError(f"cut targets {start!r}..{end!r} not in {path}")
+        head, tail = text.split(start, 1)
+        file.write_text(head + end + tail.split(end, 1)[1])
+
+    return mutate
+
+
 def inner_overlay(root: Path) -> None:
     """An overlay in a folder of the base it builds on: kustomize refuses it (cycle detected)."""
     inner = root / "deploy/k8s/base/inner"
@@ -43,6 +57,9 @@ def remove(path: str) -> Callable[[Path], None]:
 
     return mutate
 
+
+# The postgres overlay's patch of the collection Deployment.
+SINK = "deploy/k8s/postgres/collection-shared-sink.yaml"
 
 # (name, mutation, text expected in a FAIL line)
 CASES: list[tuple[str, Callable[[Path], None], str]] = [
@@ -73,6 +90,20 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("postgres keeping the claim", replace("deploy/k8s/postgres/storage-postgres.yaml", "      volumes:\n        - name: data\n          $patch: delete\n", ""), "still mounts the claim"),
     ("compose profile with one replica", replace("docker-compose.yml", "  storage-pg-2: *storage-pg\n", ""), "1 storage replicas on DATABASE_URL"),
     ("balancer missing a replica", replace("deploy/compose/storage-lb.conf", "    server storage-pg-2:8000 max_fails=1 fail_timeout=5s;\n", ""), "does not name storage-pg-2"),
+    ("postgres key not in the Secret", replace("deploy/secret.example.yaml", "  database-url:", "  database:"), "DATABASE_URL's key 'database-url' is not in"),
+    # The shared sink: several leased collection replicas, each its own owner and local state.
+    ("collection at 1 replica on the sink", replace(SINK, "replicas: 2", "replicas: 1"), "collection replicas is 1, not several"),
+    ("sink URL in plain text", replace(SINK, "valueFrom:\n                secretKeyRef:\n                  name: watermark-secrets\n                  key: sink-url", "value: postgres://u:p@db/w"), "SINK_URL is not from a required secretKeyRef"),
+    ("sink key not in the Secret", replace("deploy/secret.example.yaml", "  sink-url:", "  sink:"), "SINK_URL's key 'sink-url' is not in"),
+    ("collection without leases", replace("deploy/k8s/base/collection.yaml", 'REQUIRE_LEASE\n              value: "true"', 'REQUIRE_LEASE\n              value: "false"'), "REQUIRE_LEASE is 'false'"),
+    ("collection replicas under one owner", replace("deploy/k8s/base/collection.yaml", "valueFrom:\n                fieldRef:\n                  fieldPath: metadata.name", "value: collector"), "INSTANCE_ID is not the pod's name"),
+    ("collection replicas on the base's claim", replace(SINK, "        - name: data\n          persistentVolumeClaim: null\n          emptyDir:\n            sizeLimit: 1Gi\n", "        - name: tmp\n          emptyDir: {}\n"), "DATA_DIR is on the claim 'collection-data'"),
+    ("collection DATA_DIR off the volumes", replace("deploy/k8s/base/configmap.yaml", 'DATA_DIR: "/data"', 'DATA_DIR: "/var/data"'), "DATA_DIR is not on a mounted volume"),
+    ("compose sink with one replica", cut("docker-compose.yml", "  collection-pg-2:\n", "volumes:\n  storage-data:"), "1 collection replicas on SINK_URL"),
+    ("compose sink replica outside the profile", replace("docker-compose.yml", "    <<: *collection-pg\n", "    <<: *collection-pg\n    profiles: [other]\n"), "collection-pg-2 is not in profile postgres"),
+    ("compose sink replicas without leases", replace("docker-compose.yml", 'REQUIRE_LEASE: "true"', 'REQUIRE_LEASE: "false"'), "REQUIRE_LEASE is not true"),
+    ("compose sink replicas under one owner", replace("docker-compose.yml", "      INSTANCE_ID: compose-collection-pg-2\n", ""), "are not distinct"),
+    ("compose sink replicas sharing a volume", replace("docker-compose.yml", "- collection-pg-2-data:/data", "- collection-pg-1-data:/data"), "are not distinct named volumes"),
 ]
 
 
