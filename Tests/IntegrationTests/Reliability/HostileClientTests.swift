@@ -34,13 +34,17 @@
                 for step in 0..<10 {
                     for socket in slow { try? socket.send(String(request[step])) }
                     let before = ContinuousClock.now
-                    let reply = try await harness.http.send(.GET, "/health", timeout: .seconds(3))
+                    let reply = try await harness.http.send(.GET, "/health", timeout: .seconds(idleTimeout / 2))
                     slowest = max(slowest, ContinuousClock.now - before)
                     #expect(reply.status == 200)
                     served += 1
                     try await Task.sleep(for: .milliseconds(100))
                 }
-                #expect(slowest < .seconds(2), "a normal request took \(slowest) with 350 hostile connections open")
+                // Served while the hostile connections are held, not once the idle timeout freed them: well under
+                // it (2 s was too tight for a full parallel run on a loaded 2-core machine: 2.3 s once).
+                #expect(
+                    slowest < .seconds(idleTimeout / 2),
+                    "a normal request took \(slowest) with 350 hostile connections open")
 
                 // Idle connections are closed by the server after the idle timeout...
                 for socket in idle.prefix(20) {
