@@ -80,6 +80,14 @@ class Server:
             with open(out_path) as out:
                 raise PostgresError(f"{name} failed ({status}): {out.read()[-2000:]}")
 
+    def psql(self, database, *arguments):
+        """Runs psql on `database` over the unix socket, stopping at the first error; returns its output
+        (standard output and error together: pass -At and -c for a bare value)."""
+        self.tool("psql", "-h", self.directory, "-p", str(self.port), "-U", USER, "-d", database, "-X", "-q",
+                  "-v", "ON_ERROR_STOP=1", *arguments)
+        with open(os.path.join(self.directory, "psql.out")) as out:
+            return out.read()
+
     def create_database(self, name):
         """Creates an empty database and returns its URL."""
         self.tool("psql", "-h", self.directory, "-p", str(self.port), "-U", USER, "-q", "-c",

@@ -7,8 +7,15 @@ Seeds a database with `storage-service seed` (timed; database size per million w
 on it and on a database of 1,000 watermarks, and measures on both: time from start to a healthy /health,
 GET of existing watermarks, PUT to many sources, /health, /status and /metrics at 64 connections, a page of
 the `status` and `stale_after_seconds` list filters, and peak RSS. Every figure of the large database is
-also given as a ratio to the small one. Prints a table and writes bench/results/<UTC date>-scale.json.
-It reports; it never asserts.
+also given as a ratio to the small one. Prints a table and writes bench/results/<UTC date>-scale.json
+(BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
+
+Then the same on PostgreSQL (one process on a throwaway server, bench/pg.py, fsync on): the service is started
+once on each empty database to apply its migrations, stopped, and the rows are written by one psql session
+(`INSERT ... SELECT ... FROM generate_series`, the same ids, statuses, timestamps and versions as
+`storage-service seed`, then ANALYZE; timed, database size per million watermarks from pg_database_size).
+Its figures go under the `postgres` key of the JSON; peak RSS is the service's, not the server's.
+BENCH_BACKENDS (sqlite,postgres) picks the backends.
 """
 import argparse
 import json
@@ -22,6 +29,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import pg  # noqa: E402 (bench/pg.py: a throwaway PostgreSQL)
 from run import free_port, parse_wrk, peak_rss_kib, write_report  # noqa: E402
 
 LUA_GET = """
@@ -48,9 +56,63 @@ def seed(binary, path, sources, history):
     return time.perf_counter() - start
 
 
-def start_service(binary, path, work):
+# The rows of WatermarkSeeder.swift (`storage-service seed`) in SQL. Source i is 'seed-<i>' with `runs` runs
+# (versions 1...runs, the watermark at version `runs`); one in a hundred failed, one in a hundred last succeeded
+# a day ago, the others within the last hour. `ts` formats whole seconds of an epoch plus the fixed
+# nanoseconds of the seed's `now` as Timestamp.sortableString: YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ, in UTC.
+PG_SEED = """
+SET synchronous_commit = off;
+CREATE FUNCTION pg_temp.ts(seconds bigint) RETURNS text LANGUAGE sql STABLE AS
+  $$ SELECT to_char(to_timestamp(seconds) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') || '.{nanos:09d}Z' $$;
+INSERT INTO watermark (source_id, last_successful_timestamp, last_run_timestamp, status, records_collected,
+                       error_message, version, consecutive_failures, created_at)
+SELECT 'seed-' || i, pg_temp.ts({now} - age), pg_temp.ts({now} - age),
+       CASE WHEN i % 100 = 1 THEN 'failed' ELSE 'success' END, runs * 100,
+       CASE WHEN i % 100 = 1 THEN 'seeded failure' END, runs, CASE WHEN i % 100 = 1 THEN 1 ELSE 0 END,
+       pg_temp.ts({now} - age - runs * 60)
+FROM ({sources_sql}) AS s;
+INSERT INTO watermark_run (source_id, version, recorded_at, status, "timestamp", last_successful_timestamp,
+                           records_collected, error_message)
+SELECT 'seed-' || s.i, v, t.at, 'success', t.at, t.at, 100, NULL
+FROM ({sources_sql}) AS s
+CROSS JOIN LATERAL generate_series(1::bigint, s.runs) AS v
+CROSS JOIN LATERAL (SELECT pg_temp.ts({now} - s.age - (s.runs - v) * 60) AS at) AS t;
+ANALYZE;
+"""
+PG_SOURCES = """SELECT i, GREATEST(1, {per} + CASE WHEN i < {extra} THEN 1 ELSE 0 END)::bigint AS runs,
+       (CASE WHEN i % 100 = 2 THEN 86400 ELSE i % 3600 END)::bigint AS age
+FROM generate_series(0::bigint, {last}) AS i"""
+
+
+def seed_postgres(server, binary, work, name, sources, history):
+    """Creates database `name`, lets the service migrate it, fills it with SQL; returns (url, migrate seconds,
+    seed seconds, database bytes, bytes of the watermark and watermark_run tables)."""
+    url = server.create_database(name)
+    proc, _, migrated = start_service(binary, {"DATABASE_URL": url}, work)
+    proc.terminate()
+    proc.wait(timeout=30)
+    per, extra = (history // sources, history % sources) if sources else (0, 0)
+    now = time.time_ns()
+    sql = PG_SEED.format(now=now // 10**9, nanos=now % 10**9,
+                         sources_sql=PG_SOURCES.format(per=per, extra=extra, last=sources - 1))
+    script = os.path.join(server.directory, f"seed-{name}.sql")  # the server's folder: readable by its user
+    with open(script, "w") as out:
+        out.write(sql)
+    os.chmod(script, 0o644)
+    start = time.perf_counter()
+    server.psql(name, "-f", script)
+    seconds = time.perf_counter() - start
+    database, tables = (int(x) for x in server.psql(
+        name, "-At", "-F", " ", "-c", "SELECT pg_database_size(current_database()), "
+        "pg_total_relation_size('watermark') + pg_total_relation_size('watermark_run')").split())
+    return url, migrated, seconds, database, tables
+
+
+def start_service(binary, database, work):
+    """Starts the service with `database` ({"DATABASE_PATH": ...} or {"DATABASE_URL": ...}) in its environment."""
     port = free_port()
-    env = dict(os.environ, HOST="127.0.0.1", LOG_LEVEL="warning", PORT=str(port), DATABASE_PATH=path)
+    env = dict(os.environ, HOST="127.0.0.1", LOG_LEVEL="warning", PORT=str(port), **database)
+    env.pop("DATABASE_URL" if "DATABASE_PATH" in database else "DATABASE_PATH", None)
     log = open(os.path.join(work, f"storage-{port}.log"), "w")
     started = time.perf_counter()
     proc = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -79,8 +141,8 @@ def timed_get(port, path, count=20):
     return round(samples[len(samples) // 2], 3)
 
 
-def measure(binary, path, sources, work, duration):
-    proc, port, healthy = start_service(binary, path, work)
+def measure(binary, database, sources, work, duration):
+    proc, port, healthy = start_service(binary, database, work)
     figures = {"healthy_after_s": round(healthy, 3)}
     try:
         for name, lua, url in [
@@ -106,29 +168,10 @@ def measure(binary, path, sources, work, duration):
     return figures
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("bin")
-    parser.add_argument("--sources", type=int, default=int(os.environ.get("BENCH_SOURCES", "1000000")))
-    parser.add_argument("--history", type=int, default=int(os.environ.get("BENCH_HISTORY", "10000000")))
-    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "5s"))
-    args = parser.parse_args()
-    binary = os.path.join(args.bin, "storage-service")
-    work = tempfile.mkdtemp(prefix="bench-scale-")
-    try:
-        small_path, large_path = os.path.join(work, "small.db"), os.path.join(work, "large.db")
-        seed(binary, small_path, 1000, 10000)
-        seconds = seed(binary, large_path, args.sources, args.history)
-        size = sum(os.path.getsize(large_path + s) for s in ("", "-wal") if os.path.exists(large_path + s))
-        print(f"bench: seeded {args.sources} watermarks and {args.history} history rows in {seconds:.0f} s, "
-              f"{size / 2**20:.0f} MiB ({size / 2**20 / (args.sources / 1e6):.0f} MiB per million watermarks)")
-        small = measure(binary, small_path, 1000, work, args.duration)
-        large = measure(binary, large_path, args.sources, work, args.duration)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    header = f"{'figure':36} {'1,000 sources':>14} {f'{args.sources:,} sources':>18} {'ratio':>7}"
+def print_table(title, small, large, sources):
+    header = f"{'figure':36} {'1,000 sources':>14} {f'{sources:,} sources':>18} {'ratio':>7}"
     print()
+    print(title)
     print(header)
     print("-" * len(header))
     rows = []
@@ -140,11 +183,69 @@ def main():
             rows.append((key, small[key], large[key]))
     for name, a, b in rows:
         print(f"{name:36} {a:>14} {b:>18} {b / a if a else 0:>7.2f}")
-    path = write_report("-scale", {
-        "sources": args.sources, "history": args.history, "seed_seconds": round(seconds, 1),
-        "database_mib": round(size / 2**20, 1), "mib_per_million_watermarks": round(size / 2**20 / (args.sources / 1e6), 1),
-        "wrk": f"-t1 -c64 -d{args.duration}", "small": small, "large": large})
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bin")
+    parser.add_argument("--sources", type=int, default=int(os.environ.get("BENCH_SOURCES", "1000000")))
+    parser.add_argument("--history", type=int, default=int(os.environ.get("BENCH_HISTORY", "10000000")))
+    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "5s"))
+    parser.add_argument("--backends", default=os.environ.get("BENCH_BACKENDS", "sqlite,postgres"),
+                        help="sqlite, postgres or both")
+    args = parser.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if set(backends) - {"sqlite", "postgres"} or not backends:
+        sys.exit(f"bench: BENCH_BACKENDS must list sqlite and/or postgres (got {args.backends})")
+    if "postgres" in backends and pg.find_binaries() is None:  # before the long SQLite part, not after it
+        sys.exit(f"bench: PostgreSQL is not installed (no {pg.ROOT}/*/bin/initdb): run scripts/install-deps.sh, "
+                 "or BENCH_BACKENDS=sqlite")
+    binary = os.path.join(args.bin, "storage-service")
+    millions = args.sources / 1e6
+    report = {"sources": args.sources, "history": args.history}
+    work = tempfile.mkdtemp(prefix="bench-scale-")
+    try:
+        if "sqlite" in backends:
+            small_path, large_path = os.path.join(work, "small.db"), os.path.join(work, "large.db")
+            seed(binary, small_path, 1000, 10000)
+            seconds = seed(binary, large_path, args.sources, args.history)
+            size = sum(os.path.getsize(large_path + s) for s in ("", "-wal") if os.path.exists(large_path + s))
+            print(f"bench: seeded {args.sources} watermarks and {args.history} history rows in {seconds:.0f} s, "
+                  f"{size / 2**20:.0f} MiB ({size / 2**20 / millions:.0f} MiB per million watermarks)")
+            small = measure(binary, {"DATABASE_PATH": small_path}, 1000, work, args.duration)
+            large = measure(binary, {"DATABASE_PATH": large_path}, args.sources, work, args.duration)
+            print_table("SQLite, one process", small, large, args.sources)
+            report.update({
+                "seed_seconds": round(seconds, 1), "database_mib": round(size / 2**20, 1),
+                "mib_per_million_watermarks": round(size / 2**20 / millions, 1),
+                "wrk": f"-t1 -c64 -d{args.duration}", "small": small, "large": large})
+            for name in os.listdir(work):  # the SQLite files are done with: their disk to PostgreSQL
+                if name.startswith(("small.db", "large.db")):
+                    os.remove(os.path.join(work, name))
+        if "postgres" in backends:
+            with pg.postgres() as server:
+                small_url = seed_postgres(server, binary, work, "scale_small", 1000, 10000)[0]
+                url, migrated, seconds, size, tables = seed_postgres(
+                    server, binary, work, "scale_large", args.sources, args.history)
+                print(f"\nbench: seeded PostgreSQL {server.version} with {args.sources} watermarks and "
+                      f"{args.history} history rows in {seconds:.1f} s of SQL (after {migrated:.1f} s for the "
+                      f"service to migrate), {size / 2**20:.0f} MiB ({size / 2**20 / millions:.0f} MiB per million "
+                      f"watermarks; the two tables {tables / 2**20:.0f} MiB)")
+                small = measure(binary, {"DATABASE_URL": small_url}, 1000, work, args.duration)
+                large = measure(binary, {"DATABASE_URL": url}, args.sources, work, args.duration)
+                print_table(f"PostgreSQL {server.version}, one process", small, large, args.sources)
+                report["postgres"] = {
+                    "postgres_version": server.version, "replicas": 1, "seed_seconds": round(seconds, 1),
+                    "migrate_seconds": round(migrated, 1), "database_mib": round(size / 2**20, 1),
+                    "mib_per_million_watermarks": round(size / 2**20 / millions, 1),
+                    "tables_mib": round(tables / 2**20, 1), "wrk": f"-t1 -c64 -d{args.duration}",
+                    "small": small, "large": large}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    path = write_report("-scale", report)
     print(f"\n(wrk -t1 -c64 -d{args.duration}) written to {path}")
+
 
 if __name__ == "__main__":
     main()

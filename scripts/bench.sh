@@ -26,8 +26,8 @@ case "$profile" in
   *) echo "bench: PROFILE must be http, collector, scale or all (got $profile)" >&2; exit 2 ;;
 esac
 # `make bench` has run scripts/install-deps.sh (PostgreSQL, the watermark-pg user) already; run directly, this
-# script installs PostgreSQL the same way when the http profile needs it.
-if { [ "$profile" = http ] || [ "$profile" = all ]; } && [[ ${BENCH_BACKENDS:-postgres} == *postgres* ]] \
+# script installs PostgreSQL the same way when the http or scale profile needs it.
+if [ "$profile" != collector ] && [[ ${BENCH_BACKENDS:-postgres} == *postgres* ]] \
   && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   bash scripts/install-deps.sh
 fi
