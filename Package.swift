@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "storage-service", targets: ["StorageService"]),
         .executable(name: "collection-service", targets: ["CollectionService"]),
+        .executable(name: "watermarkctl", targets: ["WatermarkCtl"]),
         .executable(name: "bench-hello", targets: ["BenchHello"]),
         .library(name: "WatermarkCore", targets: ["WatermarkCore"]),
         .library(name: "StorageClient", targets: ["StorageClient"]),
@@ -142,6 +143,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Services/Collection",
+            swiftSettings: swiftSettings
+        ),
+        // The operators' command line, on the shared client library.
+        .executableTarget(
+            name: "WatermarkCtl",
+            dependencies: [
+                "WatermarkCore",
+                "StorageClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Services/Ctl",
             swiftSettings: swiftSettings
         ),
         // `make bench`'s baseline: a Hummingbird hello world built from the same graph, not a route of the service.

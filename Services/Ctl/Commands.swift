@@ -1,0 +1,204 @@
+import ArgumentParser
+import Foundation
+import StorageClient
+import WatermarkCore
+
+extension WatermarkCtl {
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every watermark, or those with a status or stale.")
+        @OptionGroup var connection: Connection
+        @Option(help: "Only sources whose last run has this status (success, failed).") var status: String?
+        @Option(help: "Only sources without a success for this long (90s, 30m, 2h, 3d).") var staleAfter: String?
+        @Option(help: "table (aligned, with ages) or json (a JSON array, stable for scripts).")
+        var output: OutputFormat = .table
+
+        func run() async throws {
+            try await exiting {
+                var query = WatermarkQuery(limit: WatermarkQuery.maxLimit)
+                if let status {
+                    guard let value = RunStatus(rawValue: status) else {
+                        throw Failure(2, "--status '\(status.prefix(32))' is not one of success, failed")
+                    }
+                    query.status = value
+                }
+                query.staleAfter = try staleAfter.map(duration)
+                let all = try await connection.run { client in
+                    var all: [Watermark] = []
+                    while true {
+                        let page = try await client.listWatermarks(query)
+                        all += page.watermarks
+                        guard let next = page.nextCursor else { return all }
+                        query.after = try SourceID(next)
+                    }
+                }
+                print(output == .json ? try Render.json(all) : Render.table(all, now: Timestamp.now()))
+            }
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One source's watermark.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The source id.") var id: String
+        @Option(help: "table or json.") var output: OutputFormat = .table
+
+        func run() async throws {
+            try await exiting {
+                let source = try sourceID(id)
+                guard let watermark = try await connection.run({ try await $0.getWatermark(sourceID: source) }) else {
+                    throw Failure(1, "\(source) has no watermark (never collected, or reset)")
+                }
+                print(output == .json ? try Render.json(watermark) : Render.table([watermark], now: Timestamp.now()))
+            }
+        }
+    }
+
+    struct History: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A source's runs, newest first.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The source id.") var id: String
+        @Option(help: "How many runs (1 to 1000).") var limit: Int = 20
+        @Option(help: "table or json.") var output: OutputFormat = .table
+
+        func run() async throws {
+            try await exiting {
+                let source = try sourceID(id)
+                let runs = try await connection.run { try await $0.history(sourceID: source, limit: limit) }
+                print(output == .json ? try Render.json(runs) : Render.history(runs, now: Timestamp.now()))
+            }
+        }
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a source's watermark (a success at TIMESTAMP); backwards only with --force.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The source id.") var id: String
+        @Argument(help: "RFC 3339, e.g. 2026-12-01T00:00:00Z.") var timestamp: String
+        @Flag(help: "Accept a timestamp older than the stored one (a deliberate backfill).") var force = false
+
+        func run() async throws {
+            try await exiting {
+                let (source, mark) = (try sourceID(id), try parseTimestamp(timestamp))
+                let stored = try await connection.run { client in
+                    try await client.updateWatermark(
+                        sourceID: source, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
+                        options: UpdateOptions(force: force))
+                }
+                print("\(source): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none"), version \(stored.version)")
+            }
+        }
+    }
+
+    struct Reset: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete a source's watermark: its next run starts from its lookback. Asks first unless --yes.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The source id.") var id: String
+        @Flag(help: "Do not ask.") var yes = false
+
+        func run() async throws {
+            try await exiting {
+                let source = try sourceID(id)
+                if !yes {
+                    guard isatty(STDIN_FILENO) != 0 else {
+                        throw Failure(2, "reset needs a confirmation: run it in a terminal, or pass --yes")
+                    }
+                    print("Reset the watermark of \(source)? Its next run starts from its lookback. [y/N] ", terminator: "")
+                    guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+                        throw Failure(1, "not reset")
+                    }
+                }
+                try await connection.run { try await $0.deleteWatermark(sourceID: source, precondition: nil, leaseToken: nil) }
+                print("\(source): reset")
+            }
+        }
+    }
+
+    struct Copy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give TO the watermark of FROM (a renamed source); backwards only with --force.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The source to copy from.") var from: String
+        @Argument(help: "The source to copy to.") var to: String
+        @Flag(help: "Accept a timestamp older than TO's.") var force = false
+
+        func run() async throws {
+            try await exiting {
+                let (source, target) = (try sourceID(from), try sourceID(to))
+                let stored = try await connection.run { client in
+                    guard let mark = try await client.getWatermark(sourceID: source)?.lastSuccessfulTimestamp else {
+                        throw Failure(1, "\(source) has no successful watermark to copy")
+                    }
+                    return try await client.updateWatermark(
+                        sourceID: target, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
+                        options: UpdateOptions(force: force))
+                }
+                print("\(target): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none") (from \(source))")
+            }
+        }
+    }
+
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Every watermark as JSON lines, for `import` into another storage (another backend, say).")
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            try await exiting {
+                try await connection.run { client in
+                    var query = WatermarkQuery(limit: WatermarkQuery.maxLimit)
+                    while true {
+                        let page = try await client.listWatermarks(query)
+                        for watermark in page.watermarks { print(try Render.json(watermark)) }
+                        guard let next = page.nextCursor else { return }
+                        query.after = try SourceID(next)
+                    }
+                }
+            }
+        }
+    }
+
+    struct Import: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Read `export`'s JSON lines from standard input and set each watermark; a regression is refused unless --force.",
+            discussion: "Exit code 1 when any line was refused (each is named on standard error); the others are set.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Accept watermarks older than the stored ones.") var force = false
+
+        func run() async throws {
+            try await exiting {
+                var lines: [(Int, Watermark)] = []
+                var number = 0
+                while let line = readLine() {
+                    number += 1
+                    guard !line.trimmingCharacters(in: .whitespaces).isEmpty else { continue }
+                    do {
+                        lines.append((number, try JSONDecoder().decode(Watermark.self, from: Data(line.utf8))))
+                    } catch {
+                        throw Failure(2, "line \(number) is not an exported watermark: \(error)")
+                    }
+                }
+                let (set, refused) = try await connection.run { client in
+                    var (set, refused) = (0, 0)
+                    for (number, watermark) in lines {
+                        guard let mark = watermark.lastSuccessfulTimestamp else { continue }  // never succeeded
+                        do {
+                            try await client.updateWatermark(
+                                sourceID: watermark.sourceID, timestamp: mark, status: .success, errorMessage: nil,
+                                recordsCollected: watermark.recordsCollected, options: UpdateOptions(force: force))
+                            set += 1
+                        } catch let error as StorageClientError where !error.isTransient {
+                            refused += 1
+                            FileHandle.standardError.write(
+                                Data("watermarkctl: line \(number) (\(watermark.sourceID)) refused: \(error)\n".utf8))
+                        }
+                    }
+                    return (set, refused)
+                }
+                print("imported \(set), refused \(refused)")
+                if refused > 0 { throw Failure(1, "\(refused) watermark(s) refused (--force accepts regressions)") }
+            }
+        }
+    }
+}

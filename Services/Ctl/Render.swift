@@ -1,0 +1,54 @@
+import Foundation
+import WatermarkCore
+
+/// What `watermarkctl` prints: aligned tables with ages for people, the service's own JSON for scripts.
+enum Render {
+    static func json(_ value: some Encodable) throws -> String {
+        String(decoding: try JSONEncoder.contract().encode(value), as: UTF8.self)
+    }
+
+    static func table(_ watermarks: [Watermark], now: Timestamp) -> String {
+        var rows = [["SOURCE", "STATUS", "WATERMARK", "AGE", "VERSION", "FAILURES", "RECORDS", "ERROR"]]
+        for watermark in watermarks {
+            rows.append([
+                watermark.sourceID.rawValue, watermark.status.rawValue,
+                watermark.lastSuccessfulTimestamp.map { "\($0)" } ?? "-",
+                watermark.lastSuccessfulTimestamp.map { age(now.duration(since: $0)) } ?? "never",
+                String(watermark.version), String(watermark.consecutiveFailures), String(watermark.recordsCollected),
+                watermark.errorMessage.map { String($0.prefix(60)) } ?? "",
+            ])
+        }
+        return aligned(rows)
+    }
+
+    static func history(_ runs: [WatermarkRun], now: Timestamp) -> String {
+        var rows = [["VERSION", "RECORDED", "AGE", "STATUS", "TIMESTAMP", "RECORDS", "ERROR"]]
+        for run in runs {
+            rows.append([
+                String(run.version), "\(run.recordedAt)", age(now.duration(since: run.recordedAt)), run.status.rawValue,
+                run.timestamp.map { "\($0)" } ?? "-", String(run.recordsCollected),
+                run.errorMessage.map { String($0.prefix(60)) } ?? "",
+            ])
+        }
+        return aligned(rows)
+    }
+
+    /// "3h12m ago", "45s ago", "2d4h ago"; "in 5m" for the future.
+    static func age(_ elapsed: Duration) -> String {
+        let seconds = elapsed.components.seconds
+        let total = abs(seconds)
+        let (days, hours, minutes) = (total / 86_400, total % 86_400 / 3600, total % 3600 / 60)
+        let text =
+            days > 0 ? "\(days)d\(hours)h" : hours > 0 ? "\(hours)h\(minutes)m" : minutes > 0 ? "\(minutes)m" : "\(total)s"
+        return seconds < 0 ? "in \(text)" : "\(text) ago"
+    }
+
+    private static func aligned(_ rows: [[String]]) -> String {
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { column, cell in
+                column == row.count - 1 ? cell : cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+}

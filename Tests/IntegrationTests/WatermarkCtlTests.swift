@@ -1,0 +1,103 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `watermarkctl` against a live storage service (with a token), as an operator runs it.
+@Suite("watermarkctl")
+struct WatermarkCtlTests {
+    /// Runs `watermarkctl` with `arguments` (and `stdin`, a file's path, as its standard input).
+    static func ctl(
+        _ arguments: [String], storage: StorageServiceHarness?, token: String? = "ctl-token", stdin: String = "/dev/null"
+    ) throws -> (status: Int32, output: String) {
+        let binary = ServiceProcess.binDirectory.appendingPathComponent("watermarkctl").path
+        let quoted = ([binary] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        var environment = ProcessInfo.processInfo.environment
+        environment["STORAGE_SERVICE_URL"] = storage.map { "http://127.0.0.1:\($0.port)" } ?? "http://127.0.0.1:9"
+        environment["STORAGE_API_TOKEN"] = token
+        return try runToEnd(["/bin/sh", "-c", quoted.joined(separator: " ") + " < '\(stdin)' 2>&1"], environment: environment)
+    }
+
+    @Test func setGetListHistoryCopyResetAndTheirRefusals() async throws {
+        try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { storage in
+            func ctl(_ arguments: String...) throws -> (status: Int32, output: String) {
+                try Self.ctl(arguments, storage: storage)
+            }
+            var result = try ctl("set", "alpha", "2026-12-01T00:00:00Z")
+            #expect(result.status == 0 && result.output.contains("alpha: watermark 2026-12-01T00:00:00Z, version 1"))
+            #expect(try ctl("set", "beta", "2026-11-01T12:00:00.5Z").status == 0)
+
+            // A regression is refused (exit 1, the reason said), and accepted with --force.
+            result = try ctl("set", "alpha", "2026-11-30T00:00:00Z")
+            #expect(result.status == 1 && result.output.contains("regression"), "\(result.output)")
+            #expect(try ctl("set", "alpha", "2026-11-30T00:00:00Z", "--force").status == 0)
+
+            // The table: aligned, with ages; the JSON: the service's own bodies.
+            result = try ctl("list")
+            let lines = result.output.split(separator: "\n")
+            #expect(result.status == 0 && lines.count == 3, "\(result.output)")
+            #expect(lines.first?.hasPrefix("SOURCE") == true && lines[1].hasPrefix("alpha") && lines[2].hasPrefix("beta"))
+            #expect(lines[1].contains("2026-11-30T00:00:00Z") && lines[1].contains("d") && lines[1].contains(" ago"))
+            let columns = lines.map { $0.range(of: "STATUS")?.lowerBound.utf16Offset(in: $0) ?? $0.range(of: "success")?.lowerBound.utf16Offset(in: $0) }
+            #expect(Set(columns).count == 1, "columns aligned: \(result.output)")
+            result = try ctl("list", "--output", "json")
+            let listed = try #require(try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [[String: Any]])
+            #expect(listed.map { $0["source_id"] as? String } == ["alpha", "beta"])
+            #expect(listed.first?["version"] as? Int == 2)
+            result = try ctl("get", "beta", "--output", "json")
+            #expect(result.output.contains(#""last_successful_timestamp":"2026-11-01T12:00:00.5Z""#))
+            #expect(try ctl("list", "--stale-after", "1h", "--output", "json").output.contains("beta"))
+            #expect(try ctl("list", "--status", "failed", "--output", "json").output == "[]\n")
+
+            result = try ctl("history", "alpha")
+            #expect(result.status == 0 && result.output.split(separator: "\n").count == 3, "\(result.output)")
+
+            result = try ctl("copy", "alpha", "gamma")
+            #expect(result.status == 0 && result.output.contains("gamma: watermark 2026-11-30T00:00:00Z (from alpha)"))
+
+            // reset asks; with no terminal and no --yes it refuses and changes nothing.
+            result = try ctl("reset", "gamma")
+            #expect(result.status == 2 && result.output.contains("--yes"), "\(result.output)")
+            #expect(try ctl("get", "gamma").status == 0)
+            #expect(try ctl("reset", "gamma", "--yes").status == 0)
+            result = try ctl("get", "gamma")
+            #expect(result.status == 1 && result.output.contains("no watermark"), "\(result.output)")
+
+            // What to fix is named: a bad id, a bad timestamp, a bad duration, a wrong token, no storage.
+            #expect(try ctl("get", "no spaces").status == 2)
+            #expect(try ctl("set", "alpha", "yesterday").output.contains("RFC 3339"))
+            #expect(try ctl("list", "--stale-after", "soon").status == 2)
+            result = try Self.ctl(["list"], storage: storage, token: "zq-not-the-token-91")
+            #expect(result.status == 3 && result.output.contains("STORAGE_API_TOKEN"), "\(result.output)")
+            #expect(!result.output.contains("zq-not-the-token-91"))
+            result = try Self.ctl(["list"], storage: nil)
+            #expect(result.status == 3 && result.output.contains("cannot reach"), "\(result.output)")
+        }
+    }
+
+    @Test func exportThenImportMovesEveryWatermarkAndRefusesRegressionsUnlessForced() async throws {
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let file = folder.path + "/watermarks.jsonl"
+        try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { source in
+            for (id, mark) in [("a", "2026-12-01T00:00:00Z"), ("b", "2026-12-02T00:00:00.123456789Z")] {
+                #expect(try Self.ctl(["set", id, mark], storage: source).status == 0)
+            }
+            let exported = try Self.ctl(["export"], storage: source)
+            #expect(exported.status == 0 && exported.output.split(separator: "\n").count == 2)
+            try exported.output.write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { target in
+            #expect(try Self.ctl(["set", "b", "2026-12-03T00:00:00Z"], storage: target).status == 0)
+            var result = try Self.ctl(["import"], storage: target, stdin: file)
+            #expect(result.status == 1 && result.output.contains("imported 1, refused 1"), "\(result.output)")
+            #expect(result.output.contains("(b) refused"))
+            result = try Self.ctl(["import", "--force"], storage: target, stdin: file)
+            #expect(result.status == 0 && result.output.contains("imported 2, refused 0"), "\(result.output)")
+            let b = try Self.ctl(["get", "b", "--output", "json"], storage: target).output
+            #expect(b.contains(#""last_successful_timestamp":"2026-12-02T00:00:00.123456789Z""#), "\(b)")
+            try "not json\n".write(toFile: file, atomically: true, encoding: .utf8)
+            result = try Self.ctl(["import"], storage: target, stdin: file)
+            #expect(result.status == 2 && result.output.contains("line 1"), "\(result.output)")
+        }
+    }
+}
