@@ -170,6 +170,17 @@ def to_ms(text):
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 
 
+def worst(values):
+    """The largest latency; None (no request completed) is the worst of all."""
+    values = list(values)
+    return None if None in values else max(values)
+
+
+def ms(value):
+    """A latency for the tables: '-' when no request completed."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def parse_wrk(output):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     percent = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
@@ -178,7 +189,9 @@ def parse_wrk(output):
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     socket_errors = sum(int(x) for x in sockets.groups()) if sockets else 0
     return {
-        "rps": rps, "p50_ms": to_ms(percent["50"]), "p99_ms": to_ms(percent["99"]), "requests": requests,
+        # No latency distribution when no request completed (every one past wrk's timeout): None, not a crash.
+        "rps": rps, "p50_ms": to_ms(percent["50"]) if "50" in percent else None,
+        "p99_ms": to_ms(percent["99"]) if "99" in percent else None, "requests": requests,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": socket_errors,
     }
 
@@ -281,7 +294,7 @@ def run_wrk(ports, connections, duration, path, script):
         outputs.append(parse_wrk(out))
     figures = {
         "rps": round(sum(o["rps"] for o in outputs), 2),
-        "p50_ms": max(o["p50_ms"] for o in outputs), "p99_ms": max(o["p99_ms"] for o in outputs),
+        "p50_ms": worst(o["p50_ms"] for o in outputs), "p99_ms": worst(o["p99_ms"] for o in outputs),
         "requests": sum(o["requests"] for o in outputs), "non_2xx": sum(o["non_2xx"] for o in outputs),
         "socket_errors": sum(o["socket_errors"] for o in outputs),
     }
@@ -327,7 +340,7 @@ def print_table(title, rows):
     print("-" * len(header))
     for r in rows:
         print(f"{r['scenario']:26} {r['connections']:>5} {r['rps']:>10.0f} {r['vs_hello']:>8.2f} "
-              f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {errors(r):>7} {r['peak_rss_kib'] / 1024:>12.1f}")
+              f"{ms(r['p50_ms']):>8} {ms(r['p99_ms']):>8} {errors(r):>7} {r['peak_rss_kib'] / 1024:>12.1f}")
 
 
 def print_comparison(variants):
@@ -343,7 +356,7 @@ def print_comparison(variants):
         key = (key_row["scenario"], key_row["connections"])
         rows = [next(r for r in v["results"] if (r["scenario"], r["connections"]) == key) for v in variants]
         print(f"{key[0]:26} {key[1]:>5} " + " ".join(f"{r['vs_hello']:>{width}.2f}" for r in rows) + " | " +
-              " ".join(f"{r['p99_ms']:>{width}.3f}" for r in rows))
+              " ".join(f"{ms(r['p99_ms']):>{width}}" for r in rows))
 
 
 def main():
@@ -394,7 +407,8 @@ def main():
     for figures in hello_results + [r for v in variants for r in v["results"]]:
         base = next(h for h in hello_results if h["connections"] == figures["connections"])
         figures["vs_hello"] = round(figures["rps"] / base["rps"], 3)
-        figures["p50_minus_hello_us"] = round((figures["p50_ms"] - base["p50_ms"]) * 1000, 1)
+        figures["p50_minus_hello_us"] = (
+            round((figures["p50_ms"] - base["p50_ms"]) * 1000, 1) if figures["p50_ms"] is not None else None)
     for variant in variants:
         for figures in variant["results"]:
             figures.update(backend=variant["backend"], replicas=variant["replicas"])

@@ -182,7 +182,9 @@ def print_table(title, small, large, sources):
         else:
             rows.append((key, small[key], large[key]))
     for name, a, b in rows:
-        print(f"{name:36} {a:>14} {b:>18} {b / a if a else 0:>7.2f}")
+        # None: no request completed within wrk's timeout (2 s).
+        ratio = f"{b / a:>7.2f}" if a and b is not None else f"{'-':>7}"
+        print(f"{name:36} {'-' if a is None else a:>14} {'-' if b is None else b:>18} {ratio}")
 
 
 def main():
