@@ -1,4 +1,6 @@
 import GRDB
+import PostgresNIO
+import PostgresSupport
 import TestSupport
 import Testing
 import WatermarkCore
@@ -274,14 +276,16 @@ struct WatermarkStoreTests {
         #expect(summary == WatermarkSummary(total: 9, failed: 2, stale: 2))
     }
 
-    /// The SQLite store counts stale sources from hour buckets kept by triggers; the in-memory store counts them
-    /// one by one. The same writes (successes over several days, failures, deletes, backfills) and clock moves
-    /// across hour boundaries must give both the same summary, every time.
-    @Test("the stale count from hour buckets equals a count of every source, across writes, deletes and hours")
-    func staleCountFromHourBuckets() async throws {
+    /// The SQLite and PostgreSQL stores count sources from counters and hour buckets kept by triggers; the
+    /// in-memory store counts them one by one. The same writes (successes over several days, failures, deletes,
+    /// backfills) and clock moves across hour boundaries must give both the same summary, every time.
+    @Test(
+        "the counts from triggers and hour buckets equal a count of every source, across writes, deletes and hours",
+        arguments: [StoreKind.sqlite, .postgres])
+    func staleCountFromHourBuckets(kind: StoreKind) async throws {
         let memoryClock = ManualClock(clock.now())
         let memory = try await StoreKind.memory.make(clock: memoryClock)
-        let sqlite = try await StoreKind.sqlite.make(clock: clock)
+        let sqlite = try await kind.make(clock: clock)
         for step in 0..<240 {
             let id = sid("s\((step * 7919) % 37)")
             let write: WatermarkWrite
@@ -336,5 +340,38 @@ struct WatermarkStoreTests {
             writer: queue, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
         // Cutoff 2025-12-31T22:00:00Z (two hours before the clock): a, b (never) and d are stale, e is not.
         #expect(try await store.summary() == WatermarkSummary(total: 5, failed: 1, stale: 3))
+    }
+
+    /// A PostgreSQL database written before its counts existed gets them from its rows when it is migrated.
+    @Test("a PostgreSQL database from before the counts gets them filled from its rows")
+    func postgresCountsBackfilled() async throws {
+        let (client, url) = try await PostgresDatabases.newDatabase()
+        var first = PostgresSchema.migrations
+        first.list = Array(first.list.prefix(1))
+        try await first.apply(client, logger: .quiet)
+        let rows: [(String, String?)] = [
+            ("a", "2025-12-31T20:10:00.000000000Z"), ("b", nil), ("c", "2025-12-31T23:30:00.000000000Z"),
+            ("d", "2025-12-31T21:59:59.999999999Z"), ("e", "2025-12-31T22:00:00.000000000Z"),
+        ]
+        for (id, last) in rows {
+            try await client.query(
+                """
+                INSERT INTO watermark (source_id, last_successful_timestamp, last_run_timestamp, status,
+                    records_collected, version, consecutive_failures, created_at)
+                VALUES (\(id), \(last), '2025-12-31T23:30:00.000000000Z', \(last == nil ? "failed" : "success"), 0, 1, 0,
+                    '2025-12-31T00:00:00.000000000Z')
+                """)
+        }
+        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v2-counts"])
+        let store = PostgresWatermarkStore(
+            client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
+        store.ready.open()
+        // Cutoff 2025-12-31T22:00:00Z (two hours before the clock): a, b (never) and d are stale, e is not.
+        #expect(try await store.summary() == WatermarkSummary(total: 5, failed: 1, stale: 3))
+        // And the trigger keeps them from there.
+        _ = try await store.write(
+            WatermarkWrite(sourceID: sid("a"), update: .success(clock.now(), records: 1)))
+        try await store.delete(sid("c"), precondition: nil, leaseToken: nil)
+        #expect(try await store.summary() == WatermarkSummary(total: 4, failed: 1, stale: 2))
     }
 }

@@ -111,12 +111,16 @@ final class PostgresWatermarkStore: WatermarkStore {
     func summary() async throws -> WatermarkSummary {
         let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
         return try await mappingErrors { [self] in
+            // The counts of migration v2-counts, kept by its trigger: a few rows and one index range within an
+            // hour, whatever the number of watermarks.
+            let hour = String(cutoff.prefix(13))
             let rows = try await client.query(
                 """
-                SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'failed'),
-                       COUNT(*) FILTER (WHERE last_successful_timestamp IS NULL
-                                        OR last_successful_timestamp < \(cutoff))
-                FROM watermark
+                SELECT (SELECT COALESCE(SUM(total), 0) FROM watermark_count)::BIGINT,
+                       (SELECT COALESCE(SUM(failed), 0) FROM watermark_count)::BIGINT,
+                       ((SELECT COALESCE(SUM(sources), 0) FROM success_hour WHERE hour < \(hour))
+                        + (SELECT COUNT(*) FROM watermark
+                           WHERE last_successful_timestamp >= \(hour) AND last_successful_timestamp < \(cutoff)))::BIGINT
                 """, logger: logger)
             for try await (total, failed, stale) in rows.decode((Int, Int, Int).self) {
                 return WatermarkSummary(total: total, failed: failed, stale: stale)
