@@ -3,10 +3,10 @@ import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import Logging
-import PostgresSupport
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import PostgresSupport
 import Prometheus
 import ServiceLifecycle
 import ServiceSupport

@@ -85,7 +85,9 @@ extension WatermarkCtl {
                         sourceID: source, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
                         options: UpdateOptions(force: force))
                 }
-                print("\(source): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none"), version \(stored.version)")
+                print(
+                    "\(source): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none"), version \(stored.version)"
+                )
             }
         }
     }
@@ -104,12 +106,16 @@ extension WatermarkCtl {
                     guard isatty(STDIN_FILENO) != 0 else {
                         throw Failure(2, "reset needs a confirmation: run it in a terminal, or pass --yes")
                     }
-                    print("Reset the watermark of \(source)? Its next run starts from its lookback. [y/N] ", terminator: "")
+                    print(
+                        "Reset the watermark of \(source)? Its next run starts from its lookback. [y/N] ",
+                        terminator: "")
                     guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
                         throw Failure(1, "not reset")
                     }
                 }
-                try await connection.run { try await $0.deleteWatermark(sourceID: source, precondition: nil, leaseToken: nil) }
+                try await connection.run {
+                    try await $0.deleteWatermark(sourceID: source, precondition: nil, leaseToken: nil)
+                }
                 print("\(source): reset")
             }
         }
@@ -134,7 +140,8 @@ extension WatermarkCtl {
                         sourceID: target, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
                         options: UpdateOptions(force: force))
                 }
-                print("\(target): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none") (from \(source))")
+                print(
+                    "\(target): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none") (from \(source))")
             }
         }
     }
@@ -161,7 +168,8 @@ extension WatermarkCtl {
 
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Read `export`'s JSON lines from standard input and set each watermark; a regression is refused unless --force.",
+            abstract:
+                "Read `export`'s JSON lines from standard input and set each watermark; a regression is refused unless --force.",
             discussion: "Exit code 1 when any line was refused (each is named on standard error); the others are set.")
         @OptionGroup var connection: Connection
         @Flag(help: "Accept watermarks older than the stored ones.") var force = false

@@ -39,7 +39,8 @@ enum Render {
         let total = abs(seconds)
         let (days, hours, minutes) = (total / 86_400, total % 86_400 / 3600, total % 3600 / 60)
         let text =
-            days > 0 ? "\(days)d\(hours)h" : hours > 0 ? "\(hours)h\(minutes)m" : minutes > 0 ? "\(minutes)m" : "\(total)s"
+            days > 0
+            ? "\(days)d\(hours)h" : hours > 0 ? "\(hours)h\(minutes)m" : minutes > 0 ? "\(minutes)m" : "\(total)s"
         return seconds < 0 ? "in \(text)" : "\(text) ago"
     }
 

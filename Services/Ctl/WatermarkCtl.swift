@@ -34,9 +34,11 @@ struct Connection: ParsableArguments {
     /// Runs `body` with a client of the storage, and turns its refusals into the documented exit codes.
     func run<T>(_ body: (HTTPStorageClient) async throws -> T) async throws -> T {
         let environment = ProcessInfo.processInfo.environment
-        let base = url ?? environment["STORAGE_SERVICE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8000"
+        let base =
+            url ?? environment["STORAGE_SERVICE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8000"
         guard let parsed = URL(string: base), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
-            throw Failure(2, "'\(base)' is not an http(s) URL: set STORAGE_SERVICE_URL or --url, e.g. http://storage:8000")
+            throw Failure(
+                2, "'\(base)' is not an http(s) URL: set STORAGE_SERVICE_URL or --url, e.g. http://storage:8000")
         }
         var logger = Logger(label: "watermarkctl")
         logger.logLevel = .critical
@@ -69,7 +71,8 @@ struct Failure: Error, CustomStringConvertible {
         guard let error = error as? StorageClientError else { return Failure(1, "\(error)") }
         switch error {
         case .unavailable:
-            return Failure(3, "cannot reach the Storage Service at \(storage): \(error) (is it running? STORAGE_SERVICE_URL)")
+            return Failure(
+                3, "cannot reach the Storage Service at \(storage): \(error) (is it running? STORAGE_SERVICE_URL)")
         case .unauthorized:
             return Failure(3, "the storage refused the token: \(error) (set STORAGE_API_TOKEN to a write token)")
         default:

@@ -2,10 +2,10 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
-import PostgresSupport
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import PostgresSupport
 import ServiceLifecycle
 import ServiceSupport
 import WatermarkCore

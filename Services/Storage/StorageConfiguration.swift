@@ -1,7 +1,7 @@
 import Logging
+import PostgresSupport
 import ServiceSupport
 import WatermarkCore
-import PostgresSupport
 
 /// Everything the storage service can be told at start-up, read in one place.
 ///

@@ -50,8 +50,10 @@ struct PostgresSinkTests {
         let f = try await Fixture()
         let writer = try await f.sink.open(try SourceID("feed"))
         let first = try await writer.write(
-            [record("a", "2026-12-01T00:00:00Z"), record("b", "2026-12-02T00:00:00Z"),
-             record("a", "2026-12-01T00:00:00Z")], collectedAt: now)
+            [
+                record("a", "2026-12-01T00:00:00Z"), record("b", "2026-12-02T00:00:00Z"),
+                record("a", "2026-12-01T00:00:00Z"),
+            ], collectedAt: now)
         #expect(first.map(\.id) == ["a", "b"])
         let again = try await writer.write(
             [record("b", "2026-12-02T00:00:00Z"), record("c", "2026-12-03T00:00:00.123456789Z")], collectedAt: now)
@@ -60,10 +62,11 @@ struct PostgresSinkTests {
         let other = try await f.sink.open(try SourceID("other")).write(
             [record("a", "2026-12-01T00:00:00Z")], collectedAt: now)
         #expect(other.count == 1)
-        #expect(try await f.rows() == [
-            "feed/a/2026-12-01T00:00:00Z", "feed/b/2026-12-02T00:00:00Z", "feed/c/2026-12-03T00:00:00.123456789Z",
-            "other/a/2026-12-01T00:00:00Z",
-        ])
+        #expect(
+            try await f.rows() == [
+                "feed/a/2026-12-01T00:00:00Z", "feed/b/2026-12-02T00:00:00Z", "feed/c/2026-12-03T00:00:00.123456789Z",
+                "other/a/2026-12-01T00:00:00Z",
+            ])
     }
 
     @Test func twoReplicasWritingTheSameRecordsAtOnceStoreEachOnce() async throws {
@@ -141,7 +144,8 @@ struct PostgresSinkTests {
         let second = await runner.run(source, collector: collector)
         #expect(second.outcome == .success && second.recordsCollected == 0 && second.duplicatesDropped == 1)
         #expect(try await f.rows() == ["feed/a/2026-11-25T00:00:00Z", "feed/b/2026-11-26T00:00:00Z"])
-        #expect(try await storage.getWatermark(sourceID: source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
+        #expect(
+            try await storage.getWatermark(sourceID: source.id)?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00Z"))
     }
 
     @Test func aPageThatFailsLeavesNothingBehind() async throws {
@@ -154,7 +158,8 @@ struct PostgresSinkTests {
         }
         // Refused by PostgreSQL in the page's second statement: the first one's rows are rolled back with it.
         let good = (0..<PostgresSink.chunkRecords).map { record("r\($0)", "2026-12-01T00:00:00Z") }
-        let cut = CollectedRecord(id: "~cut", version: "v", mark: ts("2026-12-01T00:00:00Z"), json: Data(#"{"id":"#.utf8))
+        let cut = CollectedRecord(
+            id: "~cut", version: "v", mark: ts("2026-12-01T00:00:00Z"), json: Data(#"{"id":"#.utf8))
         await #expect(throws: SinkError.self) { _ = try await writer.write(good + [cut], collectedAt: now) }
         #expect(try await f.rows().isEmpty)
         // And the same records go in once the page is whole.

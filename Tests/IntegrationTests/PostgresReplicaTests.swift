@@ -216,7 +216,7 @@ struct PostgresReplicaTests {
                     }
                 }
                 group.addTask {
-                        try await waitUntil("writes before the outage", timeout: .seconds(60)) {
+                    try await waitUntil("writes before the outage", timeout: .seconds(60)) {
                         await tally.acknowledgedCount >= 40
                     }
                     await tally.note("stopping PostgreSQL")

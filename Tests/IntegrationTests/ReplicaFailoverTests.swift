@@ -162,7 +162,8 @@ struct ReplicaFailoverTests {
         // Both replicas catch up: every (id, version) the producer made is in the table, once, and both watermarks
         // reach their source's newest mark.
         let manifest = try await medallion.manifest()
-        let expectedTAXII = Set(manifest.map { "medallion/" + $0.id + "/" + ExactlyOnceAttackTests.normalised($0.version) })
+        let expectedTAXII = Set(
+            manifest.map { "medallion/" + $0.id + "/" + ExactlyOnceAttackTests.normalised($0.version) })
         let expectedDrop = Set(dropped.map { "drop/\($0.key)/\($0.value)" })
         let expected = expectedTAXII.union(expectedDrop)
         let newestTAXII = try #require(manifest.compactMap { try? Timestamp(rfc3339: $0.dateAdded) }.max())

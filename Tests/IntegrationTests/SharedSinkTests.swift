@@ -25,16 +25,19 @@ struct SharedSinkTests {
             defer { first.remove() }
             let folder = try CollectionSetup.dropFolder("drop", in: first)
             // The second process reads the same drop folder through a sources file and data folder of its own.
-            let second = try CollectionSetup(sourcesJSON: try String(contentsOfFile: first.sourcesPath, encoding: .utf8))
+            let second = try CollectionSetup(
+                sourcesJSON: try String(contentsOfFile: first.sourcesPath, encoding: .utf8))
             defer { second.remove() }
             try Self.drop("a.ndjson", in: folder, first: 0, count: 40)
             try Self.drop("b.ndjson", in: folder, first: 30, count: 20)  // ten of them again
 
             let sink = ["SINK_URL": server.url(), "REQUIRE_LEASE": "true"]
-            let a = try first.startOnce(storageURL: storageURL, extra: sink.merging(["INSTANCE_ID": "replica-a"]) { $1 })
+            let a = try first.startOnce(
+                storageURL: storageURL, extra: sink.merging(["INSTANCE_ID": "replica-a"]) { $1 })
             #expect(try await a.waitForExit(timeout: .seconds(90)) == 0, "\(a.log)")
             #expect(a.log.contains("drop success records=50"), "\(a.log)")
-            let b = try second.startOnce(storageURL: storageURL, extra: sink.merging(["INSTANCE_ID": "replica-b"]) { $1 })
+            let b = try second.startOnce(
+                storageURL: storageURL, extra: sink.merging(["INSTANCE_ID": "replica-b"]) { $1 })
             #expect(try await b.waitForExit(timeout: .seconds(90)) == 0, "\(b.log)")
             #expect(b.log.contains("drop success records=0"), "\(b.log)")
 

@@ -7,14 +7,16 @@ import Testing
 struct WatermarkCtlTests {
     /// Runs `watermarkctl` with `arguments` (and `stdin`, a file's path, as its standard input).
     static func ctl(
-        _ arguments: [String], storage: StorageServiceHarness?, token: String? = "ctl-token", stdin: String = "/dev/null"
+        _ arguments: [String], storage: StorageServiceHarness?, token: String? = "ctl-token",
+        stdin: String = "/dev/null"
     ) throws -> (status: Int32, output: String) {
         let binary = ServiceProcess.binDirectory.appendingPathComponent("watermarkctl").path
         let quoted = ([binary] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
         var environment = ProcessInfo.processInfo.environment
         environment["STORAGE_SERVICE_URL"] = storage.map { "http://127.0.0.1:\($0.port)" } ?? "http://127.0.0.1:9"
         environment["STORAGE_API_TOKEN"] = token
-        return try runToEnd(["/bin/sh", "-c", quoted.joined(separator: " ") + " < '\(stdin)' 2>&1"], environment: environment)
+        return try runToEnd(
+            ["/bin/sh", "-c", quoted.joined(separator: " ") + " < '\(stdin)' 2>&1"], environment: environment)
     }
 
     @Test func setGetListHistoryCopyResetAndTheirRefusals() async throws {
@@ -35,12 +37,17 @@ struct WatermarkCtlTests {
             result = try ctl("list")
             let lines = result.output.split(separator: "\n")
             #expect(result.status == 0 && lines.count == 3, "\(result.output)")
-            #expect(lines.first?.hasPrefix("SOURCE") == true && lines[1].hasPrefix("alpha") && lines[2].hasPrefix("beta"))
+            #expect(
+                lines.first?.hasPrefix("SOURCE") == true && lines[1].hasPrefix("alpha") && lines[2].hasPrefix("beta"))
             #expect(lines[1].contains("2026-11-30T00:00:00Z") && lines[1].contains("d") && lines[1].contains(" ago"))
-            let columns = lines.map { $0.range(of: "STATUS")?.lowerBound.utf16Offset(in: $0) ?? $0.range(of: "success")?.lowerBound.utf16Offset(in: $0) }
+            let columns = lines.map {
+                $0.range(of: "STATUS")?.lowerBound.utf16Offset(in: $0)
+                    ?? $0.range(of: "success")?.lowerBound.utf16Offset(in: $0)
+            }
             #expect(Set(columns).count == 1, "columns aligned: \(result.output)")
             result = try ctl("list", "--output", "json")
-            let listed = try #require(try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [[String: Any]])
+            let listed = try #require(
+                try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [[String: Any]])
             #expect(listed.map { $0["source_id"] as? String } == ["alpha", "beta"])
             #expect(listed.first?["version"] as? Int == 2)
             result = try ctl("get", "beta", "--output", "json")

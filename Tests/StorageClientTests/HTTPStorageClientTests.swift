@@ -311,7 +311,9 @@ struct HTTPStorageClientTests {
         ) { url in
             try await using(makeClient(url, sleeps: sleeps, timeout: .milliseconds(200))) { client in
                 let started = ContinuousClock.now
-                let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: sid("slow")) }
+                let error = await thrown(StorageClientError.self) {
+                    _ = try await client.getWatermark(sourceID: sid("slow"))
+                }
                 let elapsed = ContinuousClock.now - started
                 #expect(error?.isTransient == true)
                 // Far from the 6 s answer (the timeout cut it), with room for a loaded machine (1.26 s was seen
@@ -375,13 +377,17 @@ struct HTTPStorageClientTests {
             }
         ) { url in
             try await using(makeClient(url, sleeps: sleeps, maxResponseBytes: 4096)) { client in
-                let huge = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: sid("huge")) }
+                let huge = await thrown(StorageClientError.self) {
+                    _ = try await client.getWatermark(sourceID: sid("huge"))
+                }
                 guard case .unavailable(let underlying)? = huge else {
                     Issue.record("expected unavailable, got \(String(describing: huge))")
                     return
                 }
                 #expect(underlying is ResponseTooLarge)
-                let garbled = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: sid("garbled")) }
+                let garbled = await thrown(StorageClientError.self) {
+                    _ = try await client.getWatermark(sourceID: sid("garbled"))
+                }
                 guard case .unavailable(let underlying)? = garbled else {
                     Issue.record("expected unavailable, got \(String(describing: garbled))")
                     return

@@ -343,7 +343,9 @@ struct ConformanceTests {
             let stale = try await client.listWatermarks(WatermarkQuery(staleAfter: .seconds(3600)))
             #expect(stale.watermarks.map(\.sourceID.rawValue) == ["b", "e"])
 
-            let badLimit = await thrown(StorageClientError.self) { _ = try await client.listWatermarks(WatermarkQuery(limit: 0)) }
+            let badLimit = await thrown(StorageClientError.self) {
+                _ = try await client.listWatermarks(WatermarkQuery(limit: 0))
+            }
             #expect(badLimit?.code == "invalid_parameter")
         }
     }
@@ -352,7 +354,9 @@ struct ConformanceTests {
     func historyIsNewestFirst(backend: Backend) async throws {
         let (alpha, t1, t2) = (alpha, t1, t2)
         try await backend.run { client in
-            let missing = await thrown(StorageClientError.self) { _ = try await client.history(sourceID: alpha, limit: nil) }
+            let missing = await thrown(StorageClientError.self) {
+                _ = try await client.history(sourceID: alpha, limit: nil)
+            }
             if case .notFound? = missing {} else { Issue.record("got \(String(describing: missing))") }
 
             try await client.updateWatermark(sourceID: alpha, timestamp: t1, status: .success, recordsCollected: 1)
@@ -364,7 +368,9 @@ struct ConformanceTests {
             #expect(runs[1].lastSuccessfulTimestamp == t1)
             #expect(runs[0].recordsCollected == 3)
             #expect(try await client.history(sourceID: alpha, limit: 1).map(\.version) == [3])
-            let badLimit = await thrown(StorageClientError.self) { _ = try await client.history(sourceID: alpha, limit: 0) }
+            let badLimit = await thrown(StorageClientError.self) {
+                _ = try await client.history(sourceID: alpha, limit: 0)
+            }
             #expect(badLimit?.code == "invalid_parameter")
         }
     }

@@ -1,6 +1,6 @@
+import PostgresSupport
 import Testing
 import WatermarkCore
-import PostgresSupport
 
 @testable import StorageService
 

@@ -2,13 +2,13 @@ import Foundation
 import GRDB
 import Logging
 import PostgresNIO
+import PostgresSupport
 import ServiceSupport
 import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
 import WatermarkStores
-import PostgresSupport
 
 @testable import StorageService
 

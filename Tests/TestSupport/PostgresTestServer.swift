@@ -88,7 +88,9 @@ package final class PostgresTestServer: Sendable {
         defer { try? FileManager.default.removeItem(atPath: out) }
         let user = runAs.map { ["/usr/sbin/runuser", "-u", $0, "--"] } ?? []
         let (status, output) = try runToEnd(
-            user + [binaries + "/psql", "-h", directory, "-p", "\(port)", "-U", Self.user, "-d", database, "-At", "-c", sql],
+            user + [
+                binaries + "/psql", "-h", directory, "-p", "\(port)", "-U", Self.user, "-d", database, "-At", "-c", sql,
+            ],
             outputFile: out)
         guard status == 0 else { throw Failure(description: "psql failed (\(status)): \(output)") }
         return output.split(separator: "\n").map(String.init)

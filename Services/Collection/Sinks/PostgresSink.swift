@@ -75,7 +75,8 @@ struct PostgresSink: Sink {
                         path: sink.url.redacted, operation: "write",
                         detail: "record \(record.id) (\(record.version)) is not UTF-8")
                 }
-                rows.append((record.id, record.version, record.mark.sortableString, raw, PostgresSink.jsonbCanHold(raw)))
+                rows.append(
+                    (record.id, record.version, record.mark.sortableString, raw, PostgresSink.jsonbCanHold(raw)))
             }
             let inserted = try await sink.insert(rows, source: source, collectedAt: collectedAt)
             return page.filter { inserted.contains($0.key) }
@@ -97,11 +98,14 @@ struct PostgresSink: Sink {
         var attempt = 1
         while true {
             do {
-                return try await withDeadline(operationTimeout, onTimeout: { [url, operationTimeout] in
-                    SinkError(
-                        path: url.redacted, operation: "write",
-                        detail: "PostgreSQL did not commit the page within \(operationTimeout)")
-                }) { [client, logger] in
+                return try await withDeadline(
+                    operationTimeout,
+                    onTimeout: { [url, operationTimeout] in
+                        SinkError(
+                            path: url.redacted, operation: "write",
+                            detail: "PostgreSQL did not commit the page within \(operationTimeout)")
+                    }
+                ) { [client, logger] in
                     try await client.withTransaction(logger: logger) { connection in
                         var inserted = Set<RecordKey>()
                         for chunk in chunks {

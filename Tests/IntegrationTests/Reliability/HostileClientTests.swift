@@ -23,7 +23,8 @@
                 let started = ContinuousClock.now
                 // The server really holds them all (this is not a backlog effect).
                 var held = 0
-                try await waitUntil("the server to accept the hostile connections", timeout: .seconds(idleTimeout - 1)) {
+                try await waitUntil("the server to accept the hostile connections", timeout: .seconds(idleTimeout - 1))
+                {
                     held = ProcessProbe.socketCount(harness.service.pid)
                     return held >= idle.count + slow.count
                 }

@@ -15,131 +15,133 @@ enum PostgresSchema {
     static let migrationLock: Int64 = 0x5741_5445_524D_4B31
 
     /// The migrations, oldest first, recorded in `schema_migrations`. A shipped migration is never edited.
-    static let migrations = PostgresMigrations(ledger: "schema_migrations", lock: migrationLock, list: [
-        (
-            "v1",
-            [
-                """
-                CREATE TABLE watermark (
-                    source_id TEXT COLLATE "C" PRIMARY KEY,
-                    last_successful_timestamp TEXT COLLATE "C",
-                    last_run_timestamp TEXT NOT NULL,
-                    status TEXT NOT NULL,
-                    records_collected BIGINT NOT NULL,
-                    error_message TEXT,
-                    version BIGINT NOT NULL,
-                    consecutive_failures BIGINT NOT NULL,
-                    created_at TEXT NOT NULL
-                )
-                """,
-                """
-                CREATE TABLE watermark_run (
-                    source_id TEXT COLLATE "C" NOT NULL,
-                    version BIGINT NOT NULL,
-                    recorded_at TEXT NOT NULL,
-                    status TEXT NOT NULL,
-                    "timestamp" TEXT,
-                    last_successful_timestamp TEXT,
-                    records_collected BIGINT NOT NULL,
-                    error_message TEXT,
-                    PRIMARY KEY (source_id, version)
-                )
-                """,
-                """
-                CREATE TABLE lease (
-                    source_id TEXT COLLATE "C" PRIMARY KEY,
-                    owner TEXT NOT NULL,
-                    fencing_token BIGINT NOT NULL,
-                    expires_at TEXT COLLATE "C" NOT NULL
-                )
-                """,
-                """
-                CREATE TABLE idempotency_key (
-                    source_id TEXT COLLATE "C" NOT NULL,
-                    key TEXT NOT NULL,
-                    fingerprint TEXT NOT NULL,
-                    created BOOLEAN NOT NULL,
-                    response TEXT NOT NULL,
-                    recorded_at TEXT COLLATE "C" NOT NULL,
-                    PRIMARY KEY (source_id, key)
-                )
-                """,
-                "CREATE INDEX idempotency_key_age ON idempotency_key (source_id, recorded_at)",
-                "CREATE INDEX watermark_status ON watermark (status, source_id)",
-                "CREATE INDEX watermark_last_success ON watermark (last_successful_timestamp)",
-            ]
-        ),
-        (
-            // `/status` and `/metrics` read these counts on every scrape, as SQLite's do: kept by a trigger in the
-            // write's own transaction, so a scrape costs a few rows whatever the number of watermarks (counting the
-            // table was 11 scrapes a second at a million). The stale count's cutoff moves with the clock, so the
-            // trigger keeps how many sources last succeeded in each hour ('' for never) and a scrape adds the
-            // hours before the cutoff's to an index range within that hour. Each count is split over 16 buckets
-            // by source id, so that replicas writing different sources seldom wait for the same counter row; the
-            // trigger runs only when a row comes, goes, or changes status or hour of last success.
-            "v2-counts",
-            [
-                """
-                CREATE TABLE watermark_count (
-                    bucket INTEGER PRIMARY KEY, total BIGINT NOT NULL, failed BIGINT NOT NULL
-                )
-                """,
-                """
-                INSERT INTO watermark_count (bucket, total, failed)
-                SELECT b, COUNT(w.source_id), COUNT(w.source_id) FILTER (WHERE w.status = 'failed')
-                FROM generate_series(0, 15) AS b
-                LEFT JOIN watermark w ON (hashtext(w.source_id) & 15) = b
-                GROUP BY b
-                """,
-                """
-                CREATE TABLE success_hour (
-                    hour TEXT COLLATE "C" NOT NULL, bucket INTEGER NOT NULL, sources BIGINT NOT NULL,
-                    PRIMARY KEY (hour, bucket)
-                )
-                """,
-                """
-                INSERT INTO success_hour (hour, bucket, sources)
-                SELECT COALESCE(substr(last_successful_timestamp, 1, 13), ''), hashtext(source_id) & 15, COUNT(*)
-                FROM watermark GROUP BY 1, 2
-                """,
-                """
-                CREATE FUNCTION watermark_counts() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-                        UPDATE watermark_count
-                        SET total = total - 1, failed = failed - (OLD.status = 'failed')::int
-                        WHERE bucket = hashtext(OLD.source_id) & 15;
-                        UPDATE success_hour SET sources = sources - 1
-                        WHERE hour = COALESCE(substr(OLD.last_successful_timestamp, 1, 13), '')
-                          AND bucket = hashtext(OLD.source_id) & 15;
-                    END IF;
-                    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-                        UPDATE watermark_count
-                        SET total = total + 1, failed = failed + (NEW.status = 'failed')::int
-                        WHERE bucket = hashtext(NEW.source_id) & 15;
-                        INSERT INTO success_hour (hour, bucket, sources)
-                        VALUES (COALESCE(substr(NEW.last_successful_timestamp, 1, 13), ''),
-                                hashtext(NEW.source_id) & 15, 1)
-                        ON CONFLICT (hour, bucket) DO UPDATE SET sources = success_hour.sources + 1;
-                    END IF;
-                    RETURN NULL;
-                END
-                $$
-                """,
-                """
-                CREATE TRIGGER watermark_counts_change AFTER INSERT OR DELETE ON watermark
-                FOR EACH ROW EXECUTE FUNCTION watermark_counts()
-                """,
-                """
-                CREATE TRIGGER watermark_counts_update AFTER UPDATE ON watermark FOR EACH ROW
-                WHEN (OLD.status IS DISTINCT FROM NEW.status
-                      OR substr(OLD.last_successful_timestamp, 1, 13) IS DISTINCT FROM
-                         substr(NEW.last_successful_timestamp, 1, 13))
-                EXECUTE FUNCTION watermark_counts()
-                """,
-            ]
-        ),
-    ])
+    static let migrations = PostgresMigrations(
+        ledger: "schema_migrations", lock: migrationLock,
+        list: [
+            (
+                "v1",
+                [
+                    """
+                    CREATE TABLE watermark (
+                        source_id TEXT COLLATE "C" PRIMARY KEY,
+                        last_successful_timestamp TEXT COLLATE "C",
+                        last_run_timestamp TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        records_collected BIGINT NOT NULL,
+                        error_message TEXT,
+                        version BIGINT NOT NULL,
+                        consecutive_failures BIGINT NOT NULL,
+                        created_at TEXT NOT NULL
+                    )
+                    """,
+                    """
+                    CREATE TABLE watermark_run (
+                        source_id TEXT COLLATE "C" NOT NULL,
+                        version BIGINT NOT NULL,
+                        recorded_at TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        "timestamp" TEXT,
+                        last_successful_timestamp TEXT,
+                        records_collected BIGINT NOT NULL,
+                        error_message TEXT,
+                        PRIMARY KEY (source_id, version)
+                    )
+                    """,
+                    """
+                    CREATE TABLE lease (
+                        source_id TEXT COLLATE "C" PRIMARY KEY,
+                        owner TEXT NOT NULL,
+                        fencing_token BIGINT NOT NULL,
+                        expires_at TEXT COLLATE "C" NOT NULL
+                    )
+                    """,
+                    """
+                    CREATE TABLE idempotency_key (
+                        source_id TEXT COLLATE "C" NOT NULL,
+                        key TEXT NOT NULL,
+                        fingerprint TEXT NOT NULL,
+                        created BOOLEAN NOT NULL,
+                        response TEXT NOT NULL,
+                        recorded_at TEXT COLLATE "C" NOT NULL,
+                        PRIMARY KEY (source_id, key)
+                    )
+                    """,
+                    "CREATE INDEX idempotency_key_age ON idempotency_key (source_id, recorded_at)",
+                    "CREATE INDEX watermark_status ON watermark (status, source_id)",
+                    "CREATE INDEX watermark_last_success ON watermark (last_successful_timestamp)",
+                ]
+            ),
+            (
+                // `/status` and `/metrics` read these counts on every scrape, as SQLite's do: kept by a trigger in the
+                // write's own transaction, so a scrape costs a few rows whatever the number of watermarks (counting the
+                // table was 11 scrapes a second at a million). The stale count's cutoff moves with the clock, so the
+                // trigger keeps how many sources last succeeded in each hour ('' for never) and a scrape adds the
+                // hours before the cutoff's to an index range within that hour. Each count is split over 16 buckets
+                // by source id, so that replicas writing different sources seldom wait for the same counter row; the
+                // trigger runs only when a row comes, goes, or changes status or hour of last success.
+                "v2-counts",
+                [
+                    """
+                    CREATE TABLE watermark_count (
+                        bucket INTEGER PRIMARY KEY, total BIGINT NOT NULL, failed BIGINT NOT NULL
+                    )
+                    """,
+                    """
+                    INSERT INTO watermark_count (bucket, total, failed)
+                    SELECT b, COUNT(w.source_id), COUNT(w.source_id) FILTER (WHERE w.status = 'failed')
+                    FROM generate_series(0, 15) AS b
+                    LEFT JOIN watermark w ON (hashtext(w.source_id) & 15) = b
+                    GROUP BY b
+                    """,
+                    """
+                    CREATE TABLE success_hour (
+                        hour TEXT COLLATE "C" NOT NULL, bucket INTEGER NOT NULL, sources BIGINT NOT NULL,
+                        PRIMARY KEY (hour, bucket)
+                    )
+                    """,
+                    """
+                    INSERT INTO success_hour (hour, bucket, sources)
+                    SELECT COALESCE(substr(last_successful_timestamp, 1, 13), ''), hashtext(source_id) & 15, COUNT(*)
+                    FROM watermark GROUP BY 1, 2
+                    """,
+                    """
+                    CREATE FUNCTION watermark_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN
+                        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                            UPDATE watermark_count
+                            SET total = total - 1, failed = failed - (OLD.status = 'failed')::int
+                            WHERE bucket = hashtext(OLD.source_id) & 15;
+                            UPDATE success_hour SET sources = sources - 1
+                            WHERE hour = COALESCE(substr(OLD.last_successful_timestamp, 1, 13), '')
+                              AND bucket = hashtext(OLD.source_id) & 15;
+                        END IF;
+                        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                            UPDATE watermark_count
+                            SET total = total + 1, failed = failed + (NEW.status = 'failed')::int
+                            WHERE bucket = hashtext(NEW.source_id) & 15;
+                            INSERT INTO success_hour (hour, bucket, sources)
+                            VALUES (COALESCE(substr(NEW.last_successful_timestamp, 1, 13), ''),
+                                    hashtext(NEW.source_id) & 15, 1)
+                            ON CONFLICT (hour, bucket) DO UPDATE SET sources = success_hour.sources + 1;
+                        END IF;
+                        RETURN NULL;
+                    END
+                    $$
+                    """,
+                    """
+                    CREATE TRIGGER watermark_counts_change AFTER INSERT OR DELETE ON watermark
+                    FOR EACH ROW EXECUTE FUNCTION watermark_counts()
+                    """,
+                    """
+                    CREATE TRIGGER watermark_counts_update AFTER UPDATE ON watermark FOR EACH ROW
+                    WHEN (OLD.status IS DISTINCT FROM NEW.status
+                          OR substr(OLD.last_successful_timestamp, 1, 13) IS DISTINCT FROM
+                             substr(NEW.last_successful_timestamp, 1, 13))
+                    EXECUTE FUNCTION watermark_counts()
+                    """,
+                ]
+            ),
+        ])
 
     /// Applies the migrations not applied yet; returns the names it applied.
     @discardableResult
