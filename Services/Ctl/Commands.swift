@@ -80,11 +80,7 @@ extension WatermarkCtl {
         func run() async throws {
             try await exiting {
                 let (source, mark) = (try sourceID(id), try parseTimestamp(timestamp))
-                let stored = try await connection.run { client in
-                    try await client.updateWatermark(
-                        sourceID: source, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
-                        options: UpdateOptions(force: force))
-                }
+                let stored = try await connection.run { try await $0.setMark(source, to: mark, force: force) }
                 print(
                     "\(source): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none"), version \(stored.version)"
                 )
@@ -136,9 +132,7 @@ extension WatermarkCtl {
                     guard let mark = try await client.getWatermark(sourceID: source)?.lastSuccessfulTimestamp else {
                         throw Failure(1, "\(source) has no successful watermark to copy")
                     }
-                    return try await client.updateWatermark(
-                        sourceID: target, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
-                        options: UpdateOptions(force: force))
+                    return try await client.setMark(target, to: mark, force: force)
                 }
                 print(
                     "\(target): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none") (from \(source))")
@@ -208,5 +202,14 @@ extension WatermarkCtl {
                 if refused > 0 { throw Failure(1, "\(refused) watermark(s) refused (--force accepts regressions)") }
             }
         }
+    }
+}
+
+extension StorageClient {
+    /// What `set` and `copy` record: a success at `mark` (records 0), backwards only with `force`.
+    func setMark(_ source: SourceID, to mark: Timestamp, force: Bool) async throws -> Watermark {
+        try await updateWatermark(
+            sourceID: source, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
+            options: UpdateOptions(force: force))
     }
 }
