@@ -151,6 +151,7 @@ let package = Package(
             dependencies: [
                 "WatermarkCore",
                 "StorageClient",
+                "ServiceSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

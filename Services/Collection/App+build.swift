@@ -18,13 +18,16 @@ func buildEngine(
         client: storage, stateDirectory: configuration.stateDirectory, logger: logger
     )
     let board = SourceBoard(sources: sources)
+    let metrics = CollectionMetrics(registry: registry)
+    for source in sources { metrics.register(source) }
     let runner = CollectionRunner(
         manager: manager, sink: sink ?? NDJSONFileSink(dataDirectory: configuration.dataDirectory),
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
-        leaseTTL: configuration.leaseTTL, leaseRenewal: configuration.leaseRenewal, isStopping: { board.isStopping() }
+        leaseTTL: configuration.leaseTTL, leaseRenewal: configuration.leaseRenewal, isStopping: { board.isStopping() },
+        leaseHeld: { metrics.setLeaseHeld($0, $1) }
     )
     return CollectionEngine(
-        board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
+        board: board, runner: runner, manager: manager, metrics: metrics,
         makeCollector: { source in
             CollectionEngine.collector(
                 for: source, httpClient: httpClient, stateDirectory: configuration.stateDirectory, logger: logger,

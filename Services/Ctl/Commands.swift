@@ -76,11 +76,14 @@ extension WatermarkCtl {
         @Argument(help: "The source id.") var id: String
         @Argument(help: "RFC 3339, e.g. 2026-12-01T00:00:00Z.") var timestamp: String
         @Flag(help: "Accept a timestamp older than the stored one (a deliberate backfill).") var force = false
+        @Option(help: "Why, recorded in the history with who did it.") var reason: String?
 
         func run() async throws {
             try await exiting {
                 let (source, mark) = (try sourceID(id), try parseTimestamp(timestamp))
-                let stored = try await connection.run { try await $0.setMark(source, to: mark, force: force) }
+                let stored = try await connection.run {
+                    try await $0.setMark(source, to: mark, force: force, reason: reason)
+                }
                 print(
                     "\(source): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none"), version \(stored.version)"
                 )
@@ -94,6 +97,7 @@ extension WatermarkCtl {
         @OptionGroup var connection: Connection
         @Argument(help: "The source id.") var id: String
         @Flag(help: "Do not ask.") var yes = false
+        @Option(help: "Why, recorded in the history with who did it.") var reason: String?
 
         func run() async throws {
             try await exiting {
@@ -110,7 +114,7 @@ extension WatermarkCtl {
                     }
                 }
                 try await connection.run {
-                    try await $0.deleteWatermark(sourceID: source, precondition: nil, leaseToken: nil)
+                    try await $0.deleteWatermark(sourceID: source, precondition: nil, leaseToken: nil, reason: reason)
                 }
                 print("\(source): reset")
             }
@@ -124,6 +128,7 @@ extension WatermarkCtl {
         @Argument(help: "The source to copy from.") var from: String
         @Argument(help: "The source to copy to.") var to: String
         @Flag(help: "Accept a timestamp older than TO's.") var force = false
+        @Option(help: "Why, recorded in TO's history with who did it.") var reason: String?
 
         func run() async throws {
             try await exiting {
@@ -132,10 +137,29 @@ extension WatermarkCtl {
                     guard let mark = try await client.getWatermark(sourceID: source)?.lastSuccessfulTimestamp else {
                         throw Failure(1, "\(source) has no successful watermark to copy")
                     }
-                    return try await client.setMark(target, to: mark, force: force)
+                    return try await client.setMark(
+                        target, to: mark, force: force, reason: reason ?? "copied from \(source)")
                 }
                 print(
                     "\(target): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none") (from \(source))")
+            }
+        }
+    }
+
+    struct Lease: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Who holds the source's lease, its fencing token and when it ends; exit 1 when none is live.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The source id.") var id: String
+        @Option(help: "table or json.") var output: OutputFormat = .table
+
+        func run() async throws {
+            try await exiting {
+                let source = try sourceID(id)
+                guard let lease = try await connection.run({ try await $0.lease(sourceID: source) }) else {
+                    throw Failure(1, "\(source) has no live lease (none granted, released or expired)")
+                }
+                print(output == .json ? try Render.json(lease) : Render.lease(lease, now: Timestamp.now()))
             }
         }
     }
@@ -167,6 +191,7 @@ extension WatermarkCtl {
             discussion: "Exit code 1 when any line was refused (each is named on standard error); the others are set.")
         @OptionGroup var connection: Connection
         @Flag(help: "Accept watermarks older than the stored ones.") var force = false
+        @Option(help: "Why, recorded in each source's history with who did it.") var reason: String?
 
         func run() async throws {
             try await exiting {
@@ -188,7 +213,8 @@ extension WatermarkCtl {
                         do {
                             try await client.updateWatermark(
                                 sourceID: watermark.sourceID, timestamp: mark, status: .success, errorMessage: nil,
-                                recordsCollected: watermark.recordsCollected, options: UpdateOptions(force: force))
+                                recordsCollected: watermark.recordsCollected,
+                                options: UpdateOptions(force: force, reason: reason))
                             set += 1
                         } catch let error as StorageClientError where !error.isTransient {
                             refused += 1
@@ -207,9 +233,9 @@ extension WatermarkCtl {
 
 extension StorageClient {
     /// What `set` and `copy` record: a success at `mark` (records 0), backwards only with `force`.
-    func setMark(_ source: SourceID, to mark: Timestamp, force: Bool) async throws -> Watermark {
+    func setMark(_ source: SourceID, to mark: Timestamp, force: Bool, reason: String?) async throws -> Watermark {
         try await updateWatermark(
             sourceID: source, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
-            options: UpdateOptions(force: force))
+            options: UpdateOptions(force: force, reason: reason))
     }
 }

@@ -22,15 +22,27 @@ enum Render {
     }
 
     static func history(_ runs: [WatermarkRun], now: Timestamp) -> String {
-        var rows = [["VERSION", "RECORDED", "AGE", "STATUS", "TIMESTAMP", "RECORDS", "ERROR"]]
+        var rows = [["VERSION", "RECORDED", "AGE", "STATUS", "TIMESTAMP", "RECORDS", "ACTOR", "REASON / ERROR"]]
         for run in runs {
+            let note = [run.reason, run.errorMessage.map { "error: \($0)" }].compactMap { $0 }.joined(separator: "; ")
             rows.append([
                 String(run.version), "\(run.recordedAt)", age(now.duration(since: run.recordedAt)), run.status.rawValue,
-                run.timestamp.map { "\($0)" } ?? "-", String(run.recordsCollected),
-                run.errorMessage.map { String($0.prefix(60)) } ?? "",
+                run.timestamp.map { "\($0)" } ?? "-", String(run.recordsCollected), run.actor ?? "-",
+                String(note.prefix(80)),
             ])
         }
         return aligned(rows)
+    }
+
+    /// The holder of a lease, its fencing token and when it ends.
+    static func lease(_ lease: Lease, now: Timestamp) -> String {
+        aligned([
+            ["SOURCE", "HOLDER", "FENCING TOKEN", "EXPIRES", "IN"],
+            [
+                lease.sourceID.rawValue, lease.owner, String(lease.fencingToken), "\(lease.expiresAt)",
+                age(now.duration(since: lease.expiresAt)),
+            ],
+        ])
     }
 
     /// "3h12m ago", "45s ago", "2d4h ago"; "in 5m" for the future.

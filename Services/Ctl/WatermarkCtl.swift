@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ServiceSupport
 import StorageClient
 import WatermarkCore
 
@@ -20,7 +21,9 @@ struct WatermarkCtl: AsyncParsableCommand {
             Exit codes: 0 done, 1 refused or not found, 2 bad setting or no confirmation, 3 storage unreachable \
             or the token refused, 64 bad command line.
             """,
-        subcommands: [List.self, Get.self, History.self, Set.self, Reset.self, Copy.self, Export.self, Import.self]
+        subcommands: [
+            List.self, Get.self, History.self, Set.self, Reset.self, Copy.self, Lease.self, Export.self, Import.self,
+        ]
     )
 }
 
@@ -42,9 +45,16 @@ struct Connection: ParsableArguments {
         }
         var logger = Logger(label: "watermarkctl")
         logger.logLevel = .critical
+        let given = token ?? environment["STORAGE_API_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        let bearer: String?
+        do {
+            // The service's own variable may name its tokens (name:token): the client sends the token of one pair.
+            bearer = try given.map { text throws(ConfigurationKeyError) in try APITokens.clientToken(text) }
+        } catch {
+            throw Failure(2, "\(error)")
+        }
         let client = HTTPStorageClient(
-            baseURL: base, token: token ?? environment["STORAGE_API_TOKEN"], timeout: .seconds(timeout),
-            retryPolicy: .none, logger: logger)
+            baseURL: base, token: bearer, timeout: .seconds(timeout), retryPolicy: .none, logger: logger)
         do {
             let result = try await body(client)
             try? await client.shutdown()
@@ -75,6 +85,10 @@ struct Failure: Error, CustomStringConvertible {
                 3, "cannot reach the Storage Service at \(storage): \(error) (is it running? STORAGE_SERVICE_URL)")
         case .unauthorized:
             return Failure(3, "the storage refused the token: \(error) (set STORAGE_API_TOKEN to a write token)")
+        case .conflict("watermark_regression", let message):
+            // The service names its query parameter; here the same choice is a flag.
+            let hint = message.replacingOccurrences(of: "add ?force=true", with: "pass --force")
+            return Failure(1, "refused (watermark_regression): \(hint)")
         default:
             return Failure(1, "\(error)")
         }

@@ -59,11 +59,12 @@ func buildRouter(
     let recorder = RecordingRouter(router, table: routes)
     // Everything with data sits in one group behind the token; /health, /metrics and /openapi.yaml stay out.
     let auth = AuthMiddleware<StorageRequestContext>(
-        apiToken: configuration.apiToken, readToken: configuration.readToken)
+        apiTokens: configuration.apiTokens, readToken: configuration.readToken)
     let protectedRoutes = RouteTable()
     let protected = RecordingRouter(recorder.group().add(middleware: auth), table: protectedRoutes)
     SystemController<StorageRequestContext>(
         store: store, metrics: metrics, startedAt: .now, environment: configuration.environment,
+        metricsSourceLimit: configuration.metricsSourceLimit,
         openAPIDocument: ByteBuffer(string: OpenAPIDocument.yaml(for: .init(configuration)))
     ).addRoutes(open: recorder, protected: protected)
     protected.addRoutes(

@@ -47,6 +47,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
     @Option(help: "READ_CACHE_ENTRIES: watermarks kept in memory for reads (default 10000; 0 turns it off).")
     var readCacheEntries: String?
+    @Option(help: "METRICS_SOURCE_LIMIT: sources /metrics shows one by one (default 1000; 0 for none).")
+    var metricsSourceLimit: String?
     @Option(help: "TLS_CERT_PATH: PEM certificate chain; with --tls-key-path serves HTTPS.") var tlsCertPath: String?
     @Option(help: "TLS_KEY_PATH: PEM private key of the certificate.") var tlsKeyPath: String?
     @Option(
@@ -63,7 +65,8 @@ struct Serve: AsyncParsableCommand {
             "FUTURE_TOLERANCE_SECONDS": futureToleranceSeconds, "HISTORY_RETENTION": historyRetention,
             "STALE_AFTER_SECONDS": staleAfterSeconds, "IDLE_TIMEOUT_SECONDS": idleTimeoutSeconds,
             "REQUEST_TIMEOUT_SECONDS": requestTimeoutSeconds, "MAX_CONNECTIONS": maxConnections,
-            "READ_CACHE_ENTRIES": readCacheEntries, "TLS_CERT_PATH": tlsCertPath, "TLS_KEY_PATH": tlsKeyPath,
+            "READ_CACHE_ENTRIES": readCacheEntries, "METRICS_SOURCE_LIMIT": metricsSourceLimit,
+            "TLS_CERT_PATH": tlsCertPath, "TLS_KEY_PATH": tlsKeyPath,
             "DATABASE_URL": databaseURL,
         ]
         let settings = Settings(flags: flags.compactMapValues { $0 })
@@ -102,7 +105,7 @@ struct Serve: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        if configuration.apiToken == nil {
+        if configuration.apiTokens == nil {
             let level: Logger.Level = configuration.environment == .production ? .warning : .info
             logger.log(level: level, "No STORAGE_API_TOKEN set: the API is open to every caller")
         } else if configuration.environment == .production, tlsConfiguration == nil {
@@ -121,7 +124,8 @@ struct Serve: AsyncParsableCommand {
                 metadata: [
                     "host": "\(configuration.host)", "port": "\(port)", "database": "\(databaseName)",
                     "environment": "\(configuration.environment.rawValue)",
-                    "auth": "\(configuration.apiToken == nil ? "off" : "bearer")",
+                    "auth": "\(configuration.apiTokens == nil ? "off" : "bearer")",
+                    "tokens": "\(configuration.apiTokens?.tokens.map(\.name).joined(separator: ",") ?? "")",
                     "scheme": "\(tlsConfiguration == nil ? "http" : "https")",
                 ]
             )

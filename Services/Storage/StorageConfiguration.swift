@@ -14,7 +14,7 @@ import WatermarkCore
 /// | `HOST` | 0.0.0.0 | address to bind |
 /// | `DATABASE_PATH` | data/watermarks.db | SQLite file; its folder is created |
 /// | `DATABASE_URL` | none | `postgres://user:password@host:5432/db[?sslmode=...]`: PostgreSQL instead of SQLite |
-/// | `STORAGE_API_TOKEN` | none | bearer token for `/api/v1/*` and `/status` |
+/// | `STORAGE_API_TOKEN` | none | bearer token for `/api/v1/*` and `/status`, or named tokens `name:token,...` (the history records the name) |
 /// | `STORAGE_READ_TOKEN` | none | second token that may only read |
 /// | `LOG_LEVEL` | info | trace, debug, info, notice, warning, error, critical |
 /// | `ENVIRONMENT` | development | development or production |
@@ -24,6 +24,7 @@ import WatermarkCore
 /// | `IDLE_TIMEOUT_SECONDS` | 60 | idle connections are closed after this |
 /// | `REQUEST_TIMEOUT_SECONDS` | 30 | a request must arrive in full (head to end of body) within this, or its connection is closed |
 /// | `MAX_CONNECTIONS` | 512 | connections served at once; more wait in the backlog |
+/// | `METRICS_SOURCE_LIMIT` | 1000 | sources `/metrics` shows one by one (watermark, last run, failures), the first by id; 0 for none |
 /// | `READ_CACHE_ENTRIES` | 10000 | watermarks (and their JSON) kept in memory for reads; 0 turns the cache off |
 /// | `TLS_CERT_PATH` | none | PEM certificate chain: serve HTTPS (with `TLS_KEY_PATH`; both or neither) |
 /// | `TLS_KEY_PATH` | none | PEM private key of that certificate (unencrypted) |
@@ -37,7 +38,8 @@ package struct StorageConfiguration: Sendable {
     package var databasePath = "data/watermarks.db"
     /// PostgreSQL instead of the SQLite file, for several replicas on one database.
     var databaseURL: PostgresURL?
-    package var apiToken: String?
+    /// The write tokens, each with the name the audit trail records.
+    package var apiTokens: APITokens?
     package var readToken: String?
     package var logLevel = Logger.Level.info
     package var environment = Environment.development
@@ -49,6 +51,8 @@ package struct StorageConfiguration: Sendable {
     /// Watermarks kept in memory for GETs, each with its JSON: bounds the memory whatever the number of sources
     /// (about 1 KiB an entry); a read past it costs one indexed SQLite lookup.
     package var readCacheEntries = 10_000
+    /// Per-source series on `/metrics`: bounded, so a scrape costs the same at any number of sources.
+    package var metricsSourceLimit = 1000
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
     package var tls: TLSFiles?
 
@@ -63,7 +67,9 @@ package struct StorageConfiguration: Sendable {
         databaseURL = try settings.text("DATABASE_URL").map { text throws(ConfigurationKeyError) in
             try PostgresURL(text)
         }
-        apiToken = settings.text("STORAGE_API_TOKEN")
+        apiTokens = try settings.text("STORAGE_API_TOKEN").map { text throws(ConfigurationKeyError) in
+            try APITokens(parsing: text)
+        }
         readToken = settings.text("STORAGE_READ_TOKEN")
         logLevel = try settings.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
         environment = try settings.choice(
@@ -77,11 +83,12 @@ package struct StorageConfiguration: Sendable {
             "REQUEST_TIMEOUT_SECONDS", default: requestTimeoutSeconds, in: 1...86_400)
         maxConnections = try settings.int("MAX_CONNECTIONS", default: maxConnections, in: 1...100_000)
         readCacheEntries = try settings.int("READ_CACHE_ENTRIES", default: readCacheEntries, in: 0...10_000_000)
+        metricsSourceLimit = try settings.int("METRICS_SOURCE_LIMIT", default: metricsSourceLimit, in: 0...100_000)
         tls = try TLSFiles.from(settings)
-        if let apiToken, let readToken, apiToken == readToken {
+        if let apiTokens, let readToken, apiTokens.contains(readToken) {
             throw ConfigurationKeyError(key: "STORAGE_READ_TOKEN", message: "must differ from STORAGE_API_TOKEN")
         }
-        if readToken != nil, apiToken == nil {
+        if readToken != nil, apiTokens == nil {
             throw ConfigurationKeyError(
                 key: "STORAGE_READ_TOKEN", message: "needs STORAGE_API_TOKEN: without it every caller may write")
         }

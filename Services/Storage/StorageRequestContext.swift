@@ -6,8 +6,9 @@ import NIOFoundationCompat
 import WatermarkCore
 
 /// The per-request context of the storage service.
-struct StorageRequestContext: RequestContext {
+struct StorageRequestContext: CallerRequestContext {
     var coreContext: CoreRequestContextStorage
+    var caller: String?
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

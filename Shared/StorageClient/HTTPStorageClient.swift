@@ -137,6 +137,7 @@ public final class HTTPStorageClient: StorageClient {
         headers.add(name: "Idempotency-Key", value: options.idempotencyKey ?? UUID().uuidString)
         Self.add(options.precondition, to: &headers)
         if let token = options.leaseToken { headers.add(name: "Lease-Token", value: String(token)) }
+        Self.add(reason: options.reason, to: &headers)
         let path = "/api/v1/watermarks/\(sourceID)" + (options.force ? "?force=true" : "")
         let answer = try await send(.PUT, path, sourceID: sourceID, headers: headers, body: body, accept: [200, 201])
         if answer.headers.first(name: "Idempotent-Replayed") == "true" {
@@ -154,12 +155,39 @@ public final class HTTPStorageClient: StorageClient {
         }
     }
 
-    public func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+    public func deleteWatermark(
+        sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, reason: String?
+    ) async throws {
         var headers = HTTPHeaders()
         Self.add(precondition, to: &headers)
         if let leaseToken { headers.add(name: "Lease-Token", value: String(leaseToken)) }
+        Self.add(reason: reason, to: &headers)
         _ = try await send(
             .DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204])
+    }
+
+    /// `X-Reason`, percent-encoded so any text crosses as visible ASCII (letters, digits, space and `-._~` as they
+    /// are).
+    private static func add(reason: String?, to headers: inout HTTPHeaders) {
+        guard let reason else { return }
+        headers.add(
+            name: "X-Reason", value: reason.addingPercentEncoding(withAllowedCharacters: reasonCharacters) ?? "")
+    }
+
+    private static let reasonCharacters = CharacterSet(
+        charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 -._~")
+
+    public func lease(sourceID: SourceID) async throws -> Lease? {
+        let answer = try await send(
+            .GET, "/api/v1/watermarks/\(sourceID)/lease", sourceID: sourceID, accept: [200, 404])
+        if answer.status == 404 {
+            let error = Self.serviceError(status: 404, body: answer.body)
+            guard error.code == WatermarkError.leaseNotFound(sourceID).code else {
+                throw StorageClientError.invalidRequest(code: error.code, message: error.message)
+            }
+            return nil
+        }
+        return try decode(Lease.self, from: answer)
     }
 
     public func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage {

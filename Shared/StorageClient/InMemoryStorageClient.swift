@@ -48,14 +48,24 @@ public actor InMemoryStorageClient: StorageClient {
             try update.validate()
             let write = WatermarkWrite(
                 sourceID: sourceID, update: update, force: options.force, precondition: options.precondition,
-                leaseToken: options.leaseToken, idempotencyKey: options.idempotencyKey
+                leaseToken: options.leaseToken, idempotencyKey: options.idempotencyKey,
+                attribution: Attribution(reason: options.reason)
             )
             return try await store.write(write).watermark
         }
     }
 
-    public func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
-        try await call { try await store.delete(sourceID, precondition: precondition, leaseToken: leaseToken) }
+    public func deleteWatermark(
+        sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, reason: String?
+    ) async throws {
+        try await call {
+            try await store.delete(
+                sourceID, precondition: precondition, leaseToken: leaseToken, attribution: Attribution(reason: reason))
+        }
+    }
+
+    public func lease(sourceID: SourceID) async throws -> Lease? {
+        try await call { try await store.lease(for: sourceID) }
     }
 
     public func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage {

@@ -14,13 +14,19 @@ public protocol StorageClient: Sendable {
         recordsCollected: Int64?, options: UpdateOptions
     ) async throws -> Watermark
 
-    /// Resets a source so that its next run starts from the default lookback.
-    func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws
+    /// Resets a source so that its next run starts from the default lookback; the history keeps a `reset` run with
+    /// `reason`.
+    func deleteWatermark(
+        sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, reason: String?
+    ) async throws
 
     func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage
 
     /// Accepted updates, newest first.
     func history(sourceID: SourceID, limit: Int?) async throws -> [WatermarkRun]
+
+    /// The live lease on the source (who holds it, until when), `nil` when none is live.
+    func lease(sourceID: SourceID) async throws -> Lease?
 
     func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease
 
@@ -44,19 +50,27 @@ public struct UpdateOptions: Sendable, Equatable {
     public var leaseToken: Int64?
     /// Accept a success timestamp older than the stored one (deliberate backfill).
     public var force: Bool
+    /// Why, recorded in the history with the run (`X-Reason`).
+    public var reason: String?
 
     public init(
         precondition: WritePrecondition? = nil, idempotencyKey: String? = nil, leaseToken: Int64? = nil,
-        force: Bool = false
+        force: Bool = false, reason: String? = nil
     ) {
         self.precondition = precondition
         self.idempotencyKey = idempotencyKey
         self.leaseToken = leaseToken
         self.force = force
+        self.reason = reason
     }
 }
 
 extension StorageClient {
+    /// A reset without a reason.
+    public func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+        try await deleteWatermark(sourceID: sourceID, precondition: precondition, leaseToken: leaseToken, reason: nil)
+    }
+
     /// The seed's call: `update_watermark(source_id, timestamp, status, error_message)` plus the count.
     @discardableResult
     public func updateWatermark(

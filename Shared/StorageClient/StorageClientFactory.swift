@@ -52,7 +52,9 @@ public func makeStorageClient(
         }
         tls = try HTTPStorageClient.tlsConfiguration(trusting: caPath)
     }
-    let token = settings.text("STORAGE_API_TOKEN")
+    let token = try settings.text("STORAGE_API_TOKEN").map { text throws(ConfigurationKeyError) in
+        try APITokens.clientToken(text)
+    }
     if token != nil, !https, production {
         logger.warning(
             """

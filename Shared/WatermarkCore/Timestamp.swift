@@ -31,6 +31,9 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         self.nanoseconds = nanoseconds
     }
 
+    /// Seconds since 1970 with the fraction, as Prometheus writes instants (a `Double`: microsecond precision).
+    public var unixSeconds: Double { Double(seconds) + Double(nanoseconds) / 1e9 }
+
     /// The system's real-time clock, read with nanosecond resolution.
     public static func now() -> Timestamp {
         var spec = timespec()

@@ -75,22 +75,42 @@ public struct Watermark: Sendable, Equatable, Codable {
     }
 }
 
-/// One accepted update, as kept in a source's history (newest first when listed).
+/// What one entry of a source's history records: a run's outcome, or a reset (`DELETE`) of the source.
+public enum HistoryStatus: String, Sendable, Codable, CaseIterable {
+    case success
+    case failed
+    case reset
+
+    public init(_ status: RunStatus) {
+        switch status {
+        case .success: self = .success
+        case .failed: self = .failed
+        }
+    }
+}
+
+/// One accepted change of a source, as kept in its history (newest first when listed): an update, or a reset.
 public struct WatermarkRun: Sendable, Equatable, Codable {
     public var version: Int64
-    /// The server's clock when the update was accepted.
+    /// The server's clock when the change was accepted.
     public var recordedAt: Timestamp
-    public var status: RunStatus
+    public var status: HistoryStatus
     /// The timestamp the update carried (optional for failed runs).
     public var timestamp: Timestamp?
     /// The watermark after this update.
     public var lastSuccessfulTimestamp: Timestamp?
     public var recordsCollected: Int64
     public var errorMessage: String?
+    /// Who made the change: the lease owner when the write carried a lease's token, else the name of the API
+    /// token used (never the token itself); `nil` when the service runs without tokens and no lease was used.
+    public var actor: String?
+    /// Why, as the caller said in `X-Reason`.
+    public var reason: String?
 
     public init(
-        version: Int64, recordedAt: Timestamp, status: RunStatus, timestamp: Timestamp?,
-        lastSuccessfulTimestamp: Timestamp?, recordsCollected: Int64, errorMessage: String?
+        version: Int64, recordedAt: Timestamp, status: HistoryStatus, timestamp: Timestamp?,
+        lastSuccessfulTimestamp: Timestamp?, recordsCollected: Int64, errorMessage: String?, actor: String? = nil,
+        reason: String? = nil
     ) {
         self.version = version
         self.recordedAt = recordedAt
@@ -99,6 +119,8 @@ public struct WatermarkRun: Sendable, Equatable, Codable {
         self.lastSuccessfulTimestamp = lastSuccessfulTimestamp
         self.recordsCollected = recordsCollected
         self.errorMessage = errorMessage
+        self.actor = actor
+        self.reason = reason
     }
 
     enum CodingKeys: String, CodingKey {
@@ -108,6 +130,7 @@ public struct WatermarkRun: Sendable, Equatable, Codable {
         case lastSuccessfulTimestamp = "last_successful_timestamp"
         case recordsCollected = "records_collected"
         case errorMessage = "error_message"
+        case actor, reason
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -119,6 +142,8 @@ public struct WatermarkRun: Sendable, Equatable, Codable {
         try c.encode(lastSuccessfulTimestamp, forKey: .lastSuccessfulTimestamp)
         try c.encode(recordsCollected, forKey: .recordsCollected)
         try c.encode(errorMessage, forKey: .errorMessage)
+        try c.encode(actor, forKey: .actor)
+        try c.encode(reason, forKey: .reason)
     }
 }
 

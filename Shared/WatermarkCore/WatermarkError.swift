@@ -79,6 +79,13 @@ extension WatermarkError {
         )
     }
 
+    public static func leaseNotFound(_ id: SourceID) -> WatermarkError {
+        WatermarkError(
+            status: 404, code: "lease_not_found",
+            message: "no live lease on source '\(id)' (never granted, released or expired)"
+        )
+    }
+
     // 409
     public static func watermarkRegression(stored: Timestamp, requested: Timestamp) -> WatermarkError {
         WatermarkError(

@@ -41,11 +41,17 @@ public struct WritePlan: Sendable, Equatable {
 }
 
 /// A reset to persist: the source's watermark and its idempotency records go; its runs, highest version and
-/// lease stay.
+/// lease stay, and `run` (status `reset`, the next version) is appended to the history like an update's.
 public struct DeletePlan: Sendable, Equatable {
     public var sourceID: SourceID
+    public var run: WatermarkRun
+    public var keepRuns: Int
 
-    public init(sourceID: SourceID) { self.sourceID = sourceID }
+    public init(sourceID: SourceID, run: WatermarkRun, keepRuns: Int) {
+        self.sourceID = sourceID
+        self.run = run
+        self.keepRuns = keepRuns
+    }
 }
 
 /// The first answer given to an idempotency key.
@@ -112,9 +118,11 @@ public enum WatermarkRules {
             createdAt: existing?.createdAt ?? now
         )
         let run = WatermarkRun(
-            version: version, recordedAt: now, status: update.status, timestamp: update.timestamp,
+            version: version, recordedAt: now, status: HistoryStatus(update.status), timestamp: update.timestamp,
             lastSuccessfulTimestamp: watermark.lastSuccessfulTimestamp, recordsCollected: watermark.recordsCollected,
-            errorMessage: update.errorMessage
+            errorMessage: update.errorMessage,
+            actor: write.attribution.actor(leaseToken: write.leaseToken, lease: snapshot.lease),
+            reason: write.attribution.reason
         )
         let outcome = WriteOutcome(watermark: watermark, created: existing == nil)
         let record = write.idempotencyKey.map { key in
@@ -129,20 +137,24 @@ public enum WatermarkRules {
                 idempotencyExpiredBefore: now.adding(.zero - policy.idempotencyRetention)))
     }
 
-    /// Resets a source: its next run starts from the default lookback. Its runs (answered again by the history
-    /// after its next update), its highest version and the lease counter stay.
+    /// Resets a source: its next run starts from the default lookback. Its runs, its highest version and the
+    /// lease counter stay, and the reset itself becomes the newest run (status `reset`, with who and why), so
+    /// the history tells what happened.
     public static func delete(
-        _ id: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, to snapshot: WatermarkSnapshot,
-        now: Timestamp
+        _ id: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution = Attribution(),
+        to snapshot: WatermarkSnapshot, now: Timestamp, policy: WatermarkPolicy = WatermarkPolicy()
     ) throws -> DeletePlan {
         try checkFencing(id, token: leaseToken, lease: snapshot.lease, now: now)
-        let existing = snapshot.watermark
         if precondition == .absent {
             throw WatermarkError.invalidHeader("If-None-Match", "'*' has no meaning on DELETE; use If-Match")
         }
-        try check(precondition, existing: existing)
-        guard existing != nil else { throw WatermarkError.watermarkNotFound(id) }
-        return DeletePlan(sourceID: id)
+        try check(precondition, existing: snapshot.watermark)
+        guard let existing = snapshot.watermark else { throw WatermarkError.watermarkNotFound(id) }
+        let run = WatermarkRun(
+            version: existing.version + 1, recordedAt: now, status: .reset, timestamp: nil,
+            lastSuccessfulTimestamp: nil, recordsCollected: 0, errorMessage: nil,
+            actor: attribution.actor(leaseToken: leaseToken, lease: snapshot.lease), reason: attribution.reason)
+        return DeletePlan(sourceID: id, run: run, keepRuns: max(1, policy.historyRetention))
     }
 
     /// Grants, renews or refuses a lease. A source needs no watermark to be leased (its first run). The plan is

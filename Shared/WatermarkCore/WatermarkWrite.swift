@@ -5,6 +5,28 @@ public enum WritePrecondition: Sendable, Equatable {
     case absent
 }
 
+/// Who asks for a change and why, for the history's audit trail: the name of the API token the request used
+/// (never the token) and the `X-Reason` it gave. The rules prefer the lease owner as the actor when the write
+/// carries its lease's token.
+public struct Attribution: Sendable, Equatable {
+    /// The longest `X-Reason` accepted, in characters as sent (percent-encoded).
+    public static let maxReasonLength = 500
+
+    public var caller: String?
+    public var reason: String?
+
+    public init(caller: String? = nil, reason: String? = nil) {
+        self.caller = caller
+        self.reason = reason
+    }
+
+    /// The actor of a change: the owner of the lease whose token the write carried, else the caller.
+    func actor(leaseToken: Int64?, lease: Lease?) -> String? {
+        if let leaseToken, let lease, lease.fencingToken == leaseToken { return lease.owner }
+        return caller
+    }
+}
+
 /// A `PUT` with everything the request said besides the body.
 public struct WatermarkWrite: Sendable, Equatable {
     public var sourceID: SourceID
@@ -14,11 +36,13 @@ public struct WatermarkWrite: Sendable, Equatable {
     public var precondition: WritePrecondition?
     public var leaseToken: Int64?
     public var idempotencyKey: String?
+    public var attribution: Attribution
 
     public init(
         sourceID: SourceID, update: WatermarkUpdate, force: Bool = false, precondition: WritePrecondition? = nil,
-        leaseToken: Int64? = nil, idempotencyKey: String? = nil
+        leaseToken: Int64? = nil, idempotencyKey: String? = nil, attribution: Attribution = Attribution()
     ) {
+        self.attribution = attribution
         self.sourceID = sourceID
         self.update = update
         self.force = force

@@ -26,11 +26,14 @@ public actor MemoryWatermarkStore: WatermarkStore {
         return plan.outcome
     }
 
-    public func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) throws {
+    public func delete(
+        _ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution
+    ) throws {
         let snapshot = state.snapshot(sourceID, idempotencyKey: nil)
         state.persist(
             try WatermarkRules.delete(
-                sourceID, precondition: precondition, leaseToken: leaseToken, to: snapshot, now: clock()))
+                sourceID, precondition: precondition, leaseToken: leaseToken, attribution: attribution,
+                to: snapshot, now: clock(), policy: policy))
     }
 
     public func list(_ query: WatermarkQuery) -> WatermarkPage {
@@ -46,13 +49,16 @@ public actor MemoryWatermarkStore: WatermarkStore {
         return WatermarkPage(rows: Array(rows), limit: query.limit)
     }
 
-    /// The source's runs, newest first. A reset source (no watermark) answers 404 like one never seen; its runs are
-    /// kept and show again after its next update.
+    /// The source's runs, newest first; a reset source answers them too (the newest is the reset).
     public func history(for sourceID: SourceID, limit: Int) throws -> [WatermarkRun] {
-        guard state.watermarks[sourceID] != nil, let runs = state.history[sourceID], !runs.isEmpty else {
+        guard let runs = state.history[sourceID], !runs.isEmpty else {
             throw WatermarkError.watermarkNotFound(sourceID)
         }
         return Array(runs.reversed().prefix(limit))
+    }
+
+    public func lease(for sourceID: SourceID) -> Lease? {
+        state.leases[sourceID].flatMap { $0.isLive(at: clock()) ? $0 : nil }
     }
 
     public func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) throws -> Lease {
@@ -105,10 +111,7 @@ struct MemoryState {
         guard let changes = plan.changes else { return }
         let id = changes.watermark.sourceID
         watermarks[id] = changes.watermark
-        var runs = history[id, default: []]
-        runs.append(changes.run)
-        if runs.count > changes.keepRuns { runs.removeFirst(runs.count - changes.keepRuns) }
-        history[id] = runs
+        append(changes.run, for: id, keep: changes.keepRuns)
         if let record = changes.idempotencyRecord {
             var records = idempotency[id, default: [:]].filter {
                 $0.value.recordedAt >= changes.idempotencyExpiredBefore
@@ -121,5 +124,13 @@ struct MemoryState {
     mutating func persist(_ plan: DeletePlan) {
         watermarks[plan.sourceID] = nil
         idempotency[plan.sourceID] = nil
+        append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
+    }
+
+    private mutating func append(_ run: WatermarkRun, for id: SourceID, keep: Int) {
+        var runs = history[id, default: []]
+        runs.append(run)
+        if runs.count > keep { runs.removeFirst(runs.count - keep) }
+        history[id] = runs
     }
 }

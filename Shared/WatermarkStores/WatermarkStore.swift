@@ -8,10 +8,16 @@ public protocol WatermarkStore: Sendable {
     func watermark(for sourceID: SourceID) async throws -> Watermark?
     /// Applies one update atomically: all of the rules hold, or nothing changes.
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome
-    func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws
+    /// Resets a source, leaving a `reset` run in its history attributed as `attribution` says.
+    func delete(
+        _ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution
+    ) async throws
     func list(_ query: WatermarkQuery) async throws -> WatermarkPage
-    /// Accepted updates, newest first; `watermark_not_found` when the source has none.
+    /// Accepted changes (updates and resets), newest first; `watermark_not_found` when the source has none. A reset
+    /// source still answers its runs: the history is the audit trail and outlives the watermark.
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun]
+    /// The live lease on the source, `nil` when none is (never granted, expired or released).
+    func lease(for sourceID: SourceID) async throws -> Lease?
     func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease
     func releaseLease(for sourceID: SourceID, token: Int64?) async throws
     func summary() async throws -> WatermarkSummary
@@ -19,6 +25,13 @@ public protocol WatermarkStore: Sendable {
     func checkHealth() async throws
     /// Where and how the data is kept, for `/status`.
     func info() async throws -> StoreInfo
+}
+
+extension WatermarkStore {
+    /// A reset by an unnamed caller, with no reason given.
+    public func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+        try await delete(sourceID, precondition: precondition, leaseToken: leaseToken, attribution: Attribution())
+    }
 }
 
 /// The `database` part of `/status`, the same shape for every backend: which one (`sqlite`, `memory`, later

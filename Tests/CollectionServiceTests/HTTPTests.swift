@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -15,23 +16,14 @@ import WatermarkCore
 
 @Suite("HTTP API")
 struct HTTPTests {
+    /// The engine as the service builds it, on an in-memory storage, with `dir` as its data directory.
     func makeEngine(dir: String, sources: [SourceConfiguration], registry: PrometheusCollectorRegistry) throws
         -> CollectionEngine
     {
-        let storage = InMemoryStorageClient()
-        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
-        let board = SourceBoard(sources: sources)
-        let runner = CollectionRunner(
-            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "t", logger: Logger.quiet)
-        return CollectionEngine(
-            board: board, runner: runner, manager: manager, metrics: CollectionMetrics(registry: registry),
-            makeCollector: { source in
-                guard case .directory(let settings) = source.kind else { fatalError("directory only") }
-                return DirectoryCollector(
-                    settings: settings, ledger: FileLedger(stateDirectory: dir + "/.state", sourceID: source.id))
-            },
-            logger: Logger.quiet, startedAt: Timestamp.now()
-        )
+        let configuration = try CollectionConfiguration(environment: ["DATA_DIR": dir])
+        return try buildEngine(
+            configuration: configuration, sources: sources, storage: InMemoryStorageClient(),
+            httpClient: HTTPClient.shared, registry: registry, logger: Logger.quiet)
     }
 
     @Test func healthStatusMetricsAndManualRuns() async throws {
@@ -89,8 +81,17 @@ struct HTTPTests {
             #expect(metrics.contains(#"collection_runs_total{source_id="drop",status="success"} 1"#))
             #expect(metrics.contains(#"collection_records_total{source_id="drop"} 1"#))
             #expect(metrics.contains("collection_run_duration_seconds_bucket"))
-            #expect(metrics.contains(#"collection_watermark_age_seconds{source_id="drop"}"#))
-            #expect(metrics.contains("collection_pending_updates 0"))
+            let mark = now.adding(.seconds(-60)).unixSeconds
+            #expect(
+                metrics.contains(#"collection_watermark_timestamp_seconds{source_id="drop"} \#(mark)"#), "\(metrics)")
+            #expect(metrics.contains(#"collection_last_success_timestamp_seconds{source_id="drop"}"#))
+            #expect(metrics.contains(#"collection_last_attempt_timestamp_seconds{source_id="drop"}"#))
+            #expect(metrics.contains(#"collection_consecutive_failures{source_id="drop"} 0.0"#))
+            #expect(metrics.contains(#"collection_source_stale{source_id="drop"} 0.0"#))
+            #expect(metrics.contains(#"collection_stale_threshold_seconds{source_id="drop"}"#))
+            #expect(metrics.contains(#"collection_pending_updates{source_id="drop"} 0.0"#))
+            #expect(metrics.contains(#"collection_lease_held{source_id="drop"} 0.0"#))
+            #expect(metrics.contains(#"collection_runs_total{source_id="drop",status="failed"} 0"#))
             #expect(metrics.contains(#"collection_rejected_files_total{source_id="drop"} 1"#))
         }
     }
@@ -113,6 +114,9 @@ struct HTTPTests {
         await engine.refreshWatching()
         #expect(capture.messages(at: .warning) == ["watermark is stale"])
         #expect(await engine.board.entry(source.id)?.stale == true)
-        #expect(registry.emitToString().contains(#"collection_watermark_stale{source_id="quiet"} 1"#))
+        let text = registry.emitToString()
+        #expect(text.contains(#"collection_source_stale{source_id="quiet"} 1.0"#), "\(text)")
+        #expect(text.contains(#"collection_stale_threshold_seconds{source_id="quiet"} 60.0"#))
+        #expect(!text.contains("collection_watermark_timestamp_seconds"))  // no watermark yet: no series
     }
 }

@@ -1,4 +1,7 @@
+import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
 import TestSupport
 import Testing
 
@@ -31,6 +34,7 @@ struct WatermarkCtlTests {
             // A regression is refused (exit 1, the reason said), and accepted with --force.
             result = try ctl("set", "alpha", "2026-11-30T00:00:00Z")
             #expect(result.status == 1 && result.output.contains("regression"), "\(result.output)")
+            #expect(result.output.contains("--force") && !result.output.contains("?force=true"), "\(result.output)")
             #expect(try ctl("set", "alpha", "2026-11-30T00:00:00Z", "--force").status == 0)
 
             // The table: aligned, with ages; the JSON: the service's own bodies.
@@ -78,6 +82,44 @@ struct WatermarkCtlTests {
             #expect(!result.output.contains("zq-not-the-token-91"))
             result = try Self.ctl(["list"], storage: nil)
             #expect(result.status == 3 && result.output.contains("cannot reach"), "\(result.output)")
+        }
+    }
+
+    @Test func reasonsAndActorsReachTheHistoryAndTheLeaseIsShown() async throws {
+        let tokens = "collector:col-token-1,alice:ctl-token"
+        try await withStorageService(environment: ["STORAGE_API_TOKEN": tokens]) { storage in
+            func ctl(_ arguments: String...) throws -> (status: Int32, output: String) {
+                try Self.ctl(arguments, storage: storage)
+            }
+            #expect(try ctl("set", "feed", "2026-12-01T00:00:00Z", "--reason", "first load").status == 0)
+            #expect(try ctl("reset", "feed", "--yes", "--reason", "bad batch: Zoë's replay").status == 0)
+            var result = try ctl("history", "feed", "--output", "json")
+            let runs = try #require(
+                try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [[String: Any]])
+            #expect(runs.map { $0["status"] as? String } == ["reset", "success"], "\(result.output)")
+            #expect(runs.map { $0["actor"] as? String } == ["alice", "alice"])
+            #expect(runs.map { $0["reason"] as? String } == ["bad batch: Zoë's replay", "first load"])
+            result = try ctl("history", "feed")
+            #expect(result.output.contains("ACTOR") && result.output.contains("bad batch: Zoë's replay"))
+
+            // No lease: exit 1, said. A lease taken by a collector: its holder, token and expiry.
+            result = try ctl("lease", "feed")
+            #expect(result.status == 1 && result.output.contains("no live lease"), "\(result.output)")
+            let client = HTTPClient.shared
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(storage.port)/api/v1/watermarks/feed/lease")
+            request.method = .POST
+            request.headers.add(name: "Authorization", value: "Bearer col-token-1")
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: #"{"owner":"collector-3","ttl_seconds":600}"#))
+            let answer = try await client.execute(request, timeout: .seconds(10))
+            #expect(answer.status == .ok)
+            result = try ctl("lease", "feed")
+            #expect(result.status == 0 && result.output.contains("collector-3"), "\(result.output)")
+            #expect(
+                result.output.contains("HOLDER")
+                    && (result.output.contains("in 9m") || result.output.contains("in 10m")))
+            result = try ctl("lease", "feed", "--output", "json")
+            #expect(result.output.contains(#""fencing_token":1"#) && result.output.contains(#""owner":"collector-3""#))
         }
     }
 

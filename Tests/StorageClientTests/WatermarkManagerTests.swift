@@ -45,9 +45,14 @@ actor FlakyClient: StorageClient {
         return watermark
     }
 
-    func deleteWatermark(sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
-        try await inner.deleteWatermark(sourceID: sourceID, precondition: precondition, leaseToken: leaseToken)
+    func deleteWatermark(
+        sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, reason: String?
+    ) async throws {
+        try await inner.deleteWatermark(
+            sourceID: sourceID, precondition: precondition, leaseToken: leaseToken, reason: reason)
     }
+
+    func lease(sourceID: SourceID) async throws -> Lease? { try await inner.lease(sourceID: sourceID) }
 
     func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage { try await inner.listWatermarks(query) }
 

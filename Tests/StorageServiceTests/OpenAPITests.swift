@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import ServiceSupport
 import TestSupport
 import Testing
 import WatermarkCore
@@ -171,10 +172,10 @@ struct OpenAPITests {
     func headersDescribed() throws {
         let yaml = OpenAPIDocument.yaml(for: .init(authentication: true, readOnlyToken: true))
         let put = try Self.headers(yaml, "PUT /api/v1/watermarks/{source_id}")
-        #expect(put.request == ["If-Match", "If-None-Match", "Lease-Token", "Idempotency-Key"])
+        #expect(put.request == ["If-Match", "If-None-Match", "Lease-Token", "Idempotency-Key", "X-Reason"])
         for status in ["200", "201"] { #expect(put.responses[status] == ["ETag", "Idempotent-Replayed"], "\(status)") }
         let delete = try Self.headers(yaml, "DELETE /api/v1/watermarks/{source_id}")
-        #expect(delete.request == ["If-Match", "Lease-Token"])
+        #expect(delete.request == ["If-Match", "Lease-Token", "X-Reason"])
         let get = try Self.headers(yaml, "GET /api/v1/watermarks/{source_id}")
         #expect(get.request.isEmpty && get.responses["200"] == ["ETag"])
         #expect(try Self.headers(yaml, "DELETE /api/v1/watermarks/{source_id}/lease").request == ["Lease-Token"])
@@ -251,7 +252,7 @@ struct OpenAPITests {
         var configuration = StorageConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
-        configuration.apiToken = apiToken
+        configuration.apiTokens = apiToken.map { APITokens([.init(name: "api", token: $0)]) }
         let app = try await buildApplication(
             configuration: configuration, store: MemoryWatermarkStore(policy: WatermarkPolicy()),
             logger: Logger(label: "test")

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import ServiceSupport
 import TestSupport
 import Testing
 import WatermarkCore
@@ -241,8 +242,9 @@ struct RouterTests {
             #expect(try try await client.execute(uri: "/api/v1/watermarks/d", method: .get).status == .notFound)
             let again = try await client.execute(uri: "/api/v1/watermarks/d", method: .delete)
             #expect(again.status == .notFound && errorCode(again) == "watermark_not_found")
+            // The reset was version 2 (a run of the history); the recreation goes on from there.
             let recreated = try await put(client, "d", success("2025-01-01T00:00:00Z"))
-            #expect(recreated.status == .created && recreated.headers[.eTag] == "\"2\"")
+            #expect(recreated.status == .created && recreated.headers[.eTag] == "\"3\"")
         }
     }
 
@@ -317,17 +319,25 @@ struct RouterTests {
         }
     }
 
-    @Test("after a reset the history answers 404 like the watermark, and shows every run after the next update")
+    @Test("after a reset the history shows it (status reset, with reason), and the runs after the next update")
     func historyAfterReset() async throws {
         try await app().test(.router) { client in
             try await put(client, "r", success("2025-12-31T00:00:00Z"))
-            #expect(try await client.execute(uri: "/api/v1/watermarks/r", method: .delete).status == .noContent)
-            // What the stateful fuzzer holds a DELETE to: nothing below the deleted path is served.
-            let gone = try await client.execute(uri: "/api/v1/watermarks/r/history", method: .get)
-            #expect(gone.status == .notFound && errorCode(gone) == "watermark_not_found")
+            #expect(
+                try await client.execute(
+                    uri: "/api/v1/watermarks/r", method: .delete, headers: [.reason: "replay%20from%20%C3%A9t%C3%A9"]
+                ).status == .noContent)
+            #expect(try await client.execute(uri: "/api/v1/watermarks/r", method: .get).status == .notFound)
+            let reset = try json(try await client.execute(uri: "/api/v1/watermarks/r/history", method: .get))
+            let newest = (reset["runs"] as? [[String: Any]])?.first
+            #expect(newest?["status"] as? String == "reset" && newest?["version"] as? Int == 2)
+            #expect(newest?["reason"] as? String == "replay from été")
+            #expect(newest?["actor"] is NSNull)  // no tokens, no lease: nobody to name
             try await put(client, "r", success("2025-01-01T00:00:00Z"))
             let body = try json(try await client.execute(uri: "/api/v1/watermarks/r/history", method: .get))
-            #expect((body["runs"] as? [[String: Any]])?.compactMap { $0["version"] as? Int } == [2, 1])
+            #expect((body["runs"] as? [[String: Any]])?.compactMap { $0["version"] as? Int } == [3, 2, 1])
+            #expect(
+                try await client.execute(uri: "/api/v1/watermarks/never/history", method: .get).status == .notFound)
         }
     }
 
@@ -404,22 +414,43 @@ struct RouterTests {
         }
     }
 
-    @Test("/metrics exposes requests by route and status, latency and watermark counts")
+    @Test("/metrics exposes requests by route and status, latency, watermark counts and per-source series")
     func metrics() async throws {
         try await app().test(.router) { client in
             try await put(client, "m", success("2025-12-31T23:59:00Z"))
+            try await put(client, "n", #"{"status":"failed","error_message":"boom"}"#)
             _ = try await client.execute(uri: "/api/v1/watermarks/missing", method: .get)
-            let response = try await client.execute(uri: "/metrics", method: .get)
-            #expect(response.status == .ok)
-            let text = String(buffer: response.body)
+            var text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
             #expect(
                 text.contains(
-                    #"http_requests_total{method="PUT",route="/api/v1/watermarks/{source_id}",status="201"} 1"#))
+                    #"storage_http_requests_total{method="PUT",route="/api/v1/watermarks/{source_id}",status="201"} 2"#)
+            )
             #expect(
                 text.contains(
-                    #"http_requests_total{method="GET",route="/api/v1/watermarks/{source_id}",status="404"} 1"#))
-            #expect(text.contains("http_request_duration_seconds_bucket"))
-            #expect(text.contains(#"watermarks{state="total"} 1"#))
+                    #"storage_http_requests_total{method="GET",route="/api/v1/watermarks/{source_id}",status="404"} 1"#)
+            )
+            #expect(text.contains("storage_http_request_duration_seconds_bucket"))
+            #expect(text.contains(#"storage_watermarks{state="total"} 2"#))
+            // 2025-12-31T23:59:00Z is 1767225540 s after 1970; the clock reads 2026-01-01T00:00:00Z.
+            #expect(text.contains(#"storage_watermark_timestamp_seconds{source_id="m"} 1767225540.0"#), "\(text)")
+            #expect(text.contains(#"storage_watermark_last_run_timestamp_seconds{source_id="n"} 1767225600.0"#))
+            #expect(text.contains(#"storage_watermark_consecutive_failures{source_id="n"} 1.0"#))
+            #expect(!text.contains(#"storage_watermark_timestamp_seconds{source_id="n"}"#))  // never succeeded
+            // A reset source leaves the per-source series.
+            _ = try await client.execute(uri: "/api/v1/watermarks/m", method: .delete)
+            text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+            #expect(!text.contains(#"source_id="m""#) && text.contains(#"source_id="n""#))
+        }
+        // METRICS_SOURCE_LIMIT bounds the series: the first sources by id, none at 0.
+        for (limit, shown) in [(1, ["a"]), (0, [String]())] {
+            try await app(configure: { $0.metricsSourceLimit = limit }).test(.router) { client in
+                for id in ["b", "a", "c"] { try await put(client, id, success("2025-12-31T23:59:00Z")) }
+                let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                let listed = ["a", "b", "c"].filter {
+                    text.contains(#"storage_watermark_last_run_timestamp_seconds{source_id="\#($0)"}"#)
+                }
+                #expect(listed == shown, "limit \(limit)")
+            }
         }
     }
 
@@ -503,8 +534,8 @@ struct RouterTests {
             #expect(errorCode(patch) == "method_not_allowed")
             let postHealth = try await client.execute(uri: "/health", method: .post)
             #expect(postHealth.status == .methodNotAllowed && postHealth.headers[.allow] == "GET, HEAD")
-            let leaseGet = try await client.execute(uri: "/api/v1/watermarks/x/lease", method: .get)
-            #expect(leaseGet.status == .methodNotAllowed && leaseGet.headers[.allow] == "DELETE, POST")
+            let leasePut = try await client.execute(uri: "/api/v1/watermarks/x/lease", method: .put)
+            #expect(leasePut.status == .methodNotAllowed && leasePut.headers[.allow] == "DELETE, GET, HEAD, POST")
             let unknown = try await client.execute(uri: "/api/v2/nothing", method: .get)
             #expect(unknown.status == .notFound && errorCode(unknown) == "not_found")
         }
@@ -515,7 +546,7 @@ struct RouterTests {
     @Test("with tokens: 401 without or with a wrong token, 403 for the read token writing")
     func tokens() async throws {
         let app = try await app {
-            $0.apiToken = "write-secret"; $0.readToken = "read-secret"
+            $0.apiTokens = APITokens([.init(name: "writer", token: "write-secret")]); $0.readToken = "read-secret"
         }
         try await app.test(.router) { client in
             for (uri, method) in [
@@ -560,10 +591,10 @@ struct RouterTests {
 
     @Test("constant-time comparison is exact")
     func constantTime() {
-        #expect(AuthMiddleware<StorageRequestContext>.constantTimeEquals("secret", "secret"))
-        #expect(!AuthMiddleware<StorageRequestContext>.constantTimeEquals("secret", "secreT"))
-        #expect(!AuthMiddleware<StorageRequestContext>.constantTimeEquals("secret", "secret2"))
-        #expect(!AuthMiddleware<StorageRequestContext>.constantTimeEquals("", "x"))
+        #expect(APITokens.constantTimeEquals("secret", "secret"))
+        #expect(!APITokens.constantTimeEquals("secret", "secreT"))
+        #expect(!APITokens.constantTimeEquals("secret", "secret2"))
+        #expect(!APITokens.constantTimeEquals("", "x"))
     }
 
     // MARK: Database unavailable
@@ -587,9 +618,12 @@ struct UnavailableStore: WatermarkStore {
     private var error: WatermarkError { .unavailable("SQLITE_IOERR: disk I/O error") }
     func watermark(for sourceID: SourceID) async throws -> Watermark? { throw error }
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome { throw error }
-    func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws { throw error }
+    func delete(
+        _ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution
+    ) async throws { throw error }
     func list(_ query: WatermarkQuery) async throws -> WatermarkPage { throw error }
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] { throw error }
+    func lease(for sourceID: SourceID) async throws -> Lease? { throw error }
     func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease { throw error }
     func releaseLease(for sourceID: SourceID, token: Int64?) async throws { throw error }
     func summary() async throws -> WatermarkSummary { throw error }

@@ -143,7 +143,7 @@ struct WatermarkStoreTests {
     }
 
     @Test(
-        "delete resets a source: history is 404 until its next update, then shows every run",
+        "delete resets a source: the history shows the reset with who and why, and every run after the next update",
         arguments: StoreKind.allCases)
     func delete(kind: StoreKind) async throws {
         let store = try await kind.make(clock: clock)
@@ -152,14 +152,19 @@ struct WatermarkStoreTests {
                 == "watermark_not_found")
         _ = try await store.write(success("d", "2025-01-01T00:00:00Z"))
         _ = try await store.write(success("d", "2025-01-02T00:00:00Z"))
-        try await store.delete(sid("d"), precondition: nil, leaseToken: nil)
+        try await store.delete(
+            sid("d"), precondition: nil, leaseToken: nil, attribution: Attribution(caller: "ops", reason: "bad data"))
         #expect(try await store.watermark(for: sid("d")) == nil)
-        // Like a source never seen (what a DELETE promises for everything below its path)...
-        #expect(await refusal { _ = try await store.history(for: sid("d"), limit: 10) } == "watermark_not_found")
-        // ...until it is recreated: a regression is no longer one, the ETag never repeats, and the runs were kept.
+        // The reset is the newest run, attributed; the runs before it stay.
+        let afterReset = try await store.history(for: sid("d"), limit: 10)
+        #expect(afterReset.map(\.version) == [3, 2, 1] && afterReset[0].status == .reset)
+        #expect(afterReset[0].actor == "ops" && afterReset[0].reason == "bad data")
+        #expect(afterReset[0].lastSuccessfulTimestamp == nil && afterReset[0].timestamp == nil)
+        // Recreated: a regression is no longer one, the ETag never repeats, and the runs were kept.
         let recreated = try await store.write(success("d", "2024-01-01T00:00:00Z"))
-        #expect(recreated.created && recreated.watermark.version == 3)
-        #expect(try await store.history(for: sid("d"), limit: 10).map(\.version) == [3, 2, 1])
+        #expect(recreated.created && recreated.watermark.version == 4)
+        #expect(try await store.history(for: sid("d"), limit: 10).map(\.version) == [4, 3, 2, 1])
+        #expect(await refusal { _ = try await store.history(for: sid("never"), limit: 10) } == "watermark_not_found")
     }
 
     @Test("history is newest first, limited, and bounded per source", arguments: StoreKind.allCases)
@@ -362,7 +367,7 @@ struct WatermarkStoreTests {
                     '2025-12-31T00:00:00.000000000Z')
                 """)
         }
-        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v2-counts"])
+        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v2-counts", "v3-audit"])
         let store = PostgresWatermarkStore(
             client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
         store.ready.open()

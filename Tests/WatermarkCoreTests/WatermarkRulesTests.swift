@@ -85,7 +85,7 @@ struct WatermarkRulesTests {
         #expect(try WatermarkRules.releaseLease(id, token: 1, to: held, now: later) == nil)
     }
 
-    @Test func aDeleteNeedsAWatermarkAndPlansItsRemoval() throws {
+    @Test func aDeleteNeedsAWatermarkAndPlansItsRemovalWithAResetRun() throws {
         #expect(throws: WatermarkError.self) {
             try WatermarkRules.delete(id, precondition: nil, leaseToken: nil, to: WatermarkSnapshot(), now: now)
         }
@@ -94,7 +94,31 @@ struct WatermarkRulesTests {
             now: now, policy: policy
         ).outcome.watermark
         let plan = try WatermarkRules.delete(
-            id, precondition: .version(1), leaseToken: nil, to: WatermarkSnapshot(watermark: stored), now: now)
-        #expect(plan == DeletePlan(sourceID: id))
+            id, precondition: .version(1), leaseToken: nil, attribution: Attribution(caller: "ops", reason: "replay"),
+            to: WatermarkSnapshot(watermark: stored), now: now, policy: policy)
+        let run = WatermarkRun(
+            version: 2, recordedAt: now, status: .reset, timestamp: nil, lastSuccessfulTimestamp: nil,
+            recordsCollected: 0, errorMessage: nil, actor: "ops", reason: "replay")
+        #expect(plan == DeletePlan(sourceID: id, run: run, keepRuns: policy.historyRetention))
+    }
+
+    @Test func theActorIsTheLeaseOwnerWhenTheWriteCarriesItsTokenElseTheTokenName() throws {
+        let lease = Lease(sourceID: id, owner: "collector-a", fencingToken: 4, expiresAt: now.adding(.seconds(60)))
+        let caller = Attribution(caller: "ci", reason: "nightly")
+        let withLease = try WatermarkRules.apply(
+            WatermarkWrite(
+                sourceID: id, update: try success("2025-12-31T00:00:00Z"), leaseToken: 4, attribution: caller),
+            to: WatermarkSnapshot(lease: lease), now: now, policy: policy)
+        #expect(withLease.changes?.run.actor == "collector-a")
+        #expect(withLease.changes?.run.reason == "nightly")
+        // After the lease lapsed, a write without its token is the token's.
+        let lapsed = try WatermarkRules.apply(
+            WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z"), attribution: caller),
+            to: WatermarkSnapshot(lease: lease), now: now.adding(.seconds(61)), policy: policy)
+        #expect(lapsed.changes?.run.actor == "ci")
+        let anonymous = try WatermarkRules.apply(
+            WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z")), to: WatermarkSnapshot(),
+            now: now, policy: policy)
+        #expect(anonymous.changes?.run.actor == nil && anonymous.changes?.run.reason == nil)
     }
 }

@@ -60,13 +60,12 @@ struct CollectionEngine: Sendable {
     /// Watermark age per source against its threshold; a source turning stale is logged once as a warning.
     func refreshWatching() async {
         let now = clock()
-        metrics.setPendingUpdates(await manager.pendingCount())
         for entry in await board.allEntries() {
             let id = entry.source.id
+            metrics.setPendingUpdates(id, await manager.pendingCount(sourceID: id))
             let known = await manager.lastKnownWatermark(sourceID: id)
             let mark = known?.lastSuccessfulTimestamp ?? entry.watermark
             await board.setWatermark(id, mark)
-            let age = mark.map { now.duration(since: $0) }
             let lastSuccess = Self.lastSuccess(entry: entry, known: known)
             let stale: Bool
             if let lastSuccess {
@@ -74,7 +73,11 @@ struct CollectionEngine: Sendable {
             } else {
                 stale = now.duration(since: startedAt) > entry.source.staleAfter
             }
-            metrics.setWatermarkAge(id, seconds: age?.secondsDouble, stale: stale)
+            metrics.setWatching(
+                id, watermark: mark, lastSuccess: lastSuccess,
+                consecutiveFailures: entry.lastRun == nil
+                    ? known?.consecutiveFailures ?? 0 : Int64(entry.consecutiveFailures),
+                stale: stale)
             if await board.setStale(id, stale) {
                 logger.warning(
                     "watermark is stale",

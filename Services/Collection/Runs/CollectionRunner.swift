@@ -32,6 +32,8 @@ struct CollectionRunner: Sendable {
     var clock: @Sendable () -> Timestamp = Timestamp.now
     /// Checked between pages: `true` once shutdown began.
     var isStopping: @Sendable () async -> Bool = { false }
+    /// Told when a run takes its source's lease (`true`) and when the run ends with it held (`false`).
+    var leaseHeld: @Sendable (SourceID, Bool) -> Void = { _, _ in }
 
     /// The lease a run of `source` asks for: `leaseTTL`, but never shorter than two of the source's request
     /// timeouts, so a page in flight cannot outlive it.
@@ -62,11 +64,17 @@ struct CollectionRunner: Sendable {
         // 1. The lease (one collector per source across replicas), and under it what an earlier run (killed, or
         //    cut off from the storage) queued, before anything new; released when the run ends, however it ends.
         let ttl = ttl(for: source)
+        var held = false
+        defer { if held { leaseHeld(source.id, false) } }
         do {
             return try await manager.withLease(
                 source.id, owner: owner, ttl: ttl, renewEvery: min(leaseRenewal, ttl / 2), requireLease: requireLease
             ) {
                 session in
+                if session.lease != nil {
+                    held = true
+                    leaseHeld(source.id, true)
+                }
                 if session.withoutLease {
                     report.withoutLease = true
                     log.warning(

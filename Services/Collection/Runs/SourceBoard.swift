@@ -18,6 +18,8 @@ actor SourceBoard {
         var stale = false
         /// Drop-folder files moved to `.rejected/` since this process started.
         var rejectedFiles = 0
+        /// Failed runs since the last success in this process.
+        var consecutiveFailures = 0
     }
 
     enum TriggerResult: Sendable, Equatable {
@@ -92,10 +94,12 @@ actor SourceBoard {
         switch report.outcome {
         case .success:
             entry.lastError = nil
+            entry.consecutiveFailures = 0
             entry.lastSuccessAt = report.finishedAt
             entry.watermark = report.watermark
         case .failed:
             entry.lastError = report.errorMessage
+            entry.consecutiveFailures += 1
         case .skipped, .abandoned:
             break
         }

@@ -9,6 +9,7 @@ extension HTTPField.Name {
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
     static let leaseToken = HTTPField.Name("Lease-Token")!
     static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
+    static let reason = HTTPField.Name("X-Reason")!
 }
 
 extension Request {
@@ -139,6 +140,25 @@ extension Request {
                 "Lease-Token", "expected the lease's fencing_token: 1 to 18 digits, like 3, no sign or leading zero")
         }
         return token
+    }
+
+    /// `X-Reason: <text>`, why a change is made, for the history: 1 to `Attribution.maxReasonLength` visible ASCII
+    /// characters and spaces as sent. Text that is percent-encoded UTF-8 (how clients send other scripts) is kept
+    /// decoded; any other text is kept as sent.
+    func reason() throws -> String? {
+        guard let raw = headers[.reason] else { return nil }
+        let text = raw.trimmingCharacters(in: .whitespaces)
+        guard (1...Attribution.maxReasonLength).contains(text.utf8.count),
+            text.utf8.allSatisfy({ (0x20...0x7E).contains($0) })
+        else {
+            throw WatermarkError.invalidHeader(
+                "X-Reason",
+                "use 1 to \(Attribution.maxReasonLength) visible ASCII characters and spaces (percent-encode others)")
+        }
+        guard text.contains("%"), let decoded = text.removingPercentEncoding,
+            decoded.unicodeScalars.allSatisfy({ $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) })
+        else { return text }
+        return decoded
     }
 
     /// `Idempotency-Key: <key>`.

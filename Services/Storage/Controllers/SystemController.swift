@@ -13,6 +13,8 @@ struct SystemController<Context: RequestContext> {
     let metrics: StorageMetrics
     let startedAt: ContinuousClock.Instant
     let environment: StorageConfiguration.Environment
+    /// `METRICS_SOURCE_LIMIT`: how many sources `/metrics` shows one by one (0: none).
+    var metricsSourceLimit = 1000
     /// The OpenAPI document for the running configuration, rendered once.
     let openAPIDocument: ByteBuffer
 
@@ -49,7 +51,10 @@ struct SystemController<Context: RequestContext> {
     @Sendable func metricsText(request: Request, context: Context) async throws -> Response {
         // A failing database must not hide the request metrics: the counts are then left out.
         let summary = try? await store.summary()
-        let text = metrics.render(summary: summary)
+        let sources =
+            metricsSourceLimit == 0
+            ? [] : try? await store.list(WatermarkQuery(limit: metricsSourceLimit)).watermarks
+        let text = metrics.render(summary: summary, sources: sources)
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(string: text))

@@ -9,7 +9,7 @@ import WatermarkStores
 ///
 /// Each method validates what the request says (source id, headers, query, body) and hands the rest to
 /// the store, which applies the watermark rules in one transaction.
-struct WatermarkController<Context: RequestContext> {
+struct WatermarkController<Context: CallerRequestContext> {
     let store: any WatermarkStore
     /// The JSON of watermarks answered lately: a GET of an unchanged watermark encodes nothing.
     let bodies: ReadCache<SourceID, EncodedWatermark>
@@ -26,6 +26,7 @@ struct WatermarkController<Context: RequestContext> {
         routes.put(":source_id", use: put)
         routes.delete(":source_id", use: delete)
         routes.get(":source_id/history", use: history)
+        routes.get(":source_id/lease", use: lease)
         routes.post(":source_id/lease", use: acquireLease)
         routes.delete(":source_id/lease", use: releaseLease)
         return routes
@@ -49,11 +50,12 @@ struct WatermarkController<Context: RequestContext> {
         let precondition = try request.writePrecondition()
         let leaseToken = try request.leaseToken()
         let idempotencyKey = try request.idempotencyKey()
+        let attribution = Attribution(caller: context.caller, reason: try request.reason())
         let update = try await request.decode(as: WatermarkUpdate.self, context: context)
         let outcome = try await store.write(
             WatermarkWrite(
                 sourceID: id, update: update, force: force, precondition: precondition, leaseToken: leaseToken,
-                idempotencyKey: idempotencyKey
+                idempotencyKey: idempotencyKey, attribution: attribution
             )
         )
         let watermark = outcome.watermark
@@ -62,7 +64,7 @@ struct WatermarkController<Context: RequestContext> {
             metadata: [
                 "source_id": "\(id)", "status": "\(watermark.status)", "version": "\(watermark.version)",
                 "last_successful_timestamp": "\(watermark.lastSuccessfulTimestamp?.description ?? "null")",
-                "records_collected": "\(watermark.recordsCollected)",
+                "records_collected": "\(watermark.recordsCollected)", "actor": "\(context.caller ?? "-")",
             ]
         )
         var headers: HTTPFields = [.eTag: watermark.etag]
@@ -73,8 +75,11 @@ struct WatermarkController<Context: RequestContext> {
     @Sendable func delete(request: Request, context: Context) async throws -> Response {
         let id = try sourceID(context)
         let precondition = try request.writePrecondition()
-        try await store.delete(id, precondition: precondition, leaseToken: try request.leaseToken())
-        context.logger.info("Watermark deleted", metadata: ["source_id": "\(id)"])
+        let attribution = Attribution(caller: context.caller, reason: try request.reason())
+        try await store.delete(
+            id, precondition: precondition, leaseToken: try request.leaseToken(), attribution: attribution)
+        context.logger.info(
+            "Watermark reset", metadata: ["source_id": "\(id)", "actor": "\(context.caller ?? "-")"])
         return Response(status: .noContent)
     }
 
@@ -104,6 +109,13 @@ struct WatermarkController<Context: RequestContext> {
         let id = try sourceID(context)
         let limit = try request.intQuery("limit", default: 50, in: 1...1000)
         return HistoryBody(sourceID: id, runs: try await store.history(for: id, limit: limit))
+    }
+
+    /// The live lease on the source: who holds it and until when; 404 `lease_not_found` when none is live.
+    @Sendable func lease(request: Request, context: Context) async throws -> Lease {
+        let id = try sourceID(context)
+        guard let lease = try await store.lease(for: id) else { throw WatermarkError.leaseNotFound(id) }
+        return lease
     }
 
     @Sendable func acquireLease(request: Request, context: Context) async throws -> Lease {

@@ -1,26 +1,36 @@
 import HTTPTypes
 import Hummingbird
 import Logging
+import ServiceSupport
 import WatermarkCore
 
-/// Bearer-token access to the routes of the group it is added to (`/api/v1/*` and `/status`): the API
-/// token may do anything, the read token only read. `/health`, `/metrics` and `/openapi.yaml` are outside
-/// that group, open for orchestrators and scrapers; they carry no data.
+/// A request context that carries the name of the token the request was let in with, for the audit trail.
+protocol CallerRequestContext: RequestContext {
+    /// The name of the API token used (`nil` for the read token, or when the service has no tokens).
+    var caller: String? { get set }
+}
+
+/// Bearer-token access to the routes of the group it is added to (`/api/v1/*` and `/status`): an API token may
+/// do anything, the read token only read. `/health`, `/metrics` and `/openapi.yaml` are outside that group, open
+/// for orchestrators and scrapers; they carry no data. The name of the API token used goes into the context, so
+/// the history records who made a change without ever holding the token.
 ///
 /// Tokens are compared in constant time and never logged.
-struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
-    let apiToken: String?
+struct AuthMiddleware<Context: CallerRequestContext>: RouterMiddleware {
+    let apiTokens: APITokens?
     let readToken: String?
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
-        guard let apiToken else { return try await next(request, context) }
+        guard let apiTokens else { return try await next(request, context) }
         let presented = Self.bearer(request.headers[.authorization])
-        if let presented, Self.constantTimeEquals(presented, apiToken) {
+        if let presented, let name = apiTokens.name(of: presented) {
+            var context = context
+            context.caller = name
             return try await next(request, context)
         }
-        if let presented, let readToken, Self.constantTimeEquals(presented, readToken) {
+        if let presented, let readToken, APITokens.constantTimeEquals(presented, readToken) {
             guard request.method == .get || request.method == .head else { throw WatermarkError.forbidden }
             return try await next(request, context)
         }
@@ -33,16 +43,5 @@ struct AuthMiddleware<Context: RequestContext>: RouterMiddleware {
         let parts = header.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
         return String(parts[1]).trimmingWhitespace()
-    }
-
-    /// Compares every byte of the longer input, so the time taken says nothing about where they differ.
-    static func constantTimeEquals(_ lhs: String, _ rhs: String) -> Bool {
-        let a = Array(lhs.utf8)
-        let b = Array(rhs.utf8)
-        var difference: UInt8 = a.count == b.count ? 0 : 1
-        for index in 0..<max(a.count, b.count) {
-            difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
-        }
-        return difference == 0
     }
 }

@@ -25,7 +25,7 @@ enum OpenAPIDocument {
         }
 
         init(_ configuration: StorageConfiguration) {
-            self.init(authentication: configuration.apiToken != nil, readOnlyToken: configuration.readToken != nil)
+            self.init(authentication: configuration.apiTokens != nil, readOnlyToken: configuration.readToken != nil)
         }
 
         /// Whether a template line marked `# when: condition` belongs to this variant.

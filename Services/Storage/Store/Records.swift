@@ -25,6 +25,7 @@ extension SourceID: DatabaseValueConvertible {
 }
 
 extension RunStatus: DatabaseValueConvertible {}
+extension HistoryStatus: DatabaseValueConvertible {}
 
 /// `watermark`: the current state of one source.
 extension Watermark: FetchableRecord, PersistableRecord {
@@ -96,7 +97,7 @@ extension WatermarkRun: FetchableRecord, TableRecord {
 
     static let columnNames = [
         "version", "recorded_at", "status", "timestamp", "last_successful_timestamp", "records_collected",
-        "error_message",
+        "error_message", "actor", "reason",
     ]
     public static var databaseSelection: [any SQLSelectable] { columnNames.map { Column($0) } }
     private static let insertSQL = WatermarkDatabase.insertSQL(into: databaseTableName, ["source_id"] + columnNames)
@@ -106,13 +107,15 @@ extension WatermarkRun: FetchableRecord, TableRecord {
             version: try row.decode(atIndex: 0), recordedAt: try row.decode(atIndex: 1),
             status: try row.decode(atIndex: 2), timestamp: try row.decode(atIndex: 3),
             lastSuccessfulTimestamp: try row.decode(atIndex: 4), recordsCollected: try row.decode(atIndex: 5),
-            errorMessage: try row.decode(atIndex: 6))
+            errorMessage: try row.decode(atIndex: 6), actor: try row.decode(atIndex: 7),
+            reason: try row.decode(atIndex: 8))
     }
 
     /// Appends the run with a statement prepared once per connection (see `Watermark.upsert`).
     func append(for sourceID: SourceID, to db: Database) throws {
         try db.cachedStatement(sql: Self.insertSQL).execute(arguments: [
             sourceID, version, recordedAt, status, timestamp, lastSuccessfulTimestamp, recordsCollected, errorMessage,
+            actor, reason,
         ])
     }
 }

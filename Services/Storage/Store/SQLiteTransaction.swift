@@ -52,6 +52,7 @@ struct SQLiteTransaction {
     mutating func persist(_ plan: DeletePlan) throws {
         try deleteWatermark(plan.sourceID)
         try deleteIdempotencyRecords(plan.sourceID)
+        try append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
     }
 
     mutating func save(_ watermark: Watermark) throws {

@@ -106,13 +106,16 @@ final class SQLiteWatermarkStore: WatermarkStore {
         }
     }
 
-    func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+    func delete(
+        _ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution
+    ) async throws {
         defer { cache.forget(sourceID) }
         try await transact { tx, now in
             let snapshot = try tx.snapshot(sourceID, idempotencyKey: nil)
             try tx.persist(
                 try WatermarkRules.delete(
-                    sourceID, precondition: precondition, leaseToken: leaseToken, to: snapshot, now: now))
+                    sourceID, precondition: precondition, leaseToken: leaseToken, attribution: attribution,
+                    to: snapshot, now: now, policy: self.policy))
         }
     }
 
@@ -133,18 +136,23 @@ final class SQLiteWatermarkStore: WatermarkStore {
         return WatermarkPage(rows: rows, limit: query.limit)
     }
 
-    /// The source's runs, newest first. A reset source (no watermark) answers 404 like one never seen; its runs are
-    /// kept and show again after its next update.
+    /// The source's runs, newest first; a reset source answers them too (the newest is the reset).
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
         let runs = try await read { db -> [WatermarkRun] in
-            guard try SQLiteTransaction(db: db).watermark(sourceID) != nil else { return [] }
-            return try WatermarkRun.filter(WatermarkRun.Columns.sourceID == sourceID)
+            try WatermarkRun.filter(WatermarkRun.Columns.sourceID == sourceID)
                 .order(WatermarkRun.Columns.version.desc)
                 .limit(limit)
                 .fetchAll(db)
         }
         if runs.isEmpty { throw WatermarkError.watermarkNotFound(sourceID) }
         return runs
+    }
+
+    func lease(for sourceID: SourceID) async throws -> Lease? {
+        let now = clock()
+        return try await read { db in try SQLiteTransaction(db: db).lease(sourceID) }.flatMap {
+            $0.isLive(at: now) ? $0 : nil
+        }
     }
 
     func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {

@@ -118,6 +118,14 @@ enum WatermarkDatabase {
                     WHEN \(hour("NEW")) IS NOT \(hour("OLD")) BEGIN \(remove("OLD")) \(add("NEW")) END;
                     """)
         }
+        migrator.registerMigration("v4-audit") { db in
+            // The audit trail: who made each change (lease owner or token name) and why (X-Reason). Runs from
+            // before have neither.
+            try db.alter(table: "watermark_run") { t in
+                t.add(column: "actor", .text)
+                t.add(column: "reason", .text)
+            }
+        }
         return migrator
     }
 

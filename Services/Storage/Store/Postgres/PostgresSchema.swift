@@ -141,6 +141,11 @@ enum PostgresSchema {
                     """,
                 ]
             ),
+            (
+                // The audit trail: who made each change (lease owner or token name) and why (X-Reason).
+                "v3-audit",
+                ["ALTER TABLE watermark_run ADD COLUMN actor TEXT, ADD COLUMN reason TEXT"]
+            ),
         ])
 
     /// Applies the migrations not applied yet; returns the names it applied.

@@ -54,20 +54,19 @@ struct PostgresTransaction {
         let rows = try await connection.query(
             """
             SELECT version, recorded_at, status, "timestamp", last_successful_timestamp, records_collected,
-                   error_message
+                   error_message, actor, reason
             FROM watermark_run WHERE source_id = \(sourceID.rawValue) ORDER BY version DESC LIMIT \(limit)
             """, logger: logger)
         var runs: [WatermarkRun] = []
-        for try await (version, recordedAt, status, timestamp, lastSuccess, records, message) in rows.decode(
-            (Int64, String, String, String?, String?, Int64, String?).self)
+        for try await (version, recordedAt, status, timestamp, lastSuccess, records, message, actor, reason)
+            in rows.decode((Int64, String, String, String?, String?, Int64, String?, String?, String?).self)
         {
             runs.append(
                 WatermarkRun(
                     version: version, recordedAt: try Self.timestamp(recordedAt), status: try Self.status(status),
                     timestamp: try timestamp.map(Self.timestamp),
-                    lastSuccessfulTimestamp: try lastSuccess.map(
-                        Self.timestamp),
-                    recordsCollected: records, errorMessage: message))
+                    lastSuccessfulTimestamp: try lastSuccess.map(Self.timestamp), recordsCollected: records,
+                    errorMessage: message, actor: actor, reason: reason))
         }
         return runs
     }
@@ -131,6 +130,7 @@ struct PostgresTransaction {
         let id = plan.sourceID.rawValue
         try await connection.query("DELETE FROM watermark WHERE source_id = \(id)", logger: logger)
         try await connection.query("DELETE FROM idempotency_key WHERE source_id = \(id)", logger: logger)
+        try await append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
     }
 
     func save(_ watermark: Watermark) async throws {
@@ -155,10 +155,10 @@ struct PostgresTransaction {
         try await connection.query(
             """
             INSERT INTO watermark_run (source_id, version, recorded_at, status, "timestamp",
-                                       last_successful_timestamp, records_collected, error_message)
+                                       last_successful_timestamp, records_collected, error_message, actor, reason)
             VALUES (\(sourceID.rawValue), \(run.version), \(run.recordedAt.sortableString), \(run.status.rawValue),
                     \(run.timestamp?.sortableString), \(run.lastSuccessfulTimestamp?.sortableString),
-                    \(run.recordsCollected), \(run.errorMessage))
+                    \(run.recordsCollected), \(run.errorMessage), \(run.actor), \(run.reason))
             """, logger: logger)
         try await connection.query(
             "DELETE FROM watermark_run WHERE source_id = \(sourceID.rawValue) AND version <= \(run.version - Int64(keep))",
@@ -205,8 +205,8 @@ struct PostgresTransaction {
         try Timestamp(rfc3339: text)
     }
 
-    private static func status(_ text: String) throws -> RunStatus {
-        guard let status = RunStatus(rawValue: text) else {
+    private static func status<Status: RawRepresentable<String>>(_ text: String) throws -> Status {
+        guard let status = Status(rawValue: text) else {
             throw WatermarkError.unavailable("the database holds an unknown status '\(text.prefix(32))'")
         }
         return status

@@ -56,12 +56,15 @@ final class PostgresWatermarkStore: WatermarkStore {
         }
     }
 
-    func delete(_ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?) async throws {
+    func delete(
+        _ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution
+    ) async throws {
         try await transact(locking: sourceID) { tx, now in
             let snapshot = try await tx.snapshot(sourceID, idempotencyKey: nil)
             try await tx.persist(
                 try WatermarkRules.delete(
-                    sourceID, precondition: precondition, leaseToken: leaseToken, to: snapshot, now: now))
+                    sourceID, precondition: precondition, leaseToken: leaseToken, attribution: attribution,
+                    to: snapshot, now: now, policy: self.policy))
         }
     }
 
@@ -76,17 +79,24 @@ final class PostgresWatermarkStore: WatermarkStore {
         return WatermarkPage(rows: rows, limit: query.limit)
     }
 
-    /// The source's runs, newest first; a reset source (no watermark) answers 404 like one never seen.
+    /// The source's runs, newest first; a reset source answers them too (the newest is the reset).
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
         let runs = try await mappingErrors { [self] in
             try await client.withConnection { connection in
-                let tx = PostgresTransaction(connection: connection, logger: logger)
-                guard try await tx.watermark(sourceID) != nil else { return [WatermarkRun]() }
-                return try await tx.history(sourceID, limit: limit)
+                try await PostgresTransaction(connection: connection, logger: logger).history(sourceID, limit: limit)
             }
         }
         if runs.isEmpty { throw WatermarkError.watermarkNotFound(sourceID) }
         return runs
+    }
+
+    func lease(for sourceID: SourceID) async throws -> Lease? {
+        let now = clock()
+        return try await mappingErrors { [self] in
+            try await client.withConnection { connection in
+                try await PostgresTransaction(connection: connection, logger: logger).lease(sourceID)
+            }
+        }.flatMap { $0.isLive(at: now) ? $0 : nil }
     }
 
     func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {

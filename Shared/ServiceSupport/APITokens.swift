@@ -1,0 +1,106 @@
+import Foundation
+import WatermarkCore
+
+/// The API tokens of `STORAGE_API_TOKEN`, each with a name for the audit trail.
+///
+/// The value is one token (named `api`), or a comma-separated list of `name:token` pairs
+/// (`ci:3f9a...,ops:77c1...`): a change made with a token is recorded under its name, never the token. A name is 1
+/// to 64 of `A-Z a-z 0-9 . _ @ -`. The clients read the same variable: given one `name:token` pair they send its
+/// token, so one value can serve a service and its clients.
+public struct APITokens: Sendable, Equatable {
+    public struct Named: Sendable, Equatable {
+        public var name: String
+        public var token: String
+
+        public init(name: String, token: String) {
+            self.name = name
+            self.token = token
+        }
+    }
+
+    /// The name of a token given alone.
+    public static let defaultName = "api"
+
+    public var tokens: [Named]
+
+    public init(_ tokens: [Named]) { self.tokens = tokens }
+
+    /// Reads the variable's value; the error names the item at fault by position, never by its token.
+    public init(parsing text: String, key: String = "STORAGE_API_TOKEN") throws(ConfigurationKeyError) {
+        let items = text.split(separator: ",", omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+        guard items.count > 1 || items[0].contains(":") else {
+            guard !items[0].isEmpty else { throw ConfigurationKeyError(key: key, message: "is empty") }
+            self.init([Named(name: Self.defaultName, token: items[0])])
+            return
+        }
+        var tokens: [Named] = []
+        for (index, item) in items.enumerated() {
+            let parts = item.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, Self.isName(parts[0]), !parts[1].isEmpty else {
+                throw ConfigurationKeyError(
+                    key: key,
+                    message: """
+                        item \(index + 1) is not name:token (a name of 1 to 64 letters, digits, '.', '_', '@' or '-', \
+                        then a non-empty token)
+                        """)
+            }
+            tokens.append(Named(name: String(parts[0]), token: String(parts[1])))
+        }
+        guard Set(tokens.map(\.name)).count == tokens.count else {
+            throw ConfigurationKeyError(key: key, message: "names a token twice: each name must be unique")
+        }
+        guard Set(tokens.map(\.token)).count == tokens.count else {
+            throw ConfigurationKeyError(key: key, message: "holds the same token twice under two names")
+        }
+        self.init(tokens)
+    }
+
+    /// The one token a client sends, from the same variable: a token alone, or a single `name:token` pair.
+    public static func clientToken(_ text: String, key: String = "STORAGE_API_TOKEN") throws(ConfigurationKeyError)
+        -> String
+    {
+        let tokens = try APITokens(parsing: text, key: key).tokens
+        guard tokens.count == 1 else {
+            throw ConfigurationKeyError(key: key, message: "lists \(tokens.count) tokens: a client sends one")
+        }
+        return tokens[0].token
+    }
+
+    /// The name of `presented`, compared with every token in constant time (the time says nothing about which
+    /// token, or where it differs).
+    public func name(of presented: String) -> String? {
+        var found: String?
+        for named in tokens where Self.constantTimeEquals(presented, named.token) {
+            found = named.name
+        }
+        return found
+    }
+
+    public func contains(_ token: String) -> Bool { tokens.contains { $0.token == token } }
+
+    /// Compares every byte of the longer input, so the time taken says nothing about where they differ.
+    public static func constantTimeEquals(_ lhs: String, _ rhs: String) -> Bool {
+        let a = Array(lhs.utf8)
+        let b = Array(rhs.utf8)
+        var difference: UInt8 = a.count == b.count ? 0 : 1
+        for index in 0..<max(a.count, b.count) {
+            difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
+        }
+        return difference == 0
+    }
+
+    private static func isName(_ name: Substring) -> Bool {
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy { byte in
+                switch byte {
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                    UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "@"),
+                    UInt8(ascii: "-"):
+                    true
+                default: false
+                }
+            }
+    }
+}
