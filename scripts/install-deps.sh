@@ -3,7 +3,9 @@
 # the system libsqlite3), Python's venv module (test tools such as medallion run in a venv) and the openssl
 # command (scripts/make-dev-certs.sh, which the TLS tests use), and PostgreSQL (the tests of the PostgreSQL
 # store start their own server from its binaries; as root they run it as the unprivileged user watermark-pg,
-# created here, because initdb and pg_ctl refuse root).
+# created here, because initdb and pg_ctl refuse root), Prometheus (its promtool runs the alert rules' unit
+# tests, deploy/prometheus/alerts.test.yml, and the Prometheus integration test runs its server) and
+# Chromium (a web-view test renders a page in headless Chromium).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -12,6 +14,8 @@ dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then

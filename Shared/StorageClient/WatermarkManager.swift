@@ -204,6 +204,16 @@ public actor WatermarkManager {
         return queue.updates.count { $0.sourceID == sourceID }
     }
 
+    /// The source's runs as the storage keeps them, newest first (for status pages); empty for a source without
+    /// runs. Throws when the storage cannot be asked.
+    public func history(sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
+        do {
+            return try await client.history(sourceID: sourceID, limit: limit)
+        } catch StorageClientError.notFound {
+            return []
+        }
+    }
+
     /// The queued updates, oldest first (for status pages).
     public func pendingUpdates(sourceID: SourceID? = nil) -> [PendingUpdate] {
         queue.updates.filter { sourceID == nil || $0.sourceID == sourceID }

@@ -119,4 +119,44 @@ struct HTTPTests {
         #expect(text.contains(#"collection_stale_threshold_seconds{source_id="quiet"} 60.0"#))
         #expect(!text.contains("collection_watermark_timestamp_seconds"))  // no watermark yet: no series
     }
+
+    @Test func theWebViewShowsEverySourceHighlightsTroubleAndEscapesWhatItShows() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/in", withIntermediateDirectories: true)
+        let now = Timestamp.now()
+        try "{\"id\":\"r1\",\"modified\":\"\(now.adding(.seconds(-60)))\"}\n".write(
+            toFile: dir + "/in/a.ndjson", atomically: true, encoding: .utf8)
+        let good = SourceConfiguration(id: try SourceID("good"), kind: .directory(DirectorySettings(path: dir + "/in")))
+        // A folder that is not there fails its runs; its error carries markup that must show as text.
+        let bad = SourceConfiguration(
+            id: try SourceID("bad"), kind: .directory(DirectorySettings(path: dir + "/<script>alert(1)</script>")),
+            staleAfter: .seconds(1))
+        let registry = PrometheusCollectorRegistry()
+        var engine = try makeEngine(dir: dir, sources: [good, bad], registry: registry)
+        engine = CollectionEngine(
+            board: engine.board, runner: engine.runner, manager: engine.manager, metrics: engine.metrics,
+            makeCollector: engine.makeCollector, logger: Logger.quiet, startedAt: now.adding(.seconds(-120)))
+        for source in [good, bad, bad] {
+            _ = await engine.board.claimDue(now: Timestamp.now(), limit: 2)
+            let report = await engine.execute(source)
+            await engine.board.finish(report, nextRunAt: Timestamp.now().adding(.seconds(600)))
+        }
+        await engine.refreshWatching()
+        let app = Application(
+            router: buildRouter(engine: engine, registry: registry, instanceID: "web-1"), logger: .quiet)
+        try await app.test(.router) { client in
+            let page = try await client.execute(uri: "/", method: .get)
+            #expect(page.status == .ok && page.headers[.contentType] == "text/html; charset=utf-8")
+            let html = String(buffer: page.body)
+            #expect(html.contains(#"<meta http-equiv="refresh" content="10">"#))
+            #expect(html.contains(#"<tr id="source-good" class="source" data-source-id="good""#), "\(html)")
+            #expect(html.contains(#"<tr id="source-bad" class="source stale failing""#))
+            #expect(html.contains("×2 in a row"))
+            #expect(!html.contains("<script>") && html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"))
+            #expect(!html.contains("src=") && !html.contains("href="))  // no external assets
+            // The chart of the good source: one run of one record, as a bar with its label.
+            #expect(html.contains(#"<svg class="chart""#) && html.contains("success, 1 records"))
+        }
+    }
 }

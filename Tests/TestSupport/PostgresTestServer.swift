@@ -46,7 +46,7 @@ package final class PostgresTestServer: Sendable {
         try Data(password.utf8).write(to: URL(fileURLWithPath: directory + "/pwfile"))
         if root { _ = try runToEnd(["chown", "-R", systemUser, directory]) }
         let server = PostgresTestServer(
-            port: try freePort(), directory: directory, binaries: binaries, runAs: root ? systemUser : nil)
+            port: try freeTCPPort(), directory: directory, binaries: binaries, runAs: root ? systemUser : nil)
         try server.tool(
             "initdb", "-D", directory + "/data", "-U", user, "--pwfile=" + directory + "/pwfile",
             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
@@ -144,24 +144,4 @@ package final class PostgresTestServer: Sendable {
         }
     }
 
-    /// A TCP port that was free a moment ago (bound to port 0, then released).
-    private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Failure(description: "socket() failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        guard bound == 0 else { throw Failure(description: "bind() failed") }
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard named == 0 else { throw Failure(description: "getsockname() failed") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
 }

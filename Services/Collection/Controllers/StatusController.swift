@@ -29,6 +29,23 @@ struct StatusController<Context: RequestContext>: Sendable {
 
     /// What the engine knows now; it changes nothing and logs nothing (the scheduler refreshes staleness).
     @Sendable func status(_ request: Request, context: Context) async throws -> ServiceStatus {
+        await ServiceStatus.current(engine: engine, instanceID: instanceID)
+    }
+
+    /// The registry as it is; the scheduler keeps the watermark gauges current.
+    @Sendable func metrics(_ request: Request, context: Context) async throws -> Response {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer))
+        )
+    }
+}
+
+extension ServiceStatus {
+    /// What the engine knows now, for `/status` and the web view.
+    static func current(engine: CollectionEngine, instanceID: String) async -> ServiceStatus {
         let now = engine.clock()
         var sources: [SourceStatus] = []
         for entry in await engine.board.allEntries() {
@@ -46,6 +63,7 @@ struct StatusController<Context: RequestContext>: Sendable {
                     lastSuccessAt: CollectionEngine.lastSuccess(entry: entry, known: known)?.description,
                     nextRunAt: entry.running ? nil : (entry.nextRunAt?.description ?? "now"),
                     lastError: entry.lastError ?? known.flatMap { $0.status == .failed ? $0.errorMessage : nil },
+                    consecutiveFailures: CollectionEngine.consecutiveFailures(entry: entry, known: known),
                     lastRun: entry.lastRun.map(RunStatusBody.init)
                 ))
         }
@@ -53,16 +71,6 @@ struct StatusController<Context: RequestContext>: Sendable {
             instanceID: instanceID, now: now.description,
             uptimeSeconds: now.duration(since: engine.startedAt).secondsDouble,
             pendingUpdates: await engine.manager.pendingCount(), sources: sources)
-    }
-
-    /// The registry as it is; the scheduler keeps the watermark gauges current.
-    @Sendable func metrics(_ request: Request, context: Context) async throws -> Response {
-        var buffer: [UInt8] = []
-        registry.emit(into: &buffer)
-        return Response(
-            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-            body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer))
-        )
     }
 }
 
@@ -105,6 +113,8 @@ struct SourceStatus: Encodable, Sendable {
     /// A timestamp, "now" when due, `null` while running.
     @NullWhenAbsent var nextRunAt: String?
     @NullWhenAbsent var lastError: String?
+    /// Failed runs since the last success.
+    let consecutiveFailures: Int64
     @NullWhenAbsent var lastRun: RunStatusBody?
 
     enum CodingKeys: String, CodingKey {
@@ -118,6 +128,7 @@ struct SourceStatus: Encodable, Sendable {
         case lastSuccessAt = "last_success_at"
         case nextRunAt = "next_run_at"
         case lastError = "last_error"
+        case consecutiveFailures = "consecutive_failures"
         case lastRun = "last_run"
     }
 }

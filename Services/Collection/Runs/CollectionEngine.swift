@@ -75,8 +75,7 @@ struct CollectionEngine: Sendable {
             }
             metrics.setWatching(
                 id, watermark: mark, lastSuccess: lastSuccess,
-                consecutiveFailures: entry.lastRun == nil
-                    ? known?.consecutiveFailures ?? 0 : Int64(entry.consecutiveFailures),
+                consecutiveFailures: Self.consecutiveFailures(entry: entry, known: known),
                 stale: stale)
             if await board.setStale(id, stale) {
                 logger.warning(
@@ -89,6 +88,11 @@ struct CollectionEngine: Sendable {
                 )
             }
         }
+    }
+
+    /// Failed runs in a row: this process's count once it ran the source, else the storage's.
+    static func consecutiveFailures(entry: SourceBoard.Entry, known: Watermark?) -> Int64 {
+        entry.lastRun == nil ? known?.consecutiveFailures ?? 0 : Int64(entry.consecutiveFailures)
     }
 
     /// When the source last succeeded: this process's last success, else the storage's record of it.
