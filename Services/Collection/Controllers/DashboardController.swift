@@ -127,7 +127,7 @@ struct DashboardSource {
     static func until(_ text: String, now: Timestamp) -> String {
         guard let at = try? Timestamp(rfc3339: text) else { return text }
         let seconds = at.duration(since: now).secondsDouble
-        return seconds <= 0 ? "now" : "in \(age(seconds: seconds))"
+        return seconds < 1 ? "now" : "in \(age(seconds: seconds))"
     }
 }
 
