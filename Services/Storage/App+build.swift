@@ -64,7 +64,7 @@ func buildRouter(
     let protected = RecordingRouter(recorder.group().add(middleware: auth), table: protectedRoutes)
     SystemController<StorageRequestContext>(
         store: store, metrics: metrics, startedAt: .now, environment: configuration.environment,
-        metricsSourceLimit: configuration.metricsSourceLimit,
+        metricsSourceLimit: configuration.metricsSourceLimit, mayRead: { auth.mayRead($0) },
         openAPIDocument: ByteBuffer(string: OpenAPIDocument.yaml(for: .init(configuration)))
     ).addRoutes(open: recorder, protected: protected)
     protected.addRoutes(

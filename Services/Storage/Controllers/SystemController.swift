@@ -15,6 +15,9 @@ struct SystemController<Context: RequestContext> {
     let environment: StorageConfiguration.Environment
     /// `METRICS_SOURCE_LIMIT`: how many sources `/metrics` shows one by one (0: none).
     var metricsSourceLimit = 1000
+    /// Whether a request may see data (a token, when the service has tokens): `/metrics` is open, but its
+    /// per-source series name sources and their marks, so they are shown only to such a request.
+    var mayRead: @Sendable (Request) -> Bool = { _ in true }
     /// The OpenAPI document for the running configuration, rendered once.
     let openAPIDocument: ByteBuffer
 
@@ -52,7 +55,7 @@ struct SystemController<Context: RequestContext> {
         // A failing database must not hide the request metrics: the counts are then left out.
         let summary = try? await store.summary()
         let sources =
-            metricsSourceLimit == 0
+            metricsSourceLimit == 0 || !mayRead(request)
             ? [] : try? await store.list(WatermarkQuery(limit: metricsSourceLimit)).watermarks
         let text = metrics.render(summary: summary, sources: sources)
         return Response(

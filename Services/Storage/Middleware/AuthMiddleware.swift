@@ -38,6 +38,15 @@ struct AuthMiddleware<Context: CallerRequestContext>: RouterMiddleware {
         throw WatermarkError.unauthorized
     }
 
+    /// Whether `request` may read data: any token of the service (API or read), or no tokens at all. For the open
+    /// routes that show more to a caller who has one (`/metrics`' per-source series).
+    func mayRead(_ request: Request) -> Bool {
+        guard let apiTokens else { return true }
+        guard let presented = Self.bearer(request.headers[.authorization]) else { return false }
+        if apiTokens.name(of: presented) != nil { return true }
+        return readToken.map { APITokens.constantTimeEquals(presented, $0) } ?? false
+    }
+
     static func bearer(_ header: String?) -> String? {
         guard let header else { return nil }
         let parts = header.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
