@@ -43,14 +43,18 @@ PORT=$collection_port HOST=${HOST:-127.0.0.1} DATA_DIR=${DATA_DIR:-data/collecti
   "$bin/collection-service" &
 pids+=($!)
 
+# watermarkctl talks to http://127.0.0.1:8000 unless told otherwise.
+ctl="$bin/watermarkctl"
+[ "$storage_port" = 8000 ] || ctl="STORAGE_SERVICE_URL=http://127.0.0.1:$storage_port $ctl"
+
 cat <<INFO
 
   Web view           http://127.0.0.1:$collection_port/   (every source at a glance; refreshes itself)
   Storage Service    http://127.0.0.1:$storage_port   (database: ${DATABASE_PATH:-data/watermarks.db})
   Collection Service http://127.0.0.1:$collection_port   (sources: ${COLLECTION_CONFIG:-demo/config/sources.json})
 
-  $bin/watermarkctl list                          # every watermark, with ages
-  $bin/watermarkctl history demo-feeds            # its runs: who, why, how many records
+  $ctl list                  # every watermark, with ages
+  $ctl history demo-feeds    # its runs: who, why, how many records
 
   curl -s http://127.0.0.1:$storage_port/api/v1/watermarks            # every watermark (JSON)
   curl -s http://127.0.0.1:$storage_port/api/v1/watermarks/demo-feeds # one source

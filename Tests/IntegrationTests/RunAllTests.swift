@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import TestSupport
 import Testing
 
 /// `make run-all` as a user runs it: both services with the shipped demo configuration, the demo
@@ -52,6 +53,18 @@ struct RunAllTests {
 
         let collection = TestHTTP(baseURL: "http://127.0.0.1:\(collectionPort)")
         #expect(try await collection.send(.GET, "/status").status == 200)
+
+        // What run-all points to works offline: the web view shows both demo sources, and the printed
+        // watermarkctl command lists the demo's watermark.
+        #expect(script.log.contains("Web view           http://127.0.0.1:\(collectionPort)/"), "\(script.log)")
+        let page = try await collection.send(.GET, "/")
+        #expect(page.status == 200 && page.text.contains(#"id="source-demo-feeds""#))
+        #expect(page.text.contains(#"id="source-demo-inbox""#))
+        let printed = try #require(
+            script.log.split(separator: "\n").first { $0.contains("watermarkctl list") }, "\(script.log)")
+        let command = String(printed.prefix { $0 != "#" }).trimmingCharacters(in: .whitespaces)
+        let listed = try runToEnd(["/bin/sh", "-c", command + " 2>&1"])
+        #expect(listed.status == 0 && listed.output.contains("demo-feeds"), "\(command): \(listed.output)")
 
         // Ctrl-C: the script stops both services and exits.
         let status = try await script.stop(signal: SIGINT, timeout: .seconds(30))
