@@ -87,8 +87,9 @@ struct AccessTests {
             // With a token (the read one will do), /metrics adds the per-source series, which name sources.
             let scraped = try await http.send(.GET, "/metrics", headers: read)
             #expect(scraped.text.contains(#"storage_watermark_timestamp_seconds{source_id="\#(Self.secretSource)"}"#))
-            #expect(!(try await http.send(.GET, "/metrics", headers: [("Authorization", "Bearer nope")])).text
-                .contains(Self.secretSource))
+            #expect(
+                !(try await http.send(.GET, "/metrics", headers: [("Authorization", "Bearer nope")])).text
+                    .contains(Self.secretSource))
 
             // Tokens never reach the log, at the most verbose level, whatever was sent.
             try await Task.sleep(for: .milliseconds(200))  // let the last lines through the pipe
