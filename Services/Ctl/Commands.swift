@@ -36,20 +36,16 @@ extension WatermarkCtl {
         }
     }
 
-    struct Get: AsyncParsableCommand {
+    struct Get: ShowOne {
         static let configuration = CommandConfiguration(abstract: "One source's watermark.")
         @OptionGroup var connection: Connection
         @Argument(help: "The source id.") var id: String
         @Option(help: "table or json.") var output: OutputFormat = .table
 
         func run() async throws {
-            try await exiting {
-                let source = try sourceID(id)
-                guard let watermark = try await connection.run({ try await $0.getWatermark(sourceID: source) }) else {
-                    throw Failure(1, "\(source) has no watermark (never collected, or reset)")
-                }
-                print(output == .json ? try Render.json(watermark) : Render.table([watermark], now: Timestamp.now()))
-            }
+            try await show(
+                { try await $0.getWatermark(sourceID: $1) }, none: "has no watermark (never collected, or reset)",
+                table: { Render.table([$0], now: $1) })
         }
     }
 
@@ -146,7 +142,7 @@ extension WatermarkCtl {
         }
     }
 
-    struct Lease: AsyncParsableCommand {
+    struct Lease: ShowOne {
         static let configuration = CommandConfiguration(
             abstract: "Who holds the source's lease, its fencing token and when it ends; exit 1 when none is live.")
         @OptionGroup var connection: Connection
@@ -154,13 +150,9 @@ extension WatermarkCtl {
         @Option(help: "table or json.") var output: OutputFormat = .table
 
         func run() async throws {
-            try await exiting {
-                let source = try sourceID(id)
-                guard let lease = try await connection.run({ try await $0.lease(sourceID: source) }) else {
-                    throw Failure(1, "\(source) has no live lease (none granted, released or expired)")
-                }
-                print(output == .json ? try Render.json(lease) : Render.lease(lease, now: Timestamp.now()))
-            }
+            try await show(
+                { try await $0.lease(sourceID: $1) }, none: "has no live lease (none granted, released or expired)",
+                table: Render.lease)
         }
     }
 
@@ -227,6 +219,28 @@ extension WatermarkCtl {
                 print("imported \(set), refused \(refused)")
                 if refused > 0 { throw Failure(1, "\(refused) watermark(s) refused (--force accepts regressions)") }
             }
+        }
+    }
+}
+
+/// `get` and `lease`: one thing of one source, as a table or JSON; exit 1 when there is none.
+protocol ShowOne: AsyncParsableCommand {
+    var connection: Connection { get }
+    var id: String { get }
+    var output: OutputFormat { get }
+}
+
+extension ShowOne {
+    func show<T: Encodable>(
+        _ fetch: @escaping (HTTPStorageClient, SourceID) async throws -> T?, none: String,
+        table: (T, Timestamp) -> String
+    ) async throws {
+        try await exiting {
+            let source = try sourceID(id)
+            guard let found = try await connection.run({ try await fetch($0, source) }) else {
+                throw Failure(1, "\(source) \(none)")
+            }
+            print(output == .json ? try Render.json(found) : table(found, Timestamp.now()))
         }
     }
 }

@@ -109,17 +109,26 @@ public final class HTTPStorageClient: StorageClient {
     // MARK: StorageClient
 
     public func getWatermark(sourceID: SourceID) async throws -> Watermark? {
-        let answer = try await send(.GET, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, accept: [200, 404])
+        try await getUnlessAbsent(
+            Watermark.self, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID,
+            absent: WatermarkError.watermarkNotFound(sourceID))
+    }
+
+    /// GET of something that may not exist: `nil` for the service's own 404 `absent`. Any other 404 (a proxy, a
+    /// wrong path prefix in STORAGE_SERVICE_URL) is an error: for a watermark, a silent `nil` would restart
+    /// collection from the lookback.
+    private func getUnlessAbsent<T: Decodable>(
+        _ type: T.Type, _ path: String, sourceID: SourceID, absent: WatermarkError
+    ) async throws -> T? {
+        let answer = try await send(.GET, path, sourceID: sourceID, accept: [200, 404])
         if answer.status == 404 {
-            // Only the service's own "no watermark yet" means a first collection. Any other 404 (a proxy, a
-            // wrong path prefix in STORAGE_SERVICE_URL) must not silently restart collection from the lookback.
             let error = Self.serviceError(status: 404, body: answer.body)
-            guard error.code == WatermarkError.watermarkNotFound(sourceID).code else {
+            guard error.code == absent.code else {
                 throw StorageClientError.invalidRequest(code: error.code, message: error.message)
             }
             return nil
         }
-        return try decode(Watermark.self, from: answer)
+        return try decode(T.self, from: answer)
     }
 
     @discardableResult
@@ -178,16 +187,9 @@ public final class HTTPStorageClient: StorageClient {
         charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 -._~")
 
     public func lease(sourceID: SourceID) async throws -> Lease? {
-        let answer = try await send(
-            .GET, "/api/v1/watermarks/\(sourceID)/lease", sourceID: sourceID, accept: [200, 404])
-        if answer.status == 404 {
-            let error = Self.serviceError(status: 404, body: answer.body)
-            guard error.code == WatermarkError.leaseNotFound(sourceID).code else {
-                throw StorageClientError.invalidRequest(code: error.code, message: error.message)
-            }
-            return nil
-        }
-        return try decode(Lease.self, from: answer)
+        try await getUnlessAbsent(
+            Lease.self, "/api/v1/watermarks/\(sourceID)/lease", sourceID: sourceID,
+            absent: WatermarkError.leaseNotFound(sourceID))
     }
 
     public func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage {

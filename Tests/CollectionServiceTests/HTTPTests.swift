@@ -26,13 +26,19 @@ struct HTTPTests {
             httpClient: HTTPClient.shared, registry: registry, logger: Logger.quiet)
     }
 
-    @Test func healthStatusMetricsAndManualRuns() async throws {
-        let dir = try makeTemporaryDirectory()
-        defer { removeTemporary(dir) }
+    /// A drop folder `dir/in` with one record stamped a minute before the returned instant.
+    static func dropOneRecord(in dir: String) throws -> Timestamp {
         try FileManager.default.createDirectory(atPath: dir + "/in", withIntermediateDirectories: true)
         let now = Timestamp.now()
         try "{\"id\":\"r1\",\"modified\":\"\(now.adding(.seconds(-60)))\"}\n".write(
             toFile: dir + "/in/a.ndjson", atomically: true, encoding: .utf8)
+        return now
+    }
+
+    @Test func healthStatusMetricsAndManualRuns() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let now = try Self.dropOneRecord(in: dir)
         try "{broken".write(toFile: dir + "/in/b.json", atomically: true, encoding: .utf8)
         let source = SourceConfiguration(
             id: try SourceID("drop"), kind: .directory(DirectorySettings(path: dir + "/in")), interval: .seconds(3600)
@@ -123,10 +129,7 @@ struct HTTPTests {
     @Test func theWebViewShowsEverySourceHighlightsTroubleAndEscapesWhatItShows() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
-        try FileManager.default.createDirectory(atPath: dir + "/in", withIntermediateDirectories: true)
-        let now = Timestamp.now()
-        try "{\"id\":\"r1\",\"modified\":\"\(now.adding(.seconds(-60)))\"}\n".write(
-            toFile: dir + "/in/a.ndjson", atomically: true, encoding: .utf8)
+        let now = try Self.dropOneRecord(in: dir)
         let good = SourceConfiguration(id: try SourceID("good"), kind: .directory(DirectorySettings(path: dir + "/in")))
         // A folder that is not there fails its runs; its error carries markup that must show as text.
         let bad = SourceConfiguration(
