@@ -10,6 +10,7 @@ this process (pre-rendered 1,000-object pages with `next` and the X-TAXII-Date-A
 bench/baseline_collector.py on the same input: records/s into the durable sink, wall time, peak RSS of the
 collecting process, and whether every unique (id, version) landed exactly once.
 Prints a table and writes bench/results/<UTC date>-collector.json. It reports; it never asserts.
+BENCH_WRAP prefixes the service's command line (a profiler: "perf record -g -o /tmp/perf-{name}.data --").
 """
 import argparse
 import http.server
@@ -188,8 +189,11 @@ def main():
             with open(config, "w") as out:
                 json.dump({"sources": [source]}, out)
             data = os.path.join(work, f"data-{name}")
+            # BENCH_WRAP runs the service under a profiler, e.g. "perf record -g -o /tmp/perf-{name}.data --"
+            # (its figures then include the profiler: for finding what dominates, not for the table).
+            wrap = os.environ.get("BENCH_WRAP", "").replace("{name}", name).split()
             seconds, rss, status = measured(
-                [os.path.join(args.bin, "collection-service"), "--once", "--config", config, "--data-dir", data],
+                wrap + [os.path.join(args.bin, "collection-service"), "--once", "--config", config, "--data-dir", data],
                 env=dict(env, STORAGE_SERVICE_URL=f"http://127.0.0.1:{port}", PORT=str(free_port())))
             lines, keys = sink_count(os.path.join(data, name))
             results.append({"scenario": f"collection-service {name}", "seconds": round(seconds, 2),

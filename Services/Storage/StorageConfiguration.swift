@@ -94,13 +94,3 @@ package struct StorageConfiguration: Sendable {
         }
     }
 }
-
-extension String {
-    /// Foundation-free trim, for the request path.
-    func trimmingWhitespace() -> String {
-        var scalars = Substring(self)
-        while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
-        while let last = scalars.last, last.isWhitespace { scalars.removeLast() }
-        return String(scalars)
-    }
-}

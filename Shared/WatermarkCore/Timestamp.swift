@@ -306,3 +306,19 @@ public struct TimestampError: Error, Sendable, Equatable, CustomStringConvertibl
         return "'\(shown)' is not an RFC 3339 timestamp: \(reason)"
     }
 }
+
+extension String {
+    /// The text without leading and trailing white space, without Foundation: `trimmingCharacters(in:)` goes
+    /// through NSString on Linux, and trimming each record's 30-byte timestamp that way was 11 % of a drop-folder
+    /// collection's CPU. Text with nothing to trim (the usual case) is returned as it is.
+    public func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.first, let last = scalars.last,
+            first.properties.isWhitespace || last.properties.isWhitespace
+        else { return self }
+        var view = Substring(self).unicodeScalars
+        while let head = view.first, head.properties.isWhitespace { view.removeFirst() }
+        while let tail = view.last, tail.properties.isWhitespace { view.removeLast() }
+        return String(view)
+    }
+}

@@ -94,6 +94,17 @@ struct TimestampTests {
     }
 }
 
+@Suite("trimmingWhitespace")
+struct TrimmingTests {
+    @Test(arguments: [
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"), ("  x \t", "x"), ("\n\u{00A0}x y\u{2003}", "x y"),
+        ("", ""), ("   ", ""), ("é", "é"),
+    ])
+    func trimsLikeFoundationsWhitespace(text: String, trimmed: String) {
+        #expect(text.trimmingWhitespace() == trimmed)
+    }
+}
+
 @Suite("SourceID")
 struct SourceIDTests {
     @Test(

@@ -77,7 +77,7 @@ extension CollectedRecord {
     init(id: String, stamp text: String, json: Data, field: @autoclosure () -> String) throws(CollectorError) {
         let mark: Timestamp
         do {
-            mark = try Timestamp(rfc3339: text.trimmingCharacters(in: .whitespaces), assumeUTC: true)
+            mark = try Timestamp(rfc3339: text.trimmingWhitespace(), assumeUTC: true)
         } catch {
             throw .malformed("\(field()): \(error)")
         }

@@ -19,7 +19,7 @@ extension Request {
     mutating func decodeJSON<T: Decodable>(_ type: T.Type, limit: Int) async throws -> T {
         if let contentType = headers[.contentType] {
             let mediaType =
-                contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+                contentType.split(separator: ";").first.map { String($0).trimmingWhitespace().lowercased() }
                 ?? ""
             guard
                 mediaType == "application/json" || (mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json"))
@@ -91,8 +91,8 @@ extension Request {
 
     /// `If-Match: "<version>"`, `If-Match: *` or `If-None-Match: *`.
     func writePrecondition() throws -> WritePrecondition? {
-        let ifMatch = headers[.ifMatch]?.trimmingCharacters(in: .whitespaces)
-        let ifNoneMatch = headers[.ifNoneMatch]?.trimmingCharacters(in: .whitespaces)
+        let ifMatch = headers[.ifMatch]?.trimmingWhitespace()
+        let ifNoneMatch = headers[.ifNoneMatch]?.trimmingWhitespace()
         switch (ifMatch, ifNoneMatch) {
         case (nil, nil):
             return nil
@@ -130,7 +130,7 @@ extension Request {
 
     /// `Lease-Token: <fencing_token>`.
     func leaseToken() throws -> Int64? {
-        guard let text = headers[.leaseToken]?.trimmingCharacters(in: .whitespaces) else { return nil }
+        guard let text = headers[.leaseToken]?.trimmingWhitespace() else { return nil }
         // Exactly what the document's pattern says: 1 to 18 decimal digits, no sign, no leading zero.
         let digits = text.utf8
         guard (1...18).contains(digits.count), digits.first != UInt8(ascii: "0"),
@@ -147,7 +147,7 @@ extension Request {
     /// decoded; any other text is kept as sent.
     func reason() throws -> String? {
         guard let raw = headers[.reason] else { return nil }
-        let text = raw.trimmingCharacters(in: .whitespaces)
+        let text = raw.trimmingWhitespace()
         guard (1...Attribution.maxReasonLength).contains(text.utf8.count),
             text.utf8.allSatisfy({ (0x20...0x7E).contains($0) })
         else {

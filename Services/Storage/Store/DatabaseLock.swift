@@ -3,6 +3,7 @@
 #elseif canImport(Darwin)
     import Darwin
 #endif
+import WatermarkCore
 
 /// An exclusive lock on `<database>.lock`, held for the life of the process.
 ///
