@@ -1,9 +1,10 @@
+import WatermarkCore
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
     import Darwin
 #endif
-import WatermarkCore
 
 /// An exclusive lock on `<database>.lock`, held for the life of the process.
 ///
