@@ -41,8 +41,11 @@ enum JSONSplitter {
             if index == start { throw Failure(offset: start, reason: "a value is missing") }
             return index < bytes.count || complete ? index : nil
         }
-        var stack: [UInt8] = [first]
-        stack.reserveCapacity(16)
+        // The open brackets, one bit a level (1: object), in a register: a heap-allocated stack per value was
+        // a malloc for every record and every nested array in it. Deeper than 64 levels spills to `deeper`.
+        var open: UInt64 = first == UInt8(ascii: "{") ? 1 : 0
+        var depth = 1
+        var deeper: [Bool] = []
         var index = start + 1
         while index < bytes.count {
             let byte = bytes[index]
@@ -52,13 +55,16 @@ enum JSONSplitter {
                 index = end
                 continue
             case UInt8(ascii: "{"), UInt8(ascii: "["):
-                stack.append(byte)
+                if depth >= 64 { deeper.append(open >> 63 == 1) }
+                open = open << 1 | (byte == UInt8(ascii: "{") ? 1 : 0)
+                depth += 1
             case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                let open = stack.removeLast()
-                guard (open == UInt8(ascii: "{")) == (byte == UInt8(ascii: "}")) else {
+                guard (open & 1 == 1) == (byte == UInt8(ascii: "}")) else {
                     throw Failure(offset: index, reason: "mismatched \(Character(UnicodeScalar(byte)))")
                 }
-                if stack.isEmpty { return index + 1 }
+                depth -= 1
+                if depth == 0 { return index + 1 }
+                open = open >> 1 | (depth >= 64 && deeper.removeLast() ? 1 << 63 : 0)
             default:
                 break
             }
@@ -68,12 +74,19 @@ enum JSONSplitter {
     }
 
     /// The end (after the closing quote) of the string whose opening quote is at `start`; `nil` if unclosed.
+    /// Quotes are found with `memchr`; one is the end unless an odd number of backslashes escapes it.
     static func stringEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) -> Int? {
-        var index = start + 1
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") { return index + 1 }
-            index += byte == UInt8(ascii: "\\") ? 2 : 1
+        guard let base = bytes.baseAddress else { return nil }
+        var from = start + 1
+        while from < bytes.count {
+            guard let found = memchr(base + from, Int32(UInt8(ascii: "\"")), bytes.count - from) else { return nil }
+            let quote = base.distance(to: UnsafeRawPointer(found))
+            var backslashes = 0
+            while quote - backslashes - 1 > start, bytes[quote - backslashes - 1] == UInt8(ascii: "\\") {
+                backslashes += 1
+            }
+            if backslashes % 2 == 0 { return quote + 1 }
+            from = quote + 1
         }
         return nil
     }
