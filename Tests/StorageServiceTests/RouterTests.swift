@@ -436,9 +436,14 @@ struct RouterTests {
             #expect(text.contains(#"storage_watermark_last_run_timestamp_seconds{source_id="n"} 1767225600.0"#))
             #expect(text.contains(#"storage_watermark_consecutive_failures{source_id="n"} 1.0"#))
             #expect(!text.contains(#"storage_watermark_timestamp_seconds{source_id="n"}"#))  // never succeeded
-            // A reset source leaves the per-source series.
+            // A reset source leaves the per-source series at their next refresh (at most a second later).
             _ = try await client.execute(uri: "/api/v1/watermarks/m", method: .delete)
-            text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+            let deadline = ContinuousClock.now + .seconds(10)
+            repeat {
+                text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                if !text.contains(#"source_id="m""#) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            } while ContinuousClock.now < deadline
             #expect(!text.contains(#"source_id="m""#) && text.contains(#"source_id="n""#))
         }
         // METRICS_SOURCE_LIMIT bounds the series: the first sources by id, none at 0.

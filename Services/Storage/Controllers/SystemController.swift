@@ -54,13 +54,19 @@ struct SystemController<Context: RequestContext> {
     @Sendable func metricsText(request: Request, context: Context) async throws -> Response {
         // A failing database must not hide the request metrics: the counts are then left out.
         let summary = try? await store.summary()
-        let sources =
-            metricsSourceLimit == 0 || !mayRead(request)
-            ? [] : try? await store.list(WatermarkQuery(limit: metricsSourceLimit)).watermarks
-        let text = metrics.render(summary: summary, sources: sources)
+        var buffers = [ByteBuffer(string: metrics.render(summary: summary))]
+        if metricsSourceLimit > 0, mayRead(request) {
+            let (store, limit) = (store, metricsSourceLimit)
+            buffers.append(
+                await metrics.renderSources { try? await store.list(WatermarkQuery(limit: limit)).watermarks })
+        }
+        let body = buffers
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(string: text))
+            body: .init(contentLength: body.reduce(0) { $0 + $1.readableBytes }) { writer in
+                for buffer in body { try await writer.write(buffer) }
+                try await writer.finish(nil)
+            }
         )
     }
 
