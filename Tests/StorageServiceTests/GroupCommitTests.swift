@@ -132,4 +132,19 @@ struct GroupCommitTests {
             try store.close()
         }
     }
+
+    /// Readers keep a small page cache (random reads of a large database are the OS cache's job); the writer
+    /// keeps SQLite's default.
+    @Test("reader connections cache 512 KiB of pages, the writer SQLite's default 2 MiB")
+    func readerCacheSize() async throws {
+        let folder = NSTemporaryDirectory() + "cache-size-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+        #expect(try await store.writer.read { db in try Int.fetchOne(db, sql: "PRAGMA cache_size") } == -512)
+        #expect(
+            try await store.writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA cache_size") }
+                == -2000)
+        try store.close()
+    }
 }
