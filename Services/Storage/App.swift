@@ -45,7 +45,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "REQUEST_TIMEOUT_SECONDS: time for a whole request to arrive (default 30).")
     var requestTimeoutSeconds: String?
     @Option(help: "MAX_CONNECTIONS (default 512).") var maxConnections: String?
-    @Option(help: "READ_CACHE_ENTRIES: watermarks kept in memory for reads (default 10000; 0 turns it off).")
+    @Option(help: "READ_CACHE_ENTRIES: watermarks kept in memory for reads (default 5000; 0 turns it off).")
     var readCacheEntries: String?
     @Option(help: "METRICS_SOURCE_LIMIT: sources /metrics shows one by one (default 1000; 0 for none).")
     var metricsSourceLimit: String?

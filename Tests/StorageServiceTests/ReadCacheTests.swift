@@ -46,9 +46,9 @@ struct ReadCacheTests {
         #expect(store.cache.count == 0)
     }
 
-    @Test("READ_CACHE_ENTRIES is read, defaults to 10000, and a value out of range is refused by name")
+    @Test("READ_CACHE_ENTRIES is read, defaults to 5000, and a value out of range is refused by name")
     func configuration() throws {
-        #expect(try StorageConfiguration([:]).readCacheEntries == 10_000)
+        #expect(try StorageConfiguration([:]).readCacheEntries == 5000)
         #expect(try StorageConfiguration(["READ_CACHE_ENTRIES": "0"]).readCacheEntries == 0)
         #expect(try StorageConfiguration(["READ_CACHE_ENTRIES": " 250000 "]).readCacheEntries == 250_000)
         for bad in ["-1", "lots", "10000001", "1e4"] {

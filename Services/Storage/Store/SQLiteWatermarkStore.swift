@@ -29,7 +29,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// (`SQLiteDatabaseService` creates it).
     convenience init(
         path: String, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 10_000
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000
     ) throws {
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
@@ -52,7 +52,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// Uses an open database; `DatabaseQueue()` gives an in-memory one for tests.
     init(
         writer: any DatabaseWriter, path: String? = nil, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 10_000
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000
     ) throws {
         self.writer = writer
         self.cache = ReadCache(capacity: cacheCapacity)
