@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 @testable import CollectionService
@@ -8,25 +9,14 @@ import Testing
 /// quotes and backslashes), and on corrupted ones.
 @Suite("JSONSplitter")
 struct JSONSplitterTests {
-    /// SplitMix64, so a failing document can be replayed from its seed.
-    struct Random: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
-    static func string(_ random: inout Random) -> String {
+    static func string(_ random: inout SeededRandom) -> String {
         let pieces = ["a", "\"", "\\", "\\\\", "\\\"", "{", "}", "[", "]", ",", ":", "é", "\n", " "]
         return (0..<Int.random(in: 0...12, using: &random)).map { _ in pieces.randomElement(using: &random)! }
             .joined()
     }
 
-    static func value(_ random: inout Random, depth: Int) -> Any {
+    static func value(_ random: inout SeededRandom, depth: Int) -> Any {
         switch depth > 0 ? Int.random(in: 0...5, using: &random) : Int.random(in: 3...5, using: &random) {
         case 0, 1:
             var object: [String: Any] = [:]
@@ -42,7 +32,7 @@ struct JSONSplitterTests {
     }
 
     /// `[[[...{"k": value}...]]]`: `levels` brackets around a random value.
-    static func nested(_ random: inout Random, levels: Int) -> Any {
+    static func nested(_ random: inout SeededRandom, levels: Int) -> Any {
         var document: Any = ["k": value(&random, depth: 3)]
         for level in 0..<levels { document = level % 3 == 0 ? ["n": document] : [document] }
         return document
@@ -50,7 +40,7 @@ struct JSONSplitterTests {
 
     @Test(arguments: [UInt64(20_261_205), 7, 4242])
     func endsWhereTheWriterEnded(seed: UInt64) throws {
-        var random = Random(state: seed)
+        var random = SeededRandom(seed: seed)
         for round in 0..<300 {
             let levels =
                 round % 10 == 0 ? Int.random(in: 60...140, using: &random) : Int.random(in: 0...5, using: &random)

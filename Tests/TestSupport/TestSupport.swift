@@ -171,3 +171,23 @@ struct PortFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
+
+/// A small deterministic random generator (SplitMix64), so a failing run can be replayed by its seed.
+package struct SeededRandom: RandomNumberGenerator {
+    private var state: UInt64
+
+    package init(seed: UInt64) { state = seed }
+
+    package mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// The seed from `variable` in the environment, or `fallback`.
+    package static func seed(from variable: String, default fallback: UInt64) -> UInt64 {
+        ProcessInfo.processInfo.environment[variable].flatMap(UInt64.init) ?? fallback
+    }
+}

@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import Synchronization
+import TestSupport
 import Testing
 
 /// "Nothing acknowledged is ever lost": concurrent writers against the real process, SIGKILL at random

@@ -78,26 +78,6 @@ func waitUntil(
     }
 }
 
-/// A small deterministic random generator (SplitMix64), so a failing run can be replayed by its seed.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// The seed from `variable` in the environment, or `fallback`.
-    static func seed(from variable: String, default fallback: UInt64) -> UInt64 {
-        ProcessInfo.processInfo.environment[variable].flatMap(UInt64.init) ?? fallback
-    }
-}
-
 /// Figures of a reliability run, appended as one JSON line to `RELIABILITY_REPORT` when that is set, so
 /// RELIABILITY.md can quote the last run.
 func reportFigures(_ test: String, _ figures: [String: Int]) {
