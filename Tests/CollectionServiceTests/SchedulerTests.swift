@@ -87,7 +87,10 @@ struct SchedulerTests {
         #expect(await counter.maxRunning <= 2)
         #expect(await engine.board.runningCount == 0)
         let entry = try #require(await engine.board.entry(sources[0].id))
-        #expect(entry.lastRun?.outcome == .success && entry.nextRunAt != nil)
+        // The interval may have started a third run just before the shutdown, which then abandons it (a
+        // correct outcome, seen on a loaded CI machine).
+        let outcome = try #require(entry.lastRun?.outcome)
+        #expect([.success, .abandoned].contains(outcome) && entry.nextRunAt != nil, "\(outcome)")
     }
 
     @Test func aTriggerWhileRunningIsRefusedAndOneWhileWaitingIsCoalesced() async throws {

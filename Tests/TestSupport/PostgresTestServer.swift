@@ -83,6 +83,8 @@ package final class PostgresTestServer: Sendable {
     }
 
     /// The rows `sql` returns in `database`, one line each, columns separated by `|` (psql's unaligned output).
+    /// psql runs in the server's folder: run as the unprivileged user from a folder that user may not enter (a
+    /// clone under a mode-700 temporary folder), it printed "could not change directory" among the rows.
     package func query(_ sql: String, database: String = "postgres") throws -> [String] {
         let out = directory + "/query-\(UUID().uuidString.prefix(8)).out"
         defer { try? FileManager.default.removeItem(atPath: out) }
@@ -91,7 +93,7 @@ package final class PostgresTestServer: Sendable {
             user + [
                 binaries + "/psql", "-h", directory, "-p", "\(port)", "-U", Self.user, "-d", database, "-At", "-c", sql,
             ],
-            outputFile: out)
+            outputFile: out, currentDirectory: directory)
         guard status == 0 else { throw Failure(description: "psql failed (\(status)): \(output)") }
         return output.split(separator: "\n").map(String.init)
     }
@@ -118,7 +120,8 @@ package final class PostgresTestServer: Sendable {
         let user = runAs.map { ["/usr/sbin/runuser", "-u", $0, "--"] } ?? []
         // pg_ctl leaves the server running, which would inherit a pipe: its output goes to a file.
         let (status, output) = try runToEnd(
-            user + [binaries + "/" + name] + arguments, outputFile: directory + "/\(name).out")
+            user + [binaries + "/" + name] + arguments, outputFile: directory + "/\(name).out",
+            currentDirectory: directory)
         guard status == 0 else { throw Failure(description: "\(name) failed (\(status)): \(output)") }
     }
 

@@ -87,11 +87,14 @@ package final class LogRecorder: Sendable {
 /// Runs a command (an absolute path, or a name looked up by `/usr/bin/env`) to its end: its exit status and its
 /// standard output and error together. With `outputFile` the output goes to that file instead of a pipe (and is
 /// read back from it) and the command is reaped with `waitpid`: for commands that leave a daemon behind, which
-/// would hold a pipe open for ever.
-package func runToEnd(_ arguments: [String], environment: [String: String]? = nil, outputFile: String? = nil) throws
-    -> (status: Int32, output: String)
-{
+/// would hold a pipe open for ever. `currentDirectory`: where it runs (a command run as another user needs one that
+/// user may enter, or it says so on standard error).
+package func runToEnd(
+    _ arguments: [String], environment: [String: String]? = nil, outputFile: String? = nil,
+    currentDirectory: String? = nil
+) throws -> (status: Int32, output: String) {
     let process = Process()
+    if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
     if arguments[0].hasPrefix("/") {
         process.executableURL = URL(fileURLWithPath: arguments[0])
         process.arguments = Array(arguments.dropFirst())
