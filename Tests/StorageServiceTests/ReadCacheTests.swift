@@ -60,3 +60,47 @@ struct ReadCacheTests {
         }
     }
 }
+
+/// The cache's own rules: first in, first out when full, a write's `forget` wins over a read from before it.
+@Suite("Read cache eviction")
+struct ReadCacheEvictionTests {
+    @Test("when full, the key stored longest ago makes room; the last `capacity` keys stay, whatever the turnover")
+    func firstInFirstOut() {
+        let cache = ReadCache<Int, String>(capacity: 3)
+        for key in 0..<3 { cache.store("v\(key)", for: key, ifGeneration: 0) }
+        cache.store("v3", for: 3, ifGeneration: 0)
+        #expect(cache.lookup(0).value == nil)
+        #expect([1, 2, 3].map { cache.lookup($0).value } == ["v1", "v2", "v3"])
+        // Storing a key that is there replaces its value and evicts nothing.
+        cache.store("new", for: 2, ifGeneration: 0)
+        #expect([1, 2, 3].map { cache.lookup($0).value } == ["v1", "new", "v3"])
+        var generator = SeededRandom(seed: 20_261_205)
+        var stored: [Int] = [1, 2, 3]
+        for _ in 0..<10_000 {
+            let key = Int(generator.next() % 50)
+            if !stored.suffix(3).contains(key) { stored.append(key) }
+            cache.store("v\(key)", for: key, ifGeneration: 0)
+            #expect(cache.count <= 3)
+        }
+        for key in Set(stored.suffix(3)) { #expect(cache.lookup(key).value == "v\(key)") }
+        #expect(cache.count == 3)
+    }
+
+    @Test("a forgotten key reads as missing, moves the generation on, and its slot serves again")
+    func forgetAndReuse() {
+        let cache = ReadCache<String, Int>(capacity: 2)
+        cache.store(1, for: "a", ifGeneration: 0)
+        cache.store(2, for: "b", ifGeneration: 0)
+        let (_, before) = cache.lookup("a")
+        cache.forget("a")
+        #expect(cache.lookup("a").value == nil)
+        // A read that began before the write's forget cannot put its value back.
+        cache.store(1, for: "a", ifGeneration: before)
+        #expect(cache.lookup("a").value == nil)
+        let (_, now) = cache.lookup("a")
+        cache.store(3, for: "a", ifGeneration: now)
+        cache.store(4, for: "c", ifGeneration: now)
+        #expect(cache.count <= 2)
+        #expect(cache.lookup("c").value == 4)
+    }
+}

@@ -24,6 +24,20 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// Watermarks by source, so a GET of an unchanged watermark reads no database. This process is the only
     /// writer of the file (`DatabaseLock`), and every write forgets its source before it is answered.
     let cache: ReadCache<SourceID, Watermark>
+    /// The one-statement reads of the request path (nil for an in-memory database: they use `writer`).
+    private let readers: SQLiteReaders?
+
+    /// The connections' settings. Readers keep a 512 KiB page cache, not SQLite's 2 MiB: reads of a large database
+    /// are random (the read cache answers the recurring ones) and the OS already caches the file, while each
+    /// reader's full cache was part of the peak RSS of a million-source run. The writer keeps the default.
+    static var configuration: Configuration {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        configuration.prepareDatabase { db in
+            if db.configuration.readonly { try db.execute(sql: "PRAGMA cache_size = -512") }
+        }
+        return configuration
+    }
 
     /// Opens (creating if needed) the database file at `path` and migrates it; its folder must exist
     /// (`SQLiteDatabaseService` creates it).
@@ -31,15 +45,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
         path: String, policy: WatermarkPolicy, logger: Logger,
         clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000
     ) throws {
-        var configuration = Configuration()
-        configuration.busyMode = .timeout(10)
-        // Readers keep a 512 KiB page cache, not SQLite's 2 MiB: reads of a large database are random (the
-        // read cache answers the recurring ones) and the OS already caches the file, while each reader's
-        // full cache was part of the peak RSS of a million-source run. The writer keeps the default.
-        configuration.prepareDatabase { db in
-            if db.configuration.readonly { try db.execute(sql: "PRAGMA cache_size = -512") }
-        }
-        let pool = try DatabasePool(path: path, configuration: configuration)
+        let pool = try DatabasePool(path: path, configuration: Self.configuration)
         // FULL: the WAL is synced at every commit, so an acknowledged write survives power loss, not only the
         // death of the process. Set on the writer once the pool is open: `DatabasePool` switches its writer
         // to WAL with `synchronous = NORMAL` after `prepareDatabase` ran, so a pragma set there is undone
@@ -62,6 +68,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
         self.logger = logger
         self.clock = clock
         try WatermarkDatabase.migrator.migrate(writer)
+        self.readers = try path.map { path in
+            try SQLiteReaders(path: path, count: 4, configuration: Self.configuration, pool: writer)
+        }
     }
 
     /// The writer connection's `PRAGMA synchronous` (2: FULL): what a commit waits for, in `/status`.
@@ -77,6 +86,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     /// Closes the database: used on shutdown, after the last request was answered.
     func close() throws {
+        try readers?.close()
         try writer.close()
     }
 
@@ -88,18 +98,20 @@ final class SQLiteWatermarkStore: WatermarkStore {
         // A miss reads on the calling thread: in WAL mode a reader never waits for the writer, so this blocks only
         // for the lookup itself (tens of microseconds), where the asynchronous read hopped to GRDB's reader queue
         // and back.
+        let watermark = try readHere { db in try SQLiteTransaction(db: db).watermark(sourceID) }
+        if let watermark { cache.store(watermark, for: sourceID, ifGeneration: generation) }
+        return watermark
+    }
+
+    /// One statement's read on the calling thread (`SQLiteReaders`); GRDB's synchronous read without them (from a
+    /// synchronous function, so the asynchronous overload is not chosen).
+    private func readHere<T>(_ body: (Database) throws -> T) throws -> T {
         do {
-            let watermark = try readHere { db in try SQLiteTransaction(db: db).watermark(sourceID) }
-            if let watermark { cache.store(watermark, for: sourceID, ifGeneration: generation) }
-            return watermark
+            if let readers { return try readers.read(body) }
+            return try writer.read(body)
         } catch {
             throw mapped(error, writing: false)
         }
-    }
-
-    /// GRDB's synchronous read (from a synchronous function, so the asynchronous overload is not chosen).
-    private func readHere<T>(_ body: (Database) throws -> T) throws -> T {
-        try writer.read(body)
     }
 
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
@@ -182,7 +194,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     func summary() async throws -> WatermarkSummary {
         let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter)
-        return try await read { db in
+        return try readHere { db in
             // The totals are kept by triggers; the stale ones are hour buckets kept by triggers plus an index
             // range within one hour (never a scan of the table, nor of every stale source).
             let row = try Row.fetchOne(db.cachedStatement(sql: WatermarkDatabase.summarySQL), arguments: [cutoff])
@@ -192,7 +204,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     func checkHealth() async throws {
         // O(1): reads the table's first page, whatever the number of watermarks (a COUNT(*) scanned them all).
-        try await read { db in _ = try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM watermark LIMIT 1")) }
+        try readHere { db in _ = try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM watermark LIMIT 1")) }
         guard let failure = lastWriteFailure.withLockedValue({ $0 }) else { return }
         // The last write failed for a reason that may last (disk full, read-only file): prove that
         // writes work again before calling the service healthy.
