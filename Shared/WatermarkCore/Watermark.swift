@@ -63,15 +63,15 @@ public struct Watermark: Sendable, Equatable, Codable {
 
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(sourceID, forKey: .sourceID)
-        try c.encode(lastSuccessfulTimestamp, forKey: .lastSuccessfulTimestamp)
-        try c.encode(lastRunTimestamp, forKey: .lastRunTimestamp)
-        try c.encode(status, forKey: .status)
+        try c.encode(sourceID.rawValue, forKey: .sourceID)
+        try c.encodeText(lastSuccessfulTimestamp?.description, forKey: .lastSuccessfulTimestamp)
+        try c.encode(lastRunTimestamp.description, forKey: .lastRunTimestamp)
+        try c.encode(status.rawValue, forKey: .status)
         try c.encode(recordsCollected, forKey: .recordsCollected)
-        try c.encode(errorMessage, forKey: .errorMessage)
+        try c.encodeText(errorMessage, forKey: .errorMessage)
         try c.encode(version, forKey: .version)
         try c.encode(consecutiveFailures, forKey: .consecutiveFailures)
-        try c.encode(createdAt, forKey: .createdAt)
+        try c.encode(createdAt.description, forKey: .createdAt)
     }
 }
 
@@ -136,14 +136,14 @@ public struct WatermarkRun: Sendable, Equatable, Codable {
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(version, forKey: .version)
-        try c.encode(recordedAt, forKey: .recordedAt)
-        try c.encode(status, forKey: .status)
-        try c.encode(timestamp, forKey: .timestamp)
-        try c.encode(lastSuccessfulTimestamp, forKey: .lastSuccessfulTimestamp)
+        try c.encode(recordedAt.description, forKey: .recordedAt)
+        try c.encode(status.rawValue, forKey: .status)
+        try c.encodeText(timestamp?.description, forKey: .timestamp)
+        try c.encodeText(lastSuccessfulTimestamp?.description, forKey: .lastSuccessfulTimestamp)
         try c.encode(recordsCollected, forKey: .recordsCollected)
-        try c.encode(errorMessage, forKey: .errorMessage)
-        try c.encode(actor, forKey: .actor)
-        try c.encode(reason, forKey: .reason)
+        try c.encodeText(errorMessage, forKey: .errorMessage)
+        try c.encodeText(actor, forKey: .actor)
+        try c.encodeText(reason, forKey: .reason)
     }
 }
 
@@ -171,5 +171,15 @@ public struct Lease: Sendable, Equatable, Codable {
         case owner
         case fencingToken = "fencing_token"
         case expiresAt = "expires_at"
+    }
+}
+
+extension KeyedEncodingContainer {
+    /// Writes `text`, or null, through the container's own String and nil entry points. The JSON is the same as
+    /// that of encoding the value itself (a `Timestamp`, an enum, an optional), but Foundation's JSONEncoder
+    /// builds a nested encoder for every value that is not one of its primitives: that was most of the time of
+    /// encoding a watermark, the largest single cost of answering a PUT.
+    mutating func encodeText(_ text: String?, forKey key: Key) throws {
+        if let text { try encode(text, forKey: key) } else { try encodeNil(forKey: key) }
     }
 }
