@@ -1,38 +1,48 @@
 import GRDB
+import NIOConcurrencyHelpers
 
 /// Group commit: concurrent writes run in one SQLite transaction, so one fsync serves them all.
 ///
-/// Each write is a job. The first job to arrive while no batch is running leads: it takes every job waiting
-/// (its own included), runs them in arrival order in one `writer.write` transaction, each inside its own
-/// savepoint, and commits. A job that throws (a 409 or 412 of the rules) rolls back its savepoint only, so it
-/// changes nothing and the others keep their outcome; later jobs of the batch see the writes of the earlier
-/// ones. Every caller is answered only after the commit returned (with `synchronous=FULL`, once the WAL is on
-/// disk); a failed commit fails every job of the batch. Jobs that arrive while a batch commits wait for the
-/// next one, led by the first of them, so no caller runs batches for others indefinitely.
-actor GroupCommitWriter {
+/// Each write is a job. A job that arrives while the writer is idle and nothing waits runs at once on the
+/// caller's thread, in a transaction of its own without a savepoint (a lone request's latency is what counts, and
+/// hopping to the writer's queue and back cost two thread wake-ups). Jobs that arrive while the writer is busy
+/// queue; the writer then drains the queue on GRDB's writer queue, batch after batch, until it is empty: each
+/// batch takes every waiting job (up to `maxBatch`), runs them in arrival order in one transaction, each inside its
+/// own savepoint, and commits. A job that throws (a 409 or 412 of the rules) rolls back its savepoint only, so it
+/// changes nothing and the others keep their outcome; later jobs of the batch see the writes of the earlier ones.
+/// Every caller is answered only after the commit returned (with `synchronous=FULL`, once the WAL is on disk); a
+/// failed commit fails every job of its batch. The next batch starts as soon as one committed, on the writer's
+/// own thread: handing the lead to a waiting request's task made the writer wait for that task to be scheduled
+/// among the answers of the batch before (a batch every 2.4 ms at 64 connections, most of it idle).
+final class GroupCommitWriter: Sendable {
     typealias Work = @Sendable (Database) throws -> any Sendable
+    typealias Outcome = Result<any Sendable, any Error>
 
     private struct Job: Sendable {
         let work: Work
-        /// Resumed with `.done` (a batch led by another job ran this one) or `.lead`.
-        let role: CheckedContinuation<Role, Never>?
+        let caller: CheckedContinuation<Outcome, Never>
     }
 
-    private enum Role: Sendable {
-        case lead
-        case done(Result<any Sendable, any Error>)
+    private struct State {
+        var waiting: [Job] = []
+        /// A job runs on its caller's thread, or the writer drains the queue.
+        var busy = false
+        var batches = 0
+        var jobs = 0
     }
 
     private let writer: any DatabaseWriter
     /// Largest batch: bounds the time one transaction holds the writer.
     private let maxBatch: Int
-    private var waiting: [Job] = []
-    private(set) var batchRunning = false
+    /// Held only to queue or take jobs, never while a transaction runs, so callers queue during a commit.
+    private let state = NIOLockedValueBox(State())
+
     /// Batches committed and jobs they carried, for `/metrics`.
-    private(set) var batches = 0
-    private(set) var jobs = 0
+    var batches: Int { state.withLockedValue { $0.batches } }
+    var jobs: Int { state.withLockedValue { $0.jobs } }
+    var batchRunning: Bool { state.withLockedValue { $0.busy } }
     /// Jobs queued for the next batch (tests wait on it rather than on time).
-    var waitingCount: Int { waiting.count }
+    var waitingCount: Int { state.withLockedValue { $0.waiting.count } }
 
     init(writer: any DatabaseWriter, maxBatch: Int = 256) {
         self.writer = writer
@@ -41,51 +51,66 @@ actor GroupCommitWriter {
 
     /// Runs `work` in the next batch and returns once that batch committed.
     func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        let role: Role = await withCheckedContinuation { continuation in
-            waiting.append(Job(work: work, role: continuation))
-            if !batchRunning {
-                batchRunning = true
-                waiting.removeLast().role?.resume(returning: .lead)
-                waiting.append(Job(work: work, role: nil))
+        let alone = state.withLockedValue { state in
+            guard !state.busy else { return false }
+            state.busy = true
+            return true
+        }
+        let outcome: Outcome
+        if alone {
+            outcome = Result { try Self.writeHere(writer, work) }
+            let drain = state.withLockedValue { state in
+                state.batches += 1
+                state.jobs += 1
+                state.busy = !state.waiting.isEmpty
+                return state.busy
+            }
+            if drain { startDraining() }
+        } else {
+            outcome = await withCheckedContinuation { caller in
+                let drain = state.withLockedValue { state in
+                    state.waiting.append(Job(work: work, caller: caller))
+                    // The job that ran alone finished between the two locks and found nothing queued.
+                    guard !state.busy else { return false }
+                    state.busy = true
+                    return true
+                }
+                if drain { startDraining() }
             }
         }
-        let result: Result<any Sendable, any Error>
-        switch role {
-        case .done(let outcome):
-            result = outcome
-        case .lead:
-            result = await lead()
-        }
         // Every job's result is the value its own `work` returned.
-        return try result.get() as! T
+        return try outcome.get() as! T
     }
 
-    /// Runs one batch (the leader's job is the one without a continuation) and hands the lead on.
-    private func lead() async -> Result<any Sendable, any Error> {
-        let batch = Array(waiting.prefix(maxBatch))
-        waiting.removeFirst(batch.count)
-        let outcomes = await Self.run(batch.map(\.work), on: writer)
-        batches += 1
-        jobs += batch.count
-        var own: Result<any Sendable, any Error> = .failure(CancellationError())
-        for (job, outcome) in zip(batch, outcomes) {
-            if let role = job.role { role.resume(returning: .done(outcome)) } else { own = outcome }
+    private func startDraining() {
+        writer.asyncWriteWithoutTransaction { db in self.drain(db) }
+    }
+
+    /// Commits batches on the writer's queue until no job waits.
+    private func drain(_ db: Database) {
+        while true {
+            let batch = state.withLockedValue { state in
+                let batch = Array(state.waiting.prefix(maxBatch))
+                state.waiting.removeFirst(batch.count)
+                state.busy = !batch.isEmpty
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            let outcomes = Self.commit(batch.map(\.work), in: db)
+            state.withLockedValue { state in
+                state.batches += 1
+                state.jobs += batch.count
+            }
+            for (job, outcome) in zip(batch, outcomes) { job.caller.resume(returning: outcome) }
         }
-        if let next = waiting.firstIndex(where: { $0.role != nil }) {
-            let job = waiting[next]
-            waiting[next] = Job(work: job.work, role: nil)
-            job.role?.resume(returning: .lead)
-        } else {
-            batchRunning = false
-        }
-        return own
     }
 
     /// One transaction, one savepoint per job; a commit failure fails them all.
-    private static func run(_ works: [Work], on writer: any DatabaseWriter) async -> [Result<any Sendable, any Error>] {
+    private static func commit(_ works: [Work], in db: Database) -> [Outcome] {
+        var outcomes: [Outcome] = []
         do {
-            return try await writer.write { db in
-                works.map { work in
+            try db.inTransaction(.immediate) {
+                outcomes = works.map { work in
                     var value: (any Sendable)?
                     do {
                         try db.inSavepoint {
@@ -97,9 +122,17 @@ actor GroupCommitWriter {
                         return .failure(error)
                     }
                 }
+                return .commit
             }
+            return outcomes
         } catch {
             return works.map { _ in .failure(error) }
         }
+    }
+
+    /// GRDB's synchronous write, in a transaction of its own (from a synchronous function, so the asynchronous
+    /// overload is not chosen).
+    private static func writeHere<T>(_ writer: any DatabaseWriter, _ body: (Database) throws -> T) throws -> T {
+        try writer.write(body)
     }
 }

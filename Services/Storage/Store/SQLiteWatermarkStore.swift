@@ -81,7 +81,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// Write transactions committed and the writes they carried (more writes than batches: group commit), in
     /// `/status`.
     func writeBatches() async -> (batches: Int, writes: Int) {
-        (await batcher.batches, await batcher.jobs)
+        (batcher.batches, batcher.jobs)
     }
 
     /// Closes the database: used on shutdown, after the last request was answered.
