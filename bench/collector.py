@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench PROFILE=collector`: the collection path end to end, against a plain-Python loop of the same run.
 
-    bench/collector.py BIN_DIR [--records 1000000]
+    bench/collector.py BIN_DIR [--records 1000000] [--sources drop,taxii]
 
 Writes a drop folder of STIX indicators (half NDJSON files, half bundles; a few records repeated across files
 so dedup has work; several versions of some objects), serves the same objects from a fast TAXII-like feed in
@@ -154,7 +154,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bin")
     parser.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "1000000")))
+    parser.add_argument("--sources", default=os.environ.get("BENCH_COLLECTOR_SOURCES", "drop,taxii"),
+                        help="which sources to measure, comma-separated: drop, taxii (default both)")
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.sources.split(",") if name.strip()]
+    if not chosen or set(chosen) - {"drop", "taxii"}:
+        parser.error(f"--sources: expected drop and/or taxii, got {args.sources!r}")
 
     work = tempfile.mkdtemp(prefix="bench-collector-")
     storage = None
@@ -185,6 +190,8 @@ def main():
         }
         results = []
         for name, source in sources.items():
+            if name not in chosen:
+                continue
             config = os.path.join(work, f"{name}.json")
             with open(config, "w") as out:
                 json.dump({"sources": [source]}, out)
