@@ -6,7 +6,9 @@ import WatermarkCore
 
 @testable import StorageService
 
-@Suite("Group commit")
+/// Serialized: two of these tests hold a thread of the concurrency pool on purpose (a write that runs alone blocks
+/// its caller's thread until the writer is free), and the machine may have two.
+@Suite("Group commit", .serialized)
 struct GroupCommitTests {
     /// Polls `condition` every 5 ms until it holds, failing after 10 s.
     func waitUntil(_ what: String, _ condition: () async -> Bool) async throws {
@@ -89,7 +91,11 @@ struct GroupCommitTests {
         let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
         let seeded = try await store.write(
             WatermarkWrite(sourceID: sid("seeded"), update: .success(.at("2026-01-01T00:00:00Z"), records: 1)))
-        let results = await withTaskGroup(of: (String, String?).self) { group in
+        // The writer's connection is held until every write is under way: the first runs alone once it is free,
+        // the 48 others queue behind it and share commits.
+        let release = DispatchSemaphore(value: 0)
+        store.writer.asyncWriteWithoutTransaction { _ in _ = release.wait(timeout: .now() + 30) }
+        async let running = withTaskGroup(of: (String, String?).self) { group in
             for index in 0..<48 {
                 group.addTask {
                     let code = await refusal {
@@ -110,6 +116,9 @@ struct GroupCommitTests {
             }
             return await group.reduce(into: [String: String?]()) { $0[$1.0] = $1.1 }
         }
+        try await waitUntil("48 writes queued behind the first") { store.batcher.waitingCount == 48 }
+        release.signal()
+        let results = await running
         #expect(results["seeded"] == "watermark_regression")
         #expect(results.filter { $0.key != "seeded" }.allSatisfy { $0.value == nil })
         #expect(try await store.watermark(for: sid("seeded")) == seeded.watermark)
@@ -117,6 +126,43 @@ struct GroupCommitTests {
         let (batches, writes) = await store.writeBatches()
         #expect(writes == 50 && batches < writes, "\(writes) writes in \(batches) commits")
         try store.close()
+    }
+
+    /// Checkpoints leave the commit path: the background pass copies the WAL, and only once it saw the WAL past
+    /// `writerCheckpointFrames` does the writer checkpoint after a commit, which lets the next commit start the WAL
+    /// over (another connection's checkpoint alone never can while commits keep coming, and the WAL grew without end).
+    @Test("the WAL is checkpointed in the background and started over once past its bound")
+    func walCheckpointsAndRestarts() async throws {
+        let folder = NSTemporaryDirectory() + "wal-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+        defer { try? store.close() }
+        func write(_ count: Int, from first: Int) async throws {
+            for index in first..<(first + count) {
+                _ = try await store.write(
+                    WatermarkWrite(sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+            }
+        }
+        // No checkpoint in the commit path: a thousand commits leave every frame in the WAL.
+        try await write(1000, from: 0)
+        // A reader's snapshot stops the background checkpoint short of the WAL's end, as commits that keep coming
+        // during one do: the WAL cannot start over after it alone.
+        let readers = try DatabasePool(path: folder + "/w.db")
+        var snapshot: DatabaseSnapshot? = try readers.makeSnapshot()
+        let seen = try await snapshot?.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") }
+        #expect(seen == 1000)
+        try await write(1, from: 1000)
+        await store.checkpoint()
+        let grown = store.walFrameCount
+        #expect(grown >= SQLiteWatermarkStore.writerCheckpointFrames, "\(grown) frames after 1,000 commits")
+        snapshot = nil
+        try readers.close()
+        // The next commit is followed by the writer's checkpoint; the one after starts the WAL over.
+        try await write(2, from: 1001)
+        await store.checkpoint()
+        #expect(store.walFrameCount < 100, "\(store.walFrameCount) frames after the writer's checkpoint")
+        for index in [0, 999, 1002] { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
     }
 
     /// An acknowledged write must survive power loss, so every commit syncs the WAL: `DatabasePool` turns its

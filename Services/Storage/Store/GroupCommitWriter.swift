@@ -32,6 +32,8 @@ final class GroupCommitWriter: Sendable {
     }
 
     private let writer: any DatabaseWriter
+    /// Runs on the writer's connection after every commit, outside any transaction (the store's WAL upkeep).
+    private let afterCommit: @Sendable (Database) -> Void
     /// Largest batch: bounds the time one transaction holds the writer.
     private let maxBatch: Int
     /// Held only to queue or take jobs, never while a transaction runs, so callers queue during a commit.
@@ -44,8 +46,9 @@ final class GroupCommitWriter: Sendable {
     /// Jobs queued for the next batch (tests wait on it rather than on time).
     var waitingCount: Int { state.withLockedValue { $0.waiting.count } }
 
-    init(writer: any DatabaseWriter, maxBatch: Int = 256) {
+    init(writer: any DatabaseWriter, maxBatch: Int = 256, afterCommit: @escaping @Sendable (Database) -> Void = { _ in }) {
         self.writer = writer
+        self.afterCommit = afterCommit
         self.maxBatch = maxBatch
     }
 
@@ -58,7 +61,17 @@ final class GroupCommitWriter: Sendable {
         }
         let outcome: Outcome
         if alone {
-            outcome = Result { try Self.writeHere(writer, work) }
+            outcome = Self.writeHere(writer) { db in
+                defer { afterCommit(db) }
+                return Result {
+                    var value: (any Sendable)?
+                    try db.inTransaction(.immediate) {
+                        value = try work(db)
+                        return .commit
+                    }
+                    return value!
+                }
+            }
             let drain = state.withLockedValue { state in
                 state.batches += 1
                 state.jobs += 1
@@ -97,6 +110,7 @@ final class GroupCommitWriter: Sendable {
             }
             guard !batch.isEmpty else { return }
             let outcomes = Self.commit(batch.map(\.work), in: db)
+            afterCommit(db)
             state.withLockedValue { state in
                 state.batches += 1
                 state.jobs += batch.count
@@ -130,9 +144,9 @@ final class GroupCommitWriter: Sendable {
         }
     }
 
-    /// GRDB's synchronous write, in a transaction of its own (from a synchronous function, so the asynchronous
-    /// overload is not chosen).
-    private static func writeHere<T>(_ writer: any DatabaseWriter, _ body: (Database) throws -> T) throws -> T {
-        try writer.write(body)
+    /// The writer's connection on the calling thread, outside a transaction (GRDB's synchronous access, from a
+    /// synchronous function, so the asynchronous overload is not chosen).
+    private static func writeHere(_ writer: any DatabaseWriter, _ body: (Database) -> Outcome) -> Outcome {
+        writer.writeWithoutTransaction(body)
     }
 }

@@ -26,9 +26,17 @@ struct SQLiteDatabaseService: Service {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     }
 
+    /// How often the WAL is copied into the database file while the service runs (`SQLiteWatermarkStore.checkpoint`).
+    static let checkpointInterval = Duration.milliseconds(50)
+
     func run() async throws {
-        // Until shutdown (or cancellation, when another service failed): then the database is closed either way.
-        try? await gracefulShutdown()
+        // Until shutdown (or cancellation, when another service failed): checkpoints, then the database is closed
+        // either way.
+        await cancelWhenGracefulShutdown {
+            while (try? await Task.sleep(for: Self.checkpointInterval)) != nil {
+                await store.checkpoint()
+            }
+        }
         try store.close()
         withExtendedLifetime(lock) {}
         logger.info("Database closed", metadata: ["path": "\(lock.path.dropLast(".lock".count))"])
