@@ -6,7 +6,9 @@
 Seeds a database with `storage-service seed` (timed; database size per million watermarks), starts the service
 on it and on a database of 1,000 watermarks, and measures on both: time from start to a healthy /health,
 GET of existing watermarks, PUT to many sources, /health, /status and /metrics at 64 connections, a page of
-the `status` and `stale_after_seconds` list filters, and peak RSS. Every figure of the large database is
+the `status` and `stale_after_seconds` list filters, and peak RSS; then, started again with READ_CACHE_ENTRIES=0,
+the same random GETs, each of which reads the database (the database's read path like for like: with the cache
+on, all 1,000 small sources are cached and few of a million are). Every figure of the large database is
 also given as a ratio to the small one. Prints a table and writes bench/results/<UTC date>-scale.json
 (BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
 
@@ -161,15 +163,7 @@ def measure(binary, database, sources, work, duration):
             ("GET existing", LUA_GET % (sources - 1), "/"), ("PUT many sources", LUA_PUT % sources, "/"),
             ("GET /health", None, "/health"), ("GET /status", None, "/status"), ("GET /metrics", None, "/metrics"),
         ]:
-            command = ["wrk", "-t1", "-c64", f"-d{duration}", "--latency"]
-            if lua:
-                script = os.path.join(work, "scenario.lua")
-                with open(script, "w") as out:
-                    out.write(lua)
-                command += ["-s", script]
-            output = subprocess.run(command + [f"http://127.0.0.1:{port}{url}"], capture_output=True, text=True,
-                                    check=True).stdout
-            figures[name] = parse_wrk(output)
+            figures[name] = run_wrk(port, lua, url, work, duration)
         figures["list status=failed (ms)"] = timed_get(port, "/api/v1/watermarks?status=failed&limit=100")
         figures["list stale_after_seconds=7200 (ms)"] = timed_get(
             port, "/api/v1/watermarks?stale_after_seconds=7200&limit=100")
@@ -177,7 +171,28 @@ def measure(binary, database, sources, work, duration):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # The database's own read path, like for like: the same random GETs with READ_CACHE_ENTRIES=0, so every one
+    # reads the database (with the cache on, all 1,000 small sources are cached and few of a million are).
+    proc, port, _ = start_service(binary, dict(database, READ_CACHE_ENTRIES="0"), work)
+    try:
+        figures["GET existing, read cache off"] = run_wrk(port, LUA_GET % (sources - 1), "/", work, duration)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
     return figures
+
+
+def run_wrk(port, lua, url, work, duration):
+    """One wrk run at 64 connections against the service on `port`, with the Lua script `lua` if any."""
+    command = ["wrk", "-t1", "-c64", f"-d{duration}", "--latency"]
+    if lua:
+        script = os.path.join(work, "scenario.lua")
+        with open(script, "w") as out:
+            out.write(lua)
+        command += ["-s", script]
+    output = subprocess.run(command + [f"http://127.0.0.1:{port}{url}"], capture_output=True, text=True,
+                            check=True).stdout
+    return parse_wrk(output)
 
 
 def print_table(title, small, large, sources):

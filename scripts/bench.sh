@@ -11,7 +11,7 @@
 # loop of the same run), `scale` (bench/scale.py: a million watermarks and ten million history rows against
 # the same service with a thousand), or `all`.
 # BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_BACKENDS (sqlite,postgres), BENCH_RECORDS
-# (1000000), BENCH_CONFIG (release), BENCH_RESULTS_DIR (bench/results).
+# (1000000), BENCH_COLLECTOR_SOURCES (drop,taxii), BENCH_CONFIG (release), BENCH_RESULTS_DIR (bench/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
