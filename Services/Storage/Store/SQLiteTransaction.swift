@@ -39,10 +39,15 @@ struct SQLiteTransaction {
             idempotencyRecord: try idempotencyKey.flatMap { try idempotencyRecord(sourceID, key: $0) })
     }
 
-    mutating func persist(_ plan: WritePlan) throws {
+    /// Writes the plan's rows; `previous` is the watermark the plan was made from (the snapshot's).
+    mutating func persist(_ plan: WritePlan, replacing previous: Watermark?) throws {
         guard let changes = plan.changes else { return }
         let id = changes.watermark.sourceID
-        try save(changes.watermark)
+        if let previous, previous.status == changes.watermark.status, previous.createdAt == changes.watermark.createdAt {
+            try changes.watermark.updateKeepingStatus(db)
+        } else {
+            try save(changes.watermark)
+        }
         try append(changes.run, for: id, keep: changes.keepRuns)
         if let record = changes.idempotencyRecord {
             try save(record, for: id, expiredBefore: changes.idempotencyExpiredBefore)

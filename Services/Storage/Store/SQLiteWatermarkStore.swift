@@ -165,7 +165,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
         return try await transact { tx, now in
             let snapshot = try tx.snapshot(write.sourceID, idempotencyKey: write.idempotencyKey)
             let plan = try WatermarkRules.apply(write, to: snapshot, now: now, policy: self.policy)
-            try tx.persist(plan)
+            try tx.persist(plan, replacing: snapshot.watermark)
             return plan.outcome
         }
     }
