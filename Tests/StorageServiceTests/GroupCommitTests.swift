@@ -141,7 +141,8 @@ struct GroupCommitTests {
         func write(_ count: Int, from first: Int) async throws {
             for index in first..<(first + count) {
                 _ = try await store.write(
-                    WatermarkWrite(sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+                    WatermarkWrite(
+                        sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
             }
         }
         // No checkpoint in the commit path: a thousand commits leave every frame in the WAL.

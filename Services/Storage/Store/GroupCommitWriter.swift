@@ -46,7 +46,9 @@ final class GroupCommitWriter: Sendable {
     /// Jobs queued for the next batch (tests wait on it rather than on time).
     var waitingCount: Int { state.withLockedValue { $0.waiting.count } }
 
-    init(writer: any DatabaseWriter, maxBatch: Int = 256, afterCommit: @escaping @Sendable (Database) -> Void = { _ in }) {
+    init(
+        writer: any DatabaseWriter, maxBatch: Int = 256, afterCommit: @escaping @Sendable (Database) -> Void = { _ in }
+    ) {
         self.writer = writer
         self.afterCommit = afterCommit
         self.maxBatch = maxBatch

@@ -43,7 +43,8 @@ struct SQLiteTransaction {
     mutating func persist(_ plan: WritePlan, replacing previous: Watermark?) throws {
         guard let changes = plan.changes else { return }
         let id = changes.watermark.sourceID
-        if let previous, previous.status == changes.watermark.status, previous.createdAt == changes.watermark.createdAt {
+        if let previous, previous.status == changes.watermark.status, previous.createdAt == changes.watermark.createdAt
+        {
             try changes.watermark.updateKeepingStatus(db)
         } else {
             try save(changes.watermark)

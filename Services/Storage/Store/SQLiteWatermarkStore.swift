@@ -78,8 +78,12 @@ final class SQLiteWatermarkStore: WatermarkStore {
         self.batcher = GroupCommitWriter(writer: writer) { db in
             // The WAL grew past `writerCheckpointFrames` (as the last background checkpoint saw it): copy what arrived
             // since and let the next commit start the WAL over.
-            guard walFrames.withLockedValue({ frames in defer { frames = 0 }; return frames }) >= Self.writerCheckpointFrames
-            else { return }
+            let frames = walFrames.withLockedValue { frames in
+                defer { frames = 0 }
+                return frames
+            }
+            guard frames >= Self.writerCheckpointFrames else { return }
+            // Busy when the background pass runs now (it is doing the copying); a failing disk fails the writes too.
             _ = try? db.checkpoint(.passive)
         }
         self.path = path
@@ -109,7 +113,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func checkpoint() async {
         guard let checkpointer else { return }
         do {
-            let frames = try await checkpointer.writeWithoutTransaction { db in try db.checkpoint(.passive).walFrameCount }
+            let frames = try await checkpointer.writeWithoutTransaction { db in
+                try db.checkpoint(.passive).walFrameCount
+            }
             walFrames.withLockedValue { $0 = frames }
         } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY {
             // The writer's own checkpoint is running: this one's work is being done.
