@@ -32,7 +32,7 @@ final class GroupCommitWriter: Sendable {
     }
 
     private let writer: any DatabaseWriter
-    /// Runs on the writer's connection after every commit, outside any transaction (the store's WAL upkeep).
+    /// Runs on the writer's connection after every transaction, outside it (the store's WAL upkeep).
     private let afterCommit: @Sendable (Database) -> Void
     /// Largest batch: bounds the time one transaction holds the writer.
     private let maxBatch: Int

@@ -31,9 +31,8 @@ final class ReadCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
 
     init(capacity: Int) {
         self.capacity = capacity
-        var entries: [Key: Entry] = [:]
-        entries.reserveCapacity(capacity)
-        state = NIOLockedValueBox(State(entries: entries, ring: Array(repeating: nil, count: capacity)))
+        // The ring grows with the cache (READ_CACHE_ENTRIES may be ten million; most of it may never be used).
+        state = NIOLockedValueBox(State(ring: []))
     }
 
     /// The cached value, or the generation to hand back to `store` with what the database says.
@@ -49,12 +48,18 @@ final class ReadCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
                 state.entries[key]?.value = value
                 return
             }
-            let slot = state.hand
-            state.hand = (slot + 1) % capacity
-            if let previous = state.ring[slot], state.entries[previous]?.slot == slot {
-                state.entries[previous] = nil
+            let slot: Int
+            if state.ring.count < capacity {
+                slot = state.ring.count
+                state.ring.append(key)
+            } else {
+                slot = state.hand
+                state.hand = (slot + 1) % capacity
+                if let previous = state.ring[slot], state.entries[previous]?.slot == slot {
+                    state.entries[previous] = nil
+                }
+                state.ring[slot] = key
             }
-            state.ring[slot] = key
             state.entries[key] = Entry(value: value, slot: slot)
         }
     }
