@@ -71,7 +71,9 @@ struct SQLiteTransaction {
 
     mutating func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) throws {
         try run.append(for: sourceID, to: db)
-        // Versions of one source's runs are consecutive, so the oldest run to keep is known directly.
+        // Versions of one source's runs are consecutive from 1, so the oldest run to keep is known directly, and a
+        // source with no more runs than it keeps has none to drop.
+        guard run.version > Int64(keep) else { return }
         try db.cachedStatement(sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?")
             .execute(arguments: [sourceID, run.version - Int64(keep)])
     }
