@@ -50,3 +50,25 @@ def before_call(context, case, kwargs):
     for name, value in list((case.headers or {}).items()):
         if isinstance(value, int) and not isinstance(value, bool):
             case.headers[name] = str(value)
+
+
+# Reads that outlive a reset of their watermark (DELETE /api/v1/watermarks/{source_id}), by contract: the history is
+# the audit trail and shows the reset (issue 14), and a live lease is kept. schemathesis.sh turns use_after_free off
+# for these two operations in its config, but the stateful phase of schemathesis 4.32.5 runs the run-wide list of
+# checks (engine/run/stateful/_executor.py hands `ctx.checks`, built from the global config, to every step), so that
+# setting never reaches it: seed 598889973 reported GET .../z/history answering 200 after DELETE .../z.
+OUTLIVE_RESET = {
+    "GET /api/v1/watermarks/{source_id}/history",
+    "GET /api/v1/watermarks/{source_id}/lease",
+}
+RESET = re.compile(r"^DELETE /api/v1/watermarks/[^/]+$")
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):
+    """Drops a use-after-free finding only where the freeing request was a reset of the watermark and the read is
+    one of the two that outlive it; the same reads after any other DELETE (the lease's own release), and every
+    other check and operation, are kept."""
+    if getattr(failure, "code", None) != "ST301":
+        return True
+    return not (case.operation.label in OUTLIVE_RESET and RESET.match(getattr(failure, "free", "") or ""))
