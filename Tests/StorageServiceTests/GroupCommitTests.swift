@@ -84,48 +84,48 @@ struct GroupCommitTests {
     /// Through the store: concurrent writes to many sources take fewer commits than writes, a refused write
     /// among them changes nothing and does not fail the others.
     @Test func concurrentStoreWritesShareCommitsAndRefusalsStayTheirOwn() async throws {
-        let folder = NSTemporaryDirectory() + "group-commit-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        // On disk, WAL and synchronous=FULL: each commit waits for an fsync, as in production.
-        let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
-        let seeded = try await store.write(
-            WatermarkWrite(sourceID: sid("seeded"), update: .success(.at("2026-01-01T00:00:00Z"), records: 1)))
-        // The writer's connection is held until every write is under way: the first runs alone once it is free,
-        // the 48 others queue behind it and share commits.
-        let release = DispatchSemaphore(value: 0)
-        store.writer.asyncWriteWithoutTransaction { _ in _ = release.wait(timeout: .now() + 30) }
-        async let running = withTaskGroup(of: (String, String?).self) { group in
-            for index in 0..<48 {
+        try await withTemporaryDirectory { folder in
+            // On disk, WAL and synchronous=FULL: each commit waits for an fsync, as in production.
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+            let seeded = try await store.write(
+                WatermarkWrite(sourceID: sid("seeded"), update: .success(.at("2026-01-01T00:00:00Z"), records: 1)))
+            // The writer's connection is held until every write is under way: the first runs alone once it is free,
+            // the 48 others queue behind it and share commits.
+            let release = DispatchSemaphore(value: 0)
+            store.writer.asyncWriteWithoutTransaction { _ in _ = release.wait(timeout: .now() + 30) }
+            async let running = withTaskGroup(of: (String, String?).self) { group in
+                for index in 0..<48 {
+                    group.addTask {
+                        let code = await refusal {
+                            _ = try await store.write(
+                                WatermarkWrite(
+                                    sourceID: sid("s\(index)"),
+                                    update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+                        }
+                        return ("s\(index)", code)
+                    }
+                }
                 group.addTask {
                     let code = await refusal {
                         _ = try await store.write(
                             WatermarkWrite(
-                                sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+                                sourceID: sid("seeded"), update: .success(.at("2025-01-01T00:00:00Z"), records: 1)))
                     }
-                    return ("s\(index)", code)
+                    return ("seeded", code)
                 }
+                return await group.reduce(into: [String: String?]()) { $0[$1.0] = $1.1 }
             }
-            group.addTask {
-                let code = await refusal {
-                    _ = try await store.write(
-                        WatermarkWrite(
-                            sourceID: sid("seeded"), update: .success(.at("2025-01-01T00:00:00Z"), records: 1)))
-                }
-                return ("seeded", code)
-            }
-            return await group.reduce(into: [String: String?]()) { $0[$1.0] = $1.1 }
+            try await waitUntil("48 writes queued behind the first") { store.batcher.waitingCount == 48 }
+            release.signal()
+            let results = await running
+            #expect(results["seeded"] == "watermark_regression")
+            #expect(results.filter { $0.key != "seeded" }.allSatisfy { $0.value == nil })
+            #expect(try await store.watermark(for: sid("seeded")) == seeded.watermark)
+            for index in 0..<48 { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
+            let (batches, writes) = await store.writeBatches()
+            #expect(writes == 50 && batches < writes, "\(writes) writes in \(batches) commits")
+            try store.close()
         }
-        try await waitUntil("48 writes queued behind the first") { store.batcher.waitingCount == 48 }
-        release.signal()
-        let results = await running
-        #expect(results["seeded"] == "watermark_regression")
-        #expect(results.filter { $0.key != "seeded" }.allSatisfy { $0.value == nil })
-        #expect(try await store.watermark(for: sid("seeded")) == seeded.watermark)
-        for index in 0..<48 { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
-        let (batches, writes) = await store.writeBatches()
-        #expect(writes == 50 && batches < writes, "\(writes) writes in \(batches) commits")
-        try store.close()
     }
 
     /// Checkpoints leave the commit path: the background pass copies the WAL, and only once it saw the WAL past
@@ -133,50 +133,48 @@ struct GroupCommitTests {
     /// over (another connection's checkpoint alone never can while commits keep coming, and the WAL grew without end).
     @Test("the WAL is checkpointed in the background and started over once past its bound")
     func walCheckpointsAndRestarts() async throws {
-        let folder = NSTemporaryDirectory() + "wal-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
-        defer { try? store.close() }
-        func write(_ count: Int, from first: Int) async throws {
-            for index in first..<(first + count) {
-                _ = try await store.write(
-                    WatermarkWrite(
-                        sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+        try await withTemporaryDirectory { folder in
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+            defer { try? store.close() }
+            func write(_ count: Int, from first: Int) async throws {
+                for index in first..<(first + count) {
+                    _ = try await store.write(
+                        WatermarkWrite(
+                            sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
+                }
             }
+            // No checkpoint in the commit path: a thousand commits leave every frame in the WAL.
+            try await write(1000, from: 0)
+            // A reader's snapshot stops the background checkpoint short of the WAL's end, as commits that keep coming
+            // during one do: the WAL cannot start over after it alone.
+            let readers = try DatabasePool(path: folder + "/w.db")
+            var snapshot: DatabaseSnapshot? = try readers.makeSnapshot()
+            let seen = try await snapshot?.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") }
+            #expect(seen == 1000)
+            try await write(1, from: 1000)
+            await store.checkpoint()
+            let grown = store.walFrameCount
+            #expect(grown >= SQLiteWatermarkStore.writerCheckpointFrames, "\(grown) frames after 1,000 commits")
+            snapshot = nil
+            try readers.close()
+            // The next commit is followed by the writer's checkpoint; the one after starts the WAL over.
+            try await write(2, from: 1001)
+            await store.checkpoint()
+            #expect(store.walFrameCount < 100, "\(store.walFrameCount) frames after the writer's checkpoint")
+            for index in [0, 999, 1002] { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
         }
-        // No checkpoint in the commit path: a thousand commits leave every frame in the WAL.
-        try await write(1000, from: 0)
-        // A reader's snapshot stops the background checkpoint short of the WAL's end, as commits that keep coming
-        // during one do: the WAL cannot start over after it alone.
-        let readers = try DatabasePool(path: folder + "/w.db")
-        var snapshot: DatabaseSnapshot? = try readers.makeSnapshot()
-        let seen = try await snapshot?.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") }
-        #expect(seen == 1000)
-        try await write(1, from: 1000)
-        await store.checkpoint()
-        let grown = store.walFrameCount
-        #expect(grown >= SQLiteWatermarkStore.writerCheckpointFrames, "\(grown) frames after 1,000 commits")
-        snapshot = nil
-        try readers.close()
-        // The next commit is followed by the writer's checkpoint; the one after starts the WAL over.
-        try await write(2, from: 1001)
-        await store.checkpoint()
-        #expect(store.walFrameCount < 100, "\(store.walFrameCount) frames after the writer's checkpoint")
-        for index in [0, 999, 1002] { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
     }
 
     /// An acknowledged write must survive power loss, so every commit syncs the WAL: `DatabasePool` turns its
     /// writer to `synchronous = NORMAL` when it switches to WAL, and the store must set FULL after that.
     @Test("the writer connection commits with synchronous = FULL, also on a database opened again")
     func synchronousFull() async throws {
-        let folder = NSTemporaryDirectory() + "synchronous-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        for _ in 0..<2 {
-            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
-            #expect(try await store.writerSynchronous() == 2)
-            try store.close()
+        try await withTemporaryDirectory { folder in
+            for _ in 0..<2 {
+                let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+                #expect(try await store.writerSynchronous() == 2)
+                try store.close()
+            }
         }
     }
 
@@ -184,14 +182,13 @@ struct GroupCommitTests {
     /// keeps SQLite's default.
     @Test("reader connections cache 512 KiB of pages, the writer SQLite's default 2 MiB")
     func readerCacheSize() async throws {
-        let folder = NSTemporaryDirectory() + "cache-size-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
-        #expect(try await store.writer.read { db in try Int.fetchOne(db, sql: "PRAGMA cache_size") } == -512)
-        #expect(
-            try await store.writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA cache_size") }
-                == -2000)
-        try store.close()
+        try await withTemporaryDirectory { folder in
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+            #expect(try await store.writer.read { db in try Int.fetchOne(db, sql: "PRAGMA cache_size") } == -512)
+            #expect(
+                try await store.writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA cache_size") }
+                    == -2000)
+            try store.close()
+        }
     }
 }
