@@ -133,6 +133,8 @@ let package = Package(
                 "ServiceSupport",
                 // The sink's dedup index; already built for the storage service.
                 .product(name: "GRDB", package: "GRDB.swift"),
+                // SQLite's C interface (GRDB's own module of it), for the index's per-record insert loop.
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Mustache", package: "swift-mustache"),

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Logging
 import Prometheus
 import StorageClient
@@ -276,7 +277,7 @@ struct SinkTests {
             (0..<5).map { record("p\(page)-\($0)", "2026-11-0\(page + 1)T00:00:00Z") }
         }
         do {
-            // Cadence of the service's (32 pages), without its 1 s timer, so a loaded machine changes nothing.
+            // Cadence of the service's (128 pages), without its 4 s timer, so a loaded machine changes nothing.
             let index = try DedupIndex(path: path, commitInterval: .seconds(3600))
             try index.catchUp(with: sink)
             for page in pages {
@@ -349,6 +350,41 @@ struct SinkTests {
         try FileManager.default.removeItem(atPath: dir + "/s/2026-10-01.ndjson")
         try fresh.catchUp(with: sink)
         #expect(try fresh.known([old.key]) == [old.key])
+    }
+
+    /// A key SQLite refuses to insert fails the page: nothing of it reaches the sink and the index is as before
+    /// (a refusal taken for "already known" would drop the record for good).
+    @Test func anIndexInsertSQLiteRefusesFailsThePageAndWritesNothing() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        let path = dir + "/index/s.sqlite"
+        let index = try DedupIndex(path: path)
+        try index.catchUp(with: sink)
+        try await DatabaseQueue(path: path).write { db in
+            try db.execute(
+                sql: """
+                    CREATE TRIGGER refuse BEFORE INSERT ON record_key WHEN NEW.id = 'poison'
+                    BEGIN SELECT RAISE(ABORT, 'refused by the test'); END
+                    """)
+        }
+        let page = ["a", "poison", "b"].map { record($0, "2026-11-01T00:00:00Z") }
+        await #expect {
+            _ = try await index.admit(page) { records throws(SinkError) in
+                try sink.append(records, collectedAt: ts("2026-11-27T01:00:00Z"))
+            }
+        } throws: { error in
+            let failure = error as? SinkError
+            return failure?.operation == "index write" && failure?.detail.contains("refused by the test") == true
+        }
+        #expect(sink.files().isEmpty)
+        #expect(try index.known(page.map(\.key)).isEmpty)
+
+        // The next page goes through.
+        let next = try await index.admit([page[0], page[2]]) { records throws(SinkError) in
+            try sink.append(records, collectedAt: ts("2026-11-27T01:00:00Z"))
+        }
+        #expect(next.map(\.id) == ["a", "b"])
     }
 
     @Test func anUnwritableFolderFailsWithTheOperationAndPath() throws {

@@ -106,7 +106,10 @@ struct NDJSONSink: Sendable {
         let source = Self.jsonString(sourceID.rawValue)
         var bytes: [UInt8] = []
         bytes.reserveCapacity(records.reduce(0) { $0 + $1.json.count + $1.id.utf8.count + 160 })
+        // The records of a page mostly share one mark (TAXII's page mark): formatted once per run of equal marks.
+        var mark = (time: records[0].mark, text: Array(records[0].mark.description.utf8))
         for record in records {
+            if mark.time != record.mark { mark = (record.mark, Array(record.mark.description.utf8)) }
             bytes += #"{"source_id":"#.utf8
             bytes += source
             bytes += #","id":"#.utf8
@@ -114,7 +117,7 @@ struct NDJSONSink: Sendable {
             bytes += #","version":"#.utf8
             Self.appendJSONString(record.version, to: &bytes)
             bytes += #","mark":""#.utf8
-            bytes += record.mark.description.utf8
+            bytes += mark.text
             bytes += #"","collected_at":""#.utf8
             bytes += stamp
             bytes += #"","record":"#.utf8
