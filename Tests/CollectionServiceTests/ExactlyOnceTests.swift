@@ -222,6 +222,30 @@ struct ExactlyOnceTests {
                 == ts("2026-11-26T05:00:00Z"))
     }
 
+    /// Pages written together (the writer busy while the next pages were fetched) still count each page's own
+    /// new records: every page repeats one record of the page before, which the run drops.
+    @Test func pagesWrittenTogetherCountOnlyTheirNewRecords() async throws {
+        let pages: [MarkedPagesCollector.Page] = (0..<8).map { index in
+            let time = ts("2026-11-26T0\(index):00:00Z")
+            let repeated =
+                index == 0 ? [] : [record("r\(index - 1)", ts("2026-11-26T0\(index - 1):00:00Z").description)]
+            return .init(records: repeated + [record("r\(index)", time.description)], first: time, last: time)
+        }
+        for everyPages in [0, 3] {
+            let f = try RunnerFixture()
+            defer { removeTemporary(f.dir) }
+            var source = f.source
+            source.checkpointPages = everyPages
+            source.checkpointInterval = .zero
+            let report = await f.runner.run(source, collector: MarkedPagesCollector(pages: pages))
+            #expect(report.outcome == .success)
+            #expect(report.recordsCollected == 8 && report.duplicatesDropped == 7, "every \(everyPages) pages")
+            let runs = try await f.storage.history(sourceID: f.source.id, limit: 50)
+            #expect(runs.compactMap(\.recordsCollected).reduce(0, +) == 8)
+            #expect(f.ids() == (0..<8).map { "r\($0)" })
+        }
+    }
+
     @Test func checkpointsAreRateLimitedAndCanBeTurnedOff() async throws {
         let pages: [MarkedPagesCollector.Page] = (0..<6).map { index in
             let time = ts("2026-11-26T0\(index):00:00Z")

@@ -6,9 +6,10 @@ import WatermarkCore
 /// One run of one source: lease -> queued updates -> watermark -> pages -> sink (fsync) -> watermark update ->
 /// release.
 ///
-/// The order is what makes collection exactly-once. Records are appended and fsynced page by page, and the
-/// watermark moves only to a mark whose records are all on disk: at a checkpoint (a page boundary where the
-/// source says no record of that instant is left to come), and after the last page. A crash anywhere before an
+/// The order is what makes collection exactly-once. Records are appended and fsynced page by page (pages that
+/// waited for the writer together), and the watermark moves only to a mark whose records are all on disk: at a
+/// checkpoint (a page boundary where the source says no record of that instant is left to come), and after the
+/// last page. A crash anywhere before an
 /// update means the next run starts from the previous mark and the sink's dedup drops what already arrived; a
 /// crash after it (even before this process learnt the answer) means the next run starts later and drops the
 /// boundary record again. The mark is the newest mark the source's data has passed that is not in the future:
@@ -140,66 +141,99 @@ struct CollectionRunner: Sendable {
         var sinceCheckpoint = (records: Int64(0), pages: 0, at: clock())
         do {
             var pages = 0
-            // The next page is fetched (and parsed) while the current one is written and fsynced: only pages
-            // whose records are on disk ever move the mark, so reading ahead changes nothing of what is promised.
-            var upcoming: CollectorPage?
-            repeat {
-                if await isStopping() || Task.isCancelled {
-                    report.outcome = .abandoned
-                    report.finishedAt = clock()
-                    log.notice(
-                        "collection run abandoned at shutdown; the watermark stays at its last checkpoint",
-                        metadata: ["records": "\(report.recordsCollected)", "pages": "\(pages)"]
-                    )
-                    await finish(writer, log: log)
-                    return report
+            // Pages are fetched (and parsed) by a child task while earlier ones are written and fsynced, up to
+            // `pagesAhead` waiting; the pages waiting when the writer is free are written together (one append,
+            // one fsync). Only pages whose records are on disk ever move the mark, so reading ahead changes
+            // nothing of what is promised.
+            let queue = PageQueue(limit: Self.pagesAhead(source))
+            let abandoned: Bool
+            if await isStopping() || Task.isCancelled {
+                abandoned = true  // stopping before the first page fetches nothing
+            } else {
+                abandoned = try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { await Self.fetchAll(from: collector, since: since, into: queue) }
+                    defer {
+                        queue.close()
+                        group.cancelAll()
+                    }
+                    while true {
+                        if await isStopping() || Task.isCancelled { return true }
+                        try await session.renewIfDue()
+                        guard let batch = try await queue.takeAll() else { return false }
+                        for page in batch {
+                            for warning in page.warnings {
+                                log.warning("source answer is off", metadata: ["detail": "\(warning)"])
+                            }
+                            for file in page.rejected {
+                                report.rejectedFiles += 1
+                                log.error(
+                                    "file rejected: moved to the rejected folder",
+                                    metadata: [
+                                        "file": "\(file.name)", "moved_to": "\(file.movedTo)",
+                                        "reason": "\(file.reason)",
+                                    ]
+                                )
+                            }
+                        }
+                        let records = batch.count == 1 ? batch[0].records : batch.flatMap(\.records)
+                        let fresh = try await writer.write(records, collectedAt: clock())
+                        report.duplicatesDropped += Int64(records.count - fresh.count)
+                        // Every page of the batch is on disk now: each is committed, counted and may checkpoint in
+                        // turn, as if written alone. `fresh` keeps the order of `records`, so each page's share of it
+                        // is the run of fresh keys found among its own records.
+                        var next = 0
+                        for page in batch {
+                            var freshInPage = 0
+                            for record in page.records where next < fresh.count && fresh[next].key == record.key {
+                                next += 1
+                                freshInPage += 1
+                            }
+                            try collector.pageCommitted(page)
+                            pages += 1
+                            report.recordsCollected += Int64(freshInPage)
+                            sinceCheckpoint.records += Int64(freshInPage)
+                            sinceCheckpoint.pages += 1
+                            marks.add(page, now: clock())
+                            log.debug(
+                                "page collected",
+                                metadata: [
+                                    "page": "\(pages)", "records": "\(freshInPage)", "more": "\(page.next != nil)",
+                                    "written_with": "\(batch.count - 1)",
+                                ]
+                            )
+                            if page.next != nil, let checkpoint = marks.checkpoint, checkpoint > marks.committed,
+                                Self.checkpointDue(
+                                    source, pages: sinceCheckpoint.pages,
+                                    elapsed: clock().duration(since: sinceCheckpoint.at))
+                            {
+                                let result = try await session.commit(
+                                    checkpoint, recordsCollected: sinceCheckpoint.records)
+                                marks.committed = checkpoint
+                                report.checkpoints += 1
+                                report.watermark = checkpoint
+                                sinceCheckpoint = (0, 0, clock())
+                                log.info(
+                                    "checkpoint: watermark moved mid-run",
+                                    metadata: [
+                                        "watermark": "\(checkpoint)", "pages": "\(pages)",
+                                        "queued": "\(result.isQueued)",
+                                    ]
+                                )
+                            }
+                        }
+                    }
                 }
-                try await session.renewIfDue()
-                let page: CollectorPage
-                if let upcoming {
-                    page = upcoming
-                } else {
-                    page = try await collector.fetchPage(since: since, cursor: nil)
-                }
-                async let following = Self.fetch(after: page, since: since, from: collector)
-                pages += 1
-                for warning in page.warnings { log.warning("source answer is off", metadata: ["detail": "\(warning)"]) }
-                for file in page.rejected {
-                    report.rejectedFiles += 1
-                    log.error(
-                        "file rejected: moved to the rejected folder",
-                        metadata: ["file": "\(file.name)", "moved_to": "\(file.movedTo)", "reason": "\(file.reason)"]
-                    )
-                }
-                let collectedAt = clock()
-                let fresh = try await writer.write(page.records, collectedAt: collectedAt)
-                report.duplicatesDropped += Int64(page.records.count - fresh.count)
-                try collector.pageCommitted(page)
-                report.recordsCollected += Int64(fresh.count)
-                sinceCheckpoint.records += Int64(fresh.count)
-                sinceCheckpoint.pages += 1
-                marks.add(page, now: clock())
-                log.debug(
-                    "page collected",
-                    metadata: ["page": "\(pages)", "records": "\(fresh.count)", "more": "\(page.next != nil)"]
-                )
-                if page.next != nil, let checkpoint = marks.checkpoint, checkpoint > marks.committed,
-                    Self.checkpointDue(
-                        source, pages: sinceCheckpoint.pages, elapsed: clock().duration(since: sinceCheckpoint.at))
-                {
-                    let result = try await session.commit(checkpoint, recordsCollected: sinceCheckpoint.records)
-                    marks.committed = checkpoint
-                    report.checkpoints += 1
-                    report.watermark = checkpoint
-                    sinceCheckpoint = (0, 0, clock())
-                    log.info(
-                        "checkpoint: watermark moved mid-run",
-                        metadata: ["watermark": "\(checkpoint)", "pages": "\(pages)", "queued": "\(result.isQueued)"]
-                    )
-                }
-                upcoming = try await following
-            } while upcoming != nil
+            }
             await finish(writer, log: log)
+            if abandoned {
+                report.outcome = .abandoned
+                report.finishedAt = clock()
+                log.notice(
+                    "collection run abandoned at shutdown; the watermark stays at its last checkpoint",
+                    metadata: ["records": "\(report.recordsCollected)", "pages": "\(pages)"]
+                )
+                return report
+            }
         } catch {
             await finish(writer, log: log)
             return await finishFailed(
@@ -239,12 +273,27 @@ struct CollectionRunner: Sendable {
         return report
     }
 
-    /// The page after `page`, `nil` when `page` was the last.
-    private static func fetch(
-        after page: CollectorPage, since: Timestamp, from collector: any Collector
-    ) async throws -> CollectorPage? {
-        guard let cursor = page.next else { return nil }
-        return try await collector.fetchPage(since: since, cursor: cursor)
+    /// How many fetched pages may wait for the writer, so the pages of one write at most: two, but never more than
+    /// the source's `checkpoint_pages`, since a crash between a write and its checkpoints makes the next run read
+    /// the pages of that write again (a source that checkpoints every page is written page by page).
+    static func pagesAhead(_ source: SourceConfiguration) -> Int {
+        source.checkpointPages > 0 ? min(2, source.checkpointPages) : 2
+    }
+
+    /// Fetches the pages of a run one after the other into `queue`, until the last one, an error, or the run
+    /// closing the queue.
+    private static func fetchAll(from collector: any Collector, since: Timestamp, into queue: PageQueue) async {
+        var cursor: String?
+        do {
+            repeat {
+                let page = try await collector.fetchPage(since: since, cursor: cursor)
+                cursor = page.next
+                try await queue.put(page)
+            } while cursor != nil
+            queue.finish()
+        } catch {
+            queue.fail(error)
+        }
     }
 
     /// A checkpoint is due after `checkpointPages` pages or `checkpointInterval`, whichever comes first.
