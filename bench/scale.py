@@ -43,32 +43,29 @@ request = function()
 end
 """
 # The HTTP profile's working set, 1,000 sources, spread evenly over the database's ids (every `step`-th): the same
-# load on a database of a million rows as on one of a thousand. Its PUTs are 30 s ahead of the clock, LUA_PUT's
-# (which run after them and write some of the same sources) 60 s: never older than what a source holds.
+# load on a database of a million rows as on one of a thousand. Its PUTs are 30 s ahead of the clock, those to
+# every source (which run after them and write some of the same sources) 60 s: never older than what a source
+# holds.
 LUA_GET_SET = """
 math.randomseed(42)
 request = function()
   return wrk.format("GET", "/api/v1/watermarks/seed-" .. (math.random(0, 999) * %d))
 end
 """
-LUA_PUT_SET = """
+
+
+def lua_put(ahead, source):
+    """PUTs of increasing timestamps `ahead` seconds past the clock, each to the source id `source` (a Lua
+    expression of `counter`, the request's number)."""
+    return """
 counter = 0
-base = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", os.time() + 30)
+base = os.date("!%Y-%m-%dT%H:%M:%S", os.time() + AHEAD)
 request = function()
   counter = counter + 1
-  local body = '{"timestamp":"' .. base .. '.' .. string.format("%%09d", counter) .. 'Z","status":"success","records_collected":1}'
-  return wrk.format("PUT", "/api/v1/watermarks/seed-" .. ((counter %% 1000) * %d), {["Content-Type"] = "application/json"}, body)
+  local body = '{"timestamp":"' .. base .. '.' .. string.format("%09d", counter) .. 'Z","status":"success","records_collected":1}'
+  return wrk.format("PUT", "/api/v1/watermarks/seed-" .. (SOURCE), {["Content-Type"] = "application/json"}, body)
 end
-"""
-LUA_PUT = """
-counter = 0
-base = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", os.time() + 60)
-request = function()
-  counter = counter + 1
-  local body = '{"timestamp":"' .. base .. '.' .. string.format("%%09d", counter) .. 'Z","status":"success","records_collected":1}'
-  return wrk.format("PUT", "/api/v1/watermarks/seed-" .. (counter %% %d), {["Content-Type"] = "application/json"}, body)
-end
-"""
+""".replace("AHEAD", str(ahead)).replace("SOURCE", source)
 
 
 def seed(binary, path, sources, history):
@@ -184,8 +181,10 @@ def measure(binary, database, sources, work, duration):
         # database's first GETs at 0.75 of its later rate).
         run_wrk(port, LUA_GET_SET % step, "/", work, "1s")
         for name, lua, url in [
-            ("GET 1,000 of the sources", LUA_GET_SET % step, "/"), ("PUT 1,000 of the sources", LUA_PUT_SET % step, "/"),
-            ("GET existing", LUA_GET % (sources - 1), "/"), ("PUT many sources", LUA_PUT % sources, "/"),
+            ("GET 1,000 of the sources", LUA_GET_SET % step, "/"),
+            ("PUT 1,000 of the sources", lua_put(30, f"(counter % 1000) * {step}"), "/"),
+            ("GET existing", LUA_GET % (sources - 1), "/"),
+            ("PUT many sources", lua_put(60, f"counter % {sources}"), "/"),
             ("GET /health", None, "/health"), ("GET /status", None, "/status"), ("GET /metrics", None, "/metrics"),
         ]:
             figures[name] = run_wrk(port, lua, url, work, duration)

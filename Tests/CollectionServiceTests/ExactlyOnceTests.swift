@@ -232,18 +232,28 @@ struct ExactlyOnceTests {
             return .init(records: repeated + [record("r\(index)", time.description)], first: time, last: time)
         }
         for everyPages in [0, 3] {
-            let f = try RunnerFixture()
-            defer { removeTemporary(f.dir) }
-            var source = f.source
-            source.checkpointPages = everyPages
-            source.checkpointInterval = .zero
-            let report = await f.runner.run(source, collector: MarkedPagesCollector(pages: pages))
-            #expect(report.outcome == .success)
-            #expect(report.recordsCollected == 8 && report.duplicatesDropped == 7, "every \(everyPages) pages")
-            let runs = try await f.storage.history(sourceID: f.source.id, limit: 50)
-            #expect(runs.compactMap(\.recordsCollected).reduce(0, +) == 8)
-            #expect(f.ids() == (0..<8).map { "r\($0)" })
+            try await run(pages, checkpointingEvery: everyPages) { report, runs, f in
+                #expect(report.outcome == .success)
+                #expect(report.recordsCollected == 8 && report.duplicatesDropped == 7, "every \(everyPages) pages")
+                #expect(runs.compactMap(\.recordsCollected).reduce(0, +) == 8)
+                #expect(f.ids() == (0..<8).map { "r\($0)" })
+            }
         }
+    }
+
+    /// One run of `pages` that checkpoints every `everyPages` pages (no timer), then `check` of its report and
+    /// of the runs the storage recorded.
+    private func run(
+        _ pages: [MarkedPagesCollector.Page], checkpointingEvery everyPages: Int,
+        check: (RunReport, [WatermarkRun], RunnerFixture) throws -> Void
+    ) async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        var source = f.source
+        source.checkpointPages = everyPages
+        source.checkpointInterval = .zero
+        let report = await f.runner.run(source, collector: MarkedPagesCollector(pages: pages))
+        try check(report, try await f.storage.history(sourceID: f.source.id, limit: 50), f)
     }
 
     @Test func checkpointsAreRateLimitedAndCanBeTurnedOff() async throws {
@@ -252,16 +262,11 @@ struct ExactlyOnceTests {
             return .init(records: [record("r\(index)", time.description)], first: time, last: time)
         }
         for (everyPages, expected) in [(0, 0), (1, 4), (2, 2)] {
-            let f = try RunnerFixture()
-            defer { removeTemporary(f.dir) }
-            var source = f.source
-            source.checkpointPages = everyPages
-            source.checkpointInterval = .zero
-            let report = await f.runner.run(source, collector: MarkedPagesCollector(pages: pages))
-            #expect(report.outcome == .success && report.checkpoints == expected, "every \(everyPages) pages")
-            let runs = try await f.storage.history(sourceID: f.source.id, limit: 50)
-            #expect(runs.count == expected + 1)
-            #expect(runs.compactMap(\.recordsCollected).reduce(0, +) == 6)
+            try await run(pages, checkpointingEvery: everyPages) { report, runs, _ in
+                #expect(report.outcome == .success && report.checkpoints == expected, "every \(everyPages) pages")
+                #expect(runs.count == expected + 1)
+                #expect(runs.compactMap(\.recordsCollected).reduce(0, +) == 6)
+            }
         }
     }
 
