@@ -7,10 +7,10 @@ Seeds a database with `storage-service seed` (timed; database size per million w
 on it and on a database of 1,000 watermarks, and measures on both: time from start to a healthy /health,
 GET and PUT on 1,000 sources spread over the ids (the HTTP profile's working set: the same load on both
 databases), GET of existing watermarks at random over all of them, PUT to every source in turn, /health,
-/status and /metrics at 64 connections, a page of
-the `status` and `stale_after_seconds` list filters, and peak RSS; then, started again with READ_CACHE_ENTRIES=0,
-the same random GETs, each of which reads the database (the database's read path like for like: with the cache
-on, all 1,000 small sources are cached and few of a million are). Every figure of the large database is
+/status and /metrics at 64 connections, a page of the `status` and `stale_after_seconds` list filters, and
+peak RSS; then, started again with READ_CACHE_ENTRIES=0, the same random GETs, each of which reads the database
+(the database's read path like for like: with the cache on, all 1,000 small sources are cached and few of a
+million are). Every figure of the large database is
 also given as a ratio to the small one. Prints a table and writes bench/results/<UTC date>-scale.json
 (BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
 
@@ -36,22 +36,18 @@ sys.path.insert(0, HERE)
 import pg  # noqa: E402 (bench/pg.py: a throwaway PostgreSQL)
 from run import free_port, parse_wrk, peak_rss_kib, write_report  # noqa: E402
 
-LUA_GET = """
-math.randomseed(42)
-request = function()
-  return wrk.format("GET", "/api/v1/watermarks/seed-" .. math.random(0, %d))
-end
-"""
 # The HTTP profile's working set, 1,000 sources, spread evenly over the database's ids (every `step`-th): the same
 # load on a database of a million rows as on one of a thousand. Its PUTs are 30 s ahead of the clock, those to
 # every source (which run after them and write some of the same sources) 60 s: never older than what a source
 # holds.
-LUA_GET_SET = """
+def lua_get(source):
+    """GETs of the source id `source` (a Lua expression of `math.random`, seeded alike on every run)."""
+    return """
 math.randomseed(42)
 request = function()
-  return wrk.format("GET", "/api/v1/watermarks/seed-" .. (math.random(0, 999) * %d))
+  return wrk.format("GET", "/api/v1/watermarks/seed-" .. (SOURCE))
 end
-"""
+""".replace("SOURCE", source)
 
 
 def lua_put(ahead, source):
@@ -179,11 +175,11 @@ def measure(binary, database, sources, work, duration):
         step = max(1, sources // 1000)
         # Warm-up, not reported: the first wrk run after a start paid for the service's cold start (the small
         # database's first GETs at 0.75 of its later rate).
-        run_wrk(port, LUA_GET_SET % step, "/", work, "1s")
+        run_wrk(port, lua_get(f"math.random(0, 999) * {step}"), "/", work, "1s")
         for name, lua, url in [
-            ("GET 1,000 of the sources", LUA_GET_SET % step, "/"),
+            ("GET 1,000 of the sources", lua_get(f"math.random(0, 999) * {step}"), "/"),
             ("PUT 1,000 of the sources", lua_put(30, f"(counter % 1000) * {step}"), "/"),
-            ("GET existing", LUA_GET % (sources - 1), "/"),
+            ("GET existing", lua_get(f"math.random(0, {sources - 1})"), "/"),
             ("PUT many sources", lua_put(60, f"counter % {sources}"), "/"),
             ("GET /health", None, "/health"), ("GET /status", None, "/status"), ("GET /metrics", None, "/metrics"),
         ]:
@@ -199,7 +195,8 @@ def measure(binary, database, sources, work, duration):
     # reads the database (with the cache on, all 1,000 small sources are cached and few of a million are).
     proc, port, _ = start_service(binary, dict(database, READ_CACHE_ENTRIES="0"), work)
     try:
-        figures["GET existing, read cache off"] = run_wrk(port, LUA_GET % (sources - 1), "/", work, duration)
+        figures["GET existing, read cache off"] = run_wrk(
+            port, lua_get(f"math.random(0, {sources - 1})"), "/", work, duration)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

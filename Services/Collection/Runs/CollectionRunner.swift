@@ -9,11 +9,11 @@ import WatermarkCore
 /// The order is what makes collection exactly-once. Records are appended and fsynced page by page (pages that
 /// waited for the writer together), and the watermark moves only to a mark whose records are all on disk: at a
 /// checkpoint (a page boundary where the source says no record of that instant is left to come), and after the
-/// last page. A crash anywhere before an
-/// update means the next run starts from the previous mark and the sink's dedup drops what already arrived; a
-/// crash after it (even before this process learnt the answer) means the next run starts later and drops the
-/// boundary record again. The mark is the newest mark the source's data has passed that is not in the future:
-/// a record stamped ahead of this process's clock never holds the mark above records that are still to come.
+/// last page. A crash anywhere before an update means the next run starts from the previous mark and the sink's
+/// dedup drops what already arrived; a crash after it (even before this process learnt the answer) means the
+/// next run starts later and drops the boundary record again. The mark is the newest mark the source's data has
+/// passed that is not in the future: a record stamped ahead of this process's clock never holds the mark above
+/// records that are still to come.
 struct CollectionRunner: Sendable {
     /// The one dependency on the storage: watermarks, the queue of unsent updates, and leases (`withLease`).
     let manager: WatermarkManager
