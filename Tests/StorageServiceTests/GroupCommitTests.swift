@@ -134,10 +134,7 @@ struct GroupCommitTests {
     @Test("the WAL is checkpointed in the background and started over once past its bound")
     func walCheckpointsAndRestarts() async throws {
         try await withTemporaryDirectory { folder in
-            // The bound of a real store is 32,768 frames; 1,000 commits make some 5,000.
-            let bound = 4096
-            let store = try SQLiteWatermarkStore(
-                path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet, writerCheckpointFrames: bound)
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
             defer { try? store.close() }
             func write(_ count: Int, from first: Int) async throws {
                 for index in first..<(first + count) {
@@ -157,7 +154,7 @@ struct GroupCommitTests {
             try await write(1, from: 1000)
             await store.checkpoint()
             let grown = store.walFrameCount
-            #expect(grown >= bound, "\(grown) frames after 1,000 commits")
+            #expect(grown >= SQLiteWatermarkStore.writerCheckpointFrames, "\(grown) frames after 1,000 commits")
             snapshot = nil
             try readers.close()
             // The next commit is followed by the writer's checkpoint; the one after starts the WAL over.
@@ -166,6 +163,23 @@ struct GroupCommitTests {
             #expect(store.walFrameCount < 100, "\(store.walFrameCount) frames after the writer's checkpoint")
             for index in [0, 999, 1002] { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
         }
+    }
+
+    /// The writer's own checkpoint holds every write while it runs (some 45 ms at a million sources written at
+    /// random), so the next may start only after a pause 19 times as long: at most a twentieth of the writer's time.
+    @Test("the writer checkpoints again only after a pause 19 times as long as its last checkpoint")
+    func checkpointPacing() {
+        var pacing = SQLiteWatermarkStore.CheckpointPacing()
+        let start = ContinuousClock.now
+        #expect(pacing.allows(at: start))
+        pacing.checkpointed(from: start, to: start + .milliseconds(45))
+        let end = start + .milliseconds(45)
+        #expect(!pacing.allows(at: end))
+        #expect(!pacing.allows(at: end + .milliseconds(854)))
+        #expect(pacing.allows(at: end + .milliseconds(855)))
+        // A quick checkpoint (a small database's) barely delays the next.
+        pacing.checkpointed(from: end + .seconds(1), to: end + .seconds(1) + .milliseconds(1))
+        #expect(pacing.allows(at: end + .seconds(1) + .milliseconds(20)))
     }
 
     /// An acknowledged write must survive power loss, so every commit syncs the WAL: `DatabasePool` turns its

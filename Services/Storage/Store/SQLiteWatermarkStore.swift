@@ -49,8 +49,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// (`SQLiteDatabaseService` creates it).
     convenience init(
         path: String, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000,
-        writerCheckpointFrames: Int = SQLiteWatermarkStore.writerCheckpointFrames
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000
     ) throws {
         let pool = try DatabasePool(path: path, configuration: Self.configuration)
         // FULL: the WAL is synced at every commit, so an acknowledged write survives power loss, not only the
@@ -64,30 +63,31 @@ final class SQLiteWatermarkStore: WatermarkStore {
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
         }
         try self.init(
-            writer: pool, path: path, policy: policy, logger: logger, clock: clock, cacheCapacity: cacheCapacity,
-            writerCheckpointFrames: writerCheckpointFrames)
+            writer: pool, path: path, policy: policy, logger: logger, clock: clock, cacheCapacity: cacheCapacity)
     }
 
     /// Uses an open database; `DatabaseQueue()` gives an in-memory one for tests.
     init(
         writer: any DatabaseWriter, path: String? = nil, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000,
-        writerCheckpointFrames: Int = SQLiteWatermarkStore.writerCheckpointFrames
+        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000
     ) throws {
         self.writer = writer
         self.cache = ReadCache(capacity: cacheCapacity)
         let walFrames = NIOLockedValueBox(0)
         self.walFrames = walFrames
+        let pacing = NIOLockedValueBox(CheckpointPacing())
         self.batcher = GroupCommitWriter(writer: writer) { db in
             // The WAL grew past `writerCheckpointFrames` (as the last background checkpoint saw it): copy what arrived
-            // since and let the next commit start the WAL over.
+            // since and let the next commit start the WAL over, unless the writer's last checkpoint was too recent.
             let frames = walFrames.withLockedValue { frames in
                 defer { frames = 0 }
                 return frames
             }
-            guard frames >= writerCheckpointFrames else { return }
+            guard frames >= Self.writerCheckpointFrames, pacing.withLockedValue({ $0.allows(at: .now) }) else { return }
             // Busy when the background pass runs now (it is doing the copying); a failing disk fails the writes too.
+            let start = ContinuousClock.now
             _ = try? db.checkpoint(.passive)
+            pacing.withLockedValue { $0.checkpointed(from: start, to: .now) }
         }
         self.path = path
         self.policy = policy
@@ -110,12 +110,28 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// file grew without end (177 MB in 10 s of PUTs at 64 connections). So once the background saw more than this,
     /// the writer checkpoints after its next commit, and finds only what arrived since the background pass.
     ///
-    /// That checkpoint holds every write for as long as it copies and syncs: some 45 ms at a million sources, whose
-    /// PUTs at 64 connections append about 40,000 scattered frames a second. At 4,096 frames it came every 0.1 s and
-    /// took 14 % of the writer's time (14 to 17 stalls in 5 s); at 32,768 (a WAL of up to 128 MiB, reused, not
-    /// grown, once it started over) 2 to 9, and PUT to 1,000 of a million sources went from 6.8-7.5k to 8.2-10.1k
-    /// req/s in alternating runs. A small database's WAL reaches it seldom: its batches rewrite the same pages.
-    static let writerCheckpointFrames = 32768
+    /// That checkpoint holds every write while it copies and syncs: a millisecond or two on a small database, whose
+    /// batches rewrite the same few pages, some 45 ms at a million sources, whose PUTs at 64 connections append
+    /// about 40,000 scattered frames a second. There it came every 0.1 s, 14 % of the writer's time (PUT to 1,000 of
+    /// the million 6.8-7.5k req/s), so `CheckpointPacing` spaces the writer's checkpoints by 19 times the last one's
+    /// length (8.3-9.0k in alternating runs against 8.5-9.8k for a fixed bound of 32,768 frames). A large bound
+    /// alone would not do: a WAL grows to its bound before it is reused, and a commit that extends the file also
+    /// waits for its size to be journaled (an fdatasync of 22 KiB appended 0.16-0.23 ms, overwritten 0.10 ms), so
+    /// one-connection PUT p50 was 650-690 us in the 4 s a fresh 128 MiB WAL took to grow (493-505 us paced).
+    static let writerCheckpointFrames = 4096
+
+    /// When the writer may checkpoint again: its own checkpoints take at most a twentieth of its time.
+    struct CheckpointPacing: Sendable {
+        /// The pause after a checkpoint, in multiples of how long it took.
+        static let pauseFactor = 19
+        private var nextAllowed: ContinuousClock.Instant?
+
+        func allows(at now: ContinuousClock.Instant) -> Bool { nextAllowed.map { now >= $0 } ?? true }
+
+        mutating func checkpointed(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) {
+            nextAllowed = end + (end - start) * Self.pauseFactor
+        }
+    }
 
     /// Copies what the WAL holds into the database file without waiting for the writer or any reader (a passive
     /// checkpoint), on the checkpointer's own thread; `SQLiteDatabaseService` calls it every 50 ms.
