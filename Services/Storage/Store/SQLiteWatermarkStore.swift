@@ -112,12 +112,13 @@ final class SQLiteWatermarkStore: WatermarkStore {
     ///
     /// That checkpoint holds every write while it copies and syncs: a millisecond or two on a small database, whose
     /// batches rewrite the same few pages, some 45 ms at a million sources, whose PUTs at 64 connections append
-    /// about 40,000 scattered frames a second. There it came every 0.1 s, 14 % of the writer's time (PUT to 1,000 of
-    /// the million 6.8-7.5k req/s), so `CheckpointPacing` spaces the writer's checkpoints by 19 times the last one's
-    /// length (8.3-9.0k in alternating runs against 8.5-9.8k for a fixed bound of 32,768 frames). A large bound
-    /// alone would not do: a WAL grows to its bound before it is reused, and a commit that extends the file also
-    /// waits for its size to be journaled (an fdatasync of 22 KiB appended 0.16-0.23 ms, overwritten 0.10 ms), so
-    /// one-connection PUT p50 was 650-690 us in the 4 s a fresh 128 MiB WAL took to grow (493-505 us paced).
+    /// about 40,000 scattered frames a second. There it came three times a second, 14 % of the writer's time (PUT
+    /// to 1,000 of the million 6.8-7.5k req/s), so `CheckpointPacing` spaces the writer's checkpoints by 19 times
+    /// the last one's length (8.3-9.0k in alternating runs against 8.5-9.8k for a fixed bound of 32,768 frames).
+    /// A large bound alone would not do: a WAL grows to its bound before it is reused, and a commit that extends
+    /// the file also waits for its size to be journaled (an fdatasync of 22 KiB appended 0.16-0.23 ms, overwritten
+    /// 0.10 ms), so one-connection PUT p50 was 650-690 us in the 4 s a fresh 128 MiB WAL took to grow (493-505 us
+    /// paced).
     static let writerCheckpointFrames = 4096
 
     /// When the writer may checkpoint again: its own checkpoints take at most a twentieth of its time.
