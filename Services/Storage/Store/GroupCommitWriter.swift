@@ -126,23 +126,30 @@ final class GroupCommitWriter: Sendable {
         var outcomes: [Outcome] = []
         do {
             try db.inTransaction(.immediate) {
-                outcomes = works.map { work in
-                    var value: (any Sendable)?
-                    do {
-                        try db.inSavepoint {
-                            value = try work(db)
-                            return .commit
-                        }
-                        return .success(value!)
-                    } catch {
-                        return .failure(error)
-                    }
-                }
+                outcomes = works.map { work in Result { try inSavepoint(db) { try work(db) } } }
                 return .commit
             }
             return outcomes
         } catch {
             return works.map { _ in .failure(error) }
+        }
+    }
+
+    /// Runs `work` in a savepoint of the batch's transaction: what it changed is rolled back if it throws. GRDB's
+    /// `inSavepoint` prepares its `SAVEPOINT` and `RELEASE` statements on every call (5 us of each write of a batch,
+    /// timed at 64 connections); these are prepared once per connection. It runs inside `inTransaction`, whose block
+    /// makes any statement after an aborted transaction throw, as GRDB's savepoints do.
+    private static func inSavepoint<T>(_ db: Database, _ work: () throws -> T) throws -> T {
+        try db.cachedStatement(sql: "SAVEPOINT job").execute()
+        do {
+            let value = try work()
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT job").execute()
+            return value
+        } catch {
+            // The job's error is the one that counts; when the transaction was aborted there is nothing to undo.
+            try? db.cachedStatement(sql: "ROLLBACK TRANSACTION TO SAVEPOINT job").execute()
+            try? db.cachedStatement(sql: "RELEASE SAVEPOINT job").execute()
+            throw error
         }
     }
 
