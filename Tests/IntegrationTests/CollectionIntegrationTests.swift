@@ -6,6 +6,22 @@ import Testing
 /// medallion, installed from PyPI by `scripts/medallion/start.sh`). Without PyPI these fail, loudly.
 @Suite("Collection service with medallion and storage", .serialized, .timeLimit(.minutes(10)))
 struct CollectionIntegrationTests {
+    /// A port taken between `freePort()` and medallion's bind (another test's process, in parallel) makes
+    /// medallion exit with "Address already in use": the harness starts it again on another port.
+    @Test func medallionStartsAgainOnAnotherPortWhenItsPortWasTaken() async throws {
+        let taken = try ListeningSocket()
+        defer { taken.release() }
+        var offered: [Int] = []
+        let medallion = try await MedallionServer(ports: {
+            offered.append(offered.isEmpty ? taken.port : try freePort())
+            return offered.last!
+        })
+        #expect(offered.count == 2 && offered[0] == taken.port)
+        #expect(medallion.port == offered[1])
+        #expect(try await medallion.manifest().isEmpty)
+        await medallion.stop()
+    }
+
     /// Collect, add objects with a POST, collect again: only the new ones arrive; a third run finds nothing
     /// and still records a success with the mark unchanged.
     @Test func incrementalCycle() async throws {

@@ -11,31 +11,44 @@ final class MedallionServer: Sendable {
     let process: ServiceProcess
     let workDirectory: TemporaryDirectory
 
-    var apiRoot: String { "http://127.0.0.1:\(port)/api1/" }
+    var apiRoot: String { Self.apiRoot(port: port) }
+    static func apiRoot(port: Int) -> String { "http://127.0.0.1:\(port)/api1/" }
     var objectsURL: String { apiRoot + "collections/\(Self.collectionID)/objects/" }
 
     /// Starts it and waits until the collection answers (the first start installs medallion: up to minutes).
-    init() async throws {
-        port = try freePort()
-        workDirectory = try TemporaryDirectory()
-        process = try ServiceProcess(
-            "/bin/bash",
-            arguments: [
-                repositoryRoot.appendingPathComponent("scripts/medallion/start.sh").path, "\(port)", workDirectory.path,
-            ],
-            environment: ["MEDALLION_COLLECTION_ID": Self.collectionID]
-        )
-        do {
-            try await waitUntil("medallion to answer", timeout: .seconds(300), every: .milliseconds(200)) {
-                guard process.isRunning else {
-                    throw ProcessFailure("medallion exited before answering (is PyPI reachable?):\n\(process.log)")
+    ///
+    /// The port is free when `freePort()` returns but medallion binds it a moment later, and a process started
+    /// meanwhile (tests run in parallel) may take it first: medallion then exits with "Address already in use"
+    /// (seen once in CI), and it is started again on another port, up to three times. `ports` gives each try's port.
+    init(ports: () throws -> Int = freePort) async throws {
+        var attempt = 1
+        while true {
+            let port = try ports()
+            let workDirectory = try TemporaryDirectory()
+            let process = try ServiceProcess(
+                "/bin/bash",
+                arguments: [
+                    repositoryRoot.appendingPathComponent("scripts/medallion/start.sh").path, "\(port)",
+                    workDirectory.path,
+                ],
+                environment: ["MEDALLION_COLLECTION_ID": Self.collectionID]
+            )
+            let objectsURL = Self.apiRoot(port: port) + "collections/\(Self.collectionID)/objects/"
+            do {
+                try await waitUntil("medallion to answer", timeout: .seconds(300), every: .milliseconds(200)) {
+                    guard process.isRunning else {
+                        throw ProcessFailure("medallion exited before answering (is PyPI reachable?):\n\(process.log)")
+                    }
+                    return (try? await Self.get(objectsURL)).map { $0.status == 200 } ?? false
                 }
-                return (try? await self.get(objectsURL)).map { $0.status == 200 } ?? false
+                (self.port, self.process, self.workDirectory) = (port, process, workDirectory)
+                return
+            } catch {
+                process.signal(SIGKILL)
+                workDirectory.remove()
+                guard attempt < 3, process.log.contains("Address already in use") else { throw error }
+                attempt += 1
             }
-        } catch {
-            process.signal(SIGKILL)
-            workDirectory.remove()
-            throw error
         }
     }
 
@@ -76,7 +89,7 @@ final class MedallionServer: Sendable {
         var entries: [ManifestEntry] = []
         var next: String?
         repeat {
-            let reply = try await get(base + (next.map { "&next=\($0)" } ?? ""))
+            let reply = try await Self.get(base + (next.map { "&next=\($0)" } ?? ""))
             guard reply.status == 200 else { throw ProcessFailure("manifest: HTTP \(reply.status) \(reply.text)") }
             let object = try reply.json()
             for item in object["objects"] as? [[String: Any]] ?? [] {
@@ -90,7 +103,7 @@ final class MedallionServer: Sendable {
         return entries
     }
 
-    private func get(_ url: String) async throws -> TestHTTP.Reply {
+    private static func get(_ url: String) async throws -> TestHTTP.Reply {
         var request = HTTPClientRequest(url: url)
         request.headers.add(name: "Authorization", value: Self.authorization)
         request.headers.add(name: "Accept", value: "application/taxii+json;version=2.1")

@@ -162,9 +162,31 @@ let repositoryRoot = URL(fileURLWithPath: #filePath)
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for programs that take a fixed port.
 func freePort() throws -> Int {
+    let (fd, port) = try boundSocket()
+    close(fd)
+    return port
+}
+
+/// A socket listening on a free port of 127.0.0.1 until `release()`: a port another program holds.
+struct ListeningSocket {
+    let port: Int
+    private let fd: Int32
+
+    init() throws {
+        (fd, port) = try boundSocket()
+        guard listen(fd, 1) == 0 else {
+            close(fd)
+            throw ProcessFailure("listen() failed")
+        }
+    }
+
+    func release() { close(fd) }
+}
+
+/// A TCP socket bound to a port of 127.0.0.1 the system chose, and that port.
+private func boundSocket() throws -> (Int32, Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw ProcessFailure("socket() failed") }
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -175,6 +197,9 @@ func freePort() throws -> Int {
             bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
         }
     }
-    guard bound else { throw ProcessFailure("cannot find a free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    guard bound else {
+        close(fd)
+        throw ProcessFailure("cannot find a free port")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
