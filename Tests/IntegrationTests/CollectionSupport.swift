@@ -12,8 +12,9 @@ final class MedallionServer: Sendable {
     let workDirectory: TemporaryDirectory
 
     var apiRoot: String { Self.apiRoot(port: port) }
+    var objectsURL: String { Self.objectsURL(port: port) }
     static func apiRoot(port: Int) -> String { "http://127.0.0.1:\(port)/api1/" }
-    var objectsURL: String { apiRoot + "collections/\(Self.collectionID)/objects/" }
+    static func objectsURL(port: Int) -> String { apiRoot(port: port) + "collections/\(collectionID)/objects/" }
 
     /// Starts it and waits until the collection answers (the first start installs medallion: up to minutes).
     ///
@@ -33,7 +34,7 @@ final class MedallionServer: Sendable {
                 ],
                 environment: ["MEDALLION_COLLECTION_ID": Self.collectionID]
             )
-            let objectsURL = Self.apiRoot(port: port) + "collections/\(Self.collectionID)/objects/"
+            let objectsURL = Self.objectsURL(port: port)
             do {
                 try await waitUntil("medallion to answer", timeout: .seconds(300), every: .milliseconds(200)) {
                     guard process.isRunning else {
