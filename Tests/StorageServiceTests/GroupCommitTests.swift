@@ -81,6 +81,40 @@ struct GroupCommitTests {
         #expect(outcomes.filter { $0 }.count == 1)
     }
 
+    /// A write finding the writer idle runs on its caller's thread only when the last transaction carried one job:
+    /// after a batch of several (concurrent writers) it goes through the writer's queue, where a commit's fsync does
+    /// not hold a thread of the concurrency pool.
+    @Test func aWriteRunsOnItsCallersThreadOnlyAfterATransactionOfOne() async throws {
+        let queue = try DatabaseQueue()
+        let writer = GroupCommitWriter(writer: queue)
+        func counts() -> (alone: Int, batches: Int) { (writer.aloneCount, writer.batches) }
+        try await writer.write { db in try db.execute(sql: "CREATE TABLE t (k INTEGER)") }
+        #expect(counts() == (1, 1), "the first write runs alone")
+        // A batch of three: queued behind a write that holds the writer.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let release = DispatchSemaphore(value: 0)
+            group.addTask { try await writer.write { _ in _ = release.wait(timeout: .now() + 30) } }
+            try await waitUntil("the holding write runs") { writer.batchRunning && writer.aloneCount == 1 }
+            for index in 0..<3 {
+                group.addTask {
+                    try await writer.write { db in try db.execute(sql: "INSERT INTO t VALUES (?)", arguments: [index]) }
+                }
+            }
+            try await waitUntil("three writes queued") { writer.waitingCount == 3 }
+            release.signal()
+            try await group.waitForAll()
+        }
+        #expect(counts() == (2, 3), "the holding write ran alone, the three shared a batch")
+        // The writer's queue is left only after the callers were answered: each write below finds it idle.
+        try await waitUntil("the writer is idle") { !writer.batchRunning }
+        try await writer.write { db in try db.execute(sql: "INSERT INTO t VALUES (3)") }
+        #expect(counts() == (2, 4), "after a batch of three, a write goes through the writer's queue")
+        try await waitUntil("the writer is idle") { !writer.batchRunning }
+        try await writer.write { db in try db.execute(sql: "INSERT INTO t VALUES (4)") }
+        #expect(counts() == (3, 5), "after a transaction of one, a write runs alone again")
+        #expect(try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == 5)
+    }
+
     /// Through the store: concurrent writes to many sources take fewer commits than writes, a refused write
     /// among them changes nothing and does not fail the others.
     @Test func concurrentStoreWritesShareCommitsAndRefusalsStayTheirOwn() async throws {
