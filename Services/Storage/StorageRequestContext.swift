@@ -30,10 +30,13 @@ struct ContractJSONEncoder: ResponseEncoder {
         try Self.response(value)
     }
 
+    /// One encoder for every answer: its options are set once and it keeps nothing between calls.
+    private static let encoder = JSONEncoder.contract()
+
     /// The body of `value`: the one place the JSON is written (the read cache keeps these bytes).
     static func body(_ value: some Encodable) throws -> ByteBuffer {
         var buffer = ByteBuffer()
-        try JSONEncoder.contract().encode(value, into: &buffer)
+        try encoder.encode(value, into: &buffer)
         buffer.writeString("\n")
         return buffer
     }
