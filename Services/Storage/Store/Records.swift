@@ -57,12 +57,15 @@ extension Watermark: FetchableRecord, PersistableRecord {
             createdAt: try row.decode(atIndex: 8))
     }
 
-    /// The values of `columnNames`, in that order.
-    private var values: StatementArguments {
-        [
-            sourceID, lastSuccessfulTimestamp, lastRunTimestamp, status, recordsCollected, errorMessage, version,
-            consecutiveFailures, createdAt,
-        ]
+    /// The row `selectOne` stepped to (`SQLiteCall`), of the source it looked up.
+    init(_ sourceID: SourceID, row call: borrowing SQLiteCall) throws {
+        self.init(
+            sourceID: sourceID, lastSuccessfulTimestamp: try call.timestamp(1),
+            lastRunTimestamp: try call.required(call.timestamp(2), 2),
+            status: try call.required(call.value(3, as: RunStatus.self), 3),
+            recordsCollected: try call.required(call.int64(4), 4), errorMessage: call.text(5),
+            version: try call.required(call.int64(6), 6), consecutiveFailures: try call.required(call.int64(7), 7),
+            createdAt: try call.required(call.timestamp(8), 8))
     }
 
     public func encode(to container: inout PersistenceContainer) throws {
@@ -82,7 +85,17 @@ extension Watermark: FetchableRecord, PersistableRecord {
     /// single writer's CPU under concurrent PUTs. The count triggers fire as before (the insert trigger on a new
     /// source, the status trigger on a replaced one).
     func upsert(_ db: Database) throws {
-        try db.cachedStatement(sql: Self.upsertSQL).execute(arguments: values)
+        let call = try SQLiteCall(db, sql: Self.upsertSQL)
+        try call.bind(1, sourceID)
+        try call.bind(2, lastSuccessfulTimestamp)
+        try call.bind(3, lastRunTimestamp)
+        try call.bind(4, status.rawValue)
+        try call.bind(5, recordsCollected)
+        try call.bind(6, errorMessage)
+        try call.bind(7, version)
+        try call.bind(8, consecutiveFailures)
+        try call.bind(9, createdAt)
+        try call.run()
     }
 
     /// The columns a write changes when the status stays (source, status and creation are kept).
@@ -98,10 +111,15 @@ extension Watermark: FetchableRecord, PersistableRecord {
     /// leaving `status` out spares the status index and the count row, two pages of a common write (a success
     /// after a success), each a random one when a million sources are written.
     func updateKeepingStatus(_ db: Database) throws {
-        try db.cachedStatement(sql: Self.updateKeepingStatusSQL).execute(arguments: [
-            lastSuccessfulTimestamp, lastRunTimestamp, recordsCollected, errorMessage, version, consecutiveFailures,
-            sourceID,
-        ])
+        let call = try SQLiteCall(db, sql: Self.updateKeepingStatusSQL)
+        try call.bind(1, lastSuccessfulTimestamp)
+        try call.bind(2, lastRunTimestamp)
+        try call.bind(3, recordsCollected)
+        try call.bind(4, errorMessage)
+        try call.bind(5, version)
+        try call.bind(6, consecutiveFailures)
+        try call.bind(7, sourceID)
+        try call.run()
     }
 }
 
@@ -130,12 +148,20 @@ extension WatermarkRun: FetchableRecord, TableRecord {
             reason: try row.decode(atIndex: 8))
     }
 
-    /// Appends the run with a statement prepared once per connection (see `Watermark.upsert`).
+    /// Appends the run with a statement prepared once per connection, bound with SQLite's calls (`SQLiteCall`).
     func append(for sourceID: SourceID, to db: Database) throws {
-        try db.cachedStatement(sql: Self.insertSQL).execute(arguments: [
-            sourceID, version, recordedAt, status, timestamp, lastSuccessfulTimestamp, recordsCollected, errorMessage,
-            actor, reason,
-        ])
+        let call = try SQLiteCall(db, sql: Self.insertSQL)
+        try call.bind(1, sourceID)
+        try call.bind(2, version)
+        try call.bind(3, recordedAt)
+        try call.bind(4, status.rawValue)
+        try call.bind(5, timestamp)
+        try call.bind(6, lastSuccessfulTimestamp)
+        try call.bind(7, recordsCollected)
+        try call.bind(8, errorMessage)
+        try call.bind(9, actor)
+        try call.bind(10, reason)
+        try call.run()
     }
 }
 
@@ -152,6 +178,13 @@ extension Lease: FetchableRecord, PersistableRecord {
         self.init(
             sourceID: try row.decode(atIndex: 0), owner: try row.decode(atIndex: 1),
             fencingToken: try row.decode(atIndex: 2), expiresAt: try row.decode(atIndex: 3))
+    }
+
+    /// The row `selectOne` stepped to (`SQLiteCall`), of the source it looked up.
+    init(_ sourceID: SourceID, row call: borrowing SQLiteCall) throws {
+        self.init(
+            sourceID: sourceID, owner: try call.required(call.text(1), 1),
+            fencingToken: try call.required(call.int64(2), 2), expiresAt: try call.required(call.timestamp(3), 3))
     }
 
     public func encode(to container: inout PersistenceContainer) throws {

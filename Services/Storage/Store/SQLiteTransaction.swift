@@ -11,11 +11,15 @@ struct SQLiteTransaction {
     let db: Database
 
     func watermark(_ sourceID: SourceID) throws -> Watermark? {
-        try Watermark.fetchOne(db.cachedStatement(sql: Watermark.selectOne), arguments: [sourceID])
+        let call = try SQLiteCall(db, sql: Watermark.selectOne)
+        try call.bind(1, sourceID)
+        return try call.step() ? Watermark(sourceID, row: call) : nil
     }
 
     func lease(_ sourceID: SourceID) throws -> Lease? {
-        try Lease.fetchOne(db.cachedStatement(sql: Lease.selectOne), arguments: [sourceID])
+        let call = try SQLiteCall(db, sql: Lease.selectOne)
+        try call.bind(1, sourceID)
+        return try call.step() ? Lease(sourceID, row: call) : nil
     }
 
     func latestVersion(_ sourceID: SourceID) throws -> Int64 {
@@ -74,8 +78,10 @@ struct SQLiteTransaction {
         // Versions of one source's runs are consecutive from 1, so the oldest run to keep is known directly, and a
         // source with no more runs than it keeps has none to drop.
         guard run.version > Int64(keep) else { return }
-        try db.cachedStatement(sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?")
-            .execute(arguments: [sourceID, run.version - Int64(keep)])
+        let call = try SQLiteCall(db, sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?")
+        try call.bind(1, sourceID)
+        try call.bind(2, run.version - Int64(keep))
+        try call.run()
     }
 
     mutating func save(_ lease: Lease) throws {
