@@ -81,6 +81,39 @@ struct GroupCommitTests {
         #expect(outcomes.filter { $0 }.count == 1)
     }
 
+    /// A job that ends the batch's transaction (SQLite rolls it back on some errors, as on a full disk) fails every
+    /// job after it: none of them may run in a transaction of its own and commit while the batch reports failure.
+    @Test func jobsAfterOneThatEndedTheTransactionFailAndCommitNothing() async throws {
+        let queue = try DatabaseQueue()
+        try await queue.write { db in try db.execute(sql: "CREATE TABLE t (k TEXT PRIMARY KEY)") }
+        let writer = GroupCommitWriter(writer: queue)
+        let outcomes = try await withThrowingTaskGroup(of: (String, Bool).self) { group in
+            let release = DispatchSemaphore(value: 0)
+            group.addTask {
+                try await writer.write { _ in _ = release.wait(timeout: .now() + 30) }
+                return ("holder", true)
+            }
+            try await waitUntil("the holding write runs") { writer.batchRunning }
+            group.addTask {
+                let ok =
+                    (try? await writer.write { db -> Void in
+                        try db.execute(sql: "INSERT INTO t VALUES ('a')")
+                        try db.execute(sql: "ROLLBACK")
+                    }) != nil
+                return ("a", ok)
+            }
+            try await waitUntil("the ending job queued") { writer.waitingCount == 1 }
+            group.addTask {
+                ("b", (try? await writer.write { db in try db.execute(sql: "INSERT INTO t VALUES ('b')") }) != nil)
+            }
+            try await waitUntil("both queued") { writer.waitingCount == 2 }
+            release.signal()
+            return try await group.reduce(into: [String: Bool]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(outcomes == ["holder": true, "a": false, "b": false])
+        #expect(try await queue.read { db in try String.fetchAll(db, sql: "SELECT k FROM t") } == [])
+    }
+
     /// A write finding the writer idle runs on its caller's thread only when the last transaction carried one job:
     /// after a batch of several (concurrent writers) it goes through the writer's queue, where a commit's fsync does
     /// not hold a thread of the concurrency pool.
