@@ -14,10 +14,7 @@ struct SQLiteCallTests {
         try queue.write { db in
             try db.execute(sql: "CREATE TABLE t (a, b, c, d)")
             let insert = try SQLiteCall(db, sql: "INSERT INTO t VALUES (?, ?, ?, ?)")
-            try insert.bind(1, "")
-            try insert.bind(2, nil as String?)
-            try insert.bind(3, Int64.max)
-            try insert.bind(4, Timestamp.at("2026-12-05T10:00:00.5Z"))
+            try insert.bind("", nil as String?, Int64.max, Timestamp.at("2026-12-05T10:00:00.5Z"))
             try insert.run()
             let row = try #require(try Row.fetchOne(db, sql: "SELECT typeof(a), a, b IS NULL, c, d FROM t"))
             #expect(row[0] as String == "text" && row[1] as String == "")
@@ -63,7 +60,7 @@ struct SQLiteCallTests {
             try db.execute(sql: "CREATE TABLE t (k TEXT PRIMARY KEY)")
             for (key, fails) in [("a", false), ("a", true), ("b", false)] {
                 let call = try SQLiteCall(db, sql: "INSERT INTO t VALUES (?)")
-                try call.bind(1, key)
+                try call.bind(key)
                 do {
                     try call.run()
                     #expect(!fails, "a second 'a' was inserted")

@@ -86,15 +86,9 @@ extension Watermark: FetchableRecord, PersistableRecord {
     /// source, the status trigger on a replaced one).
     func upsert(_ db: Database) throws {
         let call = try SQLiteCall(db, sql: Self.upsertSQL)
-        try call.bind(1, sourceID)
-        try call.bind(2, lastSuccessfulTimestamp)
-        try call.bind(3, lastRunTimestamp)
-        try call.bind(4, status.rawValue)
-        try call.bind(5, recordsCollected)
-        try call.bind(6, errorMessage)
-        try call.bind(7, version)
-        try call.bind(8, consecutiveFailures)
-        try call.bind(9, createdAt)
+        try call.bind(
+            sourceID, lastSuccessfulTimestamp, lastRunTimestamp, status.rawValue, recordsCollected, errorMessage,
+            version, consecutiveFailures, createdAt)
         try call.run()
     }
 
@@ -112,13 +106,9 @@ extension Watermark: FetchableRecord, PersistableRecord {
     /// after a success), each a random one when a million sources are written.
     func updateKeepingStatus(_ db: Database) throws {
         let call = try SQLiteCall(db, sql: Self.updateKeepingStatusSQL)
-        try call.bind(1, lastSuccessfulTimestamp)
-        try call.bind(2, lastRunTimestamp)
-        try call.bind(3, recordsCollected)
-        try call.bind(4, errorMessage)
-        try call.bind(5, version)
-        try call.bind(6, consecutiveFailures)
-        try call.bind(7, sourceID)
+        try call.bind(
+            lastSuccessfulTimestamp, lastRunTimestamp, recordsCollected, errorMessage, version, consecutiveFailures,
+            sourceID)
         try call.run()
     }
 }
@@ -151,16 +141,9 @@ extension WatermarkRun: FetchableRecord, TableRecord {
     /// Appends the run with a statement prepared once per connection, bound with SQLite's calls (`SQLiteCall`).
     func append(for sourceID: SourceID, to db: Database) throws {
         let call = try SQLiteCall(db, sql: Self.insertSQL)
-        try call.bind(1, sourceID)
-        try call.bind(2, version)
-        try call.bind(3, recordedAt)
-        try call.bind(4, status.rawValue)
-        try call.bind(5, timestamp)
-        try call.bind(6, lastSuccessfulTimestamp)
-        try call.bind(7, recordsCollected)
-        try call.bind(8, errorMessage)
-        try call.bind(9, actor)
-        try call.bind(10, reason)
+        try call.bind(
+            sourceID, version, recordedAt, status.rawValue, timestamp, lastSuccessfulTimestamp, recordsCollected,
+            errorMessage, actor, reason)
         try call.run()
     }
 }

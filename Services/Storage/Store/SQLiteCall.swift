@@ -33,25 +33,18 @@ struct SQLiteCall: ~Copyable {
         sqlite3_clear_bindings(handle)
     }
 
-    // MARK: Binding (parameters count from 1)
+    // MARK: Binding
 
-    func bind(_ index: Int32, _ text: String?) throws {
-        guard var text else { return try check(sqlite3_bind_null(handle, index)) }
-        // SQLITE_TRANSIENT: SQLite copies the bytes, which live only in this closure (an empty text has no base
-        // address, and a nil pointer would bind NULL, so it binds a zero-length text of its own).
-        let code = text.withUTF8 { bytes in
-            sqlite3_bind_text(handle, index, bytes.baseAddress ?? Self.empty, Int32(bytes.count), Self.transient)
+    /// Binds `values` to the statement's parameters, in order from the first, each with GRDB's own binding of its
+    /// type (`StatementBinding`: `sqlite3_bind_text` for a text, `sqlite3_bind_int64` for a number) but no array of
+    /// database values.
+    func bind<each Value: StatementBinding>(_ values: repeat each Value) throws {
+        var index: Int32 = 0
+        for value in repeat each values {
+            index += 1
+            try check(value.bind(to: handle, at: index))
         }
-        try check(code)
     }
-
-    func bind(_ index: Int32, _ number: Int64?) throws {
-        guard let number else { return try check(sqlite3_bind_null(handle, index)) }
-        try check(sqlite3_bind_int64(handle, index, number))
-    }
-
-    func bind(_ index: Int32, _ timestamp: Timestamp?) throws { try bind(index, timestamp?.sortableString) }
-    func bind(_ index: Int32, _ sourceID: SourceID) throws { try bind(index, sourceID.rawValue) }
 
     // MARK: Stepping
 
@@ -116,6 +109,4 @@ struct SQLiteCall: ~Copyable {
         return failure(SQLITE_CORRUPT, "column \(name) \(problem)")
     }
 
-    private static var transient: sqlite3_destructor_type { unsafeBitCast(-1, to: sqlite3_destructor_type.self) }
-    private static var empty: UnsafePointer<UInt8> { ("" as StaticString).utf8Start }
 }

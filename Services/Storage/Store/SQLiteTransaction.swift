@@ -12,13 +12,13 @@ struct SQLiteTransaction {
 
     func watermark(_ sourceID: SourceID) throws -> Watermark? {
         let call = try SQLiteCall(db, sql: Watermark.selectOne)
-        try call.bind(1, sourceID)
+        try call.bind(sourceID)
         return try call.step() ? Watermark(sourceID, row: call) : nil
     }
 
     func lease(_ sourceID: SourceID) throws -> Lease? {
         let call = try SQLiteCall(db, sql: Lease.selectOne)
-        try call.bind(1, sourceID)
+        try call.bind(sourceID)
         return try call.step() ? Lease(sourceID, row: call) : nil
     }
 
@@ -79,8 +79,7 @@ struct SQLiteTransaction {
         // source with no more runs than it keeps has none to drop.
         guard run.version > Int64(keep) else { return }
         let call = try SQLiteCall(db, sql: "DELETE FROM watermark_run WHERE source_id = ? AND version <= ?")
-        try call.bind(1, sourceID)
-        try call.bind(2, run.version - Int64(keep))
+        try call.bind(sourceID, run.version - Int64(keep))
         try call.run()
     }
 
