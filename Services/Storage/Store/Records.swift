@@ -149,19 +149,10 @@ extension WatermarkRun: FetchableRecord, TableRecord {
 }
 
 /// `lease`: the last lease granted on a source (kept after expiry for its fencing counter).
-extension Lease: FetchableRecord, PersistableRecord {
+extension Lease: PersistableRecord {
     public static let databaseTableName = "lease"
 
-    public static var databaseSelection: [any SQLSelectable] {
-        [Column("source_id"), Column("owner"), Column("fencing_token"), Column("expires_at")]
-    }
     static let selectOne = "SELECT source_id, owner, fencing_token, expires_at FROM lease WHERE source_id = ?"
-
-    public init(row: Row) throws {
-        self.init(
-            sourceID: try row.decode(atIndex: 0), owner: try row.decode(atIndex: 1),
-            fencingToken: try row.decode(atIndex: 2), expiresAt: try row.decode(atIndex: 3))
-    }
 
     /// The row `selectOne` stepped to (`SQLiteCall`), of the source it looked up.
     init(_ sourceID: SourceID, row call: borrowing SQLiteCall) throws {

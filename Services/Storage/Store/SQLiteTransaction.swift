@@ -11,15 +11,18 @@ struct SQLiteTransaction {
     let db: Database
 
     func watermark(_ sourceID: SourceID) throws -> Watermark? {
-        let call = try SQLiteCall(db, sql: Watermark.selectOne)
-        try call.bind(sourceID)
-        return try call.step() ? Watermark(sourceID, row: call) : nil
+        try row(Watermark.selectOne, of: sourceID) { try Watermark(sourceID, row: $0) }
     }
 
     func lease(_ sourceID: SourceID) throws -> Lease? {
-        let call = try SQLiteCall(db, sql: Lease.selectOne)
+        try row(Lease.selectOne, of: sourceID) { try Lease(sourceID, row: $0) }
+    }
+
+    /// The row `sql` finds for `sourceID` (its one parameter), made into a value by `make`; nil when there is none.
+    private func row<T>(_ sql: String, of sourceID: SourceID, _ make: (borrowing SQLiteCall) throws -> T) throws -> T? {
+        let call = try SQLiteCall(db, sql: sql)
         try call.bind(sourceID)
-        return try call.step() ? Lease(sourceID, row: call) : nil
+        return try call.step() ? make(call) : nil
     }
 
     func latestVersion(_ sourceID: SourceID) throws -> Int64 {
