@@ -198,6 +198,7 @@ struct GroupCommitTests {
     /// Checkpoints leave the commit path: the background pass copies the WAL, and only once it saw the WAL past
     /// `writerCheckpointFrames` does the writer checkpoint after a commit, which lets the next commit start the WAL
     /// over (another connection's checkpoint alone never can while commits keep coming, and the WAL grew without end).
+    /// The pass that finds the writer's checkpoint due syncs the database file first, so the writer syncs little.
     @Test("the WAL is checkpointed in the background and started over once past its bound")
     func walCheckpointsAndRestarts() async throws {
         try await withTemporaryDirectory { folder in
@@ -210,6 +211,10 @@ struct GroupCommitTests {
                             sourceID: sid("s\(index)"), update: .success(.at("2026-01-02T00:00:00Z"), records: 1)))
                 }
             }
+            // A pass that finds the WAL within its bound leaves the database file to the writer's checkpoint.
+            try await write(1, from: 5000)
+            await store.checkpoint()
+            #expect(store.backgroundDatabaseSyncs == 0, "\(store.walFrameCount) frames")
             // No checkpoint in the commit path: a thousand commits leave every frame in the WAL.
             try await write(1000, from: 0)
             // A reader's snapshot stops the background checkpoint short of the WAL's end, as commits that keep coming
@@ -217,17 +222,19 @@ struct GroupCommitTests {
             let readers = try DatabasePool(path: folder + "/w.db")
             var snapshot: DatabaseSnapshot? = try readers.makeSnapshot()
             let seen = try await snapshot?.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") }
-            #expect(seen == 1000)
+            #expect(seen == 1001)
             try await write(1, from: 1000)
             await store.checkpoint()
             let grown = store.walFrameCount
             #expect(grown >= SQLiteWatermarkStore.writerCheckpointFrames, "\(grown) frames after 1,000 commits")
+            #expect(store.backgroundDatabaseSyncs == 1, "the pass that saw the WAL past its bound syncs the file")
             snapshot = nil
             try readers.close()
             // The next commit is followed by the writer's checkpoint; the one after starts the WAL over.
             try await write(2, from: 1001)
             await store.checkpoint()
             #expect(store.walFrameCount < 100, "\(store.walFrameCount) frames after the writer's checkpoint")
+            #expect(store.backgroundDatabaseSyncs == 1, "a pass that finds the WAL within its bound syncs nothing")
             for index in [0, 999, 1002] { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
         }
     }
