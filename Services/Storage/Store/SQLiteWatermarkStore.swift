@@ -112,10 +112,11 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// SQLite's automatic checkpoint (at 1,000 frames, by the commit that crossed them) copied the WAL into the
     /// database file and fsynced it while every other write waited: with a million sources written at random,
     /// whose batches touch hundreds of scattered pages, PUT p99 was 0.6 s. So it is off, and `checkpoint()` copies
-    /// in the background (every `SQLiteDatabaseService.checkpointInterval`) without waiting for anyone. Only a checkpoint by the writer itself can start
-    /// the WAL over, though: another connection never finds the WAL fully copied while commits keep coming, and the
-    /// file grew without end (177 MB in 10 s of PUTs at 64 connections). So once the background saw more than this,
-    /// the writer checkpoints after its next commit, and finds only what arrived since the background pass.
+    /// in the background (every `SQLiteDatabaseService.checkpointInterval`) without waiting for anyone. Only a
+    /// checkpoint by the writer itself can start the WAL over, though: another connection never finds the WAL fully
+    /// copied while commits keep coming, and the file grew without end (177 MB in 10 s of PUTs at 64 connections).
+    /// So once the background saw more than this, the writer checkpoints after its next commit, and finds only what
+    /// arrived since the background pass.
     ///
     /// That checkpoint holds every write while it copies and syncs: a millisecond or two on a small database, whose
     /// batches rewrite the same few pages, some 45 ms at a million sources, whose PUTs at 64 connections append
