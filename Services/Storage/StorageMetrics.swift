@@ -71,7 +71,7 @@ struct StorageMetrics: Sendable {
     func render(summary: WatermarkSummary?) -> String {
         let gauge = { (state: String) in
             registry.makeGauge(
-                descriptor: .init(metricName: "storage_watermarks", helpText: "Watermarks by state"),
+                descriptor: .init(metricName: "storage_watermarks", unitName: "", helpText: "Watermarks by state"),
                 labels: [("state", state)]
             )
         }
@@ -110,7 +110,8 @@ struct StorageMetrics: Sendable {
 
     private func sourceGauge(_ index: Int, _ id: SourceID) -> Gauge {
         sourceRegistry.makeGauge(
-            descriptor: .init(metricName: Self.perSource[index].name, helpText: Self.perSource[index].help),
+            descriptor: .init(
+                metricName: Self.perSource[index].name, unitName: "", helpText: Self.perSource[index].help),
             labels: [("source_id", id.rawValue)])
     }
 

@@ -38,7 +38,7 @@ struct GroupCommitTests {
                 }
             }
             try await waitUntil("the first job leads its batch") {
-                let (running, waiting) = (await writer.batchRunning, await writer.waitingCount)
+                let (running, waiting) = (writer.batchRunning, writer.waitingCount)
                 return running && waiting == 0
             }
             for index in 0..<20 {
@@ -56,7 +56,7 @@ struct GroupCommitTests {
                     }
                 }
             }
-            try await waitUntil("21 jobs queued behind the first") { await writer.waitingCount == 21 }
+            try await waitUntil("21 jobs queued behind the first") { writer.waitingCount == 21 }
             release.signal()
             try await group.waitForAll()
         }
@@ -66,7 +66,7 @@ struct GroupCommitTests {
             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t WHERE k = 'refused'")
         }
         #expect(refused == 0)
-        let (batches, jobs) = (await writer.batches, await writer.jobs)
+        let (batches, jobs) = (writer.batches, writer.jobs)
         #expect(jobs == 22 && batches == 2, "\(jobs) jobs in \(batches) batches")
 
         // Within a batch the rules see the batch's earlier writes: a second insert of one key fails alone.

@@ -140,7 +140,7 @@ final class PostgresWatermarkStore: WatermarkStore {
     }
 
     func checkHealth() async throws {
-        try await mappingErrors { [self] in
+        _ = try await mappingErrors { [self] in
             try await client.query("SELECT 1 FROM watermark LIMIT 1", logger: logger)
         }
     }
