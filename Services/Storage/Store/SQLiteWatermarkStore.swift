@@ -90,7 +90,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
                 defer { frames = 0 }
                 return frames
             }
-            guard frames >= Self.writerCheckpointFrames, pacing.withLockedValue({ $0.allows(at: .now) }) else { return }
+            guard Self.writerCheckpointDue(frames: frames, pacing) else { return }
             // Busy when the background pass runs now (it is doing the copying); a failing disk fails the writes too.
             let start = ContinuousClock.now
             _ = try? db.checkpoint(.passive)
@@ -135,6 +135,12 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// against 61 for writes to 1,000 of the million sources, over alternating runs of the same throughput.
     static let writerCheckpointFrames = 4096
 
+    /// The writer checkpoints after its next commit: the WAL is past the bound and the pacing allows it now. The
+    /// writer asks after each commit, the background pass to sync the database file ahead of it.
+    private static func writerCheckpointDue(frames: Int, _ pacing: NIOLockedValueBox<CheckpointPacing>) -> Bool {
+        frames >= writerCheckpointFrames && pacing.withLockedValue { $0.allows(at: .now) }
+    }
+
     /// When the writer may checkpoint again: its own checkpoints take at most a twentieth of its time.
     struct CheckpointPacing: Sendable {
         /// The pause after a checkpoint, in multiples of how long it took.
@@ -157,9 +163,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
             let (frames, synced) = try await checkpointer.writeWithoutTransaction { db in
                 let frames = try db.checkpoint(.passive).walFrameCount
                 // The writer checkpoints after its next commit: what the passes copied goes to disk now, not then.
-                guard frames >= Self.writerCheckpointFrames, pacing.withLockedValue({ $0.allows(at: .now) }) else {
-                    return (frames, false)
-                }
+                guard Self.writerCheckpointDue(frames: frames, pacing) else { return (frames, false) }
                 try Self.syncDatabaseFile(db)
                 return (frames, true)
             }
