@@ -97,7 +97,7 @@ struct SQLiteCallTests {
                 #expect(error?.statusCode == 503 && error?.code == "database_unavailable", "\(attempt)")
                 #expect(error?.message.contains("column created_at is not a timestamp") == true, "\(attempt)")
             }
-            let stored = try await store.writer.read { db in
+            let stored = try store.writer.read { db in
                 try Row.fetchOne(db, sql: "SELECT version, created_at FROM watermark WHERE source_id = 's'")
             }
             let version: Int64? = stored?[0]
