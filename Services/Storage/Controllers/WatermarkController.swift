@@ -44,7 +44,7 @@ struct WatermarkController<Context: CallerRequestContext> {
         return Response(status: .ok, headers: encoded.headers, body: .init(byteBuffer: encoded.body))
     }
 
-    @Sendable func put(request: Request, context: Context) async throws -> EditedResponse<Watermark> {
+    @Sendable func put(request: Request, context: Context) async throws -> Response {
         let id = try sourceID(context)
         let force = try request.boolQuery("force")
         let precondition = try request.writePrecondition()
@@ -67,9 +67,13 @@ struct WatermarkController<Context: CallerRequestContext> {
                 "records_collected": "\(watermark.recordsCollected)", "actor": "\(context.caller ?? "-")",
             ]
         )
-        var headers: HTTPFields = [.eTag: watermark.etag]
+        // The answer is built as a GET's is, in one set of fields: `EditedResponse` built the encoder's fields, then
+        // merged these into a third, name by name.
+        var headers: HTTPFields = [.eTag: watermark.etag, .contentType: "application/json"]
         if outcome.replayed { headers[.idempotentReplayed] = "true" }
-        return EditedResponse(status: outcome.created ? .created : .ok, headers: headers, response: watermark)
+        return Response(
+            status: outcome.created ? .created : .ok, headers: headers,
+            body: .init(byteBuffer: try ContractJSONEncoder.body(watermark)))
     }
 
     @Sendable func delete(request: Request, context: Context) async throws -> Response {
