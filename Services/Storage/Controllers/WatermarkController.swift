@@ -67,13 +67,12 @@ struct WatermarkController<Context: CallerRequestContext> {
                 "records_collected": "\(watermark.recordsCollected)", "actor": "\(context.caller ?? "-")",
             ]
         )
-        // The answer is built as a GET's is, in one set of fields: `EditedResponse` built the encoder's fields, then
-        // merged these into a third, name by name.
-        var headers: HTTPFields = [.eTag: watermark.etag, .contentType: "application/json"]
-        if outcome.replayed { headers[.idempotentReplayed] = "true" }
+        // The same answer as a GET's, in one set of fields: `EditedResponse` built the encoder's fields, then merged
+        // the handler's into a third, name by name.
+        var answer = EncodedWatermark(watermark: watermark, body: try ContractJSONEncoder.body(watermark))
+        if outcome.replayed { answer.headers[.idempotentReplayed] = "true" }
         return Response(
-            status: outcome.created ? .created : .ok, headers: headers,
-            body: .init(byteBuffer: try ContractJSONEncoder.body(watermark)))
+            status: outcome.created ? .created : .ok, headers: answer.headers, body: .init(byteBuffer: answer.body))
     }
 
     @Sendable func delete(request: Request, context: Context) async throws -> Response {
