@@ -82,6 +82,8 @@ struct RouterTests {
             let created = try await put(client, "alienvault_otx", success("2025-12-31T12:00:00Z", records: 150))
             #expect(created.status == .created)
             #expect(created.headers[.eTag] == "\"1\"")
+            #expect(created.headers[.contentType] == "application/json")
+            #expect(created.headers[.idempotentReplayed] == nil)
             let body = try json(created)
             #expect(body["source_id"] as? String == "alienvault_otx")
             #expect(body["last_successful_timestamp"] as? String == "2025-12-31T12:00:00Z")
@@ -100,6 +102,9 @@ struct RouterTests {
             let read = try await client.execute(uri: "/api/v1/watermarks/alienvault_otx", method: .get)
             #expect(read.status == .ok && read.headers[.eTag] == "\"2\"")
             #expect(try try json(read)["last_successful_timestamp"] as? String == "2025-12-31T12:30:00Z")
+            // A PUT answers the watermark exactly as the GET after it does: same bytes, same content type.
+            #expect(updated.body == read.body)
+            #expect(updated.headers[.contentType] == read.headers[.contentType])
         }
     }
 
