@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
 """`make bench`: the storage service under wrk, every figure a ratio to a Hummingbird hello world of the same run.
 
-    bench/run.py BIN_DIR [--duration 8s] [--connections 1,64] [--backends sqlite,postgres]
+    bench/run.py BIN_DIR [--duration 4s] [--rounds 3] [--connections 1,64] [--backends sqlite,postgres]
 
-Starts `bench-hello` (release build in BIN_DIR) on a free port of 127.0.0.1, measures it at each connection
-count, probes the fsync latency of the disk that holds the databases, then measures `storage-service` with each
-scenario at each connection count, one variant after the other (only one variant's processes run at a time):
+Starts `bench-hello` (release build in BIN_DIR) on a free port of 127.0.0.1, probes the fsync latency of the disk
+that holds the databases, then measures `storage-service` with each scenario at each connection count, one
+variant after the other (only one variant's processes run at a time):
 
   - sqlite: one process on a SQLite file (DATABASE_PATH in a temporary folder);
   - postgres x1: one process on a PostgreSQL of its own (bench/pg.py: Debian's binaries, started like the
     tests' PostgresTestServer, fsync on, stopped at the end);
   - postgres x2: two processes on one database of that server (the replicas of a deployment).
 
-Each variant starts on a fresh database seeded with the same 1000 watermarks. Load comes from `wrk -t1` (the
-machine has 2 cores: one wrk thread for the load, one core for the server; one thread per wrk process). Two
-replicas get two such wrk processes at once, one per replica, each with half the connections (see
-`run_scenario`). Prints one table per variant and a comparison, and writes bench/results/<UTC date>.json
-(BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
-BENCH_BACKENDS (sqlite,postgres) picks the backends; postgres runs both one and two replicas.
+Each variant starts on a fresh database seeded with the same 1000 watermarks and is measured in rounds
+(`measure_rounds`): in each round, per connection count, the hello world then every scenario, each ratio taken
+against the hello just before it; the table shows the median of the rounds and the JSON keeps each round. Load
+comes from `wrk -t1` (the machine has 2 cores: one wrk thread for the load, one core for the server; one thread
+per wrk process). Two replicas get two such wrk processes at once, one per replica, each with half the
+connections (see `run_wrk`). Prints one table per variant and a comparison, and writes
+bench/results/<UTC date>.json (BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
+BENCH_BACKENDS (sqlite,postgres) picks the backends; postgres runs both one and two replicas. BENCH_DURATION
+(4s) is one wrk run, BENCH_ROUNDS (3) the number of rounds.
 """
 import argparse
 import contextlib
@@ -303,27 +306,74 @@ def run_wrk(ports, connections, duration, path, script):
     return figures
 
 
-def measure(servers, connection_counts, duration, work, only):
-    """Every scenario of server kind `only` at every connection count against `servers` ([(process, port)]),
-    with the peak RSS of the processes added up."""
+def measure(servers, connections, duration, work, only):
+    """Every scenario of server kind `only` at `connections` against `servers` ([(process, port)]), with the
+    peak RSS of the processes added up."""
     results = []
     script = os.path.join(work, "scenario.lua")
-    for connections in connection_counts:
-        for name, server, path, lua in SCENARIOS:
-            if server != only:
-                continue
-            if lua:
-                with open(script, "w") as out:
-                    out.write(LUA_PRELUDE + lua)
-            for proc, _ in servers:
-                reset_peak(proc.pid)
-            figures = run_wrk([port for _, port in servers], connections, duration, path, script if lua else None)
-            rss = [peak_rss_kib(proc.pid) for proc, _ in servers]
-            figures.update(scenario=name, connections=connections, peak_rss_kib=sum(rss))
-            if len(rss) > 1:
-                figures["peak_rss_kib_each"] = rss
-            results.append(figures)
+    for name, server, path, lua in SCENARIOS:
+        if server != only:
+            continue
+        if lua:
+            with open(script, "w") as out:
+                out.write(LUA_PRELUDE + lua)
+        for proc, _ in servers:
+            reset_peak(proc.pid)
+        figures = run_wrk([port for _, port in servers], connections, duration, path, script if lua else None)
+        rss = [peak_rss_kib(proc.pid) for proc, _ in servers]
+        figures.update(scenario=name, connections=connections, peak_rss_kib=sum(rss))
+        if len(rss) > 1:
+            figures["peak_rss_kib_each"] = rss
+        results.append(figures)
     return results
+
+
+def median(values):
+    values = list(values)
+    return None if None in values else statistics.median(values)
+
+
+def measure_rounds(hello, servers, connection_counts, duration, rounds, work):
+    """`rounds` rounds of: per connection count, the hello world (`hello`: [(process, port)]) then every scenario
+    of the service (`servers`). Returns (hello rows, service rows), one row per scenario and connection count:
+    the median of the rounds (req/s, p50, p99, and each ratio to hello taken within its round, against the hello
+    measured just before), the worst round's errors and peak RSS, and every round under "rounds".
+
+    The speed of this machine drifts within minutes (CPU shared with other machines, disk flushes), so a hello
+    measured once at the start and a scenario measured two minutes later can differ by 20 % for no reason of the
+    service's: the same code gave a GET at 64 connections of 0.76 and of 1.03 of hello in two runs of one day.
+    Interleaved rounds put each figure next to its baseline, and the median of three drops one odd round.
+    """
+    per_key = {}  # (scenario, connections) -> [figures of each round]
+    for _ in range(rounds):
+        for connections in connection_counts:
+            base = measure(hello, connections, duration, work, "hello")[0]
+            base["vs_hello"] = 1.0
+            base["p50_minus_hello_us"] = 0.0
+            per_key.setdefault((base["scenario"], connections), []).append(base)
+            for figures in measure(servers, connections, duration, work, "storage"):
+                figures["vs_hello"] = round(figures["rps"] / base["rps"], 3)
+                figures["p50_minus_hello_us"] = (
+                    round((figures["p50_ms"] - base["p50_ms"]) * 1000, 1)
+                    if figures["p50_ms"] is not None and base["p50_ms"] is not None else None)
+                per_key.setdefault((figures["scenario"], connections), []).append(figures)
+    rows = []
+    for (scenario, connections), each in per_key.items():
+        row = {"scenario": scenario, "connections": connections}
+        for field in ("rps", "p50_ms", "p99_ms", "vs_hello", "p50_minus_hello_us"):
+            value = median(r[field] for r in each)
+            row[field] = None if value is None else round(value, 3 if field != "rps" else 2)
+        for field in ("requests", "non_2xx", "socket_errors"):
+            row[field] = sum(r[field] for r in each)
+        row["peak_rss_kib"] = max(r["peak_rss_kib"] for r in each)
+        if "wrk_split" in each[0]:
+            row["wrk_split"] = each[0]["wrk_split"]
+        if "peak_rss_kib_each" in each[0]:
+            row["peak_rss_kib_each"] = [max(v) for v in zip(*(r["peak_rss_kib_each"] for r in each))]
+        row["rounds"] = [{k: v for k, v in r.items() if k not in ("scenario", "connections")} for r in each]
+        rows.append(row)
+    hello_rows = [r for r in rows if r["scenario"] == "hello (baseline)"]
+    return hello_rows, [r for r in rows if r["scenario"] != "hello (baseline)"]
 
 
 def errors(row):
@@ -362,7 +412,8 @@ def print_comparison(variants):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bin")
-    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "8s"))
+    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "4s"))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
     parser.add_argument("--connections", default=os.environ.get("BENCH_CONNECTIONS", "1,64"))
     parser.add_argument("--backends", default=os.environ.get("BENCH_BACKENDS", "sqlite,postgres"),
                         help="sqlite, postgres or both; postgres measures one and two replicas")
@@ -372,77 +423,78 @@ def main():
     unknown = set(backends) - {"sqlite", "postgres"}
     if unknown or not backends:
         sys.exit(f"bench: BENCH_BACKENDS must list sqlite and/or postgres (got {args.backends})")
+    if args.rounds < 1:
+        sys.exit(f"bench: BENCH_ROUNDS must be 1 or more (got {args.rounds})")
 
     work = tempfile.mkdtemp(prefix="bench-")
     hello_port = free_port()
     hello = subprocess.Popen([os.path.join(args.bin, "bench-hello")],
                              env=dict(os.environ, HOST="127.0.0.1", LOG_LEVEL="warning", PORT=str(hello_port)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    variants = []  # {"backend", "replicas", "label", "results"}
+    variants = []  # {"backend", "replicas", "label", "hello", "results"}
+
+    def run_variant(servers, **fields):
+        seed(servers[0][1])
+        hello_rows, rows = measure_rounds([(hello, hello_port)], servers, connection_counts, args.duration,
+                                          args.rounds, work)
+        for row in rows:
+            row.update(backend=fields["backend"], replicas=fields["replicas"])
+        variants.append(dict(fields, hello=hello_rows, results=rows))
+
     try:
         wait_listening(hello_port, hello, "bench-hello")
         fsync = fsync_probe(work)  # the temporary folder holds the SQLite file and PostgreSQL's data alike
-        hello_results = measure([(hello, hello_port)], connection_counts, args.duration, work, "hello")
         if "sqlite" in backends:
             database = {"DATABASE_PATH": os.path.join(work, "bench.db")}
             with storage_processes(args.bin, work, "sqlite", database, 1) as servers:
-                seed(servers[0][1])
-                variants.append({"backend": "sqlite", "replicas": 1, "label": "SQLite",
-                                 "results": measure(servers, connection_counts, args.duration, work, "storage")})
+                run_variant(servers, backend="sqlite", replicas=1, label="SQLite")
         if "postgres" in backends:
             with pg.postgres() as server:
                 for replicas in (1, 2):
                     # A fresh database each, so the second variant does not start with the first's writes.
                     database = {"DATABASE_URL": server.create_database(f"bench_x{replicas}")}
                     with storage_processes(args.bin, work, f"pg-x{replicas}", database, replicas) as servers:
-                        seed(servers[0][1])
-                        variants.append({
-                            "backend": "postgres", "replicas": replicas, "label": f"PG x{replicas}",
-                            "postgres_version": server.version,
-                            "results": measure(servers, connection_counts, args.duration, work, "storage")})
+                        run_variant(servers, backend="postgres", replicas=replicas, label=f"PG x{replicas}",
+                                    postgres_version=server.version)
     finally:
         stop([hello])
         shutil.rmtree(work, ignore_errors=True)
 
-    for figures in hello_results + [r for v in variants for r in v["results"]]:
-        base = next(h for h in hello_results if h["connections"] == figures["connections"])
-        figures["vs_hello"] = round(figures["rps"] / base["rps"], 3)
-        figures["p50_minus_hello_us"] = (
-            round((figures["p50_ms"] - base["p50_ms"]) * 1000, 1) if figures["p50_ms"] is not None else None)
-    for variant in variants:
-        for figures in variant["results"]:
-            figures.update(backend=variant["backend"], replicas=variant["replicas"])
-
-    def with_hello(rows):
-        """Today's layout: per connection count, the hello row then the service's."""
+    def with_hello(variant):
+        """Per connection count, the hello row then the service's."""
         return [r for c in connection_counts
-                for r in [h for h in hello_results if h["connections"] == c]
-                + [x for x in rows if x["connections"] == c]]
+                for r in [h for h in variant["hello"] if h["connections"] == c]
+                + [x for x in variant["results"] if x["connections"] == c]]
 
     print()
     print(f"fsync probe (4 KiB write + fsync, 200 times, database disk): p50 {fsync['p50_ms']} ms, "
           f"p99 {fsync['p99_ms']} ms")
+    print(f"each figure: the median of {args.rounds} rounds of wrk -t1 -d{args.duration}, every scenario right after "
+          f"a hello of its round (ratios taken within the round)")
     for variant in variants:
         title = {"sqlite": "SQLite, one process",
                  "postgres": f"PostgreSQL {variant.get('postgres_version', '')}, "
                              f"{'one process' if variant['replicas'] == 1 else 'two processes on one database'}"}
-        print_table(title[variant["backend"]], with_hello(variant["results"]))
+        print_table(title[variant["backend"]], with_hello(variant))
     if len(variants) > 1:
         print_comparison(variants)
 
     sqlite = next((v for v in variants if v["backend"] == "sqlite"), None)
     report = {
         "wrk": f"-t1 -d{args.duration}",
+        "rounds": args.rounds,
         "fsync_probe": fsync,
-        # As before replicas existed: the hello rows and SQLite's (backend "sqlite", replicas 1).
-        "results": with_hello(sqlite["results"] if sqlite else []),
+        # The hello rows and SQLite's (backend "sqlite", replicas 1): medians of the rounds, each round under
+        # "rounds".
+        "results": with_hello(sqlite) if sqlite else [],
         # PostgreSQL, one entry per number of replicas; two replicas are loaded by one wrk -t1 per replica,
         # connections split between them (wrk_split), req/s summed, p50 and p99 the worse of the two.
         "postgres": [{"backend": v["backend"], "replicas": v["replicas"], "postgres_version": v["postgres_version"],
-                      "results": v["results"]} for v in variants if v["backend"] == "postgres"],
+                      "hello": v["hello"], "results": v["results"]} for v in variants if v["backend"] == "postgres"],
     }
     path = write_report("", report)
-    print(f"\n(wrk -t1 per replica, -d{args.duration}; ratios against the hello world of this run) written to {path}")
+    print(f"\n(wrk -t1 per replica, -d{args.duration}, median of {args.rounds} rounds; ratios against the hello "
+          f"world of each round) written to {path}")
 
 
 if __name__ == "__main__":

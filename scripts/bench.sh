@@ -10,7 +10,8 @@
 # objects from a drop folder and from a TAXII-like feed through collection-service, against a plain-Python
 # loop of the same run), `scale` (bench/scale.py: a million watermarks and ten million history rows against
 # the same service with a thousand), or `all`.
-# BENCH_DURATION (8s) per scenario, BENCH_CONNECTIONS (1,64), BENCH_BACKENDS (sqlite,postgres), BENCH_RECORDS
+# BENCH_DURATION (4s) per wrk run, BENCH_ROUNDS (3: each HTTP figure is the median of three rounds, each round a
+# hello world then the scenarios), BENCH_CONNECTIONS (1,64), BENCH_BACKENDS (sqlite,postgres), BENCH_RECORDS
 # (1000000), BENCH_COLLECTOR_SOURCES (drop,taxii), BENCH_CONFIG (release), BENCH_RESULTS_DIR (bench/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
