@@ -12,6 +12,21 @@ extension HTTPField.Name {
     static let reason = HTTPField.Name("X-Reason")!
 }
 
+extension HTTPFields {
+    /// The value of the field `name`, as `self[name]` gives it, without joining when the field is there once (the usual
+    /// case): `self[name]` joins the values of every field of that name through the generic `joined(separator:)`, most
+    /// of the 2.7 % of the request threads' CPU that reading the two headers of a PUT's body cost (`perf`, 64
+    /// connections). A field sent more than once is joined as before.
+    func value(_ name: HTTPField.Name) -> String? {
+        var value: String?
+        for field in self where field.name == name {
+            guard value == nil else { return self[name] }
+            value = field.value
+        }
+        return value
+    }
+}
+
 extension Request {
     /// Reads the body as JSON into `T`, refusing non-JSON content types (415), bodies over the limit
     /// (413) and malformed JSON (400) with the contract's errors. `T`'s own decoder may throw a
@@ -19,7 +34,7 @@ extension Request {
     mutating func decodeJSON<T: Decodable>(_ type: T.Type, limit: Int) async throws -> T {
         // What clients send is checked as is first: splitting and lowercasing every content type cost more than the
         // check itself.
-        if let contentType = headers[.contentType], contentType != "application/json" {
+        if let contentType = headers.value(.contentType), contentType != "application/json" {
             let mediaType =
                 contentType.split(separator: ";").first.map { String($0).trimmingWhitespace().lowercased() }
                 ?? ""
@@ -27,7 +42,7 @@ extension Request {
                 mediaType == "application/json" || (mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json"))
             else { throw WatermarkError.unsupportedMediaType(contentType) }
         }
-        if let length = headers[.contentLength].flatMap({ Int($0) }), length > limit {
+        if let length = headers.value(.contentLength).flatMap({ Int($0) }), length > limit {
             throw WatermarkError.payloadTooLarge(limit: limit)
         }
         let buffer: ByteBuffer
@@ -96,8 +111,8 @@ extension Request {
 
     /// `If-Match: "<version>"`, `If-Match: *` or `If-None-Match: *`.
     func writePrecondition() throws -> WritePrecondition? {
-        let ifMatch = headers[.ifMatch]?.trimmingWhitespace()
-        let ifNoneMatch = headers[.ifNoneMatch]?.trimmingWhitespace()
+        let ifMatch = headers.value(.ifMatch)?.trimmingWhitespace()
+        let ifNoneMatch = headers.value(.ifNoneMatch)?.trimmingWhitespace()
         switch (ifMatch, ifNoneMatch) {
         case (nil, nil):
             return nil
@@ -135,7 +150,7 @@ extension Request {
 
     /// `Lease-Token: <fencing_token>`.
     func leaseToken() throws -> Int64? {
-        guard let text = headers[.leaseToken]?.trimmingWhitespace() else { return nil }
+        guard let text = headers.value(.leaseToken)?.trimmingWhitespace() else { return nil }
         // Exactly what the document's pattern says: 1 to 18 decimal digits, no sign, no leading zero.
         let digits = text.utf8
         guard (1...18).contains(digits.count), digits.first != UInt8(ascii: "0"),
@@ -151,7 +166,7 @@ extension Request {
     /// characters and spaces as sent. Text that is percent-encoded UTF-8 (how clients send other scripts) is kept
     /// decoded; any other text is kept as sent.
     func reason() throws -> String? {
-        guard let raw = headers[.reason] else { return nil }
+        guard let raw = headers.value(.reason) else { return nil }
         let text = raw.trimmingWhitespace()
         guard (1...Attribution.maxReasonLength).contains(text.utf8.count),
             text.utf8.allSatisfy({ (0x20...0x7E).contains($0) })
@@ -168,7 +183,7 @@ extension Request {
 
     /// `Idempotency-Key: <key>`.
     func idempotencyKey() throws -> String? {
-        guard let key = headers[.idempotencyKey] else { return nil }
+        guard let key = headers.value(.idempotencyKey) else { return nil }
         try WatermarkRules.validateIdempotencyKey(key)
         return key
     }
