@@ -333,6 +333,27 @@ def median(values):
     return None if None in values else statistics.median(values)
 
 
+def summarize(each):
+    """One figure from the rounds `each` (wrk figures, maybe with ratios): the median of req/s, p50, p99 and of the
+    ratios taken within each round, the errors and requests of all rounds, the largest peak RSS, and every round
+    under "rounds"."""
+    row = {}
+    for field in ("rps", "p50_ms", "p99_ms", "vs_hello", "p50_minus_hello_us", "ratio"):
+        if field in each[0]:
+            value = median(r[field] for r in each)
+            row[field] = None if value is None else round(value, 3 if field != "rps" else 2)
+    for field in ("requests", "non_2xx", "socket_errors"):
+        row[field] = sum(r[field] for r in each)
+    if "peak_rss_kib" in each[0]:
+        row["peak_rss_kib"] = max(r["peak_rss_kib"] for r in each)
+    if "wrk_split" in each[0]:
+        row["wrk_split"] = each[0]["wrk_split"]
+    if "peak_rss_kib_each" in each[0]:
+        row["peak_rss_kib_each"] = [max(v) for v in zip(*(r["peak_rss_kib_each"] for r in each))]
+    row["rounds"] = [{k: v for k, v in r.items() if k not in ("scenario", "connections")} for r in each]
+    return row
+
+
 def measure_rounds(hello, servers, connection_counts, duration, rounds, work):
     """`rounds` rounds of: per connection count, the hello world (`hello`: [(process, port)]) then every scenario
     of the service (`servers`). Returns (hello rows, service rows), one row per scenario and connection count:
@@ -357,21 +378,8 @@ def measure_rounds(hello, servers, connection_counts, duration, rounds, work):
                     round((figures["p50_ms"] - base["p50_ms"]) * 1000, 1)
                     if figures["p50_ms"] is not None and base["p50_ms"] is not None else None)
                 per_key.setdefault((figures["scenario"], connections), []).append(figures)
-    rows = []
-    for (scenario, connections), each in per_key.items():
-        row = {"scenario": scenario, "connections": connections}
-        for field in ("rps", "p50_ms", "p99_ms", "vs_hello", "p50_minus_hello_us"):
-            value = median(r[field] for r in each)
-            row[field] = None if value is None else round(value, 3 if field != "rps" else 2)
-        for field in ("requests", "non_2xx", "socket_errors"):
-            row[field] = sum(r[field] for r in each)
-        row["peak_rss_kib"] = max(r["peak_rss_kib"] for r in each)
-        if "wrk_split" in each[0]:
-            row["wrk_split"] = each[0]["wrk_split"]
-        if "peak_rss_kib_each" in each[0]:
-            row["peak_rss_kib_each"] = [max(v) for v in zip(*(r["peak_rss_kib_each"] for r in each))]
-        row["rounds"] = [{k: v for k, v in r.items() if k not in ("scenario", "connections")} for r in each]
-        rows.append(row)
+    rows = [dict(scenario=scenario, connections=connections, **summarize(each))
+            for (scenario, connections), each in per_key.items()]
     hello_rows = [r for r in rows if r["scenario"] == "hello (baseline)"]
     return hello_rows, [r for r in rows if r["scenario"] != "hello (baseline)"]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench PROFILE=scale`: the storage service with a million watermarks, against itself empty, same run.
 
-    bench/scale.py BIN_DIR [--sources 1000000] [--history 10000000] [--duration 5s]
+    bench/scale.py BIN_DIR [--sources 1000000] [--history 10000000] [--duration 4s] [--rounds 3]
 
 Seeds a database with `storage-service seed` (timed; database size per million watermarks), starts the service
 on it and on a database of 1,000 watermarks, and measures on both: time from start to a healthy /health,
@@ -10,7 +10,9 @@ databases), GET of existing watermarks at random over all of them, PUT to every 
 /status and /metrics at 64 connections, a page of the `status` and `stale_after_seconds` list filters, and
 peak RSS; then, started again with READ_CACHE_ENTRIES=0, the same random GETs, each of which reads the database
 (the database's read path like for like: with the cache on, all 1,000 small sources are cached and few of a
-million are). Every figure of the large database is
+million are). Both databases are served at once and measured in rounds (BENCH_ROUNDS, 3): in each, every load
+on the small database and right after on the large one; each figure is the median of the rounds and the ratio of
+req/s (large over small) the median of the rounds' ratios. Every figure of the large database is
 also given as a ratio to the small one. Prints a table and writes bench/results/<UTC date>-scale.json
 (BENCH_RESULTS_DIR overrides the folder). It reports; it never asserts.
 
@@ -34,12 +36,14 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pg  # noqa: E402 (bench/pg.py: a throwaway PostgreSQL)
-from run import free_port, parse_wrk, peak_rss_kib, write_report  # noqa: E402
+from run import free_port, median, parse_wrk, peak_rss_kib, summarize, write_report  # noqa: E402
 
 # The HTTP profile's working set, 1,000 sources, spread evenly over the database's ids (every `step`-th): the same
-# load on a database of a million rows as on one of a thousand. Its PUTs are 30 s ahead of the clock, those to
-# every source (which run after them and write some of the same sources) 60 s: never older than what a source
-# holds.
+# load on a database of a million rows as on one of a thousand. Every PUT script starts its timestamps 30 s past the
+# clock of its start, in whole seconds, and adds a nanosecond a request: a script starts at least a second after the
+# one before it started (a wrk run lasts a second or more), so its first timestamp is later than all of the earlier
+# scripts' writes, round after round, whichever sources they wrote; 30 s is within the service's 300 s tolerance of
+# future timestamps.
 def lua_get(source):
     """GETs of the source id `source` (a Lua expression of `math.random`, seeded alike on every run)."""
     return """
@@ -50,18 +54,18 @@ end
 """.replace("SOURCE", source)
 
 
-def lua_put(ahead, source):
-    """PUTs of increasing timestamps `ahead` seconds past the clock, each to the source id `source` (a Lua
-    expression of `counter`, the request's number)."""
+def lua_put(source):
+    """PUTs of increasing timestamps 30 s past the clock, each to the source id `source` (a Lua expression of
+    `counter`, the request's number)."""
     return """
 counter = 0
-base = os.date("!%Y-%m-%dT%H:%M:%S", os.time() + AHEAD)
+base = os.date("!%Y-%m-%dT%H:%M:%S", os.time() + 30)
 request = function()
   counter = counter + 1
   local body = '{"timestamp":"' .. base .. '.' .. string.format("%09d", counter) .. 'Z","status":"success","records_collected":1}'
   return wrk.format("PUT", "/api/v1/watermarks/seed-" .. (SOURCE), {["Content-Type"] = "application/json"}, body)
 end
-""".replace("AHEAD", str(ahead)).replace("SOURCE", source)
+""".replace("SOURCE", source)
 
 
 def seed(binary, path, sources, history):
@@ -168,39 +172,85 @@ def timed_get(port, path, count=20):
     return round(samples[len(samples) // 2], 3)
 
 
-def measure(binary, database, sources, work, duration):
-    proc, port, healthy = start_service(binary, database, work)
-    figures = {"healthy_after_s": round(healthy, 3)}
+def scenarios(sources):
+    """(name, Lua script or None, path) of each load at 64 connections, for a database of `sources` watermarks."""
+    step = max(1, sources // 1000)
+    return [
+        ("GET 1,000 of the sources", lua_get(f"math.random(0, 999) * {step}"), "/"),
+        ("PUT 1,000 of the sources", lua_put(f"(counter % 1000) * {step}"), "/"),
+        ("GET existing", lua_get(f"math.random(0, {sources - 1})"), "/"),
+        ("PUT many sources", lua_put(f"counter % {sources}"), "/"),
+        ("GET /health", None, "/health"), ("GET /status", None, "/status"), ("GET /metrics", None, "/metrics"),
+    ]
+
+
+def measure(binary, databases, work, duration, rounds):
+    """The small and the large database side by side: `databases` is {"small": (environment, sources), "large":
+    (...)}. Both services run at once; in each of `rounds` rounds every load runs on the small one and right after
+    on the large one, and its ratio (large over small) is taken within the round. Returns {"small": figures,
+    "large": figures, "ratios": {load: median ratio of req/s}}, each load's figures the median of the rounds
+    (run.summarize), every round kept. A database measured whole before the other put minutes between the two
+    figures of a ratio, and this machine's speed drifts by 10-20 % within minutes: PUT to the 1,000 sources read
+    0.92, 0.74 and 0.69 of the small database in three runs of the same code.
+
+    Then, both started again with READ_CACHE_ENTRIES=0, the same random GETs, each of which reads the database
+    (the database's read path like for like: with the cache on, all 1,000 small sources are cached and few of a
+    million are)."""
+    figures = {key: {} for key in databases}
+    ratios = {}
+
+    def rounds_of(loads, servers):
+        each = {key: {} for key in databases}
+        for _ in range(rounds):
+            for index in range(len(loads["small"])):
+                round_rps = {}
+                for key in databases:
+                    name, lua, url = loads[key][index]
+                    result = run_wrk(servers[key][1], lua, url, work, duration)
+                    each[key].setdefault(name, []).append(result)
+                    round_rps[key] = result["rps"]
+                ratios.setdefault(name, []).append(round_rps["large"] / round_rps["small"] if round_rps["small"] else None)
+        for key in databases:
+            for name, results in each[key].items():
+                figures[key][name] = summarize(results)
+
+    servers = {}
     try:
-        step = max(1, sources // 1000)
-        # Warm-up, not reported: the first wrk run after a start paid for the service's cold start (the small
-        # database's first GETs at 0.75 of its later rate).
-        run_wrk(port, lua_get(f"math.random(0, 999) * {step}"), "/", work, "1s")
-        for name, lua, url in [
-            ("GET 1,000 of the sources", lua_get(f"math.random(0, 999) * {step}"), "/"),
-            ("PUT 1,000 of the sources", lua_put(30, f"(counter % 1000) * {step}"), "/"),
-            ("GET existing", lua_get(f"math.random(0, {sources - 1})"), "/"),
-            ("PUT many sources", lua_put(60, f"counter % {sources}"), "/"),
-            ("GET /health", None, "/health"), ("GET /status", None, "/status"), ("GET /metrics", None, "/metrics"),
-        ]:
-            figures[name] = run_wrk(port, lua, url, work, duration)
-        figures["list status=failed (ms)"] = timed_get(port, "/api/v1/watermarks?status=failed&limit=100")
-        figures["list stale_after_seconds=7200 (ms)"] = timed_get(
-            port, "/api/v1/watermarks?stale_after_seconds=7200&limit=100")
-        figures["peak_rss_mib"] = round(peak_rss_kib(proc.pid) / 1024, 1)
+        for key, (database, _) in databases.items():
+            proc, port, healthy = start_service(binary, database, work)
+            servers[key] = (proc, port)
+            figures[key]["healthy_after_s"] = round(healthy, 3)
+        for key, (_, sources) in databases.items():
+            # Warm-up, not reported: the first wrk run after a start paid for the service's cold start (the small
+            # database's first GETs at 0.75 of its later rate).
+            run_wrk(servers[key][1], scenarios(sources)[0][1], "/", work, "1s")
+        rounds_of({key: scenarios(sources) for key, (_, sources) in databases.items()}, servers)
+        for key in databases:
+            port = servers[key][1]
+            figures[key]["list status=failed (ms)"] = timed_get(port, "/api/v1/watermarks?status=failed&limit=100")
+            figures[key]["list stale_after_seconds=7200 (ms)"] = timed_get(
+                port, "/api/v1/watermarks?stale_after_seconds=7200&limit=100")
+            figures[key]["peak_rss_mib"] = round(peak_rss_kib(servers[key][0].pid) / 1024, 1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    # The database's own read path, like for like: the same random GETs with READ_CACHE_ENTRIES=0, so every one
-    # reads the database (with the cache on, all 1,000 small sources are cached and few of a million are).
-    proc, port, _ = start_service(binary, dict(database, READ_CACHE_ENTRIES="0"), work)
+        stop_services(servers)
+    servers = {}
     try:
-        figures["GET existing, read cache off"] = run_wrk(
-            port, lua_get(f"math.random(0, {sources - 1})"), "/", work, duration)
+        for key, (database, _) in databases.items():
+            proc, port, _ = start_service(binary, dict(database, READ_CACHE_ENTRIES="0"), work)
+            servers[key] = (proc, port)
+        rounds_of({key: [("GET existing, read cache off", lua_get(f"math.random(0, {sources - 1})"), "/")]
+                   for key, (_, sources) in databases.items()}, servers)
     finally:
+        stop_services(servers)
+    return {"small": figures["small"], "large": figures["large"],
+            "ratios": {name: None if None in values else round(median(values), 3) for name, values in ratios.items()}}
+
+
+def stop_services(servers):
+    for proc, _ in servers.values():
         proc.terminate()
+    for proc, _ in servers.values():
         proc.wait(timeout=30)
-    return figures
 
 
 def run_wrk(port, lua, url, work, duration):
@@ -216,23 +266,28 @@ def run_wrk(port, lua, url, work, duration):
     return parse_wrk(output)
 
 
-def print_table(title, small, large, sources):
+def print_table(title, measured, sources, rounds):
+    """The figures of both databases; the ratio of req/s is the median of the rounds' ratios, the others are
+    large over small."""
+    small, large, ratios = measured["small"], measured["large"], measured["ratios"]
     header = f"{'figure':36} {'1,000 sources':>14} {f'{sources:,} sources':>18} {'ratio':>7}"
     print()
-    print(title)
+    print(f"{title} (median of {rounds} rounds)")
     print(header)
     print("-" * len(header))
     rows = []
     for key in small:
         if isinstance(small[key], dict):
-            for sub, unit in (("rps", "req/s"), ("p99_ms", "p99 ms")):
-                rows.append((f"{key} {unit}", small[key][sub], large[key][sub]))
+            rows.append((f"{key} req/s", small[key]["rps"], large[key]["rps"], ratios.get(key)))
+            rows.append((f"{key} p99 ms", small[key]["p99_ms"], large[key]["p99_ms"], None))
         else:
-            rows.append((key, small[key], large[key]))
-    for name, a, b in rows:
-        # None: no request completed within wrk's timeout (2 s).
-        ratio = f"{b / a:>7.2f}" if a and b is not None else f"{'-':>7}"
-        print(f"{name:36} {'-' if a is None else a:>14} {'-' if b is None else b:>18} {ratio}")
+            rows.append((key, small[key], large[key], None))
+    for name, a, b, ratio in rows:
+        if ratio is None:
+            # None: no request completed within wrk's timeout (2 s).
+            ratio = b / a if a and b is not None else None
+        shown = f"{ratio:>7.2f}" if ratio is not None else f"{'-':>7}"
+        print(f"{name:36} {'-' if a is None else a:>14} {'-' if b is None else b:>18} {shown}")
 
 
 def main():
@@ -240,7 +295,8 @@ def main():
     parser.add_argument("bin")
     parser.add_argument("--sources", type=int, default=int(os.environ.get("BENCH_SOURCES", "1000000")))
     parser.add_argument("--history", type=int, default=int(os.environ.get("BENCH_HISTORY", "10000000")))
-    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "5s"))
+    parser.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "4s"))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
     parser.add_argument("--backends", default=os.environ.get("BENCH_BACKENDS", "sqlite,postgres"),
                         help="sqlite, postgres or both")
     args = parser.parse_args()
@@ -266,13 +322,14 @@ def main():
             # the measurements (the first checkpoint's fsync of the large file took 0.6 s), on the disk the commits
             # sync to. Both databases start with nothing left to write.
             os.sync()
-            small = measure(binary, {"DATABASE_PATH": small_path}, 1000, work, args.duration)
-            large = measure(binary, {"DATABASE_PATH": large_path}, args.sources, work, args.duration)
-            print_table("SQLite, one process", small, large, args.sources)
+            measured = measure(binary, {"small": ({"DATABASE_PATH": small_path}, 1000),
+                                        "large": ({"DATABASE_PATH": large_path}, args.sources)},
+                               work, args.duration, args.rounds)
+            print_table("SQLite, one process", measured, args.sources, args.rounds)
             report.update({
                 "seed_seconds": round(seconds, 1), "database_mib": round(size / 2**20, 1),
                 "mib_per_million_watermarks": round(size / 2**20 / millions, 1),
-                "wrk": f"-t1 -c64 -d{args.duration}", "small": small, "large": large})
+                "wrk": f"-t1 -c64 -d{args.duration}", "rounds": args.rounds, **measured})
             for name in os.listdir(work):  # the SQLite files are done with: their disk to PostgreSQL
                 if name.startswith(("small.db", "large.db")):
                     os.remove(os.path.join(work, name))
@@ -285,20 +342,21 @@ def main():
                       f"{args.history} history rows in {seconds:.1f} s of SQL (after {migrated:.1f} s for the "
                       f"service to migrate), {size / 2**20:.0f} MiB ({size / 2**20 / millions:.0f} MiB per million "
                       f"watermarks; the two tables {tables / 2**20:.0f} MiB)")
-                small = measure(binary, {"DATABASE_URL": small_url}, 1000, work, args.duration)
-                large = measure(binary, {"DATABASE_URL": url}, args.sources, work, args.duration)
-                print_table(f"PostgreSQL {server.version}, one process", small, large, args.sources)
+                measured = measure(binary, {"small": ({"DATABASE_URL": small_url}, 1000),
+                                            "large": ({"DATABASE_URL": url}, args.sources)},
+                                   work, args.duration, args.rounds)
+                print_table(f"PostgreSQL {server.version}, one process", measured, args.sources, args.rounds)
                 report["postgres"] = {
                     "postgres_version": server.version, "replicas": 1, "seed_seconds": round(seconds, 1),
                     "migrate_seconds": round(migrated, 1), "database_mib": round(size / 2**20, 1),
                     "mib_per_million_watermarks": round(size / 2**20 / millions, 1),
                     "tables_mib": round(tables / 2**20, 1), "wrk": f"-t1 -c64 -d{args.duration}",
-                    "small": small, "large": large}
+                    "rounds": args.rounds, **measured}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     path = write_report("-scale", report)
-    print(f"\n(wrk -t1 -c64 -d{args.duration}) written to {path}")
+    print(f"\n(wrk -t1 -c64 -d{args.duration}, median of {args.rounds} rounds) written to {path}")
 
 
 if __name__ == "__main__":
