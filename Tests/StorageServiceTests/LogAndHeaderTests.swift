@@ -48,6 +48,25 @@ struct LogAndHeaderTests {
             ])
         #expect(loggers[1][metadataKey: "source_id"] == "feed-a")
         #expect(loggers[1].logLevel == .info)
+        // Small enough for a logger to hold inline (an existential's three words), so setting a key copies no box.
+        #expect(MemoryLayout<DeferredMetadataLogHandler>.size <= 3 * MemoryLayout<Int>.size)
+    }
+
+    /// A metadata provider set on one copy of a logger adds its metadata to that copy's lines only.
+    @Test func aMetadataProviderStaysWithItsCopy() {
+        let lines = Lines()
+        var handler = DeferredMetadataLogHandler(
+            stream: StreamLogHandler(label: "storage", stream: lines, metadataProvider: nil))
+        handler.logLevel = .info
+        var traced = handler
+        traced.metadataProvider = Logger.MetadataProvider { ["trace_id": "t1"] }
+        Logger(label: "storage") { _ in traced }.info("one")
+        Logger(label: "storage") { _ in handler }.info("two")
+        #expect(
+            lines.withoutTimestamps == [
+                "info storage: trace_id=t1 [StorageServiceTests] one", "info storage: [StorageServiceTests] two",
+            ])
+        #expect(handler.metadataProvider == nil && traced.metadataProvider != nil)
     }
 
     /// A header sent once is its value; absent, nil; sent twice, the values joined as `HTTPFields` joins them.
