@@ -36,7 +36,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pg  # noqa: E402 (bench/pg.py: a throwaway PostgreSQL)
-from run import free_port, median, parse_wrk, peak_rss_kib, summarize, write_report  # noqa: E402
+from run import free_port, median, parse_wrk, peak_rss_kib, stop, summarize, write_report  # noqa: E402
 
 # The HTTP profile's working set, 1,000 sources, spread evenly over the database's ids (every `step`-th): the same
 # load on a database of a million rows as on one of a thousand. Every PUT script starts its timestamps 30 s past the
@@ -209,7 +209,8 @@ def measure(binary, databases, work, duration, rounds):
                     result = run_wrk(servers[key][1], lua, url, work, duration)
                     each[key].setdefault(name, []).append(result)
                     round_rps[key] = result["rps"]
-                ratios.setdefault(name, []).append(round_rps["large"] / round_rps["small"] if round_rps["small"] else None)
+                ratios.setdefault(name, []).append(
+                    round_rps["large"] / round_rps["small"] if round_rps["small"] else None)
         for key in databases:
             for name, results in each[key].items():
                 figures[key][name] = summarize(results)
@@ -232,7 +233,7 @@ def measure(binary, databases, work, duration, rounds):
                 port, "/api/v1/watermarks?stale_after_seconds=7200&limit=100")
             figures[key]["peak_rss_mib"] = round(peak_rss_kib(servers[key][0].pid) / 1024, 1)
     finally:
-        stop_services(servers)
+        stop([proc for proc, _ in servers.values()])
     servers = {}
     try:
         for key, (database, _) in databases.items():
@@ -241,16 +242,9 @@ def measure(binary, databases, work, duration, rounds):
         rounds_of({key: [("GET existing, read cache off", lua_get(f"math.random(0, {sources - 1})"), "/")]
                    for key, (_, sources) in databases.items()}, servers)
     finally:
-        stop_services(servers)
+        stop([proc for proc, _ in servers.values()])
     return {"small": figures["small"], "large": figures["large"],
             "ratios": {name: None if None in values else round(median(values), 3) for name, values in ratios.items()}}
-
-
-def stop_services(servers):
-    for proc, _ in servers.values():
-        proc.terminate()
-    for proc, _ in servers.values():
-        proc.wait(timeout=30)
 
 
 def run_wrk(port, lua, url, work, duration):
@@ -303,6 +297,8 @@ def main():
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if set(backends) - {"sqlite", "postgres"} or not backends:
         sys.exit(f"bench: BENCH_BACKENDS must list sqlite and/or postgres (got {args.backends})")
+    if args.rounds < 1:
+        sys.exit(f"bench: BENCH_ROUNDS must be 1 or more (got {args.rounds})")
     if "postgres" in backends and pg.find_binaries() is None:  # before the long SQLite part, not after it
         sys.exit(f"bench: PostgreSQL is not installed (no {pg.ROOT}/*/bin/initdb): run scripts/install-deps.sh, "
                  "or BENCH_BACKENDS=sqlite")
