@@ -64,35 +64,14 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
         url: PostgresURL, migrations: PostgresMigrations, maximumConnections: Int, logger: Logger,
         ready: ReadyGate = ReadyGate(), startTimeout: Duration = .seconds(15)
     ) {
-        client = PostgresClient(
-            configuration: Self.clientConfiguration(url: url, maximumConnections: maximumConnections),
-            backgroundLogger: logger)
+        var configuration = url.clientConfiguration
+        configuration.options.maximumConnections = maximumConnections
+        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.url = url
         self.ready = ready
         self.migrations = migrations
         self.logger = logger
         self.startTimeout = startTimeout
-    }
-
-    /// The client of `url` with a pool of `maximumConnections`, every one of them opened at start and kept open.
-    ///
-    /// postgres-nio 1.33's pool starts timers each time a connection comes back to it idle: a keep-alive (every 30
-    /// s by default) and, for a connection beyond the pool's minimum (0 by default), an idle timeout (60 s). Under a
-    /// steady load of fewer concurrent requests than connections every request hands its connection back idle, and
-    /// what those timers hold piled up while they ran: `GET`s at one connection grew the storage service's heap by
-    /// about 1.2 KiB a request, connections only taken and handed back (3.7k a second) grew it to 241 MiB in 60 s,
-    /// given back once the load stopped; a `GET` took 520-539 us (p50). With the keep-alive off and every connection
-    /// part of the minimum, no timer is started: the heap stays at 20 MiB through 30 s of `GET`s at 8 connections and
-    /// a `GET` at one takes 456-482 us (with either timer left on, the heap still grew). So a process holds
-    /// `maximumConnections` sessions from its start. A session PostgreSQL closes (a restart,
-    /// `pg_terminate_backend`) is replaced by the pool; one that died without a word fails the operation that uses
-    /// it (503) and is replaced then.
-    package static func clientConfiguration(url: PostgresURL, maximumConnections: Int) -> PostgresClient.Configuration {
-        var configuration = url.clientConfiguration
-        configuration.options.maximumConnections = maximumConnections
-        configuration.options.minimumConnections = maximumConnections
-        configuration.options.keepAliveBehavior = nil
-        return configuration
     }
 
     /// How the service lifecycle names it in its logs: the database, without the password.
