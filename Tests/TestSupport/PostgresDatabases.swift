@@ -25,6 +25,17 @@ package struct PostgresDatabases: Sendable {
         return (databases.client(url), url)
     }
 
+    /// The sessions open on `database` of the suite's server, as PostgreSQL counts them (`pg_stat_activity`).
+    package static func sessions(on database: String) async throws -> Int {
+        guard let databases = current else {
+            throw PostgresTestServer.Failure(description: "counting sessions needs the suite's .postgres trait")
+        }
+        let rows = try await databases.admin.query(
+            "SELECT count(*)::int FROM pg_stat_activity WHERE datname = \(database)")
+        for try await count in rows.decode(Int.self) { return count }
+        return 0
+    }
+
     /// Another running client of `url` (a second replica, say).
     package static func client(_ url: PostgresURL) throws -> PostgresClient {
         guard let databases = current else {
