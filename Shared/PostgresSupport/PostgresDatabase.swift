@@ -75,7 +75,7 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
     }
 
     /// How long a connection stays open in the pool unused before the pool closes it.
-    package static let idleConnectionTimeout = Duration.seconds(5)
+    package static let idleConnectionTimeout = Duration.seconds(10)
 
     /// The client of `url` with a pool of up to `maximumConnections`, opened on demand, closed after
     /// `idleConnectionTimeout` unused, and no keep-alive.
@@ -85,12 +85,15 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
     /// at the end of the sleep it was asked for (swiftlang/swift#60441), with the tasks that wait for it. So under a
     /// steady load of fewer concurrent requests than connections, every request left about 1 KiB behind for a minute:
     /// `GET`s at one connection grew the storage service's RSS from 66 to 135 MiB in 30 s (2.0k req/s), at eight
-    /// connections from 98 to 276 MiB (5.0k req/s). Without the keep-alive and with a 5 s idle timeout it stays at 60
-    /// and 89 MiB, and the requests are faster (2.1k and 5.5k req/s; p50 0.462 and 1.38 ms against 0.490 and 1.54). The
-    /// keep-alive is not needed: a connection PostgreSQL closes (a restart, `pg_terminate_backend`) leaves the pool
-    /// when it is closed, and one unused for 5 s is closed before a firewall or NAT would forget it. Opening the whole
-    /// pool at start instead (minimum = maximum, no timer at all) left a replica that never recovered from a PostgreSQL
-    /// restart (README, ninth and tenth rounds).
+    /// connections from 98 to 276 MiB (5.0k req/s), still growing. Without the keep-alive and with a 10 s idle timeout:
+    /// 67 MiB from the tenth second on at one connection; at eight, 108 MiB after 10 s and 125 after a minute; and the
+    /// requests are no slower (2.1k and 5.2k req/s; p50 0.456 and 1.48 ms against 0.490 and 1.54). The keep-alive is
+    /// not needed: a connection PostgreSQL closes (a restart, `pg_terminate_backend`) leaves the pool when it is
+    /// closed, and one unused for 10 s is closed before a firewall or NAT would forget it. The timeout is twice the
+    /// readiness probe's period (5 s, `deploy/k8s`), so probes of an idle replica reuse one connection; 5 s kept less
+    /// (60 and 89 MiB) but made a load after a pause of 5 s open its connections again (`make bench`: `GET /health` p99
+    /// 0.82 s on two replicas after the hello world's 4 s). Opening the whole pool at start instead (minimum = maximum,
+    /// no timer at all) left a replica that never recovered from a PostgreSQL restart (README, ninth and tenth rounds).
     package static func clientConfiguration(url: PostgresURL, maximumConnections: Int) -> PostgresClient.Configuration {
         var configuration = url.clientConfiguration
         configuration.options.maximumConnections = maximumConnections

@@ -10,14 +10,14 @@ import Testing
 /// `clientConfiguration`).
 @Suite("PostgreSQL connection pool", .postgres)
 struct PostgresPoolTests {
-    @Test("the pool opens connections on demand, runs no keep-alive and closes a connection unused for 5 s")
+    @Test("the pool opens connections on demand, runs no keep-alive and closes a connection unused for 10 s")
     func configuration() throws {
         let url = try PostgresURL("postgres://wm:secret@db:5432/watermarks?sslmode=disable")
         let options = PostgresDatabase.clientConfiguration(url: url, maximumConnections: 7).options
         #expect(options.maximumConnections == 7)
         #expect(options.minimumConnections == 0)
         #expect(options.keepAliveBehavior == nil)
-        #expect(options.connectionIdleTimeout == .seconds(5))
+        #expect(options.connectionIdleTimeout == .seconds(10))
     }
 
     @Test("a database service closes the connections a burst opened once they are unused for the idle timeout")
