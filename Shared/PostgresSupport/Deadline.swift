@@ -76,18 +76,23 @@ package func withDeadline<T: Sendable>(
                 } catch {
                     answer.resume(with: .failure(error))
                 }
-                tasks.state.withLock { $0.timer }?.cancel()
+                tasks.state.withLock { state in
+                    state.finished = true
+                    return state.timer
+                }?.cancel()
             }
             let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .init(timeout)) {
                 answer.resume(with: .failure(onTimeout()))
                 work.cancel()
             }
-            let cancelled = tasks.state.withLock { state in
+            let (cancelled, finished) = tasks.state.withLock { state in
                 state.work = work
                 state.timer = timer
                 state.answer = answer
-                return state.cancelled
+                return (state.cancelled, state.finished)
             }
+            // The body ended before the deadline was stored here: nothing else would cancel it.
+            if finished { timer.cancel() }
             if cancelled {
                 timer.cancel()
                 work.cancel()
@@ -105,12 +110,12 @@ package func withDeadline<T: Sendable>(
     }
 }
 
-/// The body's task, the deadline's scheduled task and the caller's answer, and whether the caller was cancelled before
-/// they existed.
+/// The body's task, the deadline's scheduled task and the caller's answer; whether the caller was cancelled before
+/// they existed, and whether the body ended before the deadline was stored.
 private final class DeadlineTasks<T: Sendable>: Sendable {
     let state = Mutex<
-        (work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool)
-    >((nil, nil, nil, false))
+        (work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool, finished: Bool)
+    >((nil, nil, nil, false, false))
 }
 
 /// A continuation resumed by whichever of the body and the timer finishes first; the other's answer is dropped.
