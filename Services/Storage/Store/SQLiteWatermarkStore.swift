@@ -57,6 +57,8 @@ final class SQLiteWatermarkStore: WatermarkStore {
         path: String, policy: WatermarkPolicy, logger: Logger,
         clock: @escaping @Sendable () -> Timestamp = Timestamp.now, cacheCapacity: Int = 5000
     ) throws {
+        // Each commit's WAL frames in one write (`WALWriteCoalescing`): the default VFS of the process from now on.
+        _ = WALWriteCoalescing.installed
         let pool = try DatabasePool(path: path, configuration: Self.configuration)
         // FULL: the WAL is synced at every commit, so an acknowledged write survives power loss, not only the
         // death of the process. Set on the writer once the pool is open: `DatabasePool` switches its writer
