@@ -98,31 +98,19 @@ enum WALWriteCoalescing {
             return written == SQLITE_OK ? closed : written
         }
         methods.pointee.xRead = { file, data, amount, offset in
-            let state = WALWriteCoalescing.gathered(file)
-            let code = state.flush()
-            guard code == SQLITE_OK else { return code }
-            return state.methods.xRead!(state.inner, data, amount, offset)
+            WALWriteCoalescing.afterFlush(file) { $0.methods.xRead!($0.inner, data, amount, offset) }
         }
         methods.pointee.xWrite = { file, data, amount, offset in
             WALWriteCoalescing.gathered(file).write(data!, count: Int(amount), at: offset)
         }
         methods.pointee.xTruncate = { file, size in
-            let state = WALWriteCoalescing.gathered(file)
-            let code = state.flush()
-            guard code == SQLITE_OK else { return code }
-            return state.methods.xTruncate!(state.inner, size)
+            WALWriteCoalescing.afterFlush(file) { $0.methods.xTruncate!($0.inner, size) }
         }
         methods.pointee.xSync = { file, flags in
-            let state = WALWriteCoalescing.gathered(file)
-            let code = state.flush()
-            guard code == SQLITE_OK else { return code }
-            return state.methods.xSync!(state.inner, flags)
+            WALWriteCoalescing.afterFlush(file) { $0.methods.xSync!($0.inner, flags) }
         }
         methods.pointee.xFileSize = { file, size in
-            let state = WALWriteCoalescing.gathered(file)
-            let code = state.flush()
-            guard code == SQLITE_OK else { return code }
-            return state.methods.xFileSize!(state.inner, size)
+            WALWriteCoalescing.afterFlush(file) { $0.methods.xFileSize!($0.inner, size) }
         }
         methods.pointee.xLock = { file, level in
             let state = WALWriteCoalescing.gathered(file)
@@ -137,10 +125,7 @@ enum WALWriteCoalescing {
             return state.methods.xCheckReservedLock!(state.inner, result)
         }
         methods.pointee.xFileControl = { file, operation, argument in
-            let state = WALWriteCoalescing.gathered(file)
-            let code = state.flush()
-            guard code == SQLITE_OK else { return code }
-            return state.methods.xFileControl!(state.inner, operation, argument)
+            WALWriteCoalescing.afterFlush(file) { $0.methods.xFileControl!($0.inner, operation, argument) }
         }
         methods.pointee.xSectorSize = { file in
             let state = WALWriteCoalescing.gathered(file)
@@ -162,6 +147,15 @@ enum WALWriteCoalescing {
         else { return nil }
         let state = gathered(file)
         return (state.sqliteWrites, state.fileWrites)
+    }
+
+    /// `call` with the file's gathering state once what it gathered is written out (its error otherwise).
+    private static func afterFlush(
+        _ file: UnsafeMutablePointer<sqlite3_file>?, _ call: (GatheredWrites) -> Int32
+    ) -> Int32 {
+        let state = gathered(file)
+        let code = state.flush()
+        return code == SQLITE_OK ? call(state) : code
     }
 
     /// Where `xOpen` stored the file's `GatheredWrites`, retained, right after its methods.
