@@ -62,12 +62,14 @@ enum WALWriteCoalescing {
             }
             let state = Unmanaged.passRetained(GatheredWrites(inner: inner, methods: inner.pointee.pMethods!.pointee))
                 .toOpaque()
-            (UnsafeMutableRawPointer(file) + MemoryLayout<UnsafeRawPointer>.stride).storeBytes(
-                of: state, as: UnsafeMutableRawPointer.self)
+            WALWriteCoalescing.stateSlot(file).storeBytes(of: state, as: UnsafeMutableRawPointer.self)
             file.pointee.pMethods = UnsafePointer(WALWriteCoalescing.walMethods)
             return SQLITE_OK
         }
-        // The other calls go to the default VFS with its own object (which some keep their data in).
+        // The calls that take a path go to the default VFS with its own object, as `xOpen` does. The others (randomness,
+        // sleep, time, dynamic loading, system calls) are the default VFS's functions, copied above: they get this
+        // object, a copy of the default one but for its name, file size, `pAppData` and these calls, and the unix VFS's
+        // versions do not read it.
         vfs.pointee.xDelete = { vfs, path, syncDirectory in
             let base = vfs!.pointee.pAppData!.assumingMemoryBound(to: sqlite3_vfs.self)
             return base.pointee.xDelete!(base, path, syncDirectory)
@@ -158,9 +160,13 @@ enum WALWriteCoalescing {
         return code == SQLITE_OK ? call(state) : code
     }
 
-    /// Where `xOpen` stored the file's `GatheredWrites`, retained, right after its methods.
+    /// Where `xOpen` stores the file's `GatheredWrites`, retained: right after its methods.
+    private static func stateSlot(_ file: UnsafeMutablePointer<sqlite3_file>) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(file) + MemoryLayout<UnsafeRawPointer>.stride
+    }
+
     private static func stateAddress(_ file: UnsafeMutablePointer<sqlite3_file>) -> UnsafeMutableRawPointer {
-        (UnsafeMutableRawPointer(file) + MemoryLayout<UnsafeRawPointer>.stride).load(as: UnsafeMutableRawPointer.self)
+        stateSlot(file).load(as: UnsafeMutableRawPointer.self)
     }
 
     private static func gathered(_ file: UnsafeMutablePointer<sqlite3_file>?) -> GatheredWrites {
