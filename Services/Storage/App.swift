@@ -11,10 +11,18 @@ import ServiceSupport
 import WatermarkCore
 import WatermarkStores
 
+/// The process's entry: the malloc arenas are limited before any thread but this one allocates.
+@main
+enum StorageServiceMain {
+    static func main() async {
+        MallocArenas.limitToCores()
+        await StorageServiceCommand.main()
+    }
+}
+
 /// `storage-service`: serves watermarks over HTTP from a SQLite file (`serve`, the default), checks a running
 /// instance for container health checks (`healthcheck`), fills a database for load tests (`seed`), or prints
 /// the OpenAPI document it serves (`openapi`).
-@main
 struct StorageServiceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage-service",
