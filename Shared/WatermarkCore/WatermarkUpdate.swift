@@ -11,12 +11,18 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
     public static let maxErrorMessageLength = 16_384
 
     /// The rules an update must keep whatever is stored: the one check the service (after decoding), the mock
-    /// client and the manager (before queueing) all run. An error message is over `maxErrorMessageLength`
-    /// characters counted as JSON Schema's `maxLength` counts them (Unicode code points), not bytes.
+    /// client and the manager (before queueing) all run. An error message holds no NUL and at most
+    /// `maxErrorMessageLength` characters, counted as JSON Schema's `maxLength` counts them (Unicode code points), not
+    /// bytes.
     public func validate() throws(WatermarkError) {
         if let errorMessage, errorMessage.unicodeScalars.count > Self.maxErrorMessageLength {
             throw WatermarkError.invalidBody(
                 "field \"error_message\" is over \(Self.maxErrorMessageLength) characters")
+        }
+        // SQLite took the text up to its first NUL (an acknowledged "a\u0000b" was read back as "a") and PostgreSQL's
+        // text cannot hold one: refused, where both stores would otherwise differ from what was answered.
+        if let errorMessage, errorMessage.utf8.contains(0) {
+            throw WatermarkError.invalidBody("field \"error_message\" must not contain NUL (\\u0000)")
         }
         if let records = recordsCollected, records < 0 {
             throw WatermarkError.invalidBody("field \"records_collected\" must not be negative")

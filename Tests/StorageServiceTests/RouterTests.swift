@@ -303,6 +303,24 @@ struct RouterTests {
         }
     }
 
+    /// SQLite kept an error message up to its first NUL while the answer showed all of it: a NUL is refused now, and
+    /// what was stored stays as it was.
+    @Test("an error message with a NUL is refused and changes nothing")
+    func nulInErrorMessageChangesNothing() async throws {
+        try await app().test(.router) { client in
+            let first = try await put(client, "nul", #"{"status":"failed","error_message":"first"}"#)
+            #expect(first.status == .created)
+            let refused = try await put(client, "nul", #"{"status":"failed","error_message":"a\u0000b"}"#)
+            #expect(refused.status == .badRequest && errorCode(refused) == "invalid_body")
+            let body = try json(try await client.execute(uri: "/api/v1/watermarks/nul", method: .get))
+            #expect(body["error_message"] as? String == "first" && body["version"] as? Int == 1)
+            let never = try await put(client, "nul-new", #"{"status":"failed","error_message":"\u0000"}"#)
+            #expect(never.status == .badRequest)
+            let absent = try await client.execute(uri: "/api/v1/watermarks/nul-new", method: .get)
+            #expect(absent.status == .notFound)
+        }
+    }
+
     @Test("lengths count characters as JSON Schema's maxLength does (code points), not bytes")
     func lengthsCountCharacters() async throws {
         try await app().test(.router) { client in

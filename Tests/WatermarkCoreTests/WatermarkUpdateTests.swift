@@ -53,9 +53,21 @@ struct WatermarkUpdateTests {
                 "invalid_body"
             ),
             (#"{"timestamp":"2024-01-01T12:30:00Z","status":"failed","error_message":42}"#, "invalid_body"),
+            (#"{"status":"failed","error_message":"a\u0000b"}"#, "invalid_body"),
         ])
     func errors(json: String, expected: String) {
         #expect(code(json) == expected)
+    }
+
+    /// No store keeps a NUL (SQLite took the text up to it, PostgreSQL's text cannot hold one); other control
+    /// characters, such as a stack trace's newlines and tabs, are kept.
+    @Test("an error message with a NUL is refused, with newlines and tabs kept")
+    func nulInErrorMessage() throws {
+        #expect(throws: WatermarkError.invalidBody("field \"error_message\" must not contain NUL (\\u0000)")) {
+            try WatermarkUpdate.failed("before\u{0}after").validate()
+        }
+        let trace = try decode(#"{"status":"failed","error_message":"line 1\n\tat 2\u001b"}"#)
+        #expect(trace.errorMessage == "line 1\n\tat 2\u{1B}")
     }
 
     @Test("encodes null explicitly and round-trips")
