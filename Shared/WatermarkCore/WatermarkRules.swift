@@ -83,6 +83,8 @@ public enum WatermarkRules {
     ) throws -> WritePlan {
         let id = write.sourceID
         let update = write.update
+        // The service validated the body as it decoded it; a store's own caller gets the same refusals.
+        try update.validate()
         if write.idempotencyKey != nil, let record = snapshot.idempotencyRecord {
             guard record.fingerprint == write.fingerprint else { throw WatermarkError.idempotencyKeyReused }
             return WritePlan(

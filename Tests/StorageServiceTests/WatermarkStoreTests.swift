@@ -181,6 +181,41 @@ struct WatermarkStoreTests {
         #expect(try await store.history(for: sid("h"), limit: 1).map(\.version) == [6])
     }
 
+    /// What a write answers is what the store keeps, byte for byte: error messages and reasons of every kind of
+    /// character (controls but NUL, non-ASCII, combining marks, separators) read back unchanged from the database.
+    /// SQLite once kept an error message only up to a NUL while the answer held all of it; a NUL is refused now, by
+    /// every store, and changes nothing.
+    @Test("texts are kept as answered; a NUL is refused and changes nothing", arguments: StoreKind.allCases)
+    func textsAreKeptAsAnswered(kind: StoreKind) async throws {
+        let store = try await kind.make(clock: clock)
+        let seed = SeededRandom.seed(from: "STORE_TEXT_SEED", default: 20_261_206)
+        var random = SeededRandom(seed: seed)
+        let alphabet: [String] =
+            (1..<0x80).map { String(UnicodeScalar(UInt8($0))) }
+            + ["é", "e\u{301}", "ß", "漢", "🎉", "\u{85}", "\u{2028}", "\u{FEFF}", "\u{FFFD}"]
+        func text(_ range: ClosedRange<Int>) -> String {
+            (0..<Int.random(in: range, using: &random)).map { _ in alphabet.randomElement(using: &random)! }.joined()
+        }
+        for _ in 0..<40 {
+            let message = text(0...60)
+            let reason = text(1...30)
+            let outcome = try await store.write(
+                WatermarkWrite(
+                    sourceID: sid("texts"), update: .failed(message), attribution: Attribution(reason: reason)))
+            #expect(outcome.watermark.errorMessage.map { Array($0.utf8) } == Array(message.utf8), "seed \(seed)")
+            let stored = try #require(try await store.watermark(for: sid("texts")))
+            #expect(stored == outcome.watermark && stored.errorMessage.map { Array($0.utf8) } == Array(message.utf8))
+            let run = try #require(try await store.history(for: sid("texts"), limit: 1).first)
+            #expect(run.errorMessage.map { Array($0.utf8) } == Array(message.utf8), "seed \(seed)")
+            #expect(run.reason.map { Array($0.utf8) } == Array(reason.utf8), "seed \(seed)")
+        }
+        let before = try await store.watermark(for: sid("texts"))
+        let nul = WatermarkWrite(sourceID: sid("texts"), update: .failed("kept up to\u{0}here"))
+        #expect(await refusal { _ = try await store.write(nul) } == "invalid_body")
+        #expect(try await store.watermark(for: sid("texts")) == before)
+        #expect(try await store.history(for: sid("texts"), limit: 1000).count == 40)
+    }
+
     @Test("leases: one holder, renewals keep the token, fencing refuses the old holder", arguments: StoreKind.allCases)
     func leases(kind: StoreKind) async throws {
         let store = try await kind.make(clock: clock)
