@@ -10,10 +10,10 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
 
     public static let maxErrorMessageLength = 16_384
 
-    /// The rules an update must keep whatever is stored: the one check the service (after decoding), the mock
-    /// client and the manager (before queueing) all run. An error message holds no NUL and at most
-    /// `maxErrorMessageLength` characters, counted as JSON Schema's `maxLength` counts them (Unicode code points), not
-    /// bytes.
+    /// The rules an update must keep whatever is stored: the one check the service (after decoding), every store (as
+    /// it applies the rules), the mock client and the manager (before queueing) all run. An error message holds no
+    /// NUL and at most `maxErrorMessageLength` characters, counted as JSON Schema's `maxLength` counts them (Unicode
+    /// code points), not bytes.
     public func validate() throws(WatermarkError) {
         if let errorMessage, errorMessage.unicodeScalars.count > Self.maxErrorMessageLength {
             throw WatermarkError.invalidBody(
