@@ -10,6 +10,18 @@ public struct WatermarkUpdate: Sendable, Equatable, Codable {
 
     public static let maxErrorMessageLength = 16_384
 
+    /// `text` made an error message that every store keeps as sent: each NUL becomes U+FFFD (the replacement
+    /// character) and the text is cut to `limit` code points (at most `maxErrorMessageLength`). For callers that report
+    /// a failure in words they do not control, such as a feed's answer, so that the failure is recorded rather than
+    /// refused.
+    public static func errorMessage(_ text: String, limit: Int = maxErrorMessageLength) -> String {
+        let cut = text.unicodeScalars.prefix(max(0, min(limit, maxErrorMessageLength)))
+        guard cut.contains("\u{0}") else { return String(cut) }
+        var cleaned = String.UnicodeScalarView()
+        cleaned.append(contentsOf: cut.lazy.map { $0 == "\u{0}" ? "\u{FFFD}" : $0 })
+        return String(cleaned)
+    }
+
     /// The rules an update must keep whatever is stored: the one check the service (after decoding), every store (as
     /// it applies the rules), the mock client and the manager (before queueing) all run. An error message holds no
     /// NUL and at most `maxErrorMessageLength` characters, counted as JSON Schema's `maxLength` counts them (Unicode

@@ -16,10 +16,12 @@ struct ScriptedCollector: Collector {
     let pages: [[CollectedRecord]]
     var failAtPage: Int?
     var highWaterMark: Timestamp?
+    /// What the failing page's answer says.
+    var failure = "maintenance"
 
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
         let index = cursor.flatMap(Int.init) ?? 0
-        if index == failAtPage { throw .httpStatus(503, url: "http://source/feed", detail: "maintenance") }
+        if index == failAtPage { throw .httpStatus(503, url: "http://source/feed", detail: failure) }
         let records = pages.isEmpty ? [] : pages[index].filter { $0.mark >= since }
         let next = index + 1 < pages.count ? String(index + 1) : nil
         return CollectorPage(records: records, highWaterMark: next == nil ? highWaterMark : nil, next: next)
@@ -148,6 +150,20 @@ struct RunnerTests {
         let retry = await f.runner.run(f.source, collector: ScriptedCollector(pages: pages))
         #expect(retry.outcome == .success && retry.recordsCollected == 1 && retry.duplicatesDropped == 1)
         #expect(f.ids() == ["z", "a", "b"])
+    }
+
+    /// A feed's answer quoted in the failure may hold a NUL, which no store keeps: the failure is still recorded, the
+    /// NUL shown as U+FFFD.
+    @Test func aFailureQuotingANulIsRecordedWithTheNulReplaced() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let collector = ScriptedCollector(
+            pages: [[record("a", "2026-11-25T00:00:00Z")]], failAtPage: 0, failure: "bad\u{0}byte")
+        let failed = await f.runner.run(f.source, collector: collector)
+        #expect(failed.outcome == .failed && failed.updateQueued == false)
+        let stored = try #require(try await f.storage.getWatermark(sourceID: f.source.id))
+        #expect(stored.status == .failed)
+        #expect(stored.errorMessage == "HTTP 503 from http://source/feed: bad\u{FFFD}byte")
     }
 
     @Test func aCrashBeforeTheUpdateIsRepairedByDedup() async throws {

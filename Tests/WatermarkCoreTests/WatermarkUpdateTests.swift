@@ -70,6 +70,19 @@ struct WatermarkUpdateTests {
         #expect(trace.errorMessage == "line 1\n\tat 2\u{1B}")
     }
 
+    /// Any text becomes an error message the stores keep: NULs replaced, cut to the limit in code points.
+    @Test("errorMessage(_:) makes any text a valid error message")
+    func errorMessageFromAnyText() throws {
+        #expect(WatermarkUpdate.errorMessage("a\u{0}b\u{0}") == "a\u{FFFD}b\u{FFFD}")
+        #expect(WatermarkUpdate.errorMessage("line 1\n\tat 2") == "line 1\n\tat 2")
+        #expect(WatermarkUpdate.errorMessage("éé\u{0}é", limit: 3) == "éé\u{FFFD}")
+        let long = String(repeating: "\u{0}x", count: WatermarkUpdate.maxErrorMessageLength)
+        let cut = WatermarkUpdate.errorMessage(long, limit: .max)
+        #expect(cut.unicodeScalars.count == WatermarkUpdate.maxErrorMessageLength)
+        try WatermarkUpdate.failed(cut).validate()
+        #expect(WatermarkUpdate.errorMessage("abc", limit: -1) == "")
+    }
+
     @Test("encodes null explicitly and round-trips")
     func encoding() throws {
         let update = WatermarkUpdate.failed("boom")

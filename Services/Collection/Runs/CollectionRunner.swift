@@ -325,7 +325,8 @@ struct CollectionRunner: Sendable {
         report.errorMessage = message
         if recordFailure {
             do {
-                let text = String(message.prefix(4000))
+                // What went wrong may quote a feed's bytes: a NUL in it would have the failure refused, not recorded.
+                let text = WatermarkUpdate.errorMessage(message, limit: 4000)
                 let records = recordsSinceCheckpoint ?? report.recordsCollected
                 let result: WatermarkUpdateResult
                 if let session {
