@@ -156,6 +156,35 @@ struct TAXII21CollectorTests {
         #expect(afters == ["2026-11-26T00:00:00.000000Z", "2026-11-26T10:00:01.499999Z"])
     }
 
+    @Test func aNextPageWhoseAnswerWasLostIsAskedForAgainByDateNotByItsSpentToken() async throws {
+        // medallion's session moves on as it answers: sending the same `next` again would get the page after the
+        // lost one. Two objects share the instant that ends the first page, so the retry must start before it.
+        let server = FakeTAXIIServer()
+        let added = ["10:00:01", "10:00:02", "10:00:02", "10:00:03", "10:00:04", "10:00:05", "10:00:06"]
+        for (index, time) in added.enumerated() {
+            await server.add(
+                .init(
+                    id: "indicator--\(index + 1)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T\(time).5Z")))
+        }
+        await server.setQuirks(.init(advancingSessions: true, lostAnswers: [2]))
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, pageSize: 3), since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        let ids = Set(pages.flatMap(\.records).map(\.id))
+        #expect(ids == Set((1...7).map { "indicator--\($0)" }))
+        let requests = await server.requests
+        #expect(requests.count == 4)
+        #expect(requests[1].query["next"] != nil)
+        // The retry: no token, just before the first page's last date_added.
+        #expect(requests[2].query["next"] == nil)
+        #expect(requests[2].query["added_after"] == "2026-11-26T10:00:02.499999Z")
+        #expect(pages.last?.highWaterMark == ts("2026-11-26T10:00:06.5Z"))
+    }
+
     @Test func aWholePageOfOneInstantWithoutNextIsAClearError() async throws {
         let server = FakeTAXIIServer()
         await server.setQuirks(.init(noNextTokens: true))

@@ -49,6 +49,12 @@ actor FakeTAXIIServer {
         var reverseWithinPage = false
         /// Puts each object's `date_added` into the object itself (some servers do).
         var dateAddedInObjects = false
+        /// Pages a query through one session whose token stays the same and which moves on as it answers, as
+        /// medallion does: the same `next` sent twice is answered with the page after.
+        var advancingSessions = false
+        /// The requests (1-based) whose page is taken from the session and then answered 502, as a proxy in front
+        /// of the server does when the server's answer is lost.
+        var lostAnswers: Set<Int> = []
     }
 
     var objects: [Object] = []
@@ -76,7 +82,9 @@ actor FakeTAXIIServer {
         let limit = Int(seen.query["limit"] ?? "") ?? 100
         let filters = seen.query.filter { $0.key != "limit" && $0.key != "next" }
         var remaining: [Object]
+        var session: String?
         if let token = seen.query["next"] {
+            if quirks.advancingSessions { session = token }
             guard let stored = pagesByToken.removeValue(forKey: token) else {
                 return FakeAnswer(status: 400, body: #"{"title":"next not valid"}"#)
             }
@@ -123,7 +131,7 @@ actor FakeTAXIIServer {
         if !rest.isEmpty {
             envelope["more"] = true
             if !quirks.noNextTokens {
-                let token = UUID().uuidString
+                let token = session ?? UUID().uuidString
                 pagesByToken[token] = (filters, rest)
                 envelope["next"] = token
             }
@@ -135,6 +143,7 @@ actor FakeTAXIIServer {
             headers["X-TAXII-Date-Added-First"] = first.dateAdded.description
             headers["X-TAXII-Date-Added-Last"] = quirks.malformedLastHeader ? "yesterday" : last.dateAdded.description
         }
+        if quirks.lostAnswers.contains(requests.count) { return FakeAnswer(status: 502, body: "bad gateway") }
         let data = try! JSONSerialization.data(withJSONObject: envelope, options: [.sortedKeys])
         return FakeAnswer(status: 200, headers: headers, body: String(decoding: data, as: UTF8.self))
     }

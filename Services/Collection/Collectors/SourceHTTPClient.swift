@@ -20,6 +20,8 @@ struct SourceResponse: Sendable {
     var status: Int
     var headers: HTTPHeaders
     var body: Data
+    /// The answer is to the request's `retryURL`, not to its first URL.
+    var isRetryAnswer = false
 }
 
 /// GET with a timeout, a body size limit and retries of transient failures, shared by the HTTP collectors.
@@ -47,16 +49,20 @@ struct SourceHTTPClient: Sendable {
     }
 
     /// GETs `url`; any answer other than 2xx (after retries) throws `CollectorError.httpStatus`.
-    /// `displayURL` is what error messages show (without query secrets).
-    func get(_ url: String, headers: HTTPHeaders) async throws(CollectorError) -> SourceResponse {
+    /// `displayURL` is what error messages show (without query secrets). Retries GET `retryURL` when one is given:
+    /// for a request that must not be sent twice, the request that asks for the same again.
+    func get(_ url: String, headers: HTTPHeaders, retryURL: String? = nil) async throws(CollectorError)
+        -> SourceResponse
+    {
         let display = Self.displayURL(url)
         var attempt = 0
         while true {
             attempt += 1
-            let outcome = await attemptOnce(url, headers: headers, display: display)
+            let outcome = await attemptOnce(attempt == 1 ? url : retryURL ?? url, headers: headers, display: display)
             let delay: Duration
             switch outcome {
-            case .success(let response) where (200..<300).contains(response.status):
+            case .success(var response) where (200..<300).contains(response.status):
+                response.isRetryAnswer = attempt > 1 && retryURL != nil
                 return response
             case .success(let response) where response.status == 429 || (500..<600).contains(response.status):
                 let error = CollectorError.httpStatus(response.status, url: display, detail: Self.detail(response.body))

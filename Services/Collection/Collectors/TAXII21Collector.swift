@@ -7,7 +7,8 @@ import WatermarkCore
 /// The mark is the server's clock: a page's `X-TAXII-Date-Added-Last`. `added_after` is sent with exactly six
 /// fraction digits, truncated, as strict servers require; because truncation moves the filter back by up to a
 /// microsecond, the boundary object may come again and the run drops it by (id, version). A `next` request
-/// repeats the first request's filters (servers such as medallion refuse a `next` whose filters changed).
+/// repeats the first request's filters (servers such as medallion refuse a `next` whose filters changed), and is
+/// never sent twice: a retry asks again from just before the previous page's last `date_added`.
 /// Servers that page without `next` are continued from just before the previous page's last `date_added`, so a
 /// page ending inside a run of objects that share one `date_added` loses none of them.
 struct TAXII21Collector: Collector {
@@ -24,31 +25,37 @@ struct TAXII21Collector: Collector {
 
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
         var addedAfter = since
+        var next: String?
+        // Where the run goes on if the request fails and must be sent again: just before the previous page's last
+        // `date_added` (the filter is exclusive, pages come in `date_added` order), so objects sharing it are read
+        // again and dropped by (id, version) rather than skipped.
+        var continueAfter: Timestamp?
         if let cursor, cursor.hasPrefix("after:") {
-            // The server pages by date (no `next` token): continue from just before the previous page's last
-            // `date_added` (the filter is exclusive), so objects sharing it on the next page are not skipped.
-            let last = (try? Timestamp(rfc3339: String(cursor.dropFirst(6)))) ?? since
-            addedAfter = max(since, last.adding(.nanoseconds(-1)))
+            // The server pages by date (no `next` token).
+            addedAfter = Self.justBefore(String(cursor.dropFirst(6)), since: since)
+        } else if let cursor, cursor.hasPrefix("next:") {
+            // `next:<the session's added_after> <the page's last date_added> <token>` (see `parse`).
+            let parts = cursor.dropFirst(5).split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+            if parts.count == 3 {
+                addedAfter = (try? Timestamp(rfc3339: String(parts[0]))) ?? since
+                continueAfter = Self.justBefore(String(parts[1]), since: since)
+                next = String(parts[2])
+            }
         }
-        var query = [(String, String)]()
-        query.append(("added_after", addedAfter.formatted(fractionDigits: 6)))
-        query.append(("limit", String(pageSize)))
-        if settings.versions == .all { query.append(("match[version]", "all")) }
-        if let cursor, cursor.hasPrefix("next:") {
-            query.append(("next", String(cursor.dropFirst(5))))
-        }
-        // Keys and values strictly percent-encoded (`match%5Bversion%5D`): a bracket left bare would make the URL
-        // parser re-encode the whole query.
-        let url =
-            objectsURL + "?"
-            + query.map { "\(Self.percentEncode($0.0))=\(Self.percentEncode($0.1))" }
-            .joined(separator: "&")
+        let url = pageURL(addedAfter: addedAfter, next: next)
+        // A `next` request is never sent twice: servers advance a paging session as they answer (medallion pops
+        // the page it serves), so repeating a request whose answer was lost, or came back as a 5xx from a proxy,
+        // would be answered with the page after it and one page would be missed for good. A retry asks again by date.
+        let retryURL = continueAfter.map { pageURL(addedAfter: $0, next: nil) }
 
         var headers = HTTPHeaders()
         headers.add(name: "Accept", value: Self.mediaType)
         if let authorization = settings.auth.headerValue { headers.add(name: "Authorization", value: authorization) }
-        let response = try await http.get(url, headers: headers)
-        let page = try await Self.parse(response, url: SourceHTTPClient.displayURL(url))
+        let response = try await http.get(url, headers: headers, retryURL: retryURL)
+        // A session's `next` requests repeat the filters of the request that opened it.
+        let page = try await Self.parse(
+            response, url: SourceHTTPClient.displayURL(url),
+            askedAfter: response.isRetryAnswer ? continueAfter ?? addedAfter : addedAfter)
         // Paging by date must advance, or the run would loop on the same page forever. (A `next` token may
         // legitimately stay the same: medallion reuses its session id.)
         if let cursor, cursor.hasPrefix("after:"), page.next == cursor {
@@ -60,13 +67,36 @@ struct TAXII21Collector: Collector {
         return page
     }
 
+    /// The objects URL asking for what was added after `addedAfter`, with the first request's filters and `next`.
+    private func pageURL(addedAfter: Timestamp, next: String?) -> String {
+        var query = [(String, String)]()
+        query.append(("added_after", addedAfter.formatted(fractionDigits: 6)))
+        query.append(("limit", String(pageSize)))
+        if settings.versions == .all { query.append(("match[version]", "all")) }
+        if let next { query.append(("next", next)) }
+        // Keys and values strictly percent-encoded (`match%5Bversion%5D`): a bracket left bare would make the URL
+        // parser re-encode the whole query.
+        return objectsURL + "?"
+            + query.map { "\(Self.percentEncode($0.0))=\(Self.percentEncode($0.1))" }.joined(separator: "&")
+    }
+
+    /// The `added_after` that reads again from a page's last `date_added` (`mark`, as a cursor carries it): a
+    /// nanosecond before it, never before the run's own `since`; `since` when the cursor carries no mark.
+    private static func justBefore(_ mark: String, since: Timestamp) -> Timestamp {
+        guard let last = try? Timestamp(rfc3339: mark) else { return since }
+        return max(since, last.adding(.nanoseconds(-1)))
+    }
+
     /// Turns one envelope into a page. An empty page may be `{}` (no `objects`, no `more`).
     ///
     /// The mark of every record of the page is the page's `X-TAXII-Date-Added-Last`. Without that header, or
     /// with one that is not a timestamp, each object's own `date_added` (some servers include it), else its
     /// `modified`/`created`, stands in: the source's clock, never the collector's; such a page has no
-    /// `firstMark`, so no checkpoint is taken inside it.
-    static func parse(_ response: SourceResponse, url: String) async throws(CollectorError) -> CollectorPage {
+    /// `firstMark`, so no checkpoint is taken inside it. `askedAfter` is the `added_after` of the request that
+    /// opened the paging session, which its `next` requests repeat.
+    static func parse(
+        _ response: SourceResponse, url: String, askedAfter: Timestamp? = nil
+    ) async throws(CollectorError) -> CollectorPage {
         let body = response.body
         let what = "the TAXII envelope from \(url)"
         let envelope = try JSONRecords.envelope(body, what: what)
@@ -130,7 +160,10 @@ struct TAXII21Collector: Collector {
         var cursor: String?
         if more {
             if let next, !next.isEmpty {
-                cursor = "next:" + next
+                // The token goes with the `added_after` its session was opened with, which each of its requests
+                // repeats, and with the server's last `date_added`, for a retry to ask again by date (`fetchPage`;
+                // without the header, the objects' own times say nothing of that order).
+                cursor = "next:\(askedAfter?.description ?? "") \(pageMark?.description ?? "") \(next)"
             } else if let highWaterMark {
                 cursor = "after:" + highWaterMark.description
             } else {
