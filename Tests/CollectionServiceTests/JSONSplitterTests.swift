@@ -72,4 +72,86 @@ struct JSONSplitterTests {
             #expect(Array(text.utf8).withUnsafeBytes { JSONSplitter.stringEnd($0, 0) } == end, "\(text)")
         }
     }
+
+    /// What the collectors accept as a record: `JSONDecoder`'s reading plus `checkTokens`, as `JSONRecords.fields`
+    /// runs them.
+    static func accepted(_ bytes: [UInt8]) -> Bool {
+        (try? JSONRecords.fields(Data(bytes), wanted: ["id"], decoder: JSONDecoder())) != nil
+    }
+
+    @Test func recordsThatAreNotJSONAreRefusedWhereTheDecoderAloneLetThemPass() {
+        let refused: [(String, [UInt8])] = [
+            ("a comma before }", Array(#"{"id":"x","m":1,}"#.utf8)),
+            ("a comma before ]", Array(#"{"id":"x","a":[1,2 , ]}"#.utf8)),
+            ("two points", Array(#"{"id":"x","n":1.2.3}"#.utf8)),
+            ("a leading zero", Array(#"{"id":"x","n":01}"#.utf8)), ("-01", Array(#"{"id":"x","n":-01}"#.utf8)),
+            ("no digit after the point", Array(#"{"id":"x","n":1.}"#.utf8)),
+            ("a bare minus", Array(#"{"id":"x","n":-}"#.utf8)), ("1e", Array(#"{"id":"x","n":1e}"#.utf8)),
+            ("1E+", Array(#"{"id":"x","n":[1E+]}"#.utf8)),
+            ("an unknown escape", Array(#"{"id":"x","s":"a\qb"}"#.utf8)),
+            ("\\u without hex", Array(#"{"id":"x","s":"\uZZZZ"}"#.utf8)),
+            ("a short \\u", Array(#"{"id":"x","s":"\u12"}"#.utf8)),
+            ("a lone high surrogate", Array(#"{"id":"x","s":"\ud800 "}"#.utf8)),
+            ("a lone low surrogate", Array(#"{"id":"x","s":"\udc00"}"#.utf8)),
+            ("a high surrogate before a non-low", Array(#"{"id":"x","s":"\ud800\u0041"}"#.utf8)),
+            ("a raw tab in a string", Array("{\"id\":\"x\",\"s\":\"a\tb\"}".utf8)),
+            ("a raw line break in a string", Array("{\"id\":\"x\",\"s\":\"a\nb\"}".utf8)),
+            ("a raw NUL in a key", Array("{\"id\":\"x\",\"a\u{0}\":1}".utf8)),
+            ("Latin-1 in a string", Array(#"{"id":"x","s":"caf"#.utf8) + [0xE9] + Array(#""}"#.utf8)),
+            ("a cut UTF-8 sequence", Array(#"{"id":"x","s":""#.utf8) + [0xE2, 0x82] + Array(#""}"#.utf8)),
+            ("an encoded surrogate", Array(#"{"id":"x","s":""#.utf8) + [0xED, 0xA0, 0x80] + Array(#""}"#.utf8)),
+        ]
+        for (name, bytes) in refused {
+            #expect(!Self.accepted(bytes), "\(name): \(String(decoding: bytes, as: UTF8.self))")
+        }
+        let valid: [String] = [
+            #"{"id":"x","n":[0,-0,0.5,-1.25e-3,1E+9,10,1e400,123456789012345678901234567890]}"#,
+            #"{"id":"x","s":"\u00e9\ud83d\ude00\u0000\"\\\/\b\f\n\r\t","é😀":"ü"}"#,
+            "{ \"id\" : \"x\" ,\r\n\t\"a\" : [ ] , \"o\" : { } , \"t\" : [true, false, null] }",
+        ]
+        for text in valid { #expect(Self.accepted(Array(text.utf8)), "\(text)") }
+    }
+
+    /// Seeded corruptions of valid records, each byte replaced, inserted or removed at random from JSON's own
+    /// characters, against Foundation's `JSONSerialization`, which reads every value: both accept and refuse the
+    /// same texts but for two differences of `JSONSerialization`, which accepts a ',' before a closing bracket (RFC
+    /// 8259 does not) and refuses a number beyond a `Double` (RFC 8259 allows it).
+    @Test(arguments: [UInt64(20_261_206), 11, 977])
+    func acceptsWhatAStrictReaderAccepts(seed: UInt64) throws {
+        var random = SeededRandom(seed: seed)
+        let alphabet =
+            Array(#"{}[],:"\/ubfnrt0123456789-+.eEaA"#.utf8) + [0x09, 0x0A, 0x00, 0x1F, 0xC3, 0xA9, 0xED, 0xFF]
+        var refusedBoth = 0
+        var acceptedBoth = 0
+        for round in 0..<3_000 {
+            let document = ["id": "indicator--\(round)", "v": Self.value(&random, depth: 3)] as [String: Any]
+            var bytes = [UInt8](try JSONSerialization.data(withJSONObject: document))
+            for _ in 0..<Int.random(in: 0...2, using: &random) {
+                let at = Int.random(in: 0..<bytes.count, using: &random)
+                switch Int.random(in: 0...2, using: &random) {
+                case 0: bytes[at] = alphabet.randomElement(using: &random)!
+                case 1: bytes.insert(alphabet.randomElement(using: &random)!, at: at)
+                default: if bytes.count > 2 { bytes.remove(at: at) }
+                }
+            }
+            let ours = Self.accepted(bytes)
+            let strict = (try? JSONSerialization.jsonObject(with: Data(bytes))) is [String: Any]
+            let text = String(decoding: bytes, as: UTF8.self)
+            if ours == strict {
+                if ours { acceptedBoth += 1 } else { refusedBoth += 1 }
+                continue
+            }
+            let trailingComma =
+                (try? Data(bytes).withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.checkTokens(raw) })
+                == nil
+                && text.range(of: #",[ \t\n\r]*[\]}]"#, options: .regularExpression) != nil
+            let outOfRange = text.range(of: #"[0-9][eE][+]?[0-9]{3}"#, options: .regularExpression) != nil
+            #expect(
+                (strict && trailingComma) || (ours && outOfRange),
+                "seed \(seed) round \(round): ours \(ours), JSONSerialization \(strict): \(text)")
+        }
+        // The corruptions reach both sides of the line.
+        #expect(
+            refusedBoth > 500 && acceptedBoth > 500, "seed \(seed): \(refusedBoth) refused, \(acceptedBoth) accepted")
+    }
 }

@@ -281,6 +281,21 @@ struct SinkTests {
         #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
     }
 
+    /// Rebuilding the dedup index reads the sink's own fields of each line, whatever the record holds: a number
+    /// beyond a `Double` (valid JSON, which the collectors accept) made `JSONSerialization` refuse the whole line,
+    /// and the record was left out of the index, to be written again.
+    @Test func everyLineIsKnownAgainWhateverNumbersItsRecordHolds() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        var big = record("big", "2026-11-25T00:00:00Z")
+        big.json = Data(#"{"id":"big","type":"x-count","n":1e400,"m":-123456789012345678901234567890.5}"#.utf8)
+        try sink.append([record("a", "2026-11-25T00:00:00Z"), big], collectedAt: ts("2026-11-27T01:00:00Z"))
+        let read = try sink.keys(in: "2026-11-27.ndjson", from: 0)
+        #expect(read.keys.map(\.id) == ["a", "big"])
+        #expect(sink.allEntries().map(\.id) == ["a", "big"])
+    }
+
     /// The index commits every few pages, not every page: pages admitted since its last commit are lost with the
     /// process (the connection closes with the transaction open), yet their records are in the sink, so the next
     /// open indexes them again and a second admission of the same records keeps none of them.

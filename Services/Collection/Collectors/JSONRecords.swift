@@ -3,7 +3,7 @@ import WatermarkCore
 
 /// How the collectors read sources' JSON: records are kept as the bytes the source sent (the sink stores
 /// them as they are), and only the few fields a collector needs (id, times) are decoded, with `JSONDecoder`,
-/// which also proves each record is valid JSON before its bytes reach the sink.
+/// which with `JSONSplitter.checkTokens` also proves each record is valid JSON before its bytes reach the sink.
 ///
 /// Finding where each record starts and ends inside an envelope, a bundle or a file is `JSONSplitter`'s job:
 /// it follows strings and brackets only, and never interprets a value.
@@ -16,6 +16,11 @@ enum JSONRecords {
             _ = try decoder.decode(Validated.self, from: bytes)
         } catch {
             throw .malformed("is not valid JSON (\(snippet(bytes)))")
+        }
+        do {
+            try bytes.withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.checkTokens(raw) }
+        } catch {
+            throw .malformed("is not valid JSON: \(error.reason) at byte \(error.offset) (\(snippet(bytes)))")
         }
         let found: [Range<Int>?]? = bytes.withUnsafeBytes { raw in JSONSplitter.topLevelValues(wanted, in: raw) }
         guard let found else { throw .malformed("is not a JSON object (\(snippet(bytes)))") }
@@ -125,7 +130,8 @@ enum JSONRecords {
     }
 }
 
-/// Decodes nothing: `JSONDecoder` reads the whole input before it decodes, which is what proves it valid.
+/// Decodes nothing: `JSONDecoder` reads the whole input before it decodes, which proves its structure valid (the
+/// strings and numbers it leaves unchecked are `JSONSplitter.checkTokens`' part).
 private struct Validated: Decodable {
     init(from decoder: any Decoder) throws {}
 }

@@ -91,6 +91,145 @@ enum JSONSplitter {
         return nil
     }
 
+    /// Checks what `JSONDecoder` leaves for later in a value it is not asked to decode (it checks brackets,
+    /// separators and the literals when it reads the input, strings and numbers only when one is decoded), and the
+    /// one thing it lets pass: each string's escapes (a `\u` surrogate must be paired) and its characters (no raw
+    /// control character, UTF-8 throughout), each number's form (RFC 8259: no leading zero, digits after `.` and
+    /// the exponent), and no `,` before a closing bracket. Outside strings, a byte of a number can only be a number.
+    static func checkTokens(_ bytes: UnsafeRawBufferPointer) throws(Failure) {
+        var index = 0
+        var previous: UInt8 = 0  // the last byte outside strings that is not whitespace
+        var nonASCII = false
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                index = try checkedStringEnd(bytes, index, nonASCII: &nonASCII)
+                previous = byte
+                continue
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                index = try checkedNumberEnd(bytes, index)
+                previous = UInt8(ascii: "0")
+                continue
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                if previous == UInt8(ascii: ",") {
+                    throw Failure(offset: index, reason: "',' before '\(Character(UnicodeScalar(byte)))'")
+                }
+            default:
+                if isWhitespace(byte) {
+                    index += 1
+                    continue
+                }
+            }
+            previous = byte
+            index += 1
+        }
+        if nonASCII, String(validating: bytes, as: UTF8.self) == nil {
+            throw Failure(offset: 0, reason: "not UTF-8")
+        }
+    }
+
+    /// After the closing quote of the string whose opening quote is at `start`, each escape and character checked.
+    private static func checkedStringEnd(
+        _ bytes: UnsafeRawBufferPointer, _ start: Int, nonASCII: inout Bool
+    ) throws(Failure) -> Int {
+        var index = start + 1
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { return index + 1 }
+            if byte < 0x20 {
+                throw Failure(offset: index, reason: "control character 0x\(String(byte, radix: 16)) inside a string")
+            }
+            if byte >= 0x80 { nonASCII = true }
+            guard byte == UInt8(ascii: "\\") else {
+                index += 1
+                continue
+            }
+            guard index + 1 < bytes.count else { break }
+            switch bytes[index + 1] {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                index += 2
+            case UInt8(ascii: "u"):
+                guard let unit = hex4(bytes, index + 2) else {
+                    throw Failure(offset: index, reason: "\\u without four hexadecimal digits")
+                }
+                switch unit {
+                case 0xD800...0xDBFF:
+                    guard index + 7 < bytes.count, bytes[index + 6] == UInt8(ascii: "\\"),
+                        bytes[index + 7] == UInt8(ascii: "u"), let low = hex4(bytes, index + 8),
+                        (0xDC00...0xDFFF).contains(low)
+                    else { throw Failure(offset: index, reason: "\\u surrogate without its pair") }
+                    index += 12
+                case 0xDC00...0xDFFF:
+                    throw Failure(offset: index, reason: "\\u surrogate without its pair")
+                default:
+                    index += 6
+                }
+            default:
+                throw Failure(offset: index, reason: "invalid escape inside a string")
+            }
+        }
+        throw Failure(offset: start, reason: "a string is not closed")
+    }
+
+    /// The value of the four hexadecimal digits at `start`, `nil` if there are not four.
+    private static func hex4(_ bytes: UnsafeRawBufferPointer, _ start: Int) -> UInt16? {
+        guard start + 4 <= bytes.count else { return nil }
+        var value: UInt16 = 0
+        for offset in 0..<4 {
+            let byte = bytes[start + offset]
+            let digit: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+            value = value << 4 | UInt16(digit)
+        }
+        return value
+    }
+
+    /// The end of the number at `start`, which must have RFC 8259's form: `-`, then `0` or digits not starting
+    /// with `0`, then optionally `.` and digits, then optionally `e` or `E`, a sign and digits.
+    private static func checkedNumberEnd(_ bytes: UnsafeRawBufferPointer, _ start: Int) throws(Failure) -> Int {
+        func isDigit(_ index: Int) -> Bool {
+            index < bytes.count && bytes[index] >= UInt8(ascii: "0") && bytes[index] <= UInt8(ascii: "9")
+        }
+        func digits(from index: Int) throws(Failure) -> Int {
+            guard isDigit(index) else { throw Failure(offset: start, reason: "a number without digits where due") }
+            var end = index
+            while isDigit(end) { end += 1 }
+            return end
+        }
+        var index = start
+        if bytes[index] == UInt8(ascii: "-") { index += 1 }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "0") {
+            index += 1
+        } else {
+            index = try digits(from: index)
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") { index = try digits(from: index + 1) }
+        if index < bytes.count, bytes[index] | 0x20 == UInt8(ascii: "e") {
+            index += 1
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                index += 1
+            }
+            index = try digits(from: index)
+        }
+        if index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"),
+                UInt8(ascii: "+"), UInt8(ascii: "-"):
+                throw Failure(offset: start, reason: "a number not in JSON's form")
+            default:
+                break
+            }
+        }
+        return index
+    }
+
     /// The ranges of the values of the members named `names` of the JSON object in `bytes` (already proven
     /// valid), `nil` if `bytes` is not an object. Names are compared as written, byte for byte.
     static func topLevelValues(_ names: [String], in bytes: UnsafeRawBufferPointer) -> [Range<Int>?]? {

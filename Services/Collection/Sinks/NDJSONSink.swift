@@ -195,13 +195,15 @@ struct NDJSONSink: Sendable {
         guard fsync(fd) == 0 else { throw SinkError(path: path, operation: "fsync folder", errno: errno) }
     }
 
+    /// The sink's own fields of one line; `nil` for a line that is not one of its records. The record itself is
+    /// checked as the collectors check it, not read: `JSONSerialization` refused numbers beyond a `Double` (`1e400`,
+    /// valid JSON that a collector accepts), so rebuilding the dedup index skipped such lines.
     static func decodeLine(_ line: Data) -> SinkEntry? {
-        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any],
-            let id = object["id"] as? String, let markText = object["mark"] as? String,
+        guard let fields = try? JSONRecords.fields(line, wanted: ["id", "version", "mark"], decoder: JSONDecoder()),
+            let id = fields.string("id"), let markText = fields.string("mark"),
             let mark = try? Timestamp(rfc3339: markText)
         else { return nil }
-        let version = object["version"] as? String ?? markText
-        return SinkEntry(id: id, version: version, mark: mark)
+        return SinkEntry(id: id, version: fields.string("version") ?? markText, mark: mark)
     }
 
     /// A JSON string literal, escaped.
