@@ -85,8 +85,11 @@ public enum WatermarkRules {
         let update = write.update
         // The service validated the body as it decoded it; a store's own caller gets the same refusals.
         try update.validate()
-        if write.idempotencyKey != nil, let record = snapshot.idempotencyRecord {
-            guard record.fingerprint == write.fingerprint else { throw WatermarkError.idempotencyKeyReused }
+        // A record older than the retention is gone, whether or not a later keyed write has deleted it yet.
+        if write.idempotencyKey != nil, let record = snapshot.idempotencyRecord,
+            record.recordedAt >= now.adding(.zero - policy.idempotencyRetention)
+        {
+            guard sameText(record.fingerprint, write.fingerprint) else { throw WatermarkError.idempotencyKeyReused }
             return WritePlan(
                 outcome: WriteOutcome(watermark: record.watermark, created: record.created, replayed: true),
                 changes: nil)
@@ -168,7 +171,7 @@ public enum WatermarkRules {
         try validateLease(owner: owner, ttl: ttl, policy: policy)
         let expiresAt = now.adding(ttl)
         if let current = snapshot.lease, current.isLive(at: now) {
-            guard current.owner == owner else { throw WatermarkError.leaseHeld(current) }
+            guard sameText(current.owner, owner) else { throw WatermarkError.leaseHeld(current) }
             return Lease(sourceID: id, owner: owner, fencingToken: current.fencingToken, expiresAt: expiresAt)
         }
         return Lease(
@@ -185,6 +188,13 @@ public enum WatermarkRules {
         guard token == current.fencingToken else { throw WatermarkError.staleLease(id, token: token) }
         current.expiresAt = now
         return current
+    }
+
+    /// Whether two texts are the same characters as sent. Swift's `==` compares strings by canonical equivalence
+    /// ("caf\u{E9}" equals "cafe\u{301}"), so two collectors whose owners differ only so would have shared one lease,
+    /// and two error messages so would have replayed one key; the stores compare bytes, and so do the rules.
+    static func sameText(_ a: String, _ b: String) -> Bool {
+        a.utf8.elementsEqual(b.utf8)
     }
 
     /// Validates the body of a lease request.

@@ -46,6 +46,52 @@ struct WatermarkRulesTests {
         }
     }
 
+    /// Swift's `==` holds "caf\u{E9}" and "cafe\u{301}" equal (canonical equivalence); the rules compare what
+    /// was sent, as the stores do.
+    @Test func textsThatOnlyLookAlikeAreDifferentOwnersAndDifferentBodies() throws {
+        let held = WatermarkSnapshot(
+            lease: Lease(sourceID: id, owner: "caf\u{E9}", fencingToken: 5, expiresAt: now.adding(.seconds(60))))
+        #expect(throws: WatermarkError.self) {
+            try WatermarkRules.acquireLease(
+                id, owner: "cafe\u{301}", ttl: .seconds(60), to: held, now: now, policy: policy)
+        }
+        let renewed = try WatermarkRules.acquireLease(
+            id, owner: "caf\u{E9}", ttl: .seconds(60), to: held, now: now, policy: policy)
+        #expect(renewed.fencingToken == 5)
+
+        // U+212B and "A" + U+030A: canonically equivalent, three bytes each, so the fingerprints' length prefixes match.
+        let write = WatermarkWrite(
+            sourceID: id, update: .failed("\u{212B}"), idempotencyKey: "run-1")
+        let first = try WatermarkRules.apply(write, to: WatermarkSnapshot(), now: now, policy: policy)
+        let snapshot = WatermarkSnapshot(
+            watermark: first.outcome.watermark, idempotencyRecord: try #require(first.changes?.idempotencyRecord))
+        var other = write
+        other.update = .failed("A\u{30A}")
+        #expect(throws: WatermarkError.idempotencyKeyReused) {
+            try WatermarkRules.apply(other, to: snapshot, now: now, policy: policy)
+        }
+    }
+
+    /// A key's record lasts the retention (24 hours): after it the key is new again, whether or not a later keyed
+    /// write has deleted the record yet.
+    @Test func aKeyOlderThanTheRetentionIsANewRequest() throws {
+        let write = WatermarkWrite(
+            sourceID: id, update: try success("2025-12-31T00:00:00Z"), idempotencyKey: "run-1")
+        let first = try WatermarkRules.apply(write, to: WatermarkSnapshot(), now: now, policy: policy)
+        let snapshot = WatermarkSnapshot(
+            watermark: first.outcome.watermark, idempotencyRecord: try #require(first.changes?.idempotencyRecord))
+        var later = write
+        later.update = try success("2025-12-31T06:00:00Z")
+        let withinDay = now.adding(policy.idempotencyRetention)
+        #expect(throws: WatermarkError.idempotencyKeyReused) {
+            try WatermarkRules.apply(later, to: snapshot, now: withinDay, policy: policy)
+        }
+        let afterDay = withinDay.adding(.nanoseconds(1))
+        let applied = try WatermarkRules.apply(later, to: snapshot, now: afterDay, policy: policy)
+        #expect(!applied.outcome.replayed && applied.outcome.watermark.version == 2)
+        #expect(applied.changes?.idempotencyRecord?.recordedAt == afterDay)
+    }
+
     @Test func refusalsThrowInsteadOfPlanning() throws {
         let stored = try WatermarkRules.apply(
             WatermarkWrite(sourceID: id, update: try success("2025-12-31T00:00:00Z")), to: WatermarkSnapshot(),
