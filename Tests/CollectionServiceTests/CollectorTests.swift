@@ -185,6 +185,21 @@ struct TAXII21CollectorTests {
         #expect(pages.last?.highWaterMark == ts("2026-11-26T10:00:06.5Z"))
     }
 
+    /// Versions are told apart by `modified` as sent when it is not an RFC 3339 time (`+0000`): `created`, which
+    /// all versions of an object share, kept the first of them only.
+    @Test func versionsWhoseModifiedIsNoRFC3339TimeStayApart() async throws {
+        let objects = ["2024-02-01T00:00:00.000+0000", "2024-03-01T00:00:00.000+0000"].map {
+            #"{"type":"indicator","id":"indicator--1","created":"2024-01-01T00:00:00Z","modified":"\#($0)"}"#
+        }
+        let body = #"{"more":false,"objects":["# + objects.joined(separator: ",") + "]}"
+        let headers: HTTPHeaders = [
+            "X-TAXII-Date-Added-First": "2026-11-26T10:00:00Z", "X-TAXII-Date-Added-Last": "2026-11-26T10:00:01Z",
+        ]
+        let page = try await TAXII21Collector.parse(
+            SourceResponse(status: 200, headers: headers, body: Data(body.utf8)), url: "u")
+        #expect(page.records.map(\.version) == ["2024-02-01T00:00:00.000+0000", "2024-03-01T00:00:00.000+0000"])
+    }
+
     @Test func aWholePageOfOneInstantWithoutNextIsAClearError() async throws {
         let server = FakeTAXIIServer()
         await server.setQuirks(.init(noNextTokens: true))

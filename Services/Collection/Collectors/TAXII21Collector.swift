@@ -139,8 +139,12 @@ struct TAXII21Collector: Collector {
                 throw .malformed("object \(index) of the page from \(url) has no \"id\"")
             }
             let modified = object.timestamp("modified") ?? object.timestamp("created")
-            // An object without `modified` or `created` (a STIX cyber-observable) is immutable: one version.
-            let version = modified?.description ?? object.string("modified") ?? ""
+            // An object without `modified` or `created` (a STIX cyber-observable) is immutable: one version. A
+            // `modified` that is no RFC 3339 time (`+0000`, ten fraction digits) still tells its versions apart:
+            // `created`, the same for all of them, would have kept only the first.
+            let version =
+                object.timestamp("modified")?.description ?? object.string("modified") ?? modified?.description
+                ?? object.string("created") ?? ""
             let own = object.timestamp("date_added") ?? modified
             guard let mark = pageMark ?? own else {
                 throw .malformed(
