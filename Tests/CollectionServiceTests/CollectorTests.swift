@@ -578,6 +578,99 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).isEmpty)
     }
 
+    /// A file renamed over between two of its pages (write `.x.tmp`, rename: what the folder asks of writers) is
+    /// read from its start: read on at the old file's offset, it began mid-line and was rejected whole.
+    @Test func aFileReplacedBetweenItsPagesIsReadFromItsStart() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        func lines(_ prefix: String, _ pad: String) -> String {
+            (1...5).map { #"{"id":"\#(prefix)\#($0)","modified":"2026-11-26T00:00:00Z","pad":"\#(pad)"}"# + "\n" }
+                .joined()
+        }
+        try lines("old-", "").write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
+        let collector = try Self.collector(dir, pageSize: 2)
+        let first = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
+        #expect(first.records.map(\.id) == ["old-1", "old-2"])
+        try lines("new-", "longer lines, so the old offset falls inside one").write(
+            toFile: dir + "/.feed.tmp", atomically: false, encoding: .utf8)
+        #expect(rename(dir + "/.feed.tmp", dir + "/feed.ndjson") == 0)
+        var pages = [first]
+        var cursor = first.next
+        while let next = cursor {
+            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: next)
+            try collector.pageCommitted(page)
+            pages.append(page)
+            cursor = page.next
+        }
+        #expect(pages.flatMap(\.rejected).map(\.reason) == [])
+        #expect(pages.flatMap(\.records).map(\.id) == ["old-1", "old-2"] + (1...5).map { "new-\($0)" })
+        // Known as collected: the next pass reads nothing.
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
+    }
+
+    /// A writer appending to a visible `.ndjson` file may be caught in the middle of a line: that line is not
+    /// read as a bad record (the whole file, moved to `.rejected/`, went on being written there), and the file is
+    /// read again once it has changed. A last line without a line break that is a whole record is read as one.
+    @Test func aLastLineStillBeingWrittenIsReadOnceWholeAndNotRejected() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let whole = #"{"id":"a","modified":"2026-11-26T00:00:00Z"}"#
+        try (whole + "\n" + #"{"id":"b","modified":"2026-1"#).write(
+            toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
+        let collector = try Self.collector(dir)
+        let pages = try await Self.fetchAll(collector)
+        #expect(pages.flatMap(\.rejected).isEmpty)
+        #expect(pages.flatMap(\.records).map(\.id) == ["a"])
+        #expect(pages.flatMap(\.warnings).contains { $0.contains("feed.ndjson line 2") })
+        // Not known as collected: read again, still unfinished, nothing new.
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["a"])
+        let handle = try #require(FileHandle(forWritingAtPath: dir + "/feed.ndjson"))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"1-26T01:00:00Z"}"#.utf8))  // whole now, still without a line break
+        try handle.close()
+        let after = try await Self.fetchAll(collector)
+        #expect(after.flatMap(\.records).map(\.id) == ["a", "b"] && after.flatMap(\.warnings).isEmpty)
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
+    }
+
+    /// A file rejected under a name a file rejected before had keeps both: either may hold the only copy of records
+    /// never collected (the second replaced the first before).
+    @Test func aSecondRejectedFileOfTheSameNameKeepsTheFirst() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let collector = try Self.collector(dir)
+        for (round, text) in ["{first bad\n", "{second bad\n", "{third bad\n"].enumerated() {
+            try text.write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
+            let rejected = try await Self.fetchAll(collector).flatMap(\.rejected)
+            let expected = round == 0 ? "feed.ndjson" : "feed.\(round + 1).ndjson"
+            #expect(rejected.map(\.movedTo) == [dir + "/.rejected/" + expected])
+        }
+        for (name, text) in [("feed", "{first bad"), ("feed.2", "{second bad"), ("feed.3", "{third bad")] {
+            #expect(try String(contentsOfFile: dir + "/.rejected/\(name).ndjson", encoding: .utf8) == text + "\n")
+            #expect(FileManager.default.fileExists(atPath: dir + "/.rejected/\(name).ndjson.reason"))
+        }
+    }
+
+    /// Windows tools begin UTF-8 files with a byte order mark, which RFC 8259 lets a reader ignore: such files are
+    /// collected, the mark no part of their first record (they were rejected as "not a JSON object").
+    @Test func aByteOrderMarkAtTheStartOfAFileIsNotPartOfItsFirstRecord() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let bom = Data([0xEF, 0xBB, 0xBF])
+        let record = { (id: String) in #"{"id":"\#(id)","modified":"2026-11-26T00:00:00Z"}"# }
+        try (bom + Data("\(record("a1"))\r\n\(record("a2"))\r\n".utf8)).write(
+            to: URL(fileURLWithPath: dir + "/a.ndjson"))
+        try (bom + Data("[\(record("b1")),\(record("b2"))]".utf8)).write(to: URL(fileURLWithPath: dir + "/b.json"))
+        try (bom + Data(#"{"type":"bundle","id":"bundle--1","objects":[\#(record("c1"))]}"#.utf8)).write(
+            to: URL(fileURLWithPath: dir + "/c.json"))
+        try (bom + Data(record("d1").utf8)).write(to: URL(fileURLWithPath: dir + "/d.json"))
+        let pages = try await Self.fetchAll(try Self.collector(dir))
+        #expect(pages.flatMap(\.rejected).map(\.reason) == [])
+        let records = pages.flatMap(\.records)
+        #expect(records.map(\.id) == ["a1", "a2", "b1", "b2", "c1", "d1"])
+        #expect(records.allSatisfy { $0.json.first == UInt8(ascii: "{") })
+    }
+
     /// A record `n` with text that looks like JSON structure inside its strings, padded to about `size` bytes.
     static func tricky(_ number: Int, size: Int = 200) -> String {
         let pad = String(repeating: "x", count: max(0, size - 120))

@@ -90,13 +90,28 @@ struct DirectoryCollector: Collector {
             guard let file = try DropFile(path: path) else {  // moved away meanwhile
                 return CollectorPage(records: [], next: try moreFiles())
             }
+            if position.offset > 0, position.inode != file.inode || file.size < position.offset {
+                // Renamed over or cut since the page before: the new file is read from its start (what the old one
+                // gave is collected; the run's dedup drops what the new one repeats).
+                guard let identity = try Self.identity(of: path, name: name) else {
+                    return CollectorPage(records: [], next: try moreFiles())
+                }
+                position = FilePosition(file: name, identity: identity)
+            }
+            position.inode = file.inode
             let chunk = try file.next(&position, limit: pageSize, lines: name.hasSuffix(".ndjson"))
             let records = try await records(chunk, name: name)
             let now = Timestamp.now()
             let newest = records.lazy.map(\.mark).filter { $0 <= now }.max()
             position.identity.newestMark = [position.identity.newestMark, newest].compactMap { $0 }.max()
             page = CollectorPage(records: records)
-            if chunk.finished {
+            if chunk.incompleteTail {
+                // Not recorded as collected: the next run reads the file again, its end whole by then.
+                page.warnings.append(
+                    "\(name) line \(position.lines + 1) has no line break and is not a JSON record yet (still being "
+                        + "written?): it is read again once the file changes")
+                page.next = try moreFiles()
+            } else if chunk.finished {
                 page.progress = position.identity
                 page.next = try moreFiles()
             } else {
@@ -141,20 +156,35 @@ struct DirectoryCollector: Collector {
         return records
     }
 
-    /// Moves `name` to `.rejected/` beside it and writes `<name>.reason` there.
+    /// Moves `name` to `.rejected/` beside it and writes `<name>.reason` there. A file of that name rejected before
+    /// stays: this one becomes `<stem>.2.<extension>` (or the next number free), for a rejected file may be the only
+    /// copy of records not yet collected.
     private func reject(_ name: String, reason: String) throws(CollectorError) -> RejectedFile {
         let folder = (settings.path as NSString).appendingPathComponent(".rejected")
         let source = (settings.path as NSString).appendingPathComponent(name)
-        let target = (folder as NSString).appendingPathComponent(name)
+        let manager = FileManager.default
+        var target = (folder as NSString).appendingPathComponent(name)
+        var copy = 1
+        while manager.fileExists(atPath: target) || manager.fileExists(atPath: target + ".reason") {
+            copy += 1
+            let (stem, suffix) = ((name as NSString).deletingPathExtension, (name as NSString).pathExtension)
+            target = (folder as NSString).appendingPathComponent("\(stem).\(copy).\(suffix)")
+        }
         do {
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try manager.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try DurableFile.write(Data("\(Timestamp.now()) \(reason)\n".utf8), to: target + ".reason")
-            if FileManager.default.fileExists(atPath: target) { try FileManager.default.removeItem(atPath: target) }
-            try FileManager.default.moveItem(atPath: source, toPath: target)
+            try manager.moveItem(atPath: source, toPath: target)
         } catch {
             throw .file(path: source, detail: "cannot move the unreadable file to \(folder): \(error)")
         }
         return RejectedFile(name: name, movedTo: target, reason: reason)
+    }
+
+    /// The inode and size of the open file `descriptor`; `nil` (and `errno`) if it cannot be read.
+    static func inodeAndSize(_ descriptor: Int32) -> (UInt64, Int)? {
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { return nil }
+        return (UInt64(info.st_ino), Int(info.st_size))
     }
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size

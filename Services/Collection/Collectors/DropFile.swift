@@ -24,6 +24,9 @@ struct FilePosition: Codable, Sendable, Equatable {
     var lines = 0
     /// `offset` is inside the array of records (a `.json` array or a bundle's `objects`).
     var inArray = false
+    /// The file's inode when the page before was read: a file renamed over it meanwhile has another, and is read
+    /// from its start (its bytes at `offset` are not where the old file's next record was).
+    var inode: UInt64?
 
     init(file: String, identity: FileIdentity) {
         self.file = file
@@ -63,6 +66,9 @@ final class DropFile {
         var unit = "record"
         /// The file has no records after these.
         var finished = false
+        /// The file ends in a line without its line break that is not (yet) a JSON record: a writer is still
+        /// appending to it, so it is not read as a record, and the file is read again once it has changed.
+        var incompleteTail = false
     }
 
     enum Failure: Error, CustomStringConvertible {
@@ -82,6 +88,9 @@ final class DropFile {
 
     let path: String
     let name: String
+    /// The open file's inode and size.
+    let inode: UInt64
+    let size: Int
     private let descriptor: Int32
     /// Bytes of the file from `base` on.
     private var window: [UInt8] = []
@@ -97,6 +106,12 @@ final class DropFile {
             if errno == ENOENT { return nil }
             throw .io(String(cString: strerror(errno)))
         }
+        guard let (inode, size) = DirectoryCollector.inodeAndSize(descriptor) else {
+            let error = String(cString: strerror(errno))
+            close(descriptor)
+            throw .io(error)
+        }
+        (self.inode, self.size) = (inode, size)
     }
 
     deinit { close(descriptor) }
@@ -114,6 +129,7 @@ final class DropFile {
 
     private func nextLines(_ position: inout FilePosition, limit: Int) throws(Failure) -> Chunk {
         var chunk = Chunk()
+        if position.offset == 0 { position.offset = try textStart() }
         while chunk.records.count < limit {
             guard try load(position.offset) else { break }
             let start = position.offset - base
@@ -122,18 +138,28 @@ final class DropFile {
                 try refill(keeping: position.offset)
                 continue
             }
-            position.lines += 1
-            position.offset = base + min(newline + 1, window.count)
             var line = window[start..<newline]
             while let first = line.first, JSONSplitter.isWhitespace(first) { line = line.dropFirst() }
             while let last = line.last, JSONSplitter.isWhitespace(last) { line = line.dropLast() }
+            if newline == window.count, !line.isEmpty,
+                (try? JSONRecords.fields(Data(line), wanted: [], decoder: JSONDecoder())) == nil
+            {
+                chunk.incompleteTail = true
+                break
+            }
+            position.lines += 1
+            position.offset = base + min(newline + 1, window.count)
             guard !line.isEmpty else { continue }
             position.records += 1
             chunk.records.append(Data(line))
             chunk.places.append(position.lines)
             chunk.unit = "line"
         }
-        chunk.finished = try onlyWhitespaceLeft(from: position.offset) != nil
+        if chunk.incompleteTail {
+            chunk.finished = true
+        } else {
+            chunk.finished = try onlyWhitespaceLeft(from: position.offset) != nil
+        }
         return chunk
     }
 
@@ -142,7 +168,7 @@ final class DropFile {
     /// Reads the start of a `.json` file. An array or a bundle leaves `position` at its first element (and
     /// returns `nil`); a single object, or a bundle without objects, is the whole file's chunk.
     private func openDocument(_ position: inout FilePosition) throws(Failure) -> Chunk? {
-        let start = try skipWhitespace(from: 0)
+        let start = try skipWhitespace(from: try textStart())
         guard try load(start) else { throw .malformed("the file is empty") }
         switch window[start - base] {
         case UInt8(ascii: "["):
@@ -285,6 +311,15 @@ final class DropFile {
         }
         window.removeLast(Self.windowSize - read)
         if read == 0 { atEnd = true }
+    }
+
+    /// Where the file's text starts: after a UTF-8 byte order mark, which Windows tools write and RFC 8259 lets a
+    /// reader ignore (it is no part of the first record).
+    private func textStart() throws(Failure) -> Int {
+        for (offset, byte) in [UInt8(0xEF), 0xBB, 0xBF].enumerated() {
+            guard try load(offset), window[offset - base] == byte else { return 0 }
+        }
+        return 3
     }
 
     private func skipWhitespace(from offset: Int) throws(Failure) -> Int {
