@@ -152,6 +152,58 @@ struct RunnerTests {
         #expect(f.ids() == ["z", "a", "b"])
     }
 
+    /// A TAXII server that ignores `next` and keeps answering its first page with `more` would be asked forever
+    /// (every page dropped as duplicates, no checkpoint, the run never ending): the run fails, naming why, and what it
+    /// fetched stays written.
+    @Test(.timeLimit(.minutes(1)))
+    func aSourceAnsweringTheSamePageAgainFailsTheRunInsteadOfLoopingForever() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let server = FakeTAXIIServer()
+        for index in 1...5 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await server.setQuirks(.init(ignoresNext: true))
+        let report = try await withFakeServer(
+            path: "/api1/collections/col-1/objects/", handler: { await server.handle($0) }
+        ) {
+            port in
+            try await withHTTPClient { client in
+                let collector = TAXII21Collector(
+                    settings: TAXIISettings(apiRoot: "http://127.0.0.1:\(port)/api1", collectionID: "col-1"),
+                    pageSize: 2,
+                    http: SourceHTTPClient(
+                        httpClient: client, timeout: .seconds(5), retry: testRetry, logger: Logger.quiet))
+                return await f.runner.run(f.source, collector: collector)
+            }
+        }
+        #expect(report.outcome == .failed)
+        #expect(report.errorMessage?.contains("it does not page by next") == true, "\(report.errorMessage ?? "")")
+        #expect(await server.requests.count == 2)
+        #expect(f.ids() == ["indicator--1", "indicator--2"])
+    }
+
+    /// Any source whose next page is its page again, same cursor and same records (an OTX `next` that names itself),
+    /// fails the run rather than looping.
+    @Test(.timeLimit(.minutes(1)))
+    func aCursorThatNeverMovesFailsTheRun() async throws {
+        struct Looping: Collector {
+            func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+                CollectorPage(
+                    records: [record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-25T00:00:01Z")], next: "same")
+            }
+        }
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let report = await f.runner.run(f.source, collector: Looping())
+        #expect(report.outcome == .failed)
+        #expect(report.errorMessage?.contains("the same 2 records again") == true, "\(report.errorMessage ?? "")")
+        #expect(f.ids() == ["a", "b"])
+    }
+
     /// A feed's answer quoted in the failure may hold a NUL, which no store keeps: the failure is still recorded, the
     /// NUL shown as U+FFFD.
     @Test func aFailureQuotingANulIsRecordedWithTheNulReplaced() async throws {

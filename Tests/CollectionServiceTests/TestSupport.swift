@@ -55,6 +55,8 @@ actor FakeTAXIIServer {
         /// The requests (1-based) whose page is taken from the session and then answered 502, as a proxy in front
         /// of the server does when the server's answer is lost.
         var lostAnswers: Set<Int> = []
+        /// Answers a `next` request as if it were the first (its filters only), yet says `more` with a token.
+        var ignoresNext = false
     }
 
     var objects: [Object] = []
@@ -83,7 +85,7 @@ actor FakeTAXIIServer {
         let filters = seen.query.filter { $0.key != "limit" && $0.key != "next" }
         var remaining: [Object]
         var session: String?
-        if let token = seen.query["next"] {
+        if let token = seen.query["next"], !quirks.ignoresNext {
             if quirks.advancingSessions { session = token }
             guard let stored = pagesByToken.removeValue(forKey: token) else {
                 return FakeAnswer(status: 400, body: #"{"title":"next not valid"}"#)

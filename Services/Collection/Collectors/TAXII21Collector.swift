@@ -30,6 +30,7 @@ struct TAXII21Collector: Collector {
         // `date_added` (the filter is exclusive, pages come in `date_added` order), so objects sharing it are read
         // again and dropped by (id, version) rather than skipped.
         var continueAfter: Timestamp?
+        var previousMark: Timestamp?
         if let cursor, cursor.hasPrefix("after:") {
             // The server pages by date (no `next` token).
             addedAfter = Self.justBefore(String(cursor.dropFirst(6)), since: since)
@@ -38,6 +39,7 @@ struct TAXII21Collector: Collector {
             let parts = cursor.dropFirst(5).split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
             if parts.count == 3 {
                 addedAfter = (try? Timestamp(rfc3339: String(parts[0]))) ?? since
+                previousMark = try? Timestamp(rfc3339: String(parts[1]))
                 continueAfter = Self.justBefore(String(parts[1]), since: since)
                 next = String(parts[2])
             }
@@ -56,6 +58,13 @@ struct TAXII21Collector: Collector {
         let page = try await Self.parse(
             response, url: SourceHTTPClient.displayURL(url),
             askedAfter: response.isRetryAnswer ? continueAfter ?? addedAfter : addedAfter)
+        // Pages come in `date_added` order: a `next` page that starts before the page before it ended is the first
+        // page again from a server that ignores `next` yet keeps saying `more`, which would be asked forever.
+        if let previousMark, let first = page.firstMark, first < previousMark {
+            throw .malformed(
+                "the TAXII server answered next with objects added from \(first), before the previous page's last "
+                    + "date_added \(previousMark): it does not page by next")
+        }
         // Paging by date must advance, or the run would loop on the same page forever. (A `next` token may
         // legitimately stay the same: medallion reuses its session id.)
         if let cursor, cursor.hasPrefix("after:"), page.next == cursor {

@@ -284,9 +284,20 @@ struct CollectionRunner: Sendable {
     /// closing the queue.
     private static func fetchAll(from collector: any Collector, since: Timestamp, into queue: PageQueue) async {
         var cursor: String?
+        var previous: (next: String?, count: Int, first: RecordKey?, last: RecordKey?)?
         do {
             repeat {
                 let page = try await collector.fetchPage(since: since, cursor: cursor)
+                // No two pages of a run hold the same records: a source that answers its page again for the next
+                // one (a TAXII server that ignores `next` yet keeps saying `more`) would be asked forever, each
+                // page dropped as duplicates, the run never ending and never failing.
+                let seen = (page.next, page.records.count, page.records.first?.key, page.records.last?.key)
+                if let previous, !page.records.isEmpty, previous == seen {
+                    throw CollectorError.malformed(
+                        "the source answered the same \(page.records.count) records again for the next page: it does "
+                            + "not page as it says it does")
+                }
+                previous = seen
                 cursor = page.next
                 try await queue.put(page)
             } while cursor != nil
