@@ -489,15 +489,23 @@ struct DirectoryCollectorTests {
 
     /// Fetches every page like a run does, committing each page.
     static func fetchAll(_ collector: DirectoryCollector) async throws -> [CollectorPage] {
+        try await fetchAllMoving(collector).pages
+    }
+
+    /// Fetches every page like a run does, committing each page, with the files the commits moved aside.
+    static func fetchAllMoving(
+        _ collector: DirectoryCollector
+    ) async throws -> (pages: [CollectorPage], rejected: [RejectedFile]) {
         var pages: [CollectorPage] = []
+        var rejected: [RejectedFile] = []
         var cursor: String?
         repeat {
             let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
-            try collector.pageCommitted(page)
+            rejected += try collector.pageCommitted(page)
             pages.append(page)
             cursor = page.next
         } while cursor != nil
-        return pages
+        return (pages, rejected)
     }
 
     @Test func readsObjectsArraysBundlesAndNDJSONWhateverTheirRecordsTimes() async throws {
@@ -564,9 +572,8 @@ struct DirectoryCollectorTests {
         try "{not json\n".write(toFile: dir + "/b-garbage.ndjson", atomically: true, encoding: .utf8)
         try "{\"id\":\"ok\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
             toFile: dir + "/c-good.ndjson", atomically: true, encoding: .utf8)
-        let pages = try await Self.fetchAll(try Self.collector(dir))
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir))
         #expect(pages.flatMap(\.records).map(\.id) == ["ok"])
-        let rejected = pages.flatMap(\.rejected)
         #expect(rejected.map(\.name) == ["a-bad.json", "b-garbage.ndjson"])
         #expect(rejected[0].reason.contains("a-bad.json") && rejected[0].reason.contains("x1"))
         #expect(rejected[0].movedTo == dir + "/.rejected/a-bad.json")
@@ -596,13 +603,14 @@ struct DirectoryCollectorTests {
         #expect(rename(dir + "/.feed.tmp", dir + "/feed.ndjson") == 0)
         var pages = [first]
         var cursor = first.next
+        var rejected: [RejectedFile] = []
         while let next = cursor {
             let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: next)
-            try collector.pageCommitted(page)
+            rejected += try collector.pageCommitted(page)
             pages.append(page)
             cursor = page.next
         }
-        #expect(pages.flatMap(\.rejected).map(\.reason) == [])
+        #expect(rejected.map(\.reason) == [])
         #expect(pages.flatMap(\.records).map(\.id) == ["old-1", "old-2"] + (1...5).map { "new-\($0)" })
         // Known as collected: the next pass reads nothing.
         #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
@@ -618,8 +626,8 @@ struct DirectoryCollectorTests {
         try (whole + "\n" + #"{"id":"b","modified":"2026-1"#).write(
             toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
         let collector = try Self.collector(dir)
-        let pages = try await Self.fetchAll(collector)
-        #expect(pages.flatMap(\.rejected).isEmpty)
+        let (pages, rejected) = try await Self.fetchAllMoving(collector)
+        #expect(rejected.isEmpty)
         #expect(pages.flatMap(\.records).map(\.id) == ["a"])
         #expect(pages.flatMap(\.warnings).contains { $0.contains("feed.ndjson line 2") })
         // Not known as collected: read again, still unfinished, nothing new.
@@ -641,7 +649,7 @@ struct DirectoryCollectorTests {
         let collector = try Self.collector(dir)
         for (round, text) in ["{first bad\n", "{second bad\n", "{third bad\n"].enumerated() {
             try text.write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
-            let rejected = try await Self.fetchAll(collector).flatMap(\.rejected)
+            let rejected = try await Self.fetchAllMoving(collector).rejected
             let expected = round == 0 ? "feed.ndjson" : "feed.\(round + 1).ndjson"
             #expect(rejected.map(\.movedTo) == [dir + "/.rejected/" + expected])
         }
@@ -664,8 +672,8 @@ struct DirectoryCollectorTests {
         try (bom + Data(#"{"type":"bundle","id":"bundle--1","objects":[\#(record("c1"))]}"#.utf8)).write(
             to: URL(fileURLWithPath: dir + "/c.json"))
         try (bom + Data(record("d1").utf8)).write(to: URL(fileURLWithPath: dir + "/d.json"))
-        let pages = try await Self.fetchAll(try Self.collector(dir))
-        #expect(pages.flatMap(\.rejected).map(\.reason) == [])
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir))
+        #expect(rejected.map(\.reason) == [])
         let records = pages.flatMap(\.records)
         #expect(records.map(\.id) == ["a1", "a2", "b1", "b2", "c1", "d1"])
         #expect(records.allSatisfy { $0.json.first == UInt8(ascii: "{") })
@@ -724,9 +732,9 @@ struct DirectoryCollectorTests {
         try #"{"id":"single","modified":"2026-11-25T00:00:00Z","objects":[{"id":"inner"}]}"#
             .write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
         try #"{"type":"bundle","id":"bundle--empty"}"#.write(toFile: dir + "/c.json", atomically: true, encoding: .utf8)
-        let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 1))
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir, pageSize: 1))
         #expect(pages.flatMap(\.records).map(\.id) == ["r-1", "r-2", "single"])
-        #expect(pages.flatMap(\.rejected).isEmpty)
+        #expect(rejected.isEmpty)
     }
 
     @Test func aBadRecordAfterTheFirstPagesRejectsTheFileThereAndKeepsWhatCameBefore() async throws {
@@ -738,9 +746,8 @@ struct DirectoryCollectorTests {
         try missingComma.write(toFile: dir + "/b.json", atomically: true, encoding: .utf8)
         try #"[{"id":"r-10","modified":"2026-11-25T00:00:00Z"},"#.write(
             toFile: dir + "/c.json", atomically: true, encoding: .utf8)
-        let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 2))
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir, pageSize: 2))
         #expect(pages.flatMap(\.records).map(\.id) == ["r-0", "r-1", "r-2", "r-3", "r-7", "r-8"])
-        let rejected = pages.flatMap(\.rejected)
         #expect(rejected.map(\.name) == ["a.ndjson", "b.json", "c.json"])
         #expect(rejected[0].reason.contains("a.ndjson line 6 is not valid JSON"), "\(rejected[0].reason)")
         #expect(rejected[1].reason.contains("',' or ']' expected after record 1"), "\(rejected[1].reason)")
@@ -748,6 +755,46 @@ struct DirectoryCollectorTests {
             rejected[2].reason.contains("c.json is not valid JSON records: the file ends in the middle of its JSON"),
             "\(rejected[2].reason)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.isEmpty)
+    }
+
+    /// A bad record found while the pages before it wait to be written: the file stays in the folder until they are
+    /// on disk, so a crash in between loses nothing (moved at once, the file took those records out of the inbox), and
+    /// a file fixed in between is read again rather than moved.
+    @Test func aBadFileIsMovedAsideOnlyOnceThePagesBeforeItAreWritten() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let good = (1...4).map { #"{"id":"g\#($0)","modified":"2026-11-26T00:00:00Z"}"# }
+        try (good + ["{bad", ""]).joined(separator: "\n").write(
+            toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
+        let collector = try Self.collector(dir, pageSize: 2)
+        // Fetched ahead, nothing written yet: the rejection is known, the file still in the inbox.
+        var pages: [CollectorPage] = []
+        var cursor: String?
+        repeat {
+            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
+            pages.append(page)
+            cursor = page.next
+        } while cursor != nil
+        #expect(pages.map(\.records.count) == [2, 2, 0] && pages[2].rejections.count == 1)
+        #expect(FileManager.default.fileExists(atPath: dir + "/a.ndjson"))
+        // The process dies here. The next run reads the file again, whole, and moves it once its records are written.
+        let (again, rejected) = try await Self.fetchAllMoving(try Self.collector(dir, pageSize: 2))
+        #expect(again.flatMap(\.records).map(\.id) == ["g1", "g2", "g3", "g4"])
+        #expect(rejected.map(\.movedTo) == [dir + "/.rejected/a.ndjson"])
+        #expect(!FileManager.default.fileExists(atPath: dir + "/a.ndjson"))
+
+        // Found bad, then fixed before the pages before it were written: read again next time, not moved.
+        try (good + ["{bad", ""]).joined(separator: "\n").write(
+            toFile: dir + "/b.ndjson", atomically: true, encoding: .utf8)
+        let first = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
+        let second = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: first.next)
+        let third = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: second.next)
+        #expect(third.rejections.count == 1)
+        try good.joined(separator: "\n").write(toFile: dir + "/b.ndjson", atomically: true, encoding: .utf8)
+        for page in [first, second, third] { #expect(try collector.pageCommitted(page).isEmpty) }
+        #expect(FileManager.default.fileExists(atPath: dir + "/b.ndjson"))
+        let fixed = try await Self.fetchAllMoving(collector)
+        #expect(fixed.pages.flatMap(\.records).map(\.id) == ["g1", "g2", "g3", "g4"] && fixed.rejected.isEmpty)
     }
 
     @Test func aMissingFolderIsAFileError() async throws {

@@ -281,7 +281,7 @@ struct ExactlyOnceTests {
         // The dead run: page fetched, written, fsynced, recorded in the ledger; no watermark update.
         let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
         try f.sink.append(page.records, collectedAt: ts("2026-11-26T06:00:00Z"))
-        try collector.pageCommitted(page)
+        _ = try collector.pageCommitted(page)
 
         let report = await f.runner.run(f.source, collector: collector)
         #expect(report.outcome == .success && report.recordsCollected == 0 && report.duplicatesDropped == 0)

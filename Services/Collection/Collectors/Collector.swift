@@ -11,13 +11,14 @@ protocol Collector: Sendable {
     /// `next` of the previous page (`nil` for the first one). A page with `next == nil` is the last.
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage
 
-    /// Called once the page's records are on disk (fsynced): a collector that keeps its own progress (the
-    /// drop folder's file ledger) records it now, never before. The default does nothing.
-    func pageCommitted(_ page: CollectorPage) throws(CollectorError)
+    /// Called once the page's records, and those of every page before it, are on disk (fsynced): a collector that
+    /// keeps its own progress (the drop folder's file ledger) records it now, never before, and moves aside the files
+    /// the page found unreadable (`rejections`), returning them. The default does nothing.
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError) -> [RejectedFile]
 }
 
 extension Collector {
-    func pageCommitted(_ page: CollectorPage) throws(CollectorError) {}
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError) -> [RejectedFile] { [] }
 }
 
 /// What one request to a source returned.
@@ -31,8 +32,9 @@ struct CollectorPage: Sendable {
     var firstMark: Timestamp?
     /// Opaque continuation for the next request; `nil` when this was the last page.
     var next: String?
-    /// Files the source moved aside as unreadable (drop folder), for the run's log, `/status` and `/metrics`.
-    var rejected: [RejectedFile] = []
+    /// Files found unreadable (drop folder), to move aside in `pageCommitted`: moved at once, a file whose first
+    /// pages were still waiting to be written left the folder, and a crash then lost those records with it.
+    var rejections: [FileRejection] = []
     /// Oddities of the answer worth a warning that did not stop the page (a malformed header, say).
     var warnings: [String] = []
     /// What the collector records in `pageCommitted` (the drop folder's file identity).
@@ -47,6 +49,12 @@ struct CollectorPage: Sendable {
         self.firstMark = firstMark
         self.next = next
     }
+}
+
+/// A file found not to be valid records, as it was when it was read.
+struct FileRejection: Sendable, Equatable {
+    var identity: FileIdentity
+    var reason: String
 }
 
 /// A file that could not be read as records, moved to the drop folder's `.rejected/`.

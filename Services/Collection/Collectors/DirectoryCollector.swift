@@ -20,8 +20,8 @@ import WatermarkCore
 /// a page holds at most `pageSize` records, and the cursor says where in which file the next page starts, so
 /// a file of any size is never held in memory. Each record keeps the bytes it has in the file. Hidden files
 /// (`.name`) are ignored, so a writer can create `.x.json` and rename it. A file that is not valid records is
-/// moved to `.rejected/` with a `.reason` file beside it when its first bad record is met (the records before
-/// it, already collected, stay collected), and the other files go on.
+/// moved to `.rejected/` with a `.reason` file beside it once the pages before its first bad record are on disk (the
+/// records before it stay collected), and the other files go on.
 struct DirectoryCollector: Collector {
     let settings: DirectorySettings
     let ledger: FileLedger
@@ -59,9 +59,16 @@ struct DirectoryCollector: Collector {
         files.values.compactMap(\.newestMark).max()
     }
 
-    func pageCommitted(_ page: CollectorPage) throws(CollectorError) {
-        guard let identity = page.progress else { return }
-        try ledger.record(identity)
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError) -> [RejectedFile] {
+        if let identity = page.progress { try ledger.record(identity) }
+        var moved: [RejectedFile] = []
+        for rejection in page.rejections {
+            let path = (settings.path as NSString).appendingPathComponent(rejection.identity.name)
+            // A file changed since it was read (fixed, grown, replaced) is not the file found bad: the next run reads it.
+            guard try Self.identity(of: path, name: rejection.identity.name) == rejection.identity else { continue }
+            moved.append(try reject(rejection.identity.name, reason: rejection.reason))
+        }
+        return moved
     }
 
     func listFiles() throws(CollectorError) -> [String] {
@@ -120,11 +127,13 @@ struct DirectoryCollector: Collector {
         } catch let failure as DropFile.Failure {
             if case .io(let detail) = failure { throw .file(path: path, detail: detail) }
             page = CollectorPage(records: [], next: try moreFiles())
-            page.rejected = [try reject(name, reason: "\(name) is not valid JSON records: \(failure)")]
+            page.rejections = [
+                FileRejection(identity: position.identity, reason: "\(name) is not valid JSON records: \(failure)")
+            ]
         } catch let error as CollectorError {
             guard case .malformed(let detail) = error else { throw error }
             page = CollectorPage(records: [], next: try moreFiles())
-            page.rejected = [try reject(name, reason: detail)]
+            page.rejections = [FileRejection(identity: position.identity, reason: detail)]
         } catch {
             throw .file(path: path, detail: "\(error)")
         }

@@ -164,16 +164,6 @@ struct CollectionRunner: Sendable {
                             for warning in page.warnings {
                                 log.warning("source answer is off", metadata: ["detail": "\(warning)"])
                             }
-                            for file in page.rejected {
-                                report.rejectedFiles += 1
-                                log.error(
-                                    "file rejected: moved to the rejected folder",
-                                    metadata: [
-                                        "file": "\(file.name)", "moved_to": "\(file.movedTo)",
-                                        "reason": "\(file.reason)",
-                                    ]
-                                )
-                            }
                         }
                         let records = batch.count == 1 ? batch[0].records : batch.flatMap(\.records)
                         let fresh = try await writer.write(records, collectedAt: clock())
@@ -188,7 +178,16 @@ struct CollectionRunner: Sendable {
                                 next += 1
                                 freshInPage += 1
                             }
-                            try collector.pageCommitted(page)
+                            for file in try collector.pageCommitted(page) {
+                                report.rejectedFiles += 1
+                                log.error(
+                                    "file rejected: moved to the rejected folder",
+                                    metadata: [
+                                        "file": "\(file.name)", "moved_to": "\(file.movedTo)",
+                                        "reason": "\(file.reason)",
+                                    ]
+                                )
+                            }
                             pages += 1
                             report.recordsCollected += Int64(freshInPage)
                             sinceCheckpoint.records += Int64(freshInPage)
