@@ -414,4 +414,32 @@ struct WatermarkStoreTests {
         try await store.delete(sid("c"), precondition: nil, leaseToken: nil)
         #expect(try await store.summary() == WatermarkSummary(total: 4, failed: 1, stale: 2))
     }
+
+    /// A write answered 503 at its deadline changes nothing, even when its transaction was only waiting and could go
+    /// on once the wait ends: here it waits for the source's lock, held by another session past the deadline. The
+    /// deadline cancels it, and the cancelled transaction rolls back rather than committing after its 503 (which would
+    /// make a client's retry of the refused write apply it twice).
+    @Test("a PostgreSQL write answered 503 at its deadline is not applied afterwards")
+    func postgresWriteRefusedAtItsDeadlineChangesNothing() async throws {
+        let (client, url) = try await PostgresDatabases.newDatabase()
+        try await PostgresSchema.migrate(client, logger: .quiet)
+        let store = PostgresWatermarkStore(
+            client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
+        store.ready.open()
+        let source = try sid("held")
+        let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtextextended(\(source.rawValue), 0))"
+        try await client.withTransaction(logger: .quiet) { connection in
+            try await connection.query(lock, logger: .quiet)
+            let code = await refusal {
+                _ = try await store.write(WatermarkWrite(sourceID: source, update: .success(clock.now(), records: 1)))
+            }
+            #expect(code == "database_unavailable")
+        }
+        // The lock is free: the write's transaction runs on. Taking the lock again waits until it has ended.
+        try await client.withTransaction(logger: .quiet) { connection in
+            try await connection.query(lock, logger: .quiet)
+        }
+        #expect(try await store.watermark(for: source) == nil)
+        #expect(await refusal { _ = try await store.history(for: source, limit: 10) } == "watermark_not_found")
+    }
 }
