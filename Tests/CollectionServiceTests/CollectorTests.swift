@@ -35,14 +35,19 @@ struct TAXII21CollectorTests {
         return pages
     }
 
-    @Test func pagesUntilMoreIsFalseWithStrictAddedAfterAndHeaderMarks() async throws {
-        let server = FakeTAXIIServer()
+    /// indicator--1 to indicator--5, each added a second after the one before, from 10:00:01.123456789.
+    static func addFiveIndicators(to server: FakeTAXIIServer) async {
         for index in 1...5 {
             await server.add(
                 .init(
                     id: "indicator--\(index)", modified: "2026-11-20T00:00:0\(index).000Z",
                     dateAdded: ts("2026-11-26T10:00:0\(index).123456789Z")))
         }
+    }
+
+    @Test func pagesUntilMoreIsFalseWithStrictAddedAfterAndHeaderMarks() async throws {
+        let server = FakeTAXIIServer()
+        await Self.addFiveIndicators(to: server)
         let since = ts("2026-11-26T10:00:00.9999999Z")
         let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
             try await withHTTPClient { client in try await fetchAll(collector(port: port, client: client), since: since)

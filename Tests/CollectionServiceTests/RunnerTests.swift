@@ -160,23 +160,12 @@ struct RunnerTests {
         let f = try RunnerFixture()
         defer { removeTemporary(f.dir) }
         let server = FakeTAXIIServer()
-        for index in 1...5 {
-            await server.add(
-                .init(
-                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
-                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
-        }
+        await TAXII21CollectorTests.addFiveIndicators(to: server)
         await server.setQuirks(.init(ignoresNext: true))
-        let report = try await withFakeServer(
-            path: "/api1/collections/col-1/objects/", handler: { await server.handle($0) }
-        ) {
+        let report = try await withFakeServer(path: TAXII21CollectorTests.path, handler: { await server.handle($0) }) {
             port in
             try await withHTTPClient { client in
-                let collector = TAXII21Collector(
-                    settings: TAXIISettings(apiRoot: "http://127.0.0.1:\(port)/api1", collectionID: "col-1"),
-                    pageSize: 2,
-                    http: SourceHTTPClient(
-                        httpClient: client, timeout: .seconds(5), retry: testRetry, logger: Logger.quiet))
+                let collector = TAXII21CollectorTests().collector(port: port, client: client)
                 return await f.runner.run(f.source, collector: collector)
             }
         }
