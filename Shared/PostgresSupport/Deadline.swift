@@ -66,13 +66,33 @@ package func withDeadline<T: Sendable>(
     _ timeout: Duration, onTimeout: @escaping @Sendable () -> any Error,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
+    try await withDeadline(timeout, onTimeout: onTimeout) { (_: DeadlineGate) in try await body() }
+}
+
+/// `withDeadline` for a body whose work becomes permanent at one point, a transaction's `COMMIT`: the body calls
+/// `gate.enterCommit()` just before it. Past the deadline that throws, so the transaction rolls back: a caller
+/// answered that the operation did not finish must be able to trust that it changed nothing, and a cancelled
+/// query does not always end (a write waiting for a lock that another session held past the deadline committed
+/// after its 503 once the lock was free, in one run out of several). Once the body has entered its commit, the
+/// deadline waits for it one more `timeout` before answering all the same (a `COMMIT` that never returns).
+package func withDeadline<T: Sendable>(
+    _ timeout: Duration, onTimeout: @escaping @Sendable () -> any Error,
+    _ body: @escaping @Sendable (DeadlineGate) async throws -> T
+) async throws -> T {
     let tasks = DeadlineTasks<T>()
+    let gate = DeadlineGate {
+        tasks.state.withLock { state in
+            guard !state.expired else { return false }
+            state.committing = true
+            return true
+        }
+    }
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let answer = AnswerOnce(continuation)
             let work = Task {
                 do {
-                    answer.resume(with: .success(try await body()))
+                    answer.resume(with: .success(try await body(gate)))
                 } catch {
                     answer.resume(with: .failure(error))
                 }
@@ -81,9 +101,25 @@ package func withDeadline<T: Sendable>(
                     return state.timer
                 }?.cancel()
             }
-            let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: .init(timeout)) {
-                answer.resume(with: .failure(onTimeout()))
-                work.cancel()
+            let loop = MultiThreadedEventLoopGroup.singleton.any()
+            let timer = loop.scheduleTask(in: .init(timeout)) {
+                let expired = tasks.state.withLock { state in
+                    if state.finished { return false }  // answered by the body already
+                    if state.committing {
+                        // Committing: its outcome is the answer, if it comes within one more timeout.
+                        state.timer = loop.scheduleTask(in: .init(timeout)) {
+                            answer.resume(with: .failure(onTimeout()))
+                            work.cancel()
+                        }
+                        return false
+                    }
+                    state.expired = true
+                    return true
+                }
+                if expired {
+                    answer.resume(with: .failure(onTimeout()))
+                    work.cancel()
+                }
             }
             let (cancelled, finished) = tasks.state.withLock { state in
                 state.work = work
@@ -102,6 +138,7 @@ package func withDeadline<T: Sendable>(
     } onCancel: {
         let (work, timer, answer) = tasks.state.withLock { state in
             state.cancelled = true
+            state.expired = true
             return (state.work, state.timer, state.answer)
         }
         timer?.cancel()
@@ -110,12 +147,27 @@ package func withDeadline<T: Sendable>(
     }
 }
 
+/// What `withDeadline` hands its body: the point after which the body's work cannot be undone.
+package struct DeadlineGate: Sendable {
+    fileprivate let pass: @Sendable () -> Bool
+
+    /// Call just before the work becomes permanent (a `COMMIT`); throws `CancellationError` once the caller has been
+    /// answered that the operation did not finish (the deadline passed, or the caller was cancelled).
+    package func enterCommit() throws {
+        guard pass() else { throw CancellationError() }
+    }
+}
+
 /// The body's task, the deadline's scheduled task and the caller's answer; whether the caller was cancelled before
-/// they existed, and whether the body ended before the deadline was stored.
+/// they existed, whether the body ended before the deadline was stored, whether the caller was answered that it did
+/// not finish (`expired`) and whether the body passed its gate (`committing`).
 private final class DeadlineTasks<T: Sendable>: Sendable {
     let state = Mutex<
-        (work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool, finished: Bool)
-    >((nil, nil, nil, false, false))
+        (
+            work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool, finished: Bool,
+            expired: Bool, committing: Bool
+        )
+    >((nil, nil, nil, false, false, false, false))
 }
 
 /// A continuation resumed by whichever of the body and the timer finishes first; the other's answer is dropped.

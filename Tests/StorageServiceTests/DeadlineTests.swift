@@ -34,4 +34,46 @@ struct DeadlineTests {
         waiting.cancel()
         await #expect(throws: CancellationError.self) { try await waiting.value }
     }
+
+    @Test("a body that reaches its commit after the deadline answered may not commit")
+    func noCommitAfterTheDeadline() async throws {
+        let (passed, report) = AsyncStream<Bool>.makeStream()
+        await #expect(throws: TimedOut.self) {
+            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                // A query that went on waiting though cancelled, then returned: the transaction is about to commit.
+                await withCheckedContinuation { (resume: CheckedContinuation<Void, Never>) in
+                    Task {
+                        try? await Task.sleep(for: .milliseconds(200))
+                        resume.resume()
+                    }
+                }
+                report.yield((try? gate.enterCommit()) != nil)
+                report.finish()
+                return 1
+            }
+        }
+        #expect(await passed.first { _ in true } == false)
+    }
+
+    @Test("a body that entered its commit before the deadline is answered with its own outcome")
+    func aCommitInFlightIsWaitedFor() async throws {
+        let value = try await withDeadline(.seconds(1), onTimeout: { TimedOut() }) { gate -> Int in
+            try gate.enterCommit()
+            // The COMMIT takes longer than the deadline (not cancelled: nothing would undo it now).
+            try await Task.sleep(for: .milliseconds(1500))
+            return 7
+        }
+        #expect(value == 7)
+    }
+
+    @Test("a commit that never returns is answered with the timeout's error all the same")
+    func aCommitThatNeverReturns() async throws {
+        await #expect(throws: TimedOut.self) {
+            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                try gate.enterCommit()
+                await withCheckedContinuation { (_: CheckedContinuation<Void, Never>) in }
+                return 0
+            }
+        }
+    }
 }

@@ -176,11 +176,14 @@ final class PostgresWatermarkStore: WatermarkStore {
         while true {
             do {
                 try await ready.wait()
-                return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) {
+                return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { gate in
                     try await self.client.withTransaction(logger: self.logger) { connection in
                         let tx = PostgresTransaction(connection: connection, logger: self.logger)
                         try await tx.lock(sourceID)
-                        return try await body(tx, self.clock())
+                        let result = try await body(tx, self.clock())
+                        // Answered 503 meanwhile, the transaction rolls back instead of committing after it.
+                        try gate.enterCommit()
+                        return result
                     }
                 }
             } catch {
