@@ -74,9 +74,10 @@ package func withDeadline<T: Sendable>(
 /// answered that the operation did not finish must be able to trust that it changed nothing, and a cancelled
 /// query does not always end (a write waiting for a lock that another session held past the deadline committed
 /// after its 503 once the lock was free, in one run out of several). Once the body has entered its commit, the
-/// deadline waits for it one more `timeout` before answering all the same (a `COMMIT` that never returns).
+/// deadline waits for it `grace` more (by default one more `timeout`) before answering all the same (a `COMMIT`
+/// that never returns).
 package func withDeadline<T: Sendable>(
-    _ timeout: Duration, onTimeout: @escaping @Sendable () -> any Error,
+    _ timeout: Duration, grace: Duration? = nil, onTimeout: @escaping @Sendable () -> any Error,
     _ body: @escaping @Sendable (DeadlineGate) async throws -> T
 ) async throws -> T {
     let tasks = DeadlineTasks<T>()
@@ -106,8 +107,8 @@ package func withDeadline<T: Sendable>(
                 let expired = tasks.state.withLock { state in
                     if state.finished { return false }  // answered by the body already
                     if state.committing {
-                        // Committing: its outcome is the answer, if it comes within one more timeout.
-                        state.timer = loop.scheduleTask(in: .init(timeout)) {
+                        // Committing: its outcome is the answer, if it comes within the grace.
+                        state.timer = loop.scheduleTask(in: .init(grace ?? timeout)) {
                             answer.resume(with: .failure(onTimeout()))
                             work.cancel()
                         }

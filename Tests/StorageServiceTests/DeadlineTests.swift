@@ -37,39 +37,42 @@ struct DeadlineTests {
 
     @Test("a body that reaches its commit after the deadline answered may not commit")
     func noCommitAfterTheDeadline() async throws {
+        let latch = ReadyGate()
         let (passed, report) = AsyncStream<Bool>.makeStream()
         await #expect(throws: TimedOut.self) {
             try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
-                // A query that went on waiting though cancelled, then returned: the transaction is about to commit.
-                await withCheckedContinuation { (resume: CheckedContinuation<Void, Never>) in
-                    Task {
-                        try? await Task.sleep(for: .milliseconds(200))
-                        resume.resume()
-                    }
-                }
+                // A query that goes on waiting though cancelled, until the test lets it go (after the answer).
+                try? await latch.wait()
                 report.yield((try? gate.enterCommit()) != nil)
                 report.finish()
                 return 1
             }
         }
+        latch.open()
         #expect(await passed.first { _ in true } == false)
     }
 
     @Test("a body that entered its commit before the deadline is answered with its own outcome")
     func aCommitInFlightIsWaitedFor() async throws {
-        let value = try await withDeadline(.seconds(1), onTimeout: { TimedOut() }) { gate -> Int in
-            try gate.enterCommit()
-            // The COMMIT takes longer than the deadline (not cancelled: nothing would undo it now).
-            try await Task.sleep(for: .milliseconds(1500))
-            return 7
+        let latch = ReadyGate()
+        let answer = Task {
+            try await withDeadline(.milliseconds(50), grace: .seconds(3600), onTimeout: { TimedOut() }) {
+                gate -> Int in
+                try gate.enterCommit()
+                try? await latch.wait()  // the COMMIT outlasts the deadline (nothing could undo it now)
+                return 7
+            }
         }
-        #expect(value == 7)
+        try await Task.sleep(for: .milliseconds(300))  // past the deadline (the answer waits whatever this is)
+        latch.open()
+        #expect(try await answer.value == 7)
     }
 
     @Test("a commit that never returns is answered with the timeout's error all the same")
     func aCommitThatNeverReturns() async throws {
         await #expect(throws: TimedOut.self) {
-            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+            try await withDeadline(.milliseconds(50), grace: .milliseconds(50), onTimeout: { TimedOut() }) {
+                gate -> Int in
                 try gate.enterCommit()
                 await withCheckedContinuation { (_: CheckedContinuation<Void, Never>) in }
                 return 0
