@@ -81,13 +81,7 @@ package func withDeadline<T: Sendable>(
     _ body: @escaping @Sendable (DeadlineGate) async throws -> T
 ) async throws -> T {
     let tasks = DeadlineTasks<T>()
-    let gate = DeadlineGate {
-        tasks.state.withLock { state in
-            guard !state.expired else { return false }
-            state.committing = true
-            return true
-        }
-    }
+    let gate = DeadlineGate { tasks.state.withLock { $0.phase.enterCommit() } }
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let answer = AnswerOnce(continuation)
@@ -98,26 +92,24 @@ package func withDeadline<T: Sendable>(
                     answer.resume(with: .failure(error))
                 }
                 tasks.state.withLock { state in
-                    state.finished = true
+                    state.phase.finished = true
                     return state.timer
                 }?.cancel()
             }
             let loop = MultiThreadedEventLoopGroup.singleton.any()
             let timer = loop.scheduleTask(in: .init(timeout)) {
-                let expired = tasks.state.withLock { state in
-                    if state.finished { return false }  // answered by the body already
-                    if state.committing {
-                        // Committing: its outcome is the answer, if it comes within the grace.
+                let firing = tasks.state.withLock { state in
+                    let firing = state.phase.deadlinePassed()
+                    if firing == .waitForCommit {
+                        // Its outcome is the answer, if it comes within the grace.
                         state.timer = loop.scheduleTask(in: .init(grace ?? timeout)) {
                             answer.resume(with: .failure(onTimeout()))
                             work.cancel()
                         }
-                        return false
                     }
-                    state.expired = true
-                    return true
+                    return firing
                 }
-                if expired {
+                if firing == .answerTimedOut {
                     answer.resume(with: .failure(onTimeout()))
                     work.cancel()
                 }
@@ -126,7 +118,7 @@ package func withDeadline<T: Sendable>(
                 state.work = work
                 state.timer = timer
                 state.answer = answer
-                return (state.cancelled, state.finished)
+                return (state.cancelled, state.phase.finished)
             }
             // The body ended before the deadline was stored here: nothing else would cancel it.
             if finished { timer.cancel() }
@@ -139,7 +131,7 @@ package func withDeadline<T: Sendable>(
     } onCancel: {
         let (work, timer, answer) = tasks.state.withLock { state in
             state.cancelled = true
-            state.expired = true
+            state.phase.expired = true
             return (state.work, state.timer, state.answer)
         }
         timer?.cancel()
@@ -159,16 +151,52 @@ package struct DeadlineGate: Sendable {
     }
 }
 
+/// Where a body stands against its deadline: the rules of the commit gate, apart from the tasks and the timers.
+package struct DeadlinePhase: Sendable, Equatable {
+    /// What the deadline does when it passes.
+    package enum Firing: Sendable, Equatable {
+        /// Answer the caller that the operation did not finish (and cancel the body).
+        case answerTimedOut
+        /// The body is committing: wait for its outcome (within the grace).
+        case waitForCommit
+        /// The body has answered already.
+        case nothing
+    }
+
+    /// The body has ended (and answered).
+    package var finished = false
+    /// The caller was answered that the operation did not finish (the deadline, or the caller's cancellation).
+    package var expired = false
+    /// The body passed its gate.
+    package var committing = false
+
+    package init() {}
+
+    /// The deadline passes.
+    package mutating func deadlinePassed() -> Firing {
+        if finished { return .nothing }
+        if committing { return .waitForCommit }
+        expired = true
+        return .answerTimedOut
+    }
+
+    /// The body is about to make its work permanent: allowed unless the caller was told it did not finish.
+    package mutating func enterCommit() -> Bool {
+        guard !expired else { return false }
+        committing = true
+        return true
+    }
+}
+
 /// The body's task, the deadline's scheduled task and the caller's answer; whether the caller was cancelled before
-/// they existed, whether the body ended before the deadline was stored, whether the caller was answered that it did
-/// not finish (`expired`) and whether the body passed its gate (`committing`).
+/// they existed, and the body's phase.
 private final class DeadlineTasks<T: Sendable>: Sendable {
     let state = Mutex<
         (
-            work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool, finished: Bool,
-            expired: Bool, committing: Bool
+            work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool,
+            phase: DeadlinePhase
         )
-    >((nil, nil, nil, false, false, false, false))
+    >((nil, nil, nil, false, DeadlinePhase()))
 }
 
 /// A continuation resumed by whichever of the body and the timer finishes first; the other's answer is dropped.

@@ -52,20 +52,23 @@ struct DeadlineTests {
         #expect(await passed.first { _ in true } == false)
     }
 
-    @Test("a body that entered its commit before the deadline is answered with its own outcome")
-    func aCommitInFlightIsWaitedFor() async throws {
-        let latch = ReadyGate()
-        let answer = Task {
-            try await withDeadline(.milliseconds(50), grace: .seconds(3600), onTimeout: { TimedOut() }) {
-                gate -> Int in
-                try gate.enterCommit()
-                try? await latch.wait()  // the COMMIT outlasts the deadline (nothing could undo it now)
-                return 7
-            }
-        }
-        try await Task.sleep(for: .milliseconds(300))  // past the deadline (the answer waits whatever this is)
-        latch.open()
-        #expect(try await answer.value == 7)
+    /// The gate's rules, without tasks or clocks: whichever of the deadline and the body's commit comes first wins.
+    @Test("a commit entered before the deadline is waited for; the deadline first closes the gate")
+    func theGatesRules() {
+        var committed = DeadlinePhase()
+        let entered = committed.enterCommit()
+        let onCommit = committed.deadlinePassed()
+        #expect(entered && onCommit == .waitForCommit && !committed.expired)
+
+        var late = DeadlinePhase()
+        let beforeCommit = late.deadlinePassed()
+        let enteredLate = late.enterCommit()
+        #expect(beforeCommit == .answerTimedOut && !enteredLate && !late.committing)
+
+        var answered = DeadlinePhase()
+        answered.finished = true
+        let afterAnswer = answered.deadlinePassed()
+        #expect(afterAnswer == .nothing && !answered.expired)
     }
 
     @Test("a commit that never returns is answered with the timeout's error all the same")
