@@ -74,10 +74,11 @@ package func withDeadline<T: Sendable>(
 /// answered that the operation did not finish must be able to trust that it changed nothing, and a cancelled
 /// query does not always end (a write waiting for a lock that another session held past the deadline committed
 /// after its 503 once the lock was free, in one run out of several). Once the body has entered its commit, the
-/// deadline waits for it `grace` more (by default one more `timeout`) before answering all the same (a `COMMIT`
-/// that never returns).
+/// deadline waits for it `grace` more before answering all the same: a `COMMIT` takes milliseconds, and one that
+/// takes a second more is on a connection PostgreSQL closed (with a grace of one more 5 s timeout, a write caught by a
+/// server restart was answered at 10 s, past the restart test's client timeout).
 package func withDeadline<T: Sendable>(
-    _ timeout: Duration, grace: Duration? = nil, onTimeout: @escaping @Sendable () -> any Error,
+    _ timeout: Duration, grace: Duration = .seconds(1), onTimeout: @escaping @Sendable () -> any Error,
     _ body: @escaping @Sendable (DeadlineGate) async throws -> T
 ) async throws -> T {
     let tasks = DeadlineTasks<T>()
@@ -102,7 +103,7 @@ package func withDeadline<T: Sendable>(
                     let firing = state.phase.deadlinePassed()
                     if firing == .waitForCommit {
                         // Its outcome is the answer, if it comes within the grace.
-                        state.timer = loop.scheduleTask(in: .init(grace ?? timeout)) {
+                        state.timer = loop.scheduleTask(in: .init(grace)) {
                             answer.resume(with: .failure(onTimeout()))
                             work.cancel()
                         }
