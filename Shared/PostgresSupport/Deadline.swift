@@ -97,23 +97,21 @@ package func withDeadline<T: Sendable>(
                     return state.timer
                 }?.cancel()
             }
+            let timedOut: @Sendable () -> Void = {
+                answer.resume(with: .failure(onTimeout()))
+                work.cancel()
+            }
             let loop = MultiThreadedEventLoopGroup.singleton.any()
             let timer = loop.scheduleTask(in: .init(timeout)) {
                 let firing = tasks.state.withLock { state in
                     let firing = state.phase.deadlinePassed()
                     if firing == .waitForCommit {
                         // Its outcome is the answer, if it comes within the grace.
-                        state.timer = loop.scheduleTask(in: .init(grace)) {
-                            answer.resume(with: .failure(onTimeout()))
-                            work.cancel()
-                        }
+                        state.timer = loop.scheduleTask(in: .init(grace), timedOut)
                     }
                     return firing
                 }
-                if firing == .answerTimedOut {
-                    answer.resume(with: .failure(onTimeout()))
-                    work.cancel()
-                }
+                if firing == .answerTimedOut { timedOut() }
             }
             let (cancelled, finished) = tasks.state.withLock { state in
                 state.work = work
