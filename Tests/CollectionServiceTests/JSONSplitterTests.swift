@@ -17,7 +17,7 @@ struct JSONSplitterTests {
     }
 
     static func value(_ random: inout SeededRandom, depth: Int) -> Any {
-        switch depth > 0 ? Int.random(in: 0...5, using: &random) : Int.random(in: 3...5, using: &random) {
+        switch depth > 0 ? Int.random(in: 0...6, using: &random) : Int.random(in: 3...6, using: &random) {
         case 0, 1:
             var object: [String: Any] = [:]
             for _ in 0..<Int.random(in: 0...3, using: &random) {
@@ -27,7 +27,8 @@ struct JSONSplitterTests {
         case 2: return (0..<Int.random(in: 0...3, using: &random)).map { _ in value(&random, depth: depth - 1) }
         case 3: return string(&random)
         case 4: return Int.random(in: -1000...1000, using: &random)
-        default: return Bool.random(using: &random)
+        case 5: return Bool.random(using: &random)
+        default: return NSNull()
         }
     }
 
@@ -73,10 +74,9 @@ struct JSONSplitterTests {
         }
     }
 
-    /// What the collectors accept as a record: `JSONDecoder`'s reading plus `checkTokens`, as `JSONRecords.fields`
-    /// runs them.
+    /// What the collectors accept as a record, as `JSONRecords.fields` checks it.
     static func accepted(_ bytes: [UInt8]) -> Bool {
-        (try? JSONRecords.fields(Data(bytes), wanted: ["id"], decoder: JSONDecoder())) != nil
+        (try? JSONRecords.fields(Data(bytes), wanted: ["id"])) != nil
     }
 
     @Test func recordsThatAreNotJSONAreRefusedWhereTheDecoderAloneLetThemPass() {
@@ -112,6 +112,41 @@ struct JSONSplitterTests {
         for text in valid { #expect(Self.accepted(Array(text.utf8)), "\(text)") }
     }
 
+    /// What the collectors' validation checks on its own now that no `JSONDecoder` reads records first: the
+    /// structure around the tokens, each case refused by Foundation's `JSONSerialization` as well.
+    @Test func recordsWithoutJSONsStructureAreRefused() {
+        let refused: [(String, String)] = [
+            ("empty", ""), ("only whitespace", " \n"), ("no ':'", #"{"id" "x"}"#), ("'=' for ':'", #"{"id"="x"}"#), ("no ','", #"{"id":"x" "a":1}"#),
+            ("a name that is not a string", #"{"id":"x",a:1}"#), ("a number as a name", #"{"id":"x",1:1}"#),
+            ("a member without a value", #"{"id":"x","a":}"#), ("a member without a name", #"{"id":"x",:1}"#),
+            ("two commas", #"{"id":"x",,"a":1}"#), ("a leading comma", #"{,"id":"x"}"#),
+            ("an array's leading comma", #"{"id":"x","a":[,1]}"#), ("no ',' in an array", #"{"id":"x","a":[1 2]}"#),
+            ("':' in an array", #"{"id":"x","a":[1:2]}"#), ("tru", #"{"id":"x","a":tru}"#),
+            ("True", #"{"id":"x","a":True}"#), ("nul", #"{"id":"x","a":[nul]}"#), ("falsey", #"{"id":"x","a":falsey}"#),
+            ("trux", #"{"id":"x","a":trux}"#), ("nuLL", #"{"id":"x","a":[nuLL]}"#),
+            ("a bare word", #"{"id":"x","a":undefined}"#), ("NaN", #"{"id":"x","a":NaN}"#),
+            ("a single quote", #"{"id":'x'}"#), ("not closed", #"{"id":"x""#), ("an array not closed", #"{"id":["x"}"#),
+            ("one bracket too many", #"{"id":"x"}}"#), ("two values", #"{"id":"x"} {"id":"y"}"#),
+            ("a value after the object", #"{"id":"x"} 1"#), ("a comment", #"{"id":"x"/* c */}"#),
+            ("a mismatched bracket", #"{"id":["x"}]"#),
+        ]
+        for (name, text) in refused {
+            #expect(!Self.accepted(Array(text.utf8)), "\(name): \(text)")
+            #expect((try? JSONSerialization.jsonObject(with: Data(text.utf8))) == nil, "\(name): \(text)")
+        }
+    }
+
+    /// Nesting: as deep as Foundation's readers allow (512 levels) and no deeper.
+    @Test func nestingStopsWhereFoundationsReadersStop() throws {
+        for levels in [1, 63, 64, 65, 200, 511, 512, 513, 600] {
+            let text = #"{"id":"x","a":"# + String(repeating: "[", count: levels - 1) + "1"
+                + String(repeating: "]", count: levels - 1) + "}"
+            let foundation = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) != nil
+            #expect(Self.accepted(Array(text.utf8)) == foundation, "\(levels) levels")
+            #expect(foundation == (levels <= 512), "\(levels) levels")
+        }
+    }
+
     /// Seeded corruptions of valid records, each byte replaced, inserted or removed at random from JSON's own
     /// characters, against Foundation's `JSONSerialization`, which reads every value: both accept and refuse the
     /// same texts but for two differences of `JSONSerialization`, which accepts a ',' before a closing bracket (RFC
@@ -142,7 +177,7 @@ struct JSONSplitterTests {
                 continue
             }
             let trailingComma =
-                (try? Data(bytes).withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.checkTokens(raw) })
+                (try? Data(bytes).withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.validate(raw) })
                 == nil
                 && text.range(of: #",[ \t\n\r]*[\]}]"#, options: .regularExpression) != nil
             let outOfRange = text.range(of: #"[0-9][eE][+]?[0-9]{3}"#, options: .regularExpression) != nil

@@ -150,7 +150,7 @@ final class DropFile {
             while let first = line.first, JSONSplitter.isWhitespace(first) { line = line.dropFirst() }
             while let last = line.last, JSONSplitter.isWhitespace(last) { line = line.dropLast() }
             if newline == window.count, !line.isEmpty,
-                (try? JSONRecords.fields(Data(line), wanted: [], decoder: JSONDecoder())) == nil
+                (try? JSONRecords.fields(Data(line), wanted: [])) == nil
             {
                 chunk.incompleteTail = true
                 break

@@ -2,23 +2,17 @@ import Foundation
 import WatermarkCore
 
 /// How the collectors read sources' JSON: records are kept as the bytes the source sent (the sink stores
-/// them as they are), and only the few fields a collector needs (id, times) are decoded, with `JSONDecoder`,
-/// which with `JSONSplitter.checkTokens` also proves each record is valid JSON before its bytes reach the sink.
+/// them as they are), each proven valid JSON by `JSONSplitter.validate` before its bytes reach the sink, and only
+/// the few fields a collector needs (id, times) are read.
 ///
 /// Finding where each record starts and ends inside an envelope, a bundle or a file is `JSONSplitter`'s job:
 /// it follows strings and brackets only, and never interprets a value.
 enum JSONRecords {
-    /// The fields `wanted` of one record: `bytes` must be one JSON object, which `decoder` proves by reading it
-    /// whole; the fields are then found by `JSONSplitter` among the object's top-level members (building the
-    /// decoder's keyed container of every member cost more than the validation itself).
-    static func fields(_ bytes: Data, wanted: [String], decoder: JSONDecoder) throws(CollectorError) -> RecordFields {
+    /// The fields `wanted` of one record: `bytes` must be one JSON object, which `JSONSplitter.validate` proves;
+    /// the fields are then found among the object's top-level members.
+    static func fields(_ bytes: Data, wanted: [String]) throws(CollectorError) -> RecordFields {
         do {
-            _ = try decoder.decode(Validated.self, from: bytes)
-        } catch {
-            throw .malformed("is not valid JSON (\(snippet(bytes)))")
-        }
-        do {
-            try bytes.withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.checkTokens(raw) }
+            try bytes.withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.validate(raw) }
         } catch {
             throw .malformed("is not valid JSON: \(error.reason) at byte \(error.offset) (\(snippet(bytes)))")
         }
@@ -39,20 +33,18 @@ enum JSONRecords {
         return bytes.withUnsafeBytes { raw in Data(raw.filter { $0 != 0x0A && $0 != 0x0D }) }
     }
 
-    /// Decodes the fields of many records on every core: chunks of `records` go to child tasks, each with its
-    /// own decoder. `label(i)` names record `i` in an error ("a.ndjson line 3").
+    /// Reads the fields of many records on every core: chunks of `records` go to child tasks. `label(i)` names record `i` in an error ("a.ndjson line 3").
     static func fields(
         of records: [Data], wanted: [String], label: @Sendable @escaping (Int) -> String
     ) async throws(CollectorError) -> [RecordFields] {
         let workers = records.count >= 256 ? max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8)) : 1
         let chunk = (records.count + workers - 1) / max(workers, 1)
         let decodeChunk: @Sendable (Range<Int>) -> Result<[RecordFields], CollectorError> = { range in
-            let decoder = JSONDecoder()
             var out: [RecordFields] = []
             out.reserveCapacity(range.count)
             for index in range {
                 do throws(CollectorError) {
-                    out.append(try fields(records[index], wanted: wanted, decoder: decoder))
+                    out.append(try fields(records[index], wanted: wanted))
                 } catch {
                     guard case .malformed(let detail) = error else { return .failure(error) }
                     return .failure(.malformed("\(label(index)) \(detail)"))
@@ -128,12 +120,6 @@ enum JSONRecords {
         if data.isEmpty { return "empty body" }
         return "starts with \"\(text)\"" + (data.count > limit ? "..." : "")
     }
-}
-
-/// Decodes nothing: `JSONDecoder` reads the whole input before it decodes, which proves its structure valid (the
-/// strings and numbers it leaves unchecked are `JSONSplitter.checkTokens`' part).
-private struct Validated: Decodable {
-    init(from decoder: any Decoder) throws {}
 }
 
 /// The fields a collector asked for of one record.

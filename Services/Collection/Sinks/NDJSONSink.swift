@@ -199,7 +199,7 @@ struct NDJSONSink: Sendable {
     /// checked as the collectors check it, not read: `JSONSerialization` refused numbers beyond a `Double` (`1e400`,
     /// valid JSON that a collector accepts), so rebuilding the dedup index skipped such lines.
     static func decodeLine(_ line: Data) -> SinkEntry? {
-        guard let fields = try? JSONRecords.fields(line, wanted: ["id", "version", "mark"], decoder: JSONDecoder()),
+        guard let fields = try? JSONRecords.fields(line, wanted: ["id", "version", "mark"]),
             let id = fields.string("id"), let markText = fields.string("mark"),
             let mark = try? Timestamp(rfc3339: markText)
         else { return nil }
