@@ -116,7 +116,8 @@ struct JSONSplitterTests {
     /// structure around the tokens, each case refused by Foundation's `JSONSerialization` as well.
     @Test func recordsWithoutJSONsStructureAreRefused() {
         let refused: [(String, String)] = [
-            ("empty", ""), ("only whitespace", " \n"), ("no ':'", #"{"id" "x"}"#), ("'=' for ':'", #"{"id"="x"}"#), ("no ','", #"{"id":"x" "a":1}"#),
+            ("empty", ""), ("only whitespace", " \n"), ("no ':'", #"{"id" "x"}"#), ("'=' for ':'", #"{"id"="x"}"#),
+            ("no ','", #"{"id":"x" "a":1}"#),
             ("a name that is not a string", #"{"id":"x",a:1}"#), ("a number as a name", #"{"id":"x",1:1}"#),
             ("a member without a value", #"{"id":"x","a":}"#), ("a member without a name", #"{"id":"x",:1}"#),
             ("two commas", #"{"id":"x",,"a":1}"#), ("a leading comma", #"{,"id":"x"}"#),
@@ -139,7 +140,8 @@ struct JSONSplitterTests {
     /// Nesting: as deep as Foundation's readers allow (512 levels) and no deeper.
     @Test func nestingStopsWhereFoundationsReadersStop() throws {
         for levels in [1, 63, 64, 65, 200, 511, 512, 513, 600] {
-            let text = #"{"id":"x","a":"# + String(repeating: "[", count: levels - 1) + "1"
+            let text =
+                #"{"id":"x","a":"# + String(repeating: "[", count: levels - 1) + "1"
                 + String(repeating: "]", count: levels - 1) + "}"
             let foundation = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) != nil
             #expect(Self.accepted(Array(text.utf8)) == foundation, "\(levels) levels")
