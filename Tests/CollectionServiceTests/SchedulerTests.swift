@@ -3,6 +3,7 @@ import Logging
 import Prometheus
 import ServiceLifecycle
 import StorageClient
+import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
@@ -17,6 +18,13 @@ actor CallCounter {
     func begin(_ id: SourceID) { calls.append(id); running += 1; maxRunning = max(maxRunning, running) }
     func end() { running -= 1 }
     func count(_ id: SourceID) -> Int { calls.count { $0 == id } }
+}
+
+/// Counts calls from any thread.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func add() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
 }
 
 struct SlowCollector: Collector {
@@ -34,9 +42,10 @@ struct SlowCollector: Collector {
 
 @Suite("Scheduler", .timeLimit(.minutes(1)))
 struct SchedulerTests {
-    func engine(dir: String, sources: [SourceConfiguration], counter: CallCounter, delay: Duration) throws
-        -> CollectionEngine
-    {
+    func engine(
+        dir: String, sources: [SourceConfiguration], counter: CallCounter, delay: Duration,
+        delays: [SourceID: Duration] = [:]
+    ) throws -> CollectionEngine {
         let storage = InMemoryStorageClient()
         let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
         let board = SourceBoard(sources: sources)
@@ -47,7 +56,8 @@ struct SchedulerTests {
         return CollectionEngine(
             board: board, runner: runner, manager: manager,
             metrics: CollectionMetrics(registry: PrometheusCollectorRegistry()),
-            makeCollector: { SlowCollector(id: $0.id, counter: counter, delay: delay) }, logger: Logger.quiet,
+            makeCollector: { SlowCollector(id: $0.id, counter: counter, delay: delays[$0.id] ?? delay) },
+            logger: Logger.quiet,
             startedAt: Timestamp.now()
         )
     }
@@ -115,6 +125,58 @@ struct SchedulerTests {
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()
         }
+    }
+
+    /// One slot, taken by a long run while another source is overdue: the scheduler waits for the run to end
+    /// (it reads the clock a few times a second at most), where it looped on the overdue source's past due time,
+    /// taking a core from the run.
+    @Test func anOverdueSourceWithEverySlotTakenDoesNotSpinTheScheduler() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sources = try ["a", "b"].map { name in
+            SourceConfiguration(
+                id: try SourceID(name), kind: .directory(DirectorySettings(path: dir)), interval: .milliseconds(100))
+        }
+        let counter = CallCounter()
+        let clockReads = Counter()
+        var engine = try engine(
+            dir: dir, sources: sources, counter: counter, delay: .milliseconds(1),
+            delays: [sources[0].id: .milliseconds(1500)])
+        engine.clock = {
+            clockReads.add()
+            return Timestamp.now()
+        }
+        let scheduler = CollectionScheduler(engine: engine, configuration: .init(maxConcurrentRuns: 1))
+        let group = ServiceGroup(services: [scheduler], logger: Logger.quiet)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            // a runs (1.5 s), then b (never run: first), then a again while b falls due 100 ms later.
+            try await waitFor("a second run of a") { await counter.count(sources[0].id) == 2 }
+            let before = clockReads.value
+            try await waitFor("the second run of a to end") { await counter.running == 0 }
+            let during = clockReads.value - before
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+            #expect(during < 100, "\(during) clock reads while every slot was taken")
+        }
+    }
+
+    /// With the slots busy, the source due longest is claimed first, whatever its place in the configuration.
+    @Test func theSourceDueLongestIsClaimedFirst() async throws {
+        let sources = try ["a", "b", "c"].map { name in
+            SourceConfiguration(id: try SourceID(name), kind: .directory(DirectorySettings(path: "/nonexistent")))
+        }
+        let board = SourceBoard(sources: sources)
+        let now = Timestamp.now()
+        #expect(await board.claimDue(now: now, limit: 3).map(\.id) == sources.map(\.id))
+        for (source, due) in zip(
+            sources, [now.adding(.seconds(-1)), now.adding(.seconds(-2)), now.adding(.seconds(-100))])
+        {
+            await board.finish(
+                RunReport(sourceID: source.id, outcome: .success, startedAt: now, finishedAt: now), nextRunAt: due)
+        }
+        #expect(await board.claimDue(now: now, limit: 1).map(\.id) == [sources[2].id])
+        #expect(await board.claimDue(now: now, limit: 1).map(\.id) == [sources[1].id])
     }
 
     @Test func gracefulShutdownAbandonsARunningRunAtItsNextPage() async throws {

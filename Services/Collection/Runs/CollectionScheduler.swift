@@ -64,7 +64,8 @@ struct CollectionScheduler: Service {
                 }
                 while !Task.isCancelled, !board.isStopping() {
                     let slots = configuration.maxConcurrentRuns - (await board.runningCount)
-                    for source in await board.claimDue(now: clock(), limit: slots) {
+                    let claimed = await board.claimDue(now: clock(), limit: slots)
+                    for source in claimed {
                         group.addTask {
                             let report = await engine.execute(source)
                             let now = clock()
@@ -73,9 +74,11 @@ struct CollectionScheduler: Service {
                             await engine.refreshWatching()
                         }
                     }
-                    // Sleep until the next due run, or until a trigger, a finished run or shutdown signals.
+                    // Sleep until the next due run, or until a trigger, a finished run or shutdown signals. With
+                    // every slot taken only a finished run can start another: an overdue source's past due time
+                    // would make this loop spin until then.
                     var sleep = configuration.longestSleep
-                    if let due = await board.nextDue() {
+                    if claimed.count < slots, let due = await board.nextDue() {
                         sleep = min(sleep, max(.zero, due.duration(since: clock())))
                     }
                     await board.wakeup.wait(for: sleep)
