@@ -64,13 +64,24 @@ actor SourceBoard {
         return .accepted
     }
 
-    /// Marks up to `limit` due sources as running and returns them (triggered ones first).
+    /// Marks up to `limit` due sources as running and returns them: triggered ones first, then the longest due
+    /// (never run first), then in the configuration's order. By order alone, sources early in the file that fall
+    /// due again while the slots are busy took every freed slot and one further down never ran.
     func claimDue(now: Timestamp, limit: Int) -> [SourceConfiguration] {
         guard !isStopping(), limit > 0 else { return [] }
-        let due = order.compactMap { entries[$0] }.filter { entry in
-            !entry.running
+        let due = order.enumerated().compactMap { position, id in entries[id].map { (position, $0) } }.filter {
+            let entry = $0.1
+            return !entry.running
                 && (entry.triggered || (entry.source.enabled && (entry.nextRunAt.map { $0 <= now } ?? true)))
-        }.sorted { lhs, rhs in lhs.triggered && !rhs.triggered }
+        }.sorted { lhs, rhs in
+            if lhs.1.triggered != rhs.1.triggered { return lhs.1.triggered }
+            if lhs.1.nextRunAt != rhs.1.nextRunAt {
+                guard let left = lhs.1.nextRunAt else { return true }
+                guard let right = rhs.1.nextRunAt else { return false }
+                return left < right
+            }
+            return lhs.0 < rhs.0
+        }.map(\.1)
         let claimed = Array(due.prefix(limit))
         for entry in claimed {
             entries[entry.source.id]?.running = true
