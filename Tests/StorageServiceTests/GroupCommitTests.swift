@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
@@ -263,9 +264,54 @@ struct GroupCommitTests {
         try await withTemporaryDirectory { folder in
             for _ in 0..<2 {
                 let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
-                #expect(try await store.writerSynchronous() == 2)
+                #expect(store.writerSynchronous == 2)
+                #expect(
+                    try await store.writer.writeWithoutTransaction { db in
+                        try Int.fetchOne(db, sql: "PRAGMA synchronous")
+                    } == 2)
                 try store.close()
             }
+        }
+    }
+
+    /// `/status` reads the store's details while the writer's queue is held (as the group-commit writer holds it
+    /// for as long as writes keep arriving): it answers at once, where it waited for the queue to be free.
+    @Test("the store's details are read without waiting for the writer")
+    func infoDoesNotWaitForTheWriter() async throws {
+        try await withTemporaryDirectory { folder in
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+            let held = HeldFlag()
+            let release = DispatchSemaphore(value: 0)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await store.writer.writeWithoutTransaction { _ in
+                        held.value.withLock { $0 = true }
+                        release.wait()
+                    }
+                }
+                let deadline = ContinuousClock.now + .seconds(30)
+                while !held.value.withLock({ $0 }), ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                let answered = try await withThrowingTaskGroup(of: Bool.self) { race in
+                    race.addTask {
+                        _ = try await store.info()
+                        return true
+                    }
+                    race.addTask {
+                        try await Task.sleep(for: .seconds(10))
+                        release.signal()  // lets a waiting info() end, so that the race does
+                        return false
+                    }
+                    let first = try await race.next() ?? false
+                    race.cancelAll()
+                    return first
+                }
+                #expect(answered, "info() waited for the writer's queue")
+                release.signal()
+                try await group.waitForAll()
+            }
+            try store.close()
         }
     }
 
@@ -282,4 +328,9 @@ struct GroupCommitTests {
             try store.close()
         }
     }
+}
+
+/// Whether the writer's queue is held, set from the queue's thread.
+private final class HeldFlag: Sendable {
+    let value = Mutex(false)
 }

@@ -14,6 +14,10 @@ import WatermarkStores
 /// and a refusal thrown by the rules rolls back its savepoint only, so a refused request changes nothing.
 final class SQLiteWatermarkStore: WatermarkStore {
     let writer: any DatabaseWriter
+    /// The writer connection's `PRAGMA synchronous` (2: FULL), what a commit waits for, read once the store is open
+    /// and shown in `/status`. Asked at every `/status`, it waited for the writer's queue, which the group-commit
+    /// writer holds for as long as writes keep arriving: `/status` hung under a steady load of writes.
+    let writerSynchronous: Int
     let batcher: GroupCommitWriter
     private let path: String?
     private let policy: WatermarkPolicy
@@ -103,6 +107,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
         self.logger = logger
         self.clock = clock
         try WatermarkDatabase.migrator.migrate(writer)
+        self.writerSynchronous = try writer.writeWithoutTransaction { db in
+            try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
+        }
         self.readers = try path.map { path in
             try SQLiteReaders(path: path, count: 4, configuration: Self.configuration, pool: writer)
         }
@@ -188,11 +195,6 @@ final class SQLiteWatermarkStore: WatermarkStore {
         guard code == SQLITE_OK else {
             throw DatabaseError(resultCode: ResultCode(rawValue: code), message: "syncing the database file")
         }
-    }
-
-    /// The writer connection's `PRAGMA synchronous` (2: FULL): what a commit waits for, in `/status`.
-    func writerSynchronous() async throws -> Int {
-        try await writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     /// Write transactions committed and the writes they carried (more writes than batches: group commit), in
@@ -338,7 +340,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     func info() async throws -> StoreInfo {
         let journalMode = try await read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "unknown" }
-        let synchronous = try await writerSynchronous()
+        let synchronous = writerSynchronous
         let (batches, writes) = await writeBatches()
         // What durability and group commit look like from outside: FULL means a 2xx write is on disk.
         let details = [
