@@ -101,7 +101,7 @@ public enum StorageClientError: Error, Sendable, CustomStringConvertible {
     case unauthorized(message: String)
     /// Other 4xx: the request itself is wrong (`code` is the server's error code).
     case invalidRequest(code: String, message: String)
-    /// Transport failures, timeouts, 5xx, unreadable answers: worth retrying later.
+    /// Transport failures, timeouts, 408, 429, 5xx, unreadable answers: worth retrying later.
     case unavailable(underlying: any Error)
 
     /// Maps the service's error body (or the in-memory store's refusal) to a case.
@@ -111,6 +111,9 @@ public enum StorageClientError: Error, Sendable, CustomStringConvertible {
         case 409: self = .conflict(code: error.code, message: error.message)
         case 412: self = .preconditionFailed(message: error.message)
         case 401, 403: self = .unauthorized(message: error.message)
+        // A rate limit or a request timeout says the storage could not take the request now, not that the request
+        // is wrong: the same call may succeed later (a queued update stays queued).
+        case 408, 429: self = .unavailable(underlying: error)
         case 400..<500: self = .invalidRequest(code: error.code, message: error.message)
         default: self = .unavailable(underlying: error)
         }

@@ -246,12 +246,14 @@ public actor WatermarkManager {
     }
 
     /// Whether the storage could accept `error`'s update later: the lease or the token may change, the
-    /// storage may come back. Everything else (a regression, an invalid body, a failed precondition) is
-    /// final for that update.
+    /// storage may come back. An answer that is not the service's (`http_<status>`: a proxy or a wrong route
+    /// answered) never judged the update. Everything else (a regression, an invalid body, a failed precondition)
+    /// is final for that update.
     static func mayStillSucceed(_ error: StorageClientError) -> Bool {
         if error.isTransient { return true }
         switch error {
         case .unauthorized: return true
+        case .invalidRequest(let code, _): return code.hasPrefix("http_")
         case .conflict(let code, _): return ["lease_required", "stale_lease", "lease_held"].contains(code)
         default: return false
         }

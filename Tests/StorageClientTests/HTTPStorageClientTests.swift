@@ -213,14 +213,16 @@ struct HTTPStorageClientTests {
         #expect(sleeps.all == [.seconds(3)])
     }
 
-    @Test func aRetryAfterBeyondTheCapIsReturnedAtOnce() async throws {
+    /// Given up at once, and transient: a rate limit (429) too, which the manager must queue, not dead-letter.
+    @Test(arguments: [(503, "maintenance"), (429, "rate_limited")])
+    func aRetryAfterBeyondTheCapIsReturnedAtOnce(status: Int, code: String) async throws {
         let script = ServerScript(failures: 5)
         let sleeps = SleepRecorder()
         try await withScriptedServer(
             script: script,
             failure: {
                 jsonResponse(
-                    .serviceUnavailable, #"{"error":{"code":"maintenance","message":"back in an hour"}}"#,
+                    HTTPResponse.Status(code: status), #"{"error":{"code":"\#(code)","message":"back in an hour"}}"#,
                     headers: [.retryAfter: "3600"]
                 )
             }
@@ -228,7 +230,7 @@ struct HTTPStorageClientTests {
             try await using(makeClient(url, sleeps: sleeps)) { client in
                 let error = await thrown(StorageClientError.self) { _ = try await client.getWatermark(sourceID: alpha) }
                 #expect(error?.isTransient == true)
-                #expect(error?.code == "maintenance")
+                #expect(error?.code == code)
             }
         }
         #expect(script.seen.count == 1)

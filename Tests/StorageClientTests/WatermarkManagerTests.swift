@@ -11,7 +11,11 @@ import WatermarkCore
 /// Wraps the in-memory client and makes chosen calls fail as a broken connection would: before reaching
 /// the storage, or after the storage applied the update (the answer got lost on the way back).
 actor FlakyClient: StorageClient {
-    enum Failure { case beforeSending, afterApplying }
+    enum Failure {
+        case beforeSending, afterApplying
+        /// Answered with this error without reaching the storage (a proxy's answer, say).
+        case answered(StorageClientError)
+    }
 
     let inner: InMemoryStorageClient
     private var failures: [Failure] = []
@@ -36,12 +40,16 @@ actor FlakyClient: StorageClient {
     ) async throws -> Watermark {
         updatesSent += 1
         let failure = nextFailure()
-        if failure == .beforeSending { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
+        switch failure {
+        case .beforeSending: throw StorageClientError.unavailable(underlying: SimulatedOutage())
+        case .answered(let error): throw error
+        default: break
+        }
         let watermark = try await inner.updateWatermark(
             sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: errorMessage,
             recordsCollected: recordsCollected, options: options
         )
-        if failure == .afterApplying { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
+        if case .afterApplying = failure { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
         return watermark
     }
 
@@ -279,6 +287,39 @@ struct WatermarkManagerTests {
             #expect(onDisk.contains("watermark_regression"))
             #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t3)
             #expect(await manager.pendingCount() == 0)
+        }
+    }
+
+    /// A rate limit the client gave up on (429, or a `Retry-After` beyond its cap), a 408, or an answer that is not
+    /// the service's (a proxy's plain 404 or 413) says nothing about the update: it stays queued, where each such
+    /// answer moved it to the dead-letter file and the replay went on to the next one.
+    @Test func answersThatAreNotTheServicesVerdictKeepTheUpdateQueued() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let flaky = FlakyClient(storage)
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+            await flaky.fail(.beforeSending)
+            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success).isQueued)
+            let answers = [
+                WatermarkError(status: 429, code: "rate_limited", message: "slow down"),
+                WatermarkError(status: 408, code: "http_408", message: "Request Timeout"),
+                WatermarkError(status: 404, code: "http_404", message: "Not Found: default backend"),
+                WatermarkError(status: 413, code: "http_413", message: "Payload Too Large: nginx"),
+            ]
+            for answer in answers {
+                let error: StorageClientError =
+                    answer.statusCode == 404
+                    ? .invalidRequest(code: answer.code, message: answer.message)
+                    : StorageClientError(answer)
+                await flaky.fail(.answered(error))
+                #expect(
+                    await manager.replayPending() == ReplaySummary(applied: 0, dropped: 0, remaining: 1),
+                    "\(answer.statusCode) \(answer.code)")
+            }
+            #expect(await manager.deadLetters().isEmpty)
+            #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
+            #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
         }
     }
 
