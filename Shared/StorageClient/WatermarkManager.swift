@@ -6,7 +6,9 @@ import WatermarkCore
 /// collection goes on while the Storage Service is unreachable, and nothing is lost.
 ///
 /// - Every watermark read from or written to the storage is kept in `watermarks.json` under the state
-///   directory. When the storage is unreachable, `getWatermark` answers from there (the last known value).
+///   directory. When the storage is unreachable, `getWatermark` answers from there (the last known value);
+///   with no value known it throws: a run that started from its lookback instead could leave a gap before it
+///   (the stored mark may be older) that no later run fills.
 /// - An update that cannot reach the storage is appended to `pending.json` (durable before the call
 ///   returns) and the local value moves as the storage will move it once the update arrives, so the next
 ///   run continues from there. `replayPending()` sends the queue in order and stops at the first transient
@@ -31,6 +33,9 @@ public actor WatermarkManager {
     private let clock: @Sendable () -> Timestamp
 
     private var lastKnown: [SourceID: Watermark]
+    /// Sources the storage said it holds no watermark for (since this process started): for them a missing last
+    /// known value is known, not unknown.
+    private var absentInStorage: Set<SourceID> = []
     private var queue: PendingQueue
 
     private var busySources: Set<SourceID> = []
@@ -75,17 +80,20 @@ public actor WatermarkManager {
     ///
     /// When the storage is unreachable (or this source still has queued updates it cannot deliver), the
     /// last known value is returned instead, so collection goes on from where it was.
+    ///
+    /// - Throws: `StorageClientError.unavailable` when the storage is unreachable and no value is known here (a
+    ///   new replica, a lost state directory): `nil` would send the run back to its lookback.
     public func getWatermark(sourceID: SourceID) async throws -> Watermark? {
         try await withSourceLock(sourceID) {
             if hasPending(sourceID), await flush(sourceID, leaseToken: nil) == .stopped {
-                return useLastKnown(sourceID, because: "queued updates could not be delivered")
+                return try useLastKnown(sourceID, because: "queued updates could not be delivered")
             }
             do {
                 let watermark = try await client.getWatermark(sourceID: sourceID)
                 remember(watermark, for: sourceID)
                 return watermark
             } catch let error as StorageClientError where error.isTransient {
-                return useLastKnown(sourceID, because: "\(error)")
+                return try useLastKnown(sourceID, because: "\(error)")
             }
         }
     }
@@ -355,7 +363,11 @@ public actor WatermarkManager {
         next.append(sourceID: sourceID, update: update, options: options, queuedAt: clock())
         try save(next, to: Self.pendingFile)
         queue = next
-        remember(projected, for: sourceID)
+        // Projected onto nothing known (the storage was never reached for this source), a value without a mark of
+        // success is a guess ("never collected") that the next run would take for the storage's and start from its
+        // lookback: it stays unknown until the storage answers. A mark of success is the caller's own claim.
+        let baseKnown = lastKnown[sourceID] != nil || absentInStorage.contains(sourceID)
+        if baseKnown || projected.lastSuccessfulTimestamp != nil { remember(projected, for: sourceID) }
         let pending = pendingCount(sourceID: sourceID)
         logger.warning(
             "Storage unavailable - watermark update queued",
@@ -373,8 +385,15 @@ public actor WatermarkManager {
         queue = next
     }
 
-    private func useLastKnown(_ sourceID: SourceID, because reason: String) -> Watermark? {
+    private func useLastKnown(_ sourceID: SourceID, because reason: String) throws -> Watermark? {
         let watermark = lastKnown[sourceID]
+        guard watermark != nil || absentInStorage.contains(sourceID) else {
+            logger.warning(
+                "Storage unavailable and no last known watermark - not collecting",
+                metadata: ["source_id": "\(sourceID)", "error": "\(reason)"]
+            )
+            throw StorageClientError.unavailable(underlying: NoLastKnownWatermark(sourceID: sourceID, reason: reason))
+        }
         logger.warning(
             "Storage unavailable - using last known watermark",
             metadata: [
@@ -388,6 +407,7 @@ public actor WatermarkManager {
 
     /// Keeps the storage's answer locally; `nil` (the storage has none: a reset source) forgets it.
     private func remember(_ watermark: Watermark?, for sourceID: SourceID) {
+        if watermark == nil { absentInStorage.insert(sourceID) } else { absentInStorage.remove(sourceID) }
         guard lastKnown[sourceID] != watermark else { return }
         lastKnown[sourceID] = watermark
         persistLastKnown()
@@ -468,5 +488,16 @@ public actor WatermarkManager {
         } else {
             busySources.remove(sourceID)
         }
+    }
+}
+
+/// The storage is unreachable and this collector has no value of its own for the source: it does not collect
+/// rather than start from the source's lookback.
+public struct NoLastKnownWatermark: Error, CustomStringConvertible {
+    public let sourceID: SourceID
+    public let reason: String
+
+    public var description: String {
+        "no last known watermark of \(sourceID) while the storage is unreachable (\(reason))"
     }
 }

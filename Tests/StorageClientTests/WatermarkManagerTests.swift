@@ -115,13 +115,50 @@ struct WatermarkManagerTests {
             let stored = try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success).watermark
             await storage.setAvailable(false)
             #expect(try await manager.getWatermark(sourceID: otx) == stored)
-            let value2 = try await manager.getWatermark(sourceID: sid("unknown"))
-            #expect(value2 == nil)
             #expect(logs.messages(at: .warning).contains("Storage unavailable - using last known watermark"))
 
             // A restarted process still knows it, from the state file.
             let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger(label: "t"))
             #expect(try await restarted.getWatermark(sourceID: otx) == stored)
+        }
+    }
+
+    /// A replica with no state of its own for a source (new, or its state directory lost) while the storage is
+    /// unreachable: `nil` would start the run at its lookback, after the stored mark (ten days back here), and
+    /// the days between would never be collected. It throws instead, also once the failed run's update is
+    /// queued, and answers again from the storage once it is back. A source the storage said it has no
+    /// watermark for is known to have none.
+    @Test func withNothingKnownLocallyAnUnreachableStorageIsAnErrorNotAFirstCollection() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            _ = try await storage.updateWatermark(
+                sourceID: otx, timestamp: t1, status: .success, errorMessage: nil, recordsCollected: nil,
+                options: UpdateOptions())
+            let fresh = sid("fresh")
+            let logs = LogRecorder()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            #expect(try await manager.getWatermark(sourceID: fresh) == nil)
+            await storage.setAvailable(false)
+            let error = await thrown(StorageClientError.self) { _ = try await manager.getWatermark(sourceID: otx) }
+            #expect(error?.isTransient == true && "\(error.map { "\($0)" } ?? "")".contains("no last known watermark"))
+            #expect(
+                logs.messages(at: .warning).contains("Storage unavailable and no last known watermark - not collecting")
+            )
+            // The failed run's update is queued, and still nothing is known.
+            let failed = try await manager.updateWatermark(
+                sourceID: otx, timestamp: nil, status: .failed, errorMessage: "storage unreachable")
+            #expect(failed.isQueued)
+            #expect(await thrown(StorageClientError.self) { _ = try await manager.getWatermark(sourceID: otx) } != nil)
+            // The storage said it has none for `fresh`: a run starts from the lookback, and its queued update moves
+            // the local value as the storage's will move.
+            #expect(try await manager.getWatermark(sourceID: fresh) == nil)
+            #expect(try await manager.updateWatermark(sourceID: fresh, timestamp: t2, status: .success).isQueued)
+            #expect(try await manager.getWatermark(sourceID: fresh)?.lastSuccessfulTimestamp == t2)
+            await storage.setAvailable(true)
+            #expect(try await manager.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
+            #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
+            #expect(try await storage.getWatermark(sourceID: fresh)?.lastSuccessfulTimestamp == t2)
         }
     }
 
