@@ -296,6 +296,19 @@ struct RunnerTests {
     }
 }
 
+extension NDJSONSink {
+    /// Every key of `name` and where its last complete line ends, through the chunked reader.
+    func keys(in name: String, chunkBytes: Int = 4 << 20) throws -> (keys: [RecordKey], end: Int) {
+        var all: [RecordKey] = []
+        var end = 0
+        try forEachKeys(in: name, from: 0, chunkBytes: chunkBytes) { keys, chunkEnd in
+            all += keys
+            end = chunkEnd
+        }
+        return (all, end)
+    }
+}
+
 @Suite("NDJSON sink")
 struct SinkTests {
     @Test func aTornLastLineIsCutBeforeTheNextAppendAndIgnoredWhenReading() throws {
@@ -308,7 +321,7 @@ struct SinkTests {
         handle.seekToEndOfFile()
         handle.write(Data(#"{"source_id":"s","id":"torn","mar"#.utf8))
         try handle.close()
-        let read = try sink.keys(in: "2026-11-27.ndjson", from: 0)
+        let read = try sink.keys(in: "2026-11-27.ndjson")
         #expect(read.keys == [RecordKey(id: "a", version: "2026-11-25T00:00:00Z")])
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         #expect(read.end == (bytes.firstIndex(of: UInt8(ascii: "\n")) ?? -2) + 1, "the end of the complete line")
@@ -322,6 +335,41 @@ struct SinkTests {
         #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
     }
 
+    /// The index is rebuilt a chunk at a time: read in chunks far smaller than a line, every key comes back in
+    /// order, each chunk ending on a line's end, and a torn last line is left out as before.
+    @Test func keysAreReadAChunkAtATimeWithLinesLongerThanAChunk() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        let records = (0..<40).map { record("r\($0)", "2026-11-25T00:00:\(String(format: "%02d", $0))Z") }
+        try sink.append(records, collectedAt: ts("2026-11-27T01:00:00Z"))
+        let path = dir + "/s/2026-11-27.ndjson"
+        let complete = try Data(contentsOf: URL(fileURLWithPath: path)).count
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"{"source_id":"s","id":"torn","mar"#.utf8))
+        try handle.close()
+        for chunkBytes in [1, 7, 64, 1000, 1 << 20] {
+            var ends: [Int] = []
+            var keys: [RecordKey] = []
+            try sink.forEachKeys(in: "2026-11-27.ndjson", from: 0, chunkBytes: chunkBytes) { chunk, end in
+                keys += chunk
+                ends.append(end)
+            }
+            #expect(keys.map(\.id) == records.map(\.id), "chunks of \(chunkBytes)")
+            #expect(ends == ends.sorted() && ends.last == complete, "chunks of \(chunkBytes): \(ends)")
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+            #expect(ends.allSatisfy { bytes[$0 - 1] == UInt8(ascii: "\n") }, "chunks of \(chunkBytes)")
+        }
+        // From an offset: what follows it.
+        let lineEnd = try sink.keys(in: "2026-11-27.ndjson", chunkBytes: 1).end
+        var fromSecond: [RecordKey] = []
+        let firstLine = try Data(contentsOf: URL(fileURLWithPath: path)).firstIndex(of: UInt8(ascii: "\n"))! + 1
+        try sink.forEachKeys(in: "2026-11-27.ndjson", from: firstLine, chunkBytes: 100) { keys, _ in fromSecond += keys
+        }
+        #expect(fromSecond.map(\.id) == records.dropFirst().map(\.id) && lineEnd == complete)
+    }
+
     /// Rebuilding the dedup index reads the sink's own fields of each line, whatever the record holds: a number
     /// beyond a `Double` (valid JSON, which the collectors accept) made `JSONSerialization` refuse the whole line,
     /// and the record was left out of the index, to be written again.
@@ -332,7 +380,7 @@ struct SinkTests {
         var big = record("big", "2026-11-25T00:00:00Z")
         big.json = Data(#"{"id":"big","type":"x-count","n":1e400,"m":-123456789012345678901234567890.5}"#.utf8)
         try sink.append([record("a", "2026-11-25T00:00:00Z"), big], collectedAt: ts("2026-11-27T01:00:00Z"))
-        let read = try sink.keys(in: "2026-11-27.ndjson", from: 0)
+        let read = try sink.keys(in: "2026-11-27.ndjson")
         #expect(read.keys.map(\.id) == ["a", "big"])
         #expect(sink.allEntries().map(\.id) == ["a", "big"])
     }

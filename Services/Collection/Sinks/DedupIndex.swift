@@ -109,9 +109,11 @@ struct DedupIndex: Sendable {
                 }
                 return try catchUp(with: sink)
             }
+            // A chunk at a time, each committed with how far it reached: a crash meanwhile resumes from there.
             for (name, size) in sizes where size > (indexed[name] ?? 0) {
-                let (keys, end) = try sink.keys(in: name, from: indexed[name] ?? 0)
-                try add(keys, file: name, end: end)
+                try sink.forEachKeys(in: name, from: indexed[name] ?? 0) { keys, end throws(SinkError) in
+                    try add(keys, file: name, end: end)
+                }
             }
         } catch let error as SinkError {
             throw error

@@ -39,25 +39,41 @@ struct NDJSONSink: Sendable {
         return Int(info.st_size)
     }
 
-    /// The keys of the complete lines of `name` from byte `offset` on, and where the last complete line ends.
+    /// The keys of the complete lines of `name` from byte `offset` on, read a chunk of `chunkBytes` at a time:
+    /// `body` gets each chunk's keys in file order and where its last complete line ends. Only one chunk (or one
+    /// line longer than a chunk) is held at a time: rebuilding a lost index read whole day files into memory,
+    /// a gigabyte for a million-record day.
     ///
     /// A last line without its newline is torn, exactly as `repairTail` decides before the next append, so
     /// reading and repairing agree: a record whose line was cut (even one that is complete JSON) does not count
     /// as written and is written again.
-    func keys(in name: String, from offset: Int) throws(SinkError) -> (keys: [RecordKey], end: Int) {
+    func forEachKeys(
+        in name: String, from offset: Int, chunkBytes: Int = 4 << 20,
+        _ body: (_ keys: [RecordKey], _ end: Int) throws(SinkError) -> Void
+    ) throws(SinkError) {
         let path = (directory as NSString).appendingPathComponent(name)
-        let data: Data
-        do {
-            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
-            defer { try? handle.close() }
-            try handle.seek(toOffset: UInt64(offset))
-            data = try handle.readToEnd() ?? Data()
-        } catch {
-            throw SinkError(path: path, operation: "read", detail: error.localizedDescription)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SinkError(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        var chunk = [UInt8](repeating: 0, count: max(1, chunkBytes))
+        var pending: [UInt8] = []  // read, not yet taken: from `start` on
+        var start = offset
+        var position = offset
+        while true {
+            let count = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(position)) }
+            if count < 0, errno == EINTR { continue }
+            guard count >= 0 else { throw SinkError(path: path, operation: "read", errno: errno) }
+            if count == 0 { return }
+            position += count
+            pending.append(contentsOf: chunk[0..<count])
+            guard let lastNewline = pending.lastIndex(of: UInt8(ascii: "\n")) else { continue }
+            let keys = pending[...lastNewline].split(separator: UInt8(ascii: "\n")).compactMap {
+                Self.decodeLine(Data($0))?.key
+            }
+            start += lastNewline + 1
+            pending.removeSubrange(...lastNewline)
+            try body(keys, start)
         }
-        let lines = Self.completeLines(data)
-        let end = offset + (data.lastIndex(of: UInt8(ascii: "\n")).map { $0 - data.startIndex + 1 } ?? 0)
-        return (lines.compactMap { Self.decodeLine(Data($0))?.key }, end)
     }
 
     /// The lines of `data` that end with a newline; a last line without one is torn and left out.
@@ -68,7 +84,7 @@ struct NDJSONSink: Sendable {
     }
 
     /// Cuts the torn last line of every file of the source (a crash in the middle of an append), so what is
-    /// on disk is exactly what `keys(in:from:)` and the index count. A run calls it before reading the sink.
+    /// on disk is exactly what `forEachKeys(in:from:)` and the index count. A run calls it before reading the sink.
     func recover() throws(SinkError) {
         for name in files() {
             let path = (directory as NSString).appendingPathComponent(name)
