@@ -221,4 +221,88 @@ struct LeaseRenewalTests {
         let lease = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other", ttl: .seconds(60))
         #expect(lease.fencingToken == 2)
     }
+
+    /// A run whose lease is taken over while it waits for a page (the source slow or retrying, the lease expired)
+    /// writes nothing of that page: the lease is renewed, or found lost, after the page arrives and before it is
+    /// written. It was renewed only before the wait, so the page went into this replica's sink while another
+    /// collected the source.
+    @Test func aPageThatArrivesAfterTheLeaseWasTakenOverIsNotWritten() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let clock = ManualClock()
+        let storage = CountingLeases(InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() }))
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
+        var runner = CollectionRunner(
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "replica-a", logger: Logger.quiet,
+            requireLease: true, clock: { clock.now() })
+        runner.leaseRenewal = .zero
+        let source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir)))
+        let takeover = TakeoverCollector(storage: storage, clock: clock, sourceID: source.id)
+        let report = await runner.run(source, collector: takeover)
+        #expect(report.outcome == .failed)
+        let ids = NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id)
+        #expect(!ids.contains("after-takeover"), "\(ids)")
+    }
+}
+
+/// Forwards to the in-memory storage and counts the lease requests.
+actor CountingLeases: StorageClient {
+    let inner: InMemoryStorageClient
+    private(set) var leaseRequests = 0
+
+    init(_ inner: InMemoryStorageClient) { self.inner = inner }
+
+    func getWatermark(sourceID: SourceID) async throws -> Watermark? {
+        try await inner.getWatermark(sourceID: sourceID)
+    }
+    func updateWatermark(
+        sourceID: SourceID, timestamp: Timestamp?, status: RunStatus, errorMessage: String?,
+        recordsCollected: Int64?, options: UpdateOptions
+    ) async throws -> Watermark {
+        try await inner.updateWatermark(
+            sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: errorMessage,
+            recordsCollected: recordsCollected, options: options)
+    }
+    func deleteWatermark(
+        sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, reason: String?
+    ) async throws {
+        try await inner.deleteWatermark(
+            sourceID: sourceID, precondition: precondition, leaseToken: leaseToken, reason: reason)
+    }
+    func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage { try await inner.listWatermarks(query) }
+    func history(sourceID: SourceID, limit: Int?) async throws -> [WatermarkRun] {
+        try await inner.history(sourceID: sourceID, limit: limit)
+    }
+    func lease(sourceID: SourceID) async throws -> Lease? { try await inner.lease(sourceID: sourceID) }
+    func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
+        leaseRequests += 1
+        return try await inner.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
+    }
+    func releaseLease(sourceID: SourceID, token: Int64) async throws {
+        try await inner.releaseLease(sourceID: sourceID, token: token)
+    }
+    func healthCheck() async -> Bool { await inner.healthCheck() }
+    func shutdown() async throws {}
+}
+
+/// Two pages; the second arrives only after the run renewed its lease for the wait (three lease requests: the
+/// first take and a renewal around each of the first page's writing and the wait), and meanwhile the lease
+/// expires and another replica takes it.
+struct TakeoverCollector: Collector {
+    let storage: CountingLeases
+    let clock: ManualClock
+    let sourceID: SourceID
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        guard cursor != nil else {
+            return CollectorPage(records: [record("before", "2026-11-26T00:00:00Z")], next: "2")
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while await storage.leaseRequests < 3, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        clock.advance(.seconds(3600))
+        _ = try? await storage.acquireLease(sourceID: sourceID, owner: "replica-b", ttl: .seconds(600))
+        return CollectorPage(records: [record("after-takeover", "2026-11-26T01:00:00Z")])
+    }
 }

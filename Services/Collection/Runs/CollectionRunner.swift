@@ -160,6 +160,9 @@ struct CollectionRunner: Sendable {
                         if await isStopping() || Task.isCancelled { return true }
                         try await session.renewIfDue()
                         guard let batch = try await queue.takeAll() else { return false }
+                        // Waiting for a page can outlast the lease (a source retrying for minutes): renewed (or found
+                        // taken by another replica, which fails the run) before anything of the page is written.
+                        try await session.renewIfDue()
                         for page in batch {
                             for warning in page.warnings {
                                 log.warning("source answer is off", metadata: ["detail": "\(warning)"])
