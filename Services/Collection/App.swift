@@ -107,7 +107,7 @@ struct Serve: AsyncParsableCommand {
                 }
                 await engine.maintain()
                 for report in reports { print(Self.summaryLine(report)) }
-                exitCode = reports.contains { $0.outcome == .failed } ? 1 : 0
+                exitCode = reports.contains(where: \.notCollected) ? 1 : 0
             } else {
                 let app = try buildApplication(
                     configuration: configuration, engine: engine, registry: registry, logger: logger,

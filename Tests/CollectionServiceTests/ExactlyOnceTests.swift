@@ -160,7 +160,8 @@ struct ExactlyOnceTests {
         let other = CollectionRunner(
             manager: f.manager, sink: NDJSONFileSink(dataDirectory: f.dir), owner: "other-host", logger: Logger.quiet)
         _ = try await f.storage.acquireLease(sourceID: f.source.id, owner: "collector-host", ttl: .seconds(300))
-        #expect(await other.run(f.source, collector: ScriptedCollector(pages: [])).outcome == .skipped)
+        let skipped = await other.run(f.source, collector: ScriptedCollector(pages: []))
+        #expect(skipped.outcome == .skipped && !skipped.notCollected, "collected by the lease's holder")
     }
 
     /// With REQUIRE_LEASE=true a source is never collected without its lease: storage away means skip and retry.
@@ -171,6 +172,7 @@ struct ExactlyOnceTests {
         let report = await f.runner.run(
             f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-26T00:00:00Z")]]))
         #expect(report.outcome == .skipped && !report.withoutLease)
+        #expect(report.notCollected, "--once exits non-zero: nobody collected the source")
         #expect(report.retryAfter == .seconds(15))
         #expect(report.errorMessage?.contains("REQUIRE_LEASE") == true)
         #expect(!FileManager.default.fileExists(atPath: f.dir + "/feed"), "nothing collected")

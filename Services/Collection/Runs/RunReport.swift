@@ -37,4 +37,9 @@ struct RunReport: Sendable, Equatable {
     var retryAfter: Duration?
 
     var duration: Duration { finishedAt.duration(since: startedAt) }
+
+    /// Whether the source went uncollected for want of something here: the run failed, or it was skipped because
+    /// the storage could not be asked for the lease (`REQUIRE_LEASE=true`). A source whose lease another replica
+    /// holds is collected there. `--once` exits non-zero for such a run: it will not be retried.
+    var notCollected: Bool { outcome == .failed || (outcome == .skipped && retryAfter != nil) }
 }
