@@ -60,7 +60,8 @@ public struct PendingUpdate: Sendable, Equatable, Codable {
     public let sequence: Int64
     public let sourceID: SourceID
     public let update: WatermarkUpdate
-    /// Everything else the update said: its idempotency key (always set), lease token, force, precondition.
+    /// Everything else the update said: its idempotency key (always set), lease token, force, precondition, and
+    /// the reason the history records (`X-Reason`).
     public let options: UpdateOptions
     public let queuedAt: Timestamp
 
@@ -72,6 +73,7 @@ public struct PendingUpdate: Sendable, Equatable, Codable {
         case leaseToken = "lease_token"
         case force
         case precondition
+        case reason
         case queuedAt = "queued_at"
     }
 
@@ -105,7 +107,8 @@ public struct PendingUpdate: Sendable, Equatable, Codable {
         options = UpdateOptions(
             precondition: precondition, idempotencyKey: try c.decode(String.self, forKey: .idempotencyKey),
             leaseToken: try c.decodeIfPresent(Int64.self, forKey: .leaseToken),
-            force: try c.decode(Bool.self, forKey: .force)
+            force: try c.decode(Bool.self, forKey: .force),
+            reason: try c.decodeIfPresent(String.self, forKey: .reason)
         )
     }
 
@@ -125,6 +128,7 @@ public struct PendingUpdate: Sendable, Equatable, Codable {
             case .version(let version): String(version)
             }
         try c.encode(precondition, forKey: .precondition)
+        try c.encodeIfPresent(options.reason, forKey: .reason)
         try c.encode(queuedAt, forKey: .queuedAt)
     }
 }

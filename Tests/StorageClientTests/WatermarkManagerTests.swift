@@ -225,7 +225,11 @@ struct WatermarkManagerTests {
                 #expect(try await first.updateWatermark(sourceID: otx, timestamp: t1, status: .success).isQueued)
                 // Still down: the queued update fails again, so the new one queues behind it unsent.
                 await flaky.fail(.beforeSending)
-                #expect(try await first.updateWatermark(sourceID: otx, timestamp: t2, status: .success).isQueued)
+                #expect(
+                    try await first.updateWatermark(
+                        sourceID: otx, timestamp: t2, status: .success,
+                        options: UpdateOptions(reason: "backfill: ticket 42")
+                    ).isQueued)
                 #expect(await first.pendingCount() == 2)
                 let queued = await first.pendingUpdates()
                 #expect(queued.map(\.sequence) == [1, 2])
@@ -241,6 +245,8 @@ struct WatermarkManagerTests {
             let runs = try await storage.history(sourceID: otx, limit: nil)
             #expect(runs.map(\.version) == [2, 1])
             #expect(runs.map(\.timestamp) == [t2, t1])
+            // The reason the second update gave survives the restart into the history.
+            #expect(runs.map(\.reason) == ["backfill: ticket 42", nil])
             #expect(logs.messages(at: .notice).contains("Queued watermark updates found"))
         }
     }
