@@ -20,7 +20,7 @@ struct StorageMetrics: Sendable {
     /// The sources whose series are in `sourceRegistry`, so a source that leaves the page loses them.
     private let exported = NIOLockedValueBox<Set<SourceID>>([])
     private let refreshedAt = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
-    private let renderedSources = NIOLockedValueBox(ByteBuffer())
+    private let renderedSources = NIOLockedValueBox<ByteBuffer?>(nil)
 
     private static let latencyBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -86,7 +86,8 @@ struct StorageMetrics: Sendable {
     /// The per-source series as text, refreshed by `load` at most once a second and rendered once per refresh:
     /// Prometheus scrapes every few seconds, and a benchmark's thousands of scrapes a second must neither each
     /// read and re-register 1,000 sources nor each hold its own copy of their 200 KB of text (the answers
-    /// share this buffer).
+    /// share this buffer). Until a first rendering exists every scrape loads its own: one arriving while the
+    /// first load ran was answered without the series.
     func renderSources(_ load: () async -> [Watermark]?) async -> ByteBuffer {
         let due = refreshedAt.withLockedValue { last in
             let now = ContinuousClock.now
@@ -94,12 +95,12 @@ struct StorageMetrics: Sendable {
             last = now
             return true
         }
-        if due, let sources = await load() {
+        if due || renderedSources.withLockedValue({ $0 == nil }), let sources = await load() {
             export(sources)
             let text = ByteBuffer(string: sourceRegistry.emitToString())
             renderedSources.withLockedValue { $0 = text }
         }
-        return renderedSources.withLockedValue { $0 }
+        return renderedSources.withLockedValue { $0 } ?? ByteBuffer()
     }
 
     private static let perSource: [(name: String, help: String)] = [

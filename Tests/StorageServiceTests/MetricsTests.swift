@@ -1,0 +1,36 @@
+import NIOCore
+import Testing
+import WatermarkCore
+
+@testable import StorageService
+
+@Suite("Per-source metrics")
+struct MetricsTests {
+    /// Two scrapes right after start: the second arrives while the first still loads the sources. It loads them
+    /// itself rather than answer without the series (it got an empty text, as if no source existed).
+    @Test func aScrapeDuringTheFirstLoadStillGetsThePerSourceSeries() async throws {
+        let metrics = StorageMetrics()
+        let mark = try Timestamp(rfc3339: "2026-12-01T00:00:00Z")
+        let watermark = Watermark(
+            sourceID: try SourceID("feed-a"), lastSuccessfulTimestamp: mark, lastRunTimestamp: mark, status: .success,
+            recordsCollected: 1, errorMessage: nil, version: 1, consecutiveFailures: 0, createdAt: mark)
+        let (started, startedSignal) = AsyncStream<Void>.makeStream()
+        let (release, releaseSignal) = AsyncStream<Void>.makeStream()
+        try await withThrowingTaskGroup(of: String.self) { group in
+            group.addTask {
+                let text = await metrics.renderSources {
+                    startedSignal.yield()
+                    for await _ in release { break }
+                    return [watermark]
+                }
+                return String(buffer: text)
+            }
+            for await _ in started { break }
+            let second = String(buffer: await metrics.renderSources { [watermark] })
+            releaseSignal.finish()
+            #expect(second.contains(#"storage_watermark_timestamp_seconds{source_id="feed-a"}"#), "\(second)")
+            let first = try await group.next() ?? ""
+            #expect(first.contains(#"storage_watermark_timestamp_seconds{source_id="feed-a"}"#), "\(first)")
+        }
+    }
+}
