@@ -385,6 +385,21 @@ struct SinkTests {
         #expect(sink.allEntries().map(\.id) == ["a", "big"])
     }
 
+    /// A record nested as deep as the collectors accept (512 levels) is one level deeper in its sink line: the
+    /// rebuilt index still knows it (the line was refused, so a lost index let the record be written again).
+    @Test func aRecordNestedAsDeepAsAcceptedIsKnownAgain() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        var deep = record("deep", "2026-11-25T00:00:00Z")
+        deep.json = Data(
+            (#"{"id":"deep","a":"# + String(repeating: "[", count: 511) + "1" + String(repeating: "]", count: 511) + "}")
+                .utf8)
+        #expect((try? JSONRecords.fields(deep.json, wanted: ["id"])) != nil, "accepted from a source")
+        try sink.append([deep, record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T01:00:00Z"))
+        #expect(try sink.keys(in: "2026-11-27.ndjson").keys.map(\.id) == ["deep", "a"])
+    }
+
     /// The index commits every few pages, not every page: pages admitted since its last commit are lost with the
     /// process (the connection closes with the transaction open), yet their records are in the sink, so the next
     /// open indexes them again and a second admission of the same records keeps none of them.

@@ -8,11 +8,13 @@ import WatermarkCore
 /// Finding where each record starts and ends inside an envelope, a bundle or a file is `JSONSplitter`'s job:
 /// it follows strings and brackets only, and never interprets a value.
 enum JSONRecords {
-    /// The fields `wanted` of one record: `bytes` must be one JSON object, which `JSONSplitter.validate` proves;
-    /// the fields are then found among the object's top-level members.
-    static func fields(_ bytes: Data, wanted: [String]) throws(CollectorError) -> RecordFields {
+    /// The fields `wanted` of one record: `bytes` must be one JSON object nested at most `maxDepth` deep, which
+    /// `JSONSplitter.validate` proves; the fields are then found among the object's top-level members.
+    static func fields(_ bytes: Data, wanted: [String], maxDepth: Int = 512) throws(CollectorError) -> RecordFields {
         do {
-            try bytes.withRawBytes { raw throws(JSONSplitter.Failure) in try JSONSplitter.validate(raw) }
+            try bytes.withRawBytes { raw throws(JSONSplitter.Failure) in
+                try JSONSplitter.validate(raw, maxDepth: maxDepth)
+            }
         } catch {
             throw .malformed("is not valid JSON: \(error.reason) at byte \(error.offset) (\(snippet(bytes)))")
         }

@@ -93,12 +93,12 @@ enum JSONSplitter {
     }
 
     /// Checks that `bytes` hold exactly one JSON value, whitespace around it allowed, as RFC 8259 writes it:
-    /// brackets matched and nested at most 512 deep (as Foundation's reader allows), members as `"name": value`
+    /// brackets matched and nested at most `maxDepth` deep (512: as Foundation's reader allows), members as `"name": value`
     /// separated by `,` with none before a closing bracket, the literals spelled out, each string's escapes (a `\u`
     /// surrogate must be paired) and characters (no raw control character, UTF-8 throughout), each number's form
     /// (no leading zero, digits after `.` and the exponent). One pass that builds nothing: `JSONDecoder` read as the
     /// collectors' validator (it builds a value of every member first) was 16 % of a drop-folder run's CPU.
-    static func validate(_ bytes: UnsafeRawBufferPointer) throws(Failure) {
+    static func validate(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 512) throws(Failure) {
         // The open brackets, one bit a level (1: object), as in `valueEnd`; beyond 64 levels they spill to `deeper`.
         var open: UInt64 = 0
         var depth = 0
@@ -123,7 +123,9 @@ enum JSONSplitter {
                 case UInt8(ascii: "f"): index = try literalEnd(bytes, index, "false")
                 case UInt8(ascii: "n"): index = try literalEnd(bytes, index, "null")
                 case UInt8(ascii: "{"), UInt8(ascii: "["):
-                    guard depth < 512 else { throw Failure(offset: index, reason: "nested deeper than 512 levels") }
+                    guard depth < maxDepth else {
+                        throw Failure(offset: index, reason: "nested deeper than \(maxDepth) levels")
+                    }
                     if depth >= 64 { deeper.append(open >> 63 == 1) }
                     let object = byte == UInt8(ascii: "{")
                     open = open << 1 | (object ? 1 : 0)

@@ -215,7 +215,9 @@ struct NDJSONSink: Sendable {
     /// checked as the collectors check it, not read: `JSONSerialization` refused numbers beyond a `Double` (`1e400`,
     /// valid JSON that a collector accepts), so rebuilding the dedup index skipped such lines.
     static func decodeLine(_ line: Data) -> SinkEntry? {
-        guard let fields = try? JSONRecords.fields(line, wanted: ["id", "version", "mark"]),
+        // The line holds the record one level down: a record nested as deep as the collectors accept is one
+        // level deeper here, and refusing the line left its key out of a rebuilt index (written again later).
+        guard let fields = try? JSONRecords.fields(line, wanted: ["id", "version", "mark"], maxDepth: 513),
             let id = fields.string("id"), let markText = fields.string("mark"),
             let mark = try? Timestamp(rfc3339: markText)
         else { return nil }
