@@ -19,8 +19,14 @@ struct StorageMetrics: Sendable {
     private let sourceRegistry = PrometheusCollectorRegistry()
     /// The sources whose series are in `sourceRegistry`, so a source that leaves the page loses them.
     private let exported = NIOLockedValueBox<Set<SourceID>>([])
-    private let refreshedAt = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
-    private let renderedSources = NIOLockedValueBox<ByteBuffer?>(nil)
+    private let sources = NIOLockedValueBox(SourcesText())
+
+    /// The per-source series as last rendered, and when they were last loaded (or failed to load).
+    private struct SourcesText {
+        var text: ByteBuffer?
+        var refreshedAt: ContinuousClock.Instant?
+        var failedAt: ContinuousClock.Instant?
+    }
 
     private static let latencyBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -86,21 +92,28 @@ struct StorageMetrics: Sendable {
     /// The per-source series as text, refreshed by `load` at most once a second and rendered once per refresh:
     /// Prometheus scrapes every few seconds, and a benchmark's thousands of scrapes a second must neither each
     /// read and re-register 1,000 sources nor each hold its own copy of their 200 KB of text (the answers
-    /// share this buffer). Until a first rendering exists every scrape loads its own: one arriving while the
-    /// first load ran was answered without the series.
+    /// share this buffer). Until a first rendering exists every scrape loads its own (one arriving while the
+    /// first load ran was answered without the series), unless a load failed within the second: a failing store
+    /// is asked once a second, not by every scrape.
     func renderSources(_ load: () async -> [Watermark]?) async -> ByteBuffer {
-        let due = refreshedAt.withLockedValue { last in
-            let now = ContinuousClock.now
-            guard last.map({ now - $0 >= .seconds(1) }) ?? true else { return false }
-            last = now
-            return true
+        let now = ContinuousClock.now
+        let loads = sources.withLockedValue { state in
+            if state.refreshedAt.map({ now - $0 >= .seconds(1) }) ?? true {
+                state.refreshedAt = now
+                return true
+            }
+            return state.text == nil && (state.failedAt.map { now - $0 >= .seconds(1) } ?? true)
         }
-        if due || renderedSources.withLockedValue({ $0 == nil }), let sources = await load() {
-            export(sources)
-            let text = ByteBuffer(string: sourceRegistry.emitToString())
-            renderedSources.withLockedValue { $0 = text }
+        if loads {
+            if let loaded = await load() {
+                export(loaded)
+                let text = ByteBuffer(string: sourceRegistry.emitToString())
+                sources.withLockedValue { $0.text = text }
+            } else {
+                sources.withLockedValue { $0.failedAt = now }
+            }
         }
-        return renderedSources.withLockedValue { $0 } ?? ByteBuffer()
+        return sources.withLockedValue { $0.text } ?? ByteBuffer()
     }
 
     private static let perSource: [(name: String, help: String)] = [

@@ -33,4 +33,27 @@ struct MetricsTests {
             #expect(first.contains(#"storage_watermark_timestamp_seconds{source_id="feed-a"}"#), "\(first)")
         }
     }
+
+    /// A store that fails is asked at most once a second, however many scrapes arrive (each scrape asked it
+    /// while no rendering existed yet).
+    @Test func aFailingStoreIsAskedOnceASecondNotByEveryScrape() async {
+        let metrics = StorageMetrics()
+        let loads = LoadCounter()
+        let started = ContinuousClock.now
+        for _ in 0..<100 {
+            let text = await metrics.renderSources {
+                await loads.add()
+                return nil
+            }
+            #expect(text.readableBytes == 0)
+        }
+        let seconds = Int((ContinuousClock.now - started).components.seconds)
+        let count = await loads.count
+        #expect(count <= 2 + seconds, "\(count) loads in \(seconds) s")
+    }
+}
+
+private actor LoadCounter {
+    var count = 0
+    func add() { count += 1 }
 }
