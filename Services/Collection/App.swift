@@ -67,6 +67,14 @@ struct Serve: AsyncParsableCommand {
         ServiceStart.bootstrapLogging(level: configuration.logLevel, to: .standardOutput)
         var logger = Logger(label: "collection-service")
         logger.logLevel = configuration.logLevel
+        let dataLock: DataDirectoryLock
+        do {
+            dataLock = try DataDirectoryLock(dataDirectory: configuration.dataDirectory)
+        } catch {
+            logger.critical("cannot hold DATA_DIR", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        defer { dataLock.release() }
 
         // The process's one HTTP client, for the storage and every source; shut down here, after both. Its
         // connect bound (10 s) serves every destination; each storage call has its own deadline of

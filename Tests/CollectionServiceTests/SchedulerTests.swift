@@ -306,3 +306,22 @@ struct TakeoverCollector: Collector {
         return CollectorPage(records: [record("after-takeover", "2026-11-26T01:00:00Z")])
     }
 }
+
+@Suite("DATA_DIR lock")
+struct DataDirectoryLockTests {
+    /// One process per data directory: a second holder is refused, naming the first's pid, until the first lets
+    /// go. (`flock` locks conflict between two descriptors of one process as between two processes.)
+    @Test func aSecondHolderIsRefusedUntilTheFirstLetsGo() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let first = try DataDirectoryLock(dataDirectory: dir + "/data")
+        #expect(FileManager.default.fileExists(atPath: dir + "/data/.state/lock"))
+        let refusal = #expect(throws: DataDirectoryLock.InUse.self) {
+            try DataDirectoryLock(dataDirectory: dir + "/data")
+        }
+        #expect(refusal?.description.contains("in use by another collection-service (pid \(getpid()))") == true)
+        first.release()
+        let second = try DataDirectoryLock(dataDirectory: dir + "/data")
+        second.release()
+    }
+}
