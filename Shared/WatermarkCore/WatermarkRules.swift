@@ -199,10 +199,7 @@ public enum WatermarkRules {
 
     /// Validates the body of a lease request.
     public static func validateLease(owner: String, ttl: Duration, policy: WatermarkPolicy) throws {
-        // Lengths count characters as JSON Schema's maxLength does (Unicode code points), not bytes.
-        guard !owner.isEmpty, owner.unicodeScalars.count <= maxOwnerLength,
-            owner.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
-        else {
+        guard isValidOwner(owner) else {
             throw WatermarkError.invalidBody("field \"owner\" must be 1 to \(maxOwnerLength) printable characters")
         }
         guard ttl >= .seconds(1), ttl <= policy.maxLeaseTTL else {
@@ -210,6 +207,13 @@ public enum WatermarkRules {
                 "field \"ttl_seconds\" must be from 1 to \(policy.maxLeaseTTL.components.seconds)"
             )
         }
+    }
+
+    /// Whether `owner` can hold a lease: 1 to `maxOwnerLength` printable characters. Lengths count characters as
+    /// JSON Schema's maxLength does (Unicode code points), not bytes.
+    public static func isValidOwner(_ owner: String) -> Bool {
+        !owner.isEmpty && owner.unicodeScalars.count <= maxOwnerLength
+            && owner.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
     }
 
     /// Validates an `Idempotency-Key` header value: 1 to 255 visible ASCII characters.

@@ -75,6 +75,21 @@ struct ConfigurationTests {
             message(#"{"sources":[{"id":"d","type":"directory","path":"x","enabled":"yes"}]}"#)
                 == #"source "d" field "enabled": must be true or false"#)
         #expect(message("not json").hasPrefix("the sources file is not valid JSON"))
+        // A misspelled or misplaced top-level part is an error, not ignored.
+        #expect(
+            message(#"{"sources":[],"defaults":{"interval_seconds":60}}"#)
+                == #"the sources file has an unknown field "defaults" (only "sources")"#)
+        // A request timeout whose lease (twice it) the storage cannot grant would fail every run.
+        #expect(
+            message(#"{"sources":[{"id":"d","type":"directory","path":"x","timeout_seconds":43201}]}"#)
+                == #"source "d" field "timeout_seconds": must be a whole number from 1 to 43200"#)
+        // Credentials in a URL are refused, and never repeated in the message.
+        let withCredentials = message(
+            #"{"sources":[{"id":"t","type":"taxii21","api_root":"https://alice:s3cret@taxii.example/api1/","collection_id":"c"}]}"#
+        )
+        #expect(
+            withCredentials.contains("must not hold credentials") && !withCredentials.contains("s3cret"),
+            "\(withCredentials)")
         #expect(
             message(
                 #"{"sources":[{"id":"t","type":"taxii21","api_root":"http://x","collection_id":"c","token_env":"A","username_env":"B"}]}"#
@@ -117,6 +132,18 @@ struct ConfigurationTests {
         } throws: { error in
             "\(error)" == "FEED_TOKEN <redacted> is invalid: expected a whole number from 0 to 9"
         }
+    }
+
+    /// An `INSTANCE_ID` the storage would refuse as a lease owner stops the start (every run would fail).
+    @Test func anInstanceIDNoLeaseCanHaveIsRefused() throws {
+        for bad in [String(repeating: "x", count: 257), "pod\u{7}1"] {
+            #expect(throws: ConfigurationKeyError.self) {
+                try CollectionConfiguration(environment: ["INSTANCE_ID": bad])
+            }
+        }
+        #expect(
+            try CollectionConfiguration(environment: ["INSTANCE_ID": String(repeating: "x", count: 256)]).instanceID
+                .count == 256)
     }
 
     @Test func theLeaseOwnerIsStableAcrossRestartsAndRequireLeaseIsExplicit() throws {

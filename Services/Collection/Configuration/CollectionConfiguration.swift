@@ -73,6 +73,11 @@ struct CollectionConfiguration: Sendable {
         logLevel = try settings.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
         maxConcurrentRuns = try settings.int("MAX_CONCURRENT_RUNS", default: maxConcurrentRuns, in: 1...64)
         instanceID = settings.string("INSTANCE_ID", default: instanceID)
+        // The lease owner: one the storage refuses would fail every run of every source.
+        guard WatermarkRules.isValidOwner(instanceID) else {
+            throw ConfigurationKeyError(
+                key: "INSTANCE_ID", message: "must be 1 to \(WatermarkRules.maxOwnerLength) printable characters")
+        }
         requireLease = try settings.bool("REQUIRE_LEASE", default: requireLease)
         replayInterval = .seconds(try settings.int("REPLAY_INTERVAL_SECONDS", default: 30, in: 1...86_400))
         let ttl = try settings.int("LEASE_TTL_SECONDS", default: 60, in: 5...86_400)

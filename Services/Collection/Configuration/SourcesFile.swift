@@ -55,6 +55,9 @@ enum SourcesFile {
         guard let object = root as? [String: Any], let list = object["sources"] as? [Any] else {
             throw ConfigurationError("the sources file must be an object with a \"sources\" array")
         }
+        if let unknown = object.keys.sorted().first(where: { $0 != "sources" }) {
+            throw ConfigurationError("the sources file has an unknown field \"\(unknown)\" (only \"sources\")")
+        }
         var result: [SourceConfiguration] = []
         var seen = Set<String>()
         for (index, element) in list.enumerated() {
@@ -160,7 +163,8 @@ enum SourcesFile {
         if let value = try fields.seconds("lookback_seconds", minimum: 0) { source.lookback = value }
         if let value = try fields.seconds("overlap_seconds", minimum: 0) { source.overlap = value }
         if let value = try fields.seconds("stale_after_seconds", minimum: 1) { source.staleAfter = value }
-        if let value = try fields.seconds("timeout_seconds", minimum: 1) { source.timeout = value }
+        // At most 12 h: a run's lease lasts twice its timeout, and the storage grants a day at most.
+        if let value = try fields.integer("timeout_seconds", range: 1...43_200) { source.timeout = .seconds(value) }
         if let value = try fields.integer("page_size", range: 1...10_000) { source.pageSize = value }
         if let value = try fields.integer("checkpoint_pages", range: 0...1_000_000) { source.checkpointPages = value }
         if let value = try fields.seconds("checkpoint_seconds", minimum: 0) { source.checkpointInterval = value }
@@ -210,9 +214,17 @@ enum SourcesFile {
         }
 
         func checkURL(_ field: String, _ text: String) throws(ConfigurationError) {
-            guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+            let components = URLComponents(string: text)
+            // Credentials in the URL would be sent nowhere (the HTTP client ignores them) and shown everywhere the
+            // URL is (errors, /status, the stored error message): they come from environment variables only.
+            guard components?.user == nil, components?.password == nil else {
+                throw error(field, "must not hold credentials (user:password@): name an environment variable")
+            }
+            guard let components, let scheme = components.scheme?.lowercased(),
                 scheme == "http" || scheme == "https", components.host?.isEmpty == false
-            else { throw error(field, "\"\(text)\" is not an http(s) URL") }
+            else {
+                throw error(field, text.contains("@") ? "is not an http(s) URL" : "\"\(text)\" is not an http(s) URL")
+            }
         }
     }
 }
