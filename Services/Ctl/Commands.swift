@@ -209,6 +209,8 @@ extension WatermarkCtl {
                                 options: UpdateOptions(force: force, reason: reason))
                             set += 1
                         } catch let error as StorageClientError where !error.isTransient {
+                            // A refused token refuses every line alike: the token's exit code (3), not "refused".
+                            if case .unauthorized = error { throw error }
                             refused += 1
                             FileHandle.standardError.write(
                                 Data("watermarkctl: line \(number) (\(watermark.sourceID)) refused: \(error)\n".utf8))

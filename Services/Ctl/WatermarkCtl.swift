@@ -127,13 +127,19 @@ func parseTimestamp(_ text: String) throws -> Timestamp {
     }
 }
 
-/// `2h` / `90m` / `30s` / `3d` / plain seconds.
+/// `2h` / `90m` / `30s` / `3d` / plain seconds, up to 100 years (what the storage accepts; a larger number
+/// overflowed the multiplication and crashed the tool).
 func duration(_ text: String) throws -> Duration {
     let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
     let trimmed = text.trimmingCharacters(in: .whitespaces)
+    var seconds: Int64?
     if let unit = trimmed.last, let factor = units[unit], let value = Int64(trimmed.dropLast()), value > 0 {
-        return .seconds(value * factor)
+        let (product, overflow) = value.multipliedReportingOverflow(by: factor)
+        seconds = overflow ? .max : product
+    } else if let value = Int64(trimmed), value > 0 {
+        seconds = value
     }
-    if let value = Int64(trimmed), value > 0 { return .seconds(value) }
-    throw Failure(2, "'\(text.prefix(32))' is not a duration (e.g. 90s, 30m, 2h, 3d)")
+    guard let seconds else { throw Failure(2, "'\(text.prefix(32))' is not a duration (e.g. 90s, 30m, 2h, 3d)") }
+    guard seconds <= 100 * 365 * 86_400 else { throw Failure(2, "'\(text.prefix(32))' is longer than 100 years") }
+    return .seconds(seconds)
 }

@@ -77,6 +77,11 @@ struct WatermarkCtlTests {
             #expect(try ctl("get", "no spaces").status == 2)
             #expect(try ctl("set", "alpha", "yesterday").output.contains("RFC 3339"))
             #expect(try ctl("list", "--stale-after", "soon").status == 2)
+            // Too long a duration is a usage error too, also one whose seconds overflow (the tool crashed).
+            for tooLong in ["40000d", "200000000000000d"] {
+                result = try ctl("list", "--stale-after", tooLong)
+                #expect(result.status == 2 && result.output.contains("100 years"), "\(tooLong): \(result.output)")
+            }
             result = try Self.ctl(["list"], storage: storage, token: "zq-not-the-token-91")
             #expect(result.status == 3 && result.output.contains("STORAGE_API_TOKEN"), "\(result.output)")
             #expect(!result.output.contains("zq-not-the-token-91"))
@@ -135,7 +140,10 @@ struct WatermarkCtlTests {
             #expect(exported.status == 0 && exported.output.split(separator: "\n").count == 2)
             try exported.output.write(toFile: file, atomically: true, encoding: .utf8)
         }
-        try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { target in
+        try await withStorageService(environment: [
+            "STORAGE_API_TOKEN": "ctl-token", "STORAGE_READ_TOKEN": "read-token",
+        ]) {
+            target in
             #expect(try Self.ctl(["set", "b", "2026-12-03T00:00:00Z"], storage: target).status == 0)
             var result = try Self.ctl(["import"], storage: target, stdin: file)
             #expect(result.status == 1 && result.output.contains("imported 1, refused 1"), "\(result.output)")
@@ -144,6 +152,10 @@ struct WatermarkCtlTests {
             #expect(result.status == 0 && result.output.contains("imported 2, refused 0"), "\(result.output)")
             let b = try Self.ctl(["get", "b", "--output", "json"], storage: target).output
             #expect(b.contains(#""last_successful_timestamp":"2026-12-02T00:00:00.123456789Z""#), "\(b)")
+            // A token that may only read: the token's exit code, once, not a refusal per line.
+            result = try Self.ctl(["import"], storage: target, token: "read-token", stdin: file)
+            #expect(result.status == 3 && result.output.contains("refused the token"), "\(result.output)")
+            #expect(!result.output.contains("(a) refused"), "\(result.output)")
             try "not json\n".write(toFile: file, atomically: true, encoding: .utf8)
             result = try Self.ctl(["import"], storage: target, stdin: file)
             #expect(result.status == 2 && result.output.contains("line 1"), "\(result.output)")
