@@ -337,9 +337,11 @@ public actor WatermarkManager {
 
     private var deadLetterPath: String { (stateDirectory as NSString).appendingPathComponent(Self.deadLetterFile) }
 
-    /// Appends `entry` and the storage's refusal to the dead-letter file (durable before it returns).
+    /// Appends `entry` and the storage's refusal to the dead-letter file (durable before it returns). A file that
+    /// cannot be read is moved aside first, as the other state files are: rewritten with the new letter alone,
+    /// the letters it held were gone.
     private func deadLetter(_ entry: PendingUpdate, because error: StorageClientError) throws {
-        var letters = deadLetters()
+        var letters = try Self.load([DeadLetter].self, from: deadLetterPath, logger: logger) ?? []
         letters.append(DeadLetter(update: entry, code: error.code, reason: "\(error)", refusedAt: clock()))
         try save(letters, to: Self.deadLetterFile)
     }

@@ -366,6 +366,29 @@ struct WatermarkManagerTests {
         }
     }
 
+    /// A dead-letter file that cannot be read is moved aside before the next letter is written, never overwritten
+    /// with that letter alone.
+    @Test func anUnreadableDeadLetterFileIsMovedAsideNotOverwritten() async throws {
+        let (otx, t2) = (otx, t2)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let flaky = FlakyClient(storage)
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+            try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success)
+            await flaky.fail(.beforeSending)
+            // Queued while the storage is away, then refused for good when replayed.
+            #expect(
+                try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .failed, errorMessage: "x")
+                    .isQueued)
+            await flaky.fail(.answered(.conflict(code: "watermark_regression", message: "older")))
+            let damaged = "[{\"update\": truncated"
+            try damaged.write(toFile: folder + "/dead-letter.json", atomically: true, encoding: .utf8)
+            #expect(await manager.replayPending() == ReplaySummary(applied: 0, dropped: 1, remaining: 0))
+            #expect(try String(contentsOfFile: folder + "/dead-letter.json.corrupt", encoding: .utf8) == damaged)
+            #expect(await manager.deadLetters().count == 1)
+        }
+    }
+
     @Test func aQueuedUpdateIsDeliveredUnderTheLeaseOfTheRunThatReplaysIt() async throws {
         let (otx, t1, t2) = (otx, t1, t2)
         let clock = ManualClock()
