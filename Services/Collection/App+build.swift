@@ -42,7 +42,7 @@ func buildSharedSink(configuration: CollectionConfiguration, logger: Logger) -> 
     guard let url = configuration.sinkURL else { return nil }
     let database = PostgresDatabase(
         url: url, migrations: PostgresSink.migrations, maximumConnections: configuration.maxConcurrentRuns + 2,
-        logger: logger)
+        sessionTimeout: PostgresSink.defaultOperationTimeout + .seconds(2), logger: logger)
     return (database, PostgresSink(client: database.client, url: url, ready: database.ready, logger: logger))
 }
 

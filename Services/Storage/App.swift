@@ -96,7 +96,8 @@ struct Serve: AsyncParsableCommand {
         let databaseName: String
         if let url = configuration.databaseURL {
             let postgres = PostgresDatabase(
-                url: url, migrations: PostgresSchema.migrations, maximumConnections: 20, logger: logger)
+                url: url, migrations: PostgresSchema.migrations, maximumConnections: 20,
+                sessionTimeout: PostgresWatermarkStore.operationTimeout + .seconds(2), logger: logger)
             let pgStore = PostgresWatermarkStore(
                 client: postgres.client, url: url, policy: configuration.policy, logger: logger, ready: postgres.ready)
             (store, database, databaseName) = (pgStore, postgres, url.redacted)

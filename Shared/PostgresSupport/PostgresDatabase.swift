@@ -23,6 +23,9 @@ package struct PostgresMigrations: Sendable {
     @discardableResult
     package func apply(_ client: PostgresClient, logger: Logger) async throws -> [String] {
         try await client.withTransaction(logger: logger) { connection in
+            // A replica waits for another's migrations however long they take: not bound by the session's lock
+            // timeout (`PostgresDatabase.sessionTimeout`).
+            try await connection.query("SET LOCAL lock_timeout = 0", logger: logger)
             try await connection.query("SELECT pg_advisory_xact_lock(\(lock))", logger: logger)
             try await connection.query(
                 "CREATE TABLE IF NOT EXISTS \(unescaped: ledger) (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)",
@@ -60,12 +63,18 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
     private let logger: Logger
     private let startTimeout: Duration
 
+    /// - Parameter sessionTimeout: how long a statement of this process may wait for a lock, and a transaction of
+    ///   its sit idle, before PostgreSQL ends it: a little over the callers' own deadline. A caller that gives up
+    ///   only cancels its task; postgres-nio does not cancel the query on the server, which went on waiting (or
+    ///   held its locks, its client frozen) with the pool's connection, until one stuck lock had parked every
+    ///   connection of every replica.
     package init(
-        url: PostgresURL, migrations: PostgresMigrations, maximumConnections: Int, logger: Logger,
-        ready: ReadyGate = ReadyGate(), startTimeout: Duration = .seconds(15)
+        url: PostgresURL, migrations: PostgresMigrations, maximumConnections: Int, sessionTimeout: Duration,
+        logger: Logger, ready: ReadyGate = ReadyGate(), startTimeout: Duration = .seconds(15)
     ) {
         client = PostgresClient(
-            configuration: Self.clientConfiguration(url: url, maximumConnections: maximumConnections),
+            configuration: Self.clientConfiguration(
+                url: url, maximumConnections: maximumConnections, sessionTimeout: sessionTimeout),
             backgroundLogger: logger)
         self.url = url
         self.ready = ready
@@ -94,11 +103,17 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
     /// (60 and 89 MiB) but made a load after a pause of 5 s open its connections again (`make bench`: `GET /health` p99
     /// 0.82 s on two replicas after the hello world's 4 s). Opening the whole pool at start instead (minimum = maximum,
     /// no timer at all) left a replica that never recovered from a PostgreSQL restart (README, ninth and tenth rounds).
-    package static func clientConfiguration(url: PostgresURL, maximumConnections: Int) -> PostgresClient.Configuration {
+    package static func clientConfiguration(
+        url: PostgresURL, maximumConnections: Int, sessionTimeout: Duration
+    ) -> PostgresClient.Configuration {
         var configuration = url.clientConfiguration
         configuration.options.maximumConnections = maximumConnections
         configuration.options.keepAliveBehavior = nil
         configuration.options.connectionIdleTimeout = idleConnectionTimeout
+        let milliseconds = String(max(1, sessionTimeout.milliseconds))
+        configuration.options.additionalStartupParameters += [
+            ("lock_timeout", milliseconds), ("idle_in_transaction_session_timeout", milliseconds),
+        ]
         return configuration
     }
 

@@ -13,7 +13,8 @@ struct PostgresPoolTests {
     @Test("the pool opens connections on demand, runs no keep-alive and closes a connection unused for 10 s")
     func configuration() throws {
         let url = try PostgresURL("postgres://wm:secret@db:5432/watermarks?sslmode=disable")
-        let options = PostgresDatabase.clientConfiguration(url: url, maximumConnections: 7).options
+        let options = PostgresDatabase.clientConfiguration(url: url, maximumConnections: 7, sessionTimeout: .seconds(7))
+            .options
         #expect(options.maximumConnections == 7)
         #expect(options.minimumConnections == 0)
         #expect(options.keepAliveBehavior == nil)
@@ -24,7 +25,8 @@ struct PostgresPoolTests {
     func closesIdleConnections() async throws {
         let (_, url) = try await PostgresDatabases.newDatabase()
         let database = PostgresDatabase(
-            url: url, migrations: PostgresSchema.migrations, maximumConnections: 3, logger: .quiet)
+            url: url, migrations: PostgresSchema.migrations, maximumConnections: 3, sessionTimeout: .seconds(7),
+            logger: .quiet)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await database.run() }
             try await database.ready.wait()
@@ -47,6 +49,47 @@ struct PostgresPoolTests {
             #expect(sessions == 0, "the pool did not close its unused connections within 30 s")
             // Not before they were unused for the timeout (the last query ended just before `closed`).
             #expect(ContinuousClock.now - closed >= PostgresDatabase.idleConnectionTimeout - .seconds(1))
+            group.cancelAll()
+        }
+    }
+
+    /// A statement waiting for a lock, and a transaction left idle, end on the server a little after the callers'
+    /// deadline: a caller that gives up only cancels its task, and the query went on waiting with the pool's
+    /// connection (or a frozen client's transaction held its locks) until one stuck lock parked every connection.
+    @Test("PostgreSQL ends a lock wait and an idle transaction at the session timeout")
+    func sessionTimeout() async throws {
+        let (_, url) = try await PostgresDatabases.newDatabase()
+        let database = PostgresDatabase(
+            url: url, migrations: PostgresSchema.migrations, maximumConnections: 3, sessionTimeout: .seconds(1),
+            logger: .quiet)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await database.run() }
+            try await database.ready.wait()
+            let idle = try await database.client.query("SHOW idle_in_transaction_session_timeout").collect()
+            #expect(try idle.first?.decode(String.self) == "1s")
+            try await database.client.withConnection { holder in
+                _ = try await holder.query("SELECT pg_advisory_lock(4242)", logger: .quiet).collect()
+                let outcome = try await withThrowingTaskGroup(of: String.self) { race in
+                    race.addTask {
+                        do {
+                            _ = try await database.client.query("SELECT pg_advisory_lock(4242)").collect()
+                            return "granted"
+                        } catch let error as PSQLError {
+                            return error.serverInfo?[.sqlState] ?? "\(error)"
+                        }
+                    }
+                    race.addTask {
+                        try await Task.sleep(for: .seconds(20))
+                        return "still waiting after 20 s"
+                    }
+                    let first = try await race.next() ?? ""
+                    // A waiter left behind ends once the lock is let go.
+                    _ = try await holder.query("SELECT pg_advisory_unlock(4242)", logger: .quiet).collect()
+                    race.cancelAll()
+                    return first
+                }
+                #expect(outcome == "55P03", "\(outcome)")  // lock_not_available
+            }
             group.cancelAll()
         }
     }

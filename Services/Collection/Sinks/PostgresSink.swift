@@ -20,7 +20,8 @@ struct PostgresSink: Sink {
     let ready: ReadyGate
     let logger: Logger
     /// The longest one page's transaction may take before the run fails (and retries from its last checkpoint).
-    var operationTimeout = Duration.seconds(60)
+    var operationTimeout = Self.defaultOperationTimeout
+    static let defaultOperationTimeout = Duration.seconds(60)
 
     /// The sink's schema, in its own ledger and under its own lock: it may share a database with the storage.
     static let migrations = PostgresMigrations(
