@@ -90,6 +90,10 @@ public final class HTTPStorageClient: StorageClient {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout.connect = .init(min(timeout, .seconds(10)))
+        // No redirects: the collection service's client also fetches the sources, and a redirect followed to
+        // another host (or from https to http) carried their credential headers (OTX's X-OTX-API-KEY) along; the
+        // storage never redirects. A 3xx is an error that names where it pointed.
+        configuration.redirectConfiguration = .disallow
         return configuration
     }
 
