@@ -309,6 +309,35 @@ extension NDJSONSink {
     }
 }
 
+/// Empty pages that say more follows, with the same `next` every time (`pagesBeforeLoop` pages first).
+struct EmptyPagesCollector: Collector {
+    var pagesBeforeLoop: Int
+    let asked = Counter()
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        asked.add()
+        let index = cursor.flatMap(Int.init) ?? 0
+        return CollectorPage(records: [], next: String(min(index + 1, pagesBeforeLoop)))
+    }
+}
+
+@Suite("Sources that do not page as they say", .timeLimit(.minutes(1)))
+struct EmptyPagingTests {
+    /// A source answering empty pages that say more follows at the place it was asked for: the run fails at once
+    /// (it never ended). Empty pages that move on (a drop folder's empty files) are a source's right.
+    @Test(arguments: [0, 150])
+    func anEmptyPageThatSendsTheRunBackToItsCursorEndsIt(pagesBeforeLoop: Int) async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let collector = EmptyPagesCollector(pagesBeforeLoop: pagesBeforeLoop)
+        let report = await f.runner.run(f.source, collector: collector)
+        #expect(report.outcome == .failed)
+        #expect(
+            report.errorMessage?.contains("empty page that says more follows") == true, "\(report.errorMessage ?? "")")
+        #expect(collector.asked.value == max(2, pagesBeforeLoop + 1))
+    }
+}
+
 @Suite("NDJSON sink")
 struct SinkTests {
     @Test func aTornLastLineIsCutBeforeTheNextAppendAndIgnoredWhenReading() throws {

@@ -290,6 +290,14 @@ struct CollectionRunner: Sendable {
         do {
             repeat {
                 let page = try await collector.fetchPage(since: since, cursor: cursor)
+                // Nor does a page send the run back to the cursor it was asked with: the check below leaves empty
+                // pages out, and a source answering `more` with no objects and the same `next` looped the run for
+                // good (its lease renewed at every page).
+                if page.records.isEmpty, let next = page.next, next == cursor {
+                    throw CollectorError.malformed(
+                        "the source answered an empty page that says more follows at the same place: it does not page "
+                            + "as it says it does")
+                }
                 // No two pages of a run hold the same records: a source that answers its page again for the next
                 // one (a TAXII server that ignores `next` yet keeps saying `more`) would be asked forever, each
                 // page dropped as duplicates, the run never ending and never failing.
