@@ -154,7 +154,10 @@ struct PostgresSink: Sink {
     }
 
     /// Whether `jsonb` can hold this JSON text: it refuses the escape `\u0000` and surrogate escapes that are not
-    /// a high one followed by a low one.
+    /// a high one followed by a low one, and a number beyond what `numeric` holds (`1e1000000` overflows it). A
+    /// number is taken as beyond when its exponent or its digits pass a thousand, far within `numeric`'s limits
+    /// and far beyond any real record. Such a record is kept as its text only: refused by the cast, it failed its
+    /// page on every run and the source stopped for good.
     static func jsonbCanHold(_ text: String) -> Bool {
         let bytes = Array(text.utf8)
         /// The value of the `\uXXXX` escape at `at`, if there is one.
@@ -163,9 +166,52 @@ struct PostgresSink: Sink {
             else { return nil }
             return UInt16(String(decoding: bytes[(index + 2)...(index + 5)], as: UTF8.self), radix: 16)
         }
+        func isDigit(_ index: Int) -> Bool {
+            index < bytes.count && bytes[index] >= UInt8(ascii: "0") && bytes[index] <= UInt8(ascii: "9")
+        }
         var index = 0
+        var inString = false
         while index < bytes.count {
-            guard bytes[index] == UInt8(ascii: "\\") else {
+            let byte = bytes[index]
+            if !inString {
+                if byte == UInt8(ascii: "\"") {
+                    inString = true
+                } else if byte == UInt8(ascii: "-") || isDigit(index) {
+                    // The digits, then an exponent: how far the decimal point moves.
+                    var digits = 0
+                    while isDigit(index)
+                        || (index < bytes.count
+                            && (bytes[index] == UInt8(ascii: ".") || bytes[index] == UInt8(ascii: "-")))
+                    {
+                        if isDigit(index) { digits += 1 }
+                        index += 1
+                    }
+                    var exponentDigits = 0
+                    if index < bytes.count, bytes[index] | 0x20 == UInt8(ascii: "e") {
+                        index += 1
+                        if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                            index += 1
+                        }
+                        var exponent = 0
+                        while isDigit(index) {
+                            exponentDigits += 1
+                            if exponentDigits <= 6 { exponent = exponent * 10 + Int(bytes[index] - UInt8(ascii: "0")) }
+                            index += 1
+                        }
+                        if exponentDigits > 6 || exponent > 1_000 { return false }
+                    }
+                    if digits > 1_000 { return false }
+                    continue
+                }
+                index += 1
+                continue
+            }
+            if byte == UInt8(ascii: "\"") {
+                inString = false
+                index += 1
+                continue
+            }
+            guard byte == UInt8(ascii: "\\") else {
                 index += 1
                 continue
             }
