@@ -333,17 +333,27 @@ struct WatermarkManagerTests {
         }
     }
 
+    /// A manager on a storage whose next call fails, with one update of `sourceID` queued by that failure.
+    static func oneQueued(
+        _ folder: String, _ sourceID: SourceID, timestamp: Timestamp?, status: RunStatus
+    ) async throws -> (InMemoryStorageClient, FlakyClient, WatermarkManager) {
+        let storage = InMemoryStorageClient()
+        let flaky = FlakyClient(storage)
+        let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+        await flaky.fail(.beforeSending)
+        let result = try await manager.updateWatermark(
+            sourceID: sourceID, timestamp: timestamp, status: status, errorMessage: status == .failed ? "x" : nil)
+        #expect(result.isQueued)
+        return (storage, flaky, manager)
+    }
+
     /// A rate limit the client gave up on (429, or a `Retry-After` beyond its cap), a 408, or an answer that is not
     /// the service's (a proxy's plain 404 or 413) says nothing about the update: it stays queued, where each such
     /// answer moved it to the dead-letter file and the replay went on to the next one.
     @Test func answersThatAreNotTheServicesVerdictKeepTheUpdateQueued() async throws {
         let (otx, t1) = (otx, t1)
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let flaky = FlakyClient(storage)
-            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
-            await flaky.fail(.beforeSending)
-            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success).isQueued)
+            let (storage, flaky, manager) = try await Self.oneQueued(folder, otx, timestamp: t1, status: .success)
             let answers = [
                 WatermarkError(status: 429, code: "rate_limited", message: "slow down"),
                 WatermarkError(status: 408, code: "http_408", message: "Request Timeout"),
@@ -369,17 +379,10 @@ struct WatermarkManagerTests {
     /// A dead-letter file that cannot be read is moved aside before the next letter is written, never overwritten
     /// with that letter alone.
     @Test func anUnreadableDeadLetterFileIsMovedAsideNotOverwritten() async throws {
-        let (otx, t2) = (otx, t2)
+        let otx = otx
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let flaky = FlakyClient(storage)
-            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
-            try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success)
-            await flaky.fail(.beforeSending)
             // Queued while the storage is away, then refused for good when replayed.
-            #expect(
-                try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .failed, errorMessage: "x")
-                    .isQueued)
+            let (_, flaky, manager) = try await Self.oneQueued(folder, otx, timestamp: nil, status: .failed)
             await flaky.fail(.answered(.conflict(code: "watermark_regression", message: "older")))
             let damaged = "[{\"update\": truncated"
             try damaged.write(toFile: folder + "/dead-letter.json", atomically: true, encoding: .utf8)

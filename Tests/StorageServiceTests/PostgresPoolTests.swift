@@ -23,13 +23,7 @@ struct PostgresPoolTests {
 
     @Test("a database service closes the connections a burst opened once they are unused for the idle timeout")
     func closesIdleConnections() async throws {
-        let (_, url) = try await PostgresDatabases.newDatabase()
-        let database = PostgresDatabase(
-            url: url, migrations: PostgresSchema.migrations, maximumConnections: 3, sessionTimeout: .seconds(7),
-            logger: .quiet)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await database.run() }
-            try await database.ready.wait()
+        try await Self.withRunningDatabase(sessionTimeout: .seconds(7)) { database, url in
             // Three queries at once hold three connections for a moment.
             try await withThrowingTaskGroup(of: Void.self) { burst in
                 for _ in 0..<3 {
@@ -49,7 +43,22 @@ struct PostgresPoolTests {
             #expect(sessions == 0, "the pool did not close its unused connections within 30 s")
             // Not before they were unused for the timeout (the last query ended just before `closed`).
             #expect(ContinuousClock.now - closed >= PostgresDatabase.idleConnectionTimeout - .seconds(1))
-            group.cancelAll()
+        }
+    }
+
+    /// A new database served by a `PostgresDatabase` of 3 connections, migrated, for `body`; stopped after it.
+    static func withRunningDatabase(
+        sessionTimeout: Duration, _ body: @Sendable (PostgresSupport.PostgresDatabase, PostgresURL) async throws -> Void
+    ) async throws {
+        let (_, url) = try await PostgresDatabases.newDatabase()
+        let database = PostgresDatabase(
+            url: url, migrations: PostgresSchema.migrations, maximumConnections: 3, sessionTimeout: sessionTimeout,
+            logger: .quiet)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await database.run() }
+            defer { group.cancelAll() }
+            try await database.ready.wait()
+            try await body(database, url)
         }
     }
 
@@ -58,13 +67,7 @@ struct PostgresPoolTests {
     /// connection (or a frozen client's transaction held its locks) until one stuck lock parked every connection.
     @Test("PostgreSQL ends a lock wait and an idle transaction at the session timeout")
     func sessionTimeout() async throws {
-        let (_, url) = try await PostgresDatabases.newDatabase()
-        let database = PostgresDatabase(
-            url: url, migrations: PostgresSchema.migrations, maximumConnections: 3, sessionTimeout: .seconds(1),
-            logger: .quiet)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await database.run() }
-            try await database.ready.wait()
+        try await Self.withRunningDatabase(sessionTimeout: .seconds(1)) { database, _ in
             let idle = try await database.client.query("SHOW idle_in_transaction_session_timeout").collect()
             #expect(try idle.first?.decode(String.self) == "1s")
             try await database.client.withConnection { holder in
@@ -90,7 +93,6 @@ struct PostgresPoolTests {
                 }
                 #expect(outcome == "55P03", "\(outcome)")  // lock_not_available
             }
-            group.cancelAll()
         }
     }
 }
