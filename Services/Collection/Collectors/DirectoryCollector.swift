@@ -191,16 +191,13 @@ struct DirectoryCollector: Collector {
 
     /// The inode and size of the open file `descriptor`; `nil` (and `errno`) if it cannot be read.
     static func inodeAndSize(_ descriptor: Int32) -> (UInt64, Int)? {
-        var info = stat()
-        guard fstat(descriptor, &info) == 0 else { return nil }
-        return (UInt64(info.st_ino), Int(info.st_size))
+        FileStatus(descriptor: descriptor).map { ($0.inode, $0.size) }
     }
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
     /// and the next run reads it again (its records already written are dropped by dedup).
     static func identity(of path: String, name: String) throws(CollectorError) -> FileIdentity? {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
+        guard let status = FileStatus(path: path) else {
             if errno == ENOENT { return nil }
             throw .file(path: path, detail: String(cString: strerror(errno)))
         }
@@ -213,8 +210,7 @@ struct DirectoryCollector: Collector {
             throw .file(path: path, detail: error.localizedDescription)
         }
         return FileIdentity(
-            name: name, size: Int(info.st_size),
-            modifiedNanoseconds: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec), head: head)
+            name: name, size: status.size, modifiedNanoseconds: status.modifiedNanoseconds, head: head)
     }
 }
 

@@ -35,7 +35,8 @@ enum JSONRecords {
         return bytes.withUnsafeBytes { raw in Data(raw.filter { $0 != 0x0A && $0 != 0x0D }) }
     }
 
-    /// Reads the fields of many records on every core: chunks of `records` go to child tasks. `label(i)` names record `i` in an error ("a.ndjson line 3").
+    /// Reads the fields of many records on every core: chunks of `records` go to child tasks. `label(i)` names
+    /// record `i` in an error ("a.ndjson line 3").
     static func fields(
         of records: [Data], wanted: [String], label: @Sendable @escaping (Int) -> String
     ) async throws(CollectorError) -> [RecordFields] {

@@ -93,11 +93,12 @@ enum JSONSplitter {
     }
 
     /// Checks that `bytes` hold exactly one JSON value, whitespace around it allowed, as RFC 8259 writes it:
-    /// brackets matched and nested at most `maxDepth` deep (512: as Foundation's reader allows), members as `"name": value`
-    /// separated by `,` with none before a closing bracket, the literals spelled out, each string's escapes (a `\u`
-    /// surrogate must be paired) and characters (no raw control character, UTF-8 throughout), each number's form
-    /// (no leading zero, digits after `.` and the exponent). One pass that builds nothing: `JSONDecoder` read as the
-    /// collectors' validator (it builds a value of every member first) was 16 % of a drop-folder run's CPU.
+    /// brackets matched and nested at most `maxDepth` deep (512: as Foundation's reader allows), members as
+    /// `"name": value` separated by `,` with none before a closing bracket, the literals spelled out, each string's
+    /// escapes (a `\u` surrogate must be paired) and characters (no raw control character, UTF-8 throughout), each
+    /// number's form (no leading zero, digits after `.` and the exponent). One pass that builds nothing:
+    /// `JSONDecoder` read as the collectors' validator (it builds a value of every member first) was 16 % of a
+    /// drop-folder run's CPU.
     static func validate(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 512) throws(Failure) {
         // The open brackets, one bit a level (1: object), as in `valueEnd`; beyond 64 levels they spill to `deeper`.
         var open: UInt64 = 0

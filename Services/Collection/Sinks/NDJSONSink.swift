@@ -34,9 +34,10 @@ struct NDJSONSink: Sendable {
     /// The size of one of the source's files.
     func size(of name: String) throws(SinkError) -> Int {
         let path = (directory as NSString).appendingPathComponent(name)
-        var info = stat()
-        guard stat(path, &info) == 0 else { throw SinkError(path: path, operation: "stat", errno: errno) }
-        return Int(info.st_size)
+        guard let status = FileStatus(path: path) else {
+            throw SinkError(path: path, operation: "stat", errno: errno)
+        }
+        return status.size
     }
 
     /// The keys of the complete lines of `name` from byte `offset` on, read a chunk of `chunkBytes` at a time:
