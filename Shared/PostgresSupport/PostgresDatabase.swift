@@ -23,9 +23,10 @@ package struct PostgresMigrations: Sendable {
     @discardableResult
     package func apply(_ client: PostgresClient, logger: Logger) async throws -> [String] {
         try await client.withTransaction(logger: logger) { connection in
-            // A replica waits for another's migrations however long they take: not bound by the session's lock
-            // timeout (`PostgresDatabase.sessionTimeout`).
+            // A replica waits for another's migrations however long they take, and a slow start between two
+            // statements is not a frozen client: neither is bound by the session's timeouts (`sessionTimeout`).
             try await connection.query("SET LOCAL lock_timeout = 0", logger: logger)
+            try await connection.query("SET LOCAL idle_in_transaction_session_timeout = 0", logger: logger)
             try await connection.query("SELECT pg_advisory_xact_lock(\(lock))", logger: logger)
             try await connection.query(
                 "CREATE TABLE IF NOT EXISTS \(unescaped: ledger) (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)",
