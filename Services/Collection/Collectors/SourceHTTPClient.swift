@@ -105,34 +105,27 @@ struct SourceHTTPClient: Sendable {
     private func attemptOnce(_ url: String, headers: HTTPHeaders, display: String) async -> Result<
         SourceResponse, CollectorError
     > {
-        let request = {
-            var request = HTTPClientRequest(url: url)
-            request.method = .GET
-            request.headers = headers
-            return request
-        }()
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        request.headers = headers
         let seconds = max(1, timeout.components.seconds)
-        let (httpClient, maxBodyBytes) = (self.httpClient, self.maxBodyBytes)
+        let maxBodyBytes = self.maxBodyBytes
         do {
-            // The whole answer within the timeout (and a second, so that `execute`'s own deadline, with its more
-            // telling errors, answers first where it applies): that deadline ends with the response's head, and a
-            // source that went quiet in the middle of its body held the run for ever.
-            let answer = try await withThrowingTaskGroup(of: SourceResponse?.self) { group in
+            let response = try await httpClient.execute(request, timeout: .seconds(seconds))
+            // The body within the timeout too: `execute`'s deadline ends with the response's head, and a source that
+            // went quiet in the middle of its body held the run for ever.
+            let body = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+                group.addTask { try await response.body.collect(upTo: maxBodyBytes) }
                 group.addTask {
-                    let response = try await httpClient.execute(request, timeout: .seconds(seconds))
-                    let buffer = try await response.body.collect(upTo: maxBodyBytes)
-                    return SourceResponse(
-                        status: Int(response.status.code), headers: response.headers, body: Data(buffer: buffer))
-                }
-                group.addTask {
-                    try await Task.sleep(for: .seconds(seconds + 1))
+                    try await Task.sleep(for: .seconds(seconds))
                     return nil
                 }
                 defer { group.cancelAll() }
                 return try await group.next() ?? nil
             }
-            guard let answer else { return .failure(.timeout(url: display, seconds: seconds)) }
-            return .success(answer)
+            guard let body else { return .failure(.timeout(url: display, seconds: seconds)) }
+            return .success(
+                SourceResponse(status: Int(response.status.code), headers: response.headers, body: Data(buffer: body)))
         } catch let error as HTTPClientError {
             if error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
                 return .failure(.timeout(url: display, seconds: seconds))
