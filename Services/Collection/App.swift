@@ -45,6 +45,15 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Run every enabled source once, print a summary, exit non-zero if any run failed.")
     var once = false
 
+    /// One collection service per `DATA_DIR` (`ProcessLock` on `DATA_DIR/.state/lock`).
+    static func holdDataDirectory(_ dataDirectory: String) throws -> ProcessLock {
+        let state = CollectionConfiguration.stateDirectory(of: dataDirectory)
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        return try ProcessLock(path: (state as NSString).appendingPathComponent("lock")) { holder in
+            "DATA_DIR \(dataDirectory) is in use by another collection-service" + (holder.map { " (pid \($0))" } ?? "")
+        }
+    }
+
     func run() async throws {
         let flags: [String: String?] = [
             "HOST": host, "PORT": port.map(String.init), "DATA_DIR": dataDir, "COLLECTION_CONFIG": config,
@@ -67,14 +76,14 @@ struct Serve: AsyncParsableCommand {
         ServiceStart.bootstrapLogging(level: configuration.logLevel, to: .standardOutput)
         var logger = Logger(label: "collection-service")
         logger.logLevel = configuration.logLevel
-        let dataLock: DataDirectoryLock
+        let dataLock: ProcessLock
         do {
-            dataLock = try DataDirectoryLock(dataDirectory: configuration.dataDirectory)
+            dataLock = try Self.holdDataDirectory(configuration.dataDirectory)
         } catch {
             logger.critical("cannot hold DATA_DIR", metadata: ["error": "\(error)"])
             throw ExitCode(2)
         }
-        defer { dataLock.release() }
+        defer { withExtendedLifetime(dataLock) {} }
 
         // The process's one HTTP client, for the storage and every source; shut down here, after both. Its
         // connect bound (10 s) serves every destination; each storage call has its own deadline of

@@ -186,7 +186,10 @@ struct Seed: ParsableCommand {
         let started = ContinuousClock.now
         do {
             try SQLiteDatabaseService.createFolder(for: databasePath)
-            let lock = try DatabaseLock(databasePath: databasePath)
+            let lock = try ProcessLock(path: databasePath + ".lock") { holder in
+                "database \(databasePath) is in use by another storage-service process"
+                    + (holder.map { " (pid \($0))" } ?? "") + "; stop it or use another DATABASE_PATH"
+            }
             try WatermarkSeeder(sources: sources, history: history, prefix: prefix).seed(path: databasePath) {
                 print("seed: \($0)")
             }

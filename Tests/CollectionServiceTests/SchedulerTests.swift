@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Prometheus
 import ServiceLifecycle
+import ServiceSupport
 import StorageClient
 import Synchronization
 import TestSupport
@@ -314,14 +315,12 @@ struct DataDirectoryLockTests {
     @Test func aSecondHolderIsRefusedUntilTheFirstLetsGo() throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
-        let first = try DataDirectoryLock(dataDirectory: dir + "/data")
+        var first: ProcessLock? = try Serve.holdDataDirectory(dir + "/data")
         #expect(FileManager.default.fileExists(atPath: dir + "/data/.state/lock"))
-        let refusal = #expect(throws: DataDirectoryLock.InUse.self) {
-            try DataDirectoryLock(dataDirectory: dir + "/data")
-        }
+        let refusal = #expect(throws: ProcessLock.LockError.self) { try Serve.holdDataDirectory(dir + "/data") }
         #expect(refusal?.description.contains("in use by another collection-service (pid \(getpid()))") == true)
-        first.release()
-        let second = try DataDirectoryLock(dataDirectory: dir + "/data")
-        second.release()
+        withExtendedLifetime(first) {}
+        first = nil
+        _ = try Serve.holdDataDirectory(dir + "/data")
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ServiceLifecycle
+import ServiceSupport
 import WatermarkCore
 
 /// The SQLite database file as a service of the app's `ServiceGroup`: opened (its folder created, the file
@@ -9,13 +10,16 @@ import WatermarkCore
 /// is asked to stop.
 struct SQLiteDatabaseService: Service {
     let store: SQLiteWatermarkStore
-    private let lock: DatabaseLock
+    private let lock: ProcessLock
     private let logger: Logger
 
     /// Creates the database's folder once, takes `<path>.lock` and opens the store.
     init(path: String, policy: WatermarkPolicy, cacheCapacity: Int, logger: Logger) throws {
         try Self.createFolder(for: path)
-        lock = try DatabaseLock(databasePath: path)
+        lock = try ProcessLock(path: path + ".lock") { holder in
+            "database \(path) is in use by another storage-service process"
+                + (holder.map { " (pid \($0))" } ?? "") + "; stop it or use another DATABASE_PATH"
+        }
         store = try SQLiteWatermarkStore(path: path, policy: policy, logger: logger, cacheCapacity: cacheCapacity)
         self.logger = logger
     }

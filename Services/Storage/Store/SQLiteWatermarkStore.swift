@@ -27,7 +27,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     /// succeeds again; `checkHealth` then probes with a real write.
     private let lastWriteFailure = NIOLockedValueBox<String?>(nil)
     /// Watermarks by source, so a GET of an unchanged watermark reads no database. This process is the only
-    /// writer of the file (`DatabaseLock`), and every write forgets its source before it is answered.
+    /// writer of the file (`ProcessLock`), and every write forgets its source before it is answered.
     let cache: ReadCache<SourceID, Watermark>
     /// The one-statement reads of the request path (nil for an in-memory database: they use `writer`).
     private let readers: SQLiteReaders?
