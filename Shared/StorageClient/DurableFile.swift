@@ -31,17 +31,7 @@ public enum DurableFile {
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(operation: "open", path: temporary, code: errno) }
         do {
-            try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-                var offset = 0
-                while offset < raw.count {
-                    let written = posixWrite(fd, raw.baseAddress! + offset, raw.count - offset)
-                    if written < 0 {
-                        if errno == EINTR { continue }
-                        throw IOError(operation: "write", path: temporary, code: errno)
-                    }
-                    offset += written
-                }
-            }
+            try writeAll(data, to: fd, path: temporary)
             guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: temporary, code: errno) }
         } catch {
             close(fd)
@@ -55,6 +45,32 @@ public enum DurableFile {
             throw IOError(operation: "rename", path: path, code: code)
         }
         try syncDirectory(of: path)
+    }
+
+    /// Appends `data` to the file at `path` (created if missing) and flushes it to disk; `syncFolder` flushes the
+    /// folder as well, which a file just created needs to survive a crash. A crash during the call may leave part of
+    /// `data` at the end: readers of such a file must tell a cut record by its missing end.
+    public static func append(_ data: Data, to path: String, syncFolder: Bool) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IOError(operation: "open", path: path, code: errno) }
+        defer { close(fd) }
+        try writeAll(data, to: fd, path: path)
+        guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: path, code: errno) }
+        if syncFolder { try syncDirectory(of: path) }
+    }
+
+    private static func writeAll(_ data: Data, to fd: Int32, path: String) throws {
+        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            var offset = 0
+            while offset < raw.count {
+                let written = posixWrite(fd, raw.baseAddress! + offset, raw.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw IOError(operation: "write", path: path, code: errno)
+                }
+                offset += written
+            }
+        }
     }
 
     /// Moves a file aside (e.g. a corrupt one, kept for inspection), replacing an earlier copy.

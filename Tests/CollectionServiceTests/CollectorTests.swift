@@ -802,6 +802,125 @@ struct DirectoryCollectorTests {
         #expect(fixed.pages.flatMap(\.records).map(\.id) == ["g1", "g2", "g3", "g4"] && fixed.rejected.isEmpty)
     }
 
+    /// A file dropped while a run goes on is still collected by that run when it sorts after the file being read,
+    /// though the run lists the folder once (and again only when that listing is used up).
+    @Test func aFileDroppedDuringARunIsPickedUpInOrder() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        for name in ["a", "b"] {
+            try "{\"id\":\"\(name)\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+                toFile: dir + "/\(name).ndjson", atomically: true, encoding: .utf8)
+        }
+        let collector = try Self.collector(dir)
+        var ids: [String] = []
+        var cursor: String?
+        repeat {
+            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
+            _ = try collector.pageCommitted(page)
+            ids += page.records.map(\.id)
+            if ids == ["a"] {
+                try "{\"id\":\"c\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+                    toFile: dir + "/c.ndjson", atomically: true, encoding: .utf8)
+            }
+            cursor = page.next
+        } while cursor != nil
+        #expect(ids == ["a", "b", "c"])
+    }
+
+    /// The listing a run keeps: the folder is listed at the run's start and again only when the names after the
+    /// cursor are used up, which finds what was dropped meanwhile; a run over many files lists it twice.
+    @Test func aRunListsTheFolderOnceAndAgainOnlyWhenItsListingIsUsedUp() throws {
+        let listing = FolderListing()
+        var folder = (1...500).map { String(format: "f%04d.ndjson", $0) }
+        var listed = 0
+        let list = { () throws(CollectorError) -> [String] in
+            listed += 1
+            return folder
+        }
+        #expect(try listing.names(after: nil, fresh: true, list: list).count == 500)
+        for name in folder.dropLast() {
+            #expect(try listing.names(after: name, fresh: false, list: list).first != nil)
+        }
+        #expect(listed == 1)
+        #expect(try listing.names(after: "f0250.ndjson", fresh: false, list: list).first == "f0251.ndjson")
+        folder.append("f0501.ndjson")
+        #expect(try Array(listing.names(after: "f0500.ndjson", fresh: false, list: list)) == ["f0501.ndjson"])
+        #expect(listed == 2)
+        #expect(try listing.names(after: "f0501.ndjson", fresh: false, list: list).isEmpty)
+        #expect(try listing.names(after: "a", fresh: true, list: list).count == 501)
+        #expect(listed == 4)
+    }
+
+    /// Recording a file appends one line to the ledger's journal and leaves the whole file alone (rewriting it for
+    /// each file made a folder of many files quadratic); a new reader sees every file and folds the journal in.
+    @Test func recordingAFileAppendsToTheJournalAndANewReaderSeesIt() throws {
+        let state = try makeTemporaryDirectory()
+        defer { removeTemporary(state) }
+        func identity(_ name: String) -> FileIdentity {
+            FileIdentity(name: name, size: 10, modifiedNanoseconds: 1, head: Data(name.utf8))
+        }
+        let ledger = FileLedger(stateDirectory: state, sourceID: try SourceID("drop"))
+        try ledger.record(identity("a.json"))
+        for index in 1...40 { try ledger.record(identity("f\(index).json")) }
+        #expect(!FileManager.default.fileExists(atPath: ledger.path))
+        let journal = try String(contentsOfFile: ledger.journalPath, encoding: .utf8)
+        #expect(journal.split(separator: "\n").count == 41)
+        #expect(try ledger.load().count == 41)
+
+        let reader = FileLedger(stateDirectory: state, sourceID: try SourceID("drop"))
+        #expect(try reader.load().keys.sorted() == ((1...40).map { "f\($0).json" } + ["a.json"]).sorted())
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
+        #expect(try FileLedger(stateDirectory: state, sourceID: try SourceID("drop")).load().count == 41)
+    }
+
+    /// A journal whose last line a crash cut short: the lines before it count, the cut one does not (its file is read
+    /// again), and the next record does not land behind the cut line.
+    @Test func aJournalLineCutByACrashIsIgnored() throws {
+        let state = try makeTemporaryDirectory()
+        defer { removeTemporary(state) }
+        let id = try SourceID("drop")
+        let ledger = FileLedger(stateDirectory: state, sourceID: id)
+        try ledger.record(FileIdentity(name: "a.json", size: 1, modifiedNanoseconds: 1, head: Data()))
+        try ledger.record(FileIdentity(name: "b.json", size: 1, modifiedNanoseconds: 1, head: Data()))
+        let handle = try #require(FileHandle(forWritingAtPath: ledger.journalPath))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"{"head_hash":"1","modified_ns":1,"name":"c.js"#.utf8))
+        try handle.close()
+
+        let after = FileLedger(stateDirectory: state, sourceID: id)
+        #expect(try after.load().keys.sorted() == ["a.json", "b.json"])
+        try after.record(FileIdentity(name: "d.json", size: 1, modifiedNanoseconds: 1, head: Data()))
+        #expect(
+            try FileLedger(stateDirectory: state, sourceID: id).load().keys.sorted() == ["a.json", "b.json", "d.json"])
+
+        // A line that is whole but not an identity is damage, not a crash: it is reported, not skipped.
+        try Data("not json\n".utf8).write(to: URL(fileURLWithPath: ledger.journalPath))
+        #expect(throws: CollectorError.self) { try FileLedger(stateDirectory: state, sourceID: id).load() }
+    }
+
+    /// Once the journal holds as many lines as the whole file has files (64 at least), it is folded into it.
+    @Test func theJournalIsFoldedIntoTheLedgerOnceItIsAsLongAsTheLedger() throws {
+        let state = try makeTemporaryDirectory()
+        defer { removeTemporary(state) }
+        let ledger = FileLedger(stateDirectory: state, sourceID: try SourceID("drop"))
+        for index in 0..<64 {
+            try ledger.record(FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data()))
+        }
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count == 64)
+        try ledger.record(FileIdentity(name: "f64", size: 1, modifiedNanoseconds: 1, head: Data()))
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
+        let whole = try JSONDecoder().decode(
+            [FileIdentity].self, from: try #require(FileManager.default.contents(atPath: ledger.path)))
+        #expect(whole.count == 65)
+        // The whole file now holds 65: the journal takes 65 lines before the next fold.
+        for index in 65..<130 {
+            try ledger.record(FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data()))
+        }
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count == 65)
+        try ledger.record(FileIdentity(name: "f130", size: 1, modifiedNanoseconds: 1, head: Data()))
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
+    }
+
     @Test func aMissingFolderIsAFileError() async throws {
         await #expect(throws: CollectorError.self) {
             try await Self.collector("/nonexistent/drop", state: "/nonexistent/state").fetchPage(
