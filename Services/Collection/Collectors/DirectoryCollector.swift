@@ -130,11 +130,20 @@ struct DirectoryCollector: Collector {
                 page.next = position.cursor
             }
         } catch let failure as DropFile.Failure {
-            if case .io(let detail) = failure { throw .file(path: path, detail: detail) }
             page = CollectorPage(records: [], next: try moreFiles())
-            page.rejections = [
-                FileRejection(identity: position.identity, reason: "\(name) is not valid JSON records: \(failure)")
-            ]
+            switch failure {
+            case .io(let detail):
+                throw .file(path: path, detail: detail)
+            case .truncated where Self.changedWithin(Self.settleTime, path: path):
+                // Not recorded as collected: the next run reads it again, whole by then.
+                page.warnings.append(
+                    "\(name) \(failure) and changed within the last \(Self.settleTime.components.seconds) s (still "
+                        + "being written?): it is read again on the next run")
+            default:
+                page.rejections = [
+                    FileRejection(identity: position.identity, reason: "\(name) is not valid JSON records: \(failure)")
+                ]
+            }
         } catch let error as CollectorError {
             guard case .malformed(let detail) = error else { throw error }
             page = CollectorPage(records: [], next: try moreFiles())
@@ -192,6 +201,19 @@ struct DirectoryCollector: Collector {
             throw .file(path: source, detail: "cannot move the unreadable file to \(folder): \(error)")
         }
         return RejectedFile(name: name, movedTo: target, reason: reason)
+    }
+
+    /// How long after its last change a file that ends before its JSON does is taken for one still being written
+    /// (left for the next run) rather than a bad file (moved to `.rejected/`): a `.json` file copied into the folder
+    /// in place, rather than written under a hidden name and renamed, was rejected when a run caught it half written,
+    /// and what the writer wrote after that went to `.rejected/` too.
+    static let settleTime = Duration.seconds(60)
+
+    /// The file at `path` was modified less than `interval` ago (or its time is in the future).
+    static func changedWithin(_ interval: Duration, path: String) -> Bool {
+        guard let status = FileStatus(path: path) else { return false }
+        let now = Int64(Date().timeIntervalSince1970 * 1e9)
+        return now - status.modifiedNanoseconds < Int64(interval.components.seconds) * 1_000_000_000
     }
 
     /// The inode and size of the open file `descriptor`; `nil` (and `errno`) if it cannot be read.

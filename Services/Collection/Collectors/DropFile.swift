@@ -76,10 +76,12 @@ final class DropFile {
         case malformed(String)
         /// The file cannot be read.
         case io(String)
+        /// The file ends before its JSON does (empty, an array not closed, a record cut): a writer may be at work.
+        case truncated(String)
 
         var description: String {
             switch self {
-            case .malformed(let detail), .io(let detail): detail
+            case .malformed(let detail), .io(let detail), .truncated(let detail): detail
             }
         }
     }
@@ -177,7 +179,7 @@ final class DropFile {
     /// returns `nil`); a single object, or a bundle without objects, is the whole file's chunk.
     private func openDocument(_ position: inout FilePosition) throws(Failure) -> Chunk? {
         let start = try skipWhitespace(from: try textStart())
-        guard try load(start) else { throw .malformed("the file is empty") }
+        guard try load(start) else { throw .truncated("the file is empty") }
         switch window[start - base] {
         case UInt8(ascii: "["):
             position.offset = start + 1
@@ -239,7 +241,7 @@ final class DropFile {
         var needComma = position.records > 0
         while chunk.records.count < limit {
             var index = try skipWhitespace(from: position.offset)
-            guard try load(index) else { throw .malformed("the array of records is not closed") }
+            guard try load(index) else { throw .truncated("the array of records is not closed") }
             var byte = window[index - base]
             if byte == UInt8(ascii: "]") {
                 position.offset = index + 1
@@ -287,13 +289,13 @@ final class DropFile {
     private func hold(_ range: Range<Int>) throws(Failure) {
         if range.lowerBound < base { try refill(keeping: range.lowerBound, from: range.lowerBound) }
         while base + window.count < range.upperBound {
-            if atEnd { throw .malformed("the file ends in the middle of its JSON") }
+            if atEnd { throw .truncated("the file ends in the middle of its JSON") }
             try refill(keeping: range.lowerBound)
         }
     }
 
     private func byte(at offset: Int) throws(Failure) -> UInt8 {
-        guard try load(offset) else { throw .malformed("the file ends in the middle of its JSON") }
+        guard try load(offset) else { throw .truncated("the file ends in the middle of its JSON") }
         return window[offset - base]
     }
 
@@ -337,7 +339,7 @@ final class DropFile {
 
     /// Where the JSON value at `offset` ends; the window grows until it holds the value whole.
     private func valueEnd(at offset: Int) throws(Failure) -> Int {
-        guard try load(offset) else { throw .malformed("the file ends in the middle of its JSON") }
+        guard try load(offset) else { throw .truncated("the file ends in the middle of its JSON") }
         while true {
             let (start, complete) = (offset - base, atEnd)
             let result: Result<Int?, JSONSplitter.Failure> = window.withUnsafeBytes { raw in
@@ -353,7 +355,7 @@ final class DropFile {
             case .failure(let error): throw .malformed("\(error.reason) at byte \(base + error.offset)")
             }
             if let found { return base + found }
-            if atEnd { throw .malformed("the file ends in the middle of its JSON") }
+            if atEnd { throw .truncated("the file ends in the middle of its JSON") }
             try refill(keeping: offset)
         }
     }
