@@ -529,7 +529,9 @@ struct DirectoryCollectorTests {
 
         let pages = try await Self.fetchAll(try Self.collector(dir))
         let all = pages.flatMap(\.records)
-        #expect(pages.count == 3)
+        // One page holds the records of as many files as it can (`page_size`, 100 here).
+        #expect(pages.count == 1)
+        #expect(pages[0].progress.map(\.name) == ["a.json", "b.json", "c.ndjson"])
         // x0 is older than the mark: a drop folder is an inbox, a file's records are collected whatever their age.
         #expect(all.map(\.id) == ["indicator--1", "marking--1", "x1", "x0", "p1", "p2"])
         #expect(all[1].mark == ts("2026-11-25T01:00:00Z"))
@@ -704,13 +706,14 @@ struct DirectoryCollectorTests {
         #expect(bundle.utf8.count > 2 * DropFile.windowSize)
 
         let pages = try await Self.fetchAll(try Self.collector(dir, pageSize: 1_000))
-        #expect(pages.map(\.records.count) == [1_000, 1_000, 500, 1_000, 1_000, 500])
+        // A page goes on into the next file: every page but the last is full.
+        #expect(pages.map(\.records.count) == [1_000, 1_000, 1_000, 1_000, 1_000])
         let records = pages.flatMap(\.records)
         #expect(records.map(\.id) == (0..<count).map { "r-\($0)" } + (0..<count).map { "r-\($0)" })
         // Byte for byte what the file holds: key order, spaces and escapes stay.
         #expect(records.map { String(decoding: $0.json, as: UTF8.self) } == lines + lines)
-        // Only the last page of a file records it: the next pass reads nothing.
-        #expect(pages.map { $0.progress != nil } == [false, false, true, false, false, true])
+        // Only the page that reads a file's end records it: the next pass reads nothing.
+        #expect(pages.map { $0.progress.map(\.name) } == [[], [], ["a.ndjson"], [], ["b.json"]])
         #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 1_000)).flatMap(\.records).isEmpty)
     }
 
@@ -844,6 +847,32 @@ struct DirectoryCollectorTests {
         #expect(fixed.pages.flatMap(\.records).map(\.id) == ["g1", "g2", "g3", "g4"] && fixed.rejected.isEmpty)
     }
 
+    /// A folder of small files: a page takes records from as many files as `page_size` allows (a page per file cost
+    /// every file the sink's fsync), records each file whose end it read, and a bad file among them is moved aside
+    /// while the others' records stay in the page.
+    @Test func aPageTakesRecordsFromManySmallFiles() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        for file in 0..<10 {
+            let lines = (0..<3).map { #"{"id":"f\#(file)-\#($0)","modified":"2026-11-26T00:00:00Z"}"# }
+            try ((file == 4 ? ["{bad"] : lines).joined(separator: "\n") + "\n").write(
+                toFile: dir + "/f\(file).ndjson", atomically: true, encoding: .utf8)
+        }
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir, pageSize: 7))
+        #expect(pages.map(\.records.count) == [7, 7, 7, 6])
+        #expect(
+            pages.flatMap(\.records).map(\.id)
+                == [0, 1, 2, 3, 5, 6, 7, 8, 9].flatMap { file in (0..<3).map { "f\(file)-\($0)" } })
+        #expect(
+            pages.map { $0.progress.map(\.name) } == [
+                ["f0.ndjson", "f1.ndjson"], ["f2.ndjson", "f3.ndjson"], ["f5.ndjson", "f6.ndjson", "f7.ndjson"],
+                ["f8.ndjson", "f9.ndjson"],
+            ])
+        #expect(pages.map(\.rejections.count) == [0, 1, 0, 0])
+        #expect(rejected.map(\.name) == ["f4.ndjson"])
+        #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 7)).flatMap(\.records).isEmpty)
+    }
+
     /// A file dropped while a run goes on is still collected by that run when it sorts after the file being read,
     /// though the run lists the folder once (and again only when that listing is used up).
     @Test func aFileDroppedDuringARunIsPickedUpInOrder() async throws {
@@ -853,7 +882,7 @@ struct DirectoryCollectorTests {
             try "{\"id\":\"\(name)\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
                 toFile: dir + "/\(name).ndjson", atomically: true, encoding: .utf8)
         }
-        let collector = try Self.collector(dir)
+        let collector = try Self.collector(dir, pageSize: 1)
         var ids: [String] = []
         var cursor: String?
         repeat {
@@ -902,8 +931,8 @@ struct DirectoryCollectorTests {
             FileIdentity(name: name, size: 10, modifiedNanoseconds: 1, head: Data(name.utf8))
         }
         let ledger = FileLedger(stateDirectory: state, sourceID: try SourceID("drop"))
-        try ledger.record(identity("a.json"))
-        for index in 1...40 { try ledger.record(identity("f\(index).json")) }
+        try ledger.record([identity("a.json")])
+        for index in 1...40 { try ledger.record([identity("f\(index).json")]) }
         #expect(!FileManager.default.fileExists(atPath: ledger.path))
         let journal = try String(contentsOfFile: ledger.journalPath, encoding: .utf8)
         #expect(journal.split(separator: "\n").count == 41)
@@ -922,8 +951,8 @@ struct DirectoryCollectorTests {
         defer { removeTemporary(state) }
         let id = try SourceID("drop")
         let ledger = FileLedger(stateDirectory: state, sourceID: id)
-        try ledger.record(FileIdentity(name: "a.json", size: 1, modifiedNanoseconds: 1, head: Data()))
-        try ledger.record(FileIdentity(name: "b.json", size: 1, modifiedNanoseconds: 1, head: Data()))
+        try ledger.record([FileIdentity(name: "a.json", size: 1, modifiedNanoseconds: 1, head: Data())])
+        try ledger.record([FileIdentity(name: "b.json", size: 1, modifiedNanoseconds: 1, head: Data())])
         let handle = try #require(FileHandle(forWritingAtPath: ledger.journalPath))
         handle.seekToEndOfFile()
         handle.write(Data(#"{"head_hash":"1","modified_ns":1,"name":"c.js"#.utf8))
@@ -931,7 +960,7 @@ struct DirectoryCollectorTests {
 
         let after = FileLedger(stateDirectory: state, sourceID: id)
         #expect(try after.load().keys.sorted() == ["a.json", "b.json"])
-        try after.record(FileIdentity(name: "d.json", size: 1, modifiedNanoseconds: 1, head: Data()))
+        try after.record([FileIdentity(name: "d.json", size: 1, modifiedNanoseconds: 1, head: Data())])
         #expect(
             try FileLedger(stateDirectory: state, sourceID: id).load().keys.sorted() == ["a.json", "b.json", "d.json"])
 
@@ -946,20 +975,20 @@ struct DirectoryCollectorTests {
         defer { removeTemporary(state) }
         let ledger = FileLedger(stateDirectory: state, sourceID: try SourceID("drop"))
         for index in 0..<64 {
-            try ledger.record(FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data()))
+            try ledger.record([FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data())])
         }
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count == 64)
-        try ledger.record(FileIdentity(name: "f64", size: 1, modifiedNanoseconds: 1, head: Data()))
+        try ledger.record([FileIdentity(name: "f64", size: 1, modifiedNanoseconds: 1, head: Data())])
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
         let whole = try JSONDecoder().decode(
             [FileIdentity].self, from: try #require(FileManager.default.contents(atPath: ledger.path)))
         #expect(whole.count == 65)
         // The whole file now holds 65: the journal takes 65 lines before the next fold.
         for index in 65..<130 {
-            try ledger.record(FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data()))
+            try ledger.record([FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data())])
         }
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count == 65)
-        try ledger.record(FileIdentity(name: "f130", size: 1, modifiedNanoseconds: 1, head: Data()))
+        try ledger.record([FileIdentity(name: "f130", size: 1, modifiedNanoseconds: 1, head: Data())])
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
     }
 

@@ -37,8 +37,8 @@ struct CollectorPage: Sendable {
     var rejections: [FileRejection] = []
     /// Oddities of the answer worth a warning that did not stop the page (a malformed header, say).
     var warnings: [String] = []
-    /// What the collector records in `pageCommitted` (the drop folder's file identity).
-    var progress: FileIdentity?
+    /// What the collector records in `pageCommitted` (the identities of the drop-folder files the page finished).
+    var progress: [FileIdentity] = []
 
     init(
         records: [CollectedRecord], highWaterMark: Timestamp? = nil, firstMark: Timestamp? = nil,
