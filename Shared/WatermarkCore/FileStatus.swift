@@ -17,6 +17,8 @@ public struct FileStatus: Sendable, Equatable {
     public var size: Int
     /// The last modification, in nanoseconds since 1970.
     public var modifiedNanoseconds: Int64
+    /// A plain file (not a folder, a pipe, a socket or a device).
+    public var isRegularFile: Bool
 
     /// The status of the file at `path`; `nil` (with `errno` set) when it cannot be read.
     public init?(path: String) {
@@ -35,6 +37,7 @@ public struct FileStatus: Sendable, Equatable {
     private init(_ info: stat) {
         inode = UInt64(info.st_ino)
         size = Int(info.st_size)
+        isRegularFile = info.st_mode & S_IFMT == S_IFREG
         #if canImport(Darwin)
             modifiedNanoseconds = Int64(info.st_mtimespec.tv_sec) * 1_000_000_000 + Int64(info.st_mtimespec.tv_nsec)
         #else

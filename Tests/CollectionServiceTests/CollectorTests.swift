@@ -873,6 +873,64 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 7)).flatMap(\.records).isEmpty)
     }
 
+    /// Entries a run cannot read (a folder or a pipe under a file's name) do not keep the folder's other files from
+    /// being collected (the first one failed every run before any file after it was read, and opening the pipe
+    /// waited for a writer for ever); the run then fails naming them, and so does each run until they are dealt with.
+    @Test func anUnreadableEntryDoesNotStopTheOthersAndFailsTheRunAfterThem() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        for name in ["a", "c"] {
+            try "{\"id\":\"\(name)\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+                toFile: dir + "/\(name).ndjson", atomically: true, encoding: .utf8)
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/b.json", withIntermediateDirectories: false)
+        #expect(mkfifo(dir + "/d.ndjson", 0o644) == 0)
+        let collector = try Self.collector(dir, pageSize: 1)
+        func run() async -> (ids: [String], warnings: [String], error: CollectorError?) {
+            var (ids, warnings): ([String], [String]) = ([], [])
+            var cursor: String?
+            do {
+                repeat {
+                    let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
+                    _ = try collector.pageCommitted(page)
+                    ids += page.records.map(\.id)
+                    warnings += page.warnings
+                    cursor = page.next
+                } while cursor != nil
+                return (ids, warnings, nil)
+            } catch {
+                return (ids, warnings, error)
+            }
+        }
+        let first = await run()
+        #expect(first.ids == ["a", "c"])
+        #expect(first.warnings.count == 2 && first.warnings.allSatisfy { $0.contains("skipped") })
+        let message = "\(try #require(first.error))"
+        #expect(message.contains("b.json: not a plain file") && message.contains("nor could d.ndjson"), "\(message)")
+        let second = await run()
+        #expect(second.ids.isEmpty && second.error == first.error)
+        try FileManager.default.removeItem(atPath: dir + "/b.json")
+        try FileManager.default.removeItem(atPath: dir + "/d.ndjson")
+        let third = await run()
+        #expect(third.ids.isEmpty && third.error == nil && third.warnings.isEmpty)
+
+        // Found unreadable between two pages of it (a folder now where the file was): the same, once the rest is read.
+        try (["e1", "e2"].map { #"{"id":"\#($0)","modified":"2026-11-26T00:00:00Z"}"# }.joined(separator: "\n"))
+            .write(toFile: dir + "/e.ndjson", atomically: true, encoding: .utf8)
+        try "{\"id\":\"f\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+            toFile: dir + "/f.ndjson", atomically: true, encoding: .utf8)
+        let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
+        #expect(page.records.map(\.id) == ["e1"])
+        try FileManager.default.removeItem(atPath: dir + "/e.ndjson")
+        try FileManager.default.createDirectory(atPath: dir + "/e.ndjson", withIntermediateDirectories: false)
+        let next = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: page.next)
+        #expect(next.records.map(\.id) == ["f"] && next.warnings.contains { $0.contains("e.ndjson") })
+        #expect(next.next == DirectoryCollector.unreadableCursor)
+        await #expect(throws: CollectorError.self) {
+            try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: next.next)
+        }
+    }
+
     /// A file dropped while a run goes on is still collected by that run when it sorts after the file being read,
     /// though the run lists the folder once (and again only when that listing is used up).
     @Test func aFileDroppedDuringARunIsPickedUpInOrder() async throws {

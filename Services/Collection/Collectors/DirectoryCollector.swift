@@ -30,8 +30,15 @@ struct DirectoryCollector: Collector {
     var pageSize = 100
     /// The folder's files as this run listed them.
     private let listing = FolderListing()
+    /// Files this run could not read (a folder or a pipe under a file's name, a file it may not read): skipped, so
+    /// that they do not keep the others from being collected, and then the run fails naming them.
+    private let unreadable = UnreadableFiles()
+    /// The cursor after the last page of a run that skipped files: fetching it fails the run.
+    static let unreadableCursor = "\u{2}unreadable"
 
     func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        if cursor == Self.unreadableCursor { throw unreadable.failure(folder: settings.path) }
+        if cursor == nil { unreadable.clear() }
         var page = CollectorPage(records: [])
         // The cursor is a place inside a file, or the name of the last file read (the next one sorts after it).
         var resume = cursor.flatMap(FilePosition.init(cursor:))
@@ -50,7 +57,11 @@ struct DirectoryCollector: Collector {
                 if let collected { known = collected } else { known = try ledger.load() }
                 collected = known
                 if cursor == nil, page.highWaterMark == nil { page.highWaterMark = Self.newestCollected(known) }
-                guard let next = try nextFile(after: after, fresh: fresh, collected: known) else { return page }
+                guard let next = try nextFile(after: after, fresh: fresh, collected: known, page: &page) else {
+                    // The folder's files that could be read are collected: now the run fails for the others.
+                    if !unreadable.isEmpty { page.next = Self.unreadableCursor }
+                    return page
+                }
                 position = next
             }
             fresh = false
@@ -69,6 +80,7 @@ struct DirectoryCollector: Collector {
         page.next = try after.flatMap { name throws(CollectorError) in
             try listing.names(after: name, fresh: false, list: listFiles).isEmpty ? nil : name
         }
+        if page.next == nil, !unreadable.isEmpty { page.next = Self.unreadableCursor }
         return page
     }
 
@@ -76,7 +88,7 @@ struct DirectoryCollector: Collector {
     /// listed once a run (and again once that listing is used up, so that files dropped meanwhile are picked up in
     /// order): listing it for every file made a folder of many files quadratic.
     private func nextFile(
-        after: String?, fresh: Bool, collected: [String: FileIdentity]
+        after: String?, fresh: Bool, collected: [String: FileIdentity], page: inout CollectorPage
     ) throws(CollectorError) -> FilePosition? {
         var after = after
         var fresh = fresh
@@ -86,7 +98,14 @@ struct DirectoryCollector: Collector {
             for name in files {
                 let path = (settings.path as NSString).appendingPathComponent(name)
                 // Known by its identity (a stat and its first 4 KiB): an unchanged file is not read again.
-                if let identity = try Self.identity(of: path, name: name), collected[name] != identity {
+                let identity: FileIdentity?
+                do {
+                    identity = try Self.identity(of: path, name: name)
+                } catch {
+                    page.warnings.append(unreadable.note(name, error))
+                    continue
+                }
+                if let identity, collected[name] != identity {
                     return FilePosition(file: name, identity: identity)
                 }
             }
@@ -170,7 +189,7 @@ struct DirectoryCollector: Collector {
             read.records = []
             switch failure {
             case .io(let detail):
-                throw .file(path: path, detail: detail)
+                read.warning = unreadable.note(name, .file(path: path, detail: detail))
             case .truncated where Self.changedWithin(Self.settleTime, path: path):
                 // Not recorded as collected: the next run reads it again, whole by then.
                 read.warning =
@@ -252,10 +271,13 @@ struct DirectoryCollector: Collector {
         return now - status.modifiedNanoseconds < Int64(interval.components.seconds) * 1_000_000_000
     }
 
-    /// The inode and size of the open file `descriptor`; `nil` (and `errno`) if it cannot be read.
-    static func inodeAndSize(_ descriptor: Int32) -> (UInt64, Int)? {
-        FileStatus(descriptor: descriptor).map { ($0.inode, $0.size) }
+    /// The inode and size of the open file `descriptor`, and whether it is a plain file; `nil` (and `errno`) if it
+    /// cannot be read.
+    static func inodeAndSize(_ descriptor: Int32) -> (UInt64, Int, Bool)? {
+        FileStatus(descriptor: descriptor).map { ($0.inode, $0.size, $0.isRegularFile) }
     }
+
+    static let notAFile = "not a plain file (a folder, a pipe or a device)"
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
     /// and the next run reads it again (its records already written are dropped by dedup).
@@ -264,6 +286,7 @@ struct DirectoryCollector: Collector {
             if errno == ENOENT { return nil }
             throw .file(path: path, detail: String(cString: strerror(errno)))
         }
+        guard status.isRegularFile else { throw .file(path: path, detail: notAFile) }
         let head: Data
         do {
             let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
@@ -274,6 +297,36 @@ struct DirectoryCollector: Collector {
         }
         return FileIdentity(
             name: name, size: status.size, modifiedNanoseconds: status.modifiedNanoseconds, head: head)
+    }
+}
+
+/// The files of a drop folder one run could not read, and why.
+final class UnreadableFiles: Sendable {
+    private let files = Mutex<[(name: String, error: CollectorError)]>([])
+
+    var isEmpty: Bool { files.withLock { $0.isEmpty } }
+
+    func clear() { files.withLock { $0.removeAll() } }
+
+    /// Notes `name` and returns the page's warning.
+    func note(_ name: String, _ error: CollectorError) -> String {
+        files.withLock { $0.append((name, error)) }
+        return "\(error): skipped; the run fails once the folder's other files are collected"
+    }
+
+    /// The run's error: the first file's, naming a few of the others.
+    func failure(folder: String) -> CollectorError {
+        files.withLock { files in
+            let others = files.dropFirst().prefix(5).map(\.name).joined(separator: ", ")
+            let more = files.count > 6 ? " and \(files.count - 6) more" : ""
+            let rest =
+                (others.isEmpty ? "" : "; nor could \(others)\(more)") + " (the folder's other files were collected)"
+            switch files.first?.error {
+            case .file(let path, let detail)?: return .file(path: path, detail: detail + rest)
+            case let error?: return .file(path: folder, detail: "\(error)" + rest)
+            case nil: return .file(path: folder, detail: "a file could not be read")
+            }
+        }
     }
 }
 

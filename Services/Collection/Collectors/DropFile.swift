@@ -106,15 +106,20 @@ final class DropFile {
     init?(path: String) throws(Failure) {
         self.path = path
         self.name = (path as NSString).lastPathComponent
-        descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // Non-blocking: opening a pipe dropped under a file's name would wait for a writer for ever.
+        descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else {
             if errno == ENOENT { return nil }
             throw .io(String(cString: strerror(errno)))
         }
-        guard let (inode, size) = DirectoryCollector.inodeAndSize(descriptor) else {
+        guard let (inode, size, regular) = DirectoryCollector.inodeAndSize(descriptor) else {
             let error = String(cString: strerror(errno))
             close(descriptor)
             throw .io(error)
+        }
+        guard regular else {
+            close(descriptor)
+            throw .io(DirectoryCollector.notAFile)
         }
         (self.inode, self.size) = (inode, size)
         // Last, so that an init that fails has nothing to free (a class's deinit runs only once it is whole).
