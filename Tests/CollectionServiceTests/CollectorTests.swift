@@ -980,6 +980,21 @@ struct DirectoryCollectorTests {
         #expect(listed == 4)
     }
 
+    /// A file's identity hashes its first 4 KiB with FNV-1a as ledgers already written record it (values from an
+    /// independent implementation): a change would have every file of every folder read again once.
+    @Test func aFilesIdentityHashesItsHeadAsLedgersRecordIt() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let content = Data(String(repeating: "0123456789abcdef", count: 320).utf8.prefix(5_000))
+        try content.write(to: URL(fileURLWithPath: dir + "/a.json"))
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: dir + "/b.json"))
+        let a = try #require(try DirectoryCollector.identity(of: dir + "/a.json", name: "a.json"))
+        #expect(a.headHash == "ca01ccad1663db25" && a.size == 5_000)
+        #expect(try DirectoryCollector.identity(of: dir + "/b.json", name: "b.json")?.headHash == "8f44b07b5901a25")
+        #expect(FileIdentity(name: "a.json", size: 5_000, modifiedNanoseconds: 0, head: content).headHash == a.headHash)
+        #expect(try DirectoryCollector.identity(of: dir + "/gone.json", name: "gone.json") == nil)
+    }
+
     /// Recording a file appends one line to the ledger's journal and leaves the whole file alone (rewriting it for
     /// each file made a folder of many files quadratic); a new reader sees every file and folds the journal in.
     @Test func recordingAFileAppendsToTheJournalAndANewReaderSeesIt() throws {
@@ -1027,26 +1042,52 @@ struct DirectoryCollectorTests {
         #expect(throws: CollectorError.self) { try FileLedger(stateDirectory: state, sourceID: id).load() }
     }
 
-    /// Once the journal holds as many lines as the whole file has files (64 at least), it is folded into it.
-    @Test func theJournalIsFoldedIntoTheLedgerOnceItIsAsLongAsTheLedger() throws {
+    /// The journal is folded into the whole file when the ledger is next read, and only then: a run appends.
+    @Test func theJournalIsFoldedIntoTheLedgerWhenItIsNextRead() throws {
+        let state = try makeTemporaryDirectory()
+        defer { removeTemporary(state) }
+        let id = try SourceID("drop")
+        func files(_ range: Range<Int>) -> [FileIdentity] {
+            range.map { FileIdentity(name: "f\($0)", size: 1, modifiedNanoseconds: 1, head: Data()) }
+        }
+        func journalLines(_ ledger: FileLedger) throws -> Int {
+            try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count
+        }
+        func whole(_ ledger: FileLedger) throws -> Int {
+            try JSONDecoder().decode(
+                [FileIdentity].self, from: try #require(FileManager.default.contents(atPath: ledger.path))
+            ).count
+        }
+        let first = FileLedger(stateDirectory: state, sourceID: id)
+        for page in 0..<20 { try first.record(files(page * 10..<page * 10 + 10)) }
+        #expect(try journalLines(first) == 200 && !FileManager.default.fileExists(atPath: first.path))
+
+        let second = FileLedger(stateDirectory: state, sourceID: id)
+        #expect(try second.load().count == 200)
+        #expect(try whole(second) == 200 && journalLines(second) == 0)
+        try second.record(files(200..<205))
+        #expect(try whole(second) == 200 && journalLines(second) == 5)
+        #expect(try FileLedger(stateDirectory: state, sourceID: id).load().count == 205)
+        #expect(try whole(second) == 205 && journalLines(second) == 0)
+    }
+
+    /// An append that fails is reported, and the next record rewrites the whole ledger (the journal may end in a cut
+    /// line) rather than append behind it.
+    @Test func aFailedAppendIsReportedAndTheNextRecordRewritesTheLedger() throws {
         let state = try makeTemporaryDirectory()
         defer { removeTemporary(state) }
         let ledger = FileLedger(stateDirectory: state, sourceID: try SourceID("drop"))
-        for index in 0..<64 {
-            try ledger.record([FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data())])
+        try ledger.record([FileIdentity(name: "a", size: 1, modifiedNanoseconds: 1, head: Data())])
+        try FileManager.default.removeItem(atPath: ledger.journalPath)
+        try FileManager.default.createDirectory(atPath: ledger.journalPath, withIntermediateDirectories: false)
+        #expect(throws: CollectorError.self) {
+            try ledger.record([FileIdentity(name: "b", size: 1, modifiedNanoseconds: 1, head: Data())])
         }
-        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count == 64)
-        try ledger.record([FileIdentity(name: "f64", size: 1, modifiedNanoseconds: 1, head: Data())])
-        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
+        try FileManager.default.removeItem(atPath: ledger.journalPath)
+        try ledger.record([FileIdentity(name: "c", size: 1, modifiedNanoseconds: 1, head: Data())])
         let whole = try JSONDecoder().decode(
             [FileIdentity].self, from: try #require(FileManager.default.contents(atPath: ledger.path)))
-        #expect(whole.count == 65)
-        // The whole file now holds 65: the journal takes 65 lines before the next fold.
-        for index in 65..<130 {
-            try ledger.record([FileIdentity(name: "f\(index)", size: 1, modifiedNanoseconds: 1, head: Data())])
-        }
-        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).split(separator: "\n").count == 65)
-        try ledger.record([FileIdentity(name: "f130", size: 1, modifiedNanoseconds: 1, head: Data())])
+        #expect(whole.map(\.name) == ["a", "b", "c"])
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
     }
 
