@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """`make bench PROFILE=collector`: the collection path end to end, against a plain-Python loop of the same run.
 
-    bench/collector.py BIN_DIR [--records 1000000] [--sources drop,taxii]
+    bench/collector.py BIN_DIR [--records 1000000] [--sources drop,taxii,drop-small]
 
 Writes a drop folder of STIX indicators (half NDJSON files, half bundles; a few records repeated across files
-so dedup has work; several versions of some objects), serves the same objects from a fast TAXII-like feed in
-this process (pre-rendered 1,000-object pages with `next` and the X-TAXII-Date-Added headers), then runs
+so dedup has work; several versions of some objects), a second folder of the first tenth of them in files of
+five records (`drop-small`: a folder of many small files, half NDJSON, half JSON arrays), serves the same
+objects from a fast TAXII-like feed in this process (pre-rendered 1,000-object pages with `next` and the X-TAXII-Date-Added headers), then runs
 `collection-service --once` (release build) against a real `storage-service` for each source, and
 bench/baseline_collector.py on the same input: records/s into the durable sink, wall time, peak RSS of the
 collecting process, and whether every unique (id, version) landed exactly once.
@@ -32,6 +33,7 @@ from run import free_port, peak_rss_kib, wait_listening, write_report  # noqa: E
 
 FILES = 20  # ten NDJSON files, ten bundles
 PAGE = 1000
+SMALL_FILE = 5  # records in each file of the many-small-files folder
 
 
 def indicator(rng, number, version):
@@ -84,6 +86,25 @@ def generate(folder, total, seed=20261202):
                 out.write(",\n".join(chunk))
                 out.write("\n]}\n")
     return objects, unique
+
+
+def generate_small(folder, objects):
+    """`objects` in files of SMALL_FILE records, alternately NDJSON and JSON arrays; returns the unique count."""
+    os.makedirs(folder)
+    keys = set()
+    for index in range(0, len(objects), SMALL_FILE):
+        chunk = objects[index:index + SMALL_FILE]
+        for text in chunk:
+            record = json.loads(text)
+            keys.add((record["id"], record["modified"]))
+        number = index // SMALL_FILE
+        if number % 2 == 0:
+            with open(os.path.join(folder, f"small-{number:07d}.ndjson"), "w") as out:
+                out.write("\n".join(chunk) + "\n")
+        else:
+            with open(os.path.join(folder, f"small-{number:07d}.json"), "w") as out:
+                out.write("[" + ",".join(chunk) + "]")
+    return len(keys)
 
 
 class Feed(http.server.ThreadingHTTPServer):
@@ -159,12 +180,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bin")
     parser.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "1000000")))
-    parser.add_argument("--sources", default=os.environ.get("BENCH_COLLECTOR_SOURCES", "drop,taxii"),
-                        help="which sources to measure, comma-separated: drop, taxii (default both)")
+    parser.add_argument("--sources", default=os.environ.get("BENCH_COLLECTOR_SOURCES", "drop,taxii,drop-small"),
+                        help="which sources to measure, comma-separated: drop, taxii, drop-small (default all)")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.sources.split(",") if name.strip()]
-    if not chosen or set(chosen) - {"drop", "taxii"}:
-        parser.error(f"--sources: expected drop and/or taxii, got {args.sources!r}")
+    if not chosen or set(chosen) - {"drop", "taxii", "drop-small"}:
+        parser.error(f"--sources: expected some of drop, taxii, drop-small, got {args.sources!r}")
 
     work = tempfile.mkdtemp(prefix="bench-collector-")
     storage = None
@@ -173,8 +194,12 @@ def main():
         started = time.perf_counter()
         objects, unique = generate(os.path.join(work, "drop"), args.records)
         size = sum(os.path.getsize(os.path.join(work, "drop", n)) for n in os.listdir(os.path.join(work, "drop")))
-        print(f"bench: {args.records} objects ({unique} unique id+version, {size / 2**20:.0f} MiB) "
+        small = objects[:args.records // 10]
+        unique_small = generate_small(os.path.join(work, "drop-small"), small) if "drop-small" in chosen else 0
+        print(f"bench: {args.records} objects ({unique} unique id+version, {size / 2**20:.0f} MiB), and "
+              f"{len(small)} in {(len(small) + SMALL_FILE - 1) // SMALL_FILE} small files, "
               f"written in {time.perf_counter() - started:.0f} s")
+        expected = {"drop": unique, "taxii": unique, "drop-small": unique_small}
         feed = serve_feed(objects)
         del objects
         feed_url = f"http://127.0.0.1:{feed.server_address[1]}/taxii2/api1/"
@@ -192,6 +217,8 @@ def main():
                      "lookback_seconds": 315360000},
             "taxii": {"id": "taxii", "type": "taxii21", "api_root": feed_url, "collection_id": "bench",
                       "page_size": PAGE, "lookback_seconds": 315360000, "timeout_seconds": 60},
+            "drop-small": {"id": "drop-small", "type": "directory", "path": os.path.join(work, "drop-small"),
+                           "page_size": PAGE, "lookback_seconds": 315360000},
         }
         results = []
         for name, source in sources.items():
@@ -210,16 +237,16 @@ def main():
             lines, keys = sink_count(os.path.join(data, name))
             results.append({"scenario": f"collection-service {name}", "seconds": round(seconds, 2),
                             "records": lines, "records_per_s": round(lines / seconds), "peak_rss_mib": round(rss, 1),
-                            "exit": status, "exactly_once": lines == keys == unique})
+                            "exit": status, "exactly_once": lines == keys == expected[name]})
 
             out = os.path.join(work, f"python-{name}.ndjson")
-            what = ["--folder", source["path"]] if name == "drop" else ["--taxii", feed_url + "collections/bench/objects/"]
+            what = ["--folder", source["path"]] if "path" in source else ["--taxii", feed_url + "collections/bench/objects/"]
             seconds, rss, status = measured([sys.executable, os.path.join(HERE, "baseline_collector.py"), *what, out])
             with open(out) as handle:
                 lines = sum(1 for _ in handle)
             results.append({"scenario": f"python baseline {name}", "seconds": round(seconds, 2), "records": lines,
                             "records_per_s": round(lines / seconds), "peak_rss_mib": round(rss, 1), "exit": status,
-                            "exactly_once": lines == unique})
+                            "exactly_once": lines == expected[name]})
         for result in results:
             baseline = next(r for r in results if r["scenario"] == "python baseline " + result["scenario"].split()[-1])
             result["vs_python"] = round(result["records_per_s"] / max(baseline["records_per_s"], 1), 2)
