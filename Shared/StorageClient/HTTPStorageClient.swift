@@ -175,8 +175,10 @@ public final class HTTPStorageClient: StorageClient {
         Self.add(precondition, to: &headers)
         if let leaseToken { headers.add(name: "Lease-Token", value: String(leaseToken)) }
         Self.add(reason: reason, to: &headers)
+        // A retry after an attempt whose answer was lost finds the watermark gone when that attempt deleted it.
         _ = try await send(
-            .DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204])
+            .DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204],
+            doneWhenRetried: ["watermark_not_found"])
     }
 
     /// `X-Reason`, percent-encoded so any text crosses as visible ASCII (letters, digits, space and `-._~` as they
@@ -262,10 +264,12 @@ public final class HTTPStorageClient: StorageClient {
     }
 
     /// One call with its retries. Returns when the status is in `accept`; throws `StorageClientError`
-    /// otherwise.
+    /// otherwise. `doneWhenRetried`: error codes that mean the call's effect is there when they answer a retry after
+    /// an attempt that may have been applied with its answer lost (a timeout, a broken connection, a gateway's 5xx):
+    /// a DELETE retried so finds nothing to delete, and reporting that as a failure made a done deletion look failed.
     private func send(
         _ method: HTTPMethod, _ path: String, sourceID: SourceID? = nil, headers: HTTPHeaders = HTTPHeaders(),
-        body: ByteBuffer? = nil, accept: Set<Int>
+        body: ByteBuffer? = nil, accept: Set<Int>, doneWhenRetried: Set<String> = []
     ) async throws -> Answer {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
@@ -278,6 +282,7 @@ public final class HTTPStorageClient: StorageClient {
         var metadata: Logger.Metadata = ["method": "\(method.rawValue)", "path": "\(path)"]
         if let sourceID { metadata["source_id"] = "\(sourceID)" }
         var attempt = 1
+        var mayHaveApplied = false
         while true {
             let started = ContinuousClock.now
             let failure: StorageClientError
@@ -297,10 +302,17 @@ public final class HTTPStorageClient: StorageClient {
                 )
                 if accept.contains(status) { return Answer(status: status, headers: response.headers, body: bytes) }
                 let error = Self.serviceError(status: status, body: bytes)
+                if mayHaveApplied, doneWhenRetried.contains(error.code) {
+                    logger.info(
+                        "storage request already applied by an attempt whose answer was lost",
+                        metadata: metadata.merging(["attempts": "\(attempt)", "answer": "\(error.code)"]) { $1 })
+                    return Answer(status: status, headers: response.headers, body: bytes)
+                }
                 failure =
                     status == 404 && error.code != "watermark_not_found"
                     ? .invalidRequest(code: error.code, message: error.message) : StorageClientError(error)
                 retryable = [429, 502, 503, 504].contains(status)
+                mayHaveApplied = mayHaveApplied || [502, 504].contains(status)
                 retryAfter = response.headers.first(name: "Retry-After").flatMap(RetryPolicy.retryAfter)
             } catch let error as StorageClientError {
                 throw error
@@ -308,6 +320,7 @@ public final class HTTPStorageClient: StorageClient {
                 if Task.isCancelled || error is CancellationError { throw error }
                 failure = .unavailable(underlying: error)
                 retryable = Self.isRetryableTransportError(error, retryTimeouts: retryPolicy.retryTimeouts)
+                mayHaveApplied = true
                 retryAfter = nil
                 logger.debug(
                     "storage request failed",

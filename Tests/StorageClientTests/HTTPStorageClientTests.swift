@@ -191,6 +191,56 @@ struct HTTPStorageClientTests {
         #expect(sleeps.all.count == 2)
     }
 
+    /// A DELETE whose answer was lost (a gateway's 504, or no answer within the timeout) may have been applied: its
+    /// retry then finds nothing to delete, and that is the deletion done, not a failure. Where the first answer said
+    /// the service did not apply it (503), or without a retry, "not found" stays an error.
+    @Test func aDeleteRetriedAfterALostAnswerIsDoneWhenNothingIsLeft() async throws {
+        let calls = Mutex<[String: Int]>([:])
+        let notFound: @Sendable () -> Response = {
+            jsonResponse(.notFound, #"{"error":{"code":"watermark_not_found","message":"none"}}"#)
+        }
+        try await withScriptedServer(
+            script: ServerScript(failures: 0), failure: { jsonResponse(.internalServerError, "") },
+            extraRoutes: { router in
+                router.delete("/api/v1/watermarks/:id") { _, context in
+                    let id = context.parameters.get("id") ?? ""
+                    let call = calls.withLock { calls in
+                        calls[id, default: 0] += 1
+                        return calls[id]!
+                    }
+                    guard call == 1 else { return notFound() }
+                    switch id {
+                    case "lost-504": return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
+                    case "refused-503":
+                        return jsonResponse(
+                            .serviceUnavailable, #"{"error":{"code":"database_unavailable","message":"x"}}"#)
+                    case "slow":
+                        // Applied, and answered long after the client stopped waiting.
+                        try await Task.sleep(for: .seconds(3))
+                        return Response(status: .noContent)
+                    default: return notFound()
+                    }
+                }
+            }
+        ) { url in
+            let sleeps = SleepRecorder()
+            let policy = RetryPolicy(maxAttempts: 3, retryTimeouts: true)
+            try await using(makeClient(url, sleeps: sleeps, policy: policy, timeout: .milliseconds(500))) { client in
+                try await client.deleteWatermark(
+                    sourceID: sid("lost-504"), precondition: nil, leaseToken: nil, reason: nil)
+                try await client.deleteWatermark(sourceID: sid("slow"), precondition: nil, leaseToken: nil, reason: nil)
+                for id in ["refused-503", "absent"] {
+                    let error = await thrown(StorageClientError.self) {
+                        try await client.deleteWatermark(
+                            sourceID: sid(id), precondition: nil, leaseToken: nil, reason: nil)
+                    }
+                    #expect(error?.code == "watermark_not_found", "\(id)")
+                }
+            }
+        }
+        #expect(calls.withLock { $0 } == ["lost-504": 2, "slow": 2, "refused-503": 2, "absent": 1])
+    }
+
     @Test func honoursRetryAfter() async throws {
         let script = ServerScript(failures: 1)
         let sleeps = SleepRecorder()
