@@ -219,6 +219,7 @@ let package = Package(
                 "WatermarkStores",
                 "StorageClient",
                 "WatermarkCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

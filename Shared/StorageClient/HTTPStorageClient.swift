@@ -175,7 +175,8 @@ public final class HTTPStorageClient: StorageClient {
         Self.add(precondition, to: &headers)
         if let leaseToken { headers.add(name: "Lease-Token", value: String(leaseToken)) }
         Self.add(reason: reason, to: &headers)
-        // A retry after an attempt whose answer was lost finds the watermark gone when that attempt deleted it.
+        // A retry after an attempt whose answer was lost finds the watermark gone when that attempt deleted it. (A
+        // conditional DELETE retried so is answered 412, the precondition checked first, and stays an error.)
         _ = try await send(
             .DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204],
             doneWhenRetried: ["watermark_not_found"])
@@ -265,7 +266,8 @@ public final class HTTPStorageClient: StorageClient {
 
     /// One call with its retries. Returns when the status is in `accept`; throws `StorageClientError`
     /// otherwise. `doneWhenRetried`: error codes that mean the call's effect is there when they answer a retry after
-    /// an attempt that may have been applied with its answer lost (a timeout, a broken connection, a gateway's 5xx):
+    /// an attempt that may have been applied with its answer lost (no answer in time, a connection broken after the
+    /// request went out, a gateway's 502 or 504):
     /// a DELETE retried so finds nothing to delete, and reporting that as a failure made a done deletion look failed.
     private func send(
         _ method: HTTPMethod, _ path: String, sourceID: SourceID? = nil, headers: HTTPHeaders = HTTPHeaders(),
@@ -312,6 +314,8 @@ public final class HTTPStorageClient: StorageClient {
                     status == 404 && error.code != "watermark_not_found"
                     ? .invalidRequest(code: error.code, message: error.message) : StorageClientError(error)
                 retryable = [429, 502, 503, 504].contains(status)
+                // The service never answers 502 or 504 itself: a gateway's may come after the service applied the
+                // call. The service's own 503 says it did not.
                 mayHaveApplied = mayHaveApplied || [502, 504].contains(status)
                 retryAfter = response.headers.first(name: "Retry-After").flatMap(RetryPolicy.retryAfter)
             } catch let error as StorageClientError {
@@ -320,7 +324,7 @@ public final class HTTPStorageClient: StorageClient {
                 if Task.isCancelled || error is CancellationError { throw error }
                 failure = .unavailable(underlying: error)
                 retryable = Self.isRetryableTransportError(error, retryTimeouts: retryPolicy.retryTimeouts)
-                mayHaveApplied = true
+                mayHaveApplied = mayHaveApplied || Self.mayHaveBeenApplied(error)
                 retryAfter = nil
                 logger.debug(
                     "storage request failed",
@@ -389,6 +393,18 @@ public final class HTTPStorageClient: StorageClient {
 
     /// Connection failures are worth retrying; a programming error, a cancelled call or (unless asked) a
     /// timeout is not.
+    /// Whether an attempt that failed with `error` may have reached the service and been applied, its answer lost:
+    /// no answer in time, or the connection closed or reset once the request was on its way. A refused or timed-out
+    /// connect or a failed TLS handshake never sent it (counting those too made a DELETE of a watermark that never
+    /// existed, retried after the storage refused a connection while restarting, report a deletion).
+    static func mayHaveBeenApplied(_ error: any Error) -> Bool {
+        if let error = error as? HTTPClientError {
+            return [.deadlineExceeded, .readTimeout, .writeTimeout, .remoteConnectionClosed].contains(error)
+        }
+        if let error = error as? IOError { return [ECONNRESET, EPIPE].contains(error.errnoCode) }
+        return false
+    }
+
     static func isRetryableTransportError(_ error: any Error, retryTimeouts: Bool) -> Bool {
         if error is ResponseTooLarge { return false }
         if let error = error as? HTTPClientError {

@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -193,7 +194,8 @@ struct HTTPStorageClientTests {
 
     /// A DELETE whose answer was lost (a gateway's 504, or no answer within the timeout) may have been applied: its
     /// retry then finds nothing to delete, and that is the deletion done, not a failure. Where the first answer said
-    /// the service did not apply it (503), or without a retry, "not found" stays an error.
+    /// the service did not apply it (its own 503), where the connection was refused (nothing was sent), or without a
+    /// retry, "not found" stays an error.
     @Test func aDeleteRetriedAfterALostAnswerIsDoneWhenNothingIsLeft() async throws {
         let calls = Mutex<[String: Int]>([:])
         let notFound: @Sendable () -> Response = {
@@ -215,8 +217,11 @@ struct HTTPStorageClientTests {
                         return jsonResponse(
                             .serviceUnavailable, #"{"error":{"code":"database_unavailable","message":"x"}}"#)
                     case "slow":
-                        // Applied, and answered long after the client stopped waiting.
-                        try await Task.sleep(for: .seconds(3))
+                        // Applied, and answered only once the client, done waiting, has sent its retry.
+                        let deadline = ContinuousClock.now + .seconds(20)
+                        while calls.withLock({ $0[id, default: 0] }) < 2, ContinuousClock.now < deadline {
+                            try await Task.sleep(for: .milliseconds(10))
+                        }
                         return Response(status: .noContent)
                     default: return notFound()
                     }
@@ -225,10 +230,9 @@ struct HTTPStorageClientTests {
         ) { url in
             let sleeps = SleepRecorder()
             let policy = RetryPolicy(maxAttempts: 3, retryTimeouts: true)
-            try await using(makeClient(url, sleeps: sleeps, policy: policy, timeout: .milliseconds(500))) { client in
+            try await using(makeClient(url, sleeps: sleeps, policy: policy)) { client in
                 try await client.deleteWatermark(
                     sourceID: sid("lost-504"), precondition: nil, leaseToken: nil, reason: nil)
-                try await client.deleteWatermark(sourceID: sid("slow"), precondition: nil, leaseToken: nil, reason: nil)
                 for id in ["refused-503", "absent"] {
                     let error = await thrown(StorageClientError.self) {
                         try await client.deleteWatermark(
@@ -237,8 +241,32 @@ struct HTTPStorageClientTests {
                     #expect(error?.code == "watermark_not_found", "\(id)")
                 }
             }
+            // A client that stops waiting after half a second; the slow answer is held until its retry came.
+            try await using(makeClient(url, sleeps: sleeps, policy: policy, timeout: .milliseconds(500))) { client in
+                try await client.deleteWatermark(sourceID: sid("slow"), precondition: nil, leaseToken: nil, reason: nil)
+            }
         }
-        #expect(calls.withLock { $0 } == ["lost-504": 2, "slow": 2, "refused-503": 2, "absent": 1])
+        let seen = calls.withLock { $0 }
+        #expect(seen["lost-504"] == 2 && seen["refused-503"] == 2 && seen["absent"] == 1 && seen["slow"]! >= 2)
+    }
+
+    /// Which failed attempts may have been applied: no answer in time, yes; a refused connection (port 1 on loopback,
+    /// where nothing listens), no: the request never went out, so a retry's "not found" is no deletion done.
+    @Test func aRefusedConnectionWasNotApplied() async throws {
+        let client = makeClient("http://127.0.0.1:1", sleeps: SleepRecorder(), policy: RetryPolicy(maxAttempts: 1))
+        let error = try await using(client) { client in
+            await thrown(StorageClientError.self) {
+                try await client.deleteWatermark(sourceID: alpha, precondition: nil, leaseToken: nil, reason: nil)
+            }
+        }
+        guard case .unavailable(let underlying)? = error else {
+            Issue.record("expected unavailable, got \(String(describing: error))")
+            return
+        }
+        #expect(!HTTPStorageClient.mayHaveBeenApplied(underlying), "\(underlying)")
+        #expect(HTTPStorageClient.mayHaveBeenApplied(HTTPClientError.deadlineExceeded))
+        #expect(HTTPStorageClient.mayHaveBeenApplied(HTTPClientError.remoteConnectionClosed))
+        #expect(!HTTPStorageClient.mayHaveBeenApplied(HTTPClientError.connectTimeout))
     }
 
     @Test func honoursRetryAfter() async throws {
