@@ -74,7 +74,7 @@ public enum DurableFile {
     }
 
     /// Moves a file aside (e.g. a corrupt one, kept for inspection), replacing an earlier copy.
-    static func moveAside(_ path: String, to destination: String) throws {
+    public static func moveAside(_ path: String, to destination: String) throws {
         guard rename(path, destination) == 0 else { throw IOError(operation: "rename", path: path, code: errno) }
         try syncDirectory(of: path)
     }

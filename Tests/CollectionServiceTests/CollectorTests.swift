@@ -993,6 +993,8 @@ struct DirectoryCollectorTests {
         #expect(try DirectoryCollector.identity(of: dir + "/b.json", name: "b.json")?.headHash == "8f44b07b5901a25")
         #expect(FileIdentity(name: "a.json", size: 5_000, modifiedNanoseconds: 0, head: content).headHash == a.headHash)
         #expect(try DirectoryCollector.identity(of: dir + "/gone.json", name: "gone.json") == nil)
+        // The identity of a file already open (one renamed over between two of its pages) is the same.
+        #expect(try #require(try DropFile(path: dir + "/a.json")).identity() == a)
     }
 
     /// Recording a file appends one line to the ledger's journal and leaves the whole file alone (rewriting it for
@@ -1037,9 +1039,46 @@ struct DirectoryCollectorTests {
         #expect(
             try FileLedger(stateDirectory: state, sourceID: id).load().keys.sorted() == ["a.json", "b.json", "d.json"])
 
-        // A line that is whole but not an identity is damage, not a crash: it is reported, not skipped.
-        try Data("not json\n".utf8).write(to: URL(fileURLWithPath: ledger.journalPath))
-        #expect(throws: CollectorError.self) { try FileLedger(stateDirectory: state, sourceID: id).load() }
+        // A line that is whole but not an identity is damage on disk: the files of the other lines stay known, the
+        // damaged one is forgotten (read again, its records dropped by the run's dedup) and the journal kept aside;
+        // failing on it stopped the source for good.
+        let line = { (name: String) in
+            String(
+                decoding: try JSONEncoder().encode(
+                    FileIdentity(name: name, size: 1, modifiedNanoseconds: 1, head: Data())), as: UTF8.self)
+        }
+        try Data("\(try line("e.json"))\nnot json\n\(try line("f.json"))\n".utf8)
+            .write(to: URL(fileURLWithPath: ledger.journalPath))
+        #expect(
+            try FileLedger(stateDirectory: state, sourceID: id).load().keys.sorted() == [
+                "a.json", "b.json", "d.json", "e.json", "f.json",
+            ])
+        #expect(try String(contentsOfFile: ledger.journalPath + ".damaged", encoding: .utf8).contains("not json"))
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
+    }
+
+    /// A fold that fails when the ledger is read (a full or read-only disk) does not fail a run that has nothing to
+    /// record; the next record rewrites the whole ledger once it can.
+    @Test func aFoldThatFailsOnReadingIsLeftToTheNextRecord() throws {
+        let state = try makeTemporaryDirectory()
+        defer { removeTemporary(state) }
+        let id = try SourceID("drop")
+        try FileLedger(stateDirectory: state, sourceID: id).record([
+            FileIdentity(name: "a.json", size: 1, modifiedNanoseconds: 1, head: Data())
+        ])
+        let ledger = FileLedger(stateDirectory: state, sourceID: id)
+        // The whole file's temporary name taken by a folder: writing the whole ledger fails.
+        try FileManager.default.createDirectory(atPath: ledger.path + ".tmp", withIntermediateDirectories: false)
+        #expect(try ledger.load().keys.sorted() == ["a.json"])
+        #expect(try ledger.newestMark() == nil)
+        #expect(throws: CollectorError.self) {
+            try ledger.record([FileIdentity(name: "b.json", size: 1, modifiedNanoseconds: 1, head: Data())])
+        }
+        try FileManager.default.removeItem(atPath: ledger.path + ".tmp")
+        try ledger.record([FileIdentity(name: "c.json", size: 1, modifiedNanoseconds: 1, head: Data())])
+        let whole = try JSONDecoder().decode(
+            [FileIdentity].self, from: try #require(FileManager.default.contents(atPath: ledger.path)))
+        #expect(whole.map(\.name) == ["a.json", "b.json", "c.json"])
     }
 
     /// The journal is folded into the whole file when the ledger is next read, and only then: a run appends.

@@ -155,9 +155,10 @@ struct DirectoryCollector: Collector {
             guard let file = try DropFile(path: path) else { return read }  // moved away meanwhile
             if position.offset > 0, position.inode != file.inode || file.size < position.offset {
                 // Renamed over or cut since the page before: the new file is read from its start (what the old one
-                // gave is collected; the run's dedup drops what the new one repeats).
-                guard let identity = try Self.identity(of: path, name: name) else { return read }
-                position = FilePosition(file: name, identity: identity)
+                // gave is collected; the run's dedup drops what the new one repeats). Its identity is the open
+                // file's: taken from the path, it could be a third file's, renamed over meanwhile, which would then
+                // be recorded as collected unread.
+                position = FilePosition(file: name, identity: try file.identity())
             }
             position.inode = file.inode
             let chunk = try file.next(&position, limit: limit, lines: name.hasSuffix(".ndjson"))
@@ -261,19 +262,12 @@ struct DirectoryCollector: Collector {
         return now - status.modifiedNanoseconds < Int64(interval.components.seconds) * 1_000_000_000
     }
 
-    /// The inode and size of the open file `descriptor`, and whether it is a plain file; `nil` (and `errno`) if it
-    /// cannot be read.
-    static func inodeAndSize(_ descriptor: Int32) -> (UInt64, Int, Bool)? {
-        FileStatus(descriptor: descriptor).map { ($0.inode, $0.size, $0.isRegularFile) }
-    }
-
     static let notAFile = "not a plain file (a folder, a pipe or a device)"
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
     /// and the next run reads it again (its records already written are dropped by dedup).
     static func identity(of path: String, name: String) throws(CollectorError) -> FileIdentity? {
-        // Read with `pread` and hashed in place: `FileHandle` and `Data`'s iterator were a fifth of the CPU of a
-        // folder of small files. Non-blocking: opening a pipe would wait for a writer.
+        // Non-blocking: opening a pipe would wait for a writer.
         let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else {
             if errno == ENOENT { return nil }
@@ -284,20 +278,11 @@ struct DirectoryCollector: Collector {
             throw .file(path: path, detail: String(cString: strerror(errno)))
         }
         guard status.isRegularFile else { throw .file(path: path, detail: notAFile) }
-        return try withUnsafeTemporaryAllocation(byteCount: FileIdentity.headSize, alignment: 8) {
-            buffer throws(CollectorError) in
-            var count = 0
-            while count < buffer.count {
-                let read = pread(descriptor, buffer.baseAddress! + count, buffer.count - count, off_t(count))
-                if read < 0, errno == EINTR { continue }
-                guard read >= 0 else { throw .file(path: path, detail: String(cString: strerror(errno))) }
-                if read == 0 { break }
-                count += read
-            }
-            return FileIdentity(
-                name: name, size: status.size, modifiedNanoseconds: status.modifiedNanoseconds,
-                headHash: FileIdentity.hash(UnsafeRawBufferPointer(rebasing: buffer[..<count])))
+        guard let headHash = FileIdentity.headHash(of: descriptor) else {
+            throw .file(path: path, detail: String(cString: strerror(errno)))
         }
+        return FileIdentity(
+            name: name, size: status.size, modifiedNanoseconds: status.modifiedNanoseconds, headHash: headHash)
     }
 }
 
@@ -402,6 +387,23 @@ struct FileIdentity: Sendable, Equatable, Codable {
         self.headHash = headHash
     }
 
+    /// The hash of the first `headSize` bytes of the open file `descriptor`; `nil` (and `errno`) if they cannot be
+    /// read. With `pread`, hashed in place: `FileHandle` and `Data`'s iterator were a fifth of the CPU of a folder of
+    /// small files.
+    static func headHash(of descriptor: Int32) -> String? {
+        withUnsafeTemporaryAllocation(byteCount: headSize, alignment: 8) { buffer in
+            var count = 0
+            while count < buffer.count {
+                let read = pread(descriptor, buffer.baseAddress! + count, buffer.count - count, off_t(count))
+                if read < 0, errno == EINTR { continue }
+                guard read >= 0 else { return nil }
+                if read == 0 { break }
+                count += read
+            }
+            return hash(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+        }
+    }
+
     /// FNV-1a (64 bits) of `bytes`, in hex.
     static func hash(_ bytes: UnsafeRawBufferPointer) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -428,11 +430,17 @@ final class FileLedger: Sendable {
 
     private struct State {
         var files: [String: FileIdentity]?
-        /// An append failed part-way: the journal may end in a cut line, so the next record rewrites it all.
+        /// A write failed part-way (the journal may end in a cut line), or folding failed: the next record rewrites
+        /// the whole ledger rather than append.
         var journalSuspect = false
     }
 
+    /// The ledger in memory, held only to read or change it: never across a write, so that a run fetching its next
+    /// page looks files up while the page before is being recorded (held through the sync, it kept that fetch, and
+    /// the concurrency pool's thread it ran on, waiting for the disk).
     private let state = Mutex(State())
+    /// Serialises the journal's appends and folds.
+    private let writing = Mutex(())
 
     init(stateDirectory: String, sourceID: SourceID) {
         path = (stateDirectory as NSString).appendingPathComponent("files/\(sourceID.rawValue).json")
@@ -440,30 +448,36 @@ final class FileLedger: Sendable {
     }
 
     func load() throws(CollectorError) -> [String: FileIdentity] {
-        try state.withLock { state throws(CollectorError) in try loaded(&state) }
+        try ensureLoaded()
+        return state.withLock { $0.files ?? [:] }
     }
 
     /// What the ledger knows of the file `name`. A lookup under the lock: a run holding a copy of the ledger made
     /// each page's `record` copy it whole again.
     func file(_ name: String) throws(CollectorError) -> FileIdentity? {
-        try state.withLock { state throws(CollectorError) in try loaded(&state)[name] }
+        try ensureLoaded()
+        return state.withLock { $0.files?[name] }
     }
 
     /// The newest record mark of the files collected: the watermark reaches it even when the run that collected
     /// the file died before it could move the mark.
     func newestMark() throws(CollectorError) -> Timestamp? {
-        try state.withLock { state throws(CollectorError) in try loaded(&state).values.compactMap(\.newestMark).max() }
+        try ensureLoaded()
+        return state.withLock { $0.files?.values.compactMap(\.newestMark).max() }
     }
 
     /// Records `identities` (the files a page finished) with one append and one sync.
     func record(_ identities: [FileIdentity]) throws(CollectorError) {
         guard !identities.isEmpty else { return }
-        try state.withLock { state throws(CollectorError) in
-            _ = try loaded(&state)
-            // In place: a copy of the ledger per page is quadratic again.
-            for identity in identities { state.files![identity.name] = identity }
-            if state.journalSuspect {
-                try fold(&state)
+        try ensureLoaded()
+        try writing.withLock { _ throws(CollectorError) in
+            let suspect = state.withLock { state in
+                // In place: a copy of the ledger per page is quadratic again.
+                for identity in identities { state.files![identity.name] = identity }
+                return state.journalSuspect
+            }
+            if suspect {
+                try fold()
                 return
             }
             do {
@@ -473,42 +487,54 @@ final class FileLedger: Sendable {
                 for identity in identities { lines += try encoder.encode(identity) + Data("\n".utf8) }
                 try append(lines)
             } catch {
-                state.journalSuspect = true
+                state.withLock { $0.journalSuspect = true }
                 throw .file(path: journalPath, detail: "the drop folder's ledger cannot be written (\(error))")
             }
         }
     }
 
-    /// The ledger, read from disk the first time (the whole file, then the journal's lines over it, folded).
-    private func loaded(_ state: inout State) throws(CollectorError) -> [String: FileIdentity] {
-        if let files = state.files { return files }
-        var files: [String: FileIdentity]
-        var lines = 0
-        do {
-            let decoder = JSONDecoder()
-            let whole = try DurableFile.read(path).map { try decoder.decode([FileIdentity].self, from: $0) } ?? []
-            files = Dictionary(whole.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
-            if let journal = try DurableFile.read(journalPath) {
-                // Complete lines only: what follows the last line break is an append a crash cut short.
-                let end = journal.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? journal.startIndex
-                for line in journal[journal.startIndex..<end].split(separator: UInt8(ascii: "\n")) {
-                    let identity = try decoder.decode(FileIdentity.self, from: Data(line))
-                    files[identity.name] = identity
-                    lines += 1
+    /// Reads the ledger from disk the first time (the whole file, then the journal's lines over it, folded; a fold
+    /// that fails is left to the next record, so that a run with nothing to record still runs on a full disk).
+    private func ensureLoaded() throws(CollectorError) {
+        // Loaded already: no wait for a write under way.
+        if state.withLock({ $0.files != nil }) { return }
+        try writing.withLock { _ throws(CollectorError) in
+            if state.withLock({ $0.files != nil }) { return }
+            var files: [String: FileIdentity]
+            var lines = 0
+            var damaged = 0
+            do {
+                let decoder = JSONDecoder()
+                let whole = try DurableFile.read(path).map { try decoder.decode([FileIdentity].self, from: $0) } ?? []
+                files = Dictionary(whole.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+                if let journal = try DurableFile.read(journalPath) {
+                    // Complete lines only: what follows the last line break is an append a crash cut short.
+                    let end = journal.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? journal.startIndex
+                    for line in journal[journal.startIndex..<end].split(separator: UInt8(ascii: "\n")) {
+                        lines += 1
+                        // A line that is not an identity (damaged on disk) forgets one file, which is read again
+                        // (its records dropped by the run's dedup): failing on it stopped the source for good.
+                        guard let identity = try? decoder.decode(FileIdentity.self, from: Data(line)) else {
+                            damaged += 1
+                            continue
+                        }
+                        files[identity.name] = identity
+                    }
+                    lines += end < journal.endIndex ? 1 : 0
                 }
-                lines += end < journal.endIndex ? 1 : 0
+            } catch {
+                throw .file(path: path, detail: "the drop folder's ledger cannot be read (\(error))")
             }
-        } catch {
-            throw .file(path: path, detail: "the drop folder's ledger cannot be read (\(error))")
+            if damaged > 0 { try? DurableFile.moveAside(journalPath, to: journalPath + ".damaged") }
+            state.withLock { $0.files = files }
+            if lines > 0 { try? fold() }
         }
-        state.files = files
-        if lines > 0 { try fold(&state) }
-        return files
     }
 
     /// Writes the whole ledger, then empties the journal (a crash between the two replays lines already in it).
-    private func fold(_ state: inout State) throws(CollectorError) {
-        let files = state.files ?? [:]
+    /// The caller holds `writing`.
+    private func fold() throws(CollectorError) {
+        let files = state.withLock { $0.files ?? [:] }
         do {
             try FileManager.default.createDirectory(
                 atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -517,10 +543,10 @@ final class FileLedger: Sendable {
             try DurableFile.write(try encoder.encode(files.values.sorted { $0.name < $1.name }), to: path)
             try DurableFile.write(Data(), to: journalPath)
         } catch {
-            state.journalSuspect = true
+            state.withLock { $0.journalSuspect = true }
             throw .file(path: path, detail: "the drop folder's ledger cannot be written (\(error))")
         }
-        state.journalSuspect = false
+        state.withLock { $0.journalSuspect = false }
     }
 
     /// Appends `line` to the journal and syncs it; a journal just created is synced into its folder as well.

@@ -1,4 +1,5 @@
 import Foundation
+import WatermarkCore
 
 #if canImport(Glibc)
     import Glibc
@@ -90,9 +91,10 @@ final class DropFile {
 
     let path: String
     let name: String
-    /// The open file's inode and size.
+    /// The open file's inode, size and last modification when it was opened.
     let inode: UInt64
     let size: Int
+    let modifiedNanoseconds: Int64
     private let descriptor: Int32
     /// Bytes of the file from `base` on.
     private var window: [UInt8] = []
@@ -112,16 +114,16 @@ final class DropFile {
             if errno == ENOENT { return nil }
             throw .io(String(cString: strerror(errno)))
         }
-        guard let (inode, size, regular) = DirectoryCollector.inodeAndSize(descriptor) else {
+        guard let status = FileStatus(descriptor: descriptor) else {
             let error = String(cString: strerror(errno))
             close(descriptor)
             throw .io(error)
         }
-        guard regular else {
+        guard status.isRegularFile else {
             close(descriptor)
             throw .io(DirectoryCollector.notAFile)
         }
-        (self.inode, self.size) = (inode, size)
+        (inode, size, modifiedNanoseconds) = (status.inode, status.size, status.modifiedNanoseconds)
         // Last, so that an init that fails has nothing to free (a class's deinit runs only once it is whole).
         scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.windowSize, alignment: 16)
     }
@@ -129,6 +131,12 @@ final class DropFile {
     deinit {
         close(descriptor)
         scratch.deallocate()
+    }
+
+    /// The open file's identity (its status when opened, and its head now).
+    func identity() throws(Failure) -> FileIdentity {
+        guard let headHash = FileIdentity.headHash(of: descriptor) else { throw .io(String(cString: strerror(errno))) }
+        return FileIdentity(name: name, size: size, modifiedNanoseconds: modifiedNanoseconds, headHash: headHash)
     }
 
     /// The next records from `position` (at most `limit`), moving `position` past them.
