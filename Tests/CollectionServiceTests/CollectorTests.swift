@@ -757,7 +757,9 @@ struct DirectoryCollectorTests {
         // Cut short and untouched for longer than a writer pauses: a bad file, not one being written.
         try Self.makeOlder(dir + "/c.json", by: DirectoryCollector.settleTime + .seconds(5))
         let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir, pageSize: 2))
-        #expect(pages.flatMap(\.records).map(\.id) == ["r-0", "r-1", "r-2", "r-3", "r-7", "r-8"])
+        // Every record before a file's first bad one, on the same page as the bad one too (with pages spanning
+        // files, where a page ends depends on the files before: the records of the bad one's page were lost).
+        #expect(pages.flatMap(\.records).map(\.id) == ["r-0", "r-1", "r-2", "r-3", "r-4", "r-7", "r-8", "r-10"])
         try #require(rejected.map(\.name) == ["a.ndjson", "b.json", "c.json"])
         #expect(rejected[0].reason.contains("a.ndjson line 6 is not valid JSON"), "\(rejected[0].reason)")
         #expect(rejected[1].reason.contains("',' or ']' expected after record 1"), "\(rejected[1].reason)")

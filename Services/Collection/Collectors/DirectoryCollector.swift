@@ -162,11 +162,17 @@ struct DirectoryCollector: Collector {
             }
             position.inode = file.inode
             let chunk = try file.next(&position, limit: limit, lines: name.hasSuffix(".ndjson"))
-            read.records = try await records(chunk, name: name)
+            // The records before the first bad one are collected; the file is moved aside from there.
+            let (records, bad) = try await goodRecords(chunk, name: name)
+            read.records = records
             let now = Timestamp.now()
             let newest = read.records.lazy.map(\.mark).filter { $0 <= now }.max()
             position.identity.newestMark = [position.identity.newestMark, newest].compactMap { $0 }.max()
-            if chunk.incompleteTail {
+            if let failure = chunk.failure {
+                failed(failure, &read)
+            } else if let bad {
+                read.rejection = FileRejection(identity: position.identity, reason: bad)
+            } else if chunk.incompleteTail {
                 // Not recorded as collected: the next run reads the file again, its end whole by then.
                 read.warning =
                     "\(name) line \(position.lines + 1) has no line break and is not a JSON record yet (still being "
@@ -177,9 +183,19 @@ struct DirectoryCollector: Collector {
                 read.rest = position
             }
         } catch let failure as DropFile.Failure {
-            read.records = []
+            failed(failure, &read)
+        } catch let error as CollectorError {
+            throw error
+        } catch {
+            throw .file(path: path, detail: "\(error)")
+        }
+        return read
+
+        /// What becomes of a file found bad or cut short.
+        func failed(_ failure: DropFile.Failure, _ read: inout FileRead) {
             switch failure {
             case .io(let detail):
+                read.records = []
                 read.warning = unreadable.note(name, .file(path: path, detail: detail))
             case .truncated where Self.changedWithin(Self.settleTime, path: path):
                 // Not recorded as collected: the next run reads it again, whole by then.
@@ -190,14 +206,27 @@ struct DirectoryCollector: Collector {
                 read.rejection = FileRejection(
                     identity: position.identity, reason: "\(name) is not valid JSON records: \(failure)")
             }
-        } catch let error as CollectorError {
-            guard case .malformed(let detail) = error else { throw error }
-            read.records = []
-            read.rejection = FileRejection(identity: position.identity, reason: detail)
-        } catch {
-            throw .file(path: path, detail: "\(error)")
         }
-        return read
+    }
+
+    /// The records of `chunk`, and when one of them is not what the folder promises, those before it and why.
+    private func goodRecords(
+        _ chunk: DropFile.Chunk, name: String
+    ) async throws(CollectorError) -> ([CollectedRecord], bad: String?) {
+        do {
+            return (try await records(chunk, name: name), nil)
+        } catch {
+            guard case .malformed(let detail) = error else { throw error }
+            // Only on this path: the records one by one, up to the first bad one.
+            var good: [CollectedRecord] = []
+            for index in chunk.records.indices {
+                var one = chunk
+                (one.records, one.places) = ([chunk.records[index]], [chunk.places[index]])
+                guard let record = try? await records(one, name: name).first else { break }
+                good.append(record)
+            }
+            return (good, detail)
+        }
     }
 
     /// The records of one chunk of a file; a record that is not what the folder promises throws `.malformed`.

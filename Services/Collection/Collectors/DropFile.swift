@@ -70,6 +70,8 @@ final class DropFile {
         /// The file ends in a line without its line break that is not (yet) a JSON record: a writer is still
         /// appending to it, so it is not read as a record, and the file is read again once it has changed.
         var incompleteTail = false
+        /// The file is bad (or cut short) after these records.
+        var failure: Failure?
     }
 
     enum Failure: Error, CustomStringConvertible {
@@ -139,19 +141,29 @@ final class DropFile {
         return FileIdentity(name: name, size: size, modifiedNanoseconds: modifiedNanoseconds, headHash: headHash)
     }
 
-    /// The next records from `position` (at most `limit`), moving `position` past them.
+    /// The next records from `position` (at most `limit`), moving `position` past them. A file found bad (or cut
+    /// short) after some records of the chunk comes back with those records and the failure in `failure`: they are
+    /// collected before the file is moved aside.
     func next(_ position: inout FilePosition, limit: Int, lines: Bool) throws(Failure) -> Chunk {
-        if lines { return try nextLines(&position, limit: limit) }
-        if !position.inArray {
-            if let whole = try openDocument(&position) { return whole }
+        var chunk = Chunk()
+        do {
+            if lines {
+                try nextLines(&position, limit: limit, into: &chunk)
+            } else {
+                if !position.inArray, let whole = try openDocument(&position) { return whole }
+                try nextElements(&position, limit: limit, into: &chunk)
+            }
+        } catch {
+            if case .io = error { throw error }
+            guard !chunk.records.isEmpty else { throw error }
+            chunk.failure = error
         }
-        return try nextElements(&position, limit: limit)
+        return chunk
     }
 
     // MARK: NDJSON
 
-    private func nextLines(_ position: inout FilePosition, limit: Int) throws(Failure) -> Chunk {
-        var chunk = Chunk()
+    private func nextLines(_ position: inout FilePosition, limit: Int, into chunk: inout Chunk) throws(Failure) {
         if position.offset == 0 { position.offset = try textStart() }
         while chunk.records.count < limit {
             guard try load(position.offset) else { break }
@@ -183,7 +195,6 @@ final class DropFile {
         } else {
             chunk.finished = try onlyWhitespaceLeft(from: position.offset) != nil
         }
-        return chunk
     }
 
     // MARK: JSON documents
@@ -249,8 +260,7 @@ final class DropFile {
         return Chunk(records: [Data(window[(start - base)..<(end - base)])], places: [0], finished: true)
     }
 
-    private func nextElements(_ position: inout FilePosition, limit: Int) throws(Failure) -> Chunk {
-        var chunk = Chunk()
+    private func nextElements(_ position: inout FilePosition, limit: Int, into chunk: inout Chunk) throws(Failure) {
         var needComma = position.records > 0
         while chunk.records.count < limit {
             var index = try skipWhitespace(from: position.offset)
@@ -259,7 +269,7 @@ final class DropFile {
             if byte == UInt8(ascii: "]") {
                 position.offset = index + 1
                 chunk.finished = true
-                return chunk
+                return
             }
             if needComma {
                 guard byte == UInt8(ascii: ",") else {
@@ -282,7 +292,6 @@ final class DropFile {
         // A full page that is the last of the file says so, sparing the run an empty page.
         let after = try skipWhitespace(from: position.offset)
         if try load(after), window[after - base] == UInt8(ascii: "]") { chunk.finished = true }
-        return chunk
     }
 
     // MARK: The window
