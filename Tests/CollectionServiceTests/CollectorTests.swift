@@ -503,14 +503,32 @@ struct DirectoryCollectorTests {
     ) async throws -> (pages: [CollectorPage], rejected: [RejectedFile]) {
         var pages: [CollectorPage] = []
         var rejected: [RejectedFile] = []
+        try await forEachPage(collector) { page, moved in
+            pages.append(page)
+            rejected += moved
+        }
+        return (pages, rejected)
+    }
+
+    /// Writes `<name>.ndjson` in `dir` for each name, holding one record whose id is the name.
+    static func writeOneRecordFiles(_ dir: String, _ names: [String]) throws {
+        for name in names {
+            try "{\"id\":\"\(name)\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+                toFile: dir + "/\(name).ndjson", atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// Fetches every page like a run does, following `next`, and hands each to `each` with the files its commit
+    /// moved aside (none when `commit` is false: fetched, never written).
+    static func forEachPage(
+        _ collector: DirectoryCollector, commit: Bool = true, _ each: (CollectorPage, [RejectedFile]) throws -> Void
+    ) async throws {
         var cursor: String?
         repeat {
             let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
-            rejected += try collector.pageCommitted(page)
-            pages.append(page)
+            try each(page, commit ? try collector.pageCommitted(page) : [])
             cursor = page.next
         } while cursor != nil
-        return (pages, rejected)
     }
 
     @Test func readsObjectsArraysBundlesAndNDJSONWhateverTheirRecordsTimes() async throws {
@@ -821,12 +839,7 @@ struct DirectoryCollectorTests {
         let collector = try Self.collector(dir, pageSize: 2)
         // Fetched ahead, nothing written yet: the rejection is known, the file still in the inbox.
         var pages: [CollectorPage] = []
-        var cursor: String?
-        repeat {
-            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
-            pages.append(page)
-            cursor = page.next
-        } while cursor != nil
+        try await Self.forEachPage(collector, commit: false) { page, _ in pages.append(page) }
         #expect(pages.map(\.records.count) == [2, 2, 0] && pages[2].rejections.count == 1)
         #expect(FileManager.default.fileExists(atPath: dir + "/a.ndjson"))
         // The process dies here. The next run reads the file again, whole, and moves it once its records are written.
@@ -881,27 +894,20 @@ struct DirectoryCollectorTests {
     @Test func anUnreadableEntryDoesNotStopTheOthersAndFailsTheRunAfterThem() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir); removeTemporary(dir + "-state") }
-        for name in ["a", "c"] {
-            try "{\"id\":\"\(name)\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
-                toFile: dir + "/\(name).ndjson", atomically: true, encoding: .utf8)
-        }
+        try Self.writeOneRecordFiles(dir, ["a", "c"])
         try FileManager.default.createDirectory(atPath: dir + "/b.json", withIntermediateDirectories: false)
         #expect(mkfifo(dir + "/d.ndjson", 0o644) == 0)
         let collector = try Self.collector(dir, pageSize: 1)
         func run() async -> (ids: [String], warnings: [String], error: CollectorError?) {
             var (ids, warnings): ([String], [String]) = ([], [])
-            var cursor: String?
             do {
-                repeat {
-                    let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
-                    _ = try collector.pageCommitted(page)
+                try await Self.forEachPage(collector) { page, _ in
                     ids += page.records.map(\.id)
                     warnings += page.warnings
-                    cursor = page.next
-                } while cursor != nil
+                }
                 return (ids, warnings, nil)
             } catch {
-                return (ids, warnings, error)
+                return (ids, warnings, error as? CollectorError)
             }
         }
         let first = await run()
@@ -938,23 +944,16 @@ struct DirectoryCollectorTests {
     @Test func aFileDroppedDuringARunIsPickedUpInOrder() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir); removeTemporary(dir + "-state") }
-        for name in ["a", "b"] {
-            try "{\"id\":\"\(name)\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
-                toFile: dir + "/\(name).ndjson", atomically: true, encoding: .utf8)
-        }
+        try Self.writeOneRecordFiles(dir, ["a", "b"])
         let collector = try Self.collector(dir, pageSize: 1)
         var ids: [String] = []
-        var cursor: String?
-        repeat {
-            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
-            _ = try collector.pageCommitted(page)
+        try await Self.forEachPage(collector) { page, _ in
             ids += page.records.map(\.id)
             if ids == ["a"] {
                 try "{\"id\":\"c\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
                     toFile: dir + "/c.ndjson", atomically: true, encoding: .utf8)
             }
-            cursor = page.next
-        } while cursor != nil
+        }
         #expect(ids == ["a", "b", "c"])
     }
 
