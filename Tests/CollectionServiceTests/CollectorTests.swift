@@ -827,6 +827,19 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAllMoving(collector).rejected.map(\.name) == ["stalled.json"])
     }
 
+    /// The reason a file is moved aside names its first bad record, the one collection stopped at: the check of a
+    /// whole chunk named a later line, invalid JSON, before an earlier one without an id.
+    @Test func theReasonNamesTheFirstBadRecord() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let lines = [Self.tricky(0), #"{"modified":"2026-11-25T00:00:00Z"}"#, Self.tricky(2), "{not json"]
+        try (lines.joined(separator: "\n") + "\n").write(toFile: dir + "/a.ndjson", atomically: true, encoding: .utf8)
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir))
+        #expect(pages.flatMap(\.records).map(\.id) == ["r-0"])
+        try #require(rejected.count == 1)
+        #expect(rejected[0].reason.contains("a.ndjson line 2 has no \"id\""), "\(rejected[0].reason)")
+    }
+
     /// A bad record found while the pages before it wait to be written: the file stays in the folder until they are
     /// on disk, so a crash in between loses nothing (moved at once, the file took those records out of the inbox), and
     /// a file fixed in between is read again rather than moved.
@@ -1054,7 +1067,11 @@ struct DirectoryCollectorTests {
             try FileLedger(stateDirectory: state, sourceID: id).load().keys.sorted() == [
                 "a.json", "b.json", "d.json", "e.json", "f.json",
             ])
-        #expect(try String(contentsOfFile: ledger.journalPath + ".damaged", encoding: .utf8).contains("not json"))
+        let kept = try FileManager.default.contentsOfDirectory(atPath: state + "/files").filter {
+            $0.hasPrefix("drop.journal.damaged-")
+        }
+        try #require(kept.count == 1)
+        #expect(try String(contentsOfFile: state + "/files/" + kept[0], encoding: .utf8).contains("not json"))
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
     }
 
@@ -1072,6 +1089,8 @@ struct DirectoryCollectorTests {
         try FileManager.default.createDirectory(atPath: ledger.path + ".tmp", withIntermediateDirectories: false)
         #expect(try ledger.load().keys.sorted() == ["a.json"])
         #expect(try ledger.newestMark() == nil)
+        // The journal stays where it is until the whole ledger holds its lines.
+        #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).contains("a.json"))
         #expect(throws: CollectorError.self) {
             try ledger.record([FileIdentity(name: "b.json", size: 1, modifiedNanoseconds: 1, head: Data())])
         }

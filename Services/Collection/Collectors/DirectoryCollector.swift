@@ -168,10 +168,10 @@ struct DirectoryCollector: Collector {
             let now = Timestamp.now()
             let newest = read.records.lazy.map(\.mark).filter { $0 <= now }.max()
             position.identity.newestMark = [position.identity.newestMark, newest].compactMap { $0 }.max()
-            if let failure = chunk.failure {
-                failed(failure, &read)
-            } else if let bad {
+            if let bad {  // a record before where the chunk's reading failed, if it did
                 read.rejection = FileRejection(identity: position.identity, reason: bad)
+            } else if let failure = chunk.failure {
+                failed(failure, &read)
             } else if chunk.incompleteTail {
                 // Not recorded as collected: the next run reads the file again, its end whole by then.
                 read.warning =
@@ -217,13 +217,18 @@ struct DirectoryCollector: Collector {
             return (try await records(chunk, name: name), nil)
         } catch {
             guard case .malformed(let detail) = error else { throw error }
-            // Only on this path: the records one by one, up to the first bad one.
+            // Only on this path: the records one by one, up to the first bad one, which the reason names (the
+            // chunk's check may have named a later one that fails another check).
             var good: [CollectedRecord] = []
             for index in chunk.records.indices {
                 var one = chunk
                 (one.records, one.places) = ([chunk.records[index]], [chunk.places[index]])
-                guard let record = try? await records(one, name: name).first else { break }
-                good.append(record)
+                do {
+                    good += try await records(one, name: name)
+                } catch {
+                    guard case .malformed(let first) = error else { throw error }
+                    return (good, first)
+                }
             }
             return (good, detail)
         }
@@ -554,15 +559,17 @@ final class FileLedger: Sendable {
             } catch {
                 throw .file(path: path, detail: "the drop folder's ledger cannot be read (\(error))")
             }
-            if damaged > 0 { try? DurableFile.moveAside(journalPath, to: journalPath + ".damaged") }
             state.withLock { $0.files = files }
-            if lines > 0 { try? fold() }
+            // The damaged journal is kept for inspection, once the whole ledger holds its other lines.
+            if lines > 0 {
+                try? fold(keepingJournalAs: damaged > 0 ? journalPath + ".damaged-\(Timestamp.now())" : nil)
+            }
         }
     }
 
-    /// Writes the whole ledger, then empties the journal (a crash between the two replays lines already in it).
-    /// The caller holds `writing`.
-    private func fold() throws(CollectorError) {
+    /// Writes the whole ledger, then empties the journal, or moves it to `keepingJournalAs` (a crash between the two
+    /// replays lines already in it). The caller holds `writing`.
+    private func fold(keepingJournalAs kept: String? = nil) throws(CollectorError) {
         let files = state.withLock { $0.files ?? [:] }
         do {
             try FileManager.default.createDirectory(
@@ -570,6 +577,7 @@ final class FileLedger: Sendable {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             try DurableFile.write(try encoder.encode(files.values.sorted { $0.name < $1.name }), to: path)
+            if let kept { try DurableFile.moveAside(journalPath, to: kept) }
             try DurableFile.write(Data(), to: journalPath)
         } catch {
             state.withLock { $0.journalSuspect = true }
