@@ -664,6 +664,16 @@ struct DirectoryCollectorTests {
         let after = try await Self.fetchAll(collector)
         #expect(after.flatMap(\.records).map(\.id) == ["a", "b"] && after.flatMap(\.warnings).isEmpty)
         #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
+
+        // A last line left cut for longer than a writer pauses (its writer died): the lines before it are collected
+        // and the file is moved aside, where it was read again at every run.
+        try ("{\"id\":\"c\",\"modified\":\"2026-11-26T00:00:00Z\"}\n" + #"{"id":"d","mod"#).write(
+            toFile: dir + "/cut.ndjson", atomically: true, encoding: .utf8)
+        try Self.makeOlder(dir + "/cut.ndjson", by: DirectoryCollector.settleTime + .seconds(5))
+        let cut = try await Self.fetchAllMoving(collector)
+        #expect(cut.pages.flatMap(\.records).map(\.id) == ["c"])
+        try #require(cut.rejected.count == 1)
+        #expect(cut.rejected[0].name == "cut.ndjson" && cut.rejected[0].reason.contains("cut.ndjson line 2"))
     }
 
     /// A file rejected under a name a file rejected before had keeps both: either may hold the only copy of records

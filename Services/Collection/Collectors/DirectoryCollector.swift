@@ -172,11 +172,19 @@ struct DirectoryCollector: Collector {
                 read.rejection = FileRejection(identity: position.identity, reason: bad)
             } else if let failure = chunk.failure {
                 failed(failure, &read)
-            } else if chunk.incompleteTail {
+            } else if chunk.incompleteTail, Self.changedWithin(Self.settleTime, path: path) {
                 // Not recorded as collected: the next run reads the file again, its end whole by then.
                 read.warning =
                     "\(name) line \(position.lines + 1) has no line break and is not a JSON record yet (still being "
                     + "written?): it is read again once the file changes"
+            } else if chunk.incompleteTail {
+                // Left so for longer than a writer pauses (one that died mid-line): a bad last line, not one being
+                // written; read again at every run, the file was never done with.
+                read.rejection = FileRejection(
+                    identity: position.identity,
+                    reason:
+                        "\(name) line \(position.lines + 1) has no line break and is not a JSON record, and the file "
+                        + "has not changed for \(Self.settleTime.components.seconds) s")
             } else if chunk.finished {
                 read.finished = position.identity
             } else {
