@@ -19,10 +19,12 @@ import WatermarkCore
 /// only once the file's last records are on disk (`pageCommitted`); the run's record-level dedup drops what a
 /// grown file or a crash in the middle of a file sends again. Files are read in file-name order and streamed:
 /// a page holds at most `pageSize` records, from as many files as it takes to fill it, and the cursor says where
-/// in which file the next page starts, so a file of any size is never held in memory. Each record keeps the bytes it has in the file. Hidden files
-/// (`.name`) are ignored, so a writer can create `.x.json` and rename it. A file that is not valid records is
-/// moved to `.rejected/` with a `.reason` file beside it once the pages before its first bad record are on disk (the
-/// records before it stay collected), and the other files go on.
+/// in which file the next page starts, so a file of any size is never held in memory. Each record keeps the bytes it
+/// has in the file. Hidden files (`.name`) are ignored, so a writer can create `.x.json` and rename it; a file cut
+/// short (still being written in place) is left for the next run until it has not changed for `settleTime`. A file
+/// that is not valid records is moved to `.rejected/` with a `.reason` file beside it once the records before its
+/// first bad one are on disk (they stay collected), and the other files go on; so do they past an entry that cannot
+/// be read at all, and the run then fails naming it.
 struct DirectoryCollector: Collector {
     let settings: DirectorySettings
     let ledger: FileLedger
