@@ -837,6 +837,30 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAllMoving(collector).rejected.map(\.name) == ["stalled.json"])
     }
 
+    /// What follows a `.json` file's array of records (a second array appended, a bundle's stray text) was never
+    /// read, its records dropped without a word: the file is moved aside, the records before it collected, and a
+    /// bundle whose members go on after `objects` is still read whole.
+    @Test func somethingAfterTheArrayOfRecordsRejectsTheFile() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let files = [
+            "a.json": "[" + Self.tricky(1) + "]\n[" + Self.tricky(2) + "]",
+            "b.json": #"{"type":"bundle","objects":["# + Self.tricky(3) + #"],"id":"bundle--1"} x"#,
+            "c.json": #"{"type":"bundle","objects":["# + Self.tricky(4) + #"],"id":"bundle--2","spec_version":"2.0"}"#,
+            "d.json": #"{"type":"bundle","id":"bundle--3"} {}"#,
+        ]
+        for pageSize in [1, 100] {
+            let state = dir + "-state-\(pageSize)"
+            defer { removeTemporary(state) }
+            for (name, text) in files { try text.write(toFile: dir + "/" + name, atomically: true, encoding: .utf8) }
+            let (pages, rejected) = try await Self.fetchAllMoving(
+                try Self.collector(dir, state: state, pageSize: pageSize))
+            #expect(pages.flatMap(\.records).map(\.id) == ["r-1", "r-3", "r-4"], "page size \(pageSize)")
+            #expect(rejected.map(\.name) == ["a.json", "b.json", "d.json"], "page size \(pageSize)")
+            #expect(rejected.first?.reason.contains("something follows the array of records") == true)
+        }
+    }
+
     /// The reason a file is moved aside names its first bad record, the one collection stopped at: the check of a
     /// whole chunk named a later line, invalid JSON, before an earlier one without an id.
     @Test func theReasonNamesTheFirstBadRecord() async throws {

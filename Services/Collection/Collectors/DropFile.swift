@@ -249,7 +249,12 @@ final class DropFile {
         }
         let end = index + 1
         if isBundle == true {
-            guard let objectsAt else { return Chunk(finished: true) }
+            guard let objectsAt else {
+                guard try onlyWhitespaceLeft(from: end) != nil else {
+                    throw .malformed("something follows the JSON object")
+                }
+                return Chunk(finished: true)
+            }
             position.offset = objectsAt + 1
             position.inArray = true
             return nil
@@ -267,6 +272,7 @@ final class DropFile {
             guard try load(index) else { throw .truncated("the array of records is not closed") }
             var byte = window[index - base]
             if byte == UInt8(ascii: "]") {
+                try arrayEnded(at: index)
                 position.offset = index + 1
                 chunk.finished = true
                 return
@@ -291,7 +297,37 @@ final class DropFile {
         }
         // A full page that is the last of the file says so, sparing the run an empty page.
         let after = try skipWhitespace(from: position.offset)
-        if try load(after), window[after - base] == UInt8(ascii: "]") { chunk.finished = true }
+        if try load(after), window[after - base] == UInt8(ascii: "]") {
+            try arrayEnded(at: after)
+            chunk.finished = true
+        }
+    }
+
+    /// Checks what follows the array of records that `closing` ends: nothing in a `.json` array, the rest of the
+    /// bundle's members and its end in a bundle. What followed was never read: records after the closing bracket
+    /// (a second array appended to the file) were dropped without a word.
+    private func arrayEnded(at closing: Int) throws(Failure) {
+        let start = try skipWhitespace(from: try textStart())
+        guard try byte(at: start) == UInt8(ascii: "{") else {
+            guard try onlyWhitespaceLeft(from: closing + 1) != nil else {
+                throw .malformed("something follows the array of records")
+            }
+            return
+        }
+        var index = try skipWhitespace(from: closing + 1)
+        while try byte(at: index) != UInt8(ascii: "}") {
+            guard try byte(at: index) == UInt8(ascii: ",") else {
+                throw .malformed("',' or '}' expected at byte \(index)")
+            }
+            index = try skipWhitespace(from: index + 1)
+            guard try byte(at: index) == UInt8(ascii: "\"") else { throw .malformed("a member name is missing") }
+            index = try skipWhitespace(from: try valueEnd(at: index))
+            guard try byte(at: index) == UInt8(ascii: ":") else { throw .malformed("':' is missing at byte \(index)") }
+            index = try skipWhitespace(from: try valueEnd(at: try skipWhitespace(from: index + 1)))
+        }
+        guard try onlyWhitespaceLeft(from: index + 1) != nil else {
+            throw .malformed("something follows the JSON object")
+        }
     }
 
     // MARK: The window
