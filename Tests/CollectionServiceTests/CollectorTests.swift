@@ -944,6 +944,14 @@ struct DirectoryCollectorTests {
         try Self.writeOneRecordFiles(dir, ["a", "c"])
         try FileManager.default.createDirectory(atPath: dir + "/b.json", withIntermediateDirectories: false)
         #expect(mkfifo(dir + "/d.ndjson", 0o644) == 0)
+        // A name in Latin-1 (not UTF-8) and a link to nothing were skipped as gone, without a word.
+        let latin1 = Array(dir.utf8) + Array("/caf".utf8) + [0xE9] + Array(".json".utf8) + [0]
+        let descriptor = latin1.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_CREAT | O_WRONLY, 0o644) }
+        }
+        #expect(descriptor >= 0)
+        close(descriptor)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/e.json", withDestinationPath: dir + "/nowhere.json")
         let collector = try Self.collector(dir, pageSize: 1)
         func run() async -> (ids: [String], warnings: [String], error: CollectorError?) {
             var (ids, warnings): ([String], [String]) = ([], [])
@@ -959,13 +967,20 @@ struct DirectoryCollectorTests {
         }
         let first = await run()
         #expect(first.ids == ["a", "c"])
-        #expect(first.warnings.count == 2 && first.warnings.allSatisfy { $0.contains("skipped") })
+        #expect(first.warnings.count == 4 && first.warnings.allSatisfy { $0.contains("skipped") })
+        #expect(first.warnings.contains { $0.contains("caf\u{FFFD}.json") && $0.contains("not UTF-8") })
+        #expect(first.warnings.contains { $0.contains("e.json") && $0.contains("link to a file that does not exist") })
         let message = "\(try #require(first.error))"
-        #expect(message.contains("b.json: not a plain file") && message.contains("nor could d.ndjson"), "\(message)")
+        #expect(
+            message.contains("b.json: not a plain file")
+                && message.contains("nor could caf\u{FFFD}.json, d.ndjson, e.json"), "\(message)")
         let second = await run()
         #expect(second.ids.isEmpty && second.error == first.error)
-        try FileManager.default.removeItem(atPath: dir + "/b.json")
-        try FileManager.default.removeItem(atPath: dir + "/d.ndjson")
+        for name in ["b.json", "d.ndjson", "e.json"] { try FileManager.default.removeItem(atPath: dir + "/" + name) }
+        let removed = latin1.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { unlink($0.baseAddress!) }
+        }
+        #expect(removed == 0)
         let third = await run()
         #expect(third.ids.isEmpty && third.error == nil && third.warnings.isEmpty)
 

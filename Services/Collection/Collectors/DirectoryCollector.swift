@@ -95,6 +95,12 @@ struct DirectoryCollector: Collector {
             guard !files.isEmpty else { return nil }
             for name in files {
                 let path = (settings.path as NSString).appendingPathComponent(name)
+                // A name that is not UTF-8 comes from the listing with U+FFFD where its bytes were, so no file
+                // has it: it was skipped as gone, for ever.
+                if name.unicodeScalars.contains("\u{FFFD}") {
+                    page.warnings.append(unreadable.note(name, .file(path: path, detail: Self.notUTF8)))
+                    continue
+                }
                 // Known by its identity (a stat and its first 4 KiB): an unchanged file is not read again.
                 let identity: FileIdentity?
                 do {
@@ -103,7 +109,14 @@ struct DirectoryCollector: Collector {
                     page.warnings.append(unreadable.note(name, error))
                     continue
                 }
-                if let identity, try ledger.file(name) != identity {
+                guard let identity else {
+                    // Gone meanwhile, or a link to nothing (which, skipped as gone, went unnoticed).
+                    if (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil {
+                        page.warnings.append(unreadable.note(name, .file(path: path, detail: Self.danglingLink)))
+                    }
+                    continue
+                }
+                if try ledger.file(name) != identity {
                     return FilePosition(file: name, identity: identity)
                 }
             }
@@ -307,6 +320,8 @@ struct DirectoryCollector: Collector {
     }
 
     static let notAFile = "not a plain file (a folder, a pipe or a device)"
+    static let notUTF8 = "its name is not UTF-8 (rename it)"
+    static let danglingLink = "a symbolic link to a file that does not exist"
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
     /// and the next run reads it again (its records already written are dropped by dedup).
