@@ -1124,6 +1124,24 @@ struct DirectoryCollectorTests {
         #expect(try String(contentsOfFile: ledger.journalPath, encoding: .utf8).isEmpty)
     }
 
+    /// The ledger forgets the files gone from the folder when a run starts: an inbox is emptied, and the ledger of
+    /// every file ever collected grew without end, read whole by every run.
+    @Test func theLedgerForgetsFilesGoneFromTheFolder() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        try Self.writeOneRecordFiles(dir, ["a", "b", "c"])
+        #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).map(\.id) == ["a", "b", "c"])
+        for name in ["a", "c"] { try FileManager.default.removeItem(atPath: dir + "/\(name).ndjson") }
+        #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).isEmpty)
+        let ledger = FileLedger(stateDirectory: dir + "-state", sourceID: try SourceID("drop"))
+        let whole = try JSONDecoder().decode(
+            [FileIdentity].self, from: try #require(FileManager.default.contents(atPath: ledger.path)))
+        #expect(whole.map(\.name) == ["b.ndjson"])
+        // A file dropped again under a forgotten name is read again (the run's dedup drops what it repeats).
+        try Self.writeOneRecordFiles(dir, ["a"])
+        #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).map(\.id) == ["a"])
+    }
+
     /// A fold that fails when the ledger is read (a full or read-only disk) does not fail a run that has nothing to
     /// record; the next record rewrites the whole ledger once it can.
     @Test func aFoldThatFailsOnReadingIsLeftToTheNextRecord() throws {

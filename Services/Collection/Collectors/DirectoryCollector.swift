@@ -47,8 +47,13 @@ struct DirectoryCollector: Collector {
         var after = resume == nil ? cursor : nil
         // A page takes records from as many files as it needs to hold `pageSize`: a page per file cost a folder of
         // many small files the sink's fsync and the ledger's for every file (32,000 five-record files 13.7 s).
-        if cursor == nil { page.highWaterMark = try ledger.newestMark() }
-        var fresh = cursor == nil
+        if cursor == nil {
+            page.highWaterMark = try ledger.newestMark()
+            // The ledger forgets the files gone from the folder (an inbox is emptied: it grew without end, and each
+            // run read it whole).
+            ledger.forget(allBut: Set(try listing.names(after: nil, fresh: true, list: listFiles)))
+        }
+        var fresh = false
         while page.records.count < pageSize {
             let position: FilePosition
             if let place = resume {
@@ -523,6 +528,21 @@ final class FileLedger: Sendable {
     func newestMark() throws(CollectorError) -> Timestamp? {
         try ensureLoaded()
         return state.withLock { $0.files?.values.compactMap(\.newestMark).max() }
+    }
+
+    /// Forgets the files not in `names` (gone from the folder); the whole ledger is written again when any was
+    /// known (or by the next record, if that write fails: the files forgotten then come back at the next read, which
+    /// costs nothing but the time to look them up).
+    func forget(allBut names: Set<String>) {
+        guard (try? ensureLoaded()) != nil else { return }
+        writing.withLock { _ in
+            let forgotten = state.withLock { state in
+                let before = state.files?.count ?? 0
+                state.files = state.files?.filter { names.contains($0.key) }
+                return before - (state.files?.count ?? 0)
+            }
+            if forgotten > 0 { try? fold() }
+        }
     }
 
     /// Records `identities` (the files a page finished) with one append and one sync.
