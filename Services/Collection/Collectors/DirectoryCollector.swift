@@ -382,19 +382,21 @@ final class UnreadableFiles: Sendable {
 
 /// The names of a drop folder's files, sorted, as last listed.
 final class FolderListing: Sendable {
-    private let names = Mutex<[String]?>(nil)
+    /// The last listing, and whether it was listed again since the fresh one.
+    private let state = Mutex<(names: [String]?, relisted: Bool)>((nil, false))
 
     /// The names sorting after `name` (all of them when it is nil), from the last listing unless `fresh`; when that
-    /// has none after `name`, the folder is listed again.
+    /// has none after `name`, the folder is listed again, once (a run would otherwise go on for as long as files
+    /// kept arriving with later names; those wait for the next run).
     func names(
         after name: String?, fresh: Bool, list: () throws(CollectorError) -> [String]
     ) throws(CollectorError) -> ArraySlice<String> {
-        try names.withLock { names throws(CollectorError) in
-            if fresh || names == nil { names = try list() }
-            var after = Self.suffix(of: names!, after: name)
-            if after.isEmpty, !fresh {
-                names = try list()
-                after = Self.suffix(of: names!, after: name)
+        try state.withLock { state throws(CollectorError) in
+            if fresh || state.names == nil { state = (try list(), false) }
+            var after = Self.suffix(of: state.names!, after: name)
+            if after.isEmpty, !fresh, !state.relisted {
+                state = (try list(), true)
+                after = Self.suffix(of: state.names!, after: name)
             }
             return after
         }
