@@ -521,9 +521,10 @@ struct DirectoryCollectorTests {
     /// Fetches every page like a run does, following `next`, and hands each to `each` with the files its commit
     /// moved aside (none when `commit` is false: fetched, never written).
     static func forEachPage(
-        _ collector: DirectoryCollector, commit: Bool = true, _ each: (CollectorPage, [RejectedFile]) throws -> Void
+        _ collector: DirectoryCollector, commit: Bool = true, from start: String? = nil,
+        _ each: (CollectorPage, [RejectedFile]) throws -> Void
     ) async throws {
-        var cursor: String?
+        var cursor = start
         repeat {
             let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: cursor)
             try each(page, commit ? try collector.pageCommitted(page) : [])
@@ -621,24 +622,31 @@ struct DirectoryCollectorTests {
         }
         try lines("old-", "").write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
         let collector = try Self.collector(dir, pageSize: 2)
-        let first = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
-        #expect(first.records.map(\.id) == ["old-1", "old-2"])
-        try lines("new-", "longer lines, so the old offset falls inside one").write(
-            toFile: dir + "/.feed.tmp", atomically: false, encoding: .utf8)
-        #expect(rename(dir + "/.feed.tmp", dir + "/feed.ndjson") == 0)
-        var pages = [first]
-        var cursor = first.next
-        var rejected: [RejectedFile] = []
-        while let next = cursor {
-            let page = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: next)
-            rejected += try collector.pageCommitted(page)
-            pages.append(page)
-            cursor = page.next
+        // Renamed over, and then (the same inode, as a file renamed over can get the old one's number back)
+        // rewritten in place: both are read from their start.
+        for (round, replace) in [true, false].enumerated() {
+            let fresh = lines(round == 0 ? "new-" : "newer-", "longer lines, so the old offset falls inside one")
+            let first = try await collector.fetchPage(since: ts("2026-11-20T00:00:00Z"), cursor: nil)
+            #expect(first.records.count == 2)
+            if replace {
+                try fresh.write(toFile: dir + "/.feed.tmp", atomically: false, encoding: .utf8)
+                #expect(rename(dir + "/.feed.tmp", dir + "/feed.ndjson") == 0)
+            } else {
+                try fresh.write(toFile: dir + "/feed.ndjson", atomically: false, encoding: .utf8)
+            }
+            var pages = [first]
+            var rejected: [RejectedFile] = []
+            try await Self.forEachPage(collector, from: first.next) { page, moved in
+                pages.append(page)
+                rejected += moved
+            }
+            #expect(rejected.map(\.reason) == [])
+            let prefix = round == 0 ? "new-" : "newer-"
+            #expect(pages.dropFirst().flatMap(\.records).map(\.id) == (1...5).map { "\(prefix)\($0)" })
+            // Known as collected: the next pass reads nothing.
+            #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
+            try lines("old\(round)-", "").write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
         }
-        #expect(rejected.map(\.reason) == [])
-        #expect(pages.flatMap(\.records).map(\.id) == ["old-1", "old-2"] + (1...5).map { "new-\($0)" })
-        // Known as collected: the next pass reads nothing.
-        #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
     }
 
     /// A writer appending to a visible `.ndjson` file may be caught in the middle of a line: that line is not

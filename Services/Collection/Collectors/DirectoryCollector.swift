@@ -173,11 +173,16 @@ struct DirectoryCollector: Collector {
         var read = FileRead()
         do {
             guard let file = try DropFile(path: path) else { return read }  // moved away meanwhile
-            if position.offset > 0, position.inode != file.inode || file.size < position.offset {
-                // Renamed over or cut since the page before: the new file is read from its start (what the old one
-                // gave is collected; the run's dedup drops what the new one repeats). Its identity is the open
-                // file's: taken from the path, it could be a third file's, renamed over meanwhile, which would then
-                // be recorded as collected unread.
+            if position.offset > 0,
+                position.inode != file.inode || file.size < position.offset
+                    || file.headHash(bytes: position.identity.size) != position.identity.headHash
+            {
+                // Renamed over, cut or rewritten since the page before: the new file is read from its start (what
+                // the old one gave is collected; the run's dedup drops what the new one repeats). A file renamed over
+                // can have the old one's inode (a number freed is used again), so its head tells it too: the bytes
+                // the old one had then, which a file only grown since keeps. Its identity is the open file's: taken
+                // from the path, it could be a third file's, renamed over meanwhile, which would then be recorded as
+                // collected unread.
                 position = FilePosition(file: name, identity: try file.identity())
             }
             position.inode = file.inode
@@ -456,8 +461,8 @@ struct FileIdentity: Sendable, Equatable, Codable {
     /// The hash of the first `headSize` bytes of the open file `descriptor`; `nil` (and `errno`) if they cannot be
     /// read. With `pread`, hashed in place: `FileHandle` and `Data`'s iterator were a fifth of the CPU of a folder of
     /// small files.
-    static func headHash(of descriptor: Int32) -> String? {
-        withUnsafeTemporaryAllocation(byteCount: headSize, alignment: 8) { buffer in
+    static func headHash(of descriptor: Int32, bytes: Int = headSize) -> String? {
+        withUnsafeTemporaryAllocation(byteCount: min(bytes, headSize), alignment: 8) { buffer in
             var count = 0
             while count < buffer.count {
                 let read = pread(descriptor, buffer.baseAddress! + count, buffer.count - count, off_t(count))

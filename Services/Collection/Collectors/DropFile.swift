@@ -135,6 +135,11 @@ final class DropFile {
         scratch.deallocate()
     }
 
+    /// The hash of the file's first `bytes` bytes (at most `FileIdentity.headSize`); `nil` if they cannot be read.
+    func headHash(bytes: Int) -> String? {
+        FileIdentity.headHash(of: descriptor, bytes: bytes)
+    }
+
     /// The open file's identity (its status when opened, and its head now).
     func identity() throws(Failure) -> FileIdentity {
         guard let headHash = FileIdentity.headHash(of: descriptor) else { throw .io(String(cString: strerror(errno))) }
