@@ -225,14 +225,7 @@ final class DropFile {
         var index = try skipWhitespace(from: start + 1)
         if try byte(at: index) != UInt8(ascii: "}") {
             while true {
-                guard try byte(at: index) == UInt8(ascii: "\"") else { throw .malformed("a member name is missing") }
-                let keyEnd = try valueEnd(at: index)
-                let key = String(decoding: window[(index - base + 1)..<(keyEnd - base - 1)], as: UTF8.self)
-                index = try skipWhitespace(from: keyEnd)
-                guard try byte(at: index) == UInt8(ascii: ":") else {
-                    throw .malformed("':' is missing after \"\(key)\"")
-                }
-                let valueStart = try skipWhitespace(from: index + 1)
+                let (key, valueStart) = try member(at: index)
                 if key == "objects", try byte(at: valueStart) == UInt8(ascii: "["), isBundle != false {
                     if isBundle == true {
                         position.offset = valueStart + 1
@@ -245,11 +238,12 @@ final class DropFile {
                 if key == "type" {
                     isBundle = window[(valueStart - base)..<(valueEnd - base)].elementsEqual(#""bundle""#.utf8)
                 }
-                index = try skipWhitespace(from: valueEnd)
-                let separator = try byte(at: index)
-                if separator == UInt8(ascii: "}") { break }
-                guard separator == UInt8(ascii: ",") else { throw .malformed("',' or '}' expected at byte \(index)") }
-                index = try skipWhitespace(from: index + 1)
+                let (next, closing) = try memberAfter(valueEnd)
+                guard let next else {
+                    index = closing
+                    break
+                }
+                index = next
             }
         }
         let end = index + 1
@@ -319,20 +313,34 @@ final class DropFile {
             }
             return
         }
-        var index = try skipWhitespace(from: closing + 1)
-        while try byte(at: index) != UInt8(ascii: "}") {
-            guard try byte(at: index) == UInt8(ascii: ",") else {
-                throw .malformed("',' or '}' expected at byte \(index)")
-            }
-            index = try skipWhitespace(from: index + 1)
-            guard try byte(at: index) == UInt8(ascii: "\"") else { throw .malformed("a member name is missing") }
-            index = try skipWhitespace(from: try valueEnd(at: index))
-            guard try byte(at: index) == UInt8(ascii: ":") else { throw .malformed("':' is missing at byte \(index)") }
-            index = try skipWhitespace(from: try valueEnd(at: try skipWhitespace(from: index + 1)))
+        // The bundle's members after `objects`, to its end.
+        var (next, end) = try memberAfter(closing + 1)
+        while let name = next {
+            let value = try member(at: name).value
+            (next, end) = try memberAfter(try valueEnd(at: value))
         }
-        guard try onlyWhitespaceLeft(from: index + 1) != nil else {
+        guard try onlyWhitespaceLeft(from: end + 1) != nil else {
             throw .malformed("something follows the JSON object")
         }
+    }
+
+    /// The object member whose name starts at `index`: the name, and where its value starts.
+    private func member(at index: Int) throws(Failure) -> (name: String, value: Int) {
+        guard try byte(at: index) == UInt8(ascii: "\"") else { throw .malformed("a member name is missing") }
+        let nameEnd = try valueEnd(at: index)
+        let name = String(decoding: window[(index - base + 1)..<(nameEnd - base - 1)], as: UTF8.self)
+        let colon = try skipWhitespace(from: nameEnd)
+        guard try byte(at: colon) == UInt8(ascii: ":") else { throw .malformed("':' is missing after \"\(name)\"") }
+        return (name, try skipWhitespace(from: colon + 1))
+    }
+
+    /// After a member's value ending at `end`: where the next member starts, or `nil` and where the object closes.
+    private func memberAfter(_ end: Int) throws(Failure) -> (next: Int?, closing: Int) {
+        let index = try skipWhitespace(from: end)
+        let separator = try byte(at: index)
+        if separator == UInt8(ascii: "}") { return (nil, index) }
+        guard separator == UInt8(ascii: ",") else { throw .malformed("',' or '}' expected at byte \(index)") }
+        return (try skipWhitespace(from: index + 1), index)
     }
 
     // MARK: The window
