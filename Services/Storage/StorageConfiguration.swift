@@ -23,7 +23,7 @@ import WatermarkCore
 /// | `STALE_AFTER_SECONDS` | 7200 | last-success age counted as stale in `/status` and `/metrics` |
 /// | `IDLE_TIMEOUT_SECONDS` | 60 | idle connections are closed after this |
 /// | `REQUEST_TIMEOUT_SECONDS` | 30 | a request must arrive in full (head to end of body) within this, or its connection is closed |
-/// | `MAX_CONNECTIONS` | 512 | connections served at once; more wait in the backlog |
+/// | `MAX_CONNECTIONS` | 512 | connections served at once (an accept pass under way may take 3 more); more wait |
 /// | `METRICS_SOURCE_LIMIT` | 1000 | sources `/metrics` shows one by one (watermark, last run, failures), the first by id; 0 for none |
 /// | `READ_CACHE_ENTRIES` | 5000 | watermarks (and their JSON) kept in memory for reads; 0 turns the cache off |
 /// | `TLS_CERT_PATH` | none | PEM certificate chain: serve HTTPS (with `TLS_KEY_PATH`; both or neither) |

@@ -155,12 +155,15 @@
                     peak = max(peak, ProcessProbe.socketCount(harness.service.pid))
                     try await Task.sleep(for: .milliseconds(50))
                 }
-                // The listener, the accepted connections, nothing more (a little slack for the runtime).
-                #expect(peak <= 20 + 3, "\(peak) sockets open with MAX_CONNECTIONS=20")
+                // The listener and the accepted connections, nothing more. The limit pauses accepting once reached,
+                // but an accept pass that began below it takes up to NIO's four connections per read (peak 24 seen
+                // once in CI, where 20 + 3 had been allowed as slack): 1 + 20 + 3.
+                let bound = 1 + 20 + 3
+                #expect(peak <= bound, "\(peak) sockets open with MAX_CONNECTIONS=20")
                 // The flood drains through the idle timeout, and a real client gets its turn.
                 let reply = try await harness.http.send(.GET, "/health", timeout: .seconds(20))
                 #expect(reply.status == 200)
-                #expect(ProcessProbe.socketCount(harness.service.pid) <= 20 + 3)
+                #expect(ProcessProbe.socketCount(harness.service.pid) <= bound)
                 withExtendedLifetime(flood) {}
                 reportFigures(
                     "hostile_connection_flood",
