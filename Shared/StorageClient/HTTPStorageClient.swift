@@ -175,11 +175,16 @@ public final class HTTPStorageClient: StorageClient {
         Self.add(precondition, to: &headers)
         if let leaseToken { headers.add(name: "Lease-Token", value: String(leaseToken)) }
         Self.add(reason: reason, to: &headers)
-        // A retry after an attempt whose answer was lost finds the watermark gone when that attempt deleted it. (A
-        // conditional DELETE retried so is answered 412, the precondition checked first, and stays an error.)
-        _ = try await send(
+        // A retry after an attempt whose answer was lost finds the watermark gone when that attempt deleted it. A
+        // conditional one is then answered 412 (the precondition is checked first): done if the watermark is gone,
+        // the 412 stands if it is still there.
+        let answer = try await send(
             .DELETE, "/api/v1/watermarks/\(sourceID)", sourceID: sourceID, headers: headers, accept: [204],
-            doneWhenRetried: ["watermark_not_found"])
+            doneWhenRetried: precondition == nil
+                ? ["watermark_not_found"] : ["watermark_not_found", "precondition_failed"])
+        if answer.status == 412, try await getWatermark(sourceID: sourceID) != nil {
+            throw StorageClientError(Self.serviceError(status: answer.status, body: answer.body))
+        }
     }
 
     /// `X-Reason`, percent-encoded so any text crosses as visible ASCII (letters, digits, space and `-._~` as they

@@ -250,6 +250,51 @@ struct HTTPStorageClientTests {
         #expect(seen["lost-504"] == 2 && seen["refused-503"] == 2 && seen["absent"] == 1 && seen["slow"]! >= 2)
     }
 
+    /// A conditional DELETE whose answer was lost is answered 412 on its retry when the first attempt deleted the
+    /// watermark (the precondition is checked first): done when the watermark is gone, the 412 stands when it is
+    /// still there (it changed meanwhile), and without a lost answer a 412 is never looked into.
+    @Test func aConditionalDeleteRetriedAfterALostAnswerIsDoneWhenTheWatermarkIsGone() async throws {
+        let calls = Mutex<[String: Int]>([:])
+        let gets = Mutex<[String: Int]>([:])
+        try await withScriptedServer(
+            script: ServerScript(failures: 0), failure: { jsonResponse(.internalServerError, "") },
+            extraRoutes: { router in
+                router.delete("/api/v1/watermarks/:id") { _, context in
+                    let id = context.parameters.get("id") ?? ""
+                    let call = calls.withLock { calls in
+                        calls[id, default: 0] += 1
+                        return calls[id]!
+                    }
+                    if call == 1, id != "plain-412" {
+                        return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
+                    }
+                    return jsonResponse(
+                        .preconditionFailed, #"{"error":{"code":"precondition_failed","message":"version 3 != 2"}}"#)
+                }
+                router.get("/api/v1/watermarks/:id") { _, context in
+                    let id = context.parameters.get("id") ?? ""
+                    gets.withLock { $0[id, default: 0] += 1 }
+                    guard id == "gone" else { return jsonResponse(.ok, sampleWatermarkJSON) }
+                    return jsonResponse(.notFound, #"{"error":{"code":"watermark_not_found","message":"none"}}"#)
+                }
+            }
+        ) { url in
+            try await using(makeClient(url, sleeps: SleepRecorder())) { client in
+                try await client.deleteWatermark(
+                    sourceID: sid("gone"), precondition: .version(2), leaseToken: nil, reason: nil)
+                for id in ["changed", "plain-412"] {
+                    let error = await thrown(StorageClientError.self) {
+                        try await client.deleteWatermark(
+                            sourceID: sid(id), precondition: .version(2), leaseToken: nil, reason: nil)
+                    }
+                    #expect(error?.code == "precondition_failed", "\(id)")
+                }
+            }
+        }
+        #expect(calls.withLock { $0 } == ["gone": 2, "changed": 2, "plain-412": 1])
+        #expect(gets.withLock { $0 } == ["gone": 1, "changed": 1])
+    }
+
     /// Which failed attempts may have been applied: no answer in time, yes; a refused connection (port 1 on loopback,
     /// where nothing listens), no: the request never went out, so a retry's "not found" is no deletion done.
     @Test func aRefusedConnectionWasNotApplied() async throws {
