@@ -3,6 +3,7 @@ import GRDB
 import Logging
 import Prometheus
 import StorageClient
+import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
@@ -362,6 +363,47 @@ struct SinkTests {
         #expect(first?["source_id"] as? String == "s")
         #expect(first?["collected_at"] as? String == "2026-11-27T01:00:00Z")
         #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
+    }
+
+    /// A sync that fails (a disk's I/O error) leaves lines that may live in the page cache only, the error reported
+    /// once: the next run would count them as written and drop their records as duplicates, to lose them with the
+    /// pages. The append cuts the file back to where it began, so that sending the page again writes it once.
+    @Test func anAppendWhoseSyncFailsLeavesTheFileAsItWas() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        var sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        let at = ts("2026-11-27T01:00:00Z")
+        try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: at)
+        let path = dir + "/s/2026-11-27.ndjson"
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        let page = [record("b", "2026-11-26T00:00:00Z"), record("c", "2026-11-26T00:00:01Z")]
+        sink.syncFile = { _ in
+            errno = EIO
+            return -1
+        }
+        #expect(throws: SinkError.self) { try sink.append(page, collectedAt: at) }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+        sink.syncFile = { fsync($0) }
+        try sink.append(page, collectedAt: at)
+        #expect(sink.allEntries().map(\.id) == ["a", "b", "c"])
+    }
+
+    /// A folder's entries are synced on a process's first append to the source, not only when that append created
+    /// them: an earlier process may have died between creating the day file and syncing its folder, and the file
+    /// then exists for this one, on disk in the page cache only. Later appends to the file leave the folder be.
+    @Test func theFirstAppendOfAProcessSyncsTheFoldersOfAFileItFinds() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        var sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("first-append"))
+        try FileManager.default.createDirectory(atPath: sink.directory, withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: sink.directory + "/2026-11-27.ndjson", contents: Data()))
+        let synced = Mutex<[String]>([])
+        sink.syncFolder = { path throws(SinkError) in synced.withLock { $0.append(path) } }
+        let at = ts("2026-11-27T01:00:00Z")
+        try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: at)
+        #expect(synced.withLock { $0 } == [sink.directory, dir])
+        try sink.append([record("b", "2026-11-25T00:00:01Z")], collectedAt: at)
+        #expect(synced.withLock { $0 } == [sink.directory, dir])
     }
 
     /// The index is rebuilt a chunk at a time: read in chunks far smaller than a line, every key comes back in

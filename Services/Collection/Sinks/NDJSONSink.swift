@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import WatermarkCore
 
 #if canImport(Glibc)
@@ -19,6 +20,14 @@ import WatermarkCore
 struct NDJSONSink: Sendable {
     let directory: String
     let sourceID: SourceID
+    /// How an append makes its file durable (`fsync`), and a folder's entries (`fsyncDirectory`): tests fail them.
+    var syncFile: @Sendable (Int32) -> Int32 = { fsync($0) }
+    var syncFolder: @Sendable (String) throws(SinkError) -> Void = { path throws(SinkError) in
+        try NDJSONSink.fsyncDirectory(path)
+    }
+
+    /// The source folders this process has synced, with the folder above them, since it started.
+    private static let syncedFolders = Mutex<Set<String>>([])
 
     init(dataDirectory: String, sourceID: SourceID) {
         self.directory = (dataDirectory as NSString).appendingPathComponent(sourceID.rawValue)
@@ -141,21 +150,36 @@ struct NDJSONSink: Sendable {
             bytes += record.json
             bytes += "}\n".utf8
         }
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { raw in
-                pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(end))
+        let start = end
+        do throws(SinkError) {
+            var offset = 0
+            while offset < bytes.count {
+                let written = bytes.withUnsafeBytes { raw in
+                    pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(end))
+                }
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw SinkError(path: path, operation: "write", errno: errno)
+                }
+                offset += written
+                end += written
             }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw SinkError(path: path, operation: "write", errno: errno)
-            }
-            offset += written
-            end += written
+            guard syncFile(fd) == 0 else { throw SinkError(path: path, operation: "fsync", errno: errno) }
+        } catch {
+            // What a failed write or sync left may live in the page cache only: Linux reports a failed write-back
+            // once and marks the pages clean, so the next run would find whole lines, count their records as
+            // written, drop them as duplicates when the source sends them again, and lose them with the pages.
+            // The file is cut back to where this append began, and the run fails.
+            if ftruncate(fd, off_t(start)) == 0 { _ = fsync(fd) }
+            throw error
         }
-        guard fsync(fd) == 0 else { throw SinkError(path: path, operation: "fsync", errno: errno) }
-        if !existed { try Self.fsyncDirectory(directory) }
-        if createdFolder { try Self.fsyncDirectory((directory as NSString).deletingLastPathComponent) }
+        // A folder's entries are synced when this append created them, and once in each process: a crash between
+        // an earlier process creating a file (or the folder) and syncing its folder left the file on disk in the
+        // page cache only, which `existed` here cannot tell.
+        let firstInProcess = !Self.syncedFolders.withLock { $0.contains(directory) }
+        if !existed || firstInProcess { try syncFolder(directory) }
+        if createdFolder || firstInProcess { try syncFolder((directory as NSString).deletingLastPathComponent) }
+        if firstInProcess { _ = Self.syncedFolders.withLock { $0.insert(directory) } }
         return (name, end)
     }
 
