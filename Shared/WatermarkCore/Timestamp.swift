@@ -45,8 +45,17 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         (lhs.seconds, lhs.nanoseconds) < (rhs.seconds, rhs.nanoseconds)
     }
 
-    /// This instant moved by `duration` (negative moves it back).
+    /// This instant moved by `duration` (negative moves it back), held within the years 0000 to 9999 that RFC 3339
+    /// can write: a watermark forced back to `0000-01-01T00:00:00Z` less a source's overlap was an instant no
+    /// formatter could write, and formatting it trapped, so the collection service crashed at every run.
     public func adding(_ duration: Duration) -> Timestamp {
+        let moved = unclampedAdding(duration)
+        if moved.seconds < Self.minSeconds { return Timestamp(seconds: Self.minSeconds) }
+        if moved.seconds > Self.maxSeconds { return Timestamp(seconds: Self.maxSeconds, nanoseconds: 999_999_999) }
+        return moved
+    }
+
+    private func unclampedAdding(_ duration: Duration) -> Timestamp {
         let (wholeSeconds, attoseconds) = duration.components
         var secs = seconds + wholeSeconds
         var nanos = Int64(nanoseconds) + attoseconds / 1_000_000_000

@@ -85,6 +85,22 @@ struct TimestampTests {
         #expect(stamp.adding(.milliseconds(200)).duration(since: stamp) == .milliseconds(200))
     }
 
+    /// A watermark forced back to the first instant a timestamp can hold, less a source's overlap, is formatted
+    /// for the source's query: moving past either end stops there rather than making an instant that trapped when
+    /// written (the collection service crashed at every run).
+    @Test("arithmetic stops at the years 0000 and 9999")
+    func arithmeticStopsAtTheEnds() throws {
+        let first = try Timestamp(rfc3339: "0000-01-01T00:00:00Z")
+        // Compared as seconds: an instant before the year 0000 cannot even be shown in a failure.
+        try #require(first.adding(.zero - .seconds(5)).seconds == first.seconds)
+        #expect(first.adding(.zero - .seconds(5)).description == "0000-01-01T00:00:00Z")
+        #expect(first.adding(.zero - .seconds(5)).formatted(fractionDigits: 6) == "0000-01-01T00:00:00.000000Z")
+        #expect(first.adding(.seconds(5)).description == "0000-01-01T00:00:05Z")
+        let last = try Timestamp(rfc3339: "9999-12-31T23:59:59.5Z")
+        try #require(last.adding(.seconds(1)).seconds == last.seconds)
+        #expect(last.adding(.seconds(1)).description == "9999-12-31T23:59:59.999999999Z")
+    }
+
     @Test("now() is close to Foundation-free wall time and has sub-second digits")
     func now() {
         let first = Timestamp.now()
