@@ -77,11 +77,20 @@ public func makeStorageClient(
 
 /// Checks that `text` is an absolute `http`/`https` URL with a host and no query or fragment.
 func validateStorageURL(_ text: String) throws(StorageClientConfigurationError) {
+    // What stands before an `@` of the host part (after `//`, or from the start without one) is a user and password:
+    // never quoted back.
+    let authority = text.range(of: "//").map(\.upperBound) ?? text.startIndex
+    let shown =
+        text[authority...].prefix(while: { $0 != "/" }).lastIndex(of: "@").map {
+            String(text[..<authority]) + "***" + String(text[$0...])
+        } ?? text
     func fail(_ why: String) -> StorageClientConfigurationError {
         StorageClientConfigurationError(
-            key: "STORAGE_SERVICE_URL", message: "'\(text.prefix(200))' \(why); use e.g. http://storage:8000"
+            key: "STORAGE_SERVICE_URL", message: "'\(shown.prefix(200))' \(why); use e.g. http://storage:8000"
         )
     }
+    // The URL is logged at start and with every request's log line: a password in it would be too.
+    guard shown == text else { throw fail("must not hold a user or password (it is logged); use STORAGE_API_TOKEN") }
     guard let components = URLComponents(string: text) else { throw fail("is not a URL") }
     guard let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https" else {
         throw fail("must start with http:// or https://")

@@ -70,6 +70,21 @@ struct StorageClientFactoryTests {
         }
     }
 
+    /// The URL is logged at start and with every request's log line: one that holds a password is refused, and the
+    /// refusal does not quote it, well formed or not.
+    @Test(arguments: [
+        "http://ops:s3cret@storage:8000", "https://s3cret@storage", "http://ops:s3cret@storage:99999",
+        "http://ops:s3cret@@storage/x", "ops:s3cret@storage",
+    ])
+    func aURLWithAPasswordIsRefusedWithoutIt(url: String) throws {
+        let error = try #require(throws: StorageClientConfigurationError.self) {
+            _ = try makeStorageClient(
+                settings: Settings(environment: ["STORAGE_SERVICE_URL": url]), logger: Logger(label: "test"))
+        }
+        #expect(!error.description.contains("s3cret"), "\(error)")
+        #expect(error.key == "STORAGE_SERVICE_URL")
+    }
+
     @Test(arguments: ["0", "-1", "abc", "nan", "inf", "100000"])
     func anInvalidTimeoutIsRefused(timeout: String) {
         #expect {
