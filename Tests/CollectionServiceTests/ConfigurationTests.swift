@@ -232,4 +232,19 @@ struct ConfigurationTests {
         #expect(try Timestamp(rfc3339: "2024-01-01T12:00:00+02:00", assumeUTC: true) == ts("2024-01-01T10:00:00Z"))
         #expect(throws: TimestampError.self) { try Timestamp(rfc3339: "yesterday", assumeUTC: true) }
     }
+
+    /// OTX stamps a pulse's `modified` when its save begins and shows it when the save commits: without an
+    /// overlap, a run that read later pulses meanwhile moved the watermark past it for good. Five minutes are re-read
+    /// unless the file says otherwise; a drop folder re-reads nothing.
+    @Test func anOTXSourceReReadsFiveMinutesByDefault() throws {
+        let json = #"""
+            {"sources": [
+              {"id": "o1", "type": "otx", "api_key_env": "K"},
+              {"id": "o2", "type": "otx", "api_key_env": "K", "overlap_seconds": 0},
+              {"id": "d", "type": "directory", "path": "/tmp/in"}
+            ]}
+            """#
+        let sources = try SourcesFile.parse(Data(json.utf8), settings: Settings(environment: ["K": "k"]))
+        #expect(sources.map(\.overlap) == [.seconds(300), .zero, .zero])
+    }
 }

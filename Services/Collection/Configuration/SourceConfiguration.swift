@@ -31,6 +31,12 @@ struct SourceConfiguration: Sendable {
     /// objects visible a moment later, after a reader already paged past that instant: re-reading a few
     /// seconds (dropped by (id, version)) closes that window.
     static let taxiiOverlap: Duration = .seconds(5)
+
+    /// The default overlap of an OTX source. A pulse's `modified` is stamped when its save begins, and a pulse with
+    /// thousands of indicators becomes visible only when that save commits, after a run may have read pulses
+    /// stamped later and moved the watermark past it: `modified_since` would never return it. Five minutes re-read
+    /// each run (dropped by (id, modified)) closes that window.
+    static let otxOverlap: Duration = .seconds(300)
 }
 
 /// The type-specific part of a source.

@@ -152,7 +152,11 @@ enum SourcesFile {
         }
 
         var source = SourceConfiguration(id: id, kind: kind)
-        if case .taxii21 = kind { source.overlap = SourceConfiguration.taxiiOverlap }
+        switch kind {
+        case .taxii21: source.overlap = SourceConfiguration.taxiiOverlap
+        case .otx: source.overlap = SourceConfiguration.otxOverlap
+        default: break
+        }
         if let enabled = entry["enabled"] {
             guard let flag = enabled as? NSNumber, flag.isBool else {
                 throw fields.error("enabled", "must be true or false")
