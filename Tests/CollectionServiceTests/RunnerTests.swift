@@ -33,6 +33,25 @@ func record(_ id: String, _ mark: String) -> CollectedRecord {
     CollectedRecord(id: id, version: mark, mark: ts(mark), json: Data(#"{"id":"\#(id)"}"#.utf8))
 }
 
+/// A collector during whose page the watermark is moved past the page's records under the run's own lease (an
+/// operator's correction, say), so that the run's final update is refused as a regression.
+struct OvertakenCollector: Collector {
+    let storage: InMemoryStorageClient
+    let source: SourceID
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        do {
+            let lease = try await storage.lease(sourceID: source)
+            try await storage.updateWatermark(
+                sourceID: source, timestamp: ts("2026-11-26T12:00:00Z"), status: .success, errorMessage: nil,
+                recordsCollected: 0, options: UpdateOptions(leaseToken: lease?.fencingToken))
+        } catch {
+            throw .malformed("the test could not move the watermark: \(error)")
+        }
+        return CollectorPage(records: [record("a", "2026-11-25T00:00:00Z")], next: nil)
+    }
+}
+
 /// A runner on an in-memory storage and a temporary data directory.
 struct RunnerFixture {
     let dir: String
@@ -88,6 +107,22 @@ struct RunnerTests {
         let stored = try await f.storage.getWatermark(sourceID: f.source.id)
         #expect(stored?.lastSuccessfulTimestamp == ts("2026-11-26T00:00:00.123456789Z"))
         #expect(stored?.recordsCollected == 2)
+    }
+
+    /// A final update the storage refuses for a reason other than the lease (a regression: the watermark was moved
+    /// past the run's mark meanwhile) fails the run, and the storage records the failure: it went on showing the
+    /// last success.
+    @Test func aFinalUpdateRefusedForARegressionIsRecordedAsAFailedRun() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let report = await f.runner.run(
+            f.source, collector: OvertakenCollector(storage: f.storage, source: f.source.id))
+        #expect(report.outcome == .failed)
+        #expect(report.errorMessage?.contains("watermark update refused") == true, "\(report.errorMessage ?? "")")
+        #expect(f.ids() == ["a"])
+        let stored = try #require(try await f.storage.getWatermark(sourceID: f.source.id))
+        #expect(stored.status == .failed && stored.consecutiveFailures == 1)
+        #expect(stored.lastSuccessfulTimestamp == ts("2026-11-26T12:00:00Z"))
     }
 
     @Test func recordsOlderThanTheLookbackAreNotAskedFor() async throws {

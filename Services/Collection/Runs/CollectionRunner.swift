@@ -255,9 +255,12 @@ struct CollectionRunner: Sendable {
             let result = try await session.commit(mark, recordsCollected: sinceCheckpoint.records)
             report.updateQueued = result.isQueued
         } catch {
+            // Refused for the lease (another replica took the source over): the failure would be refused too, and
+            // the source is no longer this run's to mark. Refused for anything else (a regression after an operator
+            // moved the watermark on, a rule), the run failed, and the storage says so rather than the last success.
             return await finishFailed(
-                report, session: session, message: "watermark update refused: \(error)", log: log, recordFailure: false
-            )
+                report, session: session, message: "watermark update refused: \(error)", log: log,
+                recordFailure: !Self.isLeaseRefusal(error))
         }
         // 5. The lease is released by the session when this returns.
         report.outcome = .success
@@ -273,6 +276,12 @@ struct CollectionRunner: Sendable {
             ]
         )
         return report
+    }
+
+    /// Whether the storage refused an update because the run does not hold the source's lease (any more).
+    static func isLeaseRefusal(_ error: any Error) -> Bool {
+        guard case .conflict(let code, _)? = error as? StorageClientError else { return false }
+        return ["lease_required", "stale_lease", "lease_held"].contains(code)
     }
 
     /// How many fetched pages may wait for the writer, so the pages of one write at most: two, but never more than
