@@ -400,6 +400,24 @@ struct SinkTests {
         #expect((first?["record"] as? [String: Any])?["id"] as? String == "a")
     }
 
+    /// Two records whose ids differ only in how an accent is written (one scalar, or a letter and a combining mark)
+    /// are two records to the source, to the index and to PostgreSQL's keys: Swift's string equality took them for
+    /// one, and the second of a page was dropped as a duplicate.
+    @Test func keysThatDifferInTheirBytesAreTwoRecords() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let composed = record("caf\u{E9}", "2026-11-25T00:00:00Z")
+        let decomposed = record("cafe\u{301}", "2026-11-25T00:00:00Z")
+        #expect(composed.id == decomposed.id, "equal as Swift strings")
+        #expect(Set([composed.key, decomposed.key, composed.key]).count == 2)
+        let writer = try await NDJSONFileSink(dataDirectory: dir).open(try SourceID("s"))
+        let written = try await writer.write([composed, decomposed], collectedAt: ts("2026-11-27T01:00:00Z"))
+        try await writer.finish()
+        #expect(written.map { Array($0.id.utf8) } == [Array(composed.id.utf8), Array(decomposed.id.utf8)])
+        let again = try await NDJSONFileSink(dataDirectory: dir).open(try SourceID("s"))
+        #expect(try await again.write([decomposed, composed], collectedAt: ts("2026-11-27T02:00:00Z")).isEmpty)
+    }
+
     /// A sync that fails (a disk's I/O error) leaves lines that may live in the page cache only, the error reported
     /// once: the next run would count them as written and drop their records as duplicates, to lose them with the
     /// pages. The append cuts the file back to where it began, so that sending the page again writes it once.

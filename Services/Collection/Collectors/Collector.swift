@@ -94,9 +94,35 @@ extension CollectedRecord {
 }
 
 /// "The same record": a source returning the boundary object again produces the same key.
+///
+/// Keys are the same when their bytes are: Swift's `String` equality is Unicode canonical equivalence (`é` as one
+/// scalar equals `e` and a combining accent), where the dedup index and PostgreSQL's `"C"` keys tell them apart, as
+/// the sources do. Compared as strings, the second of two such records in a page was dropped as a duplicate, and lost.
 struct RecordKey: Hashable, Sendable {
     var id: String
     var version: String
+
+    static func == (lhs: RecordKey, rhs: RecordKey) -> Bool {
+        sameBytes(lhs.id, rhs.id) && sameBytes(lhs.version, rhs.version)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        Self.hashBytes(id, into: &hasher)
+        Self.hashBytes(version, into: &hasher)
+    }
+
+    private static func sameBytes(_ lhs: String, _ rhs: String) -> Bool {
+        lhs.utf8.count == rhs.utf8.count && lhs.utf8.elementsEqual(rhs.utf8)
+    }
+
+    /// The text's length, then its bytes: ("ab", "c") and ("a", "bc") hash apart.
+    private static func hashBytes(_ text: String, into hasher: inout Hasher) {
+        var text = text
+        text.withUTF8 { bytes in
+            hasher.combine(bytes.count)
+            hasher.combine(bytes: UnsafeRawBufferPointer(bytes))
+        }
+    }
 }
 
 /// Why a page could not be fetched. The description is what ends up in the watermark's `error_message`, so it
