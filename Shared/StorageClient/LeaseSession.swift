@@ -19,6 +19,13 @@ public enum LeaseRefusal: Error, Sendable, CustomStringConvertible {
     }
 }
 
+/// The run's lease ran out: the storage could not be asked for a renewal within its TTL, or a renewal answered a
+/// new grant (the lease had lapsed, and another collector may have held it meanwhile). Only with `requireLease`: a
+/// run that may go on without a lease keeps going, fenced with the token it holds.
+public struct LeaseLost: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
 /// A run's hold on one source, from `WatermarkManager.withLease`: the lease (or none in degraded mode), renewed
 /// as it runs, and the watermark calls, each fenced with the lease's token. The session is the one thing a run
 /// needs to read and move its mark.
@@ -35,11 +42,14 @@ public struct LeaseSession: Sendable {
     let ttl: Duration
     /// How long after taking or renewing the lease the next page boundary renews it.
     let renewEvery: Duration
+    /// Whether the run must stop once its lease cannot be vouched for (`REQUIRE_LEASE`).
+    let requireLease: Bool
+    /// When the lease was last asked for and granted: it runs out `ttl` after, at the latest.
     private var renewedAt: ContinuousClock.Instant
 
     init(
         sourceID: SourceID, lease: Lease?, replay: ReplaySummary?, unreachable: String?, manager: WatermarkManager,
-        owner: String, ttl: Duration, renewEvery: Duration
+        owner: String, ttl: Duration, renewEvery: Duration, requireLease: Bool, askedAt: ContinuousClock.Instant
     ) {
         self.sourceID = sourceID
         self.lease = lease
@@ -49,24 +59,42 @@ public struct LeaseSession: Sendable {
         self.owner = owner
         self.ttl = ttl
         self.renewEvery = renewEvery
-        self.renewedAt = .now
+        self.requireLease = requireLease
+        // From when the lease was asked for, not from now: replaying what an earlier run queued came in between and
+        // may have taken longer than the lease lasts.
+        self.renewedAt = askedAt
     }
 
     /// Whether the run goes on without a lease (single-replica degraded mode).
     public var withoutLease: Bool { lease == nil }
 
-    /// Renews the lease once `renewEvery` has passed since it was taken or last renewed. While the storage is away the lease held is kept: the
-    /// fenced updates are refused if it was lost meanwhile.
+    /// Renews the lease once `renewEvery` has passed since it was taken or last renewed. While the storage is away the
+    /// lease held is kept (the fenced updates are refused if it was lost meanwhile), for its TTL at most with
+    /// `requireLease`.
     ///
-    /// - Throws: `StorageClientError` when the storage refuses the renewal (another owner took over).
+    /// - Throws: `StorageClientError` when the storage refuses the renewal (another owner took over); `LeaseLost`
+    ///   with `requireLease` when the lease ran out while the storage was away, or lapsed and was granted anew.
     public mutating func renewIfDue() async throws {
-        guard lease != nil, ContinuousClock.now - renewedAt > renewEvery else { return }
+        guard let held = lease, ContinuousClock.now - renewedAt > renewEvery else { return }
+        let asked = ContinuousClock.now
+        let renewed: Lease
         do {
-            lease = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
-            renewedAt = .now
+            renewed = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
         } catch let error as StorageClientError where error.isTransient {
-            return
+            guard requireLease, ContinuousClock.now - renewedAt >= ttl else { return }
+            throw LeaseLost(
+                description:
+                    "the lease on \(sourceID) ran out (\(ttl.components.seconds) s) while the storage could not "
+                    + "renew it: \(error)")
         }
+        // The same owner renewing a live lease keeps its token: a new one means it lapsed in between.
+        if requireLease, renewed.fencingToken != held.fencingToken {
+            throw LeaseLost(
+                description: "the lease on \(sourceID) lapsed and was granted anew (token \(held.fencingToken) -> "
+                    + "\(renewed.fencingToken)): another collector may have run the source meanwhile")
+        }
+        lease = renewed
+        renewedAt = asked
     }
 
     /// The source's watermark (the last known one while the storage is away).
@@ -108,6 +136,7 @@ extension WatermarkManager {
     ) async throws -> T {
         var lease: Lease?
         var unreachable: String?
+        let askedAt = ContinuousClock.now
         do {
             lease = try await storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
         } catch let error as StorageClientError where !error.isTransient {
@@ -123,7 +152,7 @@ extension WatermarkManager {
         }
         var session = LeaseSession(
             sourceID: sourceID, lease: lease, replay: replay, unreachable: unreachable, manager: self, owner: owner,
-            ttl: ttl, renewEvery: renewEvery ?? ttl / 2)
+            ttl: ttl, renewEvery: renewEvery ?? ttl / 2, requireLease: requireLease, askedAt: askedAt)
         do {
             let result = try await body(&session)
             await release(session.lease)

@@ -246,6 +246,107 @@ struct LeaseRenewalTests {
     }
 }
 
+extension LeaseRenewalTests {
+    /// A runner for `source` with a lease of one second, renewed at every page boundary.
+    static func shortLeaseRunner(
+        dir: String, storage: InMemoryStorageClient, requireLease: Bool
+    ) throws -> (runner: CollectionRunner, source: SourceConfiguration) {
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
+        var runner = CollectionRunner(
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "replica-a", logger: Logger.quiet,
+            requireLease: requireLease, clock: { ts("2026-11-27T00:00:00Z") })
+        runner.leaseTTL = .seconds(1)
+        runner.leaseRenewal = .zero
+        var source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir)))
+        source.timeout = .milliseconds(400)
+        return (runner, source)
+    }
+
+    /// With `REQUIRE_LEASE`, a run whose lease could not be renewed for longer than it lasts (the storage away) stops
+    /// before it writes the next page: failed renewals were ignored for as long as the run went on, its lease long
+    /// run out, while another replica could take the source. A run that may go on without its lease goes on.
+    @Test(arguments: [true, false])
+    func aLeaseThatRunsOutWhileTheStorageIsAwayStopsARunThatRequiresIt(requireLease: Bool) async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let storage = InMemoryStorageClient()
+        let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: requireLease)
+        let report = await runner.run(source, collector: LeaseLapseCollector(storage: storage, lapse: .outage))
+        let ids = NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id)
+        if requireLease {
+            #expect(report.outcome == .failed && report.errorMessage?.contains("ran out") == true, "\(report)")
+            #expect(ids == ["before"])
+        } else {
+            #expect(report.outcome == .success, "\(report)")
+            #expect(ids == ["before", "after"])
+        }
+    }
+
+    /// A renewal answered with a new token means the lease lapsed in between (another collector may have run the
+    /// source meanwhile): with `REQUIRE_LEASE` the run stops before writing the page it waited for; it took the new
+    /// token and wrote on.
+    @Test(arguments: [true, false])
+    func aLeaseGrantedAnewStopsARunThatRequiresIt(requireLease: Bool) async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let clock = ManualClock()
+        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+        let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: requireLease)
+        let report = await runner.run(source, collector: LeaseLapseCollector(storage: storage, lapse: .expiry(clock)))
+        let ids = NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id)
+        if requireLease {
+            #expect(report.outcome == .failed && report.errorMessage?.contains("granted anew") == true, "\(report)")
+            #expect(ids == ["before"])
+        } else {
+            #expect(report.outcome == .success, "\(report)")
+            #expect(ids == ["before", "after"])
+        }
+    }
+}
+
+/// Serves a page, then lets the run's lease lapse while the second is fetched: the storage goes away for longer
+/// than the lease lasts (one second), or its clock moves an hour on so that the lease expires there.
+final class LeaseLapseCollector: Collector {
+    enum Lapse: Sendable {
+        case outage
+        case expiry(ManualClock)
+    }
+    let storage: InMemoryStorageClient
+    let lapse: Lapse
+
+    init(storage: InMemoryStorageClient, lapse: Lapse) {
+        self.storage = storage
+        self.lapse = lapse
+    }
+    /// Set once the first page is on disk: the lease lapses only after that.
+    let firstWritten = Mutex(false)
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        guard cursor != nil else {
+            return CollectorPage(records: [record("before", "2026-11-26T00:00:00Z")], next: "2")
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !firstWritten.withLock({ $0 }), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        switch lapse {
+        case .outage:
+            // Every renewal from here on fails; the last that succeeded came before this instant.
+            await storage.setAvailable(false)
+            let away = ContinuousClock.now
+            while ContinuousClock.now - away < .milliseconds(1_100) { try? await Task.sleep(for: .milliseconds(20)) }
+        case .expiry(let clock):
+            clock.advance(.seconds(3600))
+        }
+        return CollectorPage(records: [record("after", "2026-11-26T01:00:00Z")])
+    }
+
+    func pageCommitted(_ page: CollectorPage) throws(CollectorError) -> [RejectedFile] {
+        firstWritten.withLock { $0 = true }
+        return []
+    }
+}
+
 /// Forwards to the in-memory storage and counts the lease requests.
 actor CountingLeases: StorageClient {
     let inner: InMemoryStorageClient
