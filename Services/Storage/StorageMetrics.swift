@@ -85,6 +85,9 @@ struct StorageMetrics: Sendable {
             gauge("total").set(Double(summary.total))
             gauge("failed").set(Double(summary.failed))
             gauge("stale").set(Double(summary.stale))
+        } else {
+            // Left in the registry, the counts of the last scrape that could read them were shown as current.
+            for state in ["total", "failed", "stale"] { registry.unregisterGauge(gauge(state)) }
         }
         return registry.emitToString()
     }

@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 import WatermarkCore
+import WatermarkStores
 
 @testable import StorageService
 
@@ -32,6 +33,18 @@ struct MetricsTests {
             let first = try await group.next() ?? ""
             #expect(first.contains(#"storage_watermark_timestamp_seconds{source_id="feed-a"}"#), "\(first)")
         }
+    }
+
+    /// The watermark counts are left out of a scrape whose store could not read them: the last counts read were
+    /// kept, and shown as current for as long as the database was down. They come back with the database.
+    @Test func countsTheStoreCouldNotReadAreLeftOut() {
+        let metrics = StorageMetrics()
+        let read = metrics.render(summary: WatermarkSummary(total: 7, failed: 2, stale: 1))
+        #expect(read.contains(#"storage_watermarks{state="total"} 7"#) && read.contains(#"state="stale"} 1"#))
+        let failed = metrics.render(summary: nil)
+        #expect(!failed.contains("storage_watermarks{"), "\(failed)")
+        let again = metrics.render(summary: WatermarkSummary(total: 8, failed: 0, stale: 0))
+        #expect(again.contains(#"storage_watermarks{state="total"} 8"#), "\(again)")
     }
 
     /// A store that fails is asked at most once a second, however many scrapes arrive (each scrape asked it
