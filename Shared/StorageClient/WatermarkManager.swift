@@ -13,9 +13,10 @@ import WatermarkCore
 ///   returns) and the local value moves as the storage will move it once the update arrives, so the next
 ///   run continues from there. `replayPending()` sends the queue in order and stops at the first transient
 ///   failure. An update the storage refuses because of a lease (`lease_required`, `stale_lease`) or a token
-///   stays queued: the source's next run replays it under its own lease (`flush(sourceID:leaseToken:)`).
-///   Only an update that can never succeed (a regression, an invalid body, a failed precondition) leaves
-///   the queue, and then it goes to `dead-letter.json` beside it, never just into a log line.
+///   stays queued: the source's next run replays it under its own lease (`flush(sourceID:leaseToken:)`),
+///   unless another collector's lease may have come between. Only an update that can never succeed (a
+///   regression, an invalid body, a failed precondition, a lease superseded by another's) leaves the queue,
+///   and then it goes to `dead-letter.json` beside it, never just into a log line.
 /// - Each logical update gets one idempotency key, stored with the queued entry: replaying an update that
 ///   did reach the storage before the connection broke (or before this process restarted) applies it once.
 /// - Per source, a queued update is always sent before a newer one, so the storage sees the runs in order.
@@ -156,9 +157,11 @@ public actor WatermarkManager {
     // MARK: Replaying
 
     /// Sends this source's queued updates, oldest first, under the lease the caller holds now: each is sent
-    /// with `leaseToken` instead of the token it was queued with (an expired lease of this same collector,
-    /// or none when it ran through an outage). A run calls this right after taking its lease, so what a
-    /// killed or cut-off run queued is delivered in order before anything new.
+    /// with `leaseToken` when it was queued under that lease, the one granted right before it (this same
+    /// collector's, expired: tokens grow by one a grant), or none (it ran through an outage). One queued under
+    /// an older lease is dead-lettered (`stale_lease`): another collector's lease may have come between, and
+    /// under the new token it would overwrite that collector's work. A run calls this right after taking its
+    /// lease, so what a killed or cut-off run queued is delivered in order before anything new.
     ///
     /// - Returns: how many were applied and dead-lettered, and how many are still queued.
     @discardableResult
@@ -269,9 +272,31 @@ public actor WatermarkManager {
 
     private func flushCounting(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushOutcome {
         var outcome = FlushOutcome(result: .drained)
+        if let leaseToken {
+            do {
+                try carryForward(sourceID, to: leaseToken)
+            } catch {
+                logger.error(
+                    "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"])
+                outcome.result = .stopped
+                return outcome
+            }
+        }
         while let entry = queue.updates.first(where: { $0.sourceID == sourceID }) {
             var options = entry.options
-            if let leaseToken { options.leaseToken = leaseToken }
+            if let leaseToken {
+                if let queued = options.leaseToken, queued != leaseToken {
+                    // Queued under a lease older than the one before this one: a grant to another collector may
+                    // have come between, whose work this update would overwrite under a token it was not made with.
+                    let error = StorageClientError.conflict(
+                        code: "stale_lease",
+                        message: "queued under lease token \(queued); leases were granted since (this run holds "
+                            + "\(leaseToken)), possibly to another collector")
+                    if drop(entry, because: error, outcome: &outcome) { continue }
+                    return outcome
+                }
+                options.leaseToken = leaseToken
+            }
             do {
                 let watermark = try await client.updateWatermark(
                     sourceID: sourceID, timestamp: entry.update.timestamp, status: entry.update.status,
@@ -289,25 +314,7 @@ public actor WatermarkManager {
                     ]
                 )
             } catch let error as StorageClientError where !Self.mayStillSucceed(error) {
-                do {
-                    try deadLetter(entry, because: error)
-                    try removeFromQueue(entry)
-                } catch {
-                    logger.error(
-                        "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"]
-                    )
-                    outcome.result = .stopped
-                    return outcome
-                }
-                outcome.dropped += 1
-                logger.error(
-                    "Queued watermark update refused by storage - moved to the dead-letter file",
-                    metadata: [
-                        "source_id": "\(sourceID)", "sequence": "\(entry.sequence)", "code": "\(error.code ?? "-")",
-                        "error": "\(error)", "path": "\(deadLetterPath)",
-                    ]
-                )
-                // The local value assumed this update would apply; the next successful read replaces it.
+                guard drop(entry, because: error, outcome: &outcome) else { return outcome }
             } catch let error as StorageClientError where !error.isTransient {
                 // A lease or token problem: it can succeed under the source's lease, so it stays queued.
                 logger.notice(
@@ -333,6 +340,51 @@ public actor WatermarkManager {
             }
         }
         return outcome
+    }
+
+    /// Moves `entry` to the dead-letter file for `error`; `false` (the outcome stopped) when the files cannot be
+    /// written.
+    private func drop(_ entry: PendingUpdate, because error: StorageClientError, outcome: inout FlushOutcome) -> Bool {
+        do {
+            try deadLetter(entry, because: error)
+            try removeFromQueue(entry)
+        } catch {
+            logger.error(
+                "Cannot write the watermark queue", metadata: ["source_id": "\(entry.sourceID)", "error": "\(error)"])
+            outcome.result = .stopped
+            return false
+        }
+        outcome.dropped += 1
+        logger.error(
+            "Queued watermark update refused by storage - moved to the dead-letter file",
+            metadata: [
+                "source_id": "\(entry.sourceID)", "sequence": "\(entry.sequence)", "code": "\(error.code ?? "-")",
+                "error": "\(error)", "path": "\(deadLetterPath)",
+            ]
+        )
+        // The local value assumed this update would apply; the next successful read replaces it.
+        return true
+    }
+
+    /// Tokens grow by one with every grant: a lease `token` held now, granted right after the one this source's
+    /// queued updates were made under, went to this collector with no other in between, and those updates are its
+    /// own work. They are marked with the new token (on disk, before anything is sent), so that the next grant
+    /// carries them on again even if the storage goes away before they are delivered.
+    private func carryForward(_ sourceID: SourceID, to token: Int64) throws {
+        guard queue.updates.contains(where: { $0.sourceID == sourceID && $0.options.leaseToken == token - 1 }) else {
+            return
+        }
+        var next = queue
+        next.updates = next.updates.map { entry in
+            guard entry.sourceID == sourceID, entry.options.leaseToken == token - 1 else { return entry }
+            var options = entry.options
+            options.leaseToken = token
+            return PendingUpdate(
+                sequence: entry.sequence, sourceID: entry.sourceID, update: entry.update, options: options,
+                queuedAt: entry.queuedAt)
+        }
+        try save(next, to: Self.pendingFile)
+        queue = next
     }
 
     private var deadLetterPath: String { (stateDirectory as NSString).appendingPathComponent(Self.deadLetterFile) }

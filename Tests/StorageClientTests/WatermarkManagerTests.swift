@@ -308,8 +308,9 @@ struct WatermarkManagerTests {
             #expect(!logs.all.contains { $0.message.contains("dropped") })
             #expect(try await storage.getWatermark(sourceID: other)?.lastSuccessfulTimestamp == t3)
 
-            // Replica b moves the mark past the queued one and goes away; replica a takes the lease back and
-            // replays under it: now the update is a regression, which can never succeed.
+            // Replica b moves the mark past the queued one and goes away; replica a takes the lease back: its update
+            // was made under lease 1, and lease 2 went to replica b in between, so it can never be sent (under the
+            // new token it would overwrite replica b's work).
             _ = try await storage.updateWatermark(
                 sourceID: otx, timestamp: t3, status: .success, errorMessage: nil, recordsCollected: nil,
                 options: UpdateOptions(leaseToken: takeover.fencingToken))
@@ -322,12 +323,12 @@ struct WatermarkManagerTests {
                 logs.all.first {
                     $0.message == "Queued watermark update refused by storage - moved to the dead-letter file"
                 })
-            #expect(moved.level == .error && moved.metadata["code"] == "watermark_regression")
+            #expect(moved.level == .error && moved.metadata["code"] == "stale_lease")
             let letters = await manager.deadLetters()
             #expect(letters.count == 1)
-            #expect(letters.first?.code == "watermark_regression" && letters.first?.update.update.timestamp == t2)
+            #expect(letters.first?.code == "stale_lease" && letters.first?.update.update.timestamp == t2)
             let onDisk = try String(contentsOfFile: folder + "/dead-letter.json", encoding: .utf8)
-            #expect(onDisk.contains("watermark_regression"))
+            #expect(onDisk.contains("stale_lease"))
             #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t3)
             #expect(await manager.pendingCount() == 0)
         }
@@ -389,6 +390,77 @@ struct WatermarkManagerTests {
             #expect(await manager.replayPending() == ReplaySummary(applied: 0, dropped: 1, remaining: 0))
             #expect(try String(contentsOfFile: folder + "/dead-letter.json.corrupt", encoding: .utf8) == damaged)
             #expect(await manager.deadLetters().count == 1)
+        }
+    }
+
+    /// An update queued under a lease that another collector's lease followed is never sent under this collector's
+    /// next lease: a failed run's status, queued by a replica cut off from the storage, overwrote the success of the
+    /// replica that took the source over (the mark is guarded by the regression rule; the status was not).
+    @Test func anUpdateQueuedBeforeAnotherCollectorsLeaseIsNeverSentUnderALaterOne() async throws {
+        let (otx, t1, t3) = (otx, t1, t3)
+        let clock = ManualClock()
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            let first = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(1))
+            try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success, leaseToken: 1)
+            await storage.setAvailable(false)
+            #expect(
+                try await manager.updateWatermark(
+                    sourceID: otx, timestamp: nil, status: .failed, errorMessage: "cut off",
+                    leaseToken: first.fencingToken
+                ).isQueued)
+            await storage.setAvailable(true)
+            clock.advance(.seconds(2))
+            let takeover = try await storage.acquireLease(sourceID: otx, owner: "replica-b", ttl: .seconds(60))
+            _ = try await storage.updateWatermark(
+                sourceID: otx, timestamp: t3, status: .success, errorMessage: nil, recordsCollected: nil,
+                options: UpdateOptions(leaseToken: takeover.fencingToken))
+            try await storage.releaseLease(sourceID: otx, token: takeover.fencingToken)
+            let again = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(60))
+            #expect(again.fencingToken == 3)
+            #expect(
+                await manager.flush(sourceID: otx, leaseToken: again.fencingToken)
+                    == ReplaySummary(applied: 0, dropped: 1, remaining: 0))
+            let stored = try await storage.getWatermark(sourceID: otx)
+            #expect(stored?.status == .success && stored?.consecutiveFailures == 0 && stored?.errorMessage == nil)
+            #expect(await manager.deadLetters().map(\.code) == ["stale_lease"])
+        }
+    }
+
+    /// Updates queued under a lease are this collector's own work under the lease granted right after it (tokens
+    /// grow by one a grant, so none went to another in between): carried on to it, on disk before anything is sent,
+    /// so that they are carried on again to the grant after, should the storage go away before they are delivered.
+    @Test func updatesQueuedUnderALeaseAreCarriedOnToTheGrantsThatFollowIt() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        let clock = ManualClock()
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            _ = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(1))
+            try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success, leaseToken: 1)
+            await storage.setAvailable(false)
+            #expect(
+                try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success, leaseToken: 1)
+                    .isQueued)
+            await storage.setAvailable(true)
+            clock.advance(.seconds(2))
+            let second = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(1))
+            #expect(second.fencingToken == 2)
+            // The storage goes away again as the queue is sent under the second lease.
+            await storage.setAvailable(false)
+            #expect(
+                await manager.flush(sourceID: otx, leaseToken: second.fencingToken)
+                    == ReplaySummary(applied: 0, dropped: 0, remaining: 1))
+            #expect(await manager.pendingUpdates().map(\.options.leaseToken) == [2])
+            await storage.setAvailable(true)
+            clock.advance(.seconds(2))
+            let third = try await storage.acquireLease(sourceID: otx, owner: "replica-a", ttl: .seconds(60))
+            #expect(
+                await manager.flush(sourceID: otx, leaseToken: third.fencingToken)
+                    == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
+            #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t2)
+            #expect(await manager.deadLetters().isEmpty)
         }
     }
 
