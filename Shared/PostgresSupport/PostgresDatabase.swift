@@ -114,6 +114,10 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
         let milliseconds = String(max(1, sessionTimeout.milliseconds))
         configuration.options.additionalStartupParameters += [
             ("lock_timeout", milliseconds), ("idle_in_transaction_session_timeout", milliseconds),
+            // A commit answered before its WAL is flushed (`off`, a common tuning of a role or a database) is lost
+            // with a crash of the server, after the service acknowledged the write, or the sink let the watermark
+            // move past its records. The sessions' own parameter outranks the role's and the database's.
+            ("synchronous_commit", "on"),
         ]
         return configuration
     }

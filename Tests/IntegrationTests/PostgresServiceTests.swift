@@ -49,6 +49,22 @@ struct PostgresServiceTests {
         }
     }
 
+    /// A database (or role) tuned with `synchronous_commit = off` answers a commit before its WAL is flushed: an
+    /// acknowledged write would be lost with a crash of the server. The service's sessions ask for `on`, which
+    /// outranks the database's setting, and `/status` shows the setting its sessions run with.
+    @Test("a database set to synchronous_commit = off is written with it on")
+    func synchronousCommitIsOn() async throws {
+        try await Self.withServer { server in
+            _ = try server.query("ALTER DATABASE postgres SET synchronous_commit = off")
+            #expect(try server.query("SHOW synchronous_commit") == ["off"], "a new session of the database has it off")
+            try await withStorageService(environment: ["DATABASE_URL": server.url()]) { harness in
+                let status = try await harness.http.send(.GET, "/status")
+                let database = try #require(try status.json()["database"] as? [String: Any])
+                #expect(database["synchronous_commit"] as? String == "on", "\(status.text)")
+            }
+        }
+    }
+
     @Test(
         "a DATABASE_URL that is not a PostgreSQL URL stops the start: exit 2, naming the key, no password",
         arguments: [
