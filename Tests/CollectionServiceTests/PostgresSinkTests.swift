@@ -95,6 +95,22 @@ struct PostgresSinkTests {
         #expect(rows.count == distinct && Set(rows).count == distinct)
     }
 
+    /// A record whose id (from `"\u0000"` in the source's JSON) holds a NUL, which `text` cannot: its insert failed
+    /// the page on every run and the source stopped for good. The key is kept with the NUL written as its escape,
+    /// and the record is dropped when it comes again, as any other.
+    @Test func aRecordWhoseIdHoldsANulIsWrittenOnce() async throws {
+        let f = try await Fixture()
+        let writer = try await f.sink.open(try SourceID("feed"))
+        let nul = CollectedRecord(
+            id: "indicator--a\u{0}b", version: "2026-12-01T00:00:00Z", mark: ts("2026-12-01T00:00:00Z"),
+            json: Data(#"{"id":"indicator--a\u0000b"}"#.utf8))
+        let page = [record("a", "2026-12-01T00:00:00Z"), nul]
+        #expect(try await writer.write(page, collectedAt: now).map(\.id) == ["a", nul.id])
+        #expect(try await writer.write(page.reversed(), collectedAt: now).isEmpty)
+        #expect(
+            try await f.rows() == ["feed/a/2026-12-01T00:00:00Z", #"feed/indicator--a\u0000b/2026-12-01T00:00:00Z"#])
+    }
+
     @Test func theRecordIsKeptByteForByteAndAsJSONWherePostgreSQLCanHoldIt() async throws {
         let f = try await Fixture()
         let texts = [

@@ -76,11 +76,11 @@ struct PostgresSink: Sink {
                         path: sink.url.redacted, operation: "write",
                         detail: "record \(record.id) (\(record.version)) is not UTF-8")
                 }
-                rows.append(
-                    (record.id, record.version, record.mark.sortableString, raw, PostgresSink.jsonbCanHold(raw)))
+                let key = PostgresSink.storedKey(record.key)
+                rows.append((key.id, key.version, record.mark.sortableString, raw, PostgresSink.jsonbCanHold(raw)))
             }
             let inserted = try await sink.insert(rows, source: source, collectedAt: collectedAt)
-            return page.filter { inserted.contains($0.key) }
+            return page.filter { inserted.contains(PostgresSink.storedKey($0.key)) }
         }
 
         func finish() async throws(SinkError) {}
@@ -151,6 +151,17 @@ struct PostgresSink: Sink {
             ON CONFLICT (source_id, id, version) DO NOTHING
             RETURNING id, version
             """
+    }
+
+    /// A record's key as the table keeps it. `text` cannot hold a NUL: an id (or a version) with the escape `\u0000`
+    /// in the source's JSON has it decoded, and its insert failed the page on every run, the source stopped for
+    /// good. Such a key is kept with each NUL written as that escape, six characters; a key without one is kept as
+    /// it is (an id holding those six characters as text would be taken for it, which no real source sends).
+    static func storedKey(_ key: RecordKey) -> RecordKey {
+        func stored(_ text: String) -> String {
+            text.utf8.contains(0) ? text.replacingOccurrences(of: "\u{0}", with: "\\u0000") : text
+        }
+        return RecordKey(id: stored(key.id), version: stored(key.version))
     }
 
     /// Whether `jsonb` can hold this JSON text: it refuses the escape `\u0000` and surrogate escapes that are not
