@@ -11,9 +11,9 @@ import NIOConcurrencyHelpers
 /// the index catches up with whatever the sink holds past those sizes (a crash between the sink's fsync and
 /// the index's commit), so an index that lags, or is lost, or was never there (an existing sink, an upgrade)
 /// is rebuilt from the sink and can never let a written record through as new. For the same reason the
-/// index may commit lazily (WAL, `synchronous=NORMAL`). A sink file that shrank (edited by hand) makes the
-/// index start over from the files. Keys of sink files that were deleted (shipped elsewhere) stay, so their
-/// records are still recognised when a source sends them again.
+/// index may commit lazily (WAL, `synchronous=NORMAL`). A sink file that shrank (truncated by a rotation, edited
+/// by hand) is indexed again from its start. Keys of sink files that were deleted (shipped elsewhere), or of lines
+/// gone from a file that shrank, stay, so their records are still recognised when a source sends them again.
 ///
 /// Pages are admitted in one transaction that stays open across pages (each page in its own savepoint) and
 /// commits every `commitPages` pages (128), every `commitInterval` (4 s), and at `flush()`: committing every page
@@ -32,7 +32,7 @@ struct DedupIndex: Sendable {
     /// Pages admitted since the last commit, and when that commit was.
     private let uncommitted = NIOLockedValueBox((pages: 0, since: ContinuousClock.now))
 
-    /// Opens (or creates) the index at `path`; an index that cannot be opened is moved aside and rebuilt.
+    /// Opens (or creates) the index at `path`; a damaged one is removed and rebuilt.
     init(
         path: String, commitPages: Int = Self.commitPages, commitInterval: Duration = Self.commitInterval
     ) throws(SinkError) {
@@ -47,14 +47,17 @@ struct DedupIndex: Sendable {
         }
         do {
             queue = try Self.open(path)
-        } catch {
-            // A cache, not the truth: start again from the sink.
+        } catch let error as DatabaseError where [.SQLITE_CORRUPT, .SQLITE_NOTADB].contains(error.resultCode) {
+            // Damaged: start again from the sink (the keys of files removed since are lost with it). Any other
+            // failure (a full disk, too many open files, a permission) fails the run and leaves the index be.
             for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
             do {
                 queue = try Self.open(path)
             } catch {
                 throw SinkError(path: path, operation: "open index", detail: "\(error)")
             }
+        } catch {
+            throw SinkError(path: path, operation: "open index", detail: "\(error)")
         }
     }
 
@@ -102,10 +105,15 @@ struct DedupIndex: Sendable {
             }
             var sizes: [String: Int] = [:]
             for name in sink.files() { sizes[name] = try sink.size(of: name) }
-            if sizes.contains(where: { name, size in (indexed[name] ?? 0) > size }) {
+            // A file shorter than indexed (truncated after a copy by a rotation, edited by hand): what it held went
+            // elsewhere, as a removed file's did, and its keys stay; it is indexed again from its start. Starting the
+            // whole index over lost the keys of every file shipped and removed before.
+            let shrunk = sizes.filter { name, size in (indexed[name] ?? 0) > size }.map(\.key)
+            if !shrunk.isEmpty {
                 try queue.write { db in
-                    try db.execute(sql: "DELETE FROM record_key")
-                    try db.execute(sql: "DELETE FROM indexed_file")
+                    for name in shrunk {
+                        try db.execute(sql: "UPDATE indexed_file SET size = 0 WHERE name = ?", arguments: [name])
+                    }
                 }
                 return try catchUp(with: sink)
             }
