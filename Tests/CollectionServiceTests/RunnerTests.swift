@@ -418,6 +418,52 @@ struct SinkTests {
         #expect(try await again.write([decomposed, composed], collectedAt: ts("2026-11-27T02:00:00Z")).isEmpty)
     }
 
+    /// Entries of the source's folder that are not plain files, under a sink file's name (a folder, a link to
+    /// nothing), are not the sink's: recovering and indexing the folder failed on them at every run.
+    @Test func entriesThatAreNotPlainFilesAreNotTheSinks() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T01:00:00Z"))
+        try FileManager.default.createDirectory(
+            atPath: sink.directory + "/2026-11-28.ndjson", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(
+            atPath: sink.directory + "/2026-11-29.ndjson", withDestinationPath: dir + "/nowhere")
+        #expect(sink.files() == ["2026-11-27.ndjson"])
+        let writer = try await NDJSONFileSink(dataDirectory: dir).open(try SourceID("s"))
+        let fresh = try await writer.write(
+            [record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-25T00:00:01Z")],
+            collectedAt: ts("2026-11-27T02:00:00Z"))
+        #expect(fresh.map(\.id) == ["b"])
+    }
+
+    /// A day file made immutable (archived: `chattr +i`) is read, not opened for writing: recovering the folder
+    /// opened every file read-write and failed every run on it. A torn one still fails, since it must be cut.
+    @Test func anImmutableDayFileIsReadNotOpenedForWriting() async throws {
+        let dir = try makeTemporaryDirectory()
+        let sink = NDJSONSink(dataDirectory: dir, sourceID: try SourceID("s"))
+        try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-26T01:00:00Z"))
+        let path = sink.directory + "/2026-11-26.ndjson"
+        try #require(try runToEnd(["chattr", "+i", path]).status == 0)
+        defer {
+            _ = try? runToEnd(["chattr", "-i", path])
+            removeTemporary(dir)
+        }
+        let writer = try await NDJSONFileSink(dataDirectory: dir).open(try SourceID("s"))
+        let fresh = try await writer.write(
+            [record("a", "2026-11-25T00:00:00Z"), record("b", "2026-11-25T00:00:01Z")],
+            collectedAt: ts("2026-11-27T01:00:00Z"))
+        #expect(fresh.map(\.id) == ["b"])
+        // Torn (written before it was made immutable): it cannot be cut, and the run fails.
+        _ = try runToEnd(["chattr", "-i", path])
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"{"source_id":"s","id":"torn"#.utf8))
+        try handle.close()
+        try #require(try runToEnd(["chattr", "+i", path]).status == 0)
+        #expect(throws: SinkError.self) { try sink.recover() }
+    }
+
     /// A sync that fails (a disk's I/O error) leaves lines that may live in the page cache only, the error reported
     /// once: the next run would count them as written and drop their records as duplicates, to lose them with the
     /// pages. The append cuts the file back to where it began, so that sending the page again writes it once.

@@ -34,10 +34,14 @@ struct NDJSONSink: Sendable {
         self.sourceID = sourceID
     }
 
-    /// The files of this source, newest first.
+    /// The files of this source, newest first: plain files only. A folder (or a link to nothing) under such a name,
+    /// or a file removed since the folder was listed, failed every run of the source when opened.
     func files() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.filter { $0.hasSuffix(".ndjson") && !$0.hasPrefix(".") }.sorted(by: >)
+        return names.filter {
+            $0.hasSuffix(".ndjson") && !$0.hasPrefix(".")
+                && FileStatus(path: (directory as NSString).appendingPathComponent($0))?.isRegularFile == true
+        }.sorted(by: >)
     }
 
     /// The size of one of the source's files.
@@ -98,7 +102,11 @@ struct NDJSONSink: Sendable {
     func recover() throws(SinkError) {
         for name in files() {
             let path = (directory as NSString).appendingPathComponent(name)
-            let fd = open(path, O_RDWR | O_CLOEXEC)
+            var fd = open(path, O_RDWR | O_CLOEXEC)
+            // A file made read-only (archived, immutable) is only read: its end is checked, and cut only if torn,
+            // which then fails as it must. One removed since the listing is gone.
+            if fd < 0, [EACCES, EPERM, EROFS].contains(errno) { fd = open(path, O_RDONLY | O_CLOEXEC) }
+            if fd < 0, errno == ENOENT { continue }
             guard fd >= 0 else { throw SinkError(path: path, operation: "open", errno: errno) }
             defer { close(fd) }
             _ = try Self.repairTail(fd: fd, path: path)
