@@ -23,6 +23,28 @@ struct PostgresTransaction {
             "SELECT pg_advisory_xact_lock(hashtextextended(\(sourceID.rawValue), 0))", logger: logger)
     }
 
+    /// Takes the lock as `lock` does and then reads PostgreSQL's clock (`clock_timestamp()`, the instant of the call,
+    /// where `now()` is the transaction's start): one round trip, the lock's row made before the clock is read.
+    func lockReadingClock(_ sourceID: SourceID) async throws -> Timestamp {
+        try await instant(
+            """
+            SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            FROM (SELECT pg_advisory_xact_lock(hashtextextended(\(sourceID.rawValue), 0))) AS locked
+            """)
+    }
+
+    /// PostgreSQL's clock now.
+    func databaseNow() async throws -> Timestamp {
+        try await instant("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    }
+
+    private func instant(_ query: PostgresQuery) async throws -> Timestamp {
+        for try await text in try await connection.query(query, logger: logger).decode(String.self) {
+            return try Timestamp(rfc3339: text)
+        }
+        throw WatermarkError.unavailable("PostgreSQL did not tell its clock")
+    }
+
     func watermark(_ sourceID: SourceID) async throws -> Watermark? {
         let rows = try await connection.query(
             "SELECT \(unescaped: Self.watermarkColumns) FROM watermark WHERE source_id = \(sourceID.rawValue)",

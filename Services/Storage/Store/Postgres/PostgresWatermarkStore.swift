@@ -18,7 +18,10 @@ final class PostgresWatermarkStore: WatermarkStore {
     let client: PostgresClient
     let url: PostgresURL
     private let policy: WatermarkPolicy
-    private let clock: @Sendable () -> Timestamp
+    /// The instant the rules see: `nil` (the service) reads PostgreSQL's clock, after the source's lock, so that
+    /// replicas whose own clocks differ agree on when a lease ends, on each write's `now` and on what is in the
+    /// future; tests set their own.
+    private let clock: (@Sendable () -> Timestamp)?
     private let logger: Logger
     /// Open once the migrations are applied (`PostgresDatabase`); tests open it themselves.
     let ready: ReadyGate
@@ -27,7 +30,7 @@ final class PostgresWatermarkStore: WatermarkStore {
 
     init(
         client: PostgresClient, url: PostgresURL, policy: WatermarkPolicy, logger: Logger,
-        clock: @escaping @Sendable () -> Timestamp = Timestamp.now, ready: ReadyGate = ReadyGate()
+        clock: (@Sendable () -> Timestamp)? = nil, ready: ReadyGate = ReadyGate()
     ) {
         self.ready = ready
         self.client = client
@@ -69,7 +72,9 @@ final class PostgresWatermarkStore: WatermarkStore {
     }
 
     func list(_ query: WatermarkQuery) async throws -> WatermarkPage {
-        let cutoff = query.staleAfter.map { WatermarkRules.staleCutoff(now: clock(), staleAfter: $0).sortableString }
+        // Staleness is counted in hours: this process's clock is close enough.
+        let now = clock?() ?? Timestamp.now()
+        let cutoff = query.staleAfter.map { WatermarkRules.staleCutoff(now: now, staleAfter: $0).sortableString }
         let rows = try await mappingErrors { [self] in
             try await client.withConnection { connection in
                 try await PostgresTransaction(connection: connection, logger: logger).list(
@@ -91,12 +96,15 @@ final class PostgresWatermarkStore: WatermarkStore {
     }
 
     func lease(for sourceID: SourceID) async throws -> Lease? {
-        let now = clock()
-        return try await mappingErrors { [self] in
+        let (lease, now) = try await mappingErrors { [self] in
             try await client.withConnection { connection in
-                try await PostgresTransaction(connection: connection, logger: logger).lease(sourceID)
+                let tx = PostgresTransaction(connection: connection, logger: logger)
+                let lease = try await tx.lease(sourceID)
+                if let clock = self.clock { return (lease, clock()) }
+                return (lease, try await tx.databaseNow())
             }
-        }.flatMap { $0.isLive(at: now) ? $0 : nil }
+        }
+        return lease.flatMap { $0.isLive(at: now) ? $0 : nil }
     }
 
     func acquireLease(for sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
@@ -119,7 +127,8 @@ final class PostgresWatermarkStore: WatermarkStore {
     }
 
     func summary() async throws -> WatermarkSummary {
-        let cutoff = WatermarkRules.staleCutoff(now: clock(), staleAfter: policy.staleAfter).sortableString
+        let cutoff = WatermarkRules.staleCutoff(now: clock?() ?? Timestamp.now(), staleAfter: policy.staleAfter)
+            .sortableString
         return try await mappingErrors { [self] in
             // The counts of migration v2-counts, kept by its trigger: a few rows and one index range within an
             // hour, whatever the number of watermarks.
@@ -166,8 +175,8 @@ final class PostgresWatermarkStore: WatermarkStore {
     /// How often a write that lost a serialization race or a deadlock is run again before it is a 503.
     static let maxAttempts = 8
 
-    /// Runs `body` in one transaction that holds `sourceID`'s advisory lock, with the clock read after the lock,
-    /// so the `now` of two writes to a source follows their commit order.
+    /// Runs `body` in one transaction that holds `sourceID`'s advisory lock, with the clock (PostgreSQL's, unless a
+    /// test set one) read after the lock, so the `now` of two writes to a source follows their commit order.
     private func transact<T: Sendable>(
         locking sourceID: SourceID,
         _ body: @escaping @Sendable (PostgresTransaction, Timestamp) async throws -> T
@@ -179,8 +188,14 @@ final class PostgresWatermarkStore: WatermarkStore {
                 return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { gate in
                     try await self.client.withTransaction(logger: self.logger) { connection in
                         let tx = PostgresTransaction(connection: connection, logger: self.logger)
-                        try await tx.lock(sourceID)
-                        let result = try await body(tx, self.clock())
+                        let now: Timestamp
+                        if let clock = self.clock {
+                            try await tx.lock(sourceID)
+                            now = clock()
+                        } else {
+                            now = try await tx.lockReadingClock(sourceID)
+                        }
+                        let result = try await body(tx, now)
                         // Answered 503 meanwhile, the transaction rolls back instead of committing after it.
                         try gate.enterCommit()
                         return result
