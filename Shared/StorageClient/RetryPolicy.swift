@@ -68,11 +68,16 @@ public struct RetryPolicy: Sendable, Equatable {
     public static func retryAfter(_ value: String) -> Duration? {
         let text = value.trimmingCharacters(in: .whitespaces)
         if let seconds = Int64(text) { return seconds >= 0 ? .seconds(seconds) : nil }
+        guard let date = httpDate(text) else { return nil }
+        return .milliseconds(max(0, Int64(date.timeIntervalSinceNow * 1000)))
+    }
+
+    /// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's IMF-fixdate), as `Retry-After` and `Date` carry it.
+    public static func httpDate(_ value: String) -> Date? {
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "GMT")
         formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-        guard let date = formatter.date(from: text) else { return nil }
-        return .milliseconds(max(0, Int64(date.timeIntervalSinceNow * 1000)))
+        return formatter.date(from: value.trimmingCharacters(in: .whitespaces))
     }
 }

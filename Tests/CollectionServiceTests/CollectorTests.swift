@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOHTTP1
+import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
@@ -226,7 +227,9 @@ struct TAXII21CollectorTests {
         }
     }
 
-    @Test func missingOrMalformedDateHeadersFallBackToTheObjectsOwnTimesNeverTheCollectorsClock() async throws {
+    /// Without the page's headers, each object's `date_added` is the server's clock; without that either, the
+    /// server's `Date` (its clock too, to the second), never an object's `modified`, which is its producer's clock.
+    @Test func missingOrMalformedDateHeadersFallBackToTheServersOwnTimesNeverTheCollectorsClock() async throws {
         for quirks in [
             FakeTAXIIServer.Quirks(omitDateHeaders: true, dateAddedInObjects: true),
             FakeTAXIIServer.Quirks(malformedLastHeader: true, dateAddedInObjects: true),
@@ -238,6 +241,8 @@ struct TAXII21CollectorTests {
                 .init(id: "indicator--1", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:01Z")))
             await server.add(
                 .init(id: "indicator--2", modified: "2026-11-26T09:30:00Z", dateAdded: ts("2026-11-26T10:00:02Z")))
+            // The server's `Date` is refreshed once a second: it may be up to a second behind.
+            let before = Timestamp(seconds: Timestamp.now().seconds - 1)
             let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
                 try await withHTTPClient { client in
                     try await fetchAll(
@@ -246,12 +251,73 @@ struct TAXII21CollectorTests {
                 }
             }
             let page = try #require(pages.first)
-            let expected = quirks.dateAddedInObjects ? ts("2026-11-26T10:00:02Z") : ts("2026-11-26T09:30:00Z")
-            #expect(page.highWaterMark == expected, "\(quirks)")
-            #expect(page.records.allSatisfy { $0.mark == expected })
+            let mark = try #require(page.highWaterMark)
+            if quirks.dateAddedInObjects {
+                #expect(mark == ts("2026-11-26T10:00:02Z"), "\(quirks)")
+                #expect(page.warnings.count == 1, "\(page.warnings)")
+            } else {
+                // The fake server's `Date`, this machine's clock to the second.
+                #expect(mark >= before && mark <= Timestamp.now(), "\(mark)")
+                #expect(page.warnings.count == 2 && page.warnings[1].contains("without date_added"))
+            }
+            #expect(page.records.allSatisfy { $0.mark == mark })
             #expect(page.firstMark == nil, "no checkpoint inside a page without the server's marks")
-            #expect(
-                page.warnings.count == 1 && page.warnings[0].contains("X-TAXII-Date-Added-Last"), "\(page.warnings)")
+            #expect(page.warnings[0].contains("X-TAXII-Date-Added-Last"), "\(page.warnings)")
+        }
+    }
+
+    /// A server that tells no `date_added` (no headers, none in the objects) and whose producers' clocks run ahead:
+    /// the objects' `modified` moved the watermark past objects the server added during the run, which the next
+    /// run's `added_after` passed over. Every page of a run is marked with the server's `Date` of its first answer,
+    /// carried from page to page; a later page's own `Date` (a second on here) would pass over what was added
+    /// between the two. Paging such a server by date cannot be done, and says so.
+    @Test func aServerThatTellsNoDateAddedIsMarkedByTheDateOfItsFirstAnswer() async throws {
+        let server = FakeTAXIIServer()
+        await server.setQuirks(.init(omitDateHeaders: true))
+        for index in 1...4 {
+            // Modified an hour ahead of the server: its producers' clocks.
+            let modified = Timestamp.now().adding(.seconds(3600 + index)).description
+            await server.add(
+                .init(id: "indicator--\(index)", modified: modified, dateAdded: ts("2026-11-26T10:00:0\(index)Z")))
+        }
+        let firstAnswer = Mutex<ContinuousClock.Instant?>(nil)
+        let before = Timestamp(seconds: Timestamp.now().seconds - 1)
+        let handler: @Sendable (SeenRequest) async -> FakeAnswer = { seen in
+            // The second page is answered over two seconds after the first, so that its own `Date` (which the
+            // server refreshes once a second) differs from the first's.
+            if let first = firstAnswer.withLock({ $0 }) {
+                while ContinuousClock.now - first < .milliseconds(2_100) {
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+            } else {
+                firstAnswer.withLock { $0 = ContinuousClock.now }
+            }
+            return await server.handle(seen)
+        }
+        let pages = try await withFakeServer(path: Self.path, handler: handler) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, versions: .all, pageSize: 2),
+                    since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        #expect(pages.map(\.records.count) == [2, 2])
+        let first = try #require(pages.first?.highWaterMark)
+        #expect(first >= before && first < before.adding(.seconds(3)), "\(first)")
+        #expect(pages.allSatisfy { $0.highWaterMark == first }, "\(pages.map(\.highWaterMark))")
+        #expect(pages.allSatisfy { $0.records.allSatisfy { $0.mark == first } })
+
+        await server.setQuirks(.init(noNextTokens: true, omitDateHeaders: true))
+        await #expect {
+            try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+                try await withHTTPClient { client in
+                    try await fetchAll(
+                        collector(port: port, client: client, versions: .all, pageSize: 2),
+                        since: ts("2026-11-26T00:00:00Z"))
+                }
+            }
+        } throws: { error in
+            "\(error)".contains("cannot be followed by date")
         }
     }
 

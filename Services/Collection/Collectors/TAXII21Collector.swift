@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import StorageClient
 import WatermarkCore
 
 /// A TAXII 2.1 collection, read with `added_after` and `next` paging, every version of every object by default.
@@ -31,17 +32,20 @@ struct TAXII21Collector: Collector {
         // again and dropped by (id, version) rather than skipped.
         var continueAfter: Timestamp?
         var previousMark: Timestamp?
+        var listedAt: Timestamp?
         if let cursor, cursor.hasPrefix("after:") {
             // The server pages by date (no `next` token).
             addedAfter = Self.justBefore(String(cursor.dropFirst(6)), since: since)
         } else if let cursor, cursor.hasPrefix("next:") {
-            // `next:<the session's added_after> <the page's last date_added> <token>` (see `parse`).
-            let parts = cursor.dropFirst(5).split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
-            if parts.count == 3 {
+            // `next:<the session's added_after> <the page's last date_added> <the first answer's Date> <token>` (see
+            // `parse`; the two instants may be empty).
+            let parts = cursor.dropFirst(5).split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+            if parts.count == 4 {
                 addedAfter = (try? Timestamp(rfc3339: String(parts[0]))) ?? since
                 previousMark = try? Timestamp(rfc3339: String(parts[1]))
                 continueAfter = Self.justBefore(String(parts[1]), since: since)
-                next = String(parts[2])
+                listedAt = try? Timestamp(rfc3339: String(parts[2]))
+                next = String(parts[3])
             }
         }
         let url = pageURL(addedAfter: addedAfter, next: next)
@@ -57,7 +61,7 @@ struct TAXII21Collector: Collector {
         // A session's `next` requests repeat the filters of the request that opened it.
         let page = try await Self.parse(
             response, url: SourceHTTPClient.displayURL(url),
-            askedAfter: response.isRetryAnswer ? continueAfter ?? addedAfter : addedAfter)
+            askedAfter: response.isRetryAnswer ? continueAfter ?? addedAfter : addedAfter, listedAt: listedAt)
         // Pages come in `date_added` order: a `next` page that starts before the page before it ended is the first
         // page again from a server that ignores `next` yet keeps saying `more`, which would be asked forever.
         if let previousMark, let first = page.firstMark, first < previousMark {
@@ -99,12 +103,17 @@ struct TAXII21Collector: Collector {
     /// Turns one envelope into a page. An empty page may be `{}` (no `objects`, no `more`).
     ///
     /// The mark of every record of the page is the page's `X-TAXII-Date-Added-Last`. Without that header, or
-    /// with one that is not a timestamp, each object's own `date_added` (some servers include it), else its
-    /// `modified`/`created`, stands in: the source's clock, never the collector's; such a page has no
-    /// `firstMark`, so no checkpoint is taken inside it. `askedAfter` is the `added_after` of the request that
-    /// opened the paging session, which its `next` requests repeat.
+    /// with one that is not a timestamp, each object's own `date_added` (some servers include it) stands in: the
+    /// server's clock, never the collector's; such a page has no `firstMark`, so no checkpoint is taken inside it.
+    /// Without either, an object's `modified` is its producer's clock, which may run ahead of the server's: marked
+    /// with it, a run moved the watermark past objects the server added meanwhile, which the next run's
+    /// `added_after` then passed over for good. Such a page is marked with the server's `Date` of the run's first
+    /// answer (`listedAt`, carried from page to page; this answer's own for the first), before which every object
+    /// the run lists was added; without a `Date` either, the objects' own times stand in, with a warning.
+    /// `askedAfter` is the `added_after` of the request that opened the paging session, which its `next` requests
+    /// repeat.
     static func parse(
-        _ response: SourceResponse, url: String, askedAfter: Timestamp? = nil
+        _ response: SourceResponse, url: String, askedAfter: Timestamp? = nil, listedAt: Timestamp? = nil
     ) async throws(CollectorError) -> CollectorPage {
         let body = response.body
         let what = "the TAXII envelope from \(url)"
@@ -136,6 +145,12 @@ struct TAXII21Collector: Collector {
         }
         let pageMark = headerTime("X-TAXII-Date-Added-Last")
         let firstMark = pageMark == nil ? nil : headerTime("X-TAXII-Date-Added-First")
+        // Whole seconds: the instant is floored, which only reads a little more again.
+        let listed =
+            listedAt
+            ?? response.headers.first(name: "Date").flatMap(RetryPolicy.httpDate).map {
+                Timestamp(seconds: Int64($0.timeIntervalSince1970.rounded(.down)))
+            }
 
         let fields = try await JSONRecords.fields(
             of: objects, wanted: ["id", "modified", "created", "date_added"],
@@ -143,6 +158,7 @@ struct TAXII21Collector: Collector {
         var records: [CollectedRecord] = []
         records.reserveCapacity(objects.count)
         var newestOwn: Timestamp?
+        var withoutDateAdded = 0
         for (index, object) in fields.enumerated() {
             guard let id = object.string("id"), !id.isEmpty else {
                 throw .malformed("object \(index) of the page from \(url) has no \"id\"")
@@ -154,8 +170,10 @@ struct TAXII21Collector: Collector {
             let version =
                 object.timestamp("modified")?.description ?? object.string("modified") ?? modified?.description
                 ?? object.string("created") ?? ""
-            let own = object.timestamp("date_added") ?? modified
-            guard let mark = pageMark ?? own else {
+            let dateAdded = object.timestamp("date_added")
+            if dateAdded == nil { withoutDateAdded += 1 }
+            let own = dateAdded ?? modified
+            guard let mark = pageMark ?? own ?? listed else {
                 throw .malformed(
                     "object \(id) from \(url) has no usable X-TAXII-Date-Added-Last header nor a date_added, modified or created time"
                 )
@@ -164,19 +182,37 @@ struct TAXII21Collector: Collector {
             records.append(
                 CollectedRecord(id: id, version: version, mark: mark, json: JSONRecords.oneLine(objects[index])))
         }
-        // Without the header the objects may come in any order: the page's mark is the newest of them.
-        let highWaterMark = pageMark ?? newestOwn
-        if pageMark == nil, let newestOwn {
-            for index in records.indices { records[index].mark = max(records[index].mark, newestOwn) }
+        // Neither the header nor every object's `date_added`: the server's clock is its `Date` (see above).
+        let producersClock = pageMark == nil && withoutDateAdded > 0
+        let highWaterMark: Timestamp?
+        if producersClock, let listed {
+            highWaterMark = listed
+            for index in records.indices { records[index].mark = listed }
+            warnings.append(
+                "\(withoutDateAdded) objects from \(url) without date_added: marked with the server's Date of the "
+                    + "run's first answer (\(listed))")
+        } else {
+            // Without the header the objects may come in any order: the page's mark is the newest of them.
+            highWaterMark = pageMark ?? newestOwn
+            if pageMark == nil, let newestOwn {
+                for index in records.indices { records[index].mark = max(records[index].mark, newestOwn) }
+            }
         }
 
         var cursor: String?
         if more {
             if let next, !next.isEmpty {
                 // The token goes with the `added_after` its session was opened with, which each of its requests
-                // repeats, and with the server's last `date_added`, for a retry to ask again by date (`fetchPage`;
-                // without the header, the objects' own times say nothing of that order).
-                cursor = "next:\(askedAfter?.description ?? "") \(pageMark?.description ?? "") \(next)"
+                // repeats, with the server's last `date_added`, for a retry to ask again by date (`fetchPage`;
+                // without the header, the objects' own times say nothing of that order), and with the instant the
+                // listing began.
+                cursor =
+                    "next:\(askedAfter?.description ?? "") \(pageMark?.description ?? "") "
+                    + "\(listed?.description ?? "") \(next)"
+            } else if producersClock {
+                throw .malformed(
+                    "the TAXII server at \(url) pages without next and tells no date_added (no X-TAXII-Date-Added "
+                        + "headers, objects without date_added): its pages cannot be followed by date")
             } else if let highWaterMark {
                 cursor = "after:" + highWaterMark.description
             } else {
