@@ -304,7 +304,7 @@ public actor WatermarkManager {
                     options: options
                 )
                 try removeFromQueue(entry)
-                remember(watermark, for: sourceID)
+                remember(projectingQueued(onto: watermark, for: sourceID), for: sourceID)
                 outcome.applied += 1
                 logger.info(
                     "Queued watermark update delivered",
@@ -465,6 +465,22 @@ public actor WatermarkManager {
         guard lastKnown[sourceID] != watermark else { return }
         lastKnown[sourceID] = watermark
         persistLastKnown()
+    }
+
+    /// `watermark` (the storage's answer to a queued update) with the source's updates still queued applied to it,
+    /// as the storage will apply them: remembered alone, it moved the last known mark back below updates not yet
+    /// delivered, and a run during the rest of the outage started from there and queued a mark behind them, which
+    /// their replay then refused as a regression.
+    private func projectingQueued(onto watermark: Watermark, for sourceID: SourceID) -> Watermark {
+        var projected = watermark
+        for entry in queue.updates where entry.sourceID == sourceID {
+            if let next = try? Self.project(
+                entry.update, for: sourceID, force: entry.options.force, onto: projected, now: clock())
+            {
+                projected = next
+            }
+        }
+        return projected
     }
 
     private func persistLastKnown() {

@@ -12,7 +12,8 @@ import WatermarkCore
 /// the storage, or after the storage applied the update (the answer got lost on the way back).
 actor FlakyClient: StorageClient {
     enum Failure {
-        case beforeSending, afterApplying
+        /// `none` lets one call through, to script a failure after it.
+        case none, beforeSending, afterApplying
         /// Answered with this error without reaching the storage (a proxy's answer, say).
         case answered(StorageClientError)
     }
@@ -335,6 +336,25 @@ struct WatermarkManagerTests {
     }
 
     /// A manager on a storage whose next call fails, with one update of `sourceID` queued by that failure.
+    /// Two updates queued in an outage, the first delivered and the second not (the storage away again): the last
+    /// known mark stays the second's, as the storage will have it. It fell back to the first's, and a run during the
+    /// rest of the outage started there and queued a mark behind the second, refused as a regression at its replay.
+    @Test func aPartialReplayKeepsTheLastKnownMarkOfWhatIsStillQueued() async throws {
+        let (otx, t1, t2) = (otx, t1, t2)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let flaky = FlakyClient(storage)
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+            await flaky.fail(.beforeSending, .beforeSending)
+            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t1, status: .success).isQueued)
+            #expect(try await manager.updateWatermark(sourceID: otx, timestamp: t2, status: .success).isQueued)
+            await flaky.fail(.none, .beforeSending)
+            #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 1))
+            #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
+            #expect(await manager.lastKnownWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t2)
+        }
+    }
+
     static func oneQueued(
         _ folder: String, _ sourceID: SourceID, timestamp: Timestamp?, status: RunStatus
     ) async throws -> (InMemoryStorageClient, FlakyClient, WatermarkManager) {
