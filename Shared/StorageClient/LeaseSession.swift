@@ -20,8 +20,9 @@ public enum LeaseRefusal: Error, Sendable, CustomStringConvertible {
 }
 
 /// The run's lease ran out: the storage could not be asked for a renewal within its TTL, or a renewal answered a
-/// new grant (the lease had lapsed, and another collector may have held it meanwhile). Only with `requireLease`: a
-/// run that may go on without a lease keeps going, fenced with the token it holds.
+/// grant that did not follow the run's own (the lease had lapsed, and another collector may have held it
+/// meanwhile). Only with `requireLease`: a run that may go on without a lease keeps going, fenced with the token
+/// it holds.
 public struct LeaseLost: Error, Sendable, CustomStringConvertible {
     public let description: String
 }
@@ -73,7 +74,8 @@ public struct LeaseSession: Sendable {
     /// `requireLease`.
     ///
     /// - Throws: `StorageClientError` when the storage refuses the renewal (another owner took over); `LeaseLost`
-    ///   with `requireLease` when the lease ran out while the storage was away, or lapsed and was granted anew.
+    ///   with `requireLease` when the lease ran out while the storage was away, or lapsed and another grant came
+    ///   between.
     public mutating func renewIfDue() async throws {
         guard let held = lease, ContinuousClock.now - renewedAt > renewEvery else { return }
         let asked = ContinuousClock.now
@@ -87,14 +89,17 @@ public struct LeaseSession: Sendable {
                     "the lease on \(sourceID) ran out (\(ttl.components.seconds) s) while the storage could not "
                     + "renew it: \(error)")
         }
-        // The same owner renewing a live lease keeps its token: a new one means it lapsed in between.
-        if requireLease, renewed.fencingToken != held.fencingToken {
-            throw LeaseLost(
-                description: "the lease on \(sourceID) lapsed and was granted anew (token \(held.fencingToken) -> "
-                    + "\(renewed.fencingToken)): another collector may have run the source meanwhile")
-        }
+        // The same owner renewing a live lease keeps its token, and tokens grow by one a grant: the next token means
+        // it lapsed and came back to this run with no other collector in between; a later one, that another may have
+        // run the source meanwhile. The lease is the renewed one either way, so that the run's failure is recorded
+        // and the lease released under the token the storage holds.
         lease = renewed
         renewedAt = asked
+        if requireLease, renewed.fencingToken > held.fencingToken + 1 {
+            throw LeaseLost(
+                description: "the lease on \(sourceID) lapsed and was granted to others meanwhile (token "
+                    + "\(held.fencingToken) -> \(renewed.fencingToken)): another collector may have run the source")
+        }
     }
 
     /// The source's watermark (the last known one while the storage is away).

@@ -284,25 +284,46 @@ extension LeaseRenewalTests {
         }
     }
 
-    /// A renewal answered with a new token means the lease lapsed in between (another collector may have run the
-    /// source meanwhile): with `REQUIRE_LEASE` the run stops before writing the page it waited for; it took the new
-    /// token and wrote on.
+    /// A renewal answered with a token granted after another's means the lease lapsed and another collector may
+    /// have run the source meanwhile: with `REQUIRE_LEASE` the run stops before writing the page it waited for, and
+    /// its failure is recorded and the lease released under the token it was given (with the old one both were
+    /// refused, the source went on showing its last success and the lease stayed taken); it took the new token and
+    /// wrote on.
     @Test(arguments: [true, false])
-    func aLeaseGrantedAnewStopsARunThatRequiresIt(requireLease: Bool) async throws {
+    func aLeaseThatWentToAnotherMeanwhileStopsARunThatRequiresIt(requireLease: Bool) async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
         let clock = ManualClock()
         let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
         let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: requireLease)
-        let report = await runner.run(source, collector: LeaseLapseCollector(storage: storage, lapse: .expiry(clock)))
+        let collector = LeaseLapseCollector(storage: storage, lapse: .expiry(clock, anotherMeanwhile: true))
+        let report = await runner.run(source, collector: collector)
         let ids = NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id)
         if requireLease {
-            #expect(report.outcome == .failed && report.errorMessage?.contains("granted anew") == true, "\(report)")
+            #expect(
+                report.outcome == .failed && report.errorMessage?.contains("granted to others") == true, "\(report)")
             #expect(ids == ["before"])
+            let stored = try await storage.getWatermark(sourceID: source.id)
+            #expect(stored?.status == .failed, "the failure is recorded under the live token")
         } else {
             #expect(report.outcome == .success, "\(report)")
             #expect(ids == ["before", "after"])
         }
+        // Released either way: another owner takes the lease at once.
+        _ = try await storage.acquireLease(sourceID: source.id, owner: "replica-c", ttl: .seconds(60))
+    }
+
+    /// A lease that lapsed and came back to the run itself (the next token: no grant came between) goes on.
+    @Test func aLeaseThatLapsedAndCameBackToTheRunGoesOn() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let clock = ManualClock()
+        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+        let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: true)
+        let collector = LeaseLapseCollector(storage: storage, lapse: .expiry(clock, anotherMeanwhile: false))
+        let report = await runner.run(source, collector: collector)
+        #expect(report.outcome == .success, "\(report)")
+        #expect(NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id) == ["before", "after"])
     }
 }
 
@@ -311,7 +332,8 @@ extension LeaseRenewalTests {
 final class LeaseLapseCollector: Collector {
     enum Lapse: Sendable {
         case outage
-        case expiry(ManualClock)
+        /// The storage's clock moves an hour on; another owner takes the lease meanwhile and lets it go, or not.
+        case expiry(ManualClock, anotherMeanwhile: Bool)
     }
     let storage: InMemoryStorageClient
     let lapse: Lapse
@@ -337,8 +359,17 @@ final class LeaseLapseCollector: Collector {
             await storage.setAvailable(false)
             let away = ContinuousClock.now
             while ContinuousClock.now - away < .milliseconds(1_100) { try? await Task.sleep(for: .milliseconds(20)) }
-        case .expiry(let clock):
+        case .expiry(let clock, let anotherMeanwhile):
             clock.advance(.seconds(3600))
+            if anotherMeanwhile {
+                do {
+                    let other = try await storage.acquireLease(
+                        sourceID: SourceID("feed"), owner: "replica-b", ttl: .seconds(60))
+                    try await storage.releaseLease(sourceID: SourceID("feed"), token: other.fencingToken)
+                } catch {
+                    throw .malformed("the test could not take the lease meanwhile: \(error)")
+                }
+            }
         }
         return CollectorPage(records: [record("after", "2026-11-26T01:00:00Z")])
     }
