@@ -116,7 +116,9 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
             ("lock_timeout", milliseconds), ("idle_in_transaction_session_timeout", milliseconds),
             // A commit answered before its WAL is flushed (`off`, a common tuning of a role or a database) is lost
             // with a crash of the server, after the service acknowledged the write, or the sink let the watermark
-            // move past its records. The sessions' own parameter outranks the role's and the database's.
+            // move past its records. The sessions' own parameter outranks the role's and the database's (so
+            // `remote_apply` is lowered to `on` too: a commit still waits for synchronous standbys to flush it, not
+            // to apply it, which only matters to reads from a standby, and the services read from the primary).
             ("synchronous_commit", "on"),
         ]
         return configuration

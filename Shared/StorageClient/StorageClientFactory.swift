@@ -77,13 +77,11 @@ public func makeStorageClient(
 
 /// Checks that `text` is an absolute `http`/`https` URL with a host and no query or fragment.
 func validateStorageURL(_ text: String) throws(StorageClientConfigurationError) {
-    // What stands before an `@` of the host part (after `//`, or from the start without one) is a user and password:
-    // never quoted back.
-    let authority = text.range(of: "//").map(\.upperBound) ?? text.startIndex
+    // A user and password stand before an `@`; a storage's base URL has no other use for one, wherever it is (a
+    // password may hold a `/`): everything before the last `@` is never quoted back.
+    let scheme = text.range(of: "//").map(\.upperBound) ?? text.startIndex
     let shown =
-        text[authority...].prefix(while: { $0 != "/" }).lastIndex(of: "@").map {
-            String(text[..<authority]) + "***" + String(text[$0...])
-        } ?? text
+        text.lastIndex(of: "@").map { String(text[..<min(scheme, $0)]) + "***" + String(text[$0...]) } ?? text
     func fail(_ why: String) -> StorageClientConfigurationError {
         StorageClientConfigurationError(
             key: "STORAGE_SERVICE_URL", message: "'\(shown.prefix(200))' \(why); use e.g. http://storage:8000"

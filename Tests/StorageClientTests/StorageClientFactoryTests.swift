@@ -74,7 +74,7 @@ struct StorageClientFactoryTests {
     /// refusal does not quote it, well formed or not.
     @Test(arguments: [
         "http://ops:s3cret@storage:8000", "https://s3cret@storage", "http://ops:s3cret@storage:99999",
-        "http://ops:s3cret@@storage/x", "ops:s3cret@storage",
+        "http://ops:s3cret@@storage/x", "ops:s3cret@storage", "http://ops:s3/cret@storage", "http://storage/s3cret@x",
     ])
     func aURLWithAPasswordIsRefusedWithoutIt(url: String) throws {
         let error = try #require(throws: StorageClientConfigurationError.self) {

@@ -104,7 +104,9 @@ struct DedupIndex: Sendable {
                     uniquingKeysWith: { $1 })
             }
             var sizes: [String: Int] = [:]
-            for name in sink.files() { sizes[name] = try sink.size(of: name) }
+            for name in sink.files() {
+                if let size = try sink.size(of: name) { sizes[name] = size }
+            }
             // A file shorter than indexed (truncated after a copy by a rotation, edited by hand): what it held went
             // elsewhere, as a removed file's did, and its keys stay; it is indexed again from its start. Starting the
             // whole index over lost the keys of every file shipped and removed before.

@@ -44,10 +44,12 @@ struct NDJSONSink: Sendable {
         }.sorted(by: >)
     }
 
-    /// The size of one of the source's files.
-    func size(of name: String) throws(SinkError) -> Int {
+    /// The size of one of the source's files; `nil` when it is gone (removed since the folder was listed, as a
+    /// shipper removes old days).
+    func size(of name: String) throws(SinkError) -> Int? {
         let path = (directory as NSString).appendingPathComponent(name)
         guard let status = FileStatus(path: path) else {
+            if errno == ENOENT { return nil }
             throw SinkError(path: path, operation: "stat", errno: errno)
         }
         return status.size
@@ -67,6 +69,7 @@ struct NDJSONSink: Sendable {
     ) throws(SinkError) {
         let path = (directory as NSString).appendingPathComponent(name)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0, errno == ENOENT { return }  // removed since the folder was listed: nothing left to index
         guard fd >= 0 else { throw SinkError(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
         var chunk = [UInt8](repeating: 0, count: max(1, chunkBytes))
@@ -100,6 +103,10 @@ struct NDJSONSink: Sendable {
     /// Cuts the torn last line of every file of the source (a crash in the middle of an append), so what is
     /// on disk is exactly what `forEachKeys(in:from:)` and the index count. A run calls it before reading the sink.
     func recover() throws(SinkError) {
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory, isDirectory: &isFolder), isFolder.boolValue {
+            _ = try syncFoldersOnceInProcess()
+        }
         for name in files() {
             let path = (directory as NSString).appendingPathComponent(name)
             var fd = open(path, O_RDWR | O_CLOEXEC)
@@ -181,14 +188,23 @@ struct NDJSONSink: Sendable {
             if ftruncate(fd, off_t(start)) == 0 { _ = fsync(fd) }
             throw error
         }
-        // A folder's entries are synced when this append created them, and once in each process: a crash between
-        // an earlier process creating a file (or the folder) and syncing its folder left the file on disk in the
-        // page cache only, which `existed` here cannot tell.
-        let firstInProcess = !Self.syncedFolders.withLock { $0.contains(directory) }
-        if !existed || firstInProcess { try syncFolder(directory) }
-        if createdFolder || firstInProcess { try syncFolder((directory as NSString).deletingLastPathComponent) }
-        if firstInProcess { _ = Self.syncedFolders.withLock { $0.insert(directory) } }
+        // A folder's entries are synced when this append created them, and once in each process (see below).
+        let synced = try syncFoldersOnceInProcess()
+        if !existed, !synced { try syncFolder(directory) }
+        if createdFolder, !synced { try syncFolder((directory as NSString).deletingLastPathComponent) }
         return (name, end)
+    }
+
+    /// Syncs the source's folder and the one above once in each process, before its files are first read or
+    /// written to (`recover`, `append`): a crash between an earlier process creating a file (or the folder) and
+    /// syncing its folder left the entry in the page cache only, and this process, finding the file there, never
+    /// synced it, while the index it built from the file was durable. Says whether it synced them now.
+    private func syncFoldersOnceInProcess() throws(SinkError) -> Bool {
+        guard !Self.syncedFolders.withLock({ $0.contains(directory) }) else { return false }
+        try syncFolder(directory)
+        try syncFolder((directory as NSString).deletingLastPathComponent)
+        _ = Self.syncedFolders.withLock { $0.insert(directory) }
+        return true
     }
 
     /// Cuts a torn last line (no trailing newline) and returns the new end of the file.
