@@ -38,6 +38,13 @@ public actor WatermarkManager {
     /// known value is known, not unknown.
     private var absentInStorage: Set<SourceID> = []
     private var queue: PendingQueue
+    /// Delivered updates taken out of `queue` since `pending.json` was last written, and when that was: a replay
+    /// writes the file every `replaySaveEvery` deliveries or second, and when it stops (see `flushCounting`).
+    private var unsavedRemovals = 0
+    private var queueSavedAt = ContinuousClock.now
+    static let replaySaveEvery = 100
+    /// How often `pending.json` was written, for the tests.
+    private(set) var pendingFileWrites = 0
 
     private var busySources: Set<SourceID> = []
     private var waiters: [SourceID: [CheckedContinuation<Void, Never>]] = [:]
@@ -271,6 +278,20 @@ public actor WatermarkManager {
     }
 
     private func flushCounting(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushOutcome {
+        let outcome = await deliverQueued(sourceID, leaseToken: leaseToken)
+        if unsavedRemovals > 0 {
+            do {
+                try saveQueue()
+            } catch {
+                // Sent again later, each with its idempotency key: applied once.
+                logger.error(
+                    "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"])
+            }
+        }
+        return outcome
+    }
+
+    private func deliverQueued(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushOutcome {
         var outcome = FlushOutcome(result: .drained)
         if let leaseToken {
             do {
@@ -303,7 +324,7 @@ public actor WatermarkManager {
                     errorMessage: entry.update.errorMessage, recordsCollected: entry.update.recordsCollected,
                     options: options
                 )
-                try removeFromQueue(entry)
+                try removeDelivered(entry)
                 remember(projectingQueued(onto: watermark, for: sourceID), for: sourceID)
                 outcome.applied += 1
                 logger.info(
@@ -439,6 +460,24 @@ public actor WatermarkManager {
         queue = next
     }
 
+    /// Takes a delivered update out of the queue, writing the file every `replaySaveEvery` deliveries or second
+    /// only. Rewritten whole at each delivery, a replay of n queued updates wrote n files of up to n entries (an
+    /// outage of two days with a hundred sources queues tens of thousands: hours of writing, the actor held, every
+    /// source waiting). An update delivered and still in the file after a crash is sent again with its idempotency
+    /// key, which the storage answers with the outcome it already applied.
+    private func removeDelivered(_ entry: PendingUpdate) throws {
+        queue.updates.removeAll { $0.sequence == entry.sequence }
+        unsavedRemovals += 1
+        if unsavedRemovals >= Self.replaySaveEvery || ContinuousClock.now - queueSavedAt >= .seconds(1) {
+            try saveQueue()
+        }
+    }
+
+    /// Writes the queue as it is now, with any delivered updates taken out.
+    private func saveQueue() throws {
+        try save(queue, to: Self.pendingFile)
+    }
+
     private func useLastKnown(_ sourceID: SourceID, because reason: String) throws -> Watermark? {
         let watermark = lastKnown[sourceID]
         guard watermark != nil || absentInStorage.contains(sourceID) else {
@@ -498,6 +537,12 @@ public actor WatermarkManager {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(value)
         try DurableFile.write(data, to: (stateDirectory as NSString).appendingPathComponent(name))
+        if name == Self.pendingFile {
+            // Every queue written is the one in memory, changed: delivered updates taken out are now out of the file.
+            pendingFileWrites += 1
+            unsavedRemovals = 0
+            queueSavedAt = .now
+        }
     }
 
     private static func load<T: Decodable>(_ type: T.Type, from path: String, logger: Logger) throws -> T? {

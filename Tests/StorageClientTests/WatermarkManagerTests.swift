@@ -1,10 +1,11 @@
 import Foundation
 import Logging
-import StorageClient
 import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
+
+@testable import StorageClient
 
 // Over 300 lines for a reason: one suite of the manager with the faulty-storage fixture its cases share.
 
@@ -352,6 +353,40 @@ struct WatermarkManagerTests {
             #expect(await manager.replayPending() == ReplaySummary(applied: 1, dropped: 0, remaining: 1))
             #expect(try await storage.getWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t1)
             #expect(await manager.lastKnownWatermark(sourceID: otx)?.lastSuccessfulTimestamp == t2)
+        }
+    }
+
+    /// A replay writes the queue file every hundred deliveries (or second) and once at its end: it rewrote the whole
+    /// file at each delivery, n files of up to n entries for n queued updates (hours for the tens of thousands an
+    /// outage of two days queues over a hundred sources, the manager held meanwhile). An update delivered but still
+    /// in the file after a crash is sent again with its idempotency key, and applied once.
+    @Test func aLongReplayWritesTheQueueInBatchesAndWhatACrashLeftIsAppliedOnce() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            await storage.setAvailable(false)
+            for second in 0..<250 {
+                _ = try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
+            }
+            let file = URL(fileURLWithPath: folder + "/pending.json")
+            let leftByACrash = try Data(contentsOf: file)
+            await storage.setAvailable(true)
+            let before = await manager.pendingFileWrites
+            let started = ContinuousClock.now
+            #expect(await manager.replayPending() == ReplaySummary(applied: 250, dropped: 0, remaining: 0))
+            let seconds = Int((ContinuousClock.now - started).components.seconds)
+            let writes = await manager.pendingFileWrites - before
+            #expect(writes >= 1 && writes <= 250 / WatermarkManager.replaySaveEvery + seconds + 2, "\(writes) writes")
+            #expect(try await storage.getWatermark(sourceID: otx)?.version == 250)
+
+            // The file as a crash before any of those writes left it: every update is sent again, none applied twice.
+            try leftByACrash.write(to: file)
+            let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            #expect(await restarted.replayPending() == ReplaySummary(applied: 250, dropped: 0, remaining: 0))
+            let stored = try await storage.getWatermark(sourceID: otx)
+            #expect(stored?.version == 250 && stored?.lastSuccessfulTimestamp == t1.adding(.seconds(249)))
         }
     }
 
