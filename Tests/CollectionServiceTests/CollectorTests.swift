@@ -24,6 +24,20 @@ struct TAXII21CollectorTests {
         )
     }
 
+    /// Every page of `server`'s collection, every version, from 2026-11-26, like a run fetches them (`handler`:
+    /// what answers instead of the server itself).
+    func fetchAll(
+        from server: FakeTAXIIServer, pageSize: Int, handler: (@Sendable (SeenRequest) async -> FakeAnswer)? = nil
+    ) async throws -> [CollectorPage] {
+        try await withFakeServer(path: Self.path, handler: handler ?? { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, versions: .all, pageSize: pageSize),
+                    since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+    }
+
     /// Fetches every page like a run does.
     func fetchAll(_ collector: TAXII21Collector, since: Timestamp) async throws -> [CollectorPage] {
         var pages: [CollectorPage] = []
@@ -145,13 +159,7 @@ struct TAXII21CollectorTests {
         }
         await server.add(
             .init(id: "indicator--4", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:02Z")))
-        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
-            try await withHTTPClient { client in
-                try await fetchAll(
-                    collector(port: port, client: client, versions: .all, pageSize: 3),
-                    since: ts("2026-11-26T00:00:00Z"))
-            }
-        }
+        let pages = try await fetchAll(from: server, pageSize: 3)
         // The object at the tie comes again on the next page (dropped by the run's dedup); none is skipped.
         #expect(
             pages.map { $0.records.map(\.id) } == [
@@ -215,13 +223,7 @@ struct TAXII21CollectorTests {
                     id: "indicator--\(index)", modified: "2026-11-26T09:00:00Z", dateAdded: ts("2026-11-26T10:00:01Z")))
         }
         await #expect {
-            try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
-                try await withHTTPClient { client in
-                    try await fetchAll(
-                        collector(port: port, client: client, versions: .all, pageSize: 2),
-                        since: ts("2026-11-26T00:00:00Z"))
-                }
-            }
+            try await fetchAll(from: server, pageSize: 2)
         } throws: { error in
             "\(error)".contains("raise page_size") && "\(error)".contains("2026-11-26T10:00:01Z")
         }
@@ -243,13 +245,7 @@ struct TAXII21CollectorTests {
                 .init(id: "indicator--2", modified: "2026-11-26T09:30:00Z", dateAdded: ts("2026-11-26T10:00:02Z")))
             // The server's `Date` is refreshed once a second: it may be up to a second behind.
             let before = Timestamp(seconds: Timestamp.now().seconds - 1)
-            let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
-                try await withHTTPClient { client in
-                    try await fetchAll(
-                        collector(port: port, client: client, versions: .all, pageSize: 5),
-                        since: ts("2026-11-26T00:00:00Z"))
-                }
-            }
+            let pages = try await fetchAll(from: server, pageSize: 5)
             let page = try #require(pages.first)
             let mark = try #require(page.highWaterMark)
             if quirks.dateAddedInObjects {
@@ -294,13 +290,7 @@ struct TAXII21CollectorTests {
             }
             return await server.handle(seen)
         }
-        let pages = try await withFakeServer(path: Self.path, handler: handler) { port in
-            try await withHTTPClient { client in
-                try await fetchAll(
-                    collector(port: port, client: client, versions: .all, pageSize: 2),
-                    since: ts("2026-11-26T00:00:00Z"))
-            }
-        }
+        let pages = try await fetchAll(from: server, pageSize: 2, handler: handler)
         #expect(pages.map(\.records.count) == [2, 2])
         let first = try #require(pages.first?.highWaterMark)
         #expect(first >= before && first < before.adding(.seconds(3)), "\(first)")
@@ -309,13 +299,7 @@ struct TAXII21CollectorTests {
 
         await server.setQuirks(.init(noNextTokens: true, omitDateHeaders: true))
         await #expect {
-            try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
-                try await withHTTPClient { client in
-                    try await fetchAll(
-                        collector(port: port, client: client, versions: .all, pageSize: 2),
-                        since: ts("2026-11-26T00:00:00Z"))
-                }
-            }
+            try await fetchAll(from: server, pageSize: 2)
         } throws: { error in
             "\(error)".contains("cannot be followed by date")
         }
@@ -330,13 +314,7 @@ struct TAXII21CollectorTests {
                     id: "indicator--\(index)", modified: "2026-11-26T09:00:00Z",
                     dateAdded: ts("2026-11-26T10:00:0\(index)Z")))
         }
-        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
-            try await withHTTPClient { client in
-                try await fetchAll(
-                    collector(port: port, client: client, versions: .all, pageSize: 2),
-                    since: ts("2026-11-26T00:00:00Z"))
-            }
-        }
+        let pages = try await fetchAll(from: server, pageSize: 2)
         #expect(
             pages.map { $0.records.map(\.id) } == [
                 ["indicator--2", "indicator--1"], ["indicator--4", "indicator--3"],

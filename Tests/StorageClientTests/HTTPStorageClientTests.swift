@@ -116,6 +116,14 @@ func withScriptedServer(
     }
 }
 
+extension [String: Int] {
+    /// Counts one more call of `id` and says which call this is (1 for the first).
+    mutating func count(_ id: String) -> Int {
+        self[id, default: 0] += 1
+        return self[id]!
+    }
+}
+
 @Suite("HTTPStorageClient against scripted servers")
 struct HTTPStorageClientTests {
     let alpha = sid("alpha")
@@ -206,10 +214,7 @@ struct HTTPStorageClientTests {
             extraRoutes: { router in
                 router.delete("/api/v1/watermarks/:id") { _, context in
                     let id = context.parameters.get("id") ?? ""
-                    let call = calls.withLock { calls in
-                        calls[id, default: 0] += 1
-                        return calls[id]!
-                    }
+                    let call = calls.withLock { $0.count(id) }
                     guard call == 1 else { return notFound() }
                     switch id {
                     case "lost-504": return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
@@ -261,10 +266,7 @@ struct HTTPStorageClientTests {
             extraRoutes: { router in
                 router.delete("/api/v1/watermarks/:id") { _, context in
                     let id = context.parameters.get("id") ?? ""
-                    let call = calls.withLock { calls in
-                        calls[id, default: 0] += 1
-                        return calls[id]!
-                    }
+                    let call = calls.withLock { $0.count(id) }
                     if call == 1, id != "plain-412" {
                         return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
                     }
