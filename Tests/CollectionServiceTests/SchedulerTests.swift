@@ -262,19 +262,26 @@ extension LeaseRenewalTests {
         return (runner, source)
     }
 
+    /// A run of `LeaseLapseCollector` on a storage whose clock stands still unless the lapse moves it (the lease
+    /// never expires there by itself, however slow the machine): its report, the ids in its sink, the storage.
+    static func lapsedRun(
+        requireLease: Bool, _ lapse: (ManualClock) -> LeaseLapseCollector.Lapse
+    ) async throws -> (report: RunReport, ids: [String], storage: InMemoryStorageClient, source: SourceID) {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let clock = ManualClock()
+        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+        let (runner, source) = try shortLeaseRunner(dir: dir, storage: storage, requireLease: requireLease)
+        let report = await runner.run(source, collector: LeaseLapseCollector(storage: storage, lapse: lapse(clock)))
+        return (report, NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id), storage, source.id)
+    }
+
     /// With `REQUIRE_LEASE`, a run whose lease could not be renewed for longer than it lasts (the storage away) stops
     /// before it writes the next page: failed renewals were ignored for as long as the run went on, its lease long
     /// run out, while another replica could take the source. A run that may go on without its lease goes on.
     @Test(arguments: [true, false])
     func aLeaseThatRunsOutWhileTheStorageIsAwayStopsARunThatRequiresIt(requireLease: Bool) async throws {
-        let dir = try makeTemporaryDirectory()
-        defer { removeTemporary(dir) }
-        // The storage's clock stands still: the lease never expires there, however slow the machine.
-        let clock = ManualClock()
-        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
-        let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: requireLease)
-        let report = await runner.run(source, collector: LeaseLapseCollector(storage: storage, lapse: .outage))
-        let ids = NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id)
+        let (report, ids, _, _) = try await Self.lapsedRun(requireLease: requireLease) { _ in .outage }
         if requireLease {
             #expect(report.outcome == .failed && report.errorMessage?.contains("ran out") == true, "\(report)")
             #expect(ids == ["before"])
@@ -291,39 +298,28 @@ extension LeaseRenewalTests {
     /// wrote on.
     @Test(arguments: [true, false])
     func aLeaseThatWentToAnotherMeanwhileStopsARunThatRequiresIt(requireLease: Bool) async throws {
-        let dir = try makeTemporaryDirectory()
-        defer { removeTemporary(dir) }
-        let clock = ManualClock()
-        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
-        let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: requireLease)
-        let collector = LeaseLapseCollector(storage: storage, lapse: .expiry(clock, anotherMeanwhile: true))
-        let report = await runner.run(source, collector: collector)
-        let ids = NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id)
+        let (report, ids, storage, source) = try await Self.lapsedRun(requireLease: requireLease) {
+            .expiry($0, anotherMeanwhile: true)
+        }
         if requireLease {
             #expect(
                 report.outcome == .failed && report.errorMessage?.contains("granted to others") == true, "\(report)")
             #expect(ids == ["before"])
-            let stored = try await storage.getWatermark(sourceID: source.id)
+            let stored = try await storage.getWatermark(sourceID: source)
             #expect(stored?.status == .failed, "the failure is recorded under the live token")
         } else {
             #expect(report.outcome == .success, "\(report)")
             #expect(ids == ["before", "after"])
         }
         // Released either way: another owner takes the lease at once.
-        _ = try await storage.acquireLease(sourceID: source.id, owner: "replica-c", ttl: .seconds(60))
+        _ = try await storage.acquireLease(sourceID: source, owner: "replica-c", ttl: .seconds(60))
     }
 
     /// A lease that lapsed and came back to the run itself (the next token: no grant came between) goes on.
     @Test func aLeaseThatLapsedAndCameBackToTheRunGoesOn() async throws {
-        let dir = try makeTemporaryDirectory()
-        defer { removeTemporary(dir) }
-        let clock = ManualClock()
-        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
-        let (runner, source) = try Self.shortLeaseRunner(dir: dir, storage: storage, requireLease: true)
-        let collector = LeaseLapseCollector(storage: storage, lapse: .expiry(clock, anotherMeanwhile: false))
-        let report = await runner.run(source, collector: collector)
+        let (report, ids, _, _) = try await Self.lapsedRun(requireLease: true) { .expiry($0, anotherMeanwhile: false) }
         #expect(report.outcome == .success, "\(report)")
-        #expect(NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id) == ["before", "after"])
+        #expect(ids == ["before", "after"])
     }
 }
 

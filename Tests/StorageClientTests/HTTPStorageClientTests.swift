@@ -116,12 +116,37 @@ func withScriptedServer(
     }
 }
 
-extension [String: Int] {
+/// Calls counted per source id, shared by a scripted route and its test.
+final class CallCounter: Sendable {
+    private let calls = Mutex<[String: Int]>([:])
+
     /// Counts one more call of `id` and says which call this is (1 for the first).
-    mutating func count(_ id: String) -> Int {
-        self[id, default: 0] += 1
-        return self[id]!
+    func next(_ id: String) -> Int {
+        calls.withLock { calls in
+            calls[id, default: 0] += 1
+            return calls[id]!
+        }
     }
+
+    func count(_ id: String) -> Int { calls.withLock { $0[id, default: 0] } }
+    var all: [String: Int] { calls.withLock { $0 } }
+}
+
+/// A scripted server whose `DELETE /api/v1/watermarks/{id}` answers `answer(id, n)` for the n-th call of `id`.
+func withScriptedDeletes(
+    _ counter: CallCounter, answer: @escaping @Sendable (String, Int) async throws -> Response,
+    extraRoutes: @escaping @Sendable (Router<BasicRequestContext>) -> Void = { _ in },
+    _ body: @escaping @Sendable (String) async throws -> Void
+) async throws {
+    try await withScriptedServer(
+        script: ServerScript(failures: 0), failure: { jsonResponse(.internalServerError, "") },
+        extraRoutes: { router in
+            router.delete("/api/v1/watermarks/:id") { _, context in
+                let id = context.parameters.get("id") ?? ""
+                return try await answer(id, counter.next(id))
+            }
+            extraRoutes(router)
+        }, body)
 }
 
 @Suite("HTTPStorageClient against scripted servers")
@@ -205,31 +230,27 @@ struct HTTPStorageClientTests {
     /// the service did not apply it (its own 503), where the connection was refused (nothing was sent), or without a
     /// retry, "not found" stays an error.
     @Test func aDeleteRetriedAfterALostAnswerIsDoneWhenNothingIsLeft() async throws {
-        let calls = Mutex<[String: Int]>([:])
+        let calls = CallCounter()
         let notFound: @Sendable () -> Response = {
             jsonResponse(.notFound, #"{"error":{"code":"watermark_not_found","message":"none"}}"#)
         }
-        try await withScriptedServer(
-            script: ServerScript(failures: 0), failure: { jsonResponse(.internalServerError, "") },
-            extraRoutes: { router in
-                router.delete("/api/v1/watermarks/:id") { _, context in
-                    let id = context.parameters.get("id") ?? ""
-                    let call = calls.withLock { $0.count(id) }
-                    guard call == 1 else { return notFound() }
-                    switch id {
-                    case "lost-504": return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
-                    case "refused-503":
-                        return jsonResponse(
-                            .serviceUnavailable, #"{"error":{"code":"database_unavailable","message":"x"}}"#)
-                    case "slow":
-                        // Applied, and answered only once the client, done waiting, has sent its retry.
-                        let deadline = ContinuousClock.now + .seconds(20)
-                        while calls.withLock({ $0[id, default: 0] }) < 2, ContinuousClock.now < deadline {
-                            try await Task.sleep(for: .milliseconds(10))
-                        }
-                        return Response(status: .noContent)
-                    default: return notFound()
+        try await withScriptedDeletes(
+            calls,
+            answer: { id, call in
+                guard call == 1 else { return notFound() }
+                switch id {
+                case "lost-504": return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
+                case "refused-503":
+                    return jsonResponse(
+                        .serviceUnavailable, #"{"error":{"code":"database_unavailable","message":"x"}}"#)
+                case "slow":
+                    // Applied, and answered only once the client, done waiting, has sent its retry.
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    while calls.count(id) < 2, ContinuousClock.now < deadline {
+                        try await Task.sleep(for: .milliseconds(10))
                     }
+                    return Response(status: .noContent)
+                default: return notFound()
                 }
             }
         ) { url in
@@ -251,7 +272,7 @@ struct HTTPStorageClientTests {
                 try await client.deleteWatermark(sourceID: sid("slow"), precondition: nil, leaseToken: nil, reason: nil)
             }
         }
-        let seen = calls.withLock { $0 }
+        let seen = calls.all
         #expect(seen["lost-504"] == 2 && seen["refused-503"] == 2 && seen["absent"] == 1 && seen["slow"]! >= 2)
     }
 
@@ -259,20 +280,18 @@ struct HTTPStorageClientTests {
     /// watermark (the precondition is checked first): done when the watermark is gone, the 412 stands when it is
     /// still there (it changed meanwhile), and without a lost answer a 412 is never looked into.
     @Test func aConditionalDeleteRetriedAfterALostAnswerIsDoneWhenTheWatermarkIsGone() async throws {
-        let calls = Mutex<[String: Int]>([:])
+        let calls = CallCounter()
         let gets = Mutex<[String: Int]>([:])
-        try await withScriptedServer(
-            script: ServerScript(failures: 0), failure: { jsonResponse(.internalServerError, "") },
-            extraRoutes: { router in
-                router.delete("/api/v1/watermarks/:id") { _, context in
-                    let id = context.parameters.get("id") ?? ""
-                    let call = calls.withLock { $0.count(id) }
-                    if call == 1, id != "plain-412" {
-                        return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
-                    }
-                    return jsonResponse(
-                        .preconditionFailed, #"{"error":{"code":"precondition_failed","message":"version 3 != 2"}}"#)
+        try await withScriptedDeletes(
+            calls,
+            answer: { id, call in
+                if call == 1, id != "plain-412" {
+                    return jsonResponse(.gatewayTimeout, "<html>gateway timeout</html>")
                 }
+                return jsonResponse(
+                    .preconditionFailed, #"{"error":{"code":"precondition_failed","message":"version 3 != 2"}}"#)
+            },
+            extraRoutes: { router in
                 router.get("/api/v1/watermarks/:id") { _, context in
                     let id = context.parameters.get("id") ?? ""
                     gets.withLock { $0[id, default: 0] += 1 }
@@ -293,7 +312,7 @@ struct HTTPStorageClientTests {
                 }
             }
         }
-        #expect(calls.withLock { $0 } == ["gone": 2, "changed": 2, "plain-412": 1])
+        #expect(calls.all == ["gone": 2, "changed": 2, "plain-412": 1])
         #expect(gets.withLock { $0 } == ["gone": 1, "changed": 1])
     }
 
