@@ -81,7 +81,8 @@ func validateStorageURL(_ text: String) throws(StorageClientConfigurationError) 
     // password may hold a `/`): everything before the last `@` is never quoted back.
     let scheme = text.range(of: "//").map(\.upperBound) ?? text.startIndex
     let shown =
-        text.lastIndex(of: "@").map { String(text[..<min(scheme, $0)]) + "***" + String(text[$0...]) } ?? text
+        text.lastIndex(of: "@").map { at in (scheme < at ? String(text[..<scheme]) : "") + "***" + String(text[at...]) }
+        ?? text
     func fail(_ why: String) -> StorageClientConfigurationError {
         StorageClientConfigurationError(
             key: "STORAGE_SERVICE_URL", message: "'\(shown.prefix(200))' \(why); use e.g. http://storage:8000"

@@ -43,8 +43,9 @@ public actor WatermarkManager {
     private var unsavedRemovals = 0
     private var queueSavedAt = ContinuousClock.now
     static let replaySaveEvery = 100
-    /// How often `pending.json` was written, for the tests.
+    /// How often `pending.json` and `watermarks.json` were written, for the tests.
     private(set) var pendingFileWrites = 0
+    private(set) var lastKnownFileWrites = 0
 
     private var busySources: Set<SourceID> = []
     private var waiters: [SourceID: [CheckedContinuation<Void, Never>]] = [:]
@@ -256,6 +257,8 @@ public actor WatermarkManager {
         var dropped = 0
         /// Stopped because the storage did not answer (rather than because of a lease).
         var unreachable = false
+        /// The storage's answer to the last update delivered.
+        var lastAnswer: Watermark?
     }
 
     /// Sends this source's queued updates in order. The caller holds the source's lock.
@@ -279,6 +282,9 @@ public actor WatermarkManager {
 
     private func flushCounting(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushOutcome {
         let outcome = await deliverQueued(sourceID, leaseToken: leaseToken)
+        // Remembered once a replay stops, not at each delivery (each a write of `watermarks.json` and a pass over
+        // the queue): the value on disk meanwhile is the one projected when the updates were queued.
+        if let answer = outcome.lastAnswer { remember(projectingQueued(onto: answer, for: sourceID), for: sourceID) }
         if unsavedRemovals > 0 {
             do {
                 try saveQueue()
@@ -324,8 +330,8 @@ public actor WatermarkManager {
                     errorMessage: entry.update.errorMessage, recordsCollected: entry.update.recordsCollected,
                     options: options
                 )
-                try removeDelivered(entry)
-                remember(projectingQueued(onto: watermark, for: sourceID), for: sourceID)
+                removeDelivered(entry)
+                outcome.lastAnswer = watermark
                 outcome.applied += 1
                 logger.info(
                     "Queued watermark update delivered",
@@ -464,12 +470,21 @@ public actor WatermarkManager {
     /// only. Rewritten whole at each delivery, a replay of n queued updates wrote n files of up to n entries (an
     /// outage of two days with a hundred sources queues tens of thousands: hours of writing, the actor held, every
     /// source waiting). An update delivered and still in the file after a crash is sent again with its idempotency
-    /// key, which the storage answers with the outcome it already applied.
-    private func removeDelivered(_ entry: PendingUpdate) throws {
+    /// key, which the storage answers with the outcome it already applied, as long as it keeps the key (a day)
+    /// and the source was not reset meanwhile; past that, such
+    /// an update is applied again (a success is then refused as a regression and dead-lettered; a failure counted
+    /// twice). A write that fails is tried again at the next delivery and when the replay stops.
+    private func removeDelivered(_ entry: PendingUpdate) {
         queue.updates.removeAll { $0.sequence == entry.sequence }
         unsavedRemovals += 1
-        if unsavedRemovals >= Self.replaySaveEvery || ContinuousClock.now - queueSavedAt >= .seconds(1) {
+        guard unsavedRemovals >= Self.replaySaveEvery || ContinuousClock.now - queueSavedAt >= .seconds(1) else {
+            return
+        }
+        do {
             try saveQueue()
+        } catch {
+            logger.error(
+                "Cannot write the watermark queue", metadata: ["source_id": "\(entry.sourceID)", "error": "\(error)"])
         }
     }
 
@@ -537,6 +552,7 @@ public actor WatermarkManager {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(value)
         try DurableFile.write(data, to: (stateDirectory as NSString).appendingPathComponent(name))
+        if name == Self.watermarksFile { lastKnownFileWrites += 1 }
         if name == Self.pendingFile {
             // Every queue written is the one in memory, changed: delivered updates taken out are now out of the file.
             pendingFileWrites += 1

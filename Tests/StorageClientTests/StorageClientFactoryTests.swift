@@ -75,6 +75,7 @@ struct StorageClientFactoryTests {
     @Test(arguments: [
         "http://ops:s3cret@storage:8000", "https://s3cret@storage", "http://ops:s3cret@storage:99999",
         "http://ops:s3cret@@storage/x", "ops:s3cret@storage", "http://ops:s3/cret@storage", "http://storage/s3cret@x",
+        "http:/ops:s3cret@storage//x",
     ])
     func aURLWithAPasswordIsRefusedWithoutIt(url: String) throws {
         let error = try #require(throws: StorageClientConfigurationError.self) {

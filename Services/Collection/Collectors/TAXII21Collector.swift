@@ -212,7 +212,8 @@ struct TAXII21Collector: Collector {
             } else if producersClock {
                 throw .malformed(
                     "the TAXII server at \(url) pages without next and tells no date_added (no X-TAXII-Date-Added "
-                        + "headers, objects without date_added): its pages cannot be followed by date")
+                        + "headers, objects without date_added): its pages cannot be followed by date; raise page_size "
+                        + "so that a run's objects fit in one page")
             } else if let highWaterMark {
                 cursor = "after:" + highWaterMark.description
             } else {
