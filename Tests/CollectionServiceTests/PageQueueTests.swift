@@ -24,6 +24,22 @@ struct PageQueueTests {
         }
     }
 
+    /// A tick wakes the run waiting for a page with no page (so that it can renew its lease); pages put before a
+    /// tick are taken with it, and the pages after it come as before.
+    @Test func aTickWakesTheWaitingRunWithNoPage() async throws {
+        let queue = PageQueue(limit: 2)
+        async let woken = queue.takeAll()
+        queue.tick()
+        #expect(try await woken?.isEmpty == true)
+        try await queue.put(page(1))
+        queue.tick()
+        #expect(try await queue.takeAll()?.compactMap(\.next) == ["1"])
+        try await queue.put(page(2))
+        queue.finish()
+        #expect(try await queue.takeAll()?.compactMap(\.next) == ["2"])
+        #expect(try await queue.takeAll() == nil)
+    }
+
     @Test func aFailureComesAfterThePagesPutBeforeIt() async throws {
         struct Broken: Error {}
         let queue = PageQueue(limit: 2)

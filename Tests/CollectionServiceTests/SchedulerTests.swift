@@ -315,11 +315,55 @@ extension LeaseRenewalTests {
         _ = try await storage.acquireLease(sourceID: source, owner: "replica-c", ttl: .seconds(60))
     }
 
+    /// A page that takes longer than the lease lasts (a source retrying for minutes) is waited for with the lease
+    /// renewed: renewed only between pages, it ran out meanwhile and another replica took the source, and on a slow
+    /// source two replicas could take it from each other for ever, every run failing.
+    @Test func theLeaseIsRenewedWhileAPageIsAwaited() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let clock = ManualClock()
+        let storage = CountingLeases(InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() }))
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
+        var runner = CollectionRunner(
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "replica-a", logger: Logger.quiet,
+            requireLease: true, clock: { ts("2026-11-27T00:00:00Z") })
+        runner.leaseRenewal = .milliseconds(100)
+        let source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir)))
+        let collector = SlowPageCollector(storage: storage)
+        let report = await runner.run(source, collector: collector)
+        #expect(report.outcome == .success, "\(report)")
+        #expect(collector.renewalsWhileWaiting.withLock { $0 } >= 3)
+        #expect(NDJSONSink(dataDirectory: dir, sourceID: source.id).allEntries().map(\.id) == ["before", "after"])
+    }
+
     /// A lease that lapsed and came back to the run itself (the next token: no grant came between) goes on.
     @Test func aLeaseThatLapsedAndCameBackToTheRunGoesOn() async throws {
         let (report, ids, _, _) = try await Self.lapsedRun(requireLease: true) { .expiry($0, anotherMeanwhile: false) }
         #expect(report.outcome == .success, "\(report)")
         #expect(ids == ["before", "after"])
+    }
+}
+
+/// Serves a page, then takes its time over the second: until the storage has seen three more lease requests (the
+/// run renewing while it waits), twenty seconds at most.
+final class SlowPageCollector: Collector {
+    let storage: CountingLeases
+    let renewalsWhileWaiting = Mutex(0)
+
+    init(storage: CountingLeases) { self.storage = storage }
+
+    func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+        guard cursor != nil else {
+            return CollectorPage(records: [record("before", "2026-11-26T00:00:00Z")], next: "2")
+        }
+        let start = await storage.leaseRequests
+        let deadline = ContinuousClock.now + .seconds(20)
+        while await storage.leaseRequests < start + 3, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        let renewals = await storage.leaseRequests - start
+        renewalsWhileWaiting.withLock { $0 = renewals }
+        return CollectorPage(records: [record("after", "2026-11-26T01:00:00Z")])
     }
 }
 

@@ -152,6 +152,16 @@ struct CollectionRunner: Sendable {
             } else {
                 abandoned = try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask { await Self.fetchAll(from: collector, since: since, into: queue) }
+                    // A page can take longer than the lease lasts (a source retrying for minutes): the wait for it is
+                    // woken twice per renewal period, to renew. Renewed only between pages, the lease ran out meanwhile,
+                    // another replica took the source, and on a slow source two replicas could take it from each
+                    // other for ever, every run failing.
+                    if !session.withoutLease {
+                        let period = min(leaseRenewal, ttl(for: source) / 2) / 2
+                        group.addTask {
+                            while (try? await Task.sleep(for: max(period, .milliseconds(10)))) != nil { queue.tick() }
+                        }
+                    }
                     defer {
                         queue.close()
                         group.cancelAll()
@@ -160,9 +170,10 @@ struct CollectionRunner: Sendable {
                         if await isStopping() || Task.isCancelled { return true }
                         try await session.renewIfDue()
                         guard let batch = try await queue.takeAll() else { return false }
-                        // Waiting for a page can outlast the lease (a source retrying for minutes): renewed (or found
-                        // taken by another replica, which fails the run) before anything of the page is written.
+                        // Renewed (or found taken by another replica, which fails the run) before anything of the
+                        // page is written.
                         try await session.renewIfDue()
+                        if batch.isEmpty { continue }
                         for page in batch {
                             for warning in page.warnings {
                                 log.warning("source answer is off", metadata: ["detail": "\(warning)"])

@@ -17,6 +17,8 @@ final class PageQueue: Sendable {
         /// are taken.
         var end: Result<Void, any Error>?
         var closed = false
+        /// `tick()` was called since the run last took pages.
+        var ticked = false
         var taker: CheckedContinuation<Void, Never>?
         var putter: CheckedContinuation<Void, Never>?
     }
@@ -68,17 +70,22 @@ final class PageQueue: Sendable {
     }
 
     /// Every waiting page, in order, waiting for one when none is there; `nil` after the last page; throws the
-    /// fetching's error once no page put before it is left.
+    /// fetching's error once no page put before it is left. No page (`[]`) when `tick()` was called meanwhile, so that
+    /// the run can do what is due while a page takes long (renew its lease).
     func takeAll() async throws -> [CollectorPage]? {
         while true {
             let taken = state.withLockedValue {
                 state -> (
-                    pages: [CollectorPage], end: Result<Void, any Error>?, putter: CheckedContinuation<Void, Never>?
+                    pages: [CollectorPage], end: Result<Void, any Error>?, putter: CheckedContinuation<Void, Never>?,
+                    ticked: Bool
                 ) in
                 let pages = state.pages
                 state.pages = []
-                defer { if !pages.isEmpty { state.putter = nil } }
-                return (pages, state.end, pages.isEmpty ? nil : state.putter)
+                defer {
+                    if !pages.isEmpty { state.putter = nil }
+                    state.ticked = false
+                }
+                return (pages, state.end, pages.isEmpty ? nil : state.putter, state.ticked)
             }
             taken.putter?.resume()
             if !taken.pages.isEmpty { return taken.pages }
@@ -86,15 +93,26 @@ final class PageQueue: Sendable {
                 try end.get()
                 return nil
             }
+            if taken.ticked { return [] }
             await withCheckedContinuation { continuation in
                 let wait = state.withLockedValue { state in
-                    guard state.pages.isEmpty, state.end == nil else { return false }
+                    guard state.pages.isEmpty, state.end == nil, !state.ticked else { return false }
                     state.taker = continuation
                     return true
                 }
                 if !wait { continuation.resume() }
             }
         }
+    }
+
+    /// Wakes the run waiting for a page, which `takeAll` then answers with no page.
+    func tick() {
+        let taker = state.withLockedValue { state in
+            state.ticked = true
+            defer { state.taker = nil }
+            return state.taker
+        }
+        taker?.resume()
     }
 
     /// The run stops taking pages: a fetching task waiting for room wakes up and stops.
