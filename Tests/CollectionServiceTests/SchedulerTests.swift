@@ -223,6 +223,21 @@ struct LeaseRenewalTests {
         #expect(lease.fencingToken == 2)
     }
 
+    /// A runner of a source collected into `dir` that requires its lease and renews it `renewal` after the last
+    /// time, on a storage counting lease requests whose clock is `clock`; `now` is the runner's own clock.
+    static func countingRunner(
+        dir: String, clock: ManualClock, renewal: Duration, now: @escaping @Sendable () -> Timestamp
+    ) throws -> (runner: CollectionRunner, storage: CountingLeases, source: SourceConfiguration) {
+        let storage = CountingLeases(InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() }))
+        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
+        var runner = CollectionRunner(
+            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "replica-a", logger: Logger.quiet,
+            requireLease: true, clock: now)
+        runner.leaseRenewal = renewal
+        let source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir)))
+        return (runner, storage, source)
+    }
+
     /// A run whose lease is taken over while it waits for a page (the source slow or retrying, the lease expired)
     /// writes nothing of that page: the lease is renewed, or found lost, after the page arrives and before it is
     /// written. It was renewed only before the wait, so the page went into this replica's sink while another
@@ -231,13 +246,7 @@ struct LeaseRenewalTests {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
         let clock = ManualClock()
-        let storage = CountingLeases(InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() }))
-        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
-        var runner = CollectionRunner(
-            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "replica-a", logger: Logger.quiet,
-            requireLease: true, clock: { clock.now() })
-        runner.leaseRenewal = .zero
-        let source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir)))
+        let (runner, storage, source) = try Self.countingRunner(dir: dir, clock: clock, renewal: .zero) { clock.now() }
         let takeover = TakeoverCollector(storage: storage, clock: clock, sourceID: source.id)
         let report = await runner.run(source, collector: takeover)
         #expect(report.outcome == .failed)
@@ -321,14 +330,9 @@ extension LeaseRenewalTests {
     @Test func theLeaseIsRenewedWhileAPageIsAwaited() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
-        let clock = ManualClock()
-        let storage = CountingLeases(InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() }))
-        let manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: Logger.quiet)
-        var runner = CollectionRunner(
-            manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: "replica-a", logger: Logger.quiet,
-            requireLease: true, clock: { ts("2026-11-27T00:00:00Z") })
-        runner.leaseRenewal = .milliseconds(100)
-        let source = SourceConfiguration(id: try SourceID("feed"), kind: .directory(DirectorySettings(path: dir)))
+        let (runner, storage, source) = try Self.countingRunner(
+            dir: dir, clock: ManualClock(), renewal: .milliseconds(100)
+        ) { ts("2026-11-27T00:00:00Z") }
         let collector = SlowPageCollector(storage: storage)
         let report = await runner.run(source, collector: collector)
         #expect(report.outcome == .success, "\(report)")
