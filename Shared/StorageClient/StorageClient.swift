@@ -136,6 +136,12 @@ public enum StorageClientError: Error, Sendable, CustomStringConvertible {
         return false
     }
 
+    /// `true` when the storage refused the call for a lease: required, held by another, or a token it replaced.
+    public var isLeaseRefusal: Bool {
+        guard case .conflict(let code, _) = self else { return false }
+        return ["lease_required", "stale_lease", "lease_held"].contains(code)
+    }
+
     public var description: String {
         switch self {
         case .notFound(let message): "not found: \(message)"

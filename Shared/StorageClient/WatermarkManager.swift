@@ -275,7 +275,7 @@ public actor WatermarkManager {
         switch error {
         case .unauthorized: return true
         case .invalidRequest(let code, _): return code.hasPrefix("http_")
-        case .conflict(let code, _): return ["lease_required", "stale_lease", "lease_held"].contains(code)
+        case .conflict: return error.isLeaseRefusal
         default: return false
         }
     }

@@ -271,7 +271,7 @@ struct CollectionRunner: Sendable {
             // moved the watermark on, a rule), the run failed, and the storage says so rather than the last success.
             return await finishFailed(
                 report, session: session, message: "watermark update refused: \(error)", log: log,
-                recordFailure: !Self.isLeaseRefusal(error))
+                recordFailure: (error as? StorageClientError)?.isLeaseRefusal != true)
         }
         // 5. The lease is released by the session when this returns.
         report.outcome = .success
@@ -287,12 +287,6 @@ struct CollectionRunner: Sendable {
             ]
         )
         return report
-    }
-
-    /// Whether the storage refused an update because the run does not hold the source's lease (any more).
-    static func isLeaseRefusal(_ error: any Error) -> Bool {
-        guard case .conflict(let code, _)? = error as? StorageClientError else { return false }
-        return ["lease_required", "stale_lease", "lease_held"].contains(code)
     }
 
     /// How many fetched pages may wait for the writer, so the pages of one write at most: two, but never more than

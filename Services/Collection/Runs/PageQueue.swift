@@ -61,8 +61,15 @@ final class PageQueue: Sendable {
     func fail(_ error: any Error) { end(.failure(error)) }
 
     private func end(_ how: Result<Void, any Error>) {
-        let taker = state.withLockedValue { state in
+        wakeTaker { state in
             if state.end == nil { state.end = how }
+        }
+    }
+
+    /// Changes the state and wakes the run if it waits for a page.
+    private func wakeTaker(after change: (inout State) -> Void) {
+        let taker = state.withLockedValue { state in
+            change(&state)
             defer { state.taker = nil }
             return state.taker
         }
@@ -107,12 +114,7 @@ final class PageQueue: Sendable {
 
     /// Wakes the run waiting for a page, which `takeAll` then answers with no page.
     func tick() {
-        let taker = state.withLockedValue { state in
-            state.ticked = true
-            defer { state.taker = nil }
-            return state.taker
-        }
-        taker?.resume()
+        wakeTaker { $0.ticked = true }
     }
 
     /// The run stops taking pages: a fetching task waiting for room wakes up and stops.
