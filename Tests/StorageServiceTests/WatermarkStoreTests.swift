@@ -386,23 +386,13 @@ struct WatermarkStoreTests {
     @Test("a PostgreSQL database from before the counts gets them filled from its rows")
     func postgresCountsBackfilled() async throws {
         let (client, url) = try await PostgresDatabases.newDatabase()
-        var first = PostgresSchema.migrations
-        first.list = Array(first.list.prefix(1))
-        try await first.apply(client, logger: .quiet)
+        try await migrateToV1(client)
         let rows: [(String, String?)] = [
             ("a", "2025-12-31T20:10:00.000000000Z"), ("b", nil), ("c", "2025-12-31T23:30:00.000000000Z"),
             ("d", "2025-12-31T21:59:59.999999999Z"), ("e", "2025-12-31T22:00:00.000000000Z"),
         ]
-        for (id, last) in rows {
-            try await client.query(
-                """
-                INSERT INTO watermark (source_id, last_successful_timestamp, last_run_timestamp, status,
-                    records_collected, version, consecutive_failures, created_at)
-                VALUES (\(id), \(last), '2025-12-31T23:30:00.000000000Z', \(last == nil ? "failed" : "success"), 0, 1, 0,
-                    '2025-12-31T00:00:00.000000000Z')
-                """)
-        }
-        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v2-counts", "v3-audit"])
+        for (id, last) in rows { try await client.query(v1Insert(id, last)) }
+        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v2-counts", "v3-audit", "v4-recount"])
         let store = PostgresWatermarkStore(
             client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
         store.ready.open()
@@ -413,6 +403,57 @@ struct WatermarkStoreTests {
             WatermarkWrite(sourceID: sid("a"), update: .success(clock.now(), records: 1)))
         try await store.delete(sid("c"), precondition: nil, leaseToken: nil)
         #expect(try await store.summary() == WatermarkSummary(total: 4, failed: 1, stale: 2))
+    }
+
+    /// A replica of the version before the counts (a rolling upgrade) commits a write while another migrates: the
+    /// write is counted, whenever it lands. Here it is in flight when the migration starts, so v2 counts the rows
+    /// without it and then waits for it to create its triggers; the recount (v4) takes it.
+    @Test("a PostgreSQL write committed while the counts are first taken is counted")
+    func postgresCountsTakeAWriteOfTheVersionBefore() async throws {
+        let (client, url) = try await PostgresDatabases.newDatabase()
+        try await migrateToV1(client)
+        try await client.query(v1Insert("a", "2025-12-31T23:30:00.000000000Z"))
+        let applied = try await withThrowingTaskGroup(of: [String].self) { group in
+            try await client.withTransaction(logger: .quiet) { connection in
+                try await connection.query(v1Insert("b", nil), logger: .quiet)
+                group.addTask { try await PostgresSchema.migrate(client, logger: .quiet) }
+                // The migration has counted and now waits for this transaction's lock on the table.
+                struct NeverWaited: Error {}
+                let waiting: PostgresQuery = """
+                    SELECT count(*)::int FROM pg_locks
+                    WHERE NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    """
+                let deadline = ContinuousClock.now + .seconds(10)
+                while try await client.query(waiting).decode(Int.self).first(where: { _ in true }) == 0 {
+                    guard ContinuousClock.now < deadline else { throw NeverWaited() }
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
+            return try await group.next() ?? []
+        }
+        #expect(applied == ["v2-counts", "v3-audit", "v4-recount"])
+        let store = PostgresWatermarkStore(
+            client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
+        store.ready.open()
+        // Cutoff 2025-12-31T22:00:00Z: b (never succeeded) is stale, a is not.
+        #expect(try await store.summary() == WatermarkSummary(total: 2, failed: 1, stale: 1))
+    }
+
+    /// Applies PostgreSQL's first migration only: a database of the version before the counts.
+    private func migrateToV1(_ client: PostgresClient) async throws {
+        var first = PostgresSchema.migrations
+        first.list = Array(first.list.prefix(1))
+        try await first.apply(client, logger: .quiet)
+    }
+
+    /// A row as the version before the counts writes it (failed when it never succeeded).
+    private func v1Insert(_ id: String, _ last: String?) -> PostgresQuery {
+        """
+        INSERT INTO watermark (source_id, last_successful_timestamp, last_run_timestamp, status,
+            records_collected, version, consecutive_failures, created_at)
+        VALUES (\(id), \(last), '2025-12-31T23:30:00.000000000Z', \(last == nil ? "failed" : "success"), 0, 1, 0,
+            '2025-12-31T00:00:00.000000000Z')
+        """
     }
 
     /// A write answered 503 at its deadline changes nothing, even when its transaction was only waiting and could go

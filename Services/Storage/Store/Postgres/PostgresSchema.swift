@@ -86,24 +86,14 @@ enum PostgresSchema {
                         bucket INTEGER PRIMARY KEY, total BIGINT NOT NULL, failed BIGINT NOT NULL
                     )
                     """,
-                    """
-                    INSERT INTO watermark_count (bucket, total, failed)
-                    SELECT b, COUNT(w.source_id), COUNT(w.source_id) FILTER (WHERE w.status = 'failed')
-                    FROM generate_series(0, 15) AS b
-                    LEFT JOIN watermark w ON (hashtext(w.source_id) & 15) = b
-                    GROUP BY b
-                    """,
+                    countSources,
                     """
                     CREATE TABLE success_hour (
                         hour TEXT COLLATE "C" NOT NULL, bucket INTEGER NOT NULL, sources BIGINT NOT NULL,
                         PRIMARY KEY (hour, bucket)
                     )
                     """,
-                    """
-                    INSERT INTO success_hour (hour, bucket, sources)
-                    SELECT COALESCE(substr(last_successful_timestamp, 1, 13), ''), hashtext(source_id) & 15, COUNT(*)
-                    FROM watermark GROUP BY 1, 2
-                    """,
+                    countSuccessHours,
                     """
                     CREATE FUNCTION watermark_counts() RETURNS trigger LANGUAGE plpgsql AS $$
                     BEGIN
@@ -146,7 +136,38 @@ enum PostgresSchema {
                 "v3-audit",
                 ["ALTER TABLE watermark_run ADD COLUMN actor TEXT, ADD COLUMN reason TEXT"]
             ),
+            (
+                // v2 counted the rows before its triggers existed, and nothing held writers off meanwhile: a write
+                // committed by a replica of the version before (a rolling upgrade) between the count and the
+                // trigger's creation was never counted, and the counts stayed off by it for good. The counts are
+                // taken again with the table locked against writes (SHARE ROW EXCLUSIVE: writers wait, readers do
+                // not) and the triggers in place, so no write falls between them.
+                "v4-recount",
+                [
+                    "LOCK TABLE watermark IN SHARE ROW EXCLUSIVE MODE",
+                    "DELETE FROM watermark_count",
+                    countSources,
+                    "DELETE FROM success_hour",
+                    countSuccessHours,
+                ]
+            ),
         ])
+
+    /// The sources of each of the 16 buckets, in all and failed, from the rows (v2, and again in v4).
+    private static let countSources: PostgresQuery = """
+        INSERT INTO watermark_count (bucket, total, failed)
+        SELECT b, COUNT(w.source_id), COUNT(w.source_id) FILTER (WHERE w.status = 'failed')
+        FROM generate_series(0, 15) AS b
+        LEFT JOIN watermark w ON (hashtext(w.source_id) & 15) = b
+        GROUP BY b
+        """
+
+    /// The sources that last succeeded in each hour, per bucket, from the rows (v2, and again in v4).
+    private static let countSuccessHours: PostgresQuery = """
+        INSERT INTO success_hour (hour, bucket, sources)
+        SELECT COALESCE(substr(last_successful_timestamp, 1, 13), ''), hashtext(source_id) & 15, COUNT(*)
+        FROM watermark GROUP BY 1, 2
+        """
 
     /// Applies the migrations not applied yet; returns the names it applied.
     @discardableResult
