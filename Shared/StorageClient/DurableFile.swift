@@ -47,16 +47,41 @@ public enum DurableFile {
         try syncDirectory(of: path)
     }
 
-    /// Appends `data` to the file at `path` (created if missing) and flushes it to disk; `syncFolder` flushes the
-    /// folder as well, which a file just created needs to survive a crash. A crash during the call may leave part of
-    /// `data` at the end: readers of such a file must tell a cut record by its missing end.
-    public static func append(_ data: Data, to path: String, syncFolder: Bool) throws {
+    /// The complete lines of the journal at `path` (an append-only file of lines, each appended by `appendLines`),
+    /// and whether a line cut short by a crash ends it; `nil` when there is no journal. A cut line is left out: the
+    /// append that wrote it never returned. A writer must not append after a cut line (the two would read as one
+    /// damaged line): it rewrites the journal first.
+    public static func journalLines(_ path: String) throws -> (lines: [Data], cut: Bool)? {
+        guard let journal = try read(path) else { return nil }
+        let newline = UInt8(ascii: "\n")
+        let end = journal.lastIndex(of: newline).map { $0 + 1 } ?? journal.startIndex
+        let lines = journal[journal.startIndex..<end].split(separator: newline).map { Data($0) }
+        return (lines, end < journal.endIndex)
+    }
+
+    /// Appends `lines` (each ending in a line break) to the journal at `path`, creating it and its folder if needed,
+    /// and syncs it (its folder too, when the journal is new). A write or sync that fails cuts the journal back to
+    /// where it ended (EIO: Linux reports a failed write-back once and marks the pages clean, so lines the caller was
+    /// told failed could otherwise be read back later) before the error is thrown.
+    public static func appendLines(_ lines: Data, to path: String) throws {
+        let existed = FileManager.default.fileExists(atPath: path)
+        if !existed {
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        }
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(operation: "open", path: path, code: errno) }
         defer { close(fd) }
-        try writeAll(data, to: fd, path: path)
-        guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: path, code: errno) }
-        if syncFolder { try syncDirectory(of: path) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw IOError(operation: "fstat", path: path, code: errno) }
+        do {
+            try writeAll(lines, to: fd, path: path)
+            guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: path, code: errno) }
+        } catch {
+            if ftruncate(fd, status.st_size) == 0 { _ = fsync(fd) }
+            throw error
+        }
+        if !existed { try syncDirectory(of: path) }
     }
 
     private static func writeAll(_ data: Data, to fd: Int32, path: String) throws {

@@ -370,8 +370,8 @@ struct WatermarkManagerTests {
                 _ = try await manager.updateWatermark(
                     sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
             }
-            let file = URL(fileURLWithPath: folder + "/pending.json")
-            let leftByACrash = try Data(contentsOf: file)
+            let (file, journal) = (URL(fileURLWithPath: folder + "/pending.json"), folder + "/pending.journal")
+            let leftByACrash = (try Data(contentsOf: file), try #require(FileManager.default.contents(atPath: journal)))
             await storage.setAvailable(true)
             let before = await (manager.pendingFileWrites, manager.lastKnownFileWrites)
             let started = ContinuousClock.now
@@ -384,11 +384,139 @@ struct WatermarkManagerTests {
             #expect(try await storage.getWatermark(sourceID: otx)?.version == 250)
 
             // The file as a crash before any of those writes left it: every update is sent again, none applied twice.
-            try leftByACrash.write(to: file)
+            try leftByACrash.0.write(to: file)
+            try leftByACrash.1.write(to: URL(fileURLWithPath: journal))
             let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
             #expect(await restarted.replayPending() == ReplaySummary(applied: 250, dropped: 0, remaining: 0))
             let stored = try await storage.getWatermark(sourceID: otx)
             #expect(stored?.version == 250 && stored?.lastSuccessfulTimestamp == t1.adding(.seconds(249)))
+        }
+    }
+
+    /// An outage's queue grows by a synced line per update once it is long, not by a rewrite of the whole file: the
+    /// file is written again only when the journal holds half of it (4 times for 400 updates past the first 64), and
+    /// a restart reads the queue back whole and in order.
+    @Test func aLongQueueGrowsByALinePerUpdate() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            await storage.setAvailable(false)
+            let count = 400
+            for second in 0..<count {
+                _ = try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
+            }
+            let writes = await manager.pendingFileWrites
+            #expect(writes >= WatermarkManager.journalFrom && writes <= WatermarkManager.journalFrom + 6, "\(writes)")
+            let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            #expect(await restarted.pendingUpdates().map(\.sequence) == (1...Int64(count)).map { $0 })
+            await storage.setAvailable(true)
+            #expect(await restarted.replayPending() == ReplaySummary(applied: count, dropped: 0, remaining: 0))
+            let stored = try await storage.getWatermark(sourceID: otx)
+            #expect(stored?.version == Int64(count) && stored?.lastSuccessfulTimestamp == t1.adding(.seconds(399)))
+        }
+    }
+
+    /// The journal as a crash may leave it, cut at every byte: the updates of its complete lines are read back, the
+    /// cut one is not (its call never returned), and the next update queued after such a start is not lost behind
+    /// the cut line. A damaged line is skipped (logged, a copy kept) and the lines after it still count.
+    @Test func aJournalCutAtAnyByteLosesNoUpdateThatWasQueued() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            await storage.setAvailable(false)
+            let count = WatermarkManager.journalFrom + 2
+            for second in 0..<count {
+                _ = try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
+            }
+            let (file, journal) = (folder + "/pending.json", folder + "/pending.journal")
+            let whole = try #require(FileManager.default.contents(atPath: file))
+            let lines = try #require(FileManager.default.contents(atPath: journal))
+            let known = try #require(FileManager.default.contents(atPath: folder + "/watermarks.json"))
+            let lineEnds = lines.indices.filter { lines[$0] == UInt8(ascii: "\n") }.map { $0 + 1 }
+            #expect(lineEnds.count == 2)
+            for cut in 0...lines.count {
+                try whole.write(to: URL(fileURLWithPath: file))
+                try lines.prefix(cut).write(to: URL(fileURLWithPath: journal))
+                try known.write(to: URL(fileURLWithPath: folder + "/watermarks.json"))
+                let complete = lineEnds.filter { $0 <= cut }.count
+                let reopened = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+                let expected = (1...Int64(count - 2 + complete)).map { $0 }
+                #expect(await reopened.pendingUpdates().map(\.sequence) == expected, "cut at \(cut)")
+                _ = try await reopened.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(count))), status: .success)
+                let again = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+                #expect(
+                    await again.pendingUpdates().map(\.sequence) == expected + [expected.last! + 1], "cut at \(cut)")
+            }
+
+            try whole.write(to: URL(fileURLWithPath: file))
+            try (Data("{\"damaged\n".utf8) + lines).write(to: URL(fileURLWithPath: journal))
+            let logs = LogRecorder()
+            let reopened = try WatermarkManager(client: storage, stateDirectory: folder, logger: logs.logger())
+            #expect(await reopened.pendingCount() == count)
+            #expect(logs.messages(at: .error).contains("Queued watermark updates damaged on disk - skipped"))
+            let copies = try FileManager.default.contentsOfDirectory(atPath: folder)
+            #expect(copies.contains { $0.hasPrefix("pending.journal.damaged-") }, "\(copies)")
+        }
+    }
+
+    /// An update whose journal line cannot be written (a full disk: the journal here is /dev/full) is refused to its
+    /// caller, and the next update is written whole rather than after what the failed append may have left.
+    @Test func aFailedJournalAppendIsReportedAndTheNextUpdateIsWrittenWhole() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            await storage.setAvailable(false)
+            let count = WatermarkManager.journalFrom + 1
+            for second in 0..<count {
+                _ = try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
+            }
+            let journal = folder + "/pending.journal"
+            try FileManager.default.removeItem(atPath: journal)
+            try FileManager.default.createSymbolicLink(atPath: journal, withDestinationPath: "/dev/full")
+            await #expect(throws: DurableFile.IOError.self) {
+                try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(count))), status: .success)
+            }
+            let writes = await manager.pendingFileWrites
+            #expect(
+                try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(count + 1))), status: .success
+                ).isQueued)
+            #expect(await manager.pendingFileWrites == writes + 1)
+            let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            #expect(await restarted.pendingCount() == count + 1)
+        }
+    }
+
+    /// A crash after the queue was written whole, before its journal was emptied, leaves lines the file already
+    /// holds or has seen delivered: they are not queued again.
+    @Test func journalLinesTheWholeFileHasSeenAreNotQueuedAgain() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            await storage.setAvailable(false)
+            let count = WatermarkManager.journalFrom + 2
+            for second in 0..<count {
+                _ = try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
+            }
+            let journal = URL(fileURLWithPath: folder + "/pending.journal")
+            let lines = try Data(contentsOf: journal)
+            await storage.setAvailable(true)
+            #expect(await manager.replayPending() == ReplaySummary(applied: count, dropped: 0, remaining: 0))
+            #expect(try Data(contentsOf: journal).isEmpty)
+            try lines.write(to: journal)
+            let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            #expect(await restarted.pendingCount() == 0)
+            #expect(try await storage.getWatermark(sourceID: otx)?.version == Int64(count))
         }
     }
 

@@ -571,7 +571,7 @@ final class FileLedger: Sendable {
                 encoder.outputFormatting = [.sortedKeys]
                 var lines = Data()
                 for identity in identities { lines += try encoder.encode(identity) + Data("\n".utf8) }
-                try append(lines)
+                try DurableFile.appendLines(lines, to: journalPath)
             } catch {
                 state.withLock { $0.journalSuspect = true }
                 throw .file(path: journalPath, detail: "the drop folder's ledger cannot be written (\(error))")
@@ -593,20 +593,19 @@ final class FileLedger: Sendable {
                 let decoder = JSONDecoder()
                 let whole = try DurableFile.read(path).map { try decoder.decode([FileIdentity].self, from: $0) } ?? []
                 files = Dictionary(whole.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
-                if let journal = try DurableFile.read(journalPath) {
-                    // Complete lines only: what follows the last line break is an append a crash cut short.
-                    let end = journal.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? journal.startIndex
-                    for line in journal[journal.startIndex..<end].split(separator: UInt8(ascii: "\n")) {
+                // Complete lines only: what follows the last line break is an append a crash cut short.
+                if let journal = try DurableFile.journalLines(journalPath) {
+                    for line in journal.lines {
                         lines += 1
                         // A line that is not an identity (damaged on disk) forgets one file, which is read again
                         // (its records dropped by the run's dedup): failing on it stopped the source for good.
-                        guard let identity = try? decoder.decode(FileIdentity.self, from: Data(line)) else {
+                        guard let identity = try? decoder.decode(FileIdentity.self, from: line) else {
                             damaged += 1
                             continue
                         }
                         files[identity.name] = identity
                     }
-                    lines += end < journal.endIndex ? 1 : 0
+                    lines += journal.cut ? 1 : 0
                 }
             } catch {
                 throw .file(path: path, detail: "the drop folder's ledger cannot be read (\(error))")
@@ -636,13 +635,5 @@ final class FileLedger: Sendable {
             throw .file(path: path, detail: "the drop folder's ledger cannot be written (\(error))")
         }
         state.withLock { $0.journalSuspect = false }
-    }
-
-    /// Appends `line` to the journal and syncs it; a journal just created is synced into its folder as well.
-    private func append(_ line: Data) throws {
-        try FileManager.default.createDirectory(
-            atPath: (journalPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        let existed = FileManager.default.fileExists(atPath: journalPath)
-        try DurableFile.append(line, to: journalPath, syncFolder: !existed)
     }
 }
