@@ -109,8 +109,12 @@ struct HTTPTests {
         let source = SourceConfiguration(
             id: try SourceID("quiet"), kind: .directory(DirectorySettings(path: dir)), staleAfter: .seconds(60)
         )
+        // Disabled on purpose: never stale, no next run (its flag and alert stayed up for good, "next run: now").
+        let disabled = SourceConfiguration(
+            id: try SourceID("off"), kind: .directory(DirectorySettings(path: dir)), enabled: false,
+            staleAfter: .seconds(60))
         let registry = PrometheusCollectorRegistry()
-        var engine = try makeEngine(dir: dir, sources: [source], registry: registry)
+        var engine = try makeEngine(dir: dir, sources: [source, disabled], registry: registry)
         engine = CollectionEngine(
             board: engine.board, runner: engine.runner, manager: engine.manager, metrics: engine.metrics,
             makeCollector: engine.makeCollector, logger: capture.logger(),
@@ -124,6 +128,10 @@ struct HTTPTests {
         #expect(text.contains(#"collection_source_stale{source_id="quiet"} 1.0"#), "\(text)")
         #expect(text.contains(#"collection_stale_threshold_seconds{source_id="quiet"} 60.0"#))
         #expect(!text.contains("collection_watermark_timestamp_seconds"))  // no watermark yet: no series
+        #expect(await engine.board.entry(disabled.id)?.stale == false)
+        #expect(text.contains(#"collection_source_stale{source_id="off"} 0.0"#), "\(text)")
+        let status = await ServiceStatus.current(engine: engine, instanceID: "t")
+        #expect(status.sources.map(\.nextRunAt) == ["now", nil])
     }
 
     @Test func theWebViewShowsEverySourceHighlightsTroubleAndEscapesWhatItShows() async throws {

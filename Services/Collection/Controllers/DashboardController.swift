@@ -106,7 +106,9 @@ struct DashboardSource {
         lastDuration = source.lastRun.map { Self.duration(seconds: $0.durationSeconds) } ?? "–"
         nextRun =
             source.running
-            ? "running" : source.nextRunAt.map { $0 == "now" ? "now" : Self.until($0, now: now) } ?? "–"
+            ? "running"
+            : !source.enabled
+                ? "disabled" : source.nextRunAt.map { $0 == "now" ? "now" : Self.until($0, now: now) } ?? "–"
         pending = source.pendingUpdates
         chart = runs.flatMap { RecordsChart(runs: $0) }
         chartNote = runs == nil ? "history unavailable" : "no runs yet"

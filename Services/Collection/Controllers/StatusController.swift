@@ -61,7 +61,9 @@ extension ServiceStatus {
                     watermark: entry.watermark?.description,
                     watermarkAgeSeconds: entry.watermark.map { now.duration(since: $0).secondsDouble },
                     lastSuccessAt: CollectionEngine.lastSuccess(entry: entry, known: known)?.description,
-                    nextRunAt: entry.running ? nil : (entry.nextRunAt?.description ?? "now"),
+                    // None while running, and none for a disabled source (it runs only when triggered).
+                    nextRunAt: entry.running || !entry.source.enabled
+                        ? nil : (entry.nextRunAt?.description ?? "now"),
                     lastError: entry.lastError ?? known.flatMap { $0.status == .failed ? $0.errorMessage : nil },
                     consecutiveFailures: CollectionEngine.consecutiveFailures(entry: entry, known: known),
                     lastRun: entry.lastRun.map(RunStatusBody.init)

@@ -57,7 +57,8 @@ struct CollectionEngine: Sendable {
         await refreshWatching()
     }
 
-    /// Watermark age per source against its threshold; a source turning stale is logged once as a warning.
+    /// Watermark age per source against its threshold; a source turning stale is logged once as a warning. A disabled
+    /// source is never stale: it is not meant to run, and its stale flag and alert would stay up for good.
     func refreshWatching() async {
         let now = clock()
         for entry in await board.allEntries() {
@@ -68,7 +69,9 @@ struct CollectionEngine: Sendable {
             await board.setWatermark(id, mark)
             let lastSuccess = Self.lastSuccess(entry: entry, known: known)
             let stale: Bool
-            if let lastSuccess {
+            if !entry.source.enabled {
+                stale = false
+            } else if let lastSuccess {
                 stale = now.duration(since: lastSuccess) > entry.source.staleAfter
             } else {
                 stale = now.duration(since: startedAt) > entry.source.staleAfter
