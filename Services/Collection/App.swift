@@ -99,6 +99,13 @@ struct Serve: AsyncParsableCommand {
             try? await httpClient.shutdown()
             throw ExitCode(2)
         }
+        for source in sources where source.enabled {
+            if let problem = source.staleThresholdProblem {
+                logger.warning(
+                    "stale threshold shorter than the time between runs",
+                    metadata: ["source_id": "\(source.id)", "detail": "\(problem)"])
+            }
+        }
         if !(await storage.healthCheck()) {
             logger.warning("Storage Service health check failed - watermarks will not persist")
         }

@@ -105,6 +105,24 @@ struct ConfigurationTests {
             settings: Settings(environment: ["OTX_API_KEY": "k", "TAXII_USERNAME": "u", "TAXII_PASSWORD": "p"])
         )
         #expect(sources.count >= 3)
+        #expect(sources.compactMap(\.staleThresholdProblem).isEmpty)
+    }
+
+    /// A stale threshold no longer than the interval plus its jitter shows a healthy source stale between runs: said
+    /// at start-up (a daily source on the default two hours, a threshold inside the jitter), not for longer ones.
+    @Test func aStaleThresholdShorterThanTheGapBetweenRunsIsNamed() throws {
+        let json = #"""
+            {"sources": [
+              {"id": "daily", "type": "directory", "path": "/in", "interval_seconds": 86400},
+              {"id": "jitter", "type": "directory", "path": "/in", "interval_seconds": 1000, "stale_after_seconds": 1100},
+              {"id": "ok", "type": "directory", "path": "/in", "interval_seconds": 1000, "stale_after_seconds": 1101},
+              {"id": "default", "type": "directory", "path": "/in"}
+            ]}
+            """#
+        let problems = try parse(json).map(\.staleThresholdProblem)
+        #expect(problems.map { $0 != nil } == [true, true, false, false])
+        #expect(problems[0]?.contains("stale_after_seconds (7200)") == true)
+        #expect(problems[0]?.contains("interval_seconds (86400)") == true)
     }
 
     @Test func serviceSettingsComeFromTheEnvironment() throws {

@@ -27,6 +27,16 @@ struct SourceConfiguration: Sendable {
 
     var typeName: String { kind.typeName }
 
+    /// Why the stale threshold cannot work, when it is no longer than the time between two runs (the interval plus
+    /// its jitter at most): the source would be reported stale, and its alert fire, between every two healthy runs
+    /// (a daily source on the default two hours: 22 hours a day). Logged at start-up; the file is still taken.
+    var staleThresholdProblem: String? {
+        let longestGap = interval.secondsDouble * (1 + CollectionScheduler.Configuration().jitterFraction)
+        guard staleAfter.secondsDouble <= longestGap else { return nil }
+        return "stale_after_seconds (\(staleAfter.components.seconds)) is not longer than interval_seconds "
+            + "(\(interval.components.seconds)) plus its jitter: the source shows stale between healthy runs"
+    }
+
     /// The default overlap of a TAXII source. Servers stamp `date_added` when a request starts and may make the
     /// objects visible a moment later, after a reader already paged past that instant: re-reading a few
     /// seconds (dropped by (id, version)) closes that window.
