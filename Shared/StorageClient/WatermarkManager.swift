@@ -483,7 +483,7 @@ public actor WatermarkManager {
     /// outage of two days with a hundred sources queues tens of thousands: hours of writing, the actor held, every
     /// source waiting). An update delivered and still in the file after a crash is sent again with its idempotency
     /// key, which the storage answers with the outcome it already applied, as long as it keeps the key (a day)
-    /// and the source was not reset meanwhile; past that, such
+    /// (a reset of the source meanwhile keeps it too); past that, such
     /// an update is applied again (a success is then refused as a regression and dead-lettered; a failure counted
     /// twice). A write that fails is tried again at the next delivery and when the replay stops.
     private func removeDelivered(_ entry: PendingUpdate) {

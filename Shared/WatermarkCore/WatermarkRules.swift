@@ -40,8 +40,10 @@ public struct WritePlan: Sendable, Equatable {
     public var changes: Changes?
 }
 
-/// A reset to persist: the source's watermark and its idempotency records go; its runs, highest version and
-/// lease stay, and `run` (status `reset`, the next version) is appended to the history like an update's.
+/// A reset to persist: the source's watermark goes; its runs, highest version, lease and idempotency records stay,
+/// and `run` (status `reset`, the next version) is appended to the history like an update's. A keyed update retried
+/// after the reset (a collector's queue replayed, its first answer lost) is answered its first answer and changes
+/// nothing: deleted with the reset, its key let it apply again, silently undoing the reset.
 public struct DeletePlan: Sendable, Equatable {
     public var sourceID: SourceID
     public var run: WatermarkRun

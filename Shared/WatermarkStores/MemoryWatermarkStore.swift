@@ -123,7 +123,6 @@ struct MemoryState {
 
     mutating func persist(_ plan: DeletePlan) {
         watermarks[plan.sourceID] = nil
-        idempotency[plan.sourceID] = nil
         append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
     }
 

@@ -132,6 +132,24 @@ struct WatermarkStoreTests {
         #expect(late.watermark.version == 1 && late.replayed)
     }
 
+    /// A keyed update applied, its answer lost, the source reset by an operator, then the update retried (a
+    /// collector's queue replayed): the retry is answered its first answer and the reset stands. The reset deleted
+    /// the keys, and the retry applied again (201), undoing the reset and recording the run twice.
+    @Test("a keyed update retried after a reset is answered, not applied again", arguments: StoreKind.allCases)
+    func idempotencyAcrossAReset(kind: StoreKind) async throws {
+        let store = try await kind.make(clock: clock)
+        let first = try await store.write(success("r", "2025-01-01T00:00:00Z", key: "k1"))
+        try await store.delete(sid("r"), precondition: nil, leaseToken: nil)
+        clock.advance(.seconds(5))
+        let retry = try await store.write(success("r", "2025-01-01T00:00:00Z", key: "k1"))
+        #expect(retry.replayed && retry.created && retry.watermark == first.watermark)
+        #expect(try await store.watermark(for: sid("r")) == nil)
+        #expect(try await store.history(for: sid("r"), limit: 10).map(\.version) == [2, 1])
+        // Another key is a new update, on top of the reset.
+        let next = try await store.write(success("r", "2025-01-01T00:00:00Z", key: "k2"))
+        #expect(next.created && !next.replayed && next.watermark.version == 3)
+    }
+
     @Test("idempotency keys expire after the retention", arguments: StoreKind.allCases)
     func idempotencyExpiry(kind: StoreKind) async throws {
         let store = try await kind.make(clock: clock, policy: WatermarkPolicy(idempotencyRetention: .seconds(60)))

@@ -64,7 +64,6 @@ struct SQLiteTransaction {
 
     mutating func persist(_ plan: DeletePlan) throws {
         try deleteWatermark(plan.sourceID)
-        try deleteIdempotencyRecords(plan.sourceID)
         try append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
     }
 
@@ -96,9 +95,5 @@ struct SQLiteTransaction {
             .filter(IdempotencyRecord.Columns.sourceID == sourceID)
             .filter(IdempotencyRecord.Columns.recordedAt < expiredBefore)
             .deleteAll(db)
-    }
-
-    mutating func deleteIdempotencyRecords(_ sourceID: SourceID) throws {
-        try IdempotencyRecord.filter(IdempotencyRecord.Columns.sourceID == sourceID).deleteAll(db)
     }
 }

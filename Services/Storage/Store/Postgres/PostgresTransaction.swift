@@ -151,7 +151,6 @@ struct PostgresTransaction {
     func persist(_ plan: DeletePlan) async throws {
         let id = plan.sourceID.rawValue
         try await connection.query("DELETE FROM watermark WHERE source_id = \(id)", logger: logger)
-        try await connection.query("DELETE FROM idempotency_key WHERE source_id = \(id)", logger: logger)
         try await append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
     }
 
