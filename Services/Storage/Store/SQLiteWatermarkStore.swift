@@ -375,11 +375,16 @@ final class SQLiteWatermarkStore: WatermarkStore {
     ) async throws -> T {
         do {
             let clock = self.clock
-            let result = try await batcher.write { db in
+            let (result, wrote) = try await batcher.write { db in
+                let before = db.totalChangesCount
                 var tx = SQLiteTransaction(db: db)
-                return try body(&tx, clock())
+                let result = try body(&tx, clock())
+                return (result, db.totalChangesCount != before)
             }
-            if lastWriteFailure.withLockedValue({ $0 }) != nil {
+            // Only a commit that wrote proves the disk takes writes again: one with nothing to write (an idempotent
+            // replay, releasing a lapsed lease) commits on a full disk too, and cleared the failure, so /health
+            // skipped its probe and answered healthy while every real write still failed.
+            if wrote, lastWriteFailure.withLockedValue({ $0 }) != nil {
                 lastWriteFailure.withLockedValue { $0 = nil }
             }
             return result

@@ -47,6 +47,9 @@
                         try await http.send(.PUT, "/api/v1/watermarks/fault-\(minute)", json: Self.success(minute))
                             .status == 201)
                 }
+                let keyed = try await http.send(
+                    .PUT, "/api/v1/watermarks/fault-keyed", json: Self.success(1), headers: [("Idempotency-Key", "k1")])
+                #expect(keyed.status == 201)
                 let before = try await http.send(.GET, "/api/v1/watermarks/fault-0")
 
                 try Self.setFileSizeLimit(pid: harness.service.pid, bytes: 0)
@@ -63,6 +66,11 @@
                 // Reads still work and show the last acknowledged state.
                 let during = try await http.send(.GET, "/api/v1/watermarks/fault-0")
                 #expect(during.status == 200 && during.body == before.body)
+                // A retried keyed write is answered from its record (a commit with nothing to write, which a full
+                // disk takes): the service is still not healthy.
+                let replayed = try await http.send(
+                    .PUT, "/api/v1/watermarks/fault-keyed", json: Self.success(1), headers: [("Idempotency-Key", "k1")])
+                #expect(replayed.status == 201 && replayed.headers["Idempotent-Replayed"].first == "true")
                 let health = try await http.send(.GET, "/health")
                 #expect(health.status == 503 && health.text.contains("unhealthy"))
                 #expect(harness.service.log.contains("Database operation failed"))
