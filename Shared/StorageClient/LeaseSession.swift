@@ -47,6 +47,10 @@ public struct LeaseSession: Sendable {
     let requireLease: Bool
     /// When the lease was last asked for and granted: it runs out `ttl` after, at the latest.
     private var renewedAt: ContinuousClock.Instant
+    /// After a renewal the storage could not answer, none is asked for before this (a period later, as after one
+    /// that succeeded): asked again at every call, each failing one took its retries and timeouts (seconds to a
+    /// minute while the storage's host drops packets) at every page and every wake-up of the run.
+    private var nextAttempt: ContinuousClock.Instant?
 
     init(
         sourceID: SourceID, lease: Lease?, replay: ReplaySummary?, unreachable: String?, manager: WatermarkManager,
@@ -79,10 +83,14 @@ public struct LeaseSession: Sendable {
     public mutating func renewIfDue() async throws {
         guard let held = lease, ContinuousClock.now - renewedAt > renewEvery else { return }
         let asked = ContinuousClock.now
+        // Asked again before the pause ends only once the lease may have run out, for `LeaseLost` or a lapsed lease
+        // that comes back.
+        if let next = nextAttempt, asked < next, !(requireLease && asked - renewedAt >= ttl) { return }
         let renewed: Lease
         do {
             renewed = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
         } catch let error as StorageClientError where error.isTransient {
+            nextAttempt = asked + renewEvery
             guard requireLease, ContinuousClock.now - renewedAt >= ttl else { return }
             throw LeaseLost(
                 description:
@@ -95,6 +103,7 @@ public struct LeaseSession: Sendable {
         // and the lease released under the token the storage holds.
         lease = renewed
         renewedAt = asked
+        nextAttempt = nil
         if requireLease, renewed.fencingToken > held.fencingToken + 1 {
             throw LeaseLost(
                 description: "the lease on \(sourceID) lapsed and was granted to others meanwhile (token "

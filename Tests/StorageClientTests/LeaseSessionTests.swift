@@ -35,6 +35,31 @@ struct LeaseSessionTests {
         }
     }
 
+    /// A renewal the storage could not answer is asked for again a renewal period later, not at the next call: each
+    /// failing request took its retries and timeouts at every page and wake-up of the run.
+    @Test func aRenewalThatFailedIsAskedAgainAPeriodLater() async throws {
+        let flaky = FlakyClient(InMemoryStorageClient())
+        try await withTemporaryDirectory { folder in
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+            try await manager.withLease(
+                id, owner: "a", ttl: .seconds(600), renewEvery: .seconds(2), requireLease: false
+            ) { session in
+                await flaky.failLeases(true)
+                // Due two seconds after the grant: called until it asks.
+                let deadline = ContinuousClock.now + .seconds(20)
+                while await flaky.leaseRequests < 2, ContinuousClock.now < deadline {
+                    try await session.renewIfDue()
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(await flaky.leaseRequests == 2)
+                for _ in 0..<5 { try await session.renewIfDue() }
+                #expect(await flaky.leaseRequests == 2, "asked again within the period")
+                #expect(session.lease?.fencingToken == 1)
+                await flaky.failLeases(false)
+            }
+        }
+    }
+
     @Test func aThrowingBodyStillReleasesAndAHeldLeaseRefusesToRun() async throws {
         let storage = InMemoryStorageClient()
         try await withTemporaryDirectory { folder in

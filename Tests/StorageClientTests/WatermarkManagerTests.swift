@@ -22,6 +22,11 @@ actor FlakyClient: StorageClient {
     let inner: InMemoryStorageClient
     private var failures: [Failure] = []
     private(set) var updatesSent = 0
+    /// Lease requests seen, and whether they fail as a broken connection would.
+    private(set) var leaseRequests = 0
+    var leasesFail = false
+
+    func failLeases(_ fail: Bool) { leasesFail = fail }
 
     init(_ inner: InMemoryStorageClient) {
         self.inner = inner
@@ -71,7 +76,9 @@ actor FlakyClient: StorageClient {
     }
 
     func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {
-        try await inner.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
+        leaseRequests += 1
+        if leasesFail { throw StorageClientError.unavailable(underlying: SimulatedOutage()) }
+        return try await inner.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
     }
 
     func releaseLease(sourceID: SourceID, token: Int64) async throws {
