@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import WatermarkCore
 
 /// The seed's `WatermarkManager` (get, and update with `records_collected`), plus graceful degradation:
@@ -53,6 +54,11 @@ public actor WatermarkManager {
     /// How often `pending.json` and `watermarks.json` were written, for the tests.
     private(set) var pendingFileWrites = 0
     private(set) var lastKnownFileWrites = 0
+
+    /// Set at shutdown (`stopReplaying`): a replay stops between two deliveries, the rest left queued on disk for the
+    /// next start. A replay of an outage's tens of thousands of updates ran to its end, past the grace period of a
+    /// rolling update, until the process was killed with its lease held.
+    private nonisolated let replayStopped = Atomic(false)
 
     private var busySources: Set<SourceID> = []
     private var waiters: [SourceID: [CheckedContinuation<Void, Never>]] = [:]
@@ -214,7 +220,7 @@ public actor WatermarkManager {
             }
             summary.applied += outcome.applied
             summary.dropped += outcome.dropped
-            if outcome.result == .stopped, outcome.unreachable { break }
+            if outcome.result == .stopped, outcome.unreachable || replayStopped.load(ordering: .relaxed) { break }
         }
         summary.remaining = queue.updates.count
         if summary.applied + summary.dropped > 0 {
@@ -227,6 +233,11 @@ public actor WatermarkManager {
             )
         }
         return summary
+    }
+
+    /// Stops every replay at its next delivery, for good: the process is shutting down.
+    public nonisolated func stopReplaying() {
+        replayStopped.store(true, ordering: .relaxed)
     }
 
     /// Updates waiting for the storage, of one source or of all.
@@ -322,6 +333,10 @@ public actor WatermarkManager {
             }
         }
         while let entry = queue.updates.first(where: { $0.sourceID == sourceID }) {
+            if replayStopped.load(ordering: .relaxed) {
+                outcome.result = .stopped
+                return outcome
+            }
             var options = entry.options
             if let leaseToken {
                 if let queued = options.leaseToken, queued != leaseToken {

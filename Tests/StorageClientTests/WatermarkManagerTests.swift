@@ -28,6 +28,12 @@ actor FlakyClient: StorageClient {
 
     func failLeases(_ fail: Bool) { leasesFail = fail }
 
+    /// Runs `action` once `count` more updates have been sent from now.
+    private var afterUpdates: (target: Int, action: @Sendable () -> Void)?
+    func after(updates count: Int, _ action: @escaping @Sendable () -> Void) {
+        afterUpdates = (updatesSent + count, action)
+    }
+
     init(_ inner: InMemoryStorageClient) {
         self.inner = inner
     }
@@ -46,6 +52,7 @@ actor FlakyClient: StorageClient {
         recordsCollected: Int64?, options: UpdateOptions
     ) async throws -> Watermark {
         updatesSent += 1
+        if let after = afterUpdates, updatesSent == after.target { after.action() }
         let failure = nextFailure()
         switch failure {
         case .beforeSending: throw StorageClientError.unavailable(underlying: SimulatedOutage())
@@ -524,6 +531,28 @@ struct WatermarkManagerTests {
             let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
             #expect(await restarted.pendingCount() == 0)
             #expect(try await storage.getWatermark(sourceID: otx)?.version == Int64(count))
+        }
+    }
+
+    /// At shutdown a replay stops between two deliveries (`stopReplaying`), the rest left queued for the next start:
+    /// it ran through the whole queue of an outage, past the grace period, until the process was killed.
+    @Test func aReplayStopsBetweenDeliveriesAtShutdown() async throws {
+        let (otx, t1) = (otx, t1)
+        try await withTemporaryDirectory { folder in
+            let storage = InMemoryStorageClient()
+            let flaky = FlakyClient(storage)
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+            await storage.setAvailable(false)
+            for second in 0..<10 {
+                _ = try await manager.updateWatermark(
+                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
+            }
+            await storage.setAvailable(true)
+            await flaky.after(updates: 3) { manager.stopReplaying() }
+            #expect(await manager.replayPending() == ReplaySummary(applied: 3, dropped: 0, remaining: 7))
+            let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            #expect(await restarted.replayPending() == ReplaySummary(applied: 7, dropped: 0, remaining: 0))
+            #expect(try await storage.getWatermark(sourceID: otx)?.version == 10)
         }
     }
 

@@ -1,13 +1,14 @@
 import Logging
 import ServiceLifecycle
+import StorageClient
 import WatermarkCore
 
 /// Runs every source on its interval (plus jitter), at most `maxConcurrentRuns` at a time and never two runs
 /// of one source at once; replays queued watermark updates in the background.
 ///
 /// On graceful shutdown (SIGTERM) it stops starting runs; a running run stops at its next page boundary
-/// without moving the watermark (what it wrote is dropped as duplicates next time), and `run()` returns once
-/// every run has ended.
+/// without moving the watermark (what it wrote is dropped as duplicates next time), a replay of queued updates at
+/// its next delivery, and `run()` returns once every run has ended.
 struct CollectionScheduler: Service {
     struct Configuration: Sendable {
         var maxConcurrentRuns = 2
@@ -86,6 +87,8 @@ struct CollectionScheduler: Service {
             }
         } onGracefulShutdown: {
             board.stop()
+            // A replay of a long outage's queue stops between two deliveries; the rest is replayed at the next start.
+            engine.manager.stopReplaying()
         }
         engine.logger.info("scheduler stopped")
     }
