@@ -153,8 +153,10 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
         let started = ContinuousClock.now
         let applied: [String]
         do {
-            applied = try await withDeadline(startTimeout, onTimeout: unreachable) { [client, logger, migrations] in
-                try await migrations.apply(client, logger: logger)
+            applied = try await withDeadline(startTimeout, onTimeout: unreachable) {
+                [client, logger, migrations, url] in
+                try await Self.checkEncoding(client, url: url, logger: logger)
+                return try await migrations.apply(client, logger: logger)
             }
         } catch let error as StartError {
             throw error
@@ -168,6 +170,21 @@ package struct PostgresDatabase: Service, CustomStringConvertible {
                 "database": "\(url.redacted)", "migrations_applied": "\(applied.joined(separator: ","))",
                 "ms": "\((ContinuousClock.now - started).milliseconds)",
             ])
+    }
+
+    /// Refuses a database that cannot store every text the services are given: created with a single-byte encoding
+    /// (LATIN1, WIN1252...), it answered an update whose error message or reason held a character outside it
+    /// (from a feed's text, say) with 503 for ever, where SQLite stores it, and the collectors' failed runs were
+    /// never recorded. UTF8 stores any text; SQL_ASCII stores the bytes as they come.
+    private static func checkEncoding(_ client: PostgresClient, url: PostgresURL, logger: Logger) async throws {
+        let rows = try await client.query("SHOW server_encoding", logger: logger)
+        var encoding = ""
+        for try await value in rows.decode(String.self) { encoding = value }
+        guard encoding == "UTF8" || encoding == "SQL_ASCII" else {
+            throw StartError(
+                description: "the database \(url.redacted) stores text as \(encoding), which cannot hold every "
+                    + "character of the data: use a database created with ENCODING 'UTF8'")
+        }
     }
 
     private var unreachable: @Sendable () -> any Error {

@@ -46,6 +46,34 @@ struct PostgresPoolTests {
         }
     }
 
+    /// A database that stores text in a single-byte encoding is refused at start, saying what to do: it answered
+    /// updates with text outside that encoding (a feed's error message) with 503 for ever.
+    @Test("a database that cannot store any text is refused at start, naming its encoding")
+    func aDatabaseNotInUTF8IsRefused() async throws {
+        let (_, url) = try await PostgresDatabases.newDatabase(encoding: "LATIN1")
+        let database = PostgresDatabase(
+            url: url, migrations: PostgresSchema.migrations, maximumConnections: 2, sessionTimeout: .seconds(5),
+            logger: .quiet)
+        // A database it takes runs until shutdown: 20 s without an error is a failure, not a hang.
+        let outcome = await withTaskGroup(of: String.self) { group in
+            group.addTask {
+                do {
+                    try await database.run()
+                    return "ran"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(20))
+                return "started and ran for 20 s"
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? ""
+        }
+        #expect(outcome.contains("stores text as LATIN1") && outcome.contains("ENCODING 'UTF8'"), "\(outcome)")
+    }
+
     /// A new database served by a `PostgresDatabase` of 3 connections, migrated, for `body`; stopped after it.
     static func withRunningDatabase(
         sessionTimeout: Duration, _ body: @Sendable (PostgresSupport.PostgresDatabase, PostgresURL) async throws -> Void

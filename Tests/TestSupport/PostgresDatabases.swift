@@ -14,13 +14,15 @@ package struct PostgresDatabases: Sendable {
     /// Connected to the `postgres` database, to create the tests' databases (with SQL, not a blocking psql).
     let admin: PostgresClient
 
-    /// A new, empty database of the suite's server and a running client of it.
-    package static func newDatabase() async throws -> (PostgresClient, PostgresURL) {
+    /// A new, empty database of the suite's server and a running client of it; `encoding` (e.g. `LATIN1`) makes it
+    /// store text in that encoding instead of the server's default.
+    package static func newDatabase(encoding: String? = nil) async throws -> (PostgresClient, PostgresURL) {
         guard let databases = current else {
             throw PostgresTestServer.Failure(description: "a PostgreSQL database needs the suite's .postgres trait")
         }
         let name = "test_" + UUID().uuidString.prefix(8).lowercased()
-        try await databases.admin.query("CREATE DATABASE \(unescaped: name)")
+        let options = encoding.map { " ENCODING '\($0)' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" } ?? ""
+        try await databases.admin.query("CREATE DATABASE \(unescaped: name)\(unescaped: options)")
         let url = try PostgresURL(databases.server.url(database: name))
         return (databases.client(url), url)
     }
