@@ -199,6 +199,25 @@ struct TAXII21CollectorTests {
         #expect(pages.last?.highWaterMark == ts("2026-11-26T10:00:06.5Z"))
     }
 
+    /// A paging token the server has forgotten (medallion drops a session unused for 30 s: a run slow to write its
+    /// pages) is answered 400: the page is asked for again by date, and none is missed. It failed the run.
+    @Test func aForgottenPagingTokenIsAskedForAgainByDate() async throws {
+        let server = FakeTAXIIServer()
+        for index in 1...7 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await server.setQuirks(.init(forgottenSessions: [2]))
+        let pages = try await fetchAll(from: server, pageSize: 3)
+        #expect(Set(pages.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
+        let requests = await server.requests
+        #expect(requests.count == 4)
+        #expect(requests[1].query["next"] != nil && requests[2].query["next"] == nil)
+        #expect(requests[2].query["added_after"] == "2026-11-26T10:00:03.499999Z")
+    }
+
     /// Versions are told apart by `modified` as sent when it is not an RFC 3339 time (`+0000`): `created`, which
     /// all versions of an object share, kept the first of them only.
     @Test func versionsWhoseModifiedIsNoRFC3339TimeStayApart() async throws {

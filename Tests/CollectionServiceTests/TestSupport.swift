@@ -57,6 +57,9 @@ actor FakeTAXIIServer {
         var lostAnswers: Set<Int> = []
         /// Answers a `next` request as if it were the first (its filters only), yet says `more` with a token.
         var ignoresNext = false
+        /// The requests (1-based) whose `next` token the server has forgotten (medallion drops a session unused for
+        /// 30 s): answered 400 "next not valid".
+        var forgottenSessions: Set<Int> = []
     }
 
     var objects: [Object] = []
@@ -86,6 +89,7 @@ actor FakeTAXIIServer {
         var remaining: [Object]
         var session: String?
         if let token = seen.query["next"], !quirks.ignoresNext {
+            if quirks.forgottenSessions.contains(requests.count) { pagesByToken[token] = nil }
             if quirks.advancingSessions { session = token }
             guard let stored = pagesByToken.removeValue(forKey: token) else {
                 return FakeAnswer(status: 400, body: #"{"title":"next not valid"}"#)
