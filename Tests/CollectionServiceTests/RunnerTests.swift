@@ -229,6 +229,31 @@ struct RunnerTests {
         #expect(f.ids() == ["a", "b"])
     }
 
+    /// A page that keeps failing and whose retry can only go back to where the run started (a TAXII server without
+    /// date headers) walks the same pages again and again, each under a new cursor: the run fails when a page comes
+    /// a third time, where it went on for ever. (Here the source stops after 30 pages, so the test ends either way.)
+    @Test(.timeLimit(.minutes(1)))
+    func aRunThatKeepsStartingOverFailsInsteadOfGoingOnForever() async throws {
+        struct StartingOver: Collector {
+            func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+                let served = Int(cursor ?? "0") ?? 0
+                let page = served % 3
+                return CollectorPage(
+                    records: [
+                        record("p\(page)a", "2026-11-25T00:00:0\(page)Z"),
+                        record("p\(page)b", "2026-11-25T00:00:0\(page)Z"),
+                    ],
+                    next: served < 30 ? String(served + 1) : nil)
+            }
+        }
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let report = await f.runner.run(f.source, collector: StartingOver())
+        #expect(report.outcome == .failed)
+        #expect(report.errorMessage?.contains("a third time") == true, "\(report.errorMessage ?? "")")
+        #expect(f.ids() == ["p0a", "p0b", "p1a", "p1b", "p2a", "p2b"])
+    }
+
     /// A feed's answer quoted in the failure may hold a NUL, which no store keeps: the failure is still recorded, the
     /// NUL shown as U+FFFD.
     @Test func aFailureQuotingANulIsRecordedWithTheNulReplaced() async throws {

@@ -301,6 +301,11 @@ struct CollectionRunner: Sendable {
     private static func fetchAll(from collector: any Collector, since: Timestamp, into queue: PageQueue) async {
         var cursor: String?
         var previous: (next: String?, count: Int, first: RecordKey?, last: RecordKey?)?
+        // How often each page (its size, first and last record) came in this run. A page that keeps failing and is
+        // asked for again from where the source can only go back to (a TAXII server without date headers: the run's
+        // start; a whole page of one date_added: that page) came again and again, each pass the same, the run never
+        // ending: once again is a retry, a third time fails the run.
+        var timesSeen: [PageSignature: Int] = [:]
         do {
             repeat {
                 let page = try await collector.fetchPage(since: since, cursor: cursor)
@@ -322,6 +327,17 @@ struct CollectionRunner: Sendable {
                             + "not page as it says it does")
                 }
                 previous = seen
+                if let first = page.records.first?.key, let last = page.records.last?.key {
+                    let signature = PageSignature(count: page.records.count, first: first, last: last)
+                    let times = timesSeen[signature, default: 0] + 1
+                    timesSeen[signature] = times
+                    if times > 2 {
+                        throw CollectorError.malformed(
+                            "the source answered the same \(page.records.count) records a third time in this run (a page "
+                                + "that keeps failing, asked for again from where the source can go back to): the run "
+                                + "does not get past them")
+                    }
+                }
                 cursor = page.next
                 try await queue.put(page)
             } while cursor != nil
@@ -392,4 +408,11 @@ extension Duration {
     var secondsDouble: Double {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
     }
+}
+
+/// A page as `fetchAll` tells it from another: how many records, the first and the last.
+private struct PageSignature: Hashable {
+    var count: Int
+    var first: RecordKey
+    var last: RecordKey
 }
