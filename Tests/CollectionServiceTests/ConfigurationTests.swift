@@ -235,7 +235,7 @@ struct ConfigurationTests {
         }
         #expect(first.versions == .all && second.versions == .last)
         #expect(sources[0].checkpointPages == 10 && sources[0].checkpointInterval == .seconds(30))
-        #expect(sources[0].overlap == .seconds(5), "TAXII re-reads a few seconds by default")
+        #expect(sources[0].overlap == .seconds(60), "TAXII re-reads a minute by default")
         #expect(sources[1].checkpointPages == 0 && sources[1].checkpointInterval == .seconds(120))
         let bad = json.replacingOccurrences(of: #""versions": "last""#, with: #""versions": "newest""#)
         #expect(throws: ConfigurationError(#"source "t2" field "versions": "newest" is not one of all, last"#)) {

@@ -38,9 +38,11 @@ struct SourceConfiguration: Sendable {
     }
 
     /// The default overlap of a TAXII source. Servers stamp `date_added` when a request starts and may make the
-    /// objects visible a moment later, after a reader already paged past that instant: re-reading a few
-    /// seconds (dropped by (id, version)) closes that window.
-    static let taxiiOverlap: Duration = .seconds(5)
+    /// objects visible later, after a reader already paged past that instant: medallion stamps every object of a
+    /// POSTed bundle with the request's time and inserts them one by one, so a bundle of thousands stays partly
+    /// invisible for tens of seconds while another producer's later objects are read, and the watermark passes it.
+    /// Re-reading a minute (dropped by (id, version)) closes that window; five seconds did not.
+    static let taxiiOverlap: Duration = .seconds(60)
 
     /// The default overlap of an OTX source. A pulse's `modified` is stamped when its save begins, and a pulse with
     /// thousands of indicators becomes visible only when that save commits, after a run may have read pulses

@@ -12,7 +12,7 @@ import WatermarkCore
 /// - `id` (required): the source id (1-128 of `A-Z a-z 0-9 . _ : -`), also the sink folder name.
 /// - `type` (required): `taxii21`, `otx` or `directory`.
 /// - `enabled` (true), `interval_seconds` (300), `lookback_seconds` (604800 = 7 days), `page_size` (100),
-///   `overlap_seconds` (0; 5 for taxii21, 300 for otx), `stale_after_seconds` (7200), `timeout_seconds` (30),
+///   `overlap_seconds` (0; 60 for taxii21, 300 for otx), `stale_after_seconds` (7200), `timeout_seconds` (30),
 ///   `checkpoint_pages` (10) and
 ///   `checkpoint_seconds` (30): a long run moves the watermark after that many pages or seconds (0 turns either off).
 /// - taxii21: `api_root`, `collection_id` (required); `username_env` + `password_env` (basic auth) or
