@@ -421,6 +421,25 @@ struct TAXII21CollectorTests {
         #expect(await server.requests.count == 3)
     }
 
+    /// A server that serves the last version only (OpenCTI) refuses `match[version]=all` with 400: the run's error says
+    /// to set `versions: last`, where it was a bare HTTP 400.
+    @Test func aServerRefusingEveryVersionSaysWhatToSet() async throws {
+        let server = FakeTAXIIServer()
+        await server.script([
+            FakeAnswer(status: 400, body: #"{"title":"Invalid version provided, only 'last' supported"}"#)
+        ])
+        await #expect {
+            try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+                try await withHTTPClient { client in
+                    try await fetchAll(
+                        collector(port: port, client: client, versions: .all), since: ts("2026-11-26T00:00:00Z"))
+                }
+            }
+        } throws: { error in
+            "\(error)".contains(#"set "versions": "last""#) && "\(error)".contains("only 'last' supported")
+        }
+    }
+
     @Test func tooLongRetryAfterFailsTheRunInsteadOfStalling() async throws {
         let server = FakeTAXIIServer()
         await server.script([FakeAnswer(status: 429, headers: ["Retry-After": "3600"], body: "{}")])

@@ -82,7 +82,8 @@ struct SourceHTTPClient: Sendable {
                             "\(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000)",
                     ]
                 )
-            case .success(let response) where attempt == 1 && retryURL != nil && [400, 404, 410].contains(response.status):
+            case .success(let response)
+            where attempt == 1 && retryURL != nil && [400, 404, 410].contains(response.status):
                 // The paging token refused: medallion forgets a session unused for 30 s (a run writing slowly
                 // between two pages) and answers 400 "next not valid"; behind several workers another one may
                 // not know it. Asked again by date at once, rather than failing the run.

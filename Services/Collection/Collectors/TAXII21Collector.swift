@@ -57,7 +57,21 @@ struct TAXII21Collector: Collector {
         var headers = HTTPHeaders()
         headers.add(name: "Accept", value: Self.mediaType)
         if let authorization = settings.auth.headerValue { headers.add(name: "Authorization", value: authorization) }
-        let response = try await http.get(url, headers: headers, retryURL: retryURL)
+        let response: SourceResponse
+        do {
+            response = try await http.get(url, headers: headers, retryURL: retryURL)
+        } catch {
+            // OpenCTI serves the last version only and refuses `all` with 400 ("only 'last' supported"): every run
+            // failed on an HTTP error that did not say what to change.
+            if case .httpStatus(400, _, let detail) = error, settings.versions == .all,
+                detail.lowercased().contains("version")
+            {
+                throw .malformed(
+                    "the TAXII server refuses match[version]=all (\(detail)): set \"versions\": \"last\" for this "
+                        + "source (it serves the newest version of each object only)")
+            }
+            throw error
+        }
         // A session's `next` requests repeat the filters of the request that opened it.
         let page = try await Self.parse(
             response, url: SourceHTTPClient.displayURL(url),
