@@ -440,6 +440,28 @@ struct TAXII21CollectorTests {
         }
     }
 
+    /// The sources' policy outlasts a gateway away for five answers (waits of up to 15.5 s in all, not slept here);
+    /// four attempts gave up within 3.5 s.
+    @Test func theSourcePolicyOutlastsFiveFailedAnswers() async throws {
+        let server = FakeTAXIIServer()
+        await Self.addFiveIndicators(to: server)
+        let gateway = FakeAnswer(status: 502, body: "bad gateway")
+        await server.script(Array(repeating: gateway, count: 5))
+        let waits = Mutex<[Duration]>([])
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                var taxii = collector(port: port, client: client, versions: .all, pageSize: 10)
+                taxii.http = SourceHTTPClient(
+                    httpClient: client, timeout: .seconds(5), retry: .source, logger: Logger.quiet,
+                    sleep: { wait in waits.withLock { $0.append(wait) } })
+                return try await fetchAll(taxii, since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        #expect(pages.flatMap(\.records).count == 5)
+        let slept = waits.withLock { $0 }
+        #expect(slept.count == 5 && slept.allSatisfy { $0 <= .seconds(8) }, "\(slept)")
+    }
+
     @Test func tooLongRetryAfterFailsTheRunInsteadOfStalling() async throws {
         let server = FakeTAXIIServer()
         await server.script([FakeAnswer(status: 429, headers: ["Retry-After": "3600"], body: "{}")])

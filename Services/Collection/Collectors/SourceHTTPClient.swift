@@ -8,11 +8,12 @@ import StorageClient
 import WatermarkCore
 
 extension RetryPolicy {
-    /// How a collector retries a source that answers 429 or 5xx, or cannot be reached: 4 attempts, full jitter
-    /// from 0.5 s doubling up to 30 s; a `Retry-After` over 120 s fails the run instead of stalling it (the
-    /// scheduler tries again later).
+    /// How a collector retries a source that answers 429 or 5xx, or cannot be reached: 6 attempts, full jitter
+    /// from 0.5 s doubling (waits of up to 0.5, 1, 2, 4 and 8 s, 15.5 s in all); a `Retry-After` over 120 s fails
+    /// the run instead of stalling it (the scheduler tries again later). Four attempts gave up within 3.5 s, so a
+    /// gateway restarting for five seconds, or a 429 without `Retry-After`, failed the run and its catch-up with it.
     static let source = RetryPolicy(
-        maxAttempts: 4, baseDelay: .milliseconds(500), maxDelay: .seconds(30), maxRetryAfter: .seconds(120))
+        maxAttempts: 6, baseDelay: .milliseconds(500), maxDelay: .seconds(30), maxRetryAfter: .seconds(120))
 }
 
 /// A source's answer: status, headers, body.
