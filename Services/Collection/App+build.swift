@@ -24,7 +24,7 @@ func buildEngine(
         manager: manager, sink: sink ?? NDJSONFileSink(dataDirectory: configuration.dataDirectory),
         owner: configuration.instanceID, logger: logger, requireLease: configuration.requireLease,
         leaseTTL: configuration.leaseTTL, leaseRenewal: configuration.leaseRenewal, isStopping: { board.isStopping() },
-        leaseHeld: { metrics.setLeaseHeld($0, $1) }
+        leaseHeld: { metrics.setLeaseHeld($0, $1) }, untilStopping: { await board.stopping.wait() }
     )
     return CollectionEngine(
         board: board, runner: runner, manager: manager, metrics: metrics,

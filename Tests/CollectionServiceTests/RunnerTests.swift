@@ -254,6 +254,54 @@ struct RunnerTests {
         #expect(f.ids() == ["p0a", "p0b", "p1a", "p1b", "p2a", "p2b"])
     }
 
+    /// A run waiting for a slow page stops as soon as shutdown begins, at that page boundary: it was woken only by
+    /// its lease's ticker (half a renewal period, 10 s by default; here a quarter of an hour), so a SIGTERM outlasted
+    /// the grace period. (Twenty seconds without a report fail the test rather than hang it.)
+    @Test func aRunWaitingForAPageStopsWhenShutdownBegins() async throws {
+        struct Stuck: Collector {
+            let asked: Latch
+            func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+                guard cursor != nil else {
+                    return CollectorPage(records: [record("before", "2026-11-25T00:00:00Z")], next: "2")
+                }
+                asked.open()
+                try? await Task.sleep(for: .seconds(3600))
+                return CollectorPage(records: [record("after", "2026-11-26T00:00:00Z")])
+            }
+        }
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let (stopping, asked) = (Latch(), Latch())
+        var runner = f.runner
+        runner.leaseTTL = .seconds(3600)
+        runner.leaseRenewal = .seconds(3600)
+        runner.isStopping = { stopping.isOpen }
+        runner.untilStopping = { await stopping.wait() }
+        let configured = runner
+        let report = await withTaskGroup(of: RunReport?.self) { group in
+            group.addTask { await configured.run(f.source, collector: Stuck(asked: asked)) }
+            group.addTask {
+                // Once the first page is on disk and the run waits for the second (a moment after: the wait is what
+                // this is about; stopped earlier, the run sees it before it waits).
+                await asked.wait()
+                let deadline = ContinuousClock.now + .seconds(10)
+                while f.ids() != ["before"], ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+                stopping.open()
+                try? await Task.sleep(for: .seconds(20))
+                return nil
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? nil
+        }
+        #expect(report?.outcome == .abandoned, "\(String(describing: report))")
+        #expect(f.ids() == ["before"])
+        // The lease was released: another owner takes it at once.
+        _ = try await f.storage.acquireLease(sourceID: f.source.id, owner: "other", ttl: .seconds(60))
+    }
+
     /// A feed's answer quoted in the failure may hold a NUL, which no store keeps: the failure is still recorded, the
     /// NUL shown as U+FFFD.
     @Test func aFailureQuotingANulIsRecordedWithTheNulReplaced() async throws {

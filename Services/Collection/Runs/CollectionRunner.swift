@@ -35,6 +35,10 @@ struct CollectionRunner: Sendable {
     var isStopping: @Sendable () async -> Bool = { false }
     /// Told when a run takes its source's lease (`true`) and when the run ends with it held (`false`).
     var leaseHeld: @Sendable (SourceID, Bool) -> Void = { _, _ in }
+    /// Returns once shutdown began (`SourceBoard.stopping`): a run waiting for a page is woken to stop. Woken only by
+    /// its lease's ticker, it noticed a SIGTERM up to half a renewal period later (10 s by default), or never without
+    /// a lease, and a slow source outlasted the grace period.
+    var untilStopping: (@Sendable () async -> Void)?
 
     /// The lease a run of `source` asks for: `leaseTTL`, but never shorter than two of the source's request
     /// timeouts, so a page in flight cannot outlive it.
@@ -160,6 +164,12 @@ struct CollectionRunner: Sendable {
                         let period = min(leaseRenewal, ttl(for: source) / 2) / 2
                         group.addTask {
                             while (try? await Task.sleep(for: max(period, .milliseconds(10)))) != nil { queue.tick() }
+                        }
+                    }
+                    if let untilStopping {
+                        group.addTask {
+                            await untilStopping()
+                            queue.tick()
                         }
                     }
                     defer {

@@ -30,9 +30,9 @@ actor SourceBoard {
 
     private(set) var entries: [SourceID: Entry] = [:]
     let order: [SourceID]
-    /// Set once shutdown began; a lock rather than actor state, so graceful shutdown (a synchronous callback)
-    /// can set it without starting a task.
-    private let stopping = Mutex(false)
+    /// Open once shutdown began; a lock rather than actor state, so graceful shutdown (a synchronous callback)
+    /// can open it without starting a task, and the running runs wait on it while they wait for a page.
+    nonisolated let stopping = Latch()
     /// Signalled whenever the scheduler has something new to do: a trigger, a finished run, shutdown.
     nonisolated let wakeup = Wakeup()
     /// Signalled at shutdown only, for the scheduler's maintenance loop (each `Wakeup` has one sleeper).
@@ -43,9 +43,9 @@ actor SourceBoard {
         for source in sources { entries[source.id] = Entry(source: source) }
     }
 
-    nonisolated func isStopping() -> Bool { stopping.withLock { $0 } }
+    nonisolated func isStopping() -> Bool { stopping.isOpen }
     nonisolated func stop() {
-        stopping.withLock { $0 = true }
+        stopping.open()
         wakeup.signal()
         stopped.signal()
     }
