@@ -149,6 +149,8 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // SIGTERM in `--once` mode, which runs without a service group (a module of the package above).
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Services/Collection",
             // The web view's template, compiled into the binary as bytes (PackageResources.dashboard_mustache).

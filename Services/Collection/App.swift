@@ -11,6 +11,7 @@ import Prometheus
 import ServiceLifecycle
 import ServiceSupport
 import StorageClient
+import UnixSignals
 import WatermarkCore
 
 /// `collection-service`: collects every configured source on its schedule, exactly once, into `DATA_DIR`.
@@ -127,11 +128,14 @@ struct Serve: AsyncParsableCommand {
             )
             if once {
                 let reports = try await whileRunning(shared?.0) {
-                    await runOnce(engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                    await stoppingOnSignal(engine: engine) {
+                        await runOnce(engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                    }
                 }
                 await engine.maintain()
                 for report in reports { print(Self.summaryLine(report)) }
-                exitCode = reports.contains(where: \.notCollected) ? 1 : 0
+                // Stopped by a signal (runs abandoned at a page boundary) is not done either.
+                exitCode = reports.contains(where: { $0.notCollected || $0.outcome == .abandoned }) ? 1 : 0
             } else {
                 let app = try buildApplication(
                     configuration: configuration, engine: engine, registry: registry, logger: logger,
@@ -165,6 +169,29 @@ func whileRunning<T: Sendable>(_ database: PostgresDatabase?, _ body: () async t
         group.addTask { try await database.run() }
         defer { group.cancelAll() }
         return try await body()
+    }
+}
+
+/// Runs `body` (the `--once` runs) stopping them as the scheduler does at graceful shutdown when SIGTERM or SIGINT
+/// comes: each run ends at its next page boundary, its watermark where its last checkpoint left it and its lease
+/// released, and a replay of queued updates at its next delivery. Without it a `--once` process (a CronJob past its
+/// deadline, a `timeout` wrapper) died at once, recorded nothing and left its leases held until their TTL, up to a
+/// day, and the next job skipped those sources meanwhile.
+func stoppingOnSignal<T: Sendable>(engine: CollectionEngine, _ body: () async -> T) async -> T {
+    await withTaskGroup(of: Void.self) { group in
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        group.addTask {
+            for await signal in signals {
+                engine.logger.notice(
+                    "stopping: runs end at their next page, their watermarks at their last checkpoint",
+                    metadata: ["signal": "\(signal)"])
+                engine.board.stop()
+                engine.manager.stopReplaying()
+                return
+            }
+        }
+        defer { group.cancelAll() }
+        return await body()
     }
 }
 

@@ -22,6 +22,33 @@ struct CollectionIntegrationTests {
         await medallion.stop()
     }
 
+    /// `--once` stopped by SIGTERM (a CronJob past its deadline, a `timeout` wrapper) ends its run at the next page
+    /// boundary, here while it waits for a source that never answers, and releases the lease: it died at once with
+    /// the lease held for its TTL (twice the source's timeout, up to a day), and the next job skipped the source.
+    @Test func onceStoppedBySIGTERMReleasesItsLease() async throws {
+        let blackHole = try ListeningSocket()
+        defer { blackHole.release() }
+        let setup = try CollectionSetup(
+            sourcesJSON: """
+                {"sources": [{"id": "stuck", "type": "taxii21", "api_root": "http://127.0.0.1:\(blackHole.port)/api1/",
+                  "collection_id": "c", "timeout_seconds": 600}]}
+                """)
+        defer { setup.remove() }
+        try await withStorageService { storage in
+            let process = try setup.startOnce(storageURL: "http://127.0.0.1:\(storage.port)")
+            defer { process.signal(SIGKILL) }
+            try await waitUntil("the run to hold its lease", timeout: .seconds(30), every: .milliseconds(100)) {
+                try await storage.http.send(.GET, "/api/v1/watermarks/stuck/lease").status == 200
+            }
+            process.signal(SIGTERM)
+            let status = try await process.waitForExit(timeout: .seconds(30))
+            #expect(status == 1, "\(process.log)")
+            #expect(process.log.contains("stopping: runs end at their next page"), "\(process.log)")
+            let lease = try await storage.http.send(.GET, "/api/v1/watermarks/stuck/lease")
+            #expect(lease.status == 404, "the lease is still held: \(lease.text)")
+        }
+    }
+
     /// Collect, add objects with a POST, collect again: only the new ones arrive; a third run finds nothing
     /// and still records a success with the mark unchanged.
     @Test func incrementalCycle() async throws {
