@@ -5,6 +5,7 @@ import Logging
 import PostgresSupport
 import Prometheus
 import ServiceLifecycle
+import ServiceSupport
 import StorageClient
 import WatermarkCore
 
@@ -54,7 +55,8 @@ func buildApplication(
     logger: Logger, schedulerConfiguration: CollectionScheduler.Configuration? = nil,
     tlsConfiguration: TLSConfiguration? = nil, database: PostgresDatabase? = nil
 ) throws -> some ApplicationProtocol {
-    let router = buildRouter(engine: engine, registry: registry, instanceID: configuration.instanceID)
+    let router = buildRouter(
+        engine: engine, registry: registry, instanceID: configuration.instanceID, apiTokens: configuration.apiTokens)
     let scheduler = CollectionScheduler(
         engine: engine,
         configuration: schedulerConfiguration
@@ -86,12 +88,12 @@ func buildApplication(
 }
 
 func buildRouter(
-    engine: CollectionEngine, registry: PrometheusCollectorRegistry, instanceID: String
+    engine: CollectionEngine, registry: PrometheusCollectorRegistry, instanceID: String, apiTokens: APITokens? = nil
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: JSONErrorMiddleware())
     router.addRoutes(StatusController(engine: engine, registry: registry, instanceID: instanceID).endpoints)
     router.addRoutes(DashboardController(engine: engine, instanceID: instanceID).endpoints)
-    router.addRoutes(SourcesController(board: engine.board).endpoints, atPath: "/api/v1/sources")
+    router.addRoutes(SourcesController(board: engine.board, apiTokens: apiTokens).endpoints, atPath: "/api/v1/sources")
     return router
 }

@@ -68,6 +68,14 @@ public struct APITokens: Sendable, Equatable {
         return tokens[0].token
     }
 
+    /// The token of an `Authorization: Bearer <token>` header (the scheme in any case), or nil.
+    public static func bearer(_ header: String?) -> String? {
+        guard let header else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1]).trimmingWhitespace()
+    }
+
     /// The name of `presented`, compared with every token in constant time (the time says nothing about which
     /// token, or where it differs).
     public func name(of presented: String) -> String? {

@@ -108,6 +108,22 @@ struct ConfigurationTests {
         #expect(sources.compactMap(\.staleThresholdProblem).isEmpty)
     }
 
+    /// `COLLECTION_API_TOKEN` is read as `STORAGE_API_TOKEN` is (one token, or named ones); blank is unset; a malformed
+    /// list stops the start naming the variable, never echoing a token.
+    @Test func theRunTokenIsReadLikeTheStoragesTokens() throws {
+        #expect(try CollectionConfiguration(Settings(environment: [:])).apiTokens == nil)
+        #expect(try CollectionConfiguration(Settings(environment: ["COLLECTION_API_TOKEN": " "])).apiTokens == nil)
+        let named = try CollectionConfiguration(Settings(environment: ["COLLECTION_API_TOKEN": "ops:s3cret,ci:x"]))
+        #expect(named.apiTokens?.name(of: "s3cret") == "ops")
+        #expect(
+            try CollectionConfiguration(Settings(environment: ["COLLECTION_API_TOKEN": "t0k"])).apiTokens?
+                .name(of: "t0k") == "api")
+        let refusal = #expect(throws: ConfigurationKeyError.self) {
+            try CollectionConfiguration(Settings(environment: ["COLLECTION_API_TOKEN": "ops:s3cret,bad"]))
+        }
+        #expect(refusal?.key == "COLLECTION_API_TOKEN" && refusal.map { !"\($0)".contains("s3cret") } == true)
+    }
+
     /// A stale threshold no longer than the interval plus its jitter shows a healthy source stale between runs: said
     /// at start-up (a daily source on the default two hours, a threshold inside the jitter), not for longer ones.
     @Test func aStaleThresholdShorterThanTheGapBetweenRunsIsNamed() throws {

@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import Prometheus
+import ServiceSupport
 import StorageClient
 import TestSupport
 import Testing
@@ -99,6 +100,33 @@ struct HTTPTests {
             #expect(metrics.contains(#"collection_lease_held{source_id="drop"} 0.0"#))
             #expect(metrics.contains(#"collection_runs_total{source_id="drop",status="failed"} 0"#))
             #expect(metrics.contains(#"collection_rejected_files_total{source_id="drop"} 1"#))
+        }
+    }
+
+    /// With `COLLECTION_API_TOKEN` a run is asked for with one of its tokens only: 401 without or with a wrong one,
+    /// nothing triggered; the read-only routes stay open.
+    @Test func askingForARunNeedsATokenWhenTheServiceHasOne() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let source = SourceConfiguration(id: try SourceID("drop"), kind: .directory(DirectorySettings(path: dir)))
+        let registry = PrometheusCollectorRegistry()
+        let engine = try makeEngine(dir: dir, sources: [source], registry: registry)
+        let tokens = try APITokens(parsing: "ops:s3cret,ci:other", key: "COLLECTION_API_TOKEN")
+        let router = buildRouter(engine: engine, registry: registry, instanceID: "t", apiTokens: tokens)
+        let app = Application(router: router, logger: Logger.quiet)
+        try await app.test(.router) { client in
+            for headers: HTTPFields in [[:], [.authorization: "Bearer nope"], [.authorization: "Basic s3cret"]] {
+                let refused = try await client.execute(uri: "/api/v1/sources/drop/run", method: .post, headers: headers)
+                #expect(refused.status == .unauthorized)
+                #expect(String(buffer: refused.body).contains(#""code":"unauthorized""#))
+                #expect(!String(buffer: refused.body).contains("s3cret"))
+            }
+            #expect(await engine.board.entry(source.id)?.triggered == false)
+            let accepted = try await client.execute(
+                uri: "/api/v1/sources/drop/run", method: .post, headers: [.authorization: "Bearer s3cret"])
+            #expect(accepted.status == .accepted)
+            #expect(await engine.board.entry(source.id)?.triggered == true)
+            #expect(try await client.execute(uri: "/status", method: .get).status == .ok)
         }
     }
 

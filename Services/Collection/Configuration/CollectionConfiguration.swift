@@ -36,6 +36,8 @@ import WatermarkCore
 /// - `LEASE_RENEW_SECONDS` (20, less than the TTL): how long after taking or renewing its lease a run renews it,
 ///   at the next page boundary.
 /// - `REPLAY_INTERVAL_SECONDS` (30): how often queued watermark updates are replayed.
+/// - `COLLECTION_API_TOKEN` (none): when set, `POST /api/v1/sources/{id}/run` needs `Authorization: Bearer <token>`
+///   (a list `name:token,...` as `STORAGE_API_TOKEN`'s); the read-only routes stay open.
 /// - `TLS_CERT_PATH`, `TLS_KEY_PATH` (none): serve the HTTP API over HTTPS with this PEM certificate chain and
 ///   unencrypted PEM key (both or neither). `STORAGE_CA_PATH` (none): a private CA the storage client trusts.
 struct CollectionConfiguration: Sendable {
@@ -55,6 +57,8 @@ struct CollectionConfiguration: Sendable {
     var sinkURL: PostgresURL?
     /// The certificate and key to serve HTTPS with; `nil` serves plain HTTP.
     var tls: TLSFiles?
+    /// `COLLECTION_API_TOKEN`: the tokens that may ask for runs; `nil` lets anyone who reaches the port.
+    var apiTokens: APITokens?
 
     var stateDirectory: String { Self.stateDirectory(of: dataDirectory) }
 
@@ -84,6 +88,9 @@ struct CollectionConfiguration: Sendable {
         leaseTTL = .seconds(ttl)
         leaseRenewal = .seconds(try settings.int("LEASE_RENEW_SECONDS", default: max(1, ttl / 3), in: 1...(ttl - 1)))
         tls = try TLSFiles.from(settings)
+        apiTokens = try settings.text("COLLECTION_API_TOKEN").map { text throws(ConfigurationKeyError) in
+            try APITokens(parsing: text, key: "COLLECTION_API_TOKEN")
+        }
         sinkURL = try settings.text("SINK_URL").map { text throws(ConfigurationKeyError) in
             try PostgresURL(text, key: "SINK_URL")
         }

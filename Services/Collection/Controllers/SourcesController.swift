@@ -1,10 +1,14 @@
 import Hummingbird
 import Logging
+import ServiceSupport
 import WatermarkCore
 
-/// `POST /api/v1/sources/{source_id}/run`: asks for a run now (202), coalesced with one already requested.
+/// `POST /api/v1/sources/{source_id}/run`: asks for a run now (202), coalesced with one already requested. With
+/// `COLLECTION_API_TOKEN` it needs one of its tokens (401 otherwise): anyone who reached the port could run any
+/// source, disabled ones too, back to back, spending the feeds' rate limits and credentials.
 struct SourcesController<Context: RequestContext>: Sendable {
     let board: SourceBoard
+    var apiTokens: APITokens?
 
     var endpoints: RouteCollection<Context> {
         let routes = RouteCollection(context: Context.self)
@@ -13,6 +17,18 @@ struct SourcesController<Context: RequestContext>: Sendable {
     }
 
     @Sendable func run(_ request: Request, context: Context) async throws -> EditedResponse<RunAccepted> {
+        var caller: String?
+        if let apiTokens {
+            guard let presented = APITokens.bearer(request.headers[.authorization]),
+                let name = apiTokens.name(of: presented)
+            else {
+                context.logger.notice("run refused: missing or wrong token", metadata: ["path": "\(request.uri.path)"])
+                throw APIError(
+                    .unauthorized, code: "unauthorized",
+                    message: "asking for a run needs Authorization: Bearer <a token of COLLECTION_API_TOKEN>")
+            }
+            caller = name
+        }
         let text = try context.parameters.require("source_id")
         guard let id = try? SourceID(text) else {
             throw APIError(
@@ -22,7 +38,7 @@ struct SourcesController<Context: RequestContext>: Sendable {
         }
         switch await board.trigger(id) {
         case .accepted:
-            context.logger.info("run requested", metadata: ["source_id": "\(id)"])
+            context.logger.info("run requested", metadata: ["source_id": "\(id)", "caller": "\(caller ?? "-")"])
             return EditedResponse(status: .accepted, response: RunAccepted(sourceID: id.rawValue))
         case .alreadyRunning:
             throw APIError(

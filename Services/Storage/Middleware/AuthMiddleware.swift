@@ -24,7 +24,7 @@ struct AuthMiddleware<Context: CallerRequestContext>: RouterMiddleware {
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
         guard let apiTokens else { return try await next(request, context) }
-        let presented = Self.bearer(request.headers.value(.authorization))
+        let presented = APITokens.bearer(request.headers.value(.authorization))
         if let presented, let name = apiTokens.name(of: presented) {
             var context = context
             context.caller = name
@@ -42,15 +42,8 @@ struct AuthMiddleware<Context: CallerRequestContext>: RouterMiddleware {
     /// routes that show more to a caller who has one (`/metrics`' per-source series).
     func mayRead(_ request: Request) -> Bool {
         guard let apiTokens else { return true }
-        guard let presented = Self.bearer(request.headers.value(.authorization)) else { return false }
+        guard let presented = APITokens.bearer(request.headers.value(.authorization)) else { return false }
         if apiTokens.name(of: presented) != nil { return true }
         return readToken.map { APITokens.constantTimeEquals(presented, $0) } ?? false
-    }
-
-    static func bearer(_ header: String?) -> String? {
-        guard let header else { return nil }
-        let parts = header.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        return String(parts[1]).trimmingWhitespace()
     }
 }
