@@ -47,9 +47,11 @@ public struct LeaseSession: Sendable {
     let requireLease: Bool
     /// When the lease was last asked for and granted: it runs out `ttl` after, at the latest.
     private var renewedAt: ContinuousClock.Instant
-    /// After a renewal the storage could not answer, none is asked for before this (a period later, as after one
-    /// that succeeded): asked again at every call, each failing one took its retries and timeouts (seconds to a
-    /// minute while the storage's host drops packets) at every page and every wake-up of the run.
+    /// After a renewal the storage could not answer, none is asked for before this, half a renewal period later (the
+    /// cadence at which a run waiting for a page wakes up to renew): asked again at every call, each failing one took
+    /// its retries and timeouts (seconds to a minute while the storage's host drops packets) at every page and
+    /// every wake-up of the run. Half a period, not a whole one: a lease renewed every third of its TTL still gets
+    /// three more tries before it runs out, one renewed every half of it two.
     private var nextAttempt: ContinuousClock.Instant?
 
     init(
@@ -90,7 +92,7 @@ public struct LeaseSession: Sendable {
         do {
             renewed = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
         } catch let error as StorageClientError where error.isTransient {
-            nextAttempt = asked + renewEvery
+            nextAttempt = asked + renewEvery / 2
             guard requireLease, ContinuousClock.now - renewedAt >= ttl else { return }
             throw LeaseLost(
                 description:

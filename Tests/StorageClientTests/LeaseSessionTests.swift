@@ -56,6 +56,28 @@ struct LeaseSessionTests {
         }
     }
 
+    /// ... and is asked for again once half a period has passed, well before the lease runs out (here a period of
+    /// 200 ms: asked again within seconds, the TTL ten minutes).
+    @Test func aRenewalThatFailedIsAskedAgainBeforeTheLeaseRunsOut() async throws {
+        let flaky = FlakyClient(InMemoryStorageClient())
+        try await withTemporaryDirectory { folder in
+            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
+            var session = LeaseSession(
+                sourceID: id, lease: Lease(sourceID: id, owner: "a", fencingToken: 1, expiresAt: mark), replay: nil,
+                unreachable: nil, manager: manager, owner: "a", ttl: .seconds(600), renewEvery: .milliseconds(200),
+                requireLease: false, askedAt: ContinuousClock.now - .seconds(1))
+            await flaky.failLeases(true)
+            try await session.renewIfDue()
+            #expect(await flaky.leaseRequests == 1)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while await flaky.leaseRequests < 2, ContinuousClock.now < deadline {
+                try await session.renewIfDue()
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(await flaky.leaseRequests == 2, "not asked again within 10 s")
+        }
+    }
+
     @Test func aThrowingBodyStillReleasesAndAHeldLeaseRefusesToRun() async throws {
         let storage = InMemoryStorageClient()
         try await withTemporaryDirectory { folder in
