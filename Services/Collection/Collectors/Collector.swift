@@ -39,6 +39,10 @@ struct CollectorPage: Sendable {
     var warnings: [String] = []
     /// What the collector records in `pageCommitted` (the identities of the drop-folder files the page finished).
     var progress: [FileIdentity] = []
+    /// The page answers a request asked again after a failure (TAXII: by date, from where the source can go back
+    /// to), not the next one the source said: the run counts such pages, to fail rather than loop when a failure
+    /// repeats at the same place.
+    var retried = false
 
     init(
         records: [CollectedRecord], highWaterMark: Timestamp? = nil, firstMark: Timestamp? = nil,

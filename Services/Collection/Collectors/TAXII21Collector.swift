@@ -73,9 +73,10 @@ struct TAXII21Collector: Collector {
             throw error
         }
         // A session's `next` requests repeat the filters of the request that opened it.
-        let page = try await Self.parse(
+        var page = try await Self.parse(
             response, url: SourceHTTPClient.displayURL(url),
             askedAfter: response.isRetryAnswer ? continueAfter ?? addedAfter : addedAfter, listedAt: listedAt)
+        page.retried = response.isRetryAnswer
         // Pages come in `date_added` order: a `next` page that starts before the page before it ended is the first
         // page again from a server that ignores `next` yet keeps saying `more`, which would be asked forever.
         if let previousMark, let first = page.firstMark, first < previousMark {

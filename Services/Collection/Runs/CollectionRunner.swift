@@ -311,11 +311,12 @@ struct CollectionRunner: Sendable {
     private static func fetchAll(from collector: any Collector, since: Timestamp, into queue: PageQueue) async {
         var cursor: String?
         var previous: (next: String?, count: Int, first: RecordKey?, last: RecordKey?)?
-        // How often each page (its size, first and last record) came in this run. A page that keeps failing and is
-        // asked for again from where the source can only go back to (a TAXII server without date headers: the run's
-        // start; a whole page of one date_added: that page) came again and again, each pass the same, the run never
-        // ending: once again is a retry, a third time fails the run.
-        var timesSeen: [PageSignature: Int] = [:]
+        // How often each page (its size, first and last record) came in this run as the answer to a request asked
+        // again after a failure. A failure that repeats at the same place, asked again from where the source can only
+        // go back to (a TAXII server without date headers: the run's start; a whole page of one date_added: that
+        // page), brought the same page again and again, the run never ending: twice is a retry, a third time fails the
+        // run. Only retried pages count: two drop files with the same records are two pages alike, and fine.
+        var timesRetried: [PageSignature: Int] = [:]
         do {
             repeat {
                 let page = try await collector.fetchPage(since: since, cursor: cursor)
@@ -337,15 +338,15 @@ struct CollectionRunner: Sendable {
                             + "not page as it says it does")
                 }
                 previous = seen
-                if let first = page.records.first?.key, let last = page.records.last?.key {
+                if page.retried, let first = page.records.first?.key, let last = page.records.last?.key {
                     let signature = PageSignature(count: page.records.count, first: first, last: last)
-                    let times = timesSeen[signature, default: 0] + 1
-                    timesSeen[signature] = times
+                    let times = timesRetried[signature, default: 0] + 1
+                    timesRetried[signature] = times
                     if times > 2 {
                         throw CollectorError.malformed(
-                            "the source answered the same \(page.records.count) records a third time in this run (a page "
-                                + "that keeps failing, asked for again from where the source can go back to): the run "
-                                + "does not get past them")
+                            "a request failed again and again at the same place, and asking again brought the same "
+                                + "\(page.records.count) records a third time in this run: the run does not get past it"
+                        )
                     }
                 }
                 cursor = page.next
