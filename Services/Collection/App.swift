@@ -129,10 +129,12 @@ struct Serve: AsyncParsableCommand {
             if once {
                 let reports = try await whileRunning(shared?.0) {
                     await stoppingOnSignal(engine: engine) {
-                        await runOnce(engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                        let reports = await runOnce(
+                            engine: engine, sources: sources, limit: configuration.maxConcurrentRuns)
+                        await engine.maintain()
+                        return reports
                     }
                 }
-                await engine.maintain()
                 for report in reports { print(Self.summaryLine(report)) }
                 // Stopped by a signal (runs abandoned at a page boundary) is not done either.
                 exitCode = reports.contains(where: { $0.notCollected || $0.outcome == .abandoned }) ? 1 : 0
@@ -182,12 +184,17 @@ func stoppingOnSignal<T: Sendable>(engine: CollectionEngine, _ body: () async ->
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         group.addTask {
             for await signal in signals {
+                // A second signal while the runs wind down (Ctrl-C again) ends the process at once, as an untrapped
+                // one would: what is on disk is consistent at any instant.
+                guard !engine.board.isStopping() else {
+                    engine.logger.notice("second signal: exiting now", metadata: ["signal": "\(signal)"])
+                    exit(1)
+                }
                 engine.logger.notice(
                     "stopping: runs end at their next page, their watermarks at their last checkpoint",
                     metadata: ["signal": "\(signal)"])
                 engine.board.stop()
                 engine.manager.stopReplaying()
-                return
             }
         }
         defer { group.cancelAll() }
@@ -196,21 +203,27 @@ func stoppingOnSignal<T: Sendable>(engine: CollectionEngine, _ body: () async ->
 }
 
 /// Runs every enabled source once, at most `limit` at a time, and returns the reports in configuration order.
+/// Once shutdown began no source is started: each would still open its sink and take, then release, its lease (calls
+/// to a storage that may be slow to answer) only to stop at once; it is reported abandoned, not run.
 func runOnce(engine: CollectionEngine, sources: [SourceConfiguration], limit: Int) async -> [RunReport] {
     let enabled = sources.filter(\.enabled)
     var reports: [SourceID: RunReport] = [:]
     await withTaskGroup(of: RunReport.self) { group in
         var iterator = enabled.makeIterator()
+        func next() -> SourceConfiguration? { engine.board.isStopping() ? nil : iterator.next() }
         for _ in 0..<max(1, limit) {
-            guard let source = iterator.next() else { break }
+            guard let source = next() else { break }
             group.addTask { await engine.execute(source) }
         }
         while let report = await group.next() {
             reports[report.sourceID] = report
-            if let source = iterator.next() { group.addTask { await engine.execute(source) } }
+            if let source = next() { group.addTask { await engine.execute(source) } }
         }
     }
-    return enabled.compactMap { reports[$0.id] }
+    let now = engine.clock()
+    return enabled.map {
+        reports[$0.id] ?? RunReport(sourceID: $0.id, outcome: .abandoned, startedAt: now, finishedAt: now)
+    }
 }
 
 /// `collection-service healthcheck --url http://127.0.0.1:8001/health`: exit 0 when the answer is 200, else 1.

@@ -130,6 +130,30 @@ struct HTTPTests {
         }
     }
 
+    /// `--once` once shutdown began starts no source: each would still take and release its lease (calls to a storage
+    /// that may be slow to answer) only to stop at once. They are reported abandoned, in order.
+    @Test func onceStartsNoSourceAfterShutdownBegan() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let sources = try ["a", "b", "c"].map {
+            SourceConfiguration(id: try SourceID($0), kind: .directory(DirectorySettings(path: dir)))
+        }
+        let storage = InMemoryStorageClient()
+        let engine = try buildEngine(
+            configuration: try CollectionConfiguration(environment: ["DATA_DIR": dir]), sources: sources,
+            storage: storage, httpClient: HTTPClient.shared, registry: PrometheusCollectorRegistry(),
+            logger: Logger.quiet)
+        engine.board.stop()
+        let reports = await runOnce(engine: engine, sources: sources, limit: 1)
+        #expect(reports.map(\.sourceID) == sources.map(\.id))
+        #expect(reports.allSatisfy { $0.outcome == .abandoned })
+        // No lease was ever taken of any: the first grant is token 1.
+        for source in sources {
+            let lease = try await storage.acquireLease(sourceID: source.id, owner: "x", ttl: .seconds(5))
+            #expect(lease.fencingToken == 1, "\(source.id) was started")
+        }
+    }
+
     @Test func aSourceWithoutSuccessBeyondItsThresholdIsStaleAndWarnedOnce() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
