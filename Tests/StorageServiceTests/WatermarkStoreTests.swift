@@ -457,6 +457,52 @@ struct WatermarkStoreTests {
         #expect(try await store.summary() == WatermarkSummary(total: 2, failed: 1, stale: 1))
     }
 
+    /// The recount waits for its table lock 5 s at most: queued behind a long transaction (here one holding a lock
+    /// a VACUUM takes), it held every writer behind it for as long. The start fails, and the next one migrates.
+    @Test("the PostgreSQL recount gives up on its table lock after a bounded wait")
+    func postgresRecountWaitsForItsLockBoundedly() async throws {
+        let (client, _) = try await PostgresDatabases.newDatabase()
+        var upToV3 = PostgresSchema.migrations
+        upToV3.list = Array(upToV3.list.prefix(3))
+        try await upToV3.apply(client, logger: .quiet)
+        // A transaction holds the lock until `release` opens; the migration runs meanwhile. Twenty seconds without
+        // its answer fail the test, and the lock is let go either way, so nothing hangs.
+        let (locked, release) = (AsyncStream<Void>.makeStream(), AsyncStream<Void>.makeStream())
+        let outcome = try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask {
+                try await client.withTransaction(logger: .quiet) { connection in
+                    try await connection.query("LOCK TABLE watermark IN SHARE UPDATE EXCLUSIVE MODE", logger: .quiet)
+                    locked.continuation.finish()
+                    for await _ in release.stream {}
+                }
+                return nil
+            }
+            for await _ in locked.stream {}
+            let answer = await withTaskGroup(of: String.self) { race in
+                race.addTask {
+                    do {
+                        return "applied \(try await PostgresSchema.migrate(client, logger: .quiet))"
+                    } catch {
+                        return "refused: \(String(reflecting: error))"
+                    }
+                }
+                race.addTask {
+                    try? await Task.sleep(for: .seconds(20))
+                    return "still waiting after 20 s"
+                }
+                let first = await race.next() ?? ""
+                race.cancelAll()
+                release.continuation.finish()
+                return first
+            }
+            release.continuation.finish()
+            try await group.waitForAll()
+            return answer
+        }
+        #expect(outcome.hasPrefix("refused") && outcome.contains("lock timeout"), "\(outcome)")
+        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v4-recount"])
+    }
+
     /// Applies PostgreSQL's first migration only: a database of the version before the counts.
     private func migrateToV1(_ client: PostgresClient) async throws {
         var first = PostgresSchema.migrations

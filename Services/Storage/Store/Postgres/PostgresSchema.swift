@@ -141,9 +141,12 @@ enum PostgresSchema {
                 // committed by a replica of the version before (a rolling upgrade) between the count and the
                 // trigger's creation was never counted, and the counts stayed off by it for good. The counts are
                 // taken again with the table locked against writes (SHARE ROW EXCLUSIVE: writers wait, readers do
-                // not) and the triggers in place, so no write falls between them.
+                // not) and the triggers in place, so no write falls between them. Waiting for that lock at most
+                // 5 s: queued behind a long transaction or a VACUUM, it held every writer of every replica behind it
+                // for as long (the start then fails, and is retried by the restart).
                 "v4-recount",
                 [
+                    "SET LOCAL lock_timeout = '5s'",
                     "LOCK TABLE watermark IN SHARE ROW EXCLUSIVE MODE",
                     "DELETE FROM watermark_count",
                     countSources,
