@@ -60,9 +60,9 @@ public enum DurableFile {
     }
 
     /// Appends `lines` (each ending in a line break) to the journal at `path`, creating it and its folder if needed,
-    /// and syncs it (its folder too, when the journal is new). A write or sync that fails cuts the journal back to
-    /// where it ended (EIO: Linux reports a failed write-back once and marks the pages clean, so lines the caller was
-    /// told failed could otherwise be read back later) before the error is thrown.
+    /// and syncs it (its folder too, when the journal is new). A write or sync that fails, the folder's included,
+    /// cuts the journal back to where it ended (EIO: Linux reports a failed write-back once and marks the pages
+    /// clean, so lines the caller was told failed could otherwise be read back later) before the error is thrown.
     public static func appendLines(_ lines: Data, to path: String) throws {
         let existed = FileManager.default.fileExists(atPath: path)
         if !existed {
@@ -77,11 +77,11 @@ public enum DurableFile {
         do {
             try writeAll(lines, to: fd, path: path)
             guard fsync(fd) == 0 else { throw IOError(operation: "fsync", path: path, code: errno) }
+            if !existed { try syncDirectory(of: path) }
         } catch {
             if ftruncate(fd, status.st_size) == 0 { _ = fsync(fd) }
             throw error
         }
-        if !existed { try syncDirectory(of: path) }
     }
 
     private static func writeAll(_ data: Data, to fd: Int32, path: String) throws {
