@@ -377,13 +377,7 @@ struct WatermarkManagerTests {
     @Test func aLongReplayWritesTheQueueInBatchesAndWhatACrashLeftIsAppliedOnce() async throws {
         let (otx, t1) = (otx, t1)
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
-            await storage.setAvailable(false)
-            for second in 0..<250 {
-                _ = try await manager.updateWatermark(
-                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
-            }
+            let (storage, manager) = try await Self.queued(250, in: folder)
             let (file, journal) = (URL(fileURLWithPath: folder + "/pending.json"), folder + "/pending.journal")
             let leftByACrash = (try Data(contentsOf: file), try #require(FileManager.default.contents(atPath: journal)))
             await storage.setAvailable(true)
@@ -413,14 +407,8 @@ struct WatermarkManagerTests {
     @Test func aLongQueueGrowsByALinePerUpdate() async throws {
         let (otx, t1) = (otx, t1)
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
-            await storage.setAvailable(false)
             let count = 400
-            for second in 0..<count {
-                _ = try await manager.updateWatermark(
-                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
-            }
+            let (storage, manager) = try await Self.queued(count, in: folder)
             let writes = await manager.pendingFileWrites
             #expect(writes >= WatermarkManager.journalFrom && writes <= WatermarkManager.journalFrom + 6, "\(writes)")
             let restarted = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
@@ -438,14 +426,8 @@ struct WatermarkManagerTests {
     @Test func aJournalCutAtAnyByteLosesNoUpdateThatWasQueued() async throws {
         let (otx, t1) = (otx, t1)
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
-            await storage.setAvailable(false)
             let count = WatermarkManager.journalFrom + 2
-            for second in 0..<count {
-                _ = try await manager.updateWatermark(
-                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
-            }
+            let (storage, _) = try await Self.queued(count, in: folder)
             let (file, journal) = (folder + "/pending.json", folder + "/pending.journal")
             let whole = try #require(FileManager.default.contents(atPath: file))
             let lines = try #require(FileManager.default.contents(atPath: journal))
@@ -483,14 +465,8 @@ struct WatermarkManagerTests {
     @Test func aFailedJournalAppendIsReportedAndTheNextUpdateIsWrittenWhole() async throws {
         let (otx, t1) = (otx, t1)
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
-            await storage.setAvailable(false)
             let count = WatermarkManager.journalFrom + 1
-            for second in 0..<count {
-                _ = try await manager.updateWatermark(
-                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
-            }
+            let (storage, manager) = try await Self.queued(count, in: folder)
             let journal = folder + "/pending.journal"
             try FileManager.default.removeItem(atPath: journal)
             try FileManager.default.createSymbolicLink(atPath: journal, withDestinationPath: "/dev/full")
@@ -512,16 +488,10 @@ struct WatermarkManagerTests {
     /// A crash after the queue was written whole, before its journal was emptied, leaves lines the file already
     /// holds or has seen delivered: they are not queued again.
     @Test func journalLinesTheWholeFileHasSeenAreNotQueuedAgain() async throws {
-        let (otx, t1) = (otx, t1)
+        let otx = otx
         try await withTemporaryDirectory { folder in
-            let storage = InMemoryStorageClient()
-            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
-            await storage.setAvailable(false)
             let count = WatermarkManager.journalFrom + 2
-            for second in 0..<count {
-                _ = try await manager.updateWatermark(
-                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
-            }
+            let (storage, manager) = try await Self.queued(count, in: folder)
             let journal = URL(fileURLWithPath: folder + "/pending.journal")
             let lines = try Data(contentsOf: journal)
             await storage.setAvailable(true)
@@ -537,16 +507,11 @@ struct WatermarkManagerTests {
     /// At shutdown a replay stops between two deliveries (`stopReplaying`), the rest left queued for the next start:
     /// it ran through the whole queue of an outage, past the grace period, until the process was killed.
     @Test func aReplayStopsBetweenDeliveriesAtShutdown() async throws {
-        let (otx, t1) = (otx, t1)
+        let otx = otx
         try await withTemporaryDirectory { folder in
             let storage = InMemoryStorageClient()
             let flaky = FlakyClient(storage)
-            let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
-            await storage.setAvailable(false)
-            for second in 0..<10 {
-                _ = try await manager.updateWatermark(
-                    sourceID: otx, timestamp: t1.adding(.seconds(Int64(second))), status: .success)
-            }
+            let (_, manager) = try await Self.queued(10, in: folder, storage: storage, client: flaky)
             await storage.setAvailable(true)
             await flaky.after(updates: 3) { manager.stopReplaying() }
             #expect(await manager.replayPending() == ReplaySummary(applied: 3, dropped: 0, remaining: 7))
@@ -554,6 +519,23 @@ struct WatermarkManagerTests {
             #expect(await restarted.replayPending() == ReplaySummary(applied: 7, dropped: 0, remaining: 0))
             #expect(try await storage.getWatermark(sourceID: otx)?.version == 10)
         }
+    }
+
+    /// A manager on `storage` (through `client`), the storage down, with `count` successes of `alienvault_otx`
+    /// queued, a second apart from 2024-01-01T12:00:00Z.
+    static func queued(
+        _ count: Int, in folder: String, storage: InMemoryStorageClient = InMemoryStorageClient(),
+        client: (any StorageClient)? = nil
+    ) async throws -> (InMemoryStorageClient, WatermarkManager) {
+        let manager = try WatermarkManager(client: client ?? storage, stateDirectory: folder, logger: Logger.quiet)
+        await storage.setAvailable(false)
+        for second in 0..<count {
+            _ = try await manager.updateWatermark(
+                sourceID: sid("alienvault_otx"),
+                timestamp: Timestamp.at("2024-01-01T12:00:00Z").adding(
+                    .seconds(Int64(second))), status: .success)
+        }
+        return (storage, manager)
     }
 
     static func oneQueued(

@@ -56,3 +56,22 @@ extension StorageConfiguration {
         try self.init(Settings(environment: environment))
     }
 }
+
+/// What `body` answers, or "no answer within N s" when it has not answered by then (it is cancelled, and
+/// `unblock` lets go of whatever it may wait for, which a cancellation does not end): a test of something that
+/// should end fails, instead of hanging, when it does not.
+func answer(
+    within seconds: Int = 20, unblock: @escaping @Sendable () -> Void = {},
+    _ body: @escaping @Sendable () async -> String
+) async -> String {
+    await withTaskGroup(of: String.self) { race in
+        race.addTask { await body() }
+        race.addTask {
+            guard (try? await Task.sleep(for: .seconds(seconds))) != nil else { return "" }
+            unblock()
+            return "no answer within \(seconds) s"
+        }
+        defer { race.cancelAll() }
+        return await race.next() ?? ""
+    }
+}
