@@ -184,11 +184,14 @@ func stoppingOnSignal<T: Sendable>(engine: CollectionEngine, _ body: () async ->
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         group.addTask {
             for await signal in signals {
-                // A second signal while the runs wind down (Ctrl-C again) ends the process at once, as an untrapped
-                // one would: what is on disk is consistent at any instant.
+                // Ctrl-C again while the runs wind down ends the process at once, as an untrapped one would (what is
+                // on disk is consistent at any instant; the leases held wait for their TTL). A SIGTERM again does
+                // not: `timeout` sends its signal to the process and then to its group, the same one twice, and
+                // orchestrators follow with SIGKILL.
                 guard !engine.board.isStopping() else {
-                    engine.logger.notice("second signal: exiting now", metadata: ["signal": "\(signal)"])
-                    exit(1)
+                    guard endsAtOnce(signal, stopping: true) else { continue }
+                    engine.logger.notice("second interrupt: exiting now", metadata: ["signal": "\(signal)"])
+                    exit(130)
                 }
                 engine.logger.notice(
                     "stopping: runs end at their next page, their watermarks at their last checkpoint",
@@ -200,6 +203,11 @@ func stoppingOnSignal<T: Sendable>(engine: CollectionEngine, _ body: () async ->
         defer { group.cancelAll() }
         return await body()
     }
+}
+
+/// Whether `signal` ends `--once` at once rather than stopping its runs: a second SIGINT (Ctrl-C again) while they stop.
+func endsAtOnce(_ signal: UnixSignal, stopping: Bool) -> Bool {
+    stopping && signal == .sigint
 }
 
 /// Runs every enabled source once, at most `limit` at a time, and returns the reports in configuration order.
@@ -222,7 +230,10 @@ func runOnce(engine: CollectionEngine, sources: [SourceConfiguration], limit: In
     }
     let now = engine.clock()
     return enabled.map {
-        reports[$0.id] ?? RunReport(sourceID: $0.id, outcome: .abandoned, startedAt: now, finishedAt: now)
+        reports[$0.id]
+            ?? RunReport(
+                sourceID: $0.id, outcome: .abandoned, startedAt: now, finishedAt: now,
+                errorMessage: "not started: the process was stopping")
     }
 }
 

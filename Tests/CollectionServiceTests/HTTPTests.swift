@@ -11,6 +11,7 @@ import ServiceSupport
 import StorageClient
 import TestSupport
 import Testing
+import UnixSignals
 import WatermarkCore
 
 @testable import CollectionService
@@ -128,6 +129,14 @@ struct HTTPTests {
             #expect(await engine.board.entry(source.id)?.triggered == true)
             #expect(try await client.execute(uri: "/status", method: .get).status == .ok)
         }
+    }
+
+    /// Only Ctrl-C again ends `--once` at once: a second SIGTERM is what `timeout` sends (to the process, then to its
+    /// group), and ending at once left the leases held; orchestrators follow with SIGKILL anyway.
+    @Test func onlyASecondInterruptEndsOnceAtOnce() {
+        #expect(endsAtOnce(.sigint, stopping: true))
+        #expect(!endsAtOnce(.sigterm, stopping: true))
+        #expect(!endsAtOnce(.sigint, stopping: false) && !endsAtOnce(.sigterm, stopping: false))
     }
 
     /// `--once` once shutdown began starts no source: each would still take and release its lease (calls to a storage
