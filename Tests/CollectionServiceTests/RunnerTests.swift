@@ -261,6 +261,27 @@ struct RunnerTests {
         #expect(f.ids() == ["p0a", "p0b", "p1a", "p1b", "p2a", "p2b"])
     }
 
+    /// A source whose cursors go round in a circle of two pages (an OTX `next` chain page=2 -> page=3 -> page=2)
+    /// fails the run when a page comes a third time, where it paged for ever, every page dropped as duplicates.
+    @Test(.timeLimit(.minutes(1)))
+    func cursorsGoingRoundInACircleFailTheRun() async throws {
+        struct Circle: Collector {
+            func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+                let onB = cursor == "b"
+                let mark = onB ? "2026-11-25T00:00:01Z" : "2026-11-25T00:00:00Z"
+                return CollectorPage(
+                    records: [record(onB ? "b1" : "a1", mark), record(onB ? "b2" : "a2", mark)],
+                    next: onB ? "a" : "b")
+            }
+        }
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let report = await f.runner.run(f.source, collector: Circle())
+        #expect(report.outcome == .failed)
+        #expect(report.errorMessage?.contains("a third time") == true, "\(report.errorMessage ?? "")")
+        #expect(f.ids() == ["a1", "a2", "b1", "b2"])
+    }
+
     /// A run waiting for a slow page stops as soon as shutdown begins, at that page boundary: it was woken only by
     /// its lease's ticker (half a renewal period, 10 s by default; here a quarter of an hour), so a SIGTERM outlasted
     /// the grace period. (Twenty seconds without a report fail the test rather than hang it.)

@@ -311,12 +311,14 @@ struct CollectionRunner: Sendable {
     private static func fetchAll(from collector: any Collector, since: Timestamp, into queue: PageQueue) async {
         var cursor: String?
         var previous: (next: String?, count: Int, first: RecordKey?, last: RecordKey?)?
-        // How often each page (its size, first and last record) came in this run as the answer to a request asked
-        // again after a failure. A failure that repeats at the same place, asked again from where the source can only
-        // go back to (a TAXII server without date headers: the run's start; a whole page of one date_added: that
-        // page), brought the same page again and again, the run never ending: twice is a retry, a third time fails the
-        // run. Only retried pages count: two drop files with the same records are two pages alike, and fine.
-        var timesRetried: [PageSignature: Int] = [:]
+        // Each page of the run (its size, first and last record): how often it came, and the cursors it led to. A
+        // page comes again when it answers a request asked again after a failure (`retried`), or leads where it led
+        // before (a source whose cursors go round in a circle). A failure that repeats at the same place, asked again
+        // from where the source can only go back to (a TAXII server without date headers: the run's start; a whole
+        // page of one date_added: that page), or a circle, brought the same pages again and again, the run never
+        // ending: a page that comes a third time fails the run. Pages alike that lead elsewhere (two drop files with
+        // the same records) are fine.
+        var pagesSeen: [PageSignature: (times: Int, nexts: Set<String?>)] = [:]
         do {
             repeat {
                 let page = try await collector.fetchPage(since: since, cursor: cursor)
@@ -338,14 +340,17 @@ struct CollectionRunner: Sendable {
                             + "not page as it says it does")
                 }
                 previous = seen
-                if page.retried, let first = page.records.first?.key, let last = page.records.last?.key {
+                if let first = page.records.first?.key, let last = page.records.last?.key {
                     let signature = PageSignature(count: page.records.count, first: first, last: last)
-                    let times = timesRetried[signature, default: 0] + 1
-                    timesRetried[signature] = times
-                    if times > 2 {
+                    var history = pagesSeen[signature] ?? (0, [])
+                    if history.times == 0 || page.retried || history.nexts.contains(page.next) { history.times += 1 }
+                    history.nexts.insert(page.next)
+                    pagesSeen[signature] = history
+                    if history.times > 2 {
                         throw CollectorError.malformed(
-                            "a request failed again and again at the same place, and asking again brought the same "
-                                + "\(page.records.count) records a third time in this run: the run does not get past it"
+                            "the source answered the same \(page.records.count) records a third time in this run (a "
+                                + "request that keeps failing at the same place, or cursors that go round in a "
+                                + "circle): the run does not get past them"
                         )
                     }
                 }
