@@ -53,6 +53,8 @@ public struct LeaseSession: Sendable {
     /// every wake-up of the run. Half a period, not a whole one: a lease renewed every third of its TTL still gets
     /// three more tries before it runs out, one renewed every half of it two.
     private var nextAttempt: ContinuousClock.Instant?
+    /// The clock the session's times are read on (a test's own, to step it).
+    var now: @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }
 
     init(
         sourceID: SourceID, lease: Lease?, replay: ReplaySummary?, unreachable: String?, manager: WatermarkManager,
@@ -83,8 +85,8 @@ public struct LeaseSession: Sendable {
     ///   with `requireLease` when the lease ran out while the storage was away, or lapsed and another grant came
     ///   between.
     public mutating func renewIfDue() async throws {
-        guard let held = lease, ContinuousClock.now - renewedAt > renewEvery else { return }
-        let asked = ContinuousClock.now
+        guard let held = lease, now() - renewedAt > renewEvery else { return }
+        let asked = now()
         // Asked again before the pause ends only once the lease may have run out, for `LeaseLost` or a lapsed lease
         // that comes back.
         if let next = nextAttempt, asked < next, !(requireLease && asked - renewedAt >= ttl) { return }
@@ -93,7 +95,7 @@ public struct LeaseSession: Sendable {
             renewed = try await manager.storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
         } catch let error as StorageClientError where error.isTransient {
             nextAttempt = asked + renewEvery / 2
-            guard requireLease, ContinuousClock.now - renewedAt >= ttl else { return }
+            guard requireLease, now() - renewedAt >= ttl else { return }
             throw LeaseLost(
                 description:
                     "the lease on \(sourceID) ran out (\(ttl.components.seconds) s) while the storage could not "

@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 import TestSupport
 import Testing
 import WatermarkCore
@@ -56,25 +57,34 @@ struct LeaseSessionTests {
         }
     }
 
-    /// ... and is asked for again once half a period has passed, well before the lease runs out (here a period of
-    /// 200 ms: asked again within seconds, the TTL ten minutes).
-    @Test func aRenewalThatFailedIsAskedAgainBeforeTheLeaseRunsOut() async throws {
+    /// ... and is asked for again half a period after the failed one (not a whole one: a lease renewed every third of
+    /// its TTL got two tries before it ran out), on a clock the test steps.
+    @Test func aRenewalThatFailedIsAskedAgainHalfAPeriodLater() async throws {
+        final class Clock: Sendable {
+            let start = ContinuousClock.now
+            let offset = Mutex(Duration.zero)
+            func advance(_ by: Duration) { offset.withLock { $0 += by } }
+            func now() -> ContinuousClock.Instant { start + offset.withLock { $0 } }
+        }
         let flaky = FlakyClient(InMemoryStorageClient())
+        let clock = Clock()
         try await withTemporaryDirectory { folder in
             let manager = try WatermarkManager(client: flaky, stateDirectory: folder, logger: Logger.quiet)
             var session = LeaseSession(
                 sourceID: id, lease: Lease(sourceID: id, owner: "a", fencingToken: 1, expiresAt: mark), replay: nil,
-                unreachable: nil, manager: manager, owner: "a", ttl: .seconds(600), renewEvery: .milliseconds(200),
-                requireLease: false, askedAt: ContinuousClock.now - .seconds(1))
+                unreachable: nil, manager: manager, owner: "a", ttl: .seconds(60), renewEvery: .seconds(20),
+                requireLease: false, askedAt: clock.now())
+            session.now = { clock.now() }
             await flaky.failLeases(true)
+            clock.advance(.seconds(21))
             try await session.renewIfDue()
             #expect(await flaky.leaseRequests == 1)
-            let deadline = ContinuousClock.now + .seconds(10)
-            while await flaky.leaseRequests < 2, ContinuousClock.now < deadline {
-                try await session.renewIfDue()
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            #expect(await flaky.leaseRequests == 2, "not asked again within 10 s")
+            clock.advance(.seconds(9))
+            try await session.renewIfDue()
+            #expect(await flaky.leaseRequests == 1, "asked again before half a period")
+            clock.advance(.seconds(2))
+            try await session.renewIfDue()
+            #expect(await flaky.leaseRequests == 2, "not asked again after half a period")
         }
     }
 
