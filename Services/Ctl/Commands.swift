@@ -72,13 +72,22 @@ extension WatermarkCtl {
         @Argument(help: "The source id.") var id: String
         @Argument(help: "RFC 3339, e.g. 2026-12-01T00:00:00Z.") var timestamp: String
         @Flag(help: "Accept a timestamp older than the stored one (a deliberate backfill).") var force = false
+        @Flag(help: "Start a source that has no watermark yet (without it, an id with none is refused).")
+        var create = false
         @Option(help: "Why, recorded in the history with who did it.") var reason: String?
 
         func run() async throws {
             try await exiting {
                 let (source, mark) = (try sourceID(id), try parseTimestamp(timestamp))
-                let stored = try await connection.run {
-                    try await $0.setMark(source, to: mark, force: force, reason: reason)
+                // Only an existing source unless --create: a mistyped id was created (exit 0, "version 1"), the real
+                // source left as it was and a source nobody collects added to every list.
+                let stored = try await connection.run { client in
+                    do {
+                        return try await client.setMark(
+                            source, to: mark, force: force, reason: reason, precondition: create ? nil : .exists)
+                    } catch StorageClientError.preconditionFailed {
+                        throw Failure(1, "\(source) has no watermark: check the id, or pass --create to start it")
+                    }
                 }
                 print(
                     "\(source): watermark \(stored.lastSuccessfulTimestamp.map { "\($0)" } ?? "none"), version \(stored.version)"
@@ -248,10 +257,13 @@ extension ShowOne {
 }
 
 extension StorageClient {
-    /// What `set` and `copy` record: a success at `mark` (records 0), backwards only with `force`.
-    func setMark(_ source: SourceID, to mark: Timestamp, force: Bool, reason: String?) async throws -> Watermark {
+    /// What `set` and `copy` record: a success at `mark` (records 0), backwards only with `force`; `.exists` refuses a
+    /// source with no watermark (412).
+    func setMark(
+        _ source: SourceID, to mark: Timestamp, force: Bool, reason: String?, precondition: WritePrecondition? = nil
+    ) async throws -> Watermark {
         try await updateWatermark(
             sourceID: source, timestamp: mark, status: .success, errorMessage: nil, recordsCollected: 0,
-            options: UpdateOptions(force: force, reason: reason))
+            options: UpdateOptions(precondition: precondition, force: force, reason: reason))
     }
 }

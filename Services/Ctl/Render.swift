@@ -56,7 +56,19 @@ enum Render {
         return seconds < 0 ? "in \(text)" : "\(text) ago"
     }
 
+    /// A cell as the terminal shows it: control characters (a line break, an escape sequence quoted from a feed's
+    /// error text, which the storage keeps as sent) as U+FFFD, so that they can neither break the table nor drive
+    /// the operator's terminal. The JSON output escapes them already.
+    static func printable(_ text: String) -> String {
+        func isControl(_ scalar: Unicode.Scalar) -> Bool { scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) }
+        guard text.unicodeScalars.contains(where: isControl) else { return text }
+        var shown = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars { shown.append(isControl(scalar) ? "\u{FFFD}" : scalar) }
+        return String(shown)
+    }
+
     private static func aligned(_ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map(printable) }
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
             row.enumerated().map { column, cell in

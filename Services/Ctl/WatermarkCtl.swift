@@ -35,26 +35,33 @@ struct Connection: ParsableArguments {
     @Option(help: "Seconds to wait for each answer.") var timeout: Int = 10
 
     /// Runs `body` with a client of the storage, and turns its refusals into the documented exit codes.
+    ///
+    /// The client comes from the library's factory, as every service's does: the same checks of the URL (one
+    /// holding a user and password is refused, never quoted back), the token (`name:token`) and `STORAGE_CA_PATH`.
+    /// Built here by hand, a mistyped URL with a password was printed whole in the errors, and an https storage
+    /// signed by a private CA could not be reached.
     func run<T>(_ body: (HTTPStorageClient) async throws -> T) async throws -> T {
-        let environment = ProcessInfo.processInfo.environment
-        let base =
-            url ?? environment["STORAGE_SERVICE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8000"
-        guard let parsed = URL(string: base), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
-            throw Failure(
-                2, "'\(base)' is not an http(s) URL: set STORAGE_SERVICE_URL or --url, e.g. http://storage:8000")
-        }
         var logger = Logger(label: "watermarkctl")
         logger.logLevel = .critical
-        let given = token ?? environment["STORAGE_API_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-        let bearer: String?
+        var flags = ["STORAGE_TIMEOUT_SECONDS": String(timeout)]
+        flags["STORAGE_SERVICE_URL"] = url
+        flags["STORAGE_API_TOKEN"] = token
+        var settings = Settings(flags: flags)
+        if settings.text("STORAGE_SERVICE_URL") == nil {
+            flags["STORAGE_SERVICE_URL"] = "http://127.0.0.1:8000"
+            settings = Settings(flags: flags)
+        }
+        let client: HTTPStorageClient
         do {
-            // The service's own variable may name its tokens (name:token): the client sends the token of one pair.
-            bearer = try given.map { text throws(ConfigurationKeyError) in try APITokens.clientToken(text) }
-        } catch {
+            guard
+                let made = try makeStorageClient(settings: settings, logger: logger, retryPolicy: .none)
+                    as? HTTPStorageClient
+            else { throw Failure(2, "no Storage Service URL") }
+            client = made
+        } catch let error as ConfigurationKeyError {
             throw Failure(2, "\(error)")
         }
-        let client = HTTPStorageClient(
-            baseURL: base, token: bearer, timeout: .seconds(timeout), retryPolicy: .none, logger: logger)
+        let base = settings.text("STORAGE_SERVICE_URL") ?? ""
         do {
             let result = try await body(client)
             try? await client.shutdown()

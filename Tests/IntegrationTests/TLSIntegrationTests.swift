@@ -92,6 +92,16 @@ struct TLSIntegrationTests {
             _ = try await refused.waitForExit(timeout: .seconds(90))
             #expect(refused.log.contains("Storage Service health check failed"), "\(refused.log)")
 
+            // watermarkctl trusts STORAGE_CA_PATH as every client of the library does (it built its client by hand,
+            // and an https storage signed by a private CA could not be reached).
+            let ctl = try ServiceProcess(
+                "watermarkctl", arguments: ["get", "drop", "--output", "json"],
+                environment: [
+                    "STORAGE_SERVICE_URL": url, "STORAGE_API_TOKEN": Self.token, "STORAGE_CA_PATH": certificates.caPath,
+                ])
+            #expect(try await ctl.waitForExit() == 0, "\(ctl.log)")
+            #expect(ctl.log.contains(#""last_successful_timestamp":"2026-11-30T10:00:00Z""#), "\(ctl.log)")
+
             // The healthcheck sub-command needs the CA too.
             let probe = try ServiceProcess(
                 "storage-service",

@@ -22,14 +22,47 @@ struct WatermarkCtlTests {
             ["/bin/sh", "-c", quoted.joined(separator: " ") + " < '\(stdin)' 2>&1"], environment: environment)
     }
 
+    /// A URL holding a user and password is refused (exit 2) and never printed whole, as the library refuses it for
+    /// the services: watermarkctl quoted it back in its errors ("cannot reach ... at http://admin:s3cret@...").
+    @Test func aStorageURLWithAPasswordIsRefusedWithoutShowingIt() throws {
+        for url in ["http://admin:s3cret@127.0.0.1:9", "postgres://admin:s3cret@db:5432/x"] {
+            let result = try Self.ctl(["list", "--url", url], storage: nil)
+            #expect(result.status == 2, "\(result.output)")
+            #expect(!result.output.contains("s3cret"), "\(result.output)")
+            #expect(result.output.contains("STORAGE_SERVICE_URL"), "\(result.output)")
+        }
+    }
+
+    /// An error message quoted from a feed may hold a line break or a terminal escape sequence (the storage keeps it as
+    /// sent): the tables show them as U+FFFD, one row per source, nothing reaching the terminal as a control.
+    @Test func tablesShowNoControlCharacters() async throws {
+        try await withStorageService(
+            environment: ["STORAGE_API_TOKEN": "ctl-token"], headers: [("Authorization", "Bearer ctl-token")]
+        ) { storage in
+            let body = #"{"status":"failed","error_message":"feed said \u001b[2J\u001b]0;owned\u0007\nline two"}"#
+            #expect(try await storage.http.send(.PUT, "/api/v1/watermarks/evil", json: body).status == 201)
+            for arguments in [["list"], ["history", "evil"]] {
+                let result = try Self.ctl(arguments, storage: storage)
+                #expect(result.status == 0, "\(result.output)")
+                #expect(!result.output.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 })
+                #expect(result.output.split(separator: "\n").count == 2, "\(result.output)")
+                #expect(result.output.contains("\u{FFFD}[2J"), "\(result.output)")
+            }
+        }
+    }
+
     @Test func setGetListHistoryCopyResetAndTheirRefusals() async throws {
         try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { storage in
             func ctl(_ arguments: String...) throws -> (status: Int32, output: String) {
                 try Self.ctl(arguments, storage: storage)
             }
+            // A source with no watermark is refused unless --create (a mistyped id was created).
             var result = try ctl("set", "alpha", "2026-12-01T00:00:00Z")
+            #expect(result.status == 1 && result.output.contains("pass --create"), "\(result.output)")
+            #expect(try ctl("list", "--output", "json").output == "[]\n")
+            result = try ctl("set", "alpha", "2026-12-01T00:00:00Z", "--create")
             #expect(result.status == 0 && result.output.contains("alpha: watermark 2026-12-01T00:00:00Z, version 1"))
-            #expect(try ctl("set", "beta", "2026-11-01T12:00:00.5Z").status == 0)
+            #expect(try ctl("set", "beta", "2026-11-01T12:00:00.5Z", "--create").status == 0)
 
             // A regression is refused (exit 1, the reason said), and accepted with --force.
             result = try ctl("set", "alpha", "2026-11-30T00:00:00Z")
@@ -96,7 +129,7 @@ struct WatermarkCtlTests {
             func ctl(_ arguments: String...) throws -> (status: Int32, output: String) {
                 try Self.ctl(arguments, storage: storage)
             }
-            #expect(try ctl("set", "feed", "2026-12-01T00:00:00Z", "--reason", "first load").status == 0)
+            #expect(try ctl("set", "feed", "2026-12-01T00:00:00Z", "--create", "--reason", "first load").status == 0)
             #expect(try ctl("reset", "feed", "--yes", "--reason", "bad batch: Zoë's replay").status == 0)
             var result = try ctl("history", "feed", "--output", "json")
             let runs = try #require(
@@ -134,7 +167,7 @@ struct WatermarkCtlTests {
         let file = folder.path + "/watermarks.jsonl"
         try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { source in
             for (id, mark) in [("a", "2026-12-01T00:00:00Z"), ("b", "2026-12-02T00:00:00.123456789Z")] {
-                #expect(try Self.ctl(["set", id, mark], storage: source).status == 0)
+                #expect(try Self.ctl(["set", id, mark, "--create"], storage: source).status == 0)
             }
             let exported = try Self.ctl(["export"], storage: source)
             #expect(exported.status == 0 && exported.output.split(separator: "\n").count == 2)
@@ -144,7 +177,7 @@ struct WatermarkCtlTests {
             "STORAGE_API_TOKEN": "ctl-token", "STORAGE_READ_TOKEN": "read-token",
         ]) {
             target in
-            #expect(try Self.ctl(["set", "b", "2026-12-03T00:00:00Z"], storage: target).status == 0)
+            #expect(try Self.ctl(["set", "b", "2026-12-03T00:00:00Z", "--create"], storage: target).status == 0)
             var result = try Self.ctl(["import"], storage: target, stdin: file)
             #expect(result.status == 1 && result.output.contains("imported 1, refused 1"), "\(result.output)")
             #expect(result.output.contains("(b) refused"))
