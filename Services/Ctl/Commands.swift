@@ -188,7 +188,7 @@ extension WatermarkCtl {
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract:
-                "Read `export`'s JSON lines from standard input and set each watermark; a regression is refused unless --force.",
+                "Read `export`'s JSON lines from standard input and set each watermark (a failing source stays failing, with its last error); a regression is refused unless --force.",
             discussion: "Exit code 1 when any line was refused (each is named on standard error); the others are set.")
         @OptionGroup var connection: Connection
         @Flag(help: "Accept watermarks older than the stored ones.") var force = false
@@ -210,12 +210,22 @@ extension WatermarkCtl {
                 let (set, refused) = try await connection.run { client in
                     var (set, refused) = (0, 0)
                     for (number, watermark) in lines {
-                        guard let mark = watermark.lastSuccessfulTimestamp else { continue }  // never succeeded
                         do {
-                            try await client.updateWatermark(
-                                sourceID: watermark.sourceID, timestamp: mark, status: .success, errorMessage: nil,
-                                recordsCollected: watermark.recordsCollected,
-                                options: UpdateOptions(force: force, reason: reason))
+                            if let mark = watermark.lastSuccessfulTimestamp {
+                                try await client.updateWatermark(
+                                    sourceID: watermark.sourceID, timestamp: mark, status: .success,
+                                    errorMessage: nil, recordsCollected: watermark.recordsCollected,
+                                    options: UpdateOptions(force: force, reason: reason))
+                            }
+                            // A source that was failing is failing on the new storage too, its last error on top of
+                            // its mark: it arrived as a success (its failure alert lost), and one that never
+                            // succeeded was skipped without a word.
+                            if watermark.status == .failed {
+                                try await client.updateWatermark(
+                                    sourceID: watermark.sourceID, timestamp: nil, status: .failed,
+                                    errorMessage: watermark.errorMessage, recordsCollected: 0,
+                                    options: UpdateOptions(reason: reason))
+                            }
                             set += 1
                         } catch let error as StorageClientError where !error.isTransient {
                             // A refused token refuses every line alike: the token's exit code (3), not "refused".

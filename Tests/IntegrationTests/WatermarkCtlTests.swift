@@ -165,12 +165,20 @@ struct WatermarkCtlTests {
         let folder = try TemporaryDirectory()
         defer { folder.remove() }
         let file = folder.path + "/watermarks.jsonl"
-        try await withStorageService(environment: ["STORAGE_API_TOKEN": "ctl-token"]) { source in
-            for (id, mark) in [("a", "2026-12-01T00:00:00Z"), ("b", "2026-12-02T00:00:00.123456789Z")] {
+        try await withStorageService(
+            environment: ["STORAGE_API_TOKEN": "ctl-token"], headers: [("Authorization", "Bearer ctl-token")]
+        ) { source in
+            for (id, mark) in [
+                ("a", "2026-12-01T00:00:00Z"), ("b", "2026-12-02T00:00:00.123456789Z"), ("c", "2026-12-01T00:00:00Z"),
+            ] {
                 #expect(try Self.ctl(["set", id, mark, "--create"], storage: source).status == 0)
             }
+            // Failing sources, one with a mark and one that never succeeded: they arrive failing.
+            let failed = #"{"status":"failed","error_message":"feed down"}"#
+            #expect(try await source.http.send(.PUT, "/api/v1/watermarks/c", json: failed).status == 200)
+            #expect(try await source.http.send(.PUT, "/api/v1/watermarks/d", json: failed).status == 201)
             let exported = try Self.ctl(["export"], storage: source)
-            #expect(exported.status == 0 && exported.output.split(separator: "\n").count == 2)
+            #expect(exported.status == 0 && exported.output.split(separator: "\n").count == 4)
             try exported.output.write(toFile: file, atomically: true, encoding: .utf8)
         }
         try await withStorageService(environment: [
@@ -179,12 +187,17 @@ struct WatermarkCtlTests {
             target in
             #expect(try Self.ctl(["set", "b", "2026-12-03T00:00:00Z", "--create"], storage: target).status == 0)
             var result = try Self.ctl(["import"], storage: target, stdin: file)
-            #expect(result.status == 1 && result.output.contains("imported 1, refused 1"), "\(result.output)")
+            #expect(result.status == 1 && result.output.contains("imported 3, refused 1"), "\(result.output)")
             #expect(result.output.contains("(b) refused"))
             result = try Self.ctl(["import", "--force"], storage: target, stdin: file)
-            #expect(result.status == 0 && result.output.contains("imported 2, refused 0"), "\(result.output)")
+            #expect(result.status == 0 && result.output.contains("imported 4, refused 0"), "\(result.output)")
             let b = try Self.ctl(["get", "b", "--output", "json"], storage: target).output
             #expect(b.contains(#""last_successful_timestamp":"2026-12-02T00:00:00.123456789Z""#), "\(b)")
+            let c = try Self.ctl(["get", "c", "--output", "json"], storage: target).output
+            #expect(c.contains(#""status":"failed""#) && c.contains(#""error_message":"feed down""#), "\(c)")
+            #expect(c.contains(#""last_successful_timestamp":"2026-12-01T00:00:00Z""#), "\(c)")
+            let d = try Self.ctl(["get", "d", "--output", "json"], storage: target).output
+            #expect(d.contains(#""status":"failed""#) && d.contains(#""last_successful_timestamp":null"#), "\(d)")
             // A token that may only read: the token's exit code, once, not a refusal per line.
             result = try Self.ctl(["import"], storage: target, token: "read-token", stdin: file)
             #expect(result.status == 3 && result.output.contains("refused the token"), "\(result.output)")
