@@ -6,7 +6,8 @@
 # - Creates a virtual environment with medallion once (MEDALLION_VENV, default .build/venv-medallion
 #   at the repository root) and reuses it afterwards.
 # - Writes WORKDIR/data.json (an api root "api1" with one empty read/write collection, id
-#   MEDALLION_COLLECTION_ID) and WORKDIR/conf.json (user admin / Password0, in-memory backend).
+#   MEDALLION_COLLECTION_ID) and WORKDIR/conf.json (user admin / Password0, medallion's in-memory
+#   backend with its calls serialized by serialized_backend.py).
 # - Replaces itself with the server (exec), so the caller's process id is medallion's and a signal
 #   to it stops the server.
 # Fails loudly (non-zero, message on stderr) when python or the install is unavailable.
@@ -39,11 +40,14 @@ mkdir -p "$WORKDIR"
 sed "s/@COLLECTION_ID@/$COLLECTION_ID/" "$HERE/data.template.json" > "$WORKDIR/data.json"
 cat > "$WORKDIR/conf.json" <<JSON
 {
-  "backend": {"module": "medallion.backends.memory_backend", "module_class": "MemoryBackend",
+  "backend": {"module": "serialized_backend", "module_class": "SerializedMemoryBackend",
               "filename": "$WORKDIR/data.json"},
   "users": {"admin": "Password0"},
   "taxii": {"max_page_size": 100}
 }
 JSON
 
+# serialized_backend.py (next to this script): medallion's memory backend, one call at a time (it loses
+# acknowledged versions when a GET and a POST meet; see that file).
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 exec "$VENV/bin/medallion" --host 127.0.0.1 --port "$PORT" --log-level INFO "$WORKDIR/conf.json"
