@@ -69,6 +69,7 @@ struct Serve: AsyncParsableCommand {
         do {
             configuration = try CollectionConfiguration(settings)
             sources = try SourcesFile.load(path: configuration.sourcesPath, settings: settings)
+            try configuration.checkDropFolders(sources)
             tlsConfiguration = try configuration.tls?.serverConfiguration()
         } catch {
             ServiceStart.reportConfigurationError("collection-service", error)

@@ -141,6 +141,44 @@ struct ConfigurationTests {
         #expect(problems[0]?.contains("interval_seconds (86400)") == true)
     }
 
+    /// A drop folder inside a source's sink folder (`DATA_DIR/<id>`: its day files would be read back as bad
+    /// records and moved away) or inside `DATA_DIR/.state` stops the start, through `..` and symbolic links too; a
+    /// folder beside them, or a sink folder when the sink is PostgreSQL, does not.
+    @Test func aDropFolderWhereTheServiceWritesIsRefused() async throws {
+        try await withTemporaryDirectory { data in
+            try FileManager.default.createDirectory(atPath: data + "/inbox/2026", withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: data + "/link", withDestinationPath: data + "/inbox")
+            func refusal(_ path: String, sink: String? = nil) throws -> String? {
+                let json = """
+                    {"sources": [{"id": "inbox", "type": "directory", "path": "\(path)"},
+                      {"id": "otx", "type": "otx", "api_key_env": "K"}]}
+                    """
+                var environment = ["DATA_DIR": data]
+                environment["SINK_URL"] = sink
+                let configuration = try CollectionConfiguration(Settings(environment: environment))
+                do {
+                    try configuration.checkDropFolders(try parse(json, env: ["K": "k"]))
+                    return nil
+                } catch {
+                    return error.message
+                }
+            }
+            let own = try refusal(data + "/inbox")
+            #expect(own?.contains(#"source "inbox" field "path""#) == true, "\(own ?? "accepted")")
+            #expect(own?.contains(#"where the sink writes source "inbox""#) == true)
+            #expect(try refusal(data + "/otx")?.contains(#"sink writes source "otx""#) == true)
+            #expect(try refusal(data + "/inbox/2026") != nil)
+            #expect(try refusal(data + "/drop/../inbox/") != nil)
+            #expect(try refusal(data + "/link") != nil)
+            #expect(try refusal(data + "/.state/drop")?.contains("state folder") == true)
+            #expect(try refusal(data + "/drop/inbox") == nil)
+            #expect(try refusal(data + "/inboxes") == nil)
+            #expect(try refusal(data) == nil)
+            #expect(try refusal(data + "/inbox", sink: "postgres://u@127.0.0.1:5432/sink") == nil)
+            #expect(try refusal(data + "/.state", sink: "postgres://u@127.0.0.1:5432/sink") != nil)
+        }
+    }
+
     @Test func serviceSettingsComeFromTheEnvironment() throws {
         let config = try CollectionConfiguration(environment: [
             "PORT": "8001", "DATA_DIR": "/data", "MAX_CONCURRENT_RUNS": "4", "INSTANCE_ID": "pod-1",

@@ -67,6 +67,32 @@ struct CollectionConfiguration: Sendable {
         (dataDirectory as NSString).appendingPathComponent(".state")
     }
 
+    /// Refuses a drop folder where the service writes: the file sink's folder of a source (`DATA_DIR/<id>`), whose
+    /// day files the folder's source would read back as bad records and move away, or `DATA_DIR/.state`. Paths are
+    /// compared absolute, with `..` and symbolic links resolved.
+    func checkDropFolders(_ sources: [SourceConfiguration]) throws(ConfigurationError) {
+        func absolute(_ path: String) -> String {
+            URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        }
+        var written = [(absolute(stateDirectory), "the service's state folder (DATA_DIR/.state)")]
+        if sinkURL == nil {
+            for source in sources {
+                let folder = (dataDirectory as NSString).appendingPathComponent(source.id.rawValue)
+                written.append(
+                    (absolute(folder), "where the sink writes source \"\(source.id)\" (DATA_DIR/\(source.id))"))
+            }
+        }
+        for source in sources {
+            guard case .directory(let settings) = source.kind else { continue }
+            let path = absolute(settings.path)
+            for (folder, what) in written where path == folder || path.hasPrefix(folder + "/") {
+                throw ConfigurationError(
+                    "source \"\(source.id)\" field \"path\": \(settings.path) is in \(what): the source would read "
+                        + "the service's own files; give a folder outside DATA_DIR/<source id> and DATA_DIR/.state")
+            }
+        }
+    }
+
     /// Reads the keys above from `settings` (flags over the environment); malformed values are errors naming
     /// the variable.
     init(_ settings: Settings) throws(ConfigurationKeyError) {
