@@ -247,8 +247,11 @@ public final class HTTPStorageClient: StorageClient {
             var request = HTTPClientRequest(url: baseURL + "/health")
             request.method = .GET
             request.tlsConfiguration = tlsConfiguration
+            let deadline = ContinuousClock.now + timeout
             let response = try await httpClient.execute(request, timeout: .init(timeout))
-            _ = try await response.body.collect(upTo: maxResponseBytes)
+            guard try await response.collectBody(upTo: maxResponseBytes, by: deadline) != nil else {
+                throw HTTPClientError.deadlineExceeded
+            }
             let healthy = response.status == .ok
             if !healthy {
                 logger.debug("storage health check failed", metadata: ["status": "\(response.status.code)"])
@@ -299,7 +302,11 @@ public final class HTTPStorageClient: StorageClient {
                 let response = try await httpClient.execute(request, timeout: .init(timeout))
                 let bytes: ByteBuffer
                 do {
-                    bytes = try await response.body.collect(upTo: maxResponseBytes)
+                    guard let body = try await response.collectBody(upTo: maxResponseBytes, by: started + timeout)
+                    else {
+                        throw HTTPClientError.deadlineExceeded  // the head came in time, not all of the body
+                    }
+                    bytes = body
                 } catch let error as NIOTooManyBytesError {
                     throw ResponseTooLarge(limit: maxResponseBytes, underlying: error)
                 }

@@ -21,6 +21,9 @@ enum StorageBehaviour: Sendable {
     case stalled
     /// Answers 200 with a body that is not a watermark.
     case garbage
+    /// Sends the head and the first byte of the answer, then nothing more until the storage is healthy again: a
+    /// host that froze in the middle of an answer (`execute`'s deadline ends with the head).
+    case stalledBody
 }
 
 /// A storage that applies the real rules when healthy and misbehaves on demand: the collector's update
@@ -31,7 +34,12 @@ final class FaultyStorage: Sendable {
 
     func router() -> Router<BasicRequestContext> {
         let router = Router()
-        router.get("/health") { _, _ in jsonResponse(.ok, #"{"status":"healthy"}"#) }
+        router.get("/health") { _, _ in
+            if case .stalledBody = self.behaviour.withLock({ $0 }), let early = try await self.misbehave() {
+                return early
+            }
+            return jsonResponse(.ok, #"{"status":"healthy"}"#)
+        }
         router.get("/api/v1/watermarks/:id") { _, context in
             if let early = try await self.misbehave() { return early }
             let id = try SourceID(context.parameters.get("id") ?? "")
@@ -70,6 +78,18 @@ final class FaultyStorage: Sendable {
             return jsonResponse(.ok, "{}")
         case .garbage:
             return jsonResponse(.ok, "<html>502 from a proxy that says 200</html>")
+        case .stalledBody:
+            let body = ResponseBody(contentLength: 100) { writer in
+                try await writer.write(ByteBuffer(string: "{"))
+                // Released when the test makes the storage healthy again, or by the bound (never reached by the
+                // client, which gives up after its timeout of 5 s).
+                let deadline = ContinuousClock.now + .seconds(60)
+                while case .stalledBody = self.behaviour.withLock({ $0 }), ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                throw CancellationError()  // the rest never comes: the connection is closed
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: body)
         }
     }
 }
@@ -79,8 +99,8 @@ struct FaultyStorageTests {
     let source = sid("otx")
 
     @Test(
-        "stalled past the timeout, or answering garbage: updates are queued, never lost, replayed once",
-        arguments: [StorageBehaviour.stalled, .garbage])
+        "stalled past the timeout before or in its answer, or answering garbage: updates queued, never lost, replayed once",
+        arguments: [StorageBehaviour.stalled, .stalledBody, .garbage])
     func neverLost(behaviour: StorageBehaviour) async throws {
         let storage = FaultyStorage()
         let app = Application(router: storage.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
@@ -102,10 +122,18 @@ struct FaultyStorageTests {
                             .isQueued)
 
                     storage.behaviour.withLock { $0 = behaviour }
+                    let began = ContinuousClock.now
                     let queued = try await manager.updateWatermark(
                         sourceID: source, timestamp: second, status: .success, recordsCollected: 5
                     )
                     #expect(queued.isQueued)
+                    // Two attempts of 5 s at most, not the storage's 60 s stall.
+                    #expect(ContinuousClock.now - began < .seconds(30), "the update waited out the stall")
+                    if behaviour == .stalledBody {  // the start-up check too ends at its timeout
+                        let asked = ContinuousClock.now
+                        #expect(await http.healthCheck() == false)
+                        #expect(ContinuousClock.now - asked < .seconds(30), "the health check waited out the stall")
+                    }
                     // The collector goes on from the queued mark, also after its own restart.
                     let restarted = try WatermarkManager(
                         client: http, stateDirectory: folder, logger: Logger(label: "t"))

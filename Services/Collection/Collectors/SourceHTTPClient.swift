@@ -126,15 +126,7 @@ struct SourceHTTPClient: Sendable {
             let response = try await httpClient.execute(request, timeout: .seconds(seconds))
             // The body within the timeout too: `execute`'s deadline ends with the response's head, and a source that
             // went quiet in the middle of its body held the run for ever.
-            let body = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
-                group.addTask { try await response.body.collect(upTo: maxBodyBytes) }
-                group.addTask {
-                    try await Task.sleep(for: .seconds(seconds))
-                    return nil
-                }
-                defer { group.cancelAll() }
-                return try await group.next() ?? nil
-            }
+            let body = try await response.collectBody(upTo: maxBodyBytes, by: .now + .seconds(seconds))
             guard let body else { return .failure(.timeout(url: display, seconds: seconds)) }
             return .success(
                 SourceResponse(status: Int(response.status.code), headers: response.headers, body: Data(buffer: body)))
