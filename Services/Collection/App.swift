@@ -63,7 +63,7 @@ struct Serve: AsyncParsableCommand {
         ]
         let settings = Settings(flags: flags.compactMapValues { $0 })
 
-        let configuration: CollectionConfiguration
+        var configuration: CollectionConfiguration
         let sources: [SourceConfiguration]
         let tlsConfiguration: TLSConfiguration?
         do {
@@ -86,6 +86,19 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(2)
         }
         defer { withExtendedLifetime(dataLock) {} }
+        do {
+            if try configuration.resolveInstanceID() {
+                logger.warning(
+                    "the lease owner file held no valid owner: a new one was made (leases of the old one lapse)",
+                    metadata: [
+                        "path": "\(CollectionConfiguration.instanceIDPath(of: configuration.dataDirectory))",
+                        "instance_id": "\(configuration.instanceID)",
+                    ])
+            }
+        } catch {
+            logger.critical("cannot keep the lease owner in DATA_DIR", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
 
         // The process's one HTTP client, for the storage and every source; shut down here, after both. Its
         // connect bound (10 s) serves every destination; each storage call has its own deadline of

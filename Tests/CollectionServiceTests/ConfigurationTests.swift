@@ -220,7 +220,8 @@ struct ConfigurationTests {
 
     @Test func theLeaseOwnerIsStableAcrossRestartsAndRequireLeaseIsExplicit() throws {
         let defaults = try CollectionConfiguration(environment: [:])
-        // The host name, the same for a restarted process (no pid in it), so it resumes its own live leases.
+        // The host name until the DATA_DIR's owner is resolved (theDefaultOwnerIsKeptPerDataDirectory), the same for
+        // a restarted process (no pid in it), so it resumes its own live leases.
         let host = ProcessInfo.processInfo.hostName
         #expect(defaults.instanceID == host || host.hasPrefix(defaults.instanceID + "."), "\(defaults.instanceID)")
         #expect(!defaults.instanceID.hasSuffix("-\(ProcessInfo.processInfo.processIdentifier)"))
@@ -233,6 +234,37 @@ struct ConfigurationTests {
                 key: "REQUIRE_LEASE", message: "'maybe' is invalid: expected one of true, false, 1, 0, yes, no")
         ) {
             try CollectionConfiguration(environment: ["REQUIRE_LEASE": "maybe"])
+        }
+    }
+
+    /// Without `INSTANCE_ID` the owner is made once per `DATA_DIR` (host name and six hex digits) and kept in
+    /// `.state/instance-id`: the same after a restart, another for another folder on the same host (which would
+    /// otherwise be granted the first one's lease as a renewal); a damaged file gets a new owner; a given
+    /// `INSTANCE_ID` writes nothing.
+    @Test func theDefaultOwnerIsKeptPerDataDirectory() async throws {
+        try await withTemporaryDirectory { folder in
+            func owner(_ data: String, _ environment: [String: String] = [:]) throws -> (String, Bool) {
+                var configuration = try CollectionConfiguration(
+                    Settings(environment: environment.merging(["DATA_DIR": data]) { $1 }))
+                let replaced = try configuration.resolveInstanceID()
+                return (configuration.instanceID, replaced)
+            }
+            let (first, replaced) = try owner(folder + "/a")
+            #expect(!replaced)
+            #expect(first.hasPrefix(CollectionConfiguration.hostName() + "-"), "\(first)")
+            #expect(first.count > CollectionConfiguration.hostName().count + 1)
+            #expect(try owner(folder + "/a").0 == first)
+            let other = try owner(folder + "/b").0
+            #expect(other != first && other.hasPrefix(CollectionConfiguration.hostName() + "-"))
+
+            let path = CollectionConfiguration.instanceIDPath(of: folder + "/a")
+            try Data("pod\u{7}1".utf8).write(to: URL(fileURLWithPath: path))
+            let (made, wasReplaced) = try owner(folder + "/a")
+            #expect(wasReplaced && made != first && WatermarkRules.isValidOwner(made))
+            #expect(try owner(folder + "/a") == (made, false))
+
+            #expect(try owner(folder + "/c", ["INSTANCE_ID": "pod-7"]) == ("pod-7", false))
+            #expect(!FileManager.default.fileExists(atPath: CollectionConfiguration.instanceIDPath(of: folder + "/c")))
         }
     }
 

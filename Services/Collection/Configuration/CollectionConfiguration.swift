@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PostgresSupport
 import ServiceSupport
+import StorageClient
 import WatermarkCore
 
 #if canImport(Glibc)
@@ -26,8 +27,10 @@ import WatermarkCore
 ///   (no URL: the in-memory mock, refused with `ENVIRONMENT=production`).
 /// - `ENVIRONMENT` (`development`), `LOG_LEVEL` (`info`).
 /// - `MAX_CONCURRENT_RUNS` (2): runs of different sources at the same time.
-/// - `INSTANCE_ID` (the host name): the lease owner. Stable across restarts, so a restarted process resumes its
-///   own live leases at once; distinct per replica, so replicas exclude each other.
+/// - `INSTANCE_ID` (the host name and an id kept in `DATA_DIR/.state/instance-id`): the lease owner. Stable across
+///   restarts on the same `DATA_DIR`, so a restarted process resumes its own live leases at once; distinct per
+///   replica and per `DATA_DIR`, so replicas, and two processes on one host with their own folders, exclude each
+///   other.
 /// - `REQUIRE_LEASE` (false): with `true` a source is never collected without its lease; while the storage cannot
 ///   be asked the run is skipped and retried soon (set it when several replicas run). With `false` a single
 ///   replica collects through a storage outage.
@@ -48,7 +51,9 @@ struct CollectionConfiguration: Sendable {
     var sourcesPath: String = "./config/sources.json"
     var logLevel: Logger.Level = .info
     var maxConcurrentRuns: Int = 2
-    var instanceID: String = CollectionConfiguration.defaultInstanceID()
+    /// `INSTANCE_ID`, or the host name until `resolveInstanceID()` gives the default its `DATA_DIR`'s id.
+    var instanceID: String = CollectionConfiguration.hostName()
+    var instanceIDGiven = false
     var replayInterval: Duration = .seconds(30)
     var requireLease = false
     var leaseTTL: Duration = .seconds(60)
@@ -102,6 +107,7 @@ struct CollectionConfiguration: Sendable {
         sourcesPath = settings.string("COLLECTION_CONFIG", default: sourcesPath)
         logLevel = try settings.choice("LOG_LEVEL", default: logLevel, Logger.Level.allCases.map { ($0.rawValue, $0) })
         maxConcurrentRuns = try settings.int("MAX_CONCURRENT_RUNS", default: maxConcurrentRuns, in: 1...64)
+        instanceIDGiven = settings.text("INSTANCE_ID") != nil
         instanceID = settings.string("INSTANCE_ID", default: instanceID)
         // The lease owner: one the storage refuses would fail every run of every source.
         guard WatermarkRules.isValidOwner(instanceID) else {
@@ -122,11 +128,42 @@ struct CollectionConfiguration: Sendable {
         }
     }
 
-    static func defaultInstanceID() -> String {
+    static func hostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
         let host =
             gethostname(&buffer, buffer.count) == 0
-            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "collector"
-        return host
+            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        return host.isEmpty ? "collector" : host
+    }
+
+    /// Without `INSTANCE_ID`, the owner is the one kept in `DATA_DIR/.state/instance-id`, made at the first start
+    /// as the host name and six random hex digits. The host name alone was shared by every process on the host: a
+    /// `--once` run started from another folder (another `DATA_DIR`) while the service ran was granted the
+    /// service's own lease and token as a renewal, collected the source into its own sink and moved the
+    /// watermark past records the service's sink never got. The file keeps the owner across restarts (and a
+    /// container's new host name) so a restarted process still resumes its live leases. Call once `DATA_DIR` is
+    /// held. Returns true when the file held no valid owner and a new one replaced it.
+    mutating func resolveInstanceID() throws -> Bool {
+        guard !instanceIDGiven else { return false }
+        let path = Self.instanceIDPath(of: dataDirectory)
+        var replaced = false
+        if let data = FileManager.default.contents(atPath: path) {
+            let kept = String(decoding: data, as: UTF8.self).trimmingWhitespace()
+            if WatermarkRules.isValidOwner(kept) {
+                instanceID = kept
+                return false
+            }
+            replaced = true
+        }
+        let suffix = String(UInt32.random(in: 0..<(1 << 24)), radix: 16)
+        let owner = String(Self.hostName().prefix(WatermarkRules.maxOwnerLength - 7)) + "-" + suffix
+        try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+        try DurableFile.write(Data((owner + "\n").utf8), to: path)
+        instanceID = owner
+        return replaced
+    }
+
+    static func instanceIDPath(of dataDirectory: String) -> String {
+        (stateDirectory(of: dataDirectory) as NSString).appendingPathComponent("instance-id")
     }
 }
