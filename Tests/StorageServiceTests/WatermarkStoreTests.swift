@@ -400,6 +400,34 @@ struct WatermarkStoreTests {
         #expect(try await store.summary() == WatermarkSummary(total: 5, failed: 1, stale: 3))
     }
 
+    /// A database that takes no writes (a standby after a failover, `default_transaction_read_only`) answered the
+    /// health check healthy while every write got 503: it is unhealthy now, naming why.
+    @Test("PostgreSQL's health check fails on a database that takes no writes")
+    func postgresHealthSeesAReadOnlyDatabase() async throws {
+        let (client, url) = try await PostgresDatabases.newDatabase()
+        try await PostgresSchema.migrate(client, logger: .quiet)
+        func store(_ client: PostgresClient) -> PostgresWatermarkStore {
+            let store = PostgresWatermarkStore(
+                client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
+            store.ready.open()
+            return store
+        }
+        #expect(await refusal { try await store(client).checkHealth() } == nil)
+        try await client.query("ALTER DATABASE \(unescaped: url.database) SET default_transaction_read_only = on")
+        let readOnly = store(try PostgresDatabases.client(url))  // new sessions take the setting
+        let write = WatermarkWrite(sourceID: sid("a"), update: .success(clock.now(), records: 1))
+        #expect(await refusal { _ = try await readOnly.write(write) } == "database_unavailable")
+        do {
+            try await readOnly.checkHealth()
+            Issue.record("a database that takes no writes was called healthy")
+        } catch let error as WatermarkError {
+            #expect(
+                error.code == "database_unavailable" && error.message.contains("takes no writes"), "\(error.message)")
+        }
+        try await client.query("ALTER DATABASE \(unescaped: url.database) SET default_transaction_read_only = off")
+        #expect(await refusal { try await store(try PostgresDatabases.client(url)).checkHealth() } == nil)
+    }
+
     /// A PostgreSQL database written before its counts existed gets them from its rows when it is migrated.
     @Test("a PostgreSQL database from before the counts gets them filled from its rows")
     func postgresCountsBackfilled() async throws {

@@ -148,9 +148,19 @@ final class PostgresWatermarkStore: WatermarkStore {
         }
     }
 
+    /// The table answers a read, and the session may write: a standby that a failover left behind, or a database
+    /// set `default_transaction_read_only`, answered every write with 503 while this said healthy (the SQLite store
+    /// proves a write only after a failed one; here the setting says it without writing).
     func checkHealth() async throws {
-        _ = try await mappingErrors { [self] in
-            try await client.query("SELECT 1 FROM watermark LIMIT 1", logger: logger)
+        try await mappingErrors { [self] in
+            let rows = try await client.query(
+                "SELECT current_setting('transaction_read_only'), EXISTS (SELECT 1 FROM watermark LIMIT 1)",
+                logger: logger)
+            for try await (readOnly, _) in rows.decode((String, Bool).self) where readOnly == "on" {
+                throw WatermarkError.unavailable(
+                    "PostgreSQL at \(url.host):\(url.port) takes no writes (transaction_read_only is on: a standby, "
+                        + "or default_transaction_read_only)")
+            }
         }
     }
 
