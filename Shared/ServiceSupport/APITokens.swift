@@ -5,8 +5,9 @@ import WatermarkCore
 ///
 /// The value is one token (named `api`), or a comma-separated list of `name:token` pairs
 /// (`ci:3f9a...,ops:77c1...`): a change made with a token is recorded under its name, never the token. A name is 1
-/// to 64 of `A-Z a-z 0-9 . _ @ -`. The clients read the same variable: given one `name:token` pair they send its
-/// token, so one value can serve a service and its clients.
+/// to 64 of `A-Z a-z 0-9 . _ @ -`. A value without a comma is also accepted whole, as the contract's bearer token
+/// (`ops:77c1` lets in both `ops:77c1` and `77c1`, named `ops`; `a/b:c` is one token named `api`), and that whole
+/// value is what the clients, which read the same variable, send.
 public struct APITokens: Sendable, Equatable {
     public struct Named: Sendable, Equatable {
         public var name: String
@@ -30,9 +31,16 @@ public struct APITokens: Sendable, Equatable {
         let items = text.split(separator: ",", omittingEmptySubsequences: false).map {
             $0.trimmingCharacters(in: .whitespaces)
         }
-        guard items.count > 1 || items[0].contains(":") else {
-            guard !items[0].isEmpty else { throw ConfigurationKeyError(key: key, message: "is empty") }
-            self.init([Named(name: Self.defaultName, token: items[0])])
+        guard items.count > 1 else {
+            let whole = items[0]
+            guard !whole.isEmpty else { throw ConfigurationKeyError(key: key, message: "is empty") }
+            let parts = whole.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, Self.isName(parts[0]), !parts[1].isEmpty else {
+                self.init([Named(name: Self.defaultName, token: whole)])
+                return
+            }
+            let name = String(parts[0])
+            self.init([Named(name: name, token: String(parts[1])), Named(name: name, token: whole)])
             return
         }
         var tokens: [Named] = []
@@ -57,15 +65,16 @@ public struct APITokens: Sendable, Equatable {
         self.init(tokens)
     }
 
-    /// The one token a client sends, from the same variable: a token alone, or a single `name:token` pair.
+    /// The one token a client sends, from the same variable: the value whole (a single `name:token` pair included,
+    /// which the service accepts whole as the contract says, and any other server would expect).
     public static func clientToken(_ text: String, key: String = "STORAGE_API_TOKEN") throws(ConfigurationKeyError)
         -> String
     {
         let tokens = try APITokens(parsing: text, key: key).tokens
-        guard tokens.count == 1 else {
+        guard Set(tokens.map(\.name)).count == 1 else {
             throw ConfigurationKeyError(key: key, message: "lists \(tokens.count) tokens: a client sends one")
         }
-        return tokens[0].token
+        return text.trimmingCharacters(in: .whitespaces)
     }
 
     /// The token of an `Authorization: Bearer <token>` header (the scheme in any case), or nil.

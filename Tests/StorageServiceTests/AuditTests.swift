@@ -132,16 +132,24 @@ struct AuditTests {
     @Test("STORAGE_API_TOKEN: one token, or unique name:token pairs; errors never show a token")
     func tokenParsing() throws {
         #expect(try APITokens(parsing: "abc").tokens == [.init(name: "api", token: "abc")])
+        // One value is also the bearer whole, as the contract says: a pair lets in its token and the whole value
+        // under its name; anything else with a colon is one token.
+        let pair = try APITokens(parsing: " ops:Zx9q ")
+        #expect(pair.name(of: "Zx9q") == "ops" && pair.name(of: "ops:Zx9q") == "ops" && pair.name(of: "ops") == nil)
+        for plain in ["bad name:x", ":secret-9", "a/b:c", "x:"] {
+            #expect(try APITokens(parsing: plain).tokens == [.init(name: "api", token: plain)])
+        }
         #expect(
             try APITokens(parsing: "ci:a1, ops:b:2").tokens == [
                 .init(name: "ci", token: "a1"), .init(name: "ops", token: "b:2"),
             ])
-        for bad in ["", "ci:x,ci:y", "a:same,b:same", "ci:,ops:b", "bad name:x", "x,y", ":secret-9"] {
+        for bad in ["", "ci:x,ci:y", "a:same,b:same", "ci:,ops:b", "bad name:x,ops:y", "x,y", ":secret-9,ops:y"] {
             let error = #expect(throws: ConfigurationKeyError.self) { try APITokens(parsing: bad) }
             #expect(error?.key == "STORAGE_API_TOKEN", "\(bad)")
             #expect(!(error?.description.contains("secret-9") ?? true))
         }
-        #expect(try APITokens.clientToken("ops:b1") == "b1")
+        #expect(try APITokens.clientToken("ops:b1") == "ops:b1")
+        #expect(try APITokens.clientToken(" a/b:c ") == "a/b:c")
         #expect(try APITokens.clientToken("plain") == "plain")
         #expect(throws: ConfigurationKeyError.self) { try APITokens.clientToken("a:1,b:2") }
         let tokens = try APITokens(parsing: "ci:a1,ops:b2")
