@@ -5,9 +5,10 @@ import WatermarkCore
 ///
 /// The value is one token (named `api`), or a comma-separated list of `name:token` pairs
 /// (`ci:3f9a...,ops:77c1...`): a change made with a token is recorded under its name, never the token. A name is 1
-/// to 64 of `A-Z a-z 0-9 . _ @ -`. A value without a comma is also accepted whole, as the contract's bearer token
-/// (`ops:77c1` lets in both `ops:77c1` and `77c1`, named `ops`; `a/b:c` is one token named `api`), and that whole
-/// value is what the clients, which read the same variable, send.
+/// to 64 of `A-Z a-z 0-9 . _ @ -`. Each pair is also accepted whole, so that a value of one pair is the contract's
+/// bearer token (`ops:77c1` lets in both `ops:77c1` and `77c1`, named `ops`), and a value without a comma that is
+/// not a pair is one token named `api` (`a/b:c`). The clients read the same variable and send it whole: given
+/// `alice:77c1` of a service's `collector:3f9a,alice:77c1`, they are let in as `alice`.
 public struct APITokens: Sendable, Equatable {
     public struct Named: Sendable, Equatable {
         public var name: String
@@ -31,22 +32,19 @@ public struct APITokens: Sendable, Equatable {
         let items = text.split(separator: ",", omittingEmptySubsequences: false).map {
             $0.trimmingCharacters(in: .whitespaces)
         }
-        guard items.count > 1 else {
-            let whole = items[0]
-            guard !whole.isEmpty else { throw ConfigurationKeyError(key: key, message: "is empty") }
-            let parts = whole.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2, Self.isName(parts[0]), !parts[1].isEmpty else {
-                self.init([Named(name: Self.defaultName, token: whole)])
-                return
-            }
-            let name = String(parts[0])
-            self.init([Named(name: name, token: String(parts[1])), Named(name: name, token: whole)])
+        func pair(_ item: String) -> Named? {
+            let parts = item.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, Self.isName(parts[0]), !parts[1].isEmpty else { return nil }
+            return Named(name: String(parts[0]), token: String(parts[1]))
+        }
+        if items.count == 1, pair(items[0]) == nil {
+            guard !items[0].isEmpty else { throw ConfigurationKeyError(key: key, message: "is empty") }
+            self.init([Named(name: Self.defaultName, token: items[0])])
             return
         }
         var tokens: [Named] = []
         for (index, item) in items.enumerated() {
-            let parts = item.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2, Self.isName(parts[0]), !parts[1].isEmpty else {
+            guard let named = pair(item) else {
                 throw ConfigurationKeyError(
                     key: key,
                     message: """
@@ -54,11 +52,13 @@ public struct APITokens: Sendable, Equatable {
                         then a non-empty token)
                         """)
             }
-            tokens.append(Named(name: String(parts[0]), token: String(parts[1])))
+            tokens.append(named)
         }
         guard Set(tokens.map(\.name)).count == tokens.count else {
             throw ConfigurationKeyError(key: key, message: "names a token twice: each name must be unique")
         }
+        // Each pair is also let in whole (what a client given that one pair sends).
+        tokens += zip(tokens, items).map { Named(name: $0.name, token: $1) }
         guard Set(tokens.map(\.token)).count == tokens.count else {
             throw ConfigurationKeyError(key: key, message: "holds the same token twice under two names")
         }

@@ -142,8 +142,11 @@ struct AuditTests {
         #expect(
             try APITokens(parsing: "ci:a1, ops:b:2").tokens == [
                 .init(name: "ci", token: "a1"), .init(name: "ops", token: "b:2"),
+                .init(name: "ci", token: "ci:a1"), .init(name: "ops", token: "ops:b:2"),
             ])
-        for bad in ["", "ci:x,ci:y", "a:same,b:same", "ci:,ops:b", "bad name:x,ops:y", "x,y", ":secret-9,ops:y"] {
+        for bad in [
+            "", "ci:x,ci:y", "a:same,b:same", "ci:,ops:b", "bad name:x,ops:y", "x,y", ":secret-9,ops:y", "a:b:c,b:c",
+        ] {
             let error = #expect(throws: ConfigurationKeyError.self) { try APITokens(parsing: bad) }
             #expect(error?.key == "STORAGE_API_TOKEN", "\(bad)")
             #expect(!(error?.description.contains("secret-9") ?? true))
@@ -154,5 +157,8 @@ struct AuditTests {
         #expect(throws: ConfigurationKeyError.self) { try APITokens.clientToken("a:1,b:2") }
         let tokens = try APITokens(parsing: "ci:a1,ops:b2")
         #expect(tokens.name(of: "b2") == "ops" && tokens.name(of: "a1") == "ci" && tokens.name(of: "b") == nil)
+        // What a client given one pair of the list sends: the pair whole.
+        #expect(tokens.name(of: try APITokens.clientToken("ops:b2")) == "ops")
+        #expect(tokens.name(of: "ci:b2") == nil && tokens.name(of: "ops:a1") == nil)
     }
 }
