@@ -87,13 +87,13 @@ struct Serve: AsyncParsableCommand {
         }
         defer { withExtendedLifetime(dataLock) {} }
         do {
-            if try configuration.resolveInstanceID() {
-                logger.warning(
-                    "the lease owner file held no valid owner: a new one was made (leases of the old one lapse)",
-                    metadata: [
-                        "path": "\(CollectionConfiguration.instanceIDPath(of: configuration.dataDirectory))",
-                        "instance_id": "\(configuration.instanceID)",
-                    ])
+            if case .made(let replaced) = try configuration.resolveInstanceID() {
+                let path = CollectionConfiguration.instanceIDPath(of: configuration.dataDirectory)
+                logger.notice(
+                    replaced
+                        ? "lease owner: the file held no valid id, a new one was made (leases of the old owner lapse)"
+                        : "lease owner: made for this DATA_DIR (leases held under another owner lapse within their TTL)",
+                    metadata: ["path": "\(path)", "instance_id": "\(configuration.instanceID)"])
             }
         } catch {
             logger.critical("cannot keep the lease owner in DATA_DIR", metadata: ["error": "\(error)"])

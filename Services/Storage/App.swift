@@ -134,7 +134,7 @@ struct Serve: AsyncParsableCommand {
                     "host": "\(configuration.host)", "port": "\(port)", "database": "\(databaseName)",
                     "environment": "\(configuration.environment.rawValue)",
                     "auth": "\(configuration.apiTokens == nil ? "off" : "bearer")",
-                    "tokens": "\(configuration.apiTokens?.tokens.map(\.name).joined(separator: ",") ?? "")",
+                    "tokens": "\(configuration.apiTokens?.names.joined(separator: ",") ?? "")",
                     "scheme": "\(tlsConfiguration == nil ? "http" : "https")",
                 ]
             )

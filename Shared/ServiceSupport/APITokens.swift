@@ -7,8 +7,9 @@ import WatermarkCore
 /// (`ci:3f9a...,ops:77c1...`): a change made with a token is recorded under its name, never the token. A name is 1
 /// to 64 of `A-Z a-z 0-9 . _ @ -`. Each pair is also accepted whole, so that a value of one pair is the contract's
 /// bearer token (`ops:77c1` lets in both `ops:77c1` and `77c1`, named `ops`), and a value without a comma that is
-/// not a pair is one token named `api` (`a/b:c`). The clients read the same variable and send it whole: given
-/// `alice:77c1` of a service's `collector:3f9a,alice:77c1`, they are let in as `alice`.
+/// not a pair is one token named `api` (`a/b:c`). The clients read the same variable and send the token of a single
+/// pair (what services before the whole value was let in accept too, so clients and services may be upgraded in
+/// any order).
 public struct APITokens: Sendable, Equatable {
     public struct Named: Sendable, Equatable {
         public var name: String
@@ -65,16 +66,22 @@ public struct APITokens: Sendable, Equatable {
         self.init(tokens)
     }
 
-    /// The one token a client sends, from the same variable: the value whole (a single `name:token` pair included,
-    /// which the service accepts whole as the contract says, and any other server would expect).
+    /// The one token a client sends, from the same variable: a token alone, or the token of a single `name:token`
+    /// pair.
     public static func clientToken(_ text: String, key: String = "STORAGE_API_TOKEN") throws(ConfigurationKeyError)
         -> String
     {
-        let tokens = try APITokens(parsing: text, key: key).tokens
-        guard Set(tokens.map(\.name)).count == 1 else {
-            throw ConfigurationKeyError(key: key, message: "lists \(tokens.count) tokens: a client sends one")
+        let parsed = try APITokens(parsing: text, key: key)
+        guard parsed.names.count == 1 else {
+            throw ConfigurationKeyError(key: key, message: "lists \(parsed.names.count) tokens: a client sends one")
         }
-        return text.trimmingCharacters(in: .whitespaces)
+        return parsed.tokens[0].token
+    }
+
+    /// The tokens' names, each once, in the order given.
+    public var names: [String] {
+        var seen = Set<String>()
+        return tokens.map(\.name).filter { seen.insert($0).inserted }
     }
 
     /// The token of an `Authorization: Bearer <token>` header (the scheme in any case), or nil.

@@ -148,12 +148,14 @@ struct ConfigurationTests {
         try await withTemporaryDirectory { data in
             try FileManager.default.createDirectory(atPath: data + "/inbox/2026", withIntermediateDirectories: true)
             try FileManager.default.createSymbolicLink(atPath: data + "/link", withDestinationPath: data + "/inbox")
-            func refusal(_ path: String, sink: String? = nil) throws -> String? {
+            try FileManager.default.createSymbolicLink(atPath: data + "-link", withDestinationPath: data)
+            defer { try? FileManager.default.removeItem(atPath: data + "-link") }
+            func refusal(_ path: String, sink: String? = nil, dataDirectory: String? = nil) throws -> String? {
                 let json = """
                     {"sources": [{"id": "inbox", "type": "directory", "path": "\(path)"},
                       {"id": "otx", "type": "otx", "api_key_env": "K"}]}
                     """
-                var environment = ["DATA_DIR": data]
+                var environment = ["DATA_DIR": dataDirectory ?? data]
                 environment["SINK_URL"] = sink
                 let configuration = try CollectionConfiguration(Settings(environment: environment))
                 do {
@@ -170,6 +172,9 @@ struct ConfigurationTests {
             #expect(try refusal(data + "/inbox/2026") != nil)
             #expect(try refusal(data + "/drop/../inbox/") != nil)
             #expect(try refusal(data + "/link") != nil)
+            // DATA_DIR through a link, its sink folder not made yet.
+            #expect(try refusal(data + "/otx", dataDirectory: data + "-link/") != nil)
+            #expect(try refusal(data + "-link/otx/new") != nil)
             #expect(try refusal(data + "/.state/drop")?.contains("state folder") == true)
             #expect(try refusal(data + "/drop/inbox") == nil)
             #expect(try refusal(data + "/inboxes") == nil)
@@ -237,33 +242,37 @@ struct ConfigurationTests {
         }
     }
 
-    /// Without `INSTANCE_ID` the owner is made once per `DATA_DIR` (host name and six hex digits) and kept in
+    /// Without `INSTANCE_ID` the owner is the host name and six hex digits made once per `DATA_DIR` and kept in
     /// `.state/instance-id`: the same after a restart, another for another folder on the same host (which would
-    /// otherwise be granted the first one's lease as a renewal); a damaged file gets a new owner; a given
-    /// `INSTANCE_ID` writes nothing.
+    /// otherwise be granted the first one's lease as a renewal); a damaged file gets a new id; a given `INSTANCE_ID`
+    /// writes nothing.
     @Test func theDefaultOwnerIsKeptPerDataDirectory() async throws {
         try await withTemporaryDirectory { folder in
-            func owner(_ data: String, _ environment: [String: String] = [:]) throws -> (String, Bool) {
+            func owner(_ data: String, _ environment: [String: String] = [:]) throws -> (
+                String, CollectionConfiguration.InstanceIDOrigin
+            ) {
                 var configuration = try CollectionConfiguration(
                     Settings(environment: environment.merging(["DATA_DIR": data]) { $1 }))
-                let replaced = try configuration.resolveInstanceID()
-                return (configuration.instanceID, replaced)
+                let origin = try configuration.resolveInstanceID()
+                return (configuration.instanceID, origin)
             }
-            let (first, replaced) = try owner(folder + "/a")
-            #expect(!replaced)
-            #expect(first.hasPrefix(CollectionConfiguration.hostName() + "-"), "\(first)")
-            #expect(first.count > CollectionConfiguration.hostName().count + 1)
-            #expect(try owner(folder + "/a").0 == first)
-            let other = try owner(folder + "/b").0
-            #expect(other != first && other.hasPrefix(CollectionConfiguration.hostName() + "-"))
-
+            let host = CollectionConfiguration.hostName()
+            let (first, origin) = try owner(folder + "/a")
+            #expect(origin == .made(replaced: false))
+            #expect(first.hasPrefix(host + "-") && first.count == host.count + 7, "\(first)")
+            #expect(first.dropFirst(host.count + 1).allSatisfy { $0.isHexDigit })
             let path = CollectionConfiguration.instanceIDPath(of: folder + "/a")
-            try Data("pod\u{7}1".utf8).write(to: URL(fileURLWithPath: path))
-            let (made, wasReplaced) = try owner(folder + "/a")
-            #expect(wasReplaced && made != first && WatermarkRules.isValidOwner(made))
-            #expect(try owner(folder + "/a") == (made, false))
+            #expect(try String(contentsOfFile: path, encoding: .utf8) == first.dropFirst(host.count + 1) + "\n")
+            #expect(try owner(folder + "/a") == (first, .kept))
+            let other = try owner(folder + "/b").0
+            #expect(other != first && other.hasPrefix(host + "-"))
 
-            #expect(try owner(folder + "/c", ["INSTANCE_ID": "pod-7"]) == ("pod-7", false))
+            try Data("pod\u{7}1".utf8).write(to: URL(fileURLWithPath: path))
+            let (made, replaced) = try owner(folder + "/a")
+            #expect(replaced == .made(replaced: true) && made != first && WatermarkRules.isValidOwner(made))
+            #expect(try owner(folder + "/a") == (made, .kept))
+
+            #expect(try owner(folder + "/c", ["INSTANCE_ID": "pod-7"]) == ("pod-7", .given))
             #expect(!FileManager.default.fileExists(atPath: CollectionConfiguration.instanceIDPath(of: folder + "/c")))
         }
     }

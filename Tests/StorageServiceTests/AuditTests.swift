@@ -151,14 +151,17 @@ struct AuditTests {
             #expect(error?.key == "STORAGE_API_TOKEN", "\(bad)")
             #expect(!(error?.description.contains("secret-9") ?? true))
         }
-        #expect(try APITokens.clientToken("ops:b1") == "ops:b1")
+        #expect(try APITokens.clientToken("ops:b1") == "b1")
         #expect(try APITokens.clientToken(" a/b:c ") == "a/b:c")
+        #expect(try APITokens(parsing: "ci:a1,ops:b2").names == ["ci", "ops"])
+        let listed = #expect(throws: ConfigurationKeyError.self) { try APITokens.clientToken("a:1,b:2") }
+        #expect(listed?.description.contains("lists 2 tokens") == true)
         #expect(try APITokens.clientToken("plain") == "plain")
-        #expect(throws: ConfigurationKeyError.self) { try APITokens.clientToken("a:1,b:2") }
         let tokens = try APITokens(parsing: "ci:a1,ops:b2")
         #expect(tokens.name(of: "b2") == "ops" && tokens.name(of: "a1") == "ci" && tokens.name(of: "b") == nil)
-        // What a client given one pair of the list sends: the pair whole.
-        #expect(tokens.name(of: try APITokens.clientToken("ops:b2")) == "ops")
+        // A client given one pair of the list, sending it whole (the contract's bearer) or its token.
+        let sent = try APITokens.clientToken("ops:b2")
+        #expect(tokens.name(of: "ops:b2") == "ops" && tokens.name(of: sent) == "ops")
         #expect(tokens.name(of: "ci:b2") == nil && tokens.name(of: "ops:a1") == nil)
     }
 }

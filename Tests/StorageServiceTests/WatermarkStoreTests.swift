@@ -413,7 +413,8 @@ struct WatermarkStoreTests {
             return store
         }
         #expect(await refusal { try await store(client).checkHealth() } == nil)
-        try await client.query("ALTER DATABASE \(unescaped: url.database) SET default_transaction_read_only = on")
+        try await PostgresDatabases.administer(
+            "ALTER DATABASE \(unescaped: url.database) SET default_transaction_read_only = on")
         let readOnly = store(try PostgresDatabases.client(url))  // new sessions take the setting
         let write = WatermarkWrite(sourceID: sid("a"), update: .success(clock.now(), records: 1))
         #expect(await refusal { _ = try await readOnly.write(write) } == "database_unavailable")
@@ -424,7 +425,8 @@ struct WatermarkStoreTests {
             #expect(
                 error.code == "database_unavailable" && error.message.contains("takes no writes"), "\(error.message)")
         }
-        try await client.query("ALTER DATABASE \(unescaped: url.database) SET default_transaction_read_only = off")
+        try await PostgresDatabases.administer(
+            "ALTER DATABASE \(unescaped: url.database) SET default_transaction_read_only = off")
         #expect(await refusal { try await store(try PostgresDatabases.client(url)).checkHealth() } == nil)
     }
 

@@ -38,6 +38,15 @@ package struct PostgresDatabases: Sendable {
         return 0
     }
 
+    /// Runs `query` on the suite's server as its administrator, connected to the `postgres` database (an `ALTER
+    /// DATABASE` of a test's database, say, whatever that database's own sessions may do).
+    package static func administer(_ query: PostgresQuery) async throws {
+        guard let databases = current else {
+            throw PostgresTestServer.Failure(description: "administering needs the suite's .postgres trait")
+        }
+        try await databases.admin.query(query)
+    }
+
     /// Another running client of `url` (a second replica, say).
     package static func client(_ url: PostgresURL) throws -> PostgresClient {
         guard let databases = current else {

@@ -27,7 +27,7 @@ import WatermarkCore
 ///   (no URL: the in-memory mock, refused with `ENVIRONMENT=production`).
 /// - `ENVIRONMENT` (`development`), `LOG_LEVEL` (`info`).
 /// - `MAX_CONCURRENT_RUNS` (2): runs of different sources at the same time.
-/// - `INSTANCE_ID` (the host name and an id kept in `DATA_DIR/.state/instance-id`): the lease owner. Stable across
+/// - `INSTANCE_ID` (the host name and six hex digits kept in `DATA_DIR/.state/instance-id`): the lease owner. Stable across
 ///   restarts on the same `DATA_DIR`, so a restarted process resumes its own live leases at once; distinct per
 ///   replica and per `DATA_DIR`, so replicas, and two processes on one host with their own folders, exclude each
 ///   other.
@@ -76,8 +76,18 @@ struct CollectionConfiguration: Sendable {
     /// day files the folder's source would read back as bad records and move away, or `DATA_DIR/.state`. Paths are
     /// compared absolute, with `..` and symbolic links resolved.
     func checkDropFolders(_ sources: [SourceConfiguration]) throws(ConfigurationError) {
+        // Symbolic links resolved in the longest part of the path that exists (resolving gives up on a path with a
+        // missing part: a DATA_DIR reached through a link, before its sink folders were made, went unresolved).
         func absolute(_ path: String) -> String {
-            URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+            var existing = URL(fileURLWithPath: path).standardizedFileURL
+            var missing: [String] = []
+            while !FileManager.default.fileExists(atPath: existing.path), existing.path != "/" {
+                missing.insert(existing.lastPathComponent, at: 0)
+                existing.deleteLastPathComponent()
+            }
+            return missing.reduce(existing.resolvingSymlinksInPath().path) {
+                ($0 as NSString).appendingPathComponent($1)
+            }
         }
         var written = [(absolute(stateDirectory), "the service's state folder (DATA_DIR/.state)")]
         if sinkURL == nil {
@@ -136,31 +146,47 @@ struct CollectionConfiguration: Sendable {
         return host.isEmpty ? "collector" : host
     }
 
-    /// Without `INSTANCE_ID`, the owner is the one kept in `DATA_DIR/.state/instance-id`, made at the first start
-    /// as the host name and six random hex digits. The host name alone was shared by every process on the host: a
-    /// `--once` run started from another folder (another `DATA_DIR`) while the service ran was granted the
-    /// service's own lease and token as a renewal, collected the source into its own sink and moved the
-    /// watermark past records the service's sink never got. The file keeps the owner across restarts (and a
-    /// container's new host name) so a restarted process still resumes its live leases. Call once `DATA_DIR` is
-    /// held. Returns true when the file held no valid owner and a new one replaced it.
-    mutating func resolveInstanceID() throws -> Bool {
-        guard !instanceIDGiven else { return false }
+    /// Where the default owner came from.
+    enum InstanceIDOrigin: Equatable {
+        /// `INSTANCE_ID` was set.
+        case given
+        /// The `DATA_DIR`'s id, kept from an earlier start.
+        case kept
+        /// Made now: the first start on this `DATA_DIR` (leases an earlier version held as the bare host name
+        /// lapse within their TTL), or `replaced` when the file held no valid id.
+        case made(replaced: Bool)
+    }
+
+    /// Without `INSTANCE_ID`, the owner is the host name and six hex digits kept in `DATA_DIR/.state/instance-id`,
+    /// made at the first start. The host name alone was shared by every process on the host: a `--once` run started
+    /// from another folder (another `DATA_DIR`) while the service ran was granted the service's own lease and token
+    /// as a renewal, collected the source into its own sink and moved the watermark past records the service's sink
+    /// never got. The id keeps the owner across restarts, so a restarted process resumes its live leases; the host
+    /// name stays in it, so a `DATA_DIR` copied to another machine (a snapshot, a template) is another owner there.
+    /// Call once `DATA_DIR` is held.
+    mutating func resolveInstanceID() throws -> InstanceIDOrigin {
+        guard !instanceIDGiven else { return .given }
         let path = Self.instanceIDPath(of: dataDirectory)
         var replaced = false
         if let data = FileManager.default.contents(atPath: path) {
             let kept = String(decoding: data, as: UTF8.self).trimmingWhitespace()
-            if WatermarkRules.isValidOwner(kept) {
-                instanceID = kept
-                return false
+            if kept.utf8.count == 6, kept.utf8.allSatisfy({ Self.hexDigits.contains($0) }) {
+                instanceID = Self.owner(suffix: kept)
+                return .kept
             }
             replaced = true
         }
-        let suffix = String(UInt32.random(in: 0..<(1 << 24)), radix: 16)
-        let owner = String(Self.hostName().prefix(WatermarkRules.maxOwnerLength - 7)) + "-" + suffix
+        let suffix = String(String(UInt32.random(in: 0..<(1 << 24)) | (1 << 24), radix: 16).dropFirst())
         try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
-        try DurableFile.write(Data((owner + "\n").utf8), to: path)
-        instanceID = owner
-        return replaced
+        try DurableFile.write(Data((suffix + "\n").utf8), to: path)
+        instanceID = Self.owner(suffix: suffix)
+        return .made(replaced: replaced)
+    }
+
+    private static let hexDigits = Set("0123456789abcdef".utf8)
+
+    private static func owner(suffix: String) -> String {
+        String(hostName().prefix(WatermarkRules.maxOwnerLength - 7)) + "-" + suffix
     }
 
     static func instanceIDPath(of dataDirectory: String) -> String {
