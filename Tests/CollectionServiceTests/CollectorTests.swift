@@ -717,6 +717,27 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).isEmpty)
     }
 
+    /// A folder where `.rejected/` cannot be made (here a file holds its name; a read-only mount does the same) failed
+    /// every run on the bad file: it is left in place, reported, and skipped until it changes; the others go on.
+    @Test func anUnreadableFileThatCannotBeMovedIsLeftInPlaceAndSkippedUntilItChanges() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        try "not a folder".write(toFile: dir + "/.rejected", atomically: true, encoding: .utf8)
+        try "{not json\n".write(toFile: dir + "/a-garbage.ndjson", atomically: true, encoding: .utf8)
+        try Self.writeOneRecordFiles(dir, ["b-good"])
+        let (pages, rejected) = try await Self.fetchAllMoving(try Self.collector(dir))
+        #expect(pages.flatMap(\.records).map(\.id) == ["b-good"])
+        #expect(rejected.map(\.name) == ["a-garbage.ndjson"] && rejected.first?.movedTo == nil)
+        #expect(rejected.first?.leftInPlace?.contains("left in place") == true, "\(rejected)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/a-garbage.ndjson"))
+        // Skipped while unchanged, by this collector and by the next process's.
+        #expect(try await Self.fetchAllMoving(try Self.collector(dir)).rejected.isEmpty)
+        // Fixed in place: read again.
+        try "{\"id\":\"fixed\",\"modified\":\"2026-11-26T00:00:00Z\"}\n".write(
+            toFile: dir + "/a-garbage.ndjson", atomically: true, encoding: .utf8)
+        #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).map(\.id) == ["fixed"])
+    }
+
     /// A file renamed over between two of its pages (write `.x.tmp`, rename: what the folder asks of writers) is
     /// read from its start: read on at the old file's offset, it began mid-line and was rejected whole.
     @Test func aFileReplacedBetweenItsPagesIsReadFromItsStart() async throws {

@@ -61,12 +61,14 @@ struct FileRejection: Sendable, Equatable {
     var reason: String
 }
 
-/// A file that could not be read as records, moved to the drop folder's `.rejected/`.
+/// A file that could not be read as records, moved to the drop folder's `.rejected/`, or left in place when the
+/// folder cannot be written (a read-only mount) and skipped while unchanged.
 struct RejectedFile: Sendable, Equatable {
     var name: String
-    /// Where it is now.
-    var movedTo: String
+    /// Where it is now; `nil` when it could not be moved (`leftInPlace` says why).
+    var movedTo: String?
     var reason: String
+    var leftInPlace: String?
 }
 
 /// One record as the sink stores it.

@@ -137,7 +137,7 @@ struct DirectoryCollector: Collector {
             let path = (settings.path as NSString).appendingPathComponent(rejection.identity.name)
             // A file changed since it was read (fixed, grown, replaced) is not the file found bad: the next run reads it.
             guard try Self.identity(of: path, name: rejection.identity.name) == rejection.identity else { continue }
-            moved.append(try reject(rejection.identity.name, reason: rejection.reason))
+            moved.append(try reject(rejection))
         }
         return moved
     }
@@ -295,7 +295,12 @@ struct DirectoryCollector: Collector {
     /// Moves `name` to `.rejected/` beside it and writes `<name>.reason` there. A file of that name rejected before
     /// stays: this one becomes `<stem>.2.<extension>` (or the next number free), for a rejected file may be the only
     /// copy of records not yet collected.
-    private func reject(_ name: String, reason: String) throws(CollectorError) -> RejectedFile {
+    /// Moves the file to `.rejected/` with its reason beside it. A folder that cannot be written (a read-only mount, as
+    /// the compose file's demo folder) failed every later run on the same file, and each run collected one page more
+    /// at most: the file is then left in place, recorded in the ledger as read so that it is skipped until it
+    /// changes, and reported so.
+    private func reject(_ rejection: FileRejection) throws(CollectorError) -> RejectedFile {
+        let (name, reason) = (rejection.identity.name, rejection.reason)
         let folder = (settings.path as NSString).appendingPathComponent(".rejected")
         let source = (settings.path as NSString).appendingPathComponent(name)
         let manager = FileManager.default
@@ -311,7 +316,10 @@ struct DirectoryCollector: Collector {
             try DurableFile.write(Data("\(Timestamp.now()) \(reason)\n".utf8), to: target + ".reason")
             try manager.moveItem(atPath: source, toPath: target)
         } catch {
-            throw .file(path: source, detail: "cannot move the unreadable file to \(folder): \(error)")
+            try ledger.record([rejection.identity])
+            return RejectedFile(
+                name: name, movedTo: nil, reason: reason,
+                leftInPlace: "cannot move it to \(folder) (\(error)): left in place, skipped until it changes")
         }
         return RejectedFile(name: name, movedTo: target, reason: reason)
     }

@@ -204,13 +204,21 @@ struct CollectionRunner: Sendable {
                             }
                             for file in try collector.pageCommitted(page) {
                                 report.rejectedFiles += 1
-                                log.error(
-                                    "file rejected: moved to the rejected folder",
-                                    metadata: [
-                                        "file": "\(file.name)", "moved_to": "\(file.movedTo)",
-                                        "reason": "\(file.reason)",
-                                    ]
-                                )
+                                if let movedTo = file.movedTo {
+                                    log.error(
+                                        "file rejected: moved to the rejected folder",
+                                        metadata: [
+                                            "file": "\(file.name)", "moved_to": "\(movedTo)",
+                                            "reason": "\(file.reason)",
+                                        ])
+                                } else {
+                                    log.error(
+                                        "file rejected: left in the drop folder",
+                                        metadata: [
+                                            "file": "\(file.name)", "detail": "\(file.leftInPlace ?? "")",
+                                            "reason": "\(file.reason)",
+                                        ])
+                                }
                             }
                             pages += 1
                             report.recordsCollected += Int64(freshInPage)
