@@ -108,6 +108,12 @@ public struct LeaseSession: Sendable {
         lease = renewed
         renewedAt = asked
         nextAttempt = nil
+        if renewed.fencingToken == held.fencingToken + 1 {
+            // The run's updates still queued under the lapsed lease are its own work under this one: carried on
+            // now, not at the run's next update, which a run stopped before it never makes (the next run's grant
+            // would then be two tokens on, and they would be dead-lettered as maybe overtaken by another collector).
+            await manager.carryQueued(sourceID, to: renewed.fencingToken)
+        }
         if requireLease, renewed.fencingToken > held.fencingToken + 1 {
             throw LeaseLost(
                 description: "the lease on \(sourceID) lapsed and was granted to others meanwhile (token "

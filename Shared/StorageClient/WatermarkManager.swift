@@ -420,6 +420,17 @@ public actor WatermarkManager {
         return true
     }
 
+    /// `carryForward` for a lease renewed as `token` after it lapsed; a failure to write the queue is logged (the
+    /// updates stay under their token, dead-lettered at worst, as before).
+    func carryQueued(_ sourceID: SourceID, to token: Int64) {
+        do {
+            try carryForward(sourceID, to: token)
+        } catch {
+            logger.error(
+                "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"])
+        }
+    }
+
     /// Tokens grow by one with every grant: a lease `token` held now, granted right after the one this source's
     /// queued updates were made under, went to this collector with no other in between, and those updates are its
     /// own work. They are marked with the new token (on disk, before anything is sent), so that the next grant

@@ -88,6 +88,36 @@ struct LeaseSessionTests {
         }
     }
 
+    /// A lease that lapsed and came back to the run at the next token carries the run's updates queued under the old
+    /// one at once: a run stopped before its next update left them under the old token, the next run's grant came
+    /// two tokens on, and they were dead-lettered as maybe overtaken by another collector when none came between.
+    @Test func updatesQueuedBeforeALapseAreCarriedOnWhenTheLeaseComesBack() async throws {
+        let clock = ManualClock()
+        let storage = InMemoryStorageClient(policy: WatermarkPolicy(), clock: { clock.now() })
+        try await withTemporaryDirectory { folder in
+            let manager = try WatermarkManager(client: storage, stateDirectory: folder, logger: Logger.quiet)
+            let first = try await storage.acquireLease(sourceID: id, owner: "a", ttl: .seconds(1))
+            var session = LeaseSession(
+                sourceID: id, lease: first, replay: nil, unreachable: nil, manager: manager, owner: "a",
+                ttl: .seconds(1), renewEvery: .zero, requireLease: false, askedAt: ContinuousClock.now - .seconds(5))
+            await storage.setAvailable(false)
+            #expect(try await session.commit(mark, recordsCollected: 3).isQueued)
+            await storage.setAvailable(true)
+            clock.advance(.seconds(2))  // lapsed; the same owner gets the next token
+            try await session.renewIfDue()
+            #expect(session.lease?.fencingToken == 2)
+            #expect(await manager.pendingUpdates().map(\.options.leaseToken) == [2])
+            // The run stops here; the next one's grant follows it.
+            clock.advance(.seconds(2))
+            let next = try await storage.acquireLease(sourceID: id, owner: "a", ttl: .seconds(60))
+            #expect(
+                await manager.flush(sourceID: id, leaseToken: next.fencingToken)
+                    == ReplaySummary(applied: 1, dropped: 0, remaining: 0))
+            #expect(await manager.deadLetters().isEmpty)
+            #expect(try await storage.getWatermark(sourceID: id)?.lastSuccessfulTimestamp == mark)
+        }
+    }
+
     @Test func aThrowingBodyStillReleasesAndAHeldLeaseRefusesToRun() async throws {
         let storage = InMemoryStorageClient()
         try await withTemporaryDirectory { folder in
