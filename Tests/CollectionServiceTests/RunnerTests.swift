@@ -386,6 +386,8 @@ struct RunnerTests {
         let report = await f.runner.run(
             f.source, collector: ScriptedCollector(pages: [[record("a", "2026-11-25T00:00:00Z")]]))
         #expect(report.outcome == .skipped)
+        // Asked again once the lease could have lapsed (its 60 s TTL), not at the next interval (300 s).
+        #expect(report.retryAfter == .seconds(60))
         #expect(f.ids().isEmpty)
         #expect(try await f.storage.getWatermark(sourceID: f.source.id) == nil)
     }

@@ -27,8 +27,9 @@ import WatermarkCore
 ///   (no URL: the in-memory mock, refused with `ENVIRONMENT=production`).
 /// - `ENVIRONMENT` (`development`), `LOG_LEVEL` (`info`).
 /// - `MAX_CONCURRENT_RUNS` (2): runs of different sources at the same time.
-/// - `INSTANCE_ID` (the host name and six hex digits kept in `DATA_DIR/.state/instance-id`): the lease owner. Stable across
-///   restarts on the same `DATA_DIR`, so a restarted process resumes its own live leases at once; distinct per
+/// - `INSTANCE_ID` (the host name and six hex digits kept in `DATA_DIR/.state/instance-id`): the lease owner. Stable
+///   across restarts on the same host and `DATA_DIR`, so a restarted process resumes its own live leases at once
+///   (a container re-created with a new host name waits for them to lapse: set `INSTANCE_ID` there); distinct per
 ///   replica and per `DATA_DIR`, so replicas, and two processes on one host with their own folders, exclude each
 ///   other.
 /// - `REQUIRE_LEASE` (false): with `true` a source is never collected without its lease; while the storage cannot

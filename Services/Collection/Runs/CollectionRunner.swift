@@ -104,7 +104,14 @@ struct CollectionRunner: Sendable {
             report.outcome = .skipped
             report.finishedAt = clock()
             report.errorMessage = message
-            log.info("collection run skipped: another collector holds the lease", metadata: ["detail": "\(message)"])
+            report.leaseHeldElsewhere = true
+            // Asked again once a lease could have lapsed, not a whole interval later: a lease left by this
+            // collector's own previous process under another owner name (a container re-created with a new host
+            // name and no INSTANCE_ID) cost an hourly source its hour.
+            report.retryAfter = min(source.interval, ttl)
+            log.info(
+                "collection run skipped: another collector holds the lease",
+                metadata: ["detail": "\(message)", "retry_in_s": "\(report.retryAfter!.components.seconds)"])
             return report
         } catch LeaseRefusal.storageUnreachable(let error) {
             report.outcome = .skipped
@@ -204,21 +211,13 @@ struct CollectionRunner: Sendable {
                             }
                             for file in try collector.pageCommitted(page) {
                                 report.rejectedFiles += 1
-                                if let movedTo = file.movedTo {
-                                    log.error(
-                                        "file rejected: moved to the rejected folder",
-                                        metadata: [
-                                            "file": "\(file.name)", "moved_to": "\(movedTo)",
-                                            "reason": "\(file.reason)",
-                                        ])
-                                } else {
-                                    log.error(
-                                        "file rejected: left in the drop folder",
-                                        metadata: [
-                                            "file": "\(file.name)", "detail": "\(file.leftInPlace ?? "")",
-                                            "reason": "\(file.reason)",
-                                        ])
-                                }
+                                var metadata: Logger.Metadata = ["file": "\(file.name)", "reason": "\(file.reason)"]
+                                metadata[file.movedTo == nil ? "detail" : "moved_to"] =
+                                    "\(file.movedTo ?? file.leftInPlace ?? "")"
+                                log.error(
+                                    file.movedTo == nil
+                                        ? "file rejected: left in the drop folder"
+                                        : "file rejected: moved to the rejected folder", metadata: metadata)
                             }
                             pages += 1
                             report.recordsCollected += Int64(freshInPage)

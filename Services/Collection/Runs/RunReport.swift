@@ -35,11 +35,13 @@ struct RunReport: Sendable, Equatable {
     var rejectedFiles = 0
     /// Set when the run should be tried again sooner than the source's interval (skipped for want of a lease).
     var retryAfter: Duration?
+    /// Skipped because another collector holds the source's lease (it collects the source).
+    var leaseHeldElsewhere = false
 
     var duration: Duration { finishedAt.duration(since: startedAt) }
 
     /// Whether the source went uncollected for want of something here: the run failed, or it was skipped because
     /// the storage could not be asked for the lease (`REQUIRE_LEASE=true`). A source whose lease another replica
     /// holds is collected there. `--once` exits non-zero for such a run: it will not be retried.
-    var notCollected: Bool { outcome == .failed || (outcome == .skipped && retryAfter != nil) }
+    var notCollected: Bool { outcome == .failed || (outcome == .skipped && !leaseHeldElsewhere) }
 }
