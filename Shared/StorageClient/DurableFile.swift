@@ -15,7 +15,8 @@ public enum DurableFile {
     public struct IOError: Error, CustomStringConvertible {
         let operation: String
         let path: String
-        let code: Int32
+        /// The `errno` of the failure.
+        public let code: Int32
 
         public var description: String { "\(operation) \(path): \(String(cString: strerror(code)))" }
     }

@@ -738,6 +738,30 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(try Self.collector(dir)).flatMap(\.records).map(\.id) == ["fixed"])
     }
 
+    /// What passes by itself (a full disk, no descriptor left) fails the run so the next one moves the file; what
+    /// does not (a read-only folder, no permission, a file in the way) leaves it in place. Read under each shape of
+    /// error the moves throw.
+    @Test func aFailureToMoveAsideIsTransientOnlyWhenItMayPass() throws {
+        #expect(DirectoryCollector.isTransient(POSIXError(.ENOSPC)))
+        #expect(!DirectoryCollector.isTransient(POSIXError(.EROFS)))
+        #expect(DirectoryCollector.isTransient(NSError(domain: NSPOSIXErrorDomain, code: Int(EMFILE))))
+        let wrapped = NSError(
+            domain: NSCocoaErrorDomain, code: 642,
+            userInfo: [NSUnderlyingErrorKey: NSError(domain: NSPOSIXErrorDomain, code: Int(ENOSPC))])
+        #expect(DirectoryCollector.isTransient(wrapped))
+        #expect(!DirectoryCollector.isTransient(CocoaError(.fileWriteNoPermission)))
+        // What a move really throws when a file is where `.rejected/` should be made.
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        try "file".write(toFile: dir + "/in-the-way", atomically: true, encoding: .utf8)
+        do {
+            try FileManager.default.createDirectory(atPath: dir + "/in-the-way", withIntermediateDirectories: true)
+            Issue.record("a folder was made where a file is")
+        } catch {
+            #expect(!DirectoryCollector.isTransient(error), "\(error)")
+        }
+    }
+
     /// A file renamed over between two of its pages (write `.x.tmp`, rename: what the folder asks of writers) is
     /// read from its start: read on at the old file's offset, it began mid-line and was rejected whole.
     @Test func aFileReplacedBetweenItsPagesIsReadFromItsStart() async throws {

@@ -292,13 +292,15 @@ struct DirectoryCollector: Collector {
         return records
     }
 
-    /// Moves `name` to `.rejected/` beside it and writes `<name>.reason` there. A file of that name rejected before
+    /// Moves the file to `.rejected/` beside it and writes `<name>.reason` there. A file of that name rejected before
     /// stays: this one becomes `<stem>.2.<extension>` (or the next number free), for a rejected file may be the only
     /// copy of records not yet collected.
-    /// Moves the file to `.rejected/` with its reason beside it. A folder that cannot be written (a read-only mount, as
-    /// the compose file's demo folder) failed every later run on the same file, and each run collected one page more
-    /// at most: the file is then left in place, recorded in the ledger as read so that it is skipped until it
-    /// changes, and reported so.
+    ///
+    /// A folder that cannot be written (a read-only mount, as the compose file's demo folder) failed every later run on
+    /// the same file, and each run collected one page more at most: the file is then left in place, recorded in the
+    /// ledger as read so that it is skipped until it changes, and reported so. A failure that passes (a full disk, no
+    /// file descriptor left: `isTransient`) fails the run as before, and the next run tries again; a reason written for
+    /// a move that failed is removed either way.
     private func reject(_ rejection: FileRejection) throws(CollectorError) -> RejectedFile {
         let (name, reason) = (rejection.identity.name, rejection.reason)
         let folder = (settings.path as NSString).appendingPathComponent(".rejected")
@@ -316,12 +318,36 @@ struct DirectoryCollector: Collector {
             try DurableFile.write(Data("\(Timestamp.now()) \(reason)\n".utf8), to: target + ".reason")
             try manager.moveItem(atPath: source, toPath: target)
         } catch {
+            try? manager.removeItem(atPath: target + ".reason")
+            if Self.isTransient(error) {
+                throw .file(path: source, detail: "cannot move the unreadable file to \(folder): \(error)")
+            }
             try ledger.record([rejection.identity])
             return RejectedFile(
                 name: name, movedTo: nil, reason: reason,
                 leftInPlace: "cannot move it to \(folder) (\(error)): left in place, skipped until it changes")
         }
         return RejectedFile(name: name, movedTo: target, reason: reason)
+    }
+
+    /// Whether a file operation's failure may pass by itself (the errno under Foundation's error or `DurableFile`'s).
+    static func isTransient(_ error: any Error) -> Bool {
+        let code: Int32?
+        if let error = error as? DurableFile.IOError {
+            code = error.code
+        } else if let error = error as? POSIXError {
+            code = error.code.rawValue
+        } else {
+            let bridged = error as NSError
+            if bridged.domain == NSPOSIXErrorDomain {
+                code = Int32(bridged.code)
+            } else if let underlying = bridged.userInfo[NSUnderlyingErrorKey] as? any Error {
+                return isTransient(underlying)
+            } else {
+                code = nil
+            }
+        }
+        return code.map { [ENOSPC, EDQUOT, EMFILE, ENFILE, EIO, EINTR, EAGAIN, ENOMEM, EBUSY].contains($0) } ?? false
     }
 
     /// How long after its last change a file that ends before its JSON does is taken for one still being written
