@@ -750,7 +750,14 @@ struct DirectoryCollectorTests {
             userInfo: [NSUnderlyingErrorKey: NSError(domain: NSPOSIXErrorDomain, code: Int(ENOSPC))])
         #expect(DirectoryCollector.isTransient(wrapped))
         #expect(!DirectoryCollector.isTransient(CocoaError(.fileWriteNoPermission)))
-        // What a move really throws when a file is where `.rejected/` should be made.
+        // What Foundation really throws for a full disk (its errno under a CocoaError), and for a folder made where a
+        // file is.
+        do {
+            try Data("x".utf8).write(to: URL(fileURLWithPath: "/dev/full"))
+            Issue.record("/dev/full took a write")
+        } catch {
+            #expect(DirectoryCollector.isTransient(error), "\(error)")
+        }
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }
         try "file".write(toFile: dir + "/in-the-way", atomically: true, encoding: .utf8)

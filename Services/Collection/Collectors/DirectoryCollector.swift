@@ -300,7 +300,7 @@ struct DirectoryCollector: Collector {
     /// the same file, and each run collected one page more at most: the file is then left in place, recorded in the
     /// ledger as read so that it is skipped until it changes, and reported so. A failure that passes (a full disk, no
     /// file descriptor left: `isTransient`) fails the run as before, and the next run tries again; a reason written for
-    /// a move that failed is removed either way.
+    /// a move that failed is removed either way (two sources reading one folder could race for one name: not guarded).
     private func reject(_ rejection: FileRejection) throws(CollectorError) -> RejectedFile {
         let (name, reason) = (rejection.identity.name, rejection.reason)
         let folder = (settings.path as NSString).appendingPathComponent(".rejected")
@@ -347,7 +347,8 @@ struct DirectoryCollector: Collector {
                 code = nil
             }
         }
-        return code.map { [ENOSPC, EDQUOT, EMFILE, ENFILE, EIO, EINTR, EAGAIN, ENOMEM, EBUSY].contains($0) } ?? false
+        // Not EBUSY (a file that is a mount point, every time) nor EIO (a failing disk).
+        return code.map { [ENOSPC, EDQUOT, EMFILE, ENFILE, EINTR, EAGAIN, ENOMEM].contains($0) } ?? false
     }
 
     /// How long after its last change a file that ends before its JSON does is taken for one still being written
