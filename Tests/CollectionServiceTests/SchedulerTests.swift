@@ -74,6 +74,14 @@ struct SchedulerTests {
         }
     }
 
+    /// The next run, and a retry sooner than it (a lease held elsewhere, the storage away), come a tenth later at most
+    /// at random: replicas skipped together do not come back in lockstep.
+    @Test func delaysGetUpToATenthMoreAtRandom() {
+        #expect(CollectionScheduler.jittered(.seconds(15), fraction: 0.1, random: 0) == .seconds(15))
+        #expect(CollectionScheduler.jittered(.seconds(15), fraction: 0.1, random: 1) == .milliseconds(16_500))
+        #expect(CollectionScheduler.jittered(.seconds(300), fraction: 0.1, random: 0.5) == .seconds(315))
+    }
+
     @Test func runsOnIntervalWithinTheConcurrencyLimitAndStopsOnGracefulShutdown() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }

@@ -31,10 +31,10 @@ struct CollectionScheduler: Service {
     let engine: CollectionEngine
     let configuration: Configuration
 
-    func nextRun(after source: SourceConfiguration, now: Timestamp) -> Timestamp {
-        let interval = source.interval.secondsDouble
-        let jitter = interval * configuration.jitterFraction * Double.random(in: 0...1)
-        return now.adding(source.interval + .milliseconds(Int64(jitter * 1000)))
+    /// `delay` plus up to `jitterFraction` of it at random: replicas started together, or skipped together for a
+    /// lease one of them holds, do not come back in lockstep.
+    static func jittered(_ delay: Duration, fraction: Double, random: Double = .random(in: 0...1)) -> Duration {
+        delay + .milliseconds(Int64(delay.secondsDouble * fraction * random * 1000))
     }
 
     func run() async throws {
@@ -70,7 +70,9 @@ struct CollectionScheduler: Service {
                         group.addTask {
                             let report = await engine.execute(source)
                             let now = clock()
-                            let next = report.retryAfter.map { now.adding($0) } ?? nextRun(after: source, now: now)
+                            let next = now.adding(
+                                Self.jittered(
+                                    report.retryAfter ?? source.interval, fraction: configuration.jitterFraction))
                             await board.finish(report, nextRunAt: next)
                             await engine.refreshWatching()
                         }
