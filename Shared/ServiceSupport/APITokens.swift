@@ -58,7 +58,8 @@ public struct APITokens: Sendable, Equatable {
         guard Set(tokens.map(\.name)).count == tokens.count else {
             throw ConfigurationKeyError(key: key, message: "names a token twice: each name must be unique")
         }
-        // Each pair is also let in whole (what a client given that one pair sends).
+        // Each pair is also let in whole: the contract's bearer when the value is that one pair, and what a client
+        // (curl, another implementation) sends when given the pair as its token.
         tokens += zip(tokens, items).map { Named(name: $0.name, token: $1) }
         guard Set(tokens.map(\.token)).count == tokens.count else {
             throw ConfigurationKeyError(key: key, message: "holds the same token twice under two names")
