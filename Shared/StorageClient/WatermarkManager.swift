@@ -322,15 +322,9 @@ public actor WatermarkManager {
 
     private func deliverQueued(_ sourceID: SourceID, leaseToken: Int64?) async -> FlushOutcome {
         var outcome = FlushOutcome(result: .drained)
-        if let leaseToken {
-            do {
-                try carryForward(sourceID, to: leaseToken)
-            } catch {
-                logger.error(
-                    "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"])
-                outcome.result = .stopped
-                return outcome
-            }
+        if let leaseToken, !carryQueued(sourceID, to: leaseToken) {
+            outcome.result = .stopped
+            return outcome
         }
         while let entry = queue.updates.first(where: { $0.sourceID == sourceID }) {
             if replayStopped.load(ordering: .relaxed) {
@@ -420,14 +414,17 @@ public actor WatermarkManager {
         return true
     }
 
-    /// `carryForward` for a lease renewed as `token` after it lapsed; a failure to write the queue is logged (the
-    /// updates stay under their token, dead-lettered at worst, as before).
-    func carryQueued(_ sourceID: SourceID, to token: Int64) {
+    /// `carryForward`, a failure to write the queue logged and answered false (the updates stay under their token:
+    /// a replay stops, a renewal goes on with them dead-lettered at worst).
+    @discardableResult
+    func carryQueued(_ sourceID: SourceID, to token: Int64) -> Bool {
         do {
             try carryForward(sourceID, to: token)
+            return true
         } catch {
             logger.error(
                 "Cannot write the watermark queue", metadata: ["source_id": "\(sourceID)", "error": "\(error)"])
+            return false
         }
     }
 
