@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import PostgresSupport
@@ -65,9 +66,11 @@ func buildApplication(
                 maintenanceInterval: configuration.replayInterval
             )
     )
+    // A request that is not valid HTTP/1.1 is answered with the contract's JSON error, as every other one.
+    let http = HTTPServerBuilder.http1(configuration: .init(additionalChannelHandlers: [UnparsableRequestAnswer()]))
     return Application(
         router: router,
-        server: try tlsConfiguration.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
+        server: try tlsConfiguration.map { try .tls(http, tlsConfiguration: $0) } ?? http,
         configuration: ApplicationConfiguration(
             address: .hostname(configuration.host, port: configuration.port), serverName: "collection-service"
         ),

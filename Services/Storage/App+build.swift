@@ -5,6 +5,7 @@ import HummingbirdTLS
 import Logging
 import NIOCore
 import ServiceLifecycle
+import ServiceSupport
 import WatermarkCore
 import WatermarkStores
 
@@ -27,7 +28,8 @@ package func buildApplication(
     let http = HTTPServerBuilder.http1(
         configuration: .init(
             additionalChannelHandlers: [
-                RequestReadTimeoutHandler(timeout: .seconds(Int64(configuration.requestTimeoutSeconds)))
+                RequestReadTimeoutHandler(timeout: .seconds(Int64(configuration.requestTimeoutSeconds))),
+                UnparsableRequestAnswer(),
             ],
             idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds))
         )

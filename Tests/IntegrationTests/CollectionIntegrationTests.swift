@@ -227,6 +227,12 @@ struct CollectionIntegrationTests {
 
         let health = try await http.send(.GET, "/health")
         #expect(health.status == 200 && health.text == #"{"status":"healthy"}"#)
+        #if canImport(Glibc)
+            // A request that is not HTTP/1.1 gets the contract's JSON error, as on the storage service.
+            let unparsable = try RawSocket.answersToUnparsableRequest(port: port, path: "/health")
+            #expect(unparsable.statuses == [200, 400] && unparsable.closed, "\(unparsable)")
+            #expect(unparsable.errorCode == "malformed_request" && unparsable.contentType == "application/json")
+        #endif
         try "{\"id\":\"r2\",\"modified\":\"\(ISO8601DateFormatter().string(from: Date()))\"}\n".write(
             toFile: drop + "/b.ndjson", atomically: true, encoding: .utf8)
         // The first run's record is on disk before the run ends (its mark, its lease): a manual run asked for

@@ -224,12 +224,19 @@
                 #expect(pipedReplies.count == 4 && pipedReplies[2].body.contains("\"version\":1"))
                 pipelined.close()
 
-                // Garbage is refused and the connection closed.
+                // Garbage is refused with the contract's JSON error, and the connection closed.
                 let garbage = try RawSocket(port: port)
                 try? garbage.send("HELLO THERE\r\n\u{01}\u{02}\r\n\r\n")
                 let garbageReply = try garbage.receiveUntilClosed(timeout: .seconds(5))
                 #expect(garbageReply.closed)
-                #expect(RawSocket.parseResponses(garbageReply.data).allSatisfy { (400..<500).contains($0.status) })
+                let garbageAnswers = RawSocket.parseResponses(garbageReply.data)
+                #expect(garbageAnswers.map(\.status) == [400])
+                #expect(garbageAnswers.first?.body.contains(#""code":"malformed_request""#) == true)
+
+                // A bad header line after a good request: the good one is answered, the bad one with JSON too.
+                let unparsable = try RawSocket.answersToUnparsableRequest(port: port, path: "/health")
+                #expect(unparsable.statuses == [200, 400] && unparsable.closed, "\(unparsable)")
+                #expect(unparsable.errorCode == "malformed_request" && unparsable.contentType == "application/json")
 
                 // Clients that vanish mid-body, with FIN or with RST: nothing stored, nothing broken.
                 for index in 0..<40 {

@@ -90,8 +90,31 @@
             return (received, false)
         }
 
+        /// Sends `GET path` and then a request whose head is not HTTP/1.1 (a header line without a colon) on one
+        /// connection, and reads until the server closes it: the statuses of the answers, the last answer's
+        /// `error.code` (the contract's JSON error body), its `Content-Type`, and whether the connection closed.
+        static func answersToUnparsableRequest(port: Int, path: String) throws -> (
+            statuses: [Int], errorCode: String?, contentType: String?, closed: Bool
+        ) {
+            let socket = try RawSocket(port: port)
+            defer { socket.close() }
+            try socket.send(
+                "GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n" + "GET \(path) HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+            let reply = try socket.receiveUntilClosed(timeout: .seconds(10))
+            let responses = parseResponses(reply.data)
+            let error = responses.last.flatMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.body.utf8))) as? [String: Any]
+            }
+            return (
+                responses.map(\.status), (error?["error"] as? [String: Any])?["code"] as? String,
+                responses.last?.contentType, reply.closed
+            )
+        }
+
         /// Reads until `count` HTTP responses have fully arrived (by Content-Length), or the timeout.
-        func receiveResponses(_ count: Int, timeout: Duration) throws -> [(status: Int, body: String)] {
+        func receiveResponses(_ count: Int, timeout: Duration) throws -> [(
+            status: Int, body: String, contentType: String?
+        )] {
             let deadline = ContinuousClock.now + timeout
             var received = Data()
             while ContinuousClock.now < deadline {
@@ -104,11 +127,11 @@
             return Self.parseResponses(received)
         }
 
-        /// Complete responses in `data`, in order (bodies by `Content-Length`).
-        static func parseResponses(_ data: Data) -> [(status: Int, body: String)] {
+        /// Complete responses in `data`, in order (bodies by `Content-Length`), with their `Content-Type`.
+        static func parseResponses(_ data: Data) -> [(status: Int, body: String, contentType: String?)] {
             let bytes = [UInt8](data)
             let separator: [UInt8] = Array("\r\n\r\n".utf8)
-            var responses: [(status: Int, body: String)] = []
+            var responses: [(status: Int, body: String, contentType: String?)] = []
             var start = 0
             while start < bytes.count {
                 guard let headerEnd = firstIndex(of: separator, in: bytes, from: start) else { break }
@@ -118,12 +141,16 @@
                     let status = Int(statusLine.dropFirst(9).prefix(3))
                 else { break }
                 var length = 0
-                for line in lines.dropFirst() where line.lowercased().hasPrefix("content-length:") {
-                    length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+                var contentType: String?
+                for line in lines.dropFirst() {
+                    let value = line.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces)
+                    if line.lowercased().hasPrefix("content-length:") { length = Int(value) ?? 0 }
+                    if line.lowercased().hasPrefix("content-type:") { contentType = value }
                 }
                 let bodyStart = headerEnd + separator.count
                 guard bytes.count - bodyStart >= length else { break }
-                responses.append((status, String(decoding: bytes[bodyStart..<(bodyStart + length)], as: UTF8.self)))
+                responses.append(
+                    (status, String(decoding: bytes[bodyStart..<(bodyStart + length)], as: UTF8.self), contentType))
                 start = bodyStart + length
             }
             return responses
