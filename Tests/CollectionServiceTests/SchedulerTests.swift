@@ -129,7 +129,13 @@ struct SchedulerTests {
             #expect(await engine.board.trigger(source.id) == .accepted)
             #expect(await engine.board.trigger(source.id) == .accepted)  // coalesced with the first
             try await waitFor("the triggered run") { await counter.count(source.id) == 2 }
-            try await Task.sleep(for: .milliseconds(700))
+            // Once that run has ended, nothing is left queued: a second run for the second trigger would show as
+            // `triggered` (waiting for the slot) or as a third call.
+            try await waitFor("the triggered run to end") {
+                guard let entry = await engine.board.entry(source.id), !entry.running else { return false }
+                return await counter.running == 0
+            }
+            #expect(await engine.board.entry(source.id)?.triggered == false)
             #expect(await counter.count(source.id) == 2)
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()

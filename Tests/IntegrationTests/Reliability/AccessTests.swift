@@ -91,8 +91,13 @@ struct AccessTests {
                 !(try await http.send(.GET, "/metrics", headers: [("Authorization", "Bearer nope")])).text
                     .contains(Self.secretSource))
 
-            // Tokens never reach the log, at the most verbose level, whatever was sent.
-            try await Task.sleep(for: .milliseconds(200))  // let the last lines through the pipe
+            // Tokens never reach the log, at the most verbose level, whatever was sent. A last refused request
+            // names a path of its own: once its line is in the log, so are the lines of every request before it.
+            let fence = "/api/v1/watermarks/log-fence-\(UUID().uuidString)"
+            #expect(try await http.send(.GET, fence).status == 401)
+            try await waitUntil("the last request's line in the log", timeout: .seconds(10)) {
+                harness.allLogs.contains(fence)
+            }
             let log = harness.allLogs
             #expect(log.contains("Request refused"), "the refusals are logged")
             for secret in [Self.apiToken, Self.readToken, String(Self.apiToken.dropLast()), Self.apiToken.uppercased()]

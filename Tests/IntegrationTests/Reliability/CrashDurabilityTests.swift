@@ -95,7 +95,9 @@ struct CrashDurabilityTests {
         #expect(try sqliteIntegrityCheck(harness.databasePath) == "ok")
 
         let acknowledged = state.acknowledgedTotal.load(ordering: .relaxed)
-        #expect(killsDone >= 20 || kills < 20)
+        // The kills landed while writes were in flight (twelve writers send without pause, so nearly every kill
+        // cuts several off): a kill between requests would prove nothing about durability.
+        #expect(state.inDoubt.load(ordering: .relaxed) >= kills / 2, "too few writes cut off by the kills")
         #expect(acknowledged > kills * Self.writers, "too few writes acknowledged to prove anything")
         reportFigures(
             "crash_durability",

@@ -169,22 +169,25 @@
 
     /// Facts about a running process from `/proc` (Linux): open sockets and resident memory.
     enum ProcessProbe {
-        /// Open socket descriptors of `pid`.
-        static func socketCount(_ pid: Int32) -> Int {
+        /// Open socket descriptors of `pid`; throws when `/proc` cannot tell (so no check passes on a missing figure).
+        static func socketCount(_ pid: Int32) throws -> Int {
             let folder = "/proc/\(pid)/fd"
-            guard let entries = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return -1 }
+            guard let entries = try? FileManager.default.contentsOfDirectory(atPath: folder) else {
+                throw ProcessFailure("cannot list \(folder)")
+            }
             return entries.filter { entry in
                 ((try? FileManager.default.destinationOfSymbolicLink(atPath: "\(folder)/\(entry)")) ?? "").hasPrefix(
                     "socket:")
             }.count
         }
 
-        /// Resident memory of `pid` in KiB (`VmRSS`).
-        static func residentKiB(_ pid: Int32) -> Int {
+        /// Resident memory of `pid` in KiB (`VmRSS`); throws when `/proc` cannot tell.
+        static func residentKiB(_ pid: Int32) throws -> Int {
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-                let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
-            else { return -1 }
-            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+                let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+                let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
+            else { throw ProcessFailure("no VmRSS in /proc/\(pid)/status") }
+            return kib
         }
     }
 #endif

@@ -45,6 +45,7 @@ final class ServiceProcess: Sendable {
             let data = handle.availableData
             guard !data.isEmpty else {
                 handle.readabilityHandler = nil
+                output.end()
                 return
             }
             output.append(data)
@@ -77,7 +78,7 @@ final class ServiceProcess: Sendable {
         while ContinuousClock.now < deadline {
             if let line = log.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
             if !process.isRunning {
-                try await Task.sleep(for: .milliseconds(50))  // let the last output arrive
+                try await waitForOutputEnd()
                 if let line = log.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
                 throw ProcessFailure(
                     "\(name) exited (\(process.terminationStatus)) before logging '\(marker)':\n\(log)")
@@ -117,9 +118,16 @@ final class ServiceProcess: Sendable {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        // Let the pipe deliver the last output.
-        try await Task.sleep(for: .milliseconds(50))
+        try await waitForOutputEnd()
         return process.terminationStatus
+    }
+
+    /// Once the process has exited: waits until its output reached the end of the pipe, so that `log` holds every
+    /// line it wrote (what a check that a line is absent needs), or until `timeout` when a child it started
+    /// still holds the pipe open.
+    private func waitForOutputEnd(timeout: Duration = .seconds(5)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !output.ended, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
     }
 
     /// `true` when the process was ended by a signal rather than exiting.
@@ -147,13 +155,19 @@ struct TemporaryDirectory {
 
 /// Output collected from a process's pipe, appended from the pipe's reader thread.
 final class OutputBuffer: Sendable {
-    private let storage = Mutex("")
+    private let storage = Mutex((text: "", ended: false))
 
     func append(_ data: Data) {
-        storage.withLock { $0 += String(decoding: data, as: UTF8.self) }
+        storage.withLock { $0.text += String(decoding: data, as: UTF8.self) }
     }
 
-    var text: String { storage.withLock { $0 } }
+    /// The pipe reached its end: nothing more will be appended.
+    func end() {
+        storage.withLock { $0.ended = true }
+    }
+
+    var text: String { storage.withLock { $0.text } }
+    var ended: Bool { storage.withLock { $0.ended } }
 }
 
 /// The repository root, from this file's path (tests run from the source tree).
