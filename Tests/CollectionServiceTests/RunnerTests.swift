@@ -188,6 +188,25 @@ struct RunnerTests {
         #expect(f.ids() == ["z", "a", "b"])
     }
 
+    /// A source that refuses with a `Retry-After` longer than a run waits fails the run, and the next run comes when
+    /// it said (at most a day), not a whole interval later nor sooner; another failure keeps the interval.
+    @Test(arguments: [(Int64(3600), Int64?(3600)), (30 * 86_400, 86_400), (0, nil)])
+    func aRateLimitedRunComesBackWhenTheSourceSaid(retryAfter: Int64, expected: Int64?) async throws {
+        struct Refusing: Collector {
+            let seconds: Int64
+            func fetchPage(since: Timestamp, cursor: String?) async throws(CollectorError) -> CollectorPage {
+                throw .rateLimited(url: "http://source/feed", retryAfterSeconds: seconds)
+            }
+        }
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let report = await f.runner.run(f.source, collector: Refusing(seconds: retryAfter))
+        #expect(report.outcome == .failed)
+        #expect(report.retryAfter == expected.map { .seconds($0) })
+        let failed = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[]], failAtPage: 0))
+        #expect(failed.outcome == .failed && failed.retryAfter == nil)
+    }
+
     /// A TAXII server that ignores `next` and keeps answering its first page with `more` would be asked forever
     /// (every page dropped as duplicates, no checkpoint, the run never ending): the run fails, naming why, and what it
     /// fetched stays written.

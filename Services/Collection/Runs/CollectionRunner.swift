@@ -46,6 +46,10 @@ struct CollectionRunner: Sendable {
         max(source.timeout * 2, leaseTTL)
     }
 
+    /// The longest `Retry-After` a source's refusal schedules its next run by (a day): past it, a clock or header
+    /// gone wrong would stop the source for good.
+    static let longestRetryAfter: Int64 = 86_400
+
     /// How soon a run skipped for want of a lease (storage away, `REQUIRE_LEASE=true`) is tried again.
     static func leaseRetry(for source: SourceConfiguration) -> Duration {
         min(source.interval, .seconds(15))
@@ -266,6 +270,11 @@ struct CollectionRunner: Sendable {
             }
         } catch {
             await finish(writer, log: log)
+            if case .rateLimited(_, let seconds)? = error as? CollectorError, seconds > 0 {
+                // The source said when to come back (longer than a run waits): then, not a whole interval later
+                // (a daily source told to wait ten minutes), nor sooner (every run another refusal).
+                report.retryAfter = .seconds(min(seconds, Self.longestRetryAfter))
+            }
             return await finishFailed(
                 report, session: session, message: "\(error)", log: log, recordsSinceCheckpoint: sinceCheckpoint.records
             )
@@ -416,13 +425,12 @@ struct CollectionRunner: Sendable {
             }
         }
         report.finishedAt = clock()
-        log.error(
-            "collection run failed",
-            metadata: [
-                "status": "failed", "error": "\(message)", "records": "\(report.recordsCollected)",
-                "duration_ms": "\(report.duration.milliseconds)",
-            ]
-        )
+        var metadata: Logger.Metadata = [
+            "status": "failed", "error": "\(message)", "records": "\(report.recordsCollected)",
+            "duration_ms": "\(report.duration.milliseconds)",
+        ]
+        if let retry = report.retryAfter { metadata["retry_in_s"] = "\(retry.components.seconds)" }
+        log.error("collection run failed", metadata: metadata)
         return report
     }
 }

@@ -33,7 +33,8 @@ struct RunReport: Sendable, Equatable {
     var checkpoints = 0
     /// Drop-folder files moved to `.rejected/` by this run.
     var rejectedFiles = 0
-    /// Set when the run should be tried again sooner than the source's interval (skipped for want of a lease).
+    /// Set when the run should be tried again after another time than the source's interval: sooner when skipped for
+    /// want of a lease, when the source's `Retry-After` says after a refusal (rate limited).
     var retryAfter: Duration?
     /// Skipped because another collector holds the source's lease (it collects the source).
     var leaseHeldElsewhere = false
