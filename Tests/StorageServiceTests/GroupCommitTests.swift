@@ -115,6 +115,36 @@ struct GroupCommitTests {
         #expect(try await queue.read { db in try String.fetchAll(db, sql: "SELECT k FROM t") } == [])
     }
 
+    /// What must follow a commit at once (the store's read cache forgets the rows a job wrote there) runs on the
+    /// writer's thread right after the job's transaction, before the writer's upkeep (its checkpoint, up to tens of
+    /// milliseconds) and before any caller is answered: for a job run alone on its caller's thread and for a batch.
+    @Test func eachJobsEndRunsAfterItsTransactionBeforeTheUpkeepAndTheAnswers() async throws {
+        let queue = try DatabaseQueue()
+        let events = EventLog()
+        let writer = GroupCommitWriter(writer: queue) { _ in events.add("upkeep") }
+        try await writer.write(ended: { events.add("ended alone") }) { _ in events.add("work alone") }
+        events.add("answered alone")
+        #expect(events.all == ["work alone", "ended alone", "upkeep", "answered alone"])
+
+        let release = DispatchSemaphore(value: 0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await writer.write { _ in _ = release.wait(timeout: .now() + 30) } }
+            try await waitUntil("the holding write runs") { writer.batchRunning }
+            for name in ["a", "b"] {
+                group.addTask {
+                    try await writer.write(ended: { events.add("ended \(name)") }) { _ in events.add("work \(name)") }
+                    events.add("answered \(name)")
+                }
+                try await waitUntil("\(name) queued") { writer.waitingCount == (name == "a" ? 1 : 2) }
+            }
+            release.signal()
+            try await group.waitForAll()
+        }
+        let batch = Array(events.all.dropFirst(5))  // the holder's upkeep is the fifth event
+        #expect(Array(batch.prefix(5)) == ["work a", "work b", "ended a", "ended b", "upkeep"], "\(events.all)")
+        #expect(Set(batch.dropFirst(5)) == ["answered a", "answered b"], "\(events.all)")
+    }
+
     /// A write finding the writer idle runs on its caller's thread only when the last transaction carried one job:
     /// after a batch of several (concurrent writers) it goes through the writer's queue, where a commit's fsync does
     /// not hold a thread of the concurrency pool.
@@ -289,9 +319,11 @@ struct GroupCommitTests {
                         release.wait()
                     }
                 }
-                let deadline = ContinuousClock.now + .seconds(30)
-                while !held.value.withLock({ $0 }), ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(5))
+                do {
+                    try await waitUntil("the writer's queue held") { held.value.withLock { $0 } }
+                } catch {
+                    release.signal()  // the writer's job, if it ever runs, must not hold the group for ever
+                    throw error
                 }
                 let answered = try await withThrowingTaskGroup(of: Bool.self) { race in
                     race.addTask {
@@ -331,6 +363,13 @@ struct GroupCommitTests {
 }
 
 /// Whether the writer's queue is held, set from the queue's thread.
+/// Events in the order they happened, from any thread.
+private final class EventLog: Sendable {
+    private let events = Mutex<[String]>([])
+    func add(_ event: String) { events.withLock { $0.append(event) } }
+    var all: [String] { events.withLock { $0 } }
+}
+
 private final class HeldFlag: Sendable {
     let value = Mutex(false)
 }

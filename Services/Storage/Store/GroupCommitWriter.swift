@@ -24,6 +24,7 @@ final class GroupCommitWriter: Sendable {
 
     private struct Job: Sendable {
         let work: Work
+        let ended: (@Sendable () -> Void)?
         let caller: CheckedContinuation<Outcome, Never>
     }
 
@@ -64,7 +65,14 @@ final class GroupCommitWriter: Sendable {
     }
 
     /// Runs `work` in the next batch and returns once that batch committed.
-    func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    ///
+    /// - Parameter ended: run on the writer's thread as soon as the job's transaction ended (committed or failed),
+    ///   before the writer's upkeep (`afterCommit`, a checkpoint of up to tens of milliseconds) and before any caller
+    ///   is answered: what must follow a commit at once, such as dropping what a read cache holds of the rows the
+    ///   job wrote, so that no read in between is served the value before the commit.
+    func write<T: Sendable>(
+        ended: (@Sendable () -> Void)? = nil, _ work: @escaping @Sendable (Database) throws -> T
+    ) async throws -> T {
         let alone = state.withLockedValue { state in
             guard !state.busy, state.lastBatchSize == 1 else { return false }
             state.busy = true
@@ -73,8 +81,7 @@ final class GroupCommitWriter: Sendable {
         let outcome: Outcome
         if alone {
             outcome = Self.writeHere(writer) { db in
-                defer { afterCommit(db) }
-                return Result {
+                let outcome = Result {
                     var value: (any Sendable)?
                     try db.inTransaction(.immediate) {
                         value = try work(db)
@@ -82,6 +89,9 @@ final class GroupCommitWriter: Sendable {
                     }
                     return value!
                 }
+                ended?()
+                afterCommit(db)
+                return outcome
             }
             let drain = state.withLockedValue { state in
                 state.batches += 1
@@ -95,7 +105,7 @@ final class GroupCommitWriter: Sendable {
         } else {
             outcome = await withCheckedContinuation { caller in
                 let drain = state.withLockedValue { state in
-                    state.waiting.append(Job(work: work, caller: caller))
+                    state.waiting.append(Job(work: work, ended: ended, caller: caller))
                     // The job that ran alone finished between the two locks and found nothing queued.
                     guard !state.busy else { return false }
                     state.busy = true
@@ -123,6 +133,7 @@ final class GroupCommitWriter: Sendable {
             }
             guard !batch.isEmpty else { return }
             let outcomes = Self.commit(batch.map(\.work), in: db)
+            for job in batch { job.ended?() }
             afterCommit(db)
             state.withLockedValue { state in
                 state.batches += 1

@@ -235,8 +235,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     }
 
     func write(_ write: WatermarkWrite) async throws -> WriteOutcome {
-        defer { cache.forget(write.sourceID) }
-        return try await transact { tx, now in
+        try await transact(forgetting: write.sourceID) { tx, now in
             let snapshot = try tx.snapshot(write.sourceID, idempotencyKey: write.idempotencyKey)
             let plan = try WatermarkRules.apply(write, to: snapshot, now: now, policy: self.policy)
             try tx.persist(plan, replacing: snapshot.watermark)
@@ -247,8 +246,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
     func delete(
         _ sourceID: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution
     ) async throws {
-        defer { cache.forget(sourceID) }
-        try await transact { tx, now in
+        try await transact(forgetting: sourceID) { tx, now in
             let snapshot = try tx.snapshot(sourceID, idempotencyKey: nil)
             try tx.persist(
                 try WatermarkRules.delete(
@@ -370,12 +368,17 @@ final class SQLiteWatermarkStore: WatermarkStore {
 
     /// Runs `body` in one write transaction with the clock read inside it, so the order of `now`
     /// values follows the order of commits.
+    /// Runs `body` in the group-commit writer's next transaction; the read cache forgets `forgetting` as soon as that
+    /// transaction ended, on the writer's thread (a read between the commit and the answer is not served the value
+    /// from before it: it was forgotten once the caller resumed, after the writer's checkpoint).
     private func transact<T: Sendable>(
-        _ body: @escaping @Sendable (inout SQLiteTransaction, Timestamp) throws -> T
+        forgetting key: SourceID? = nil, _ body: @escaping @Sendable (inout SQLiteTransaction, Timestamp) throws -> T
     ) async throws -> T {
         do {
             let clock = self.clock
-            let (result, wrote) = try await batcher.write { db in
+            var ended: (@Sendable () -> Void)?
+            if let key { ended = { [cache] in cache.forget(key) } }
+            let (result, wrote) = try await batcher.write(ended: ended) { db in
                 let before = db.totalChangesCount
                 var tx = SQLiteTransaction(db: db)
                 let result = try body(&tx, clock())
