@@ -199,6 +199,35 @@ struct TAXII21CollectorTests {
         #expect(pages.last?.highWaterMark == ts("2026-11-26T10:00:06.5Z"))
     }
 
+    /// A server whose `X-TAXII-Date-Added-Last` is its clock, with no `-First`: the header is not the page's last
+    /// object, so neither the marks nor a retry go by it. A lost `next` answer is asked for again from the run's
+    /// start (duplicates dropped), where asking after that clock skipped every page not read yet; the objects' own
+    /// times are unknown, so the pages are marked with the server's Date of the run's first answer.
+    @Test func aLastHeaderWithoutFirstIsNotTakenForThePagesLastObject() async throws {
+        let server = FakeTAXIIServer()
+        for index in 1...7 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await server.setQuirks(
+            .init(lastHeaderClock: ts("2030-01-01T00:00:00Z"), advancingSessions: true, lostAnswers: [2]))
+        let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
+            try await withHTTPClient { client in
+                try await fetchAll(
+                    collector(port: port, client: client, pageSize: 3), since: ts("2026-11-26T00:00:00Z"))
+            }
+        }
+        #expect(Set(pages.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
+        let requests = await server.requests
+        #expect(requests.count >= 3 && requests[2].query["next"] == nil)
+        #expect(requests[2].query["added_after"] == "2026-11-26T00:00:00.000000Z")
+        // The server's Date, this machine's clock here; never the header's instant.
+        let now = Timestamp.now()
+        #expect(pages.allSatisfy { $0.highWaterMark.map { $0 <= now } ?? true }, "\(pages.map(\.highWaterMark))")
+    }
+
     /// A paging token the server has forgotten (medallion drops a session unused for 30 s: a run slow to write its
     /// pages) is answered 400: the page is asked for again by date, and none is missed. It failed the run.
     @Test func aForgottenPagingTokenIsAskedForAgainByDate() async throws {

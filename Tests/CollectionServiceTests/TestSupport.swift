@@ -45,6 +45,9 @@ actor FakeTAXIIServer {
         var omitDateHeaders = false
         /// A `X-TAXII-Date-Added-Last` that is not a timestamp.
         var malformedLastHeader = false
+        /// `X-TAXII-Date-Added-Last` is this instant on every answer (a server's clock, not the page's last object),
+        /// and no `X-TAXII-Date-Added-First`.
+        var lastHeaderClock: Timestamp?
         /// Each page's objects in reverse order (headers still give first and last date_added).
         var reverseWithinPage = false
         /// Puts each object's `date_added` into the object itself (some servers do).
@@ -145,7 +148,9 @@ actor FakeTAXIIServer {
             envelope["more"] = false
         }
         var headers = ["Content-Type": "application/taxii+json;version=2.1"]
-        if let first = page.first, let last = page.last, !quirks.omitDateHeaders {
+        if let clock = quirks.lastHeaderClock {
+            headers["X-TAXII-Date-Added-Last"] = clock.description
+        } else if let first = page.first, let last = page.last, !quirks.omitDateHeaders {
             headers["X-TAXII-Date-Added-First"] = first.dateAdded.description
             headers["X-TAXII-Date-Added-Last"] = quirks.malformedLastHeader ? "yesterday" : last.dateAdded.description
         }

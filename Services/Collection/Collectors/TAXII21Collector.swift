@@ -118,7 +118,8 @@ struct TAXII21Collector: Collector {
     /// Turns one envelope into a page. An empty page may be `{}` (no `objects`, no `more`).
     ///
     /// The mark of every record of the page is the page's `X-TAXII-Date-Added-Last`. Without that header, or
-    /// with one that is not a timestamp, each object's own `date_added` (some servers include it) stands in: the
+    /// with one that is not a timestamp, or without an `X-TAXII-Date-Added-First` no later than it, each object's own
+    /// `date_added` (some servers include it) stands in: the
     /// server's clock, never the collector's; such a page has no `firstMark`, so no checkpoint is taken inside it.
     /// Without either, an object's `modified` is its producer's clock, which may run ahead of the server's: marked
     /// with it, a run moved the watermark past objects the server added meanwhile, which the next run's
@@ -158,8 +159,21 @@ struct TAXII21Collector: Collector {
             }
             return time
         }
-        let pageMark = headerTime("X-TAXII-Date-Added-Last")
-        let firstMark = pageMark == nil ? nil : headerTime("X-TAXII-Date-Added-First")
+        // The two headers describe the page only as a pair, first no later than last (TAXII 2.1 sends both). A server
+        // that sends `-Last` alone may send its clock (one public server answers `now()` every time): as the page's
+        // mark it moved the watermark past the objects of the pages not read yet, and a retry asked by date from it
+        // skipped them. Without the pair, the page is marked as one without headers.
+        var pageMark = headerTime("X-TAXII-Date-Added-Last")
+        var firstMark = pageMark == nil ? nil : headerTime("X-TAXII-Date-Added-First")
+        if let last = pageMark, firstMark.map({ $0 > last }) ?? true {
+            if let first = firstMark {
+                warnings.append(
+                    "X-TAXII-Date-Added-First \(first) from \(url) is after X-TAXII-Date-Added-Last \(last); using the "
+                        + "objects' own times")
+            }
+            pageMark = nil
+            firstMark = nil
+        }
         // Whole seconds: the instant is floored, which only reads a little more again.
         let listed =
             listedAt
