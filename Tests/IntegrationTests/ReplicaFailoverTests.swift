@@ -79,6 +79,13 @@ struct ReplicaFailoverTests {
 
         // Fixed ports: a restarted storage replica answers where its collection replica looks for it.
         var storages: [StorageServiceHarness] = []
+        defer {
+            // On failure too: their processes and database folders (finished on success below, so this is a no-op).
+            for storage in storages {
+                storage.service.signal(SIGKILL)
+                storage.directory.remove()
+            }
+        }
         for _ in 0..<2 {
             storages.append(
                 try await StorageServiceHarness(

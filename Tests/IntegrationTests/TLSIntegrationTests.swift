@@ -188,19 +188,18 @@ struct TLSIntegrationTests {
 
     @Test("ENVIRONMENT=production with a token but no TLS warns at start, on both sides of the connection")
     func warnsAboutClearText() async throws {
-        let harness = try await StorageServiceHarness(environment: [
-            "STORAGE_API_TOKEN": Self.token, "ENVIRONMENT": "production",
-        ])
-        let warning = try await harness.service.waitForLine(containing: "clear text")
-        #expect(warning.contains("warning") && warning.contains("TLS_CERT_PATH"), "\(warning)")
-        let setup = try CollectionSetup(sourcesJSON: #"{"sources": []}"#)
-        defer { setup.remove() }
-        let once = try setup.startOnce(
-            storageURL: "http://127.0.0.1:\(harness.port)",
-            extra: ["STORAGE_API_TOKEN": Self.token, "ENVIRONMENT": "production"])
-        _ = try await once.waitForExit(timeout: .seconds(60))
-        #expect(once.log.contains("crosses the network in clear text"), "\(once.log)")
-        #expect(!once.log.contains(Self.token), "the token must never be logged")
-        await harness.finish()
+        try await withStorageService(environment: ["STORAGE_API_TOKEN": Self.token, "ENVIRONMENT": "production"]) {
+            harness in
+            let warning = try await harness.service.waitForLine(containing: "clear text")
+            #expect(warning.contains("warning") && warning.contains("TLS_CERT_PATH"), "\(warning)")
+            let setup = try CollectionSetup(sourcesJSON: #"{"sources": []}"#)
+            defer { setup.remove() }
+            let once = try setup.startOnce(
+                storageURL: "http://127.0.0.1:\(harness.port)",
+                extra: ["STORAGE_API_TOKEN": Self.token, "ENVIRONMENT": "production"])
+            _ = try await once.waitForExit(timeout: .seconds(60))
+            #expect(once.log.contains("crosses the network in clear text"), "\(once.log)")
+            #expect(!once.log.contains(Self.token), "the token must never be logged")
+        }
     }
 }

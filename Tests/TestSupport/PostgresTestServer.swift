@@ -36,24 +36,34 @@ package final class PostgresTestServer: Sendable {
         "postgres://\(Self.user):\(Self.password)@127.0.0.1:\(port)/\(database)?sslmode=disable"
     }
 
-    /// Initialises a cluster and starts it; throws with the tool's output when that fails.
+    /// Initialises a cluster and starts it; throws with the tool's output when that fails, having stopped what it
+    /// started and removed its folder. A port found free may be taken before the server binds it (the other suites
+    /// open connections meanwhile): the start is tried again on another port, three times at most.
     package static func start() throws -> PostgresTestServer {
         let binaries = try findBinaries()
         let root = geteuid() == 0
         if root { try ensureSystemUser() }
-        let directory = NSTemporaryDirectory() + "watermark-pg-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try Data(password.utf8).write(to: URL(fileURLWithPath: directory + "/pwfile"))
-        if root { _ = try runToEnd(["chown", "-R", systemUser, directory]) }
-        let server = PostgresTestServer(
-            port: try freeTCPPort(), directory: directory, binaries: binaries, runAs: root ? systemUser : nil)
-        try server.tool(
-            "initdb", "-D", directory + "/data", "-U", user, "--pwfile=" + directory + "/pwfile",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
-        try server.tool(
-            "pg_ctl", "-D", directory + "/data", "-l", directory + "/server.log", "-w", "-t", "60", "-o",
-            "-p \(server.port) -h 127.0.0.1 -k \(directory) -c max_connections=200", "start")
-        return server
+        var attempt = 0
+        while true {
+            attempt += 1
+            let directory = NSTemporaryDirectory() + "watermark-pg-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let server = PostgresTestServer(
+                port: try freeTCPPort(), directory: directory, binaries: binaries, runAs: root ? systemUser : nil)
+            do {
+                try Data(password.utf8).write(to: URL(fileURLWithPath: directory + "/pwfile"))
+                if root { _ = try runToEnd(["chown", "-R", systemUser, directory]) }
+                try server.tool(
+                    "initdb", "-D", directory + "/data", "-U", user, "--pwfile=" + directory + "/pwfile",
+                    "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
+                try server.startServer()
+                return server
+            } catch {
+                let log = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
+                server.stop()  // a postmaster a timed-out start left running, and the folder
+                guard attempt < 3, log.contains("could not bind") else { throw error }
+            }
+        }
     }
 
     /// `start()` on a thread of its own: initdb and pg_ctl take seconds, which must not hold a thread of the

@@ -117,7 +117,9 @@ struct ConcurrencyTests {
         try await withStorageService(environment: ["LOG_LEVEL": "info"]) { harness in
             let http = harness.http
             let path = "/api/v1/watermarks/fenced"
-            let first = try await http.send(.POST, path + "/lease", json: #"{"owner":"paused","ttl_seconds":1}"#)
+            // Long enough for the three checks of a live lease below on a loaded machine (with 1 s, a write waiting
+            // for its fsync behind every other suite could see the lease lapse first).
+            let first = try await http.send(.POST, path + "/lease", json: #"{"owner":"paused","ttl_seconds":5}"#)
             #expect(first.status == 200)
             let oldToken = try #require(try first.json()["fencing_token"] as? Int)
             #expect(
@@ -132,7 +134,7 @@ struct ConcurrencyTests {
 
             // The first holder pauses past its lease; the successor takes over.
             var newToken = 0
-            try await waitUntil("the successor to get the lease", timeout: .seconds(10), every: .milliseconds(100)) {
+            try await waitUntil("the successor to get the lease", timeout: .seconds(20), every: .milliseconds(100)) {
                 let reply = try await http.send(
                     .POST, path + "/lease", json: #"{"owner":"successor","ttl_seconds":60}"#)
                 guard reply.status == 200 else { return false }
