@@ -228,6 +228,22 @@ struct TAXII21CollectorTests {
         #expect(pages.allSatisfy { $0.highWaterMark.map { $0 <= now } ?? true }, "\(pages.map(\.highWaterMark))")
     }
 
+    /// A server that gives `next` but leaves `more` out still has more: every page is read, where the run stopped
+    /// after the first and, without date headers, marked it with the server's Date, past the pages not read.
+    @Test func aNextWithoutMoreIsFollowed() async throws {
+        let server = FakeTAXIIServer()
+        for index in 1...7 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await server.setQuirks(.init(omitDateHeaders: true, omitMore: true))
+        let pages = try await fetchAll(from: server, pageSize: 3)
+        #expect(Set(pages.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
+        #expect(await server.requests.count == 3)
+    }
+
     /// A paging token the server has forgotten (medallion drops a session unused for 30 s: a run slow to write its
     /// pages) is answered 400: the page is asked for again by date, and none is missed. It failed the run.
     @Test func aForgottenPagingTokenIsAskedForAgainByDate() async throws {

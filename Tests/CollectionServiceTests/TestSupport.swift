@@ -45,6 +45,8 @@ actor FakeTAXIIServer {
         var omitDateHeaders = false
         /// A `X-TAXII-Date-Added-Last` that is not a timestamp.
         var malformedLastHeader = false
+        /// Leaves `more` out of the envelope (a `next` still says there is more).
+        var omitMore = false
         /// `X-TAXII-Date-Added-Last` is this instant on every answer (a server's clock, not the page's last object),
         /// and no `X-TAXII-Date-Added-First`.
         var lastHeaderClock: Timestamp?
@@ -138,13 +140,13 @@ actor FakeTAXIIServer {
             }
         ]
         if !rest.isEmpty {
-            envelope["more"] = true
+            if !quirks.omitMore { envelope["more"] = true }
             if !quirks.noNextTokens {
                 let token = session ?? UUID().uuidString
                 pagesByToken[token] = (filters, rest)
                 envelope["next"] = token
             }
-        } else {
+        } else if !quirks.omitMore {
             envelope["more"] = false
         }
         var headers = ["Content-Type": "application/taxii+json;version=2.1"]

@@ -135,16 +135,18 @@ struct TAXII21Collector: Collector {
         let what = "the TAXII envelope from \(url)"
         let envelope = try JSONRecords.envelope(body, what: what)
         let objects = try JSONRecords.records("objects", of: body, envelope: envelope, what: what)
-        let more: Bool
-        switch envelope["more"].map({ JSONRecords.value(body[$0]) }) {
-        case nil, .null: more = false
-        case .bool(let flag): more = flag
-        default: throw .malformed("\"more\" in the TAXII envelope from \(url) is not a boolean")
-        }
         let next: String? =
             if let range = envelope["next"], case .string(let text) = JSONRecords.value(body[range]) { text } else {
                 nil
             }
+        let more: Bool
+        switch envelope["more"].map({ JSONRecords.value(body[$0]) }) {
+        // A server that gives a `next` but leaves `more` out has more: stopping there marked the run past the pages
+        // not read (with the server's Date, for objects without date_added) and the next run skipped them.
+        case nil, .null: more = !(next ?? "").isEmpty
+        case .bool(let flag): more = flag
+        default: throw .malformed("\"more\" in the TAXII envelope from \(url) is not a boolean")
+        }
 
         var warnings: [String] = []
         func headerTime(_ name: String) -> Timestamp? {
