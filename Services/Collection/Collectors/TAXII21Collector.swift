@@ -61,10 +61,11 @@ struct TAXII21Collector: Collector {
         do {
             response = try await http.get(url, headers: headers, retryURL: retryURL)
         } catch {
-            // OpenCTI serves the last version only and refuses `all` with 400 ("only 'last' supported"): every run
-            // failed on an HTTP error that did not say what to change.
+            // OpenCTI serves the last version only and refuses `all` with 400 ("only 'last' supported"; older
+            // versions: "Unsupported parameters provided"): every run failed on an HTTP error that did not say what to
+            // change.
             if case .httpStatus(400, _, let detail) = error, settings.versions == .all,
-                detail.lowercased().contains("version")
+                detail.lowercased().contains("version") || detail.lowercased().contains("unsupported param")
             {
                 throw .malformed(
                     "the TAXII server refuses match[version]=all (\(detail)): set \"versions\": \"last\" for this "
