@@ -181,6 +181,25 @@ struct ConfigurationTests {
             #expect(try refusal(data) == nil)
             #expect(try refusal(data + "/inbox", sink: "postgres://u@127.0.0.1:5432/sink") == nil)
             #expect(try refusal(data + "/.state", sink: "postgres://u@127.0.0.1:5432/sink") != nil)
+
+            // One folder for two sources, however it is written; two folders, one inside the other, are two.
+            func refusal(_ first: String, _ second: String) throws -> String? {
+                let json = """
+                    {"sources": [{"id": "a", "type": "directory", "path": "\(first)"},
+                      {"id": "b", "type": "directory", "path": "\(second)"}]}
+                    """
+                let configuration = try CollectionConfiguration(Settings(environment: ["DATA_DIR": data]))
+                do {
+                    try configuration.checkDropFolders(try parse(json, env: [:]))
+                    return nil
+                } catch {
+                    return error.message
+                }
+            }
+            let twice = try refusal(data + "/drop", data + "/drop/")
+            #expect(twice?.contains(#"source "b" field "path""#) == true && twice?.contains(#"source "a""#) == true)
+            #expect(try refusal(data + "/link", data + "/inbox/../inbox") != nil)
+            #expect(try refusal(data + "/drop", data + "/drop/2026") == nil)
         }
     }
 

@@ -74,8 +74,8 @@ struct CollectionConfiguration: Sendable {
     }
 
     /// Refuses a drop folder where the service writes: the file sink's folder of a source (`DATA_DIR/<id>`), whose
-    /// day files the folder's source would read back as bad records and move away, or `DATA_DIR/.state`. Paths are
-    /// compared absolute, with `..` and symbolic links resolved.
+    /// day files the folder's source would read back as bad records and move away, or `DATA_DIR/.state`; and a folder
+    /// two sources read. Paths are compared absolute, with `..` and symbolic links resolved.
     func checkDropFolders(_ sources: [SourceConfiguration]) throws(ConfigurationError) {
         // Symbolic links resolved in the longest part of the path that exists (resolving gives up on a path with a
         // missing part: a DATA_DIR reached through a link, before its sink folders were made, went unresolved).
@@ -98,6 +98,7 @@ struct CollectionConfiguration: Sendable {
                     (absolute(folder), "where the sink writes source \"\(source.id)\" (DATA_DIR/\(source.id))"))
             }
         }
+        var readers: [String: SourceID] = [:]
         for source in sources {
             guard case .directory(let settings) = source.kind else { continue }
             let path = absolute(settings.path)
@@ -106,6 +107,14 @@ struct CollectionConfiguration: Sendable {
                     "source \"\(source.id)\" field \"path\": \(settings.path) is in \(what): the source would read "
                         + "the service's own files; give a folder outside DATA_DIR/<source id> and DATA_DIR/.state")
             }
+            // Two sources of one folder would each collect every file under its own id, and race to move the same
+            // bad file aside.
+            if let other = readers[path] {
+                throw ConfigurationError(
+                    "source \"\(source.id)\" field \"path\": \(settings.path) is the folder source \"\(other)\" "
+                        + "reads: each file would be collected twice; give each source a folder of its own")
+            }
+            readers[path] = source.id
         }
     }
 
