@@ -639,6 +639,27 @@ struct RouterTests {
             #expect(try try await client.execute(uri: "/metrics", method: .get).status == .ok)
         }
     }
+
+    /// `/health` needs no token: with tokens configured, a caller without one is not told what the failure names
+    /// (the database's host and user, the file's path); one with a token, or a service without tokens, is.
+    @Test("an unhealthy database's detail is shown on /health only to a caller with a token")
+    func unhealthyDetailNeedsAToken() async throws {
+        let configure: (inout StorageConfiguration) -> Void = {
+            $0.apiTokens = APITokens([.init(name: "writer", token: "write-secret")])
+        }
+        try await app(configure: configure, store: UnavailableStore()).test(.router) { client in
+            let anonymous = try json(try await client.execute(uri: "/health", method: .get))
+            #expect(anonymous["error"] as? String == SystemController<StorageRequestContext>.undisclosedHealthError)
+            let told = try json(
+                try await client.execute(uri: "/health", method: .get, headers: [.authorization: "Bearer write-secret"])
+            )
+            #expect((told["error"] as? String)?.contains("SQLITE_IOERR") == true, "\(told)")
+        }
+        try await app(store: UnavailableStore()).test(.router) { client in
+            let open = try json(try await client.execute(uri: "/health", method: .get))
+            #expect((open["error"] as? String)?.contains("SQLITE_IOERR") == true, "\(open)")
+        }
+    }
 }
 
 /// A store whose database is gone: every call fails the way the SQLite store reports it.

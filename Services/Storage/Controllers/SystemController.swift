@@ -31,6 +31,9 @@ struct SystemController<Context: RequestContext> {
     }
 
     /// 200 when the database answers (and, after a failed write, accepts a write again); 503 otherwise.
+    ///
+    /// `/health` needs no token, and what went wrong names the database (PostgreSQL's host, port and user, the SQLite
+    /// file's path): with tokens configured, a request without one is told only that the database cannot be used.
     @Sendable func health(request: Request, context: Context) async throws -> EditedResponse<Health> {
         do {
             try await store.checkHealth()
@@ -38,8 +41,13 @@ struct SystemController<Context: RequestContext> {
         } catch {
             let detail = (error as? WatermarkError)?.message ?? "\(error)"
             context.logger.warning("Health check failed", metadata: ["error": "\(detail)"])
-            return EditedResponse(status: .serviceUnavailable, response: Health(status: "unhealthy", error: detail))
+            let shown = mayRead(request) ? detail : Self.undisclosedHealthError
+            return EditedResponse(status: .serviceUnavailable, response: Health(status: "unhealthy", error: shown))
         }
+    }
+
+    static var undisclosedHealthError: String {
+        "the database cannot be used (why is in the service's log, and in this answer to a request with a token)"
     }
 
     @Sendable func status(request: Request, context: Context) async throws -> Status {
