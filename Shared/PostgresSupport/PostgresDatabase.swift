@@ -24,7 +24,8 @@ package struct PostgresMigrations: Sendable {
     package func apply(_ client: PostgresClient, logger: Logger) async throws -> [String] {
         try await client.withTransaction(logger: logger) { connection in
             // A replica waits for another's migrations however long they take, and a slow start between two
-            // statements is not a frozen client: neither is bound by the session's timeouts (`sessionTimeout`).
+            // statements is not a frozen client: neither is bound by the session's timeouts (`sessionTimeout`). The
+            // migrations' own statements are bound below.
             try await connection.query("SET LOCAL lock_timeout = 0", logger: logger)
             try await connection.query("SET LOCAL idle_in_transaction_session_timeout = 0", logger: logger)
             try await connection.query("SELECT pg_advisory_xact_lock(\(lock))", logger: logger)
@@ -39,6 +40,10 @@ package struct PostgresMigrations: Sendable {
             }
             var done: [String] = []
             for migration in list where !applied.contains(migration.name) {
+                // A migration's lock on a table waits 5 s at most: queued behind a long transaction (a nightly
+                // pg_dump, a report), its ACCESS EXCLUSIVE request held every write and read of that table on every
+                // replica behind it for as long. The start then fails and is tried again by the restart.
+                try await connection.query("SET LOCAL lock_timeout = '5s'", logger: logger)
                 for statement in migration.statements { try await connection.query(statement, logger: logger) }
                 try await connection.query(
                     "INSERT INTO \(unescaped: ledger) (name, applied_at) VALUES (\(migration.name), now())",

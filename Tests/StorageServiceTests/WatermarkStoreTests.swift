@@ -440,7 +440,10 @@ struct WatermarkStoreTests {
             ("d", "2025-12-31T21:59:59.999999999Z"), ("e", "2025-12-31T22:00:00.000000000Z"),
         ]
         for (id, last) in rows { try await client.query(v1Insert(id, last)) }
-        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v2-counts", "v3-audit", "v4-recount"])
+        #expect(
+            try await PostgresSchema.migrate(client, logger: .quiet) == [
+                "v2-counts", "v3-audit", "v4-recount", "v5-success-hour-prune",
+            ])
         let store = PostgresWatermarkStore(
             client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
         store.ready.open()
@@ -451,6 +454,28 @@ struct WatermarkStoreTests {
             WatermarkWrite(sourceID: sid("a"), update: .success(clock.now(), records: 1)))
         try await store.delete(sid("c"), precondition: nil, leaseToken: nil)
         #expect(try await store.summary() == WatermarkSummary(total: 4, failed: 1, stale: 2))
+        // The hours a and c left hold no source: their rows are gone, not kept at 0 (scrapes sum every row).
+        #expect(try await emptySuccessHours(client) == 0)
+    }
+
+    /// A database whose trigger kept emptied hours at 0 (before v5) loses those rows when it is migrated.
+    @Test("a PostgreSQL database's emptied success hours are removed by its migration")
+    func postgresEmptySuccessHoursPruned() async throws {
+        let (client, _) = try await PostgresDatabases.newDatabase()
+        var upToV4 = PostgresSchema.migrations
+        upToV4.list = Array(upToV4.list.prefix(4))
+        try await upToV4.apply(client, logger: .quiet)
+        try await client.query(v1Insert("a", "2025-12-31T20:10:00.000000000Z"))
+        try await client.query(
+            "UPDATE watermark SET last_successful_timestamp = '2025-12-31T23:10:00.000000000Z' WHERE source_id = 'a'")
+        #expect(try await emptySuccessHours(client) == 1)
+        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v5-success-hour-prune"])
+        #expect(try await emptySuccessHours(client) == 0)
+    }
+
+    private func emptySuccessHours(_ client: PostgresClient) async throws -> Int {
+        try await client.query("SELECT count(*)::int FROM success_hour WHERE sources = 0").decode(Int.self)
+            .first { _ in true } ?? -1
     }
 
     /// A replica of the version before the counts (a rolling upgrade) commits a write while another migrates: the
@@ -479,7 +504,7 @@ struct WatermarkStoreTests {
             }
             return try await group.next() ?? []
         }
-        #expect(applied == ["v2-counts", "v3-audit", "v4-recount"])
+        #expect(applied == ["v2-counts", "v3-audit", "v4-recount", "v5-success-hour-prune"])
         let store = PostgresWatermarkStore(
             client: client, url: url, policy: WatermarkPolicy(), logger: .quiet, clock: { clock.now() })
         store.ready.open()
@@ -487,21 +512,26 @@ struct WatermarkStoreTests {
         #expect(try await store.summary() == WatermarkSummary(total: 2, failed: 1, stale: 1))
     }
 
-    /// The recount waits for its table lock 5 s at most: queued behind a long transaction (here one holding a lock
-    /// a VACUUM takes), it held every writer behind it for as long. The start fails, and the next one migrates.
-    @Test("the PostgreSQL recount gives up on its table lock after a bounded wait")
-    func postgresRecountWaitsForItsLockBoundedly() async throws {
+    /// A migration waits for a table's lock 5 s at most: queued behind a long transaction (a nightly pg_dump, a
+    /// report; here one holding a lock a VACUUM takes), its request held every reader or writer of the table on every
+    /// replica behind it for as long. The start fails, and the next one migrates. The recount (v4) bounds its own
+    /// wait; every migration's statements are bound by `apply` (v3's ALTER TABLE waited for ever).
+    @Test(
+        "a PostgreSQL migration gives up on a table lock after a bounded wait",
+        arguments: [(3, "watermark", "v4-recount"), (2, "watermark_run", "v3-audit")])
+    func postgresMigrationWaitsForItsLockBoundedly(applied: Int, table: String, next: String) async throws {
         let (client, _) = try await PostgresDatabases.newDatabase()
-        var upToV3 = PostgresSchema.migrations
-        upToV3.list = Array(upToV3.list.prefix(3))
-        try await upToV3.apply(client, logger: .quiet)
+        var before = PostgresSchema.migrations
+        before.list = Array(before.list.prefix(applied))
+        try await before.apply(client, logger: .quiet)
         // A transaction holds the lock until `release` opens; the migration runs meanwhile. Twenty seconds without
         // its answer fail the test, and the lock is let go either way, so nothing hangs.
         let (locked, release) = (AsyncStream<Void>.makeStream(), AsyncStream<Void>.makeStream())
         let outcome = try await withThrowingTaskGroup(of: String?.self) { group in
             group.addTask {
                 try await client.withTransaction(logger: .quiet) { connection in
-                    try await connection.query("LOCK TABLE watermark IN SHARE UPDATE EXCLUSIVE MODE", logger: .quiet)
+                    try await connection.query(
+                        "LOCK TABLE \(unescaped: table) IN SHARE UPDATE EXCLUSIVE MODE", logger: .quiet)
                     locked.continuation.finish()
                     for await _ in release.stream {}
                 }
@@ -522,7 +552,7 @@ struct WatermarkStoreTests {
         }
         // SQLSTATE 55P03, lock_not_available (the message's text depends on the server's language).
         #expect(outcome.hasPrefix("refused") && outcome.contains("55P03"), "\(outcome)")
-        #expect(try await PostgresSchema.migrate(client, logger: .quiet) == ["v4-recount"])
+        #expect(try await PostgresSchema.migrate(client, logger: .quiet).first == next)
     }
 
     /// Applies PostgreSQL's first migration only: a database of the version before the counts.

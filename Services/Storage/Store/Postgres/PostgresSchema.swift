@@ -94,30 +94,7 @@ enum PostgresSchema {
                     )
                     """,
                     countSuccessHours,
-                    """
-                    CREATE FUNCTION watermark_counts() RETURNS trigger LANGUAGE plpgsql AS $$
-                    BEGIN
-                        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-                            UPDATE watermark_count
-                            SET total = total - 1, failed = failed - (OLD.status = 'failed')::int
-                            WHERE bucket = hashtext(OLD.source_id) & 15;
-                            UPDATE success_hour SET sources = sources - 1
-                            WHERE hour = COALESCE(substr(OLD.last_successful_timestamp, 1, 13), '')
-                              AND bucket = hashtext(OLD.source_id) & 15;
-                        END IF;
-                        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-                            UPDATE watermark_count
-                            SET total = total + 1, failed = failed + (NEW.status = 'failed')::int
-                            WHERE bucket = hashtext(NEW.source_id) & 15;
-                            INSERT INTO success_hour (hour, bucket, sources)
-                            VALUES (COALESCE(substr(NEW.last_successful_timestamp, 1, 13), ''),
-                                    hashtext(NEW.source_id) & 15, 1)
-                            ON CONFLICT (hour, bucket) DO UPDATE SET sources = success_hour.sources + 1;
-                        END IF;
-                        RETURN NULL;
-                    END
-                    $$
-                    """,
+                    countsFunction(replacing: false, pruning: false),
                     """
                     CREATE TRIGGER watermark_counts_change AFTER INSERT OR DELETE ON watermark
                     FOR EACH ROW EXECUTE FUNCTION watermark_counts()
@@ -157,7 +134,57 @@ enum PostgresSchema {
                     countSuccessHours,
                 ]
             ),
+            (
+                // success_hour kept a row for every hour (and bucket) a source last succeeded in, also once no source
+                // was left in it: one more row for each hour a success landed in, which every scrape of every replica
+                // summed (SQLite's trigger deletes such a row). The trigger now deletes the row it empties; the writes
+                // to one bucket wait for each other on its watermark_count row, which the trigger updates first.
+                "v5-success-hour-prune",
+                [
+                    countsFunction(replacing: true, pruning: true),
+                    "DELETE FROM success_hour WHERE sources = 0",
+                ]
+            ),
         ])
+
+    /// The trigger function that keeps the counts: v2's (its text as shipped), and v5's, which also deletes the
+    /// success_hour row it took the last source from. One text, so that the two cannot drift apart.
+    private static func countsFunction(replacing: Bool, pruning: Bool) -> PostgresQuery {
+        let prune =
+            pruning
+            ? """
+
+                        DELETE FROM success_hour
+                        WHERE hour = COALESCE(substr(OLD.last_successful_timestamp, 1, 13), '')
+                          AND bucket = hashtext(OLD.source_id) & 15 AND sources = 0;
+            """ : ""
+        let create = replacing ? "CREATE OR REPLACE" : "CREATE"
+        return PostgresQuery(
+            unsafeSQL: """
+                \(create) FUNCTION watermark_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                        UPDATE watermark_count
+                        SET total = total - 1, failed = failed - (OLD.status = 'failed')::int
+                        WHERE bucket = hashtext(OLD.source_id) & 15;
+                        UPDATE success_hour SET sources = sources - 1
+                        WHERE hour = COALESCE(substr(OLD.last_successful_timestamp, 1, 13), '')
+                          AND bucket = hashtext(OLD.source_id) & 15;\(prune)
+                    END IF;
+                    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                        UPDATE watermark_count
+                        SET total = total + 1, failed = failed + (NEW.status = 'failed')::int
+                        WHERE bucket = hashtext(NEW.source_id) & 15;
+                        INSERT INTO success_hour (hour, bucket, sources)
+                        VALUES (COALESCE(substr(NEW.last_successful_timestamp, 1, 13), ''),
+                                hashtext(NEW.source_id) & 15, 1)
+                        ON CONFLICT (hour, bucket) DO UPDATE SET sources = success_hour.sources + 1;
+                    END IF;
+                    RETURN NULL;
+                END
+                $$
+                """)
+    }
 
     /// The sources of each of the 16 buckets, in all and failed, from the rows (v2, and again in v4).
     private static let countSources: PostgresQuery = """
