@@ -1145,6 +1145,39 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 7)).flatMap(\.records).isEmpty)
     }
 
+    /// A symbolic link to a file outside the drop folder is not read (whoever may write the folder could have the
+    /// service read, and quote in a rejection's reason, any file it may read): the run names it and fails, as for
+    /// other unreadable entries. A link to a file inside the folder is read as that file.
+    @Test func aLinkOutOfTheFolderIsNotRead() async throws {
+        let dir = try makeTemporaryDirectory()
+        let outside = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state"); removeTemporary(outside) }
+        try #"{"id":"secret","modified":"2026-11-26T00:00:00Z"}"#.write(
+            toFile: outside + "/secret.json", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: dir + "/kept", withIntermediateDirectories: false)
+        try #"{"id":"inside","modified":"2026-11-26T00:00:00Z"}"#.write(
+            toFile: dir + "/kept/inside.json", atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(
+            atPath: dir + "/a.json", withDestinationPath: outside + "/secret.json")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/b.json", withDestinationPath: "kept/inside.json")
+        try FileManager.default.createSymbolicLink(
+            atPath: dir + "/c.json", withDestinationPath: "../\((outside as NSString).lastPathComponent)/secret.json")
+        var (ids, warnings): ([String], [String]) = ([], [])
+        var failure: (any Error)?
+        do {
+            try await Self.forEachPage(try Self.collector(dir, pageSize: 10)) { page, _ in
+                ids += page.records.map(\.id)
+                warnings += page.warnings
+            }
+        } catch {
+            failure = error
+        }
+        #expect(ids == ["inside"])
+        #expect(warnings.filter { $0.contains("outside the drop folder") }.count == 2, "\(warnings)")
+        #expect("\(try #require(failure))".contains("a.json"))
+        #expect(!warnings.joined().contains("secret\""))
+    }
+
     /// Entries a run cannot read (a folder or a pipe under a file's name) do not keep the folder's other files from
     /// being collected (the first one failed every run before any file after it was read, and opening the pipe
     /// waited for a writer for ever); the run then fails naming them, and so does each run until they are dealt with.

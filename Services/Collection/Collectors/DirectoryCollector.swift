@@ -367,10 +367,26 @@ struct DirectoryCollector: Collector {
     static let notAFile = "not a plain file (a folder, a pipe or a device)"
     static let notUTF8 = "its name is not UTF-8 (rename it)"
     static let danglingLink = "a symbolic link to a file that does not exist"
+    static let linkOutside =
+        "a symbolic link to a file outside the drop folder (not read: whoever may write the folder could have the "
+        + "service read, and quote, any file it may read)"
+
+    /// Whether `path` is a symbolic link to a file that is not in the folder holding the link (`..` and links
+    /// resolved). A link to nothing is not: it is dealt with as a file gone.
+    static func linksOutside(_ path: String) -> Bool {
+        var status = stat()
+        guard lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFLNK else { return false }
+        guard let target = realpath(path, nil) else { return false }
+        defer { free(target) }
+        guard let folder = realpath((path as NSString).deletingLastPathComponent, nil) else { return true }
+        defer { free(folder) }
+        return !String(cString: target).hasPrefix(String(cString: folder) + "/")
+    }
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
     /// and the next run reads it again (its records already written are dropped by dedup).
     static func identity(of path: String, name: String) throws(CollectorError) -> FileIdentity? {
+        if linksOutside(path) { throw .file(path: path, detail: linkOutside) }
         // Non-blocking: opening a pipe would wait for a writer.
         let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else {

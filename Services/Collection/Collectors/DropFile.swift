@@ -110,6 +110,8 @@ final class DropFile {
     init?(path: String) throws(Failure) {
         self.path = path
         self.name = (path as NSString).lastPathComponent
+        // Checked again here, as the file is read: the link may have been changed since the listing looked.
+        if DirectoryCollector.linksOutside(path) { throw .io(DirectoryCollector.linkOutside) }
         // Non-blocking: opening a pipe dropped under a file's name would wait for a writer for ever.
         descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else {
