@@ -207,6 +207,45 @@ struct RunnerTests {
         #expect(failed.outcome == .failed && failed.retryAfter == nil)
     }
 
+    /// Before the watermark moves mid-run, the sink commits the dedup index's keys of the pages so far. The index
+    /// commits lazily (a crash's lost keys are indexed again from the day files), but a day file shipped away before
+    /// the next run cannot be: the records the next run's overlap sent again were then written twice.
+    @Test func theSinkCommitsItsIndexBeforeEachCheckpoint() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        let index = CollectionConfiguration.stateDirectory(of: f.dir) + "/dedup/\(f.source.id).sqlite"
+        let seen = Mutex<[(committedKeys: Int, watermark: Timestamp?)]>([])
+        let sink = CheckpointProbe(inner: NDJSONFileSink(dataDirectory: f.dir)) {
+            // What another connection sees: the committed keys only.
+            var configuration = Configuration()
+            configuration.readonly = true
+            let keys = try? await DatabaseQueue(path: index, configuration: configuration).read { db in
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM record_key") ?? -1
+            }
+            let watermark = try? await f.storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp
+            seen.withLock { $0.append((keys ?? -1, watermark)) }
+        }
+        let runner = CollectionRunner(
+            manager: f.manager, sink: sink, owner: "test-replica", logger: .quiet, clock: { ts("2026-11-27T00:00:00Z") }
+        )
+        var source = f.source
+        source.checkpointPages = 1
+        source.checkpointInterval = .zero
+        let pages: [MarkedPagesCollector.Page] = (1...4).map { hour in
+            let time = ts("2026-11-26T0\(hour):00:00Z")
+            return .init(records: [record("r\(hour)", time.description)], first: time, last: time)
+        }
+        let report = await runner.run(source, collector: MarkedPagesCollector(pages: pages))
+        #expect(report.outcome == .success && report.checkpoints == 2)
+        let probes = seen.withLock { $0 }
+        #expect(probes.count == 2, "\(probes)")
+        // Each time: the keys of every page before the checkpoint committed, the watermark not moved there yet.
+        for (number, probe) in probes.enumerated() {
+            #expect(probe.committedKeys >= number + 1, "\(probes)")
+            #expect(probe.watermark.map { $0 < ts("2026-11-26T0\(number + 1):00:00Z") } ?? true, "\(probes)")
+        }
+    }
+
     /// A TAXII server that ignores `next` and keeps answering its first page with `more` would be asked forever
     /// (every page dropped as duplicates, no checkpoint, the run never ending): the run fails, naming why, and what it
     /// fetched stays written.
@@ -872,5 +911,31 @@ struct SinkTests {
         #expect(throws: SinkError.self) {
             try sink.append([record("a", "2026-11-25T00:00:00Z")], collectedAt: ts("2026-11-27T00:00:00Z"))
         }
+    }
+}
+
+/// A sink that runs `probe` at each checkpoint, once the sink it wraps has done its part.
+struct CheckpointProbe: Sink {
+    let inner: any Sink
+    let probe: @Sendable () async -> Void
+
+    func open(_ source: SourceID) async throws(SinkError) -> any SinkWriter {
+        Writer(inner: try await inner.open(source), probe: probe)
+    }
+
+    struct Writer: SinkWriter {
+        let inner: any SinkWriter
+        let probe: @Sendable () async -> Void
+
+        func write(_ records: [CollectedRecord], collectedAt: Timestamp) async throws(SinkError) -> [CollectedRecord] {
+            try await inner.write(records, collectedAt: collectedAt)
+        }
+
+        func checkpoint() async throws(SinkError) {
+            try await inner.checkpoint()
+            await probe()
+        }
+
+        func finish() async throws(SinkError) { try await inner.finish() }
     }
 }

@@ -240,6 +240,13 @@ struct CollectionRunner: Sendable {
                                     source, pages: sinceCheckpoint.pages,
                                     elapsed: clock().duration(since: sinceCheckpoint.at))
                             {
+                                do {
+                                    try await writer.checkpoint()
+                                } catch {
+                                    log.warning(
+                                        "checkpoint: the sink's index not committed, the next run indexes the files again",
+                                        metadata: ["error": "\(error)"])
+                                }
                                 let result = try await session.commit(
                                     checkpoint, recordsCollected: sinceCheckpoint.records)
                                 marks.committed = checkpoint

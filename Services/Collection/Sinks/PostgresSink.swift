@@ -83,6 +83,8 @@ struct PostgresSink: Sink {
             return page.filter { inserted.contains(PostgresSink.storedKey($0.key)) }
         }
 
+        /// Every page is committed as it is written: nothing to do at a checkpoint or at the end.
+        func checkpoint() async throws(SinkError) {}
         func finish() async throws(SinkError) {}
     }
 

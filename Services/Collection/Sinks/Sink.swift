@@ -16,6 +16,10 @@ protocol SinkWriter: Sendable {
     /// in page order, once they are durable.
     func write(_ records: [CollectedRecord], collectedAt: Timestamp) async throws(SinkError) -> [CollectedRecord]
 
+    /// Called before the watermark moves mid-run: what the sink keeps beside the records of the pages written so
+    /// far is made to outlast a crash. A failure costs time only, never a record.
+    func checkpoint() async throws(SinkError)
+
     /// Called once when the run ends, however it ends. A failure costs time only, never a record.
     func finish() async throws(SinkError)
 }
@@ -42,6 +46,11 @@ struct NDJSONFileSink: Sink {
                 try files.append(records, collectedAt: collectedAt)
             }
         }
+
+        /// Commits the dedup index's pages so far. The index commits lazily (its keys are indexed again from the
+        /// files after a crash), but a day file shipped away before the next run cannot be indexed again: the
+        /// records before a checkpoint, sent again by the next run's overlap, were then written twice.
+        func checkpoint() async throws(SinkError) { try await index.flush() }
 
         /// Commits the dedup index's last pages; should it fail, the next run indexes them again from the files.
         func finish() async throws(SinkError) { try await index.flush() }
