@@ -54,8 +54,11 @@ package final class ReadyGate: Sendable {
 /// The body runs in a task of its own rather than as a child task, on purpose: a task group waits for its
 /// children, and postgres-nio 1.33 does not end a query whose connection PostgreSQL closed in the middle of a
 /// transaction, cancelled or not (the replica restart test saw such requests still waiting 10 s after their 5 s
-/// deadline, for ever). At the deadline the body is cancelled and the caller answered at once; a body that
-/// ignores the cancellation is left to the library, holding only its dead connection (the pool opens new ones).
+/// deadline, for ever). At the deadline the body is cancelled and the caller answered at once, and what the body
+/// registered with `gate.onExpiry` runs: the PostgreSQL stores close the connection it waits on there. A connection
+/// whose server vanished without a reset (a failover that takes the primary's address away) is never answered, and
+/// the pool gives its slot back only once it is closed: TCP notices after about 15 minutes, and until then the
+/// stuck connections held the pool's slots, every request of the replica waiting for one and answered 503.
 /// The caller's cancellation cancels the body and ends the wait too.
 ///
 /// The deadline is a task scheduled on an event loop, removed when the body finishes. It was a task sleeping for the
@@ -82,7 +85,16 @@ package func withDeadline<T: Sendable>(
     _ body: @escaping @Sendable (DeadlineGate) async throws -> T
 ) async throws -> T {
     let tasks = DeadlineTasks<T>()
-    let gate = DeadlineGate { tasks.state.withLock { $0.phase.enterCommit() } }
+    let gate = DeadlineGate(
+        pass: { tasks.state.withLock { $0.phase.enterCommit() } },
+        onExpiry: { action in
+            let now = tasks.state.withLock { state in
+                guard !state.deadlineAnswered else { return true }
+                state.onExpiry.append(action)
+                return false
+            }
+            if now { _ = action() }
+        })
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             let answer = AnswerOnce(continuation)
@@ -97,11 +109,25 @@ package func withDeadline<T: Sendable>(
                     return state.timer
                 }?.cancel()
             }
-            let timedOut: @Sendable () -> Void = {
-                answer.resume(with: .failure(onTimeout()))
-                work.cancel()
-            }
             let loop = MultiThreadedEventLoopGroup.singleton.any()
+            let timedOut: @Sendable () -> Void = {
+                work.cancel()
+                let actions = tasks.state.withLock { state in
+                    state.deadlineAnswered = true
+                    defer { state.onExpiry = [] }
+                    return state.onExpiry
+                }
+                // The caller is answered once what the actions started has ended (a connection closed: the pool has
+                // then seen it close, and lends the caller's next request a new one).
+                let ending = actions.compactMap { $0() }
+                if ending.isEmpty {
+                    answer.resume(with: .failure(onTimeout()))
+                } else {
+                    EventLoopFuture.whenAllComplete(ending, on: loop).whenComplete { _ in
+                        answer.resume(with: .failure(onTimeout()))
+                    }
+                }
+            }
             let timer = loop.scheduleTask(in: .init(timeout)) {
                 let firing = tasks.state.withLock { state in
                     let firing = state.phase.deadlinePassed()
@@ -139,14 +165,31 @@ package func withDeadline<T: Sendable>(
     }
 }
 
-/// What `withDeadline` hands its body: the point after which the body's work cannot be undone.
+/// What `withDeadline` hands its body: the point after which the body's work cannot be undone, and what to undo
+/// should the deadline pass.
 package struct DeadlineGate: Sendable {
     fileprivate let pass: @Sendable () -> Bool
+    fileprivate let register: @Sendable (@escaping @Sendable () -> EventLoopFuture<Void>?) -> Void
+
+    fileprivate init(
+        pass: @escaping @Sendable () -> Bool,
+        onExpiry: @escaping @Sendable (@escaping @Sendable () -> EventLoopFuture<Void>?) -> Void
+    ) {
+        self.pass = pass
+        self.register = onExpiry
+    }
 
     /// Call just before the work becomes permanent (a `COMMIT`); throws `CancellationError` once the caller has been
     /// answered that the operation did not finish (the deadline passed, or the caller was cancelled).
     package func enterCommit() throws {
         guard pass() else { throw CancellationError() }
+    }
+
+    /// Runs `action` if the deadline passes before the body finished (at once, if it has already): closing the
+    /// connection the body waits on, which nothing else would end (see `withDeadline`). The caller is answered once
+    /// the future `action` returns (if any) has completed.
+    package func onExpiry(_ action: @escaping @Sendable () -> EventLoopFuture<Void>?) {
+        register(action)
     }
 }
 
@@ -193,9 +236,9 @@ private final class DeadlineTasks<T: Sendable>: Sendable {
     let state = Mutex<
         (
             work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, cancelled: Bool,
-            phase: DeadlinePhase
+            phase: DeadlinePhase, onExpiry: [@Sendable () -> EventLoopFuture<Void>?], deadlineAnswered: Bool
         )
-    >((nil, nil, nil, false, DeadlinePhase()))
+    >((nil, nil, nil, false, DeadlinePhase(), [], false))
 }
 
 /// A continuation resumed by whichever of the body and the timer finishes first; the other's answer is dropped.

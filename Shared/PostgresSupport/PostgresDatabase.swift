@@ -1,6 +1,7 @@
 import Logging
 import PostgresNIO
 import ServiceLifecycle
+import Synchronization
 import WatermarkCore
 
 /// Versioned, append-only migrations of one schema, recorded in their own ledger table and applied under their
@@ -227,6 +228,32 @@ package enum PostgresFailure {
             return "PostgreSQL at \(url.host):\(url.port) cannot be reached (\(error.code))"
         default:
             return "PostgreSQL at \(url.host):\(url.port): \(error.code)"
+        }
+    }
+}
+
+extension DeadlineGate {
+    /// Runs `body` on `connection`, which is closed should the deadline pass first (`onExpiry`): a connection whose
+    /// server vanished without a reset (a failover that takes the primary's address away) is never answered, and the
+    /// pool gives its slot back only once it is closed; TCP notices after about 15 minutes, and until then every
+    /// request of a replica with a full pool waited for a slot and was answered 503.
+    ///
+    /// The deadline's caller is answered, and `body`'s failure passed on, only once the connection has finished
+    /// closing, which the pool sees first (it asked to be told before). Answered before, the caller's next request
+    /// waited in the pool's queue for the slot, and the pool, told of the close, did not open a connection for it;
+    /// handed back before, the connection went back to the pool as idle, was lent again, and the next query on it
+    /// was never answered (postgres-nio 1.33 sends it without a promise for the write, which a closed channel drops).
+    package func closing<T>(_ connection: PostgresConnection, _ body: () async throws -> T) async throws -> T {
+        let closed = Mutex(false)
+        onExpiry {
+            closed.withLock { $0 = true }
+            return connection.close() as EventLoopFuture<Void>
+        }
+        do {
+            return try await body()
+        } catch {
+            if closed.withLock({ $0 }) { try? await connection.closeFuture.get() }
+            throw error
         }
     }
 }

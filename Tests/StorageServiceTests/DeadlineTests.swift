@@ -71,6 +71,46 @@ struct DeadlineTests {
         #expect(afterAnswer == .nothing && !answered.expired)
     }
 
+    /// What the body registers runs once the deadline answered the caller (the stores close the connection there),
+    /// at once when registered after that, and never for a body that finished in time.
+    @Test("what the body registers for the deadline runs when the deadline passes, and only then")
+    func expiryActions() async throws {
+        let (ran, report) = AsyncStream<String>.makeStream()
+        await #expect(throws: TimedOut.self) {
+            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                gate.onExpiry {
+                    report.yield("registered before")
+                    return nil
+                }
+                await withCheckedContinuation { (_: CheckedContinuation<Void, Never>) in }
+                return 0
+            }
+        }
+        let late = ReadyGate()
+        await #expect(throws: TimedOut.self) {
+            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                try? await late.wait()  // goes on after the answer, as a query on a dead connection does
+                gate.onExpiry {
+                    report.yield("registered after")
+                    report.finish()
+                    return nil
+                }
+                return 0
+            }
+        }
+        _ = try await withDeadline(.seconds(30), onTimeout: { TimedOut() }) { gate -> Int in
+            gate.onExpiry {
+                report.yield("in time")
+                return nil
+            }
+            return 1
+        }
+        late.open()
+        var seen: [String] = []
+        for await event in ran { seen.append(event) }
+        #expect(seen == ["registered before", "registered after"])
+    }
+
     @Test("a commit that never returns is answered with the timeout's error all the same")
     func aCommitThatNeverReturns() async throws {
         await #expect(throws: TimedOut.self) {

@@ -430,6 +430,37 @@ struct WatermarkStoreTests {
         #expect(await refusal { try await store(try PostgresDatabases.client(url)).checkHealth() } == nil)
     }
 
+    /// A connection whose server stops answering without closing it (a failover that takes the primary's address
+    /// away; here its backend is stopped with SIGSTOP) is closed when the operation's deadline passes, so the pool's
+    /// slot is free and the next operation opens a connection that answers. The stuck connection held its slot for
+    /// as long as TCP took to give up (about 15 minutes): every operation of a full pool answered 503.
+    @Test(
+        "a PostgreSQL connection whose server stopped answering is closed at the deadline, and the pool goes on",
+        arguments: [false, true])
+    func aStuckConnectionIsClosedAtTheDeadline(writing: Bool) async throws {
+        let (admin, url) = try await PostgresDatabases.newDatabase()
+        try await PostgresSchema.migrate(admin, logger: .quiet)
+        let client = try PostgresDatabases.client(url, maximumConnections: 1)
+        let store = PostgresWatermarkStore(client: client, url: url, policy: WatermarkPolicy(), logger: .quiet)
+        store.ready.open()
+        let operation: @Sendable (String) async throws -> Void = { id in
+            if writing {
+                _ = try await store.write(success(id, "2025-12-31T12:00:00Z"))
+            } else {
+                _ = try await store.watermark(for: sid(id))
+            }
+        }
+        let before = Set(try await PostgresDatabases.backends(on: url.database))
+        #expect(await refusal { try await operation("a") } == nil)  // opens the pool's one connection
+        let stopped = Set(try await PostgresDatabases.backends(on: url.database)).subtracting(before)
+        #expect(stopped.count == 1)
+        for pid in stopped { kill(pid, SIGSTOP) }
+        defer { for pid in stopped { kill(pid, SIGCONT) } }
+        #expect(await refusal { try await operation("b") } == "database_unavailable")
+        // The backend is still stopped: the answer comes from a new connection (waiting for the slot, it was 503).
+        #expect(await refusal { try await operation("c") } == nil)
+    }
+
     /// A PostgreSQL database written before its counts existed gets them from its rows when it is migrated.
     @Test("a PostgreSQL database from before the counts gets them filled from its rows")
     func postgresCountsBackfilled() async throws {

@@ -38,6 +38,17 @@ package struct PostgresDatabases: Sendable {
         return 0
     }
 
+    /// The server processes (backends) of the sessions open on `database`, as PostgreSQL lists them.
+    package static func backends(on database: String) async throws -> [Int32] {
+        guard let databases = current else {
+            throw PostgresTestServer.Failure(description: "listing sessions needs the suite's .postgres trait")
+        }
+        var pids: [Int32] = []
+        let rows = try await databases.admin.query("SELECT pid FROM pg_stat_activity WHERE datname = \(database)")
+        for try await pid in rows.decode(Int32.self) { pids.append(pid) }
+        return pids
+    }
+
     /// Runs `query` on the suite's server as its administrator, connected to the `postgres` database (an `ALTER
     /// DATABASE` of a test's database, say, whatever that database's own sessions may do).
     package static func administer(_ query: PostgresQuery) async throws {
@@ -55,8 +66,18 @@ package struct PostgresDatabases: Sendable {
         return databases.client(url)
     }
 
-    private func client(_ url: PostgresURL) -> PostgresClient {
-        let client = PostgresClient(configuration: url.clientConfiguration, backgroundLogger: .quiet)
+    /// A running client of `url` whose pool opens `maximumConnections` at most.
+    package static func client(_ url: PostgresURL, maximumConnections: Int) throws -> PostgresClient {
+        guard let databases = current else {
+            throw PostgresTestServer.Failure(description: "a PostgreSQL client needs the suite's .postgres trait")
+        }
+        return databases.client(url, maximumConnections: maximumConnections)
+    }
+
+    private func client(_ url: PostgresURL, maximumConnections: Int? = nil) -> PostgresClient {
+        var configuration = url.clientConfiguration
+        if let maximumConnections { configuration.options.maximumConnections = maximumConnections }
+        let client = PostgresClient(configuration: configuration, backgroundLogger: .quiet)
         clients.yield(client)
         return client
     }

@@ -43,10 +43,8 @@ final class PostgresWatermarkStore: WatermarkStore {
     // MARK: WatermarkStore
 
     func watermark(for sourceID: SourceID) async throws -> Watermark? {
-        try await mappingErrors { [self] in
-            try await client.withConnection { connection in
-                try await PostgresTransaction(connection: connection, logger: logger).watermark(sourceID)
-            }
+        try await mappingErrors { [self] connection in
+            try await PostgresTransaction(connection: connection, logger: logger).watermark(sourceID)
         }
     }
 
@@ -75,34 +73,28 @@ final class PostgresWatermarkStore: WatermarkStore {
         // Staleness is counted in hours: this process's clock is close enough.
         let now = clock?() ?? Timestamp.now()
         let cutoff = query.staleAfter.map { WatermarkRules.staleCutoff(now: now, staleAfter: $0).sortableString }
-        let rows = try await mappingErrors { [self] in
-            try await client.withConnection { connection in
-                try await PostgresTransaction(connection: connection, logger: logger).list(
-                    after: query.after, status: query.status, staleBefore: cutoff, limit: query.limit + 1)
-            }
+        let rows = try await mappingErrors { [self] connection in
+            try await PostgresTransaction(connection: connection, logger: logger).list(
+                after: query.after, status: query.status, staleBefore: cutoff, limit: query.limit + 1)
         }
         return WatermarkPage(rows: rows, limit: query.limit)
     }
 
     /// The source's runs, newest first; a reset source answers them too (the newest is the reset).
     func history(for sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
-        let runs = try await mappingErrors { [self] in
-            try await client.withConnection { connection in
-                try await PostgresTransaction(connection: connection, logger: logger).history(sourceID, limit: limit)
-            }
+        let runs = try await mappingErrors { [self] connection in
+            try await PostgresTransaction(connection: connection, logger: logger).history(sourceID, limit: limit)
         }
         if runs.isEmpty { throw WatermarkError.watermarkNotFound(sourceID) }
         return runs
     }
 
     func lease(for sourceID: SourceID) async throws -> Lease? {
-        let (lease, now) = try await mappingErrors { [self] in
-            try await client.withConnection { connection in
-                let tx = PostgresTransaction(connection: connection, logger: logger)
-                let lease = try await tx.lease(sourceID)
-                if let clock = self.clock { return (lease, clock()) }
-                return (lease, try await tx.databaseNow())
-            }
+        let (lease, now) = try await mappingErrors { [self] connection in
+            let tx = PostgresTransaction(connection: connection, logger: logger)
+            let lease = try await tx.lease(sourceID)
+            if let clock = self.clock { return (lease, clock()) }
+            return (lease, try await tx.databaseNow())
         }
         return lease.flatMap { $0.isLive(at: now) ? $0 : nil }
     }
@@ -129,11 +121,11 @@ final class PostgresWatermarkStore: WatermarkStore {
     func summary() async throws -> WatermarkSummary {
         let cutoff = WatermarkRules.staleCutoff(now: clock?() ?? Timestamp.now(), staleAfter: policy.staleAfter)
             .sortableString
-        return try await mappingErrors { [self] in
+        return try await mappingErrors { [self] connection in
             // The counts of migration v2-counts, kept by its trigger: a few rows and one index range within an
             // hour, whatever the number of watermarks.
             let hour = String(cutoff.prefix(13))
-            let rows = try await client.query(
+            let rows = try await connection.query(
                 """
                 SELECT (SELECT COALESCE(SUM(total), 0) FROM watermark_count)::BIGINT,
                        (SELECT COALESCE(SUM(failed), 0) FROM watermark_count)::BIGINT,
@@ -152,8 +144,8 @@ final class PostgresWatermarkStore: WatermarkStore {
     /// set `default_transaction_read_only`, answered every write with 503 while this said healthy (the SQLite store
     /// proves a write only after a failed one; here the setting says it without writing).
     func checkHealth() async throws {
-        try await mappingErrors { [self] in
-            let rows = try await client.query(
+        try await mappingErrors { [self] connection in
+            let rows = try await connection.query(
                 "SELECT current_setting('transaction_read_only'), EXISTS (SELECT 1 FROM watermark LIMIT 1)",
                 logger: logger)
             for try await (readOnly, _) in rows.decode((String, Bool).self) where readOnly == "on" {
@@ -165,8 +157,8 @@ final class PostgresWatermarkStore: WatermarkStore {
     }
 
     func info() async throws -> StoreInfo {
-        try await mappingErrors { [self] in
-            let rows = try await client.query(
+        try await mappingErrors { [self] connection in
+            let rows = try await connection.query(
                 """
                 SELECT pg_database_size(current_database()), current_setting('server_version'),
                        current_setting('synchronous_commit')
@@ -196,19 +188,24 @@ final class PostgresWatermarkStore: WatermarkStore {
             do {
                 try await ready.wait()
                 return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { gate in
-                    try await self.client.withTransaction(logger: self.logger) { connection in
-                        let tx = PostgresTransaction(connection: connection, logger: self.logger)
-                        let now: Timestamp
-                        if let clock = self.clock {
-                            try await tx.lock(sourceID)
-                            now = clock()
-                        } else {
-                            now = try await tx.lockReadingClock(sourceID)
+                    // Closed should the deadline pass in any of its statements, BEGIN and COMMIT included.
+                    try await self.client.withConnection { connection in
+                        try await gate.closing(connection) {
+                            try await connection.withTransaction(logger: self.logger) { connection in
+                                let tx = PostgresTransaction(connection: connection, logger: self.logger)
+                                let now: Timestamp
+                                if let clock = self.clock {
+                                    try await tx.lock(sourceID)
+                                    now = clock()
+                                } else {
+                                    now = try await tx.lockReadingClock(sourceID)
+                                }
+                                let result = try await body(tx, now)
+                                // Answered 503 meanwhile, the transaction rolls back instead of committing after it.
+                                try gate.enterCommit()
+                                return result
+                            }
                         }
-                        let result = try await body(tx, now)
-                        // Answered 503 meanwhile, the transaction rolls back instead of committing after it.
-                        try gate.enterCommit()
-                        return result
                     }
                 }
             } catch {
@@ -225,10 +222,18 @@ final class PostgresWatermarkStore: WatermarkStore {
         }
     }
 
-    private func mappingErrors<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    /// Runs `body` on a connection of the pool within the operation's deadline, the connection closed should the
+    /// deadline pass (see `withDeadline`), its errors mapped.
+    private func mappingErrors<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
         do {
             try await ready.wait()
-            return try await withDeadline(Self.operationTimeout, onTimeout: timedOut, body)
+            return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { [client] gate in
+                try await client.withConnection { connection in
+                    try await gate.closing(connection) { try await body(connection) }
+                }
+            }
         } catch {
             throw mapped(PostgresFailure.underlying(error))
         }
