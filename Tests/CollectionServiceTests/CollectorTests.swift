@@ -875,8 +875,10 @@ struct DirectoryCollectorTests {
         #expect(after.flatMap(\.records).map(\.id) == ["a", "b"] && after.flatMap(\.warnings).isEmpty)
         #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
 
-        // A last line left cut for longer than a writer pauses (its writer died): the lines before it are collected
-        // and the file is moved aside, where it was read again at every run.
+        // A last line left cut for longer than a writer pauses (its writer died, or holds the file open with its
+        // output buffered): the lines before it are collected and the file is reported, but left in place (moved,
+        // an open writer went on writing into .rejected/) and skipped while unchanged, where it was read again at
+        // every run. Once its writer goes on, it is read again.
         try ("{\"id\":\"c\",\"modified\":\"2026-11-26T00:00:00Z\"}\n" + #"{"id":"d","mod"#).write(
             toFile: dir + "/cut.ndjson", atomically: true, encoding: .utf8)
         try Self.makeOlder(dir + "/cut.ndjson", by: DirectoryCollector.settleTime + .seconds(5))
@@ -884,6 +886,16 @@ struct DirectoryCollectorTests {
         #expect(cut.pages.flatMap(\.records).map(\.id) == ["c"])
         try #require(cut.rejected.count == 1)
         #expect(cut.rejected[0].name == "cut.ndjson" && cut.rejected[0].reason.contains("cut.ndjson line 2"))
+        #expect(cut.rejected[0].movedTo == nil && cut.rejected[0].leftInPlace?.contains("left in place") == true)
+        #expect(FileManager.default.fileExists(atPath: dir + "/cut.ndjson"))
+        let skipped = try await Self.fetchAllMoving(collector)
+        #expect(skipped.pages.flatMap(\.records).isEmpty && skipped.rejected.isEmpty)
+        let writer = try #require(FileHandle(forWritingAtPath: dir + "/cut.ndjson"))
+        writer.seekToEndOfFile()
+        writer.write(Data(#"ified":"2026-11-26T02:00:00Z"}"#.utf8 + [UInt8(ascii: "\n")]))
+        try writer.close()
+        // Read again from its start: the run's dedup drops "c", written before.
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["c", "d"])
     }
 
     /// A file rejected under a name a file rejected before had keeps both: either may hold the only copy of records
@@ -999,12 +1011,13 @@ struct DirectoryCollectorTests {
         // files, where a page ends depends on the files before: the records of the bad one's page were lost).
         #expect(pages.flatMap(\.records).map(\.id) == ["r-0", "r-1", "r-2", "r-3", "r-4", "r-7", "r-8", "r-10"])
         try #require(rejected.map(\.name) == ["a.ndjson", "b.json", "c.json"])
+        #expect(rejected.map { $0.movedTo == nil } == [false, false, true], "cut short: left in place")
         #expect(rejected[0].reason.contains("a.ndjson line 6 is not valid JSON"), "\(rejected[0].reason)")
         #expect(rejected[1].reason.contains("',' or ']' expected after record 1"), "\(rejected[1].reason)")
         #expect(
             rejected[2].reason.contains("c.json is not valid JSON records: the file ends in the middle of its JSON"),
             "\(rejected[2].reason)")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") }.isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { !$0.hasPrefix(".") } == ["c.json"])
     }
 
     /// Sets the file's modification time `age` into the past.
@@ -1040,7 +1053,7 @@ struct DirectoryCollectorTests {
         #expect(pages.flatMap(\.records).map(\.id) == ["r-1", "r-2", "r-3"])
         #expect(try await Self.fetchAll(collector).flatMap(\.records).isEmpty)
 
-        // Cut short and left so: once the settle time has passed it is a bad file.
+        // Cut short and left so: once the settle time has passed it is reported (and left in place).
         try ("[" + whole[0] + ",").write(toFile: dir + "/stalled.json", atomically: false, encoding: .utf8)
         #expect(try await Self.fetchAllMoving(collector).rejected.isEmpty)
         try Self.makeOlder(dir + "/stalled.json", by: DirectoryCollector.settleTime + .seconds(5))

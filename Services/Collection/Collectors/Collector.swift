@@ -59,6 +59,9 @@ struct CollectorPage: Sendable {
 struct FileRejection: Sendable, Equatable {
     var identity: FileIdentity
     var reason: String
+    /// The file ends before its last record does and has not changed for `settleTime`: left in place, not moved, for
+    /// a writer may still hold it open and append to it.
+    var cutShort = false
 }
 
 /// A file that could not be read as records, moved to the drop folder's `.rejected/`, or left in place when the

@@ -21,10 +21,11 @@ import WatermarkCore
 /// a page holds at most `pageSize` records, from as many files as it takes to fill it, and the cursor says where
 /// in which file the next page starts, so a file of any size is never held in memory. Each record keeps the bytes it
 /// has in the file. Hidden files (`.name`) are ignored, so a writer can create `.x.json` and rename it; a file cut
-/// short (still being written in place) is left for the next run until it has not changed for `settleTime`. A file
-/// that is not valid records is moved to `.rejected/` with a `.reason` file beside it once the records before its
-/// first bad one are on disk (they stay collected), and the other files go on; so do they past an entry that cannot
-/// be read at all, and the run then fails naming it.
+/// short (still being written in place) is left for the next run, and once it has not changed for `settleTime`
+/// reported and skipped until it changes (never moved: its writer may hold it open). A file that is not valid
+/// records is moved to `.rejected/` with a `.reason` file beside it once the records before its first bad one are on
+/// disk (they stay collected), and the other files go on; so do they past an entry that cannot be read at all, and
+/// the run then fails naming it.
 struct DirectoryCollector: Collector {
     let settings: DirectorySettings
     let ledger: FileLedger
@@ -209,7 +210,8 @@ struct DirectoryCollector: Collector {
                     identity: position.identity,
                     reason:
                         "\(name) line \(position.lines + 1) has no line break and is not a JSON record, and the file "
-                        + "has not changed for \(Self.settleTime.components.seconds) s")
+                        + "has not changed for \(Self.settleTime.components.seconds) s",
+                    cutShort: true)
             } else if chunk.finished {
                 read.finished = position.identity
             } else {
@@ -235,6 +237,10 @@ struct DirectoryCollector: Collector {
                 read.warning =
                     "\(name) \(failure) and changed within the last \(Self.settleTime.components.seconds) s (still "
                     + "being written?): it is read again on the next run"
+            case .truncated:
+                read.rejection = FileRejection(
+                    identity: position.identity, reason: "\(name) is not valid JSON records: \(failure)",
+                    cutShort: true)
             default:
                 read.rejection = FileRejection(
                     identity: position.identity, reason: "\(name) is not valid JSON records: \(failure)")
@@ -301,8 +307,19 @@ struct DirectoryCollector: Collector {
     /// ledger as read so that it is skipped until it changes, and reported so. A failure that passes (a full disk, no
     /// file descriptor left: `isTransient`) fails the run as before, and the next run tries again; a reason written for
     /// a move that failed is removed either way (two sources reading one folder could race for one name: not guarded).
+    ///
+    /// A file cut short (`cutShort`) is not moved either: a writer that keeps it open (block-buffered output that
+    /// ends mid-line for over a minute, a copy over a slow mount) went on writing into `.rejected/`, where nothing is
+    /// collected. It is left in place, skipped while unchanged and read again once it changes.
     private func reject(_ rejection: FileRejection) throws(CollectorError) -> RejectedFile {
         let (name, reason) = (rejection.identity.name, rejection.reason)
+        if rejection.cutShort {
+            try ledger.record([rejection.identity])
+            return RejectedFile(
+                name: name, movedTo: nil, reason: reason,
+                leftInPlace:
+                    "cut short: left in place (a writer may still hold it open), read again once it changes")
+        }
         let folder = (settings.path as NSString).appendingPathComponent(".rejected")
         let source = (settings.path as NSString).appendingPathComponent(name)
         let manager = FileManager.default
