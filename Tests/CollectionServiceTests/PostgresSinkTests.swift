@@ -189,4 +189,25 @@ struct PostgresSinkTests {
         // And the same records go in once the page is whole.
         #expect(try await writer.write(good, collectedAt: now).count == good.count)
     }
+
+    /// A page's rows go in statements of at most `chunkRecords` rows and `chunkBytes` bytes of text (PostgreSQL
+    /// refuses a message over 1 GB: 2,000 records of 512 KiB failed the same page at every run); a row larger alone
+    /// is a statement of its own. A page of records of 40 MiB each is written whole, two statements of one row.
+    @Test func aPageIsSentInStatementsBoundedByRowsAndBytes() async throws {
+        let sizes = [3, 3, 3, 10, 1, 1]
+        let chunks = PostgresSink.chunks(sizes, records: 2, bytes: 6) { $0 }.map { Array($0) }
+        #expect(chunks == [[3, 3], [3], [10], [1, 1]])
+        #expect(PostgresSink.chunks([Int](), records: 2, bytes: 6) { $0 }.isEmpty)
+
+        let f = try await Fixture()
+        let writer = try await f.sink.open(try SourceID("feed"))
+        let padding = String(repeating: "x", count: 40 << 20)
+        let large = (0..<2).map { index in
+            CollectedRecord(
+                id: "large-\(index)", version: "v", mark: ts("2026-12-01T00:00:00Z"),
+                json: Data(#"{"id":"large-\#(index)","pad":"\#(padding)"}"#.utf8))
+        }
+        #expect(try await writer.write(large, collectedAt: now).count == 2)
+        #expect(try await f.rows() == ["feed/large-0/v", "feed/large-1/v"])
+    }
 }

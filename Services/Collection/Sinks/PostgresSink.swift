@@ -50,6 +50,28 @@ struct PostgresSink: Sink {
 
     /// Records per statement: the arrays travel as 6 parameters whatever their length; this bounds one message.
     static let chunkRecords = 2_000
+    /// Bytes of records' text per statement: PostgreSQL refuses a message or an array over 1 GB, and 2,000 records
+    /// of 512 KiB (OTX pulses of a few MB each, STIX objects carrying files) crossed it; the same page failed the
+    /// same way at every run and the source's watermark never moved again.
+    static let chunkBytes = 64 << 20
+
+    /// `rows` in statements of at most `records` rows and `bytes` bytes of text (a row larger alone is a statement
+    /// of its own).
+    static func chunks<Row>(_ rows: [Row], records: Int, bytes: Int, size: (Row) -> Int) -> [ArraySlice<Row>] {
+        var chunks: [ArraySlice<Row>] = []
+        var start = rows.startIndex
+        var total = 0
+        for index in rows.indices {
+            let rowSize = size(rows[index])
+            if index > start, index - start >= records || total + rowSize > bytes {
+                chunks.append(rows[start..<index])
+                (start, total) = (index, 0)
+            }
+            total += rowSize
+        }
+        if start < rows.endIndex { chunks.append(rows[start...]) }
+        return chunks
+    }
 
     func open(_ source: SourceID) async throws(SinkError) -> any SinkWriter {
         do {
@@ -95,9 +117,9 @@ struct PostgresSink: Sink {
         _ rows: [(id: String, version: String, mark: String, raw: String, jsonb: Bool)], source: SourceID,
         collectedAt: Timestamp
     ) async throws(SinkError) -> Set<RecordKey> {
-        let chunks = stride(from: 0, to: rows.count, by: Self.chunkRecords).map {
-            Array(rows[$0..<min($0 + Self.chunkRecords, rows.count)])
-        }
+        let chunks = Self.chunks(rows, records: Self.chunkRecords, bytes: Self.chunkBytes) {
+            $0.raw.utf8.count + $0.id.utf8.count + $0.version.utf8.count + $0.mark.utf8.count
+        }.map { Array($0) }
         var attempt = 1
         while true {
             do {
