@@ -898,6 +898,23 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["c", "d"])
     }
 
+    /// A file renamed over the bad one between the check and the move (the reason's writes take milliseconds) was
+    /// moved to `.rejected/` unread, with the bad one's reason: it is put back for the next run, without a reason.
+    @Test func aFileRenamedOverTheBadOneIsPutBackUnread() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let collector = try Self.collector(dir)
+        try "{bad\n".write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
+        let bad = try #require(try DirectoryCollector.identity(of: dir + "/feed.ndjson", name: "feed.ndjson"))
+        let fixed = #"{"id":"a","modified":"2026-11-26T00:00:00Z"}"# + "\n"
+        try fixed.write(toFile: dir + "/feed.ndjson", atomically: true, encoding: .utf8)
+        #expect(try collector.reject(FileRejection(identity: bad, reason: "feed.ndjson line 1 is not JSON")) == nil)
+        #expect(try String(contentsOfFile: dir + "/feed.ndjson", encoding: .utf8) == fixed)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/.rejected/feed.ndjson"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/.rejected/feed.ndjson.reason"))
+        #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["a"])
+    }
+
     /// A file rejected under a name a file rejected before had keeps both: either may hold the only copy of records
     /// never collected (the second replaced the first before).
     @Test func aSecondRejectedFileOfTheSameNameKeepsTheFirst() async throws {

@@ -138,7 +138,7 @@ struct DirectoryCollector: Collector {
             let path = (settings.path as NSString).appendingPathComponent(rejection.identity.name)
             // A file changed since it was read (fixed, grown, replaced) is not the file found bad: the next run reads it.
             guard try Self.identity(of: path, name: rejection.identity.name) == rejection.identity else { continue }
-            moved.append(try reject(rejection))
+            if let rejected = try reject(rejection) { moved.append(rejected) }
         }
         return moved
     }
@@ -311,7 +311,11 @@ struct DirectoryCollector: Collector {
     /// A file cut short (`cutShort`) is not moved either: a writer that keeps it open (block-buffered output that
     /// ends mid-line for over a minute, a copy over a slow mount) went on writing into `.rejected/`, where nothing is
     /// collected. It is left in place, skipped while unchanged and read again once it changes.
-    private func reject(_ rejection: FileRejection) throws(CollectorError) -> RejectedFile {
+    ///
+    /// The file moved is checked to be the one found bad: one renamed over it between the check and the move (the
+    /// reason's writes and syncs take milliseconds) was moved unread, with the old one's reason. Such a file is put
+    /// back, never over a file dropped there since, and this returns `nil`: the next run reads it.
+    func reject(_ rejection: FileRejection) throws(CollectorError) -> RejectedFile? {
         let (name, reason) = (rejection.identity.name, rejection.reason)
         if rejection.cutShort {
             try ledger.record([rejection.identity])
@@ -334,6 +338,11 @@ struct DirectoryCollector: Collector {
             try manager.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try DurableFile.write(Data("\(Timestamp.now()) \(reason)\n".utf8), to: target + ".reason")
             try manager.moveItem(atPath: source, toPath: target)
+            if (try? Self.identity(of: target, name: name)) != rejection.identity {
+                if link(target, source) == 0 { unlink(target) }
+                try? manager.removeItem(atPath: target + ".reason")
+                return nil
+            }
         } catch {
             try? manager.removeItem(atPath: target + ".reason")
             if Self.isTransient(error) {
