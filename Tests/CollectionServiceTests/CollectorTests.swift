@@ -915,6 +915,36 @@ struct DirectoryCollectorTests {
         #expect(try await Self.fetchAll(collector).flatMap(\.records).map(\.id) == ["a"])
     }
 
+    /// A bundle whose `objects` come before its `type` (tools that sort keys write `id`, `objects`, ..., `type`) is
+    /// read a window at a time like any other: the array was held whole (a window the size of the file) and scanned
+    /// again from its start after every read. Strings holding brackets and quotes do not fool the skip.
+    @Test func aBundleWithObjectsBeforeItsTypeIsNotHeldWhole() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir); removeTemporary(dir + "-state") }
+        let count = 12_000
+        let padding = String(repeating: "p", count: 300)
+        let objects = (0..<count).map { index in
+            #"{"id":"indicator--\#(index)","modified":"2026-11-26T00:00:00Z","#
+                + #""pattern":"[x:y = '\"]}{'] \#(padding)"}"#
+        }
+        let text =
+            #"{"id":"bundle--sorted","objects":["# + objects.joined(separator: ",")
+            + #"],"spec_version":"2.0","type":"bundle"}"#
+        try text.write(toFile: dir + "/sorted.json", atomically: true, encoding: .utf8)
+        #expect(text.utf8.count > 4 * DropFile.windowSize)
+        let file = try #require(try DropFile(path: dir + "/sorted.json"))
+        var position = FilePosition(file: "sorted.json", identity: try file.identity())
+        var read = 0
+        while true {
+            let chunk = try file.next(&position, limit: 1_000, lines: false)
+            read += chunk.records.count
+            if chunk.finished { break }
+        }
+        #expect(read == count)
+        #expect(file.largestWindow <= 2 * DropFile.windowSize, "window of \(file.largestWindow) bytes")
+        #expect(try await Self.fetchAll(try Self.collector(dir, pageSize: 5_000)).flatMap(\.records).count == count)
+    }
+
     /// A file rejected under a name a file rejected before had keeps both: either may hold the only copy of records
     /// never collected (the second replaced the first before).
     @Test func aSecondRejectedFileOfTheSameNameKeepsTheFirst() async throws {

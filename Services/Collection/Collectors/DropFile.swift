@@ -105,6 +105,8 @@ final class DropFile {
     private let scratch: UnsafeMutableRawBufferPointer
     private var base = 0
     private var atEnd = false
+    /// The most bytes the window held at once (tests: a file is never held whole).
+    private(set) var largestWindow = 0
 
     /// Opens the file; `nil` when it is gone.
     init?(path: String) throws(Failure) {
@@ -228,6 +230,7 @@ final class DropFile {
         if try byte(at: index) != UInt8(ascii: "}") {
             while true {
                 let (key, valueStart) = try member(at: index)
+                var skipped: Int?
                 if key == "objects", try byte(at: valueStart) == UInt8(ascii: "["), isBundle != false {
                     if isBundle == true {
                         position.offset = valueStart + 1
@@ -235,8 +238,16 @@ final class DropFile {
                         return nil
                     }
                     objectsAt = valueStart
+                    // Before `type` (tools that sort keys write `id`, `objects`, ..., `type`): skipped without being
+                    // held, and read from here once the type says it is a bundle.
+                    skipped = try skipValue(at: valueStart)
                 }
-                let valueEnd = try valueEnd(at: valueStart)
+                let valueEnd: Int
+                if let skipped {
+                    valueEnd = skipped
+                } else {
+                    valueEnd = try self.valueEnd(at: valueStart)
+                }
                 if key == "type" {
                     isBundle = window[(valueStart - base)..<(valueEnd - base)].elementsEqual(#""bundle""#.utf8)
                 }
@@ -386,6 +397,7 @@ final class DropFile {
         let read = pread(descriptor, scratch.baseAddress!, Self.windowSize, off_t(base + window.count))
         guard read >= 0 else { throw .io(String(cString: strerror(errno))) }
         window.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<read]))
+        largestWindow = max(largestWindow, window.count)
         if read == 0 { atEnd = true }
     }
 
@@ -411,6 +423,46 @@ final class DropFile {
     }
 
     /// Where the JSON value at `offset` ends; the window grows until it holds the value whole.
+    /// The end of the array or object at `offset`, found without holding it: strings and brackets are followed, not
+    /// checked (what is inside is checked when it is read). `valueEnd` holds the value whole and scans it again from
+    /// its start after every read: a bundle's `objects` met before its `type`, most of the file, took a window the
+    /// size of the file (a 500 MB bundle, 0.5-1 GB: the container's memory limit, the process killed before the file
+    /// was recorded, and so at every start) and time that grows with the square of its size.
+    private func skipValue(at offset: Int) throws(Failure) -> Int {
+        var (depth, inString, escaped) = (0, false, false)
+        var index = offset
+        while true {
+            guard try load(index) else { throw .truncated("the file ends in the middle of its JSON") }
+            let start = base
+            let end: Int? = window.withUnsafeBytes { raw in
+                var at = index - start
+                defer { index = start + at }
+                while at < raw.count {
+                    let byte = raw[at]
+                    at += 1
+                    if inString {
+                        if escaped {
+                            escaped = false
+                        } else if byte == UInt8(ascii: "\\") {
+                            escaped = true
+                        } else if byte == UInt8(ascii: "\"") {
+                            inString = false
+                        }
+                    } else if byte == UInt8(ascii: "\"") {
+                        inString = true
+                    } else if byte == UInt8(ascii: "[") || byte == UInt8(ascii: "{") {
+                        depth += 1
+                    } else if byte == UInt8(ascii: "]") || byte == UInt8(ascii: "}") {
+                        depth -= 1
+                        if depth == 0 { return start + at }
+                    }
+                }
+                return nil
+            }
+            if let end { return end }
+        }
+    }
+
     private func valueEnd(at offset: Int) throws(Failure) -> Int {
         guard try load(offset) else { throw .truncated("the file ends in the middle of its JSON") }
         while true {
