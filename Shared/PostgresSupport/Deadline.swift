@@ -111,22 +111,25 @@ package func withDeadline<T: Sendable>(
             }
             let loop = MultiThreadedEventLoopGroup.singleton.any()
             let timedOut: @Sendable () -> Void = {
-                work.cancel()
+                // The answer is the deadline's from here on, whatever the body throws meanwhile (a cancellation).
+                guard let caller = answer.take() else { return }
                 let actions = tasks.state.withLock { state in
                     state.deadlineAnswered = true
                     defer { state.onExpiry = [] }
                     return state.onExpiry
                 }
-                // The caller is answered once what the actions started has ended (a connection closed: the pool has
-                // then seen it close, and lends the caller's next request a new one).
+                // Before the body is cancelled: what it holds (a connection) is closed before it can hand it back.
                 let ending = actions.compactMap { $0() }
-                if ending.isEmpty {
-                    answer.resume(with: .failure(onTimeout()))
-                } else {
-                    EventLoopFuture.whenAllComplete(ending, on: loop).whenComplete { _ in
-                        answer.resume(with: .failure(onTimeout()))
-                    }
+                work.cancel()
+                // The caller is answered once what the actions started has ended (a connection closed: the pool has
+                // then seen it close, and lends the caller's next request a new one), or `expiryGrace` later (a TLS
+                // close waits for the server's reply, which a vanished server never sends).
+                guard !ending.isEmpty else { return caller.resume(throwing: onTimeout()) }
+                let once = AnswerOnce(caller)
+                EventLoopFuture.whenAllComplete(ending, on: loop).whenComplete { _ in
+                    once.resume(with: .failure(onTimeout()))
                 }
+                loop.scheduleTask(in: .init(expiryGrace)) { once.resume(with: .failure(onTimeout())) }
             }
             let timer = loop.scheduleTask(in: .init(timeout)) {
                 let firing = tasks.state.withLock { state in
@@ -248,9 +251,17 @@ private final class AnswerOnce<T: Sendable>: Sendable {
     init(_ continuation: CheckedContinuation<T, any Error>) { self.continuation = Mutex(continuation) }
 
     func resume(with result: Result<T, any Error>) {
+        take()?.resume(with: result)
+    }
+
+    /// The continuation, if nobody has answered yet; nobody else will.
+    func take() -> CheckedContinuation<T, any Error>? {
         continuation.withLock { pending in
             defer { pending = nil }
             return pending
-        }?.resume(with: result)
+        }
     }
 }
+
+/// How long a deadline that passed waits for what its body registered (`DeadlineGate.onExpiry`) before it answers.
+let expiryGrace = Duration.milliseconds(500)

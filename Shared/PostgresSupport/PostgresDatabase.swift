@@ -238,22 +238,63 @@ extension DeadlineGate {
     /// pool gives its slot back only once it is closed; TCP notices after about 15 minutes, and until then every
     /// request of a replica with a full pool waited for a slot and was answered 503.
     ///
-    /// The deadline's caller is answered, and `body`'s failure passed on, only once the connection has finished
+    /// The deadline's caller is answered, and `body`'s outcome passed on, only once the connection has finished
     /// closing, which the pool sees first (it asked to be told before). Answered before, the caller's next request
     /// waited in the pool's queue for the slot, and the pool, told of the close, did not open a connection for it;
     /// handed back before, the connection went back to the pool as idle, was lent again, and the next query on it
     /// was never answered (postgres-nio 1.33 sends it without a promise for the write, which a closed channel drops).
-    package func closing<T>(_ connection: PostgresConnection, _ body: () async throws -> T) async throws -> T {
-        let closed = Mutex(false)
+    /// Once this returns, the deadline no longer touches the connection (another request may have it by then).
+    package func closing<T>(
+        _ connection: PostgresConnection, _ body: (_ closed: @Sendable () -> Bool) async throws -> T
+    ) async throws -> T {
+        let use = Mutex(ConnectionUse.inUse)
         onExpiry {
-            closed.withLock { $0 = true }
-            return connection.close() as EventLoopFuture<Void>
+            let close = use.withLock { use in
+                guard use == .inUse else { return false }
+                use = .closing
+                return true
+            }
+            return close ? connection.close() as EventLoopFuture<Void> : nil
+        }
+        let closed: @Sendable () -> Bool = { use.withLock { $0 } == .closing }
+        func finish() async {
+            let closing = use.withLock { use in
+                defer { use = .done }
+                return use == .closing
+            }
+            if closing { try? await connection.closeFuture.get() }
         }
         do {
-            return try await body()
+            let value = try await body(closed)
+            await finish()
+            return value
         } catch {
-            if closed.withLock({ $0 }) { try? await connection.closeFuture.get() }
+            await finish()
             throw error
         }
     }
+
+    /// A transaction on `connection` under `closing`: BEGIN, `body`, COMMIT, or ROLLBACK when `body` throws, unless
+    /// the connection is closed (by the deadline, or by the server): postgres-nio's `withTransaction` sent its ROLLBACK
+    /// on the closed connection, which was never answered, and its task waited for ever.
+    package func transaction<T>(
+        _ connection: PostgresConnection, logger: Logger, _ body: () async throws -> T
+    ) async throws -> T {
+        try await closing(connection) { closed in
+            try await connection.query("BEGIN", logger: logger)
+            let value: T
+            do {
+                value = try await body()
+            } catch {
+                if !closed(), !connection.isClosed { try? await connection.query("ROLLBACK", logger: logger) }
+                throw error
+            }
+            // A COMMIT that fails has ended the transaction: nothing to roll back.
+            try await connection.query("COMMIT", logger: logger)
+            return value
+        }
+    }
 }
+
+/// Where `DeadlineGate.closing` stands with its connection.
+private enum ConnectionUse { case inUse, closing, done }

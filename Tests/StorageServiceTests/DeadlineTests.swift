@@ -1,3 +1,5 @@
+import NIOCore
+import NIOPosix
 import PostgresSupport
 import Testing
 
@@ -109,6 +111,30 @@ struct DeadlineTests {
         var seen: [String] = []
         for await event in ran { seen.append(event) }
         #expect(seen == ["registered before", "registered after"])
+    }
+
+    /// Once the deadline has passed, the answer is the timeout's, though the caller waits for what the body
+    /// registered (a connection closing) and the body, cancelled, throws meanwhile; and a registered action whose work
+    /// never ends holds the answer `expiryGrace` at most (a TLS close waits for a reply a vanished server never sends).
+    @Test("past the deadline the answer is the timeout's, after what was registered or its grace")
+    func theTimeoutOwnsTheAnswer() async throws {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        await #expect(throws: TimedOut.self) {
+            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                gate.onExpiry { loop.scheduleTask(in: .milliseconds(200)) {}.futureResult }
+                try await Task.sleep(for: .seconds(3600))  // throws CancellationError when the deadline cancels it
+                return 0
+            }
+        }
+        let never = loop.makePromise(of: Void.self)
+        defer { never.succeed() }
+        await #expect(throws: TimedOut.self) {
+            try await withDeadline(.milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                gate.onExpiry { never.futureResult }
+                await withCheckedContinuation { (_: CheckedContinuation<Void, Never>) in }
+                return 0
+            }
+        }
     }
 
     @Test("a commit that never returns is answered with the timeout's error all the same")

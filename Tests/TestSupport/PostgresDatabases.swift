@@ -38,13 +38,15 @@ package struct PostgresDatabases: Sendable {
         return 0
     }
 
-    /// The server processes (backends) of the sessions open on `database`, as PostgreSQL lists them.
+    /// The server processes (backends) of the client sessions open on `database`, as PostgreSQL lists them (not its
+    /// own workers, such as autovacuum's).
     package static func backends(on database: String) async throws -> [Int32] {
         guard let databases = current else {
             throw PostgresTestServer.Failure(description: "listing sessions needs the suite's .postgres trait")
         }
         var pids: [Int32] = []
-        let rows = try await databases.admin.query("SELECT pid FROM pg_stat_activity WHERE datname = \(database)")
+        let rows = try await databases.admin.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = \(database) AND backend_type = 'client backend'")
         for try await pid in rows.decode(Int32.self) { pids.append(pid) }
         return pids
     }

@@ -133,19 +133,17 @@ struct PostgresSink: Sink {
                 ) { [client, logger] gate in
                     // A connection the deadline gave up on is closed, so that the pool can open another.
                     try await client.withConnection { connection in
-                        try await gate.closing(connection) {
-                            try await connection.withTransaction(logger: logger) { connection in
-                                var inserted = Set<RecordKey>()
-                                for chunk in chunks {
-                                    let query = Self.insertQuery(chunk, source: source, collectedAt: collectedAt)
-                                    for try await (id, version) in try await connection.query(query, logger: logger)
-                                        .decode((String, String).self)
-                                    {
-                                        inserted.insert(RecordKey(id: id, version: version))
-                                    }
+                        try await gate.transaction(connection, logger: logger) {
+                            var inserted = Set<RecordKey>()
+                            for chunk in chunks {
+                                let query = Self.insertQuery(chunk, source: source, collectedAt: collectedAt)
+                                for try await (id, version) in try await connection.query(query, logger: logger)
+                                    .decode((String, String).self)
+                                {
+                                    inserted.insert(RecordKey(id: id, version: version))
                                 }
-                                return inserted
                             }
+                            return inserted
                         }
                     }
                 }

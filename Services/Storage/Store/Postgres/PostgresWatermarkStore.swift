@@ -190,21 +190,19 @@ final class PostgresWatermarkStore: WatermarkStore {
                 return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { gate in
                     // Closed should the deadline pass in any of its statements, BEGIN and COMMIT included.
                     try await self.client.withConnection { connection in
-                        try await gate.closing(connection) {
-                            try await connection.withTransaction(logger: self.logger) { connection in
-                                let tx = PostgresTransaction(connection: connection, logger: self.logger)
-                                let now: Timestamp
-                                if let clock = self.clock {
-                                    try await tx.lock(sourceID)
-                                    now = clock()
-                                } else {
-                                    now = try await tx.lockReadingClock(sourceID)
-                                }
-                                let result = try await body(tx, now)
-                                // Answered 503 meanwhile, the transaction rolls back instead of committing after it.
-                                try gate.enterCommit()
-                                return result
+                        try await gate.transaction(connection, logger: self.logger) {
+                            let tx = PostgresTransaction(connection: connection, logger: self.logger)
+                            let now: Timestamp
+                            if let clock = self.clock {
+                                try await tx.lock(sourceID)
+                                now = clock()
+                            } else {
+                                now = try await tx.lockReadingClock(sourceID)
                             }
+                            let result = try await body(tx, now)
+                            // Answered 503 meanwhile, the transaction rolls back instead of committing after it.
+                            try gate.enterCommit()
+                            return result
                         }
                     }
                 }
@@ -231,7 +229,7 @@ final class PostgresWatermarkStore: WatermarkStore {
             try await ready.wait()
             return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { [client] gate in
                 try await client.withConnection { connection in
-                    try await gate.closing(connection) { try await body(connection) }
+                    try await gate.closing(connection) { _ in try await body(connection) }
                 }
             }
         } catch {
