@@ -242,6 +242,19 @@ struct TAXII21CollectorTests {
         let pages = try await fetchAll(from: server, pageSize: 3)
         #expect(Set(pages.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
         #expect(await server.requests.count == 3)
+        // One that puts a `next` on every last page, empty ones too: followed once, to an empty page, which ends the
+        // listing (followed again, the run failed on an empty page that says more follows).
+        let other = FakeTAXIIServer()
+        for index in 1...7 {
+            await other.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await other.setQuirks(.init(omitMore: true, nextOnLastPage: true))
+        let all = try await fetchAll(from: other, pageSize: 3)
+        #expect(Set(all.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
+        #expect(await other.requests.count == 4)
     }
 
     /// A paging token the server has forgotten (medallion drops a session unused for 30 s: a run slow to write its

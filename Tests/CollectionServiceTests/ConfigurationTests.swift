@@ -183,10 +183,10 @@ struct ConfigurationTests {
             #expect(try refusal(data + "/.state", sink: "postgres://u@127.0.0.1:5432/sink") != nil)
 
             // One folder for two sources, however it is written; two folders, one inside the other, are two.
-            func refusal(_ first: String, _ second: String) throws -> String? {
+            func refusal(_ first: String, _ second: String, secondEnabled: Bool = true) throws -> String? {
                 let json = """
                     {"sources": [{"id": "a", "type": "directory", "path": "\(first)"},
-                      {"id": "b", "type": "directory", "path": "\(second)"}]}
+                      {"id": "b", "type": "directory", "path": "\(second)", "enabled": \(secondEnabled)}]}
                     """
                 let configuration = try CollectionConfiguration(Settings(environment: ["DATA_DIR": data]))
                 do {
@@ -200,6 +200,7 @@ struct ConfigurationTests {
             #expect(twice?.contains(#"source "b" field "path""#) == true && twice?.contains(#"source "a""#) == true)
             #expect(try refusal(data + "/link", data + "/inbox/../inbox") != nil)
             #expect(try refusal(data + "/drop", data + "/drop/2026") == nil)
+            #expect(try refusal(data + "/drop", data + "/drop", secondEnabled: false) == nil)
         }
     }
 

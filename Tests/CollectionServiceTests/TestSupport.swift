@@ -47,6 +47,9 @@ actor FakeTAXIIServer {
         var malformedLastHeader = false
         /// Leaves `more` out of the envelope (a `next` still says there is more).
         var omitMore = false
+        /// Puts a `next` on the last page too, an empty one included (its token answers an empty page), and answers
+        /// an empty page as an envelope, not `{}`.
+        var nextOnLastPage = false
         /// `X-TAXII-Date-Added-Last` is this instant on every answer (a server's clock, not the page's last object),
         /// and no `X-TAXII-Date-Added-First`.
         var lastHeaderClock: Timestamp?
@@ -128,7 +131,7 @@ actor FakeTAXIIServer {
         }
         let page = Array(remaining.prefix(limit))
         let rest = Array(remaining.dropFirst(limit))
-        if page.isEmpty && emptyAsBraces { return FakeAnswer(status: 200, body: "{}") }
+        if page.isEmpty && emptyAsBraces && !quirks.nextOnLastPage { return FakeAnswer(status: 200, body: "{}") }
         let listed = quirks.reverseWithinPage ? page.reversed() : page
         var envelope: [String: Any] = [
             "objects": listed.map { object -> [String: Any] in
@@ -146,8 +149,13 @@ actor FakeTAXIIServer {
                 pagesByToken[token] = (filters, rest)
                 envelope["next"] = token
             }
-        } else if !quirks.omitMore {
-            envelope["more"] = false
+        } else {
+            if !quirks.omitMore { envelope["more"] = false }
+            if quirks.nextOnLastPage {
+                let token = UUID().uuidString
+                pagesByToken[token] = (filters, [])
+                envelope["next"] = token
+            }
         }
         var headers = ["Content-Type": "application/taxii+json;version=2.1"]
         if let clock = quirks.lastHeaderClock {

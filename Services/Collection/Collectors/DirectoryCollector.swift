@@ -338,7 +338,10 @@ struct DirectoryCollector: Collector {
             try manager.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try DurableFile.write(Data("\(Timestamp.now()) \(reason)\n".utf8), to: target + ".reason")
             try manager.moveItem(atPath: source, toPath: target)
-            if (try? Self.identity(of: target, name: name)) != rejection.identity {
+            // (A link is left as moved: its target, relative to the folder, may not be found from `.rejected/`.)
+            var status = stat()
+            let isLink = lstat(target, &status) == 0 && status.st_mode & S_IFMT == S_IFLNK
+            if !isLink, (try? Self.identity(of: target, name: name)) != rejection.identity {
                 if link(target, source) == 0 { unlink(target) }
                 try? manager.removeItem(atPath: target + ".reason")
                 return nil
@@ -397,25 +400,53 @@ struct DirectoryCollector: Collector {
         "a symbolic link to a file outside the drop folder (not read: whoever may write the folder could have the "
         + "service read, and quote, any file it may read)"
 
-    /// Whether `path` is a symbolic link to a file that is not in the folder holding the link (`..` and links
-    /// resolved). A link to nothing is not: it is dealt with as a file gone.
-    static func linksOutside(_ path: String) -> Bool {
-        var status = stat()
-        guard lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFLNK else { return false }
-        guard let target = realpath(path, nil) else { return false }
-        defer { free(target) }
-        guard let folder = realpath((path as NSString).deletingLastPathComponent, nil) else { return true }
+    /// Opens `path` to read it, non-blocking (opening a pipe under a file's name would wait for a writer). A name
+    /// that is no link is opened as is (`O_NOFOLLOW`, in the same call); a link is followed, and what it opened is
+    /// then checked to lie in the folder holding the link (`/proc/self/fd`: the file open, not the path again, so a
+    /// link swapped between a check and the open cannot take the service out of the folder). Returns the descriptor,
+    /// or -1 with `errno` set, or `linkOutsideFolder`.
+    static func openInFolder(_ path: String) -> Int32 {
+        let flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK
+        let direct = open(path, flags | O_NOFOLLOW)
+        guard direct < 0, errno == ELOOP else { return direct }
+        let followed = open(path, flags)
+        guard followed >= 0 else { return followed }
+        let (opened, folder) = (
+            openedPath(followed), realpath((path as NSString).deletingLastPathComponent, nil)
+        )
         defer { free(folder) }
-        return !String(cString: target).hasPrefix(String(cString: folder) + "/")
+        guard let opened, let folder, opened.hasPrefix(String(cString: folder) + "/") else {
+            close(followed)
+            return linkOutsideFolder
+        }
+        return followed
+    }
+
+    static let linkOutsideFolder: Int32 = -2
+
+    /// The path of the file open on `descriptor`, as the kernel has it (`nil` where `/proc` cannot tell: a link is
+    /// then not followed).
+    private static func openedPath(_ descriptor: Int32) -> String? {
+        #if os(Linux)
+            var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+            let length = buffer.withUnsafeMutableBufferPointer { bytes in
+                bytes.withMemoryRebound(to: CChar.self) {
+                    readlink("/proc/self/fd/\(descriptor)", $0.baseAddress!, $0.count - 1)
+                }
+            }
+            guard length > 0 else { return nil }
+            return String(decoding: buffer[..<length], as: UTF8.self)
+        #else
+            return nil
+        #endif
     }
 
     /// The file's identity, `nil` when it is gone. If it grows after this, the ledger keeps the smaller size
     /// and the next run reads it again (its records already written are dropped by dedup).
     static func identity(of path: String, name: String) throws(CollectorError) -> FileIdentity? {
-        if linksOutside(path) { throw .file(path: path, detail: linkOutside) }
-        // Non-blocking: opening a pipe would wait for a writer.
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        let descriptor = openInFolder(path)
         guard descriptor >= 0 else {
+            if descriptor == linkOutsideFolder { throw .file(path: path, detail: linkOutside) }
             if errno == ENOENT { return nil }
             throw .file(path: path, detail: String(cString: strerror(errno)))
         }

@@ -112,11 +112,10 @@ final class DropFile {
     init?(path: String) throws(Failure) {
         self.path = path
         self.name = (path as NSString).lastPathComponent
-        // Checked again here, as the file is read: the link may have been changed since the listing looked.
-        if DirectoryCollector.linksOutside(path) { throw .io(DirectoryCollector.linkOutside) }
-        // Non-blocking: opening a pipe dropped under a file's name would wait for a writer for ever.
-        descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        // A link is checked again here, on what it opens: it may have been changed since the listing looked.
+        descriptor = DirectoryCollector.openInFolder(path)
         guard descriptor >= 0 else {
+            if descriptor == DirectoryCollector.linkOutsideFolder { throw .io(DirectoryCollector.linkOutside) }
             if errno == ENOENT { return nil }
             throw .io(String(cString: strerror(errno)))
         }

@@ -143,8 +143,9 @@ struct TAXII21Collector: Collector {
         let more: Bool
         switch envelope["more"].map({ JSONRecords.value(body[$0]) }) {
         // A server that gives a `next` but leaves `more` out has more: stopping there marked the run past the pages
-        // not read (with the server's Date, for objects without date_added) and the next run skipped them.
-        case nil, .null: more = !(next ?? "").isEmpty
+        // not read (with the server's Date, for objects without date_added) and the next run skipped them. Not after
+        // an empty page: one that puts `next` on its last page too would be followed into empty pages for ever.
+        case nil, .null: more = !(next ?? "").isEmpty && !objects.isEmpty
         case .bool(let flag): more = flag
         default: throw .malformed("\"more\" in the TAXII envelope from \(url) is not a boolean")
         }

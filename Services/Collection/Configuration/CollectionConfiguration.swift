@@ -108,7 +108,8 @@ struct CollectionConfiguration: Sendable {
                         + "the service's own files; give a folder outside DATA_DIR/<source id> and DATA_DIR/.state")
             }
             // Two sources of one folder would each collect every file under its own id, and race to move the same
-            // bad file aside.
+            // bad file aside. (A source that is not enabled reads nothing.)
+            guard source.enabled else { continue }
             if let other = readers[path] {
                 throw ConfigurationError(
                     "source \"\(source.id)\" field \"path\": \(settings.path) is the folder source \"\(other)\" "

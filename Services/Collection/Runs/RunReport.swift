@@ -31,7 +31,8 @@ struct RunReport: Sendable, Equatable {
     var withoutLease = false
     /// Times the watermark moved before the end of the run.
     var checkpoints = 0
-    /// Drop-folder files moved to `.rejected/` by this run.
+    /// Drop-folder files this run found bad: moved to `.rejected/`, or left in place (cut short, or a folder that
+    /// cannot be written).
     var rejectedFiles = 0
     /// Set when the run should be tried again after another time than the source's interval: sooner when skipped for
     /// want of a lease, when the source's `Retry-After` says after a refusal (rate limited).

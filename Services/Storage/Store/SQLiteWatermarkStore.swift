@@ -366,11 +366,10 @@ final class SQLiteWatermarkStore: WatermarkStore {
         }
     }
 
-    /// Runs `body` in one write transaction with the clock read inside it, so the order of `now`
-    /// values follows the order of commits.
-    /// Runs `body` in the group-commit writer's next transaction; the read cache forgets `forgetting` as soon as that
-    /// transaction ended, on the writer's thread (a read between the commit and the answer is not served the value
-    /// from before it: it was forgotten once the caller resumed, after the writer's checkpoint).
+    /// Runs `body` in the group-commit writer's next transaction with the clock read inside it, so the order of `now`
+    /// values follows the order of commits. The read cache forgets `forgetting` as soon as that transaction ended, on
+    /// the writer's thread (a read between the commit and the answer is not served the value from before it: it was
+    /// forgotten once the caller resumed, after the writer's checkpoint).
     private func transact<T: Sendable>(
         forgetting key: SourceID? = nil, _ body: @escaping @Sendable (inout SQLiteTransaction, Timestamp) throws -> T
     ) async throws -> T {

@@ -125,8 +125,8 @@ enum PostgresSchema {
                 [
                     "SET LOCAL lock_timeout = '5s'",
                     "LOCK TABLE watermark IN SHARE ROW EXCLUSIVE MODE",
-                    // Back to waiting as long as it takes for what follows, as `apply` set it (later migrations run
-                    // in the same transaction).
+                    // Back to waiting as long as it takes for what follows (`apply` bounds each later migration's
+                    // waits again).
                     "SET LOCAL lock_timeout = 0",
                     "DELETE FROM watermark_count",
                     countSources,
