@@ -170,6 +170,19 @@ struct TAXII21CollectorTests {
         #expect(afters == ["2026-11-26T00:00:00.000000Z", "2026-11-26T10:00:01.499999Z"])
     }
 
+    /// A server holding seven indicators added a second apart (10:00:01.5 to 10:00:07.5), with `quirks`.
+    static func sevenIndicators(_ quirks: FakeTAXIIServer.Quirks) async -> FakeTAXIIServer {
+        let server = FakeTAXIIServer()
+        for index in 1...7 {
+            await server.add(
+                .init(
+                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
+                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
+        }
+        await server.setQuirks(quirks)
+        return server
+    }
+
     @Test func aNextPageWhoseAnswerWasLostIsAskedForAgainByDateNotByItsSpentToken() async throws {
         // medallion's session moves on as it answers: sending the same `next` again would get the page after the
         // lost one. Two objects share the instant that ends the first page, so the retry must start before it.
@@ -204,14 +217,7 @@ struct TAXII21CollectorTests {
     /// start (duplicates dropped), where asking after that clock skipped every page not read yet; the objects' own
     /// times are unknown, so the pages are marked with the server's Date of the run's first answer.
     @Test func aLastHeaderWithoutFirstIsNotTakenForThePagesLastObject() async throws {
-        let server = FakeTAXIIServer()
-        for index in 1...7 {
-            await server.add(
-                .init(
-                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
-                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
-        }
-        await server.setQuirks(
+        let server = await Self.sevenIndicators(
             .init(lastHeaderClock: ts("2030-01-01T00:00:00Z"), advancingSessions: true, lostAnswers: [2]))
         let pages = try await withFakeServer(path: Self.path, handler: { await server.handle($0) }) { port in
             try await withHTTPClient { client in
@@ -231,27 +237,13 @@ struct TAXII21CollectorTests {
     /// A server that gives `next` but leaves `more` out still has more: every page is read, where the run stopped
     /// after the first and, without date headers, marked it with the server's Date, past the pages not read.
     @Test func aNextWithoutMoreIsFollowed() async throws {
-        let server = FakeTAXIIServer()
-        for index in 1...7 {
-            await server.add(
-                .init(
-                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
-                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
-        }
-        await server.setQuirks(.init(omitDateHeaders: true, omitMore: true))
+        let server = await Self.sevenIndicators(.init(omitDateHeaders: true, omitMore: true))
         let pages = try await fetchAll(from: server, pageSize: 3)
         #expect(Set(pages.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
         #expect(await server.requests.count == 3)
         // One that puts a `next` on every last page, empty ones too: followed once, to an empty page, which ends the
         // listing (followed again, the run failed on an empty page that says more follows).
-        let other = FakeTAXIIServer()
-        for index in 1...7 {
-            await other.add(
-                .init(
-                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
-                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
-        }
-        await other.setQuirks(.init(omitMore: true, nextOnLastPage: true))
+        let other = await Self.sevenIndicators(.init(omitMore: true, nextOnLastPage: true))
         let all = try await fetchAll(from: other, pageSize: 3)
         #expect(Set(all.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
         #expect(await other.requests.count == 4)
@@ -260,14 +252,7 @@ struct TAXII21CollectorTests {
     /// A paging token the server has forgotten (medallion drops a session unused for 30 s: a run slow to write its
     /// pages) is answered 400: the page is asked for again by date, and none is missed. It failed the run.
     @Test func aForgottenPagingTokenIsAskedForAgainByDate() async throws {
-        let server = FakeTAXIIServer()
-        for index in 1...7 {
-            await server.add(
-                .init(
-                    id: "indicator--\(index)", modified: "2026-11-20T00:00:00.000Z",
-                    dateAdded: ts("2026-11-26T10:00:0\(index).5Z")))
-        }
-        await server.setQuirks(.init(forgottenSessions: [2]))
+        let server = await Self.sevenIndicators(.init(forgottenSessions: [2]))
         let pages = try await fetchAll(from: server, pageSize: 3)
         #expect(Set(pages.flatMap(\.records).map(\.id)) == Set((1...7).map { "indicator--\($0)" }))
         let requests = await server.requests

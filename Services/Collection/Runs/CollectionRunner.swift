@@ -240,13 +240,10 @@ struct CollectionRunner: Sendable {
                                     source, pages: sinceCheckpoint.pages,
                                     elapsed: clock().duration(since: sinceCheckpoint.at))
                             {
-                                do {
-                                    try await writer.checkpoint()
-                                } catch {
-                                    log.warning(
-                                        "checkpoint: the sink's index not committed, the next run indexes the files again",
-                                        metadata: ["error": "\(error)"])
-                                }
+                                await Self.costsTimeOnly(
+                                    "checkpoint: the sink's index not committed, the next run indexes the files again",
+                                    log: log
+                                ) { try await writer.checkpoint() }
                                 let result = try await session.commit(
                                     checkpoint, recordsCollected: sinceCheckpoint.records)
                                 marks.committed = checkpoint
@@ -396,12 +393,19 @@ struct CollectionRunner: Sendable {
     /// Ends the run's use of the sink. A failure costs time only (the NDJSON sink's dedup index is rebuilt from
     /// its files by the next run).
     private func finish(_ writer: any SinkWriter, log: Logger) async {
+        await Self.costsTimeOnly(
+            "sink not finished cleanly: the next run redoes the work from what the sink holds", log: log
+        ) { try await writer.finish() }
+    }
+
+    /// Runs a step of the sink whose failure costs time only, never a record: logged as `warning`, not thrown.
+    private static func costsTimeOnly(
+        _ warning: Logger.Message, log: Logger, _ step: () async throws -> Void
+    ) async {
         do {
-            try await writer.finish()
+            try await step()
         } catch {
-            log.warning(
-                "sink not finished cleanly: the next run redoes the work from what the sink holds",
-                metadata: ["error": "\(error)"])
+            log.warning(warning, metadata: ["error": "\(error)"])
         }
     }
 
