@@ -289,6 +289,9 @@ extension DeadlineGate {
                 if !closed(), !connection.isClosed { try? await connection.query("ROLLBACK", logger: logger) }
                 throw error
             }
+            // Closed by the deadline meanwhile: a COMMIT sent now would never be answered (nor would any statement
+            // the body sends after the close; the caller is answered all the same, the body's task is left waiting).
+            if closed() { throw CancellationError() }
             // A COMMIT that fails has ended the transaction: nothing to roll back.
             try await connection.query("COMMIT", logger: logger)
             return value

@@ -1236,6 +1236,31 @@ struct DirectoryCollectorTests {
         #expect(!warnings.joined().contains("secret\""))
     }
 
+    /// A folder whose name differs from the drop folder's only in how an accent is written is another folder: the
+    /// link's target is compared byte for byte (as strings, `café` written both ways was one folder, and its twin's
+    /// files were read).
+    @Test func aLinkToAFolderThatOnlyLooksLikeTheDropFolderIsOutside() async throws {
+        let base = try makeTemporaryDirectory()
+        let (dir, twin) = (base + "/caf\u{E9}", base + "/cafe\u{301}")
+        defer { removeTemporary(base); removeTemporary(dir + "-state") }
+        for folder in [dir, twin] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: base).count == 2)
+        try #"{"id":"secret","modified":"2026-11-26T00:00:00Z"}"#.write(
+            toFile: twin + "/secret.json", atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/a.json", withDestinationPath: twin + "/secret.json")
+        var (ids, warnings): ([String], [String]) = ([], [])
+        do {
+            try await Self.forEachPage(try Self.collector(dir)) { page, _ in
+                ids += page.records.map(\.id)
+                warnings += page.warnings
+            }
+        } catch {}
+        #expect(ids.isEmpty)
+        #expect(warnings.contains { $0.contains("outside the drop folder") }, "\(warnings)")
+    }
+
     /// Entries a run cannot read (a folder or a pipe under a file's name) do not keep the folder's other files from
     /// being collected (the first one failed every run before any file after it was read, and opening the pipe
     /// waited for a writer for ever); the run then fails naming them, and so does each run until they are dealt with.

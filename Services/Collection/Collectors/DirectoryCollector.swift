@@ -411,22 +411,29 @@ struct DirectoryCollector: Collector {
         guard direct < 0, errno == ELOOP else { return direct }
         let followed = open(path, flags)
         guard followed >= 0 else { return followed }
-        let (opened, folder) = (
-            openedPath(followed), realpath((path as NSString).deletingLastPathComponent, nil)
-        )
-        defer { free(folder) }
-        guard let opened, let folder, opened.hasPrefix(String(cString: folder) + "/") else {
+        // Compared as bytes: as strings, two names that differ only in how an accent is written were one.
+        let opened = openedPath(followed) ?? resolvedPath(path)
+        guard let folder = resolvedPath((path as NSString).deletingLastPathComponent),
+            let opened, opened.starts(with: folder + [UInt8(ascii: "/")])
+        else {
             close(followed)
             return linkOutsideFolder
         }
         return followed
     }
 
+    /// `path` with its links and `..` resolved (`realpath`), as bytes.
+    private static func resolvedPath(_ path: String) -> [UInt8]? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return Array(UnsafeBufferPointer(start: resolved, count: strlen(resolved))).map { UInt8(bitPattern: $0) }
+    }
+
     static let linkOutsideFolder: Int32 = -2
 
-    /// The path of the file open on `descriptor`, as the kernel has it (`nil` where `/proc` cannot tell: a link is
-    /// then not followed).
-    private static func openedPath(_ descriptor: Int32) -> String? {
+    /// The path of the file open on `descriptor`, as the kernel has it (`nil` where `/proc` cannot tell: the link's
+    /// path is then resolved instead, which a link swapped meanwhile could fool).
+    private static func openedPath(_ descriptor: Int32) -> [UInt8]? {
         #if os(Linux)
             var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
             let length = buffer.withUnsafeMutableBufferPointer { bytes in
@@ -435,7 +442,7 @@ struct DirectoryCollector: Collector {
                 }
             }
             guard length > 0 else { return nil }
-            return String(decoding: buffer[..<length], as: UTF8.self)
+            return Array(buffer[..<length])
         #else
             return nil
         #endif
