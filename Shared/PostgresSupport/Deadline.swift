@@ -54,8 +54,9 @@ package final class ReadyGate: Sendable {
 /// The body runs in a task of its own rather than as a child task, on purpose: a task group waits for its
 /// children, and postgres-nio 1.33 does not end a query whose connection PostgreSQL closed in the middle of a
 /// transaction, cancelled or not (the replica restart test saw such requests still waiting 10 s after their 5 s
-/// deadline, for ever). At the deadline the body is cancelled and the caller answered at once, and what the body
-/// registered with `gate.onExpiry` runs: the PostgreSQL stores close the connection it waits on there. A connection
+/// deadline, for ever). At the deadline what the body registered with `gate.onExpiry` runs (the PostgreSQL stores
+/// close the connection it waits on there), the body is cancelled, and the caller is answered once what those actions
+/// started has ended, `expiryGrace` (0.5 s) later at most. A connection
 /// whose server vanished without a reset (a failover that takes the primary's address away) is never answered, and
 /// the pool gives its slot back only once it is closed: TCP notices after about 15 minutes, and until then the
 /// stuck connections held the pool's slots, every request of the replica waiting for one and answered 503.

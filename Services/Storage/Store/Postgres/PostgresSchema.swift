@@ -147,7 +147,7 @@ enum PostgresSchema {
             ),
         ])
 
-    /// The trigger function that keeps the counts: v2's (its text as shipped), and v5's, which also deletes the
+    /// The trigger function that keeps the counts: v2's (its statements as shipped), and v5's, which also deletes the
     /// success_hour row it took the last source from. One text, so that the two cannot drift apart.
     private static func countsFunction(replacing: Bool, pruning: Bool) -> PostgresQuery {
         let prune =
