@@ -245,7 +245,7 @@ extension DeadlineGate {
     /// was never answered (postgres-nio 1.33 sends it without a promise for the write, which a closed channel drops).
     /// Once this returns, the deadline no longer touches the connection (another request may have it by then).
     package func closing<T>(
-        _ connection: PostgresConnection, _ body: (_ closed: @Sendable () -> Bool) async throws -> T
+        _ connection: PostgresConnection, _ body: (_ closed: @escaping @Sendable () -> Bool) async throws -> T
     ) async throws -> T {
         let use = Mutex(ConnectionUse.inUse)
         onExpiry {
@@ -278,19 +278,20 @@ extension DeadlineGate {
     /// the connection is closed (by the deadline, or by the server): postgres-nio's `withTransaction` sent its ROLLBACK
     /// on the closed connection, which was never answered, and its task waited for ever.
     package func transaction<T>(
-        _ connection: PostgresConnection, logger: Logger, _ body: () async throws -> T
+        _ connection: PostgresConnection, logger: Logger,
+        _ body: (_ closed: @escaping @Sendable () -> Bool) async throws -> T
     ) async throws -> T {
         try await closing(connection) { closed in
             try await connection.query("BEGIN", logger: logger)
             let value: T
             do {
-                value = try await body()
+                value = try await body(closed)
             } catch {
                 if !closed(), !connection.isClosed { try? await connection.query("ROLLBACK", logger: logger) }
                 throw error
             }
-            // Closed by the deadline meanwhile: a COMMIT sent now would never be answered (nor would any statement
-            // the body sends after the close; the caller is answered all the same, the body's task is left waiting).
+            // Closed by the deadline meanwhile: a COMMIT sent now would never be answered (the body checks `closed`
+            // before each of its statements too).
             if closed() { throw CancellationError() }
             // A COMMIT that fails has ended the transaction: nothing to roll back.
             try await connection.query("COMMIT", logger: logger)

@@ -461,6 +461,21 @@ struct WatermarkStoreTests {
         #expect(await refusal { try await operation("c") } == nil)
     }
 
+    /// A transaction whose connection the deadline closed sends no further statement: postgres-nio drops the write
+    /// of a closed channel, and the statement was never answered (the operation's task waited for ever).
+    @Test("a PostgreSQL transaction whose connection the deadline closed sends no statement")
+    func noStatementAfterTheDeadlineClosedTheConnection() async throws {
+        let (client, _) = try await PostgresDatabases.newDatabase()
+        try await PostgresSchema.migrate(client, logger: .quiet)
+        let (refused, open) = try await client.withConnection { connection in
+            let closed = PostgresTransaction(connection: connection, logger: .quiet, closed: { true })
+            let refused = await refusal { _ = try await closed.watermark(sid("a")) }
+            let open = try await PostgresTransaction(connection: connection, logger: .quiet).watermark(sid("a"))
+            return (refused, open)
+        }
+        #expect(refused?.contains("CancellationError") == true && open == nil, "\(refused ?? "sent")")
+    }
+
     /// A PostgreSQL database written before its counts existed gets them from its rows when it is migrated.
     @Test("a PostgreSQL database from before the counts gets them filled from its rows")
     func postgresCountsBackfilled() async throws {

@@ -133,9 +133,11 @@ struct PostgresSink: Sink {
                 ) { [client, logger] gate in
                     // A connection the deadline gave up on is closed, so that the pool can open another.
                     try await client.withConnection { connection in
-                        try await gate.transaction(connection, logger: logger) {
+                        try await gate.transaction(connection, logger: logger) { closed in
                             var inserted = Set<RecordKey>()
                             for chunk in chunks {
+                                // Closed by the deadline: a statement sent now would never be answered.
+                                if closed() { throw CancellationError() }
                                 let query = Self.insertQuery(chunk, source: source, collectedAt: collectedAt)
                                 for try await (id, version) in try await connection.query(query, logger: logger)
                                     .decode((String, String).self)

@@ -9,6 +9,15 @@ import WatermarkCore
 struct PostgresTransaction {
     let connection: PostgresConnection
     let logger: Logger
+    /// Whether the operation's deadline closed the connection (`DeadlineGate.closing`): a statement sent on it then
+    /// is never answered (postgres-nio drops the write of a closed channel), and the operation's task waited for ever.
+    var closed: @Sendable () -> Bool = { false }
+
+    /// `query` on the connection, unless the deadline has closed it.
+    private func statement(_ query: PostgresQuery) async throws -> PostgresRowSequence {
+        if closed() { throw CancellationError() }
+        return try await connection.query(query, logger: logger)
+    }
 
     private static let watermarkColumns = """
         source_id, last_successful_timestamp, last_run_timestamp, status, records_collected, error_message, \
@@ -19,8 +28,8 @@ struct PostgresTransaction {
     /// Serialises every write of `sourceID` across replicas until the transaction ends, also while the source has
     /// no row to lock.
     func lock(_ sourceID: SourceID) async throws {
-        try await connection.query(
-            "SELECT pg_advisory_xact_lock(hashtextextended(\(sourceID.rawValue), 0))", logger: logger)
+        try await statement(
+            "SELECT pg_advisory_xact_lock(hashtextextended(\(sourceID.rawValue), 0))")
     }
 
     /// Takes the lock as `lock` does and then reads PostgreSQL's clock (`clock_timestamp()`, the instant of the call,
@@ -39,16 +48,15 @@ struct PostgresTransaction {
     }
 
     private func instant(_ query: PostgresQuery) async throws -> Timestamp {
-        for try await text in try await connection.query(query, logger: logger).decode(String.self) {
+        for try await text in try await statement(query).decode(String.self) {
             return try Timestamp(rfc3339: text)
         }
         throw WatermarkError.unavailable("PostgreSQL did not tell its clock")
     }
 
     func watermark(_ sourceID: SourceID) async throws -> Watermark? {
-        let rows = try await connection.query(
-            "SELECT \(unescaped: Self.watermarkColumns) FROM watermark WHERE source_id = \(sourceID.rawValue)",
-            logger: logger)
+        let rows = try await statement(
+            "SELECT \(unescaped: Self.watermarkColumns) FROM watermark WHERE source_id = \(sourceID.rawValue)")
         for try await row in rows.decode(WatermarkRow.self) { return try Self.watermark(row) }
         return nil
     }
@@ -66,19 +74,19 @@ struct PostgresTransaction {
             ORDER BY source_id LIMIT \(limit)
             """
         var page: [Watermark] = []
-        for try await row in try await connection.query(query, logger: logger).decode(WatermarkRow.self) {
+        for try await row in try await statement(query).decode(WatermarkRow.self) {
             page.append(try Self.watermark(row))
         }
         return page
     }
 
     func history(_ sourceID: SourceID, limit: Int) async throws -> [WatermarkRun] {
-        let rows = try await connection.query(
+        let rows = try await statement(
             """
             SELECT version, recorded_at, status, "timestamp", last_successful_timestamp, records_collected,
                    error_message, actor, reason
             FROM watermark_run WHERE source_id = \(sourceID.rawValue) ORDER BY version DESC LIMIT \(limit)
-            """, logger: logger)
+            """)
         var runs: [WatermarkRun] = []
         for try await (version, recordedAt, status, timestamp, lastSuccess, records, message, actor, reason)
             in rows.decode((Int64, String, String, String?, String?, Int64, String?, String?, String?).self)
@@ -98,9 +106,8 @@ struct PostgresTransaction {
         let watermark = try await watermark(sourceID)
         var latestVersion = watermark?.version ?? 0
         if watermark == nil {
-            let rows = try await connection.query(
-                "SELECT COALESCE(MAX(version), 0) FROM watermark_run WHERE source_id = \(sourceID.rawValue)",
-                logger: logger)
+            let rows = try await statement(
+                "SELECT COALESCE(MAX(version), 0) FROM watermark_run WHERE source_id = \(sourceID.rawValue)")
             for try await version in rows.decode(Int64.self) { latestVersion = version }
         }
         var record: IdempotencyRecord?
@@ -111,9 +118,8 @@ struct PostgresTransaction {
     }
 
     func lease(_ sourceID: SourceID) async throws -> Lease? {
-        let rows = try await connection.query(
-            "SELECT owner, fencing_token, expires_at FROM lease WHERE source_id = \(sourceID.rawValue)",
-            logger: logger)
+        let rows = try await statement(
+            "SELECT owner, fencing_token, expires_at FROM lease WHERE source_id = \(sourceID.rawValue)")
         for try await (owner, token, expiresAt) in rows.decode((String, Int64, String).self) {
             return Lease(
                 sourceID: sourceID, owner: owner, fencingToken: token, expiresAt: try Self.timestamp(expiresAt))
@@ -122,11 +128,11 @@ struct PostgresTransaction {
     }
 
     func idempotencyRecord(_ sourceID: SourceID, key: String) async throws -> IdempotencyRecord? {
-        let rows = try await connection.query(
+        let rows = try await statement(
             """
             SELECT fingerprint, response, created, recorded_at FROM idempotency_key
             WHERE source_id = \(sourceID.rawValue) AND key = \(key)
-            """, logger: logger)
+            """)
         for try await (fingerprint, response, created, recordedAt) in rows.decode((String, String, Bool, String).self) {
             return IdempotencyRecord(
                 key: key, fingerprint: fingerprint,
@@ -150,12 +156,12 @@ struct PostgresTransaction {
 
     func persist(_ plan: DeletePlan) async throws {
         let id = plan.sourceID.rawValue
-        try await connection.query("DELETE FROM watermark WHERE source_id = \(id)", logger: logger)
+        try await statement("DELETE FROM watermark WHERE source_id = \(id)")
         try await append(plan.run, for: plan.sourceID, keep: plan.keepRuns)
     }
 
     func save(_ watermark: Watermark) async throws {
-        try await connection.query(
+        try await statement(
             """
             INSERT INTO watermark (\(unescaped: Self.watermarkColumns))
             VALUES (\(watermark.sourceID.rawValue), \(watermark.lastSuccessfulTimestamp?.sortableString),
@@ -168,49 +174,49 @@ struct PostgresTransaction {
                 records_collected = excluded.records_collected, error_message = excluded.error_message,
                 version = excluded.version, consecutive_failures = excluded.consecutive_failures,
                 created_at = excluded.created_at
-            """, logger: logger)
+            """)
     }
 
     /// Appends the run and drops the runs beyond the newest `keep` (versions are consecutive: one range delete).
     func append(_ run: WatermarkRun, for sourceID: SourceID, keep: Int) async throws {
-        try await connection.query(
+        try await statement(
             """
             INSERT INTO watermark_run (source_id, version, recorded_at, status, "timestamp",
                                        last_successful_timestamp, records_collected, error_message, actor, reason)
             VALUES (\(sourceID.rawValue), \(run.version), \(run.recordedAt.sortableString), \(run.status.rawValue),
                     \(run.timestamp?.sortableString), \(run.lastSuccessfulTimestamp?.sortableString),
                     \(run.recordsCollected), \(run.errorMessage), \(run.actor), \(run.reason))
-            """, logger: logger)
-        try await connection.query(
-            "DELETE FROM watermark_run WHERE source_id = \(sourceID.rawValue) AND version <= \(run.version - Int64(keep))",
-            logger: logger)
+            """)
+        try await statement(
+            "DELETE FROM watermark_run WHERE source_id = \(sourceID.rawValue) AND version <= \(run.version - Int64(keep))"
+        )
     }
 
     func save(_ lease: Lease) async throws {
-        try await connection.query(
+        try await statement(
             """
             INSERT INTO lease (source_id, owner, fencing_token, expires_at)
             VALUES (\(lease.sourceID.rawValue), \(lease.owner), \(lease.fencingToken), \(lease.expiresAt.sortableString))
             ON CONFLICT (source_id) DO UPDATE SET owner = excluded.owner, fencing_token = excluded.fencing_token,
                 expires_at = excluded.expires_at
-            """, logger: logger)
+            """)
     }
 
     func save(_ record: IdempotencyRecord, for sourceID: SourceID, expiredBefore: Timestamp) async throws {
         let response = String(decoding: try JSONEncoder().encode(record.watermark), as: UTF8.self)
-        try await connection.query(
+        try await statement(
             """
             INSERT INTO idempotency_key (source_id, key, fingerprint, created, response, recorded_at)
             VALUES (\(sourceID.rawValue), \(record.key), \(record.fingerprint), \(record.created), \(response),
                     \(record.recordedAt.sortableString))
             ON CONFLICT (source_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
                 created = excluded.created, response = excluded.response, recorded_at = excluded.recorded_at
-            """, logger: logger)
-        try await connection.query(
+            """)
+        try await statement(
             """
             DELETE FROM idempotency_key
             WHERE source_id = \(sourceID.rawValue) AND recorded_at < \(expiredBefore.sortableString)
-            """, logger: logger)
+            """)
     }
 
     // MARK: Rows

@@ -190,8 +190,8 @@ final class PostgresWatermarkStore: WatermarkStore {
                 return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { gate in
                     // Closed should the deadline pass in any of its statements, BEGIN and COMMIT included.
                     try await self.client.withConnection { connection in
-                        try await gate.transaction(connection, logger: self.logger) {
-                            let tx = PostgresTransaction(connection: connection, logger: self.logger)
+                        try await gate.transaction(connection, logger: self.logger) { closed in
+                            let tx = PostgresTransaction(connection: connection, logger: self.logger, closed: closed)
                             let now: Timestamp
                             if let clock = self.clock {
                                 try await tx.lock(sourceID)
