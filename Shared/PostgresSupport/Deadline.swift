@@ -60,7 +60,8 @@ package final class ReadyGate: Sendable {
 /// whose server vanished without a reset (a failover that takes the primary's address away) is never answered, and
 /// the pool gives its slot back only once it is closed: TCP notices after about 15 minutes, and until then the
 /// stuck connections held the pool's slots, every request of the replica waiting for one and answered 503.
-/// The caller's cancellation cancels the body and ends the wait too.
+/// The caller's cancellation cancels the body and ends the wait too, and runs what the body registered as the deadline
+/// would (a body in its commit keeps its deadline for that).
 ///
 /// The deadline is a task scheduled on an event loop, removed when the body finishes. It was a task sleeping for the
 /// timeout, but a cancelled `Task.sleep` is only freed at the end of its sleep (swiftlang/swift#60441): every
@@ -113,15 +114,20 @@ package func withDeadline<T: Sendable>(
             let loop = MultiThreadedEventLoopGroup.singleton.any()
             let timedOut: @Sendable () -> Void = {
                 // The answer is the deadline's from here on, whatever the body throws meanwhile (a cancellation).
-                guard let caller = answer.take() else { return }
-                let actions = tasks.state.withLock { state in
+                let caller = answer.take()
+                let actions: [ExpiryAction]? = tasks.state.withLock { state in
+                    // The body answered first: it holds nothing any more. A caller cancelled while the body was
+                    // committing has had its answer, but what the body waits on is closed all the same.
+                    guard caller != nil || state.cancelled else { return nil }
                     state.deadlineAnswered = true
                     defer { state.onExpiry = [] }
                     return state.onExpiry
                 }
+                guard let actions else { return }
                 // Before the body is cancelled: what it holds (a connection) is closed before it can hand it back.
                 let ending = actions.compactMap { $0() }
                 work.cancel()
+                guard let caller else { return }
                 // The caller is answered once what the actions started has ended (a connection closed: the pool has
                 // then seen it close, and lends the caller's next request a new one), or `expiryGrace` later (a TLS
                 // close waits for the server's reply, which a vanished server never sends).
@@ -158,14 +164,24 @@ package func withDeadline<T: Sendable>(
             }
         }
     } onCancel: {
-        let (work, timer, answer) = tasks.state.withLock { state in
+        let cancelled:
+            (work: Task<Void, Never>?, timer: Scheduled<Void>?, answer: AnswerOnce<T>?, actions: [ExpiryAction])
+        cancelled = tasks.state.withLock { state in
             state.cancelled = true
             state.phase.expired = true
-            return (state.work, state.timer, state.answer)
+            // A body in its commit keeps its deadline, which closes what it waits on should the commit not return
+            // within the grace (its outcome is unknown: closed at once, a commit that was about to succeed fails).
+            guard !state.phase.committing else { return (state.work, nil, state.answer, []) }
+            state.deadlineAnswered = true
+            defer { state.onExpiry = [] }
+            return (state.work, state.timer, state.answer, state.onExpiry)
         }
-        timer?.cancel()
-        work?.cancel()
-        answer?.resume(with: .failure(CancellationError()))
+        // As at the deadline: what the body holds (a connection that may never answer) is closed before the body is
+        // cancelled, since cancelling a query does not end it, and the pool's slot would stay taken for ever.
+        for action in cancelled.actions { _ = action() }
+        cancelled.timer?.cancel()
+        cancelled.work?.cancel()
+        cancelled.answer?.resume(with: .failure(CancellationError()))
     }
 }
 
@@ -189,7 +205,8 @@ package struct DeadlineGate: Sendable {
         guard pass() else { throw CancellationError() }
     }
 
-    /// Runs `action` if the deadline passes before the body finished (at once, if it has already): closing the
+    /// Runs `action` if the deadline passes or the caller is cancelled before the body finished (at once, if that has
+    /// happened already): closing the
     /// connection the body waits on, which nothing else would end (see `withDeadline`). The caller is answered once
     /// the future `action` returns (if any) has completed.
     package func onExpiry(_ action: @escaping @Sendable () -> EventLoopFuture<Void>?) {
@@ -263,6 +280,9 @@ private final class AnswerOnce<T: Sendable>: Sendable {
         }
     }
 }
+
+/// What a body registers to be run should the deadline pass or its caller be cancelled (`DeadlineGate.onExpiry`).
+private typealias ExpiryAction = @Sendable () -> EventLoopFuture<Void>?
 
 /// How long a deadline that passed waits for what its body registered (`DeadlineGate.onExpiry`) before it answers.
 let expiryGrace = Duration.milliseconds(500)

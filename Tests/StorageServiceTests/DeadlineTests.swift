@@ -137,6 +137,51 @@ struct DeadlineTests {
         }
     }
 
+    /// Cancelling a query on a dead connection does not end it: a cancelled caller (a shutdown, a stopped run) must
+    /// close the connection as the deadline would, or the pool's slot stays taken until TCP gives up (15 minutes).
+    /// A body in its commit is left its chance to finish: the deadline closes the connection after the grace.
+    @Test("the caller's cancellation runs what the body registered; during a commit, the deadline does after its grace")
+    func cancellationClosesWhatTheBodyHolds() async throws {
+        for committing in [false, true] {
+            let (ran, report) = AsyncStream<ContinuousClock.Instant>.makeStream()
+            let registered = ReadyGate()
+            let deadline = committing ? Duration.seconds(1) : .seconds(3600)
+            let start = ContinuousClock.now
+            let waiting = Task {
+                try await withDeadline(deadline, grace: .milliseconds(50), onTimeout: { TimedOut() }) { gate -> Int in
+                    if committing { try gate.enterCommit() }
+                    gate.onExpiry {
+                        report.yield(.now)
+                        return nil
+                    }
+                    registered.open()
+                    await withCheckedContinuation { (_: CheckedContinuation<Void, Never>) in }
+                    return 0
+                }
+            }
+            try await registered.wait()
+            waiting.cancel()
+            await #expect(throws: CancellationError.self) { try await waiting.value }
+            let closed = try await Self.first(of: ran, within: .seconds(10))
+            #expect(closed != nil, "committing: \(committing)")
+            // During the commit, only the deadline closes it (it cannot pass sooner than `deadline` after `start`).
+            if committing, let closed { #expect(closed - start >= deadline) }
+        }
+    }
+
+    /// What `events` yields first within `limit`, or nil (a wait that a missing event cannot hang).
+    private static func first<T: Sendable>(of events: AsyncStream<T>, within limit: Duration) async throws -> T? {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { await events.first { _ in true } }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+    }
+
     @Test("a commit that never returns is answered with the timeout's error all the same")
     func aCommitThatNeverReturns() async throws {
         await #expect(throws: TimedOut.self) {
