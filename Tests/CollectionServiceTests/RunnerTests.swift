@@ -806,6 +806,39 @@ struct SinkTests {
         #expect(try DedupIndex(path: path).count() == 16)
     }
 
+    /// A checkpoint's commit that fails rolls back the keys of the pages before it, whose lines are on disk. The run
+    /// goes on (a checkpoint costs time only); the next page's savepoint then recorded its file's end past those
+    /// lines, so no open indexed them again, and a source sending them again had them written twice.
+    @Test func aFailedIndexCommitLosesNoKeyOfTheRecordsOnDisk() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let source = try SourceID("feed")
+        let writer = try #require(try await NDJSONFileSink(dataDirectory: dir).open(source) as? NDJSONFileSink.Writer)
+        let failing = FailingCommit()
+        writer.index.observe(failing)
+        let first = (0..<3).map { record("a\($0)", "2026-11-26T00:00:0\($0)Z") }
+        let now = ts("2026-11-27T01:00:00Z")
+        #expect(try await writer.write(first, collectedAt: now).count == 3)
+        failing.failNext()
+        await #expect(throws: SinkError.self) { try await writer.checkpoint() }
+        #expect(try writer.index.known(first.map(\.key)).isEmpty)  // rolled back: the failure is real
+        // Behind its sink, the index admits nothing before it has caught up.
+        await #expect(throws: SinkError.self) {
+            try await writer.index.admit([record("c", "2026-11-26T00:00:08Z")]) { records throws(SinkError) in
+                Issue.record("\(records.count) records admitted before the index caught up")
+                return nil
+            }
+        }
+        #expect(try await writer.write([record("b", "2026-11-26T00:00:09Z")], collectedAt: now).count == 1)
+        try await writer.checkpoint()
+        // Sent again in the same run, and after a restart: each record is on disk once.
+        #expect(try await writer.write(first, collectedAt: now).isEmpty)
+        try await writer.finish()
+        let again = try await NDJSONFileSink(dataDirectory: dir).open(source)
+        #expect(try await again.write(first, collectedAt: now).isEmpty)
+        #expect(try ExactlyOnceTests.linesOnDisk(dir).sorted() == ["a0", "a1", "a2", "b"])
+    }
+
     /// The index follows the sink: it catches up with lines written after its last commit (a crash between the
     /// sink's fsync and the index's commit), starts over when a file shrank, survives its own loss, and keeps
     /// the keys of sink files that were removed.
@@ -938,4 +971,24 @@ struct CheckpointProbe: Sink {
 
         func finish() async throws(SinkError) { try await inner.finish() }
     }
+}
+
+/// Fails the next commit of the transactions it observes, once (SQLite turns the commit into a rollback, as when the
+/// WAL cannot be written).
+private final class FailingCommit: TransactionObserver, Sendable {
+    private let armed = Mutex(false)
+
+    func failNext() { armed.withLock { $0 = true } }
+
+    func observes(eventsOfKind eventKind: DatabaseEventKind) -> Bool { true }
+    func databaseDidChange(with event: DatabaseEvent) {}
+    func databaseWillCommit() throws {
+        let fail = armed.withLock { armed in
+            defer { armed = false }
+            return armed
+        }
+        if fail { throw DatabaseError(resultCode: .SQLITE_IOERR, message: "disk I/O error (test)") }
+    }
+    func databaseDidCommit(_ db: Database) {}
+    func databaseDidRollback(_ db: Database) {}
 }

@@ -241,7 +241,7 @@ struct CollectionRunner: Sendable {
                                     elapsed: clock().duration(since: sinceCheckpoint.at))
                             {
                                 await Self.costsTimeOnly(
-                                    "checkpoint: the sink's index not committed, the next run indexes the files again",
+                                    "checkpoint: the sink's index not committed, its keys are indexed again from the files",
                                     log: log
                                 ) { try await writer.checkpoint() }
                                 let result = try await session.commit(

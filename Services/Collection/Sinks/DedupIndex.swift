@@ -20,7 +20,9 @@ import NIOConcurrencyHelpers
 /// wrote each B-tree page it touched to the WAL again (about 190 page writes for 1,000 keys), most of the time
 /// of a run; committing every 32 pages still spent 1.6 s of a million-record TAXII run in commits and the WAL
 /// checkpoints they trigger, 0.7 s at 128. What a crash takes from the open transaction (up to 128 pages) is
-/// re-indexed from the sink at the next open.
+/// re-indexed from the sink at the next open. A commit that fails rolls them back while their lines stay on disk: the
+/// index is then behind its sink (`isBehind`) and admits nothing until it has caught up again, since the next page's
+/// savepoint would record its file's end past the lost lines, and no later open would index them again.
 struct DedupIndex: Sendable {
     static let commitPages = 128
     static let commitInterval = Duration.seconds(4)
@@ -31,6 +33,12 @@ struct DedupIndex: Sendable {
     private let commitInterval: Duration
     /// Pages admitted since the last commit, and when that commit was.
     private let uncommitted = NIOLockedValueBox((pages: 0, since: ContinuousClock.now))
+    /// A commit failed and rolled back keys whose lines are on disk: `catchUp` first.
+    private let behind = NIOLockedValueBox(false)
+
+    /// A commit failed since the last `catchUp`: the keys it held are not in the index, though their records are in
+    /// the sink.
+    var isBehind: Bool { behind.withLockedValue { $0 } }
 
     /// Opens (or creates) the index at `path`; a damaged one is removed and rebuilt.
     init(
@@ -125,6 +133,7 @@ struct DedupIndex: Sendable {
                     try add(keys, file: name, end: end)
                 }
             }
+            behind.withLockedValue { $0 = false }
         } catch let error as SinkError {
             throw error
         } catch {
@@ -145,15 +154,22 @@ struct DedupIndex: Sendable {
         _ records: [CollectedRecord],
         write: @escaping @Sendable ([CollectedRecord]) throws(SinkError) -> (file: String, end: Int)?
     ) async throws(SinkError) -> [CollectedRecord] {
-        let (path, uncommitted, pages, interval) = (self.path, self.uncommitted, commitPages, commitInterval)
+        let (path, uncommitted, behind) = (self.path, self.uncommitted, self.behind)
+        let (pages, interval) = (commitPages, commitInterval)
         let outcome: Result<[CollectedRecord], SinkError> = await withCheckedContinuation { continuation in
             queue.asyncWriteWithoutTransaction { db in
+                guard !behind.withLockedValue({ $0 }) else {
+                    let detail = "an earlier commit failed; its keys are indexed again from the sink first"
+                    return continuation.resume(
+                        returning: .failure(SinkError(path: path, operation: "index write", detail: detail)))
+                }
                 var outcome = Self.admit(records, in: db, path: path, write: write)
                 let due = uncommitted.withLockedValue { state in
                     state.pages += 1
                     return state.pages >= pages || ContinuousClock.now - state.since >= interval
                 }
-                if due, case .failure(let error) = Self.commit(db, path: path, uncommitted: uncommitted) {
+                if due, case .failure(let error) = Self.commit(db, path: path, uncommitted: uncommitted, behind: behind)
+                {
                     outcome = .failure(error)
                 }
                 continuation.resume(returning: outcome)
@@ -165,17 +181,18 @@ struct DedupIndex: Sendable {
     /// Commits what was admitted since the last commit. Runs end with it; should it fail, or never run (the
     /// process died), the next open re-indexes those records from the sink.
     func flush() async throws(SinkError) {
-        let (path, uncommitted) = (self.path, self.uncommitted)
+        let (path, uncommitted, behind) = (self.path, self.uncommitted, self.behind)
         let outcome: Result<Void, SinkError> = await withCheckedContinuation { continuation in
             queue.asyncWriteWithoutTransaction { db in
-                continuation.resume(returning: Self.commit(db, path: path, uncommitted: uncommitted))
+                continuation.resume(returning: Self.commit(db, path: path, uncommitted: uncommitted, behind: behind))
             }
         }
         try outcome.get()
     }
 
     private static func commit(
-        _ db: Database, path: String, uncommitted: NIOLockedValueBox<(pages: Int, since: ContinuousClock.Instant)>
+        _ db: Database, path: String, uncommitted: NIOLockedValueBox<(pages: Int, since: ContinuousClock.Instant)>,
+        behind: NIOLockedValueBox<Bool>
     ) -> Result<Void, SinkError> {
         uncommitted.withLockedValue { $0 = (0, ContinuousClock.now) }
         guard db.isInsideTransaction else { return .success(()) }
@@ -184,6 +201,7 @@ struct DedupIndex: Sendable {
             return .success(())
         } catch {
             try? db.rollback()
+            behind.withLockedValue { $0 = true }
             return .failure(SinkError(path: path, operation: "index commit", detail: "\(error)"))
         }
     }
@@ -277,6 +295,12 @@ struct DedupIndex: Sendable {
         } catch {
             throw SinkError(path: path, operation: "index write", detail: "\(error)")
         }
+    }
+
+    /// Has `observer` see the index's transactions (tests: one whose `databaseWillCommit` throws fails a commit, as a
+    /// full disk or an I/O error does).
+    func observe(_ observer: some TransactionObserver) {
+        queue.add(transactionObserver: observer, extent: .databaseLifetime)
     }
 
     /// How many keys the index holds.

@@ -42,7 +42,11 @@ struct NDJSONFileSink: Sink {
         let index: DedupIndex
 
         func write(_ records: [CollectedRecord], collectedAt: Timestamp) async throws(SinkError) -> [CollectedRecord] {
-            try await index.admit(records) { records throws(SinkError) in
+            // A failed checkpoint rolled back the keys of pages whose lines are on disk: they are indexed again from
+            // the files before anything else is admitted (a run that went on without them wrote their records twice
+            // when the source sent them again).
+            if index.isBehind { try index.catchUp(with: files) }
+            return try await index.admit(records) { records throws(SinkError) in
                 try files.append(records, collectedAt: collectedAt)
             }
         }
