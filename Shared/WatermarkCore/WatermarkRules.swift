@@ -151,10 +151,11 @@ public enum WatermarkRules {
         _ id: SourceID, precondition: WritePrecondition?, leaseToken: Int64?, attribution: Attribution = Attribution(),
         to snapshot: WatermarkSnapshot, now: Timestamp, policy: WatermarkPolicy = WatermarkPolicy()
     ) throws -> DeletePlan {
-        try checkFencing(id, token: leaseToken, lease: snapshot.lease, now: now)
+        // A request that cannot mean anything is 400 whatever the source's state (it was 409 while a lease was live).
         if precondition == .absent {
             throw WatermarkError.invalidHeader("If-None-Match", "'*' has no meaning on DELETE; use If-Match")
         }
+        try checkFencing(id, token: leaseToken, lease: snapshot.lease, now: now)
         try check(precondition, existing: snapshot.watermark)
         guard let existing = snapshot.watermark else { throw WatermarkError.watermarkNotFound(id) }
         let run = WatermarkRun(

@@ -77,24 +77,24 @@ public struct LeaseRequestBody: Codable, Sendable, Equatable {
         guard let owner = try? c.decodeIfPresent(String.self, forKey: .owner) else {
             throw WatermarkError.invalidBody("field \"owner\" is required: a string naming the collector instance")
         }
+        // The rules check the range; what no lease can last (past an Int32, or an Int64) is refused here with their
+        // words, so that `.seconds(_:)` cannot overflow. It was "must be at least 1" for 3,000,000,000.
+        let outOfRange = WatermarkError.invalidBody(
+            "field \"ttl_seconds\" must be from 1 to \(WatermarkPolicy().maxLeaseTTL.components.seconds)")
         let ttl: Int64
         if (try? c.decodeNil(forKey: .ttlSeconds)) ?? true {
             ttl = Self.defaultTTLSeconds
         } else if let whole = try? c.decode(Int64.self, forKey: .ttlSeconds) {
             ttl = whole
-        } else if let number = try? c.decode(Double.self, forKey: .ttlSeconds), number.rounded() == number,
-            abs(number) < 1e15
-        {
+        } else if let number = try? c.decode(Double.self, forKey: .ttlSeconds), number.rounded() == number {
+            guard abs(number) < 1e15 else { throw outOfRange }
             ttl = Int64(number)
         } else {
             throw WatermarkError.invalidBody("field \"ttl_seconds\" must be a whole number of seconds")
         }
         self.owner = owner
         self.ttlSeconds = ttl
-        // Range checks live with the rules; checking the type here keeps `.seconds(_:)` from overflowing.
-        guard (1...Int64(Int32.max)).contains(ttl) else {
-            throw WatermarkError.invalidBody("field \"ttl_seconds\" must be at least 1")
-        }
+        guard (1...Int64(Int32.max)).contains(ttl) else { throw outOfRange }
     }
 }
 

@@ -44,6 +44,10 @@ struct RouterTests {
         ((try? json(response))?["error"] as? [String: Any])?["code"] as? String
     }
 
+    private func errorMessage(_ response: TestResponse) throws -> String? {
+        (try json(response)["error"] as? [String: Any])?["message"] as? String
+    }
+
     private static let jsonHeaders: HTTPFields = [.contentType: "application/json"]
 
     @discardableResult
@@ -417,6 +421,14 @@ struct RouterTests {
                 let response = try await client.execute(
                     uri: leasePath, method: .post, headers: Self.jsonHeaders, body: ByteBuffer(string: bad))
                 #expect(response.status == .badRequest && errorCode(response) == "invalid_body", "\(bad)")
+            }
+            // Past what a lease may last, however large: the rules' words, not "at least 1" or "a whole number".
+            for ttl in ["86401", "3000000000", "1e15", "100000000000000000000", "-5"] {
+                let response = try await client.execute(
+                    uri: leasePath, method: .post, headers: Self.jsonHeaders,
+                    body: ByteBuffer(string: #"{"owner":"x","ttl_seconds":\#(ttl)}"#))
+                #expect(response.status == .badRequest && errorCode(response) == "invalid_body", "\(ttl)")
+                #expect(try errorMessage(response) == #"field "ttl_seconds" must be from 1 to 86400"#, "\(ttl)")
             }
         }
     }

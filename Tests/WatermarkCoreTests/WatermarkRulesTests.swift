@@ -146,6 +146,16 @@ struct WatermarkRulesTests {
             version: 2, recordedAt: now, status: .reset, timestamp: nil, lastSuccessfulTimestamp: nil,
             recordsCollected: 0, errorMessage: nil, actor: "ops", reason: "replay")
         #expect(plan == DeletePlan(sourceID: id, run: run, keepRuns: policy.historyRetention))
+        // `If-None-Match: *` means nothing on a DELETE: 400, with or without a live lease.
+        let leased = WatermarkSnapshot(
+            watermark: stored,
+            lease: Lease(sourceID: id, owner: "a", fencingToken: 1, expiresAt: now.adding(.seconds(60))))
+        for snapshot in [WatermarkSnapshot(watermark: stored), leased] {
+            #expect(throws: WatermarkError.invalidHeader("If-None-Match", "'*' has no meaning on DELETE; use If-Match"))
+            {
+                try WatermarkRules.delete(id, precondition: .absent, leaseToken: nil, to: snapshot, now: now)
+            }
+        }
     }
 
     @Test func theActorIsTheLeaseOwnerWhenTheWriteCarriesItsTokenElseTheTokenName() throws {
