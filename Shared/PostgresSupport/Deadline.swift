@@ -32,6 +32,12 @@ package final class ReadyGate: Sendable {
         }
     }
 
+    /// Whether the database is ready: a health check answers at once rather than wait for the start.
+    package var isOpen: Bool {
+        if case .open = state.withLock({ $0 }) { return true }
+        return false
+    }
+
     package func open() { finish(.success(())) }
     package func fail(_ error: any Error) { finish(.failure(error)) }
 

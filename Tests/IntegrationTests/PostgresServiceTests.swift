@@ -29,7 +29,10 @@ struct PostgresServiceTests {
             // driver's own logs).
             try await withStorageService(environment: ["DATABASE_URL": server.url(), "LOG_LEVEL": "trace"]) { harness in
                 let http = harness.http
-                #expect(try await http.send(.GET, "/health").status == 200)
+                // 503 while it connects and migrates (a readiness probe is told at once), then 200.
+                try await waitUntil("the service to be ready", timeout: .seconds(20)) {
+                    try await http.send(.GET, "/health").status == 200
+                }
                 let created = try await http.send(
                     .PUT, "/api/v1/watermarks/pg-a", json: success("2026-01-01T00:00:00.123456789Z"))
                 #expect(created.status == 201)

@@ -430,6 +430,37 @@ struct WatermarkStoreTests {
         #expect(await refusal { try await store(try PostgresDatabases.client(url)).checkHealth() } == nil)
     }
 
+    /// While the service starts on PostgreSQL (connecting, migrating: up to 15 s), the health check is 503 at once
+    /// (it waited for the start: a readiness probe gave up after its 3 s) and an operation 503 at its deadline.
+    @Test("before PostgreSQL is ready, the health check is 503 at once and an operation at its deadline")
+    func notReadyYet() async throws {
+        let (client, url) = try await PostgresDatabases.newDatabase()
+        struct Hung: Error {}
+        /// The refusal of `body` on a store whose start never ends, or "hung" when it has not answered within 20 s
+        /// (the start then fails, so that the waiting operation ends).
+        func answer(_ body: @escaping @Sendable (PostgresWatermarkStore) async throws -> Void) async throws -> String? {
+            let store = PostgresWatermarkStore(client: client, url: url, policy: WatermarkPolicy(), logger: .quiet)
+            return try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask { await refusal { try await body(store) } }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(20))
+                    return "hung"
+                }
+                defer {
+                    group.cancelAll()
+                    store.ready.fail(Hung())
+                }
+                return try await group.next() ?? nil
+            }
+        }
+        let start = ContinuousClock.now
+        #expect(try await answer { try await $0.checkHealth() } == "database_unavailable")
+        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(try await answer { _ = try await $0.watermark(for: sid("a")) } == "database_unavailable")
+        #expect(
+            try await answer { _ = try await $0.write(success("a", "2025-12-31T12:00:00Z")) } == "database_unavailable")
+    }
+
     /// A connection whose server stops answering without closing it (a failover that takes the primary's address
     /// away; here its backend is stopped with SIGSTOP) is closed when the operation's deadline passes, so the pool's
     /// slot is free and the next operation opens a connection that answers. The stuck connection held its slot for

@@ -144,6 +144,12 @@ final class PostgresWatermarkStore: WatermarkStore {
     /// set `default_transaction_read_only`, answered every write with 503 while this said healthy (the SQLite store
     /// proves a write only after a failed one; here the setting says it without writing).
     func checkHealth() async throws {
+        // Still connecting or migrating (up to the start's 15 s): unhealthy now, not after the probe gave up waiting.
+        guard ready.isOpen else {
+            throw WatermarkError.unavailable(
+                "PostgreSQL at \(url.host):\(url.port) is not ready: the service is still connecting to it and applying "
+                    + "its migrations")
+        }
         try await mappingErrors { [self] connection in
             let rows = try await connection.query(
                 "SELECT current_setting('transaction_read_only'), EXISTS (SELECT 1 FROM watermark LIMIT 1)",
@@ -186,10 +192,11 @@ final class PostgresWatermarkStore: WatermarkStore {
         var attempt = 1
         while true {
             do {
-                try await ready.wait()
                 return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { gate in
+                    // Within the deadline: during the start (up to 15 s) an operation is 503 after 5 s, as others are.
+                    try await self.ready.wait()
                     // Closed should the deadline pass in any of its statements, BEGIN and COMMIT included.
-                    try await self.client.withConnection { connection in
+                    return try await self.client.withConnection { connection in
                         try await gate.transaction(connection, logger: self.logger) { closed in
                             let tx = PostgresTransaction(connection: connection, logger: self.logger, closed: closed)
                             let now: Timestamp
@@ -226,9 +233,9 @@ final class PostgresWatermarkStore: WatermarkStore {
         _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         do {
-            try await ready.wait()
-            return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { [client] gate in
-                try await client.withConnection { connection in
+            return try await withDeadline(Self.operationTimeout, onTimeout: timedOut) { [client, ready] gate in
+                try await ready.wait()
+                return try await client.withConnection { connection in
                     try await gate.closing(connection) { _ in try await body(connection) }
                 }
             }
