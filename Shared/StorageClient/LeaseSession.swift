@@ -47,6 +47,11 @@ public struct LeaseSession: Sendable {
     let requireLease: Bool
     /// When the lease was last asked for and granted: it runs out `ttl` after, at the latest.
     private var renewedAt: ContinuousClock.Instant
+    /// When the lease the session started with was asked for.
+    public let askedAt: ContinuousClock.Instant
+    /// The storage's clock when it granted that lease (its `expires_at` less the TTL asked for): what a collector whose
+    /// own clock runs ahead of the storage's reads the storage's clock from. `nil` without a lease.
+    public let grantedAtStorageTime: Timestamp?
     /// After a renewal the storage could not answer, none is asked for before this, half a renewal period later (the
     /// cadence at which a run waiting for a page wakes up to renew): asked again at every call, each failing one took
     /// its retries and timeouts (seconds to a minute while the storage's host drops packets) at every page and
@@ -72,6 +77,8 @@ public struct LeaseSession: Sendable {
         // From when the lease was asked for, not from now: replaying what an earlier run queued came in between and
         // may have taken longer than the lease lasts.
         self.renewedAt = askedAt
+        self.askedAt = askedAt
+        self.grantedAtStorageTime = lease.map { $0.expiresAt.adding(.zero - ttl) }
     }
 
     /// Whether the run goes on without a lease (single-replica degraded mode).

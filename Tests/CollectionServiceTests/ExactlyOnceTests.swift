@@ -112,6 +112,37 @@ struct ExactlyOnceTests {
         #expect(f.ids() == ["a", "future", "late"])
     }
 
+    /// A storage whose clock is behind the collector's by more than its tolerance of marks ahead of it (5 minutes)
+    /// refused every run's update: the watermark never moved, each run failed and read a longer window again. The mark
+    /// now stays below the storage's clock (read from the run's lease): runs succeed, and nothing is lost or repeated.
+    @Test func aStorageClockBehindTheCollectorsStillTakesTheMark() async throws {
+        let clock = ManualClock(ts("2026-11-27T12:00:00Z"))
+        // No tolerance at all: a mark even half a second past the storage's clock is refused.
+        let storage = InMemoryStorageClient(
+            policy: WatermarkPolicy(futureTolerance: .zero), clock: { clock.now().adding(.seconds(-600)) })
+        let f = try RunnerFixture(clock: { clock.now() }, storage: storage)
+        defer { removeTemporary(f.dir) }
+        var feed = [
+            record("a", "2026-11-27T11:40:00Z"), record("b", "2026-11-27T11:59:00Z"),
+            record("edge", "2026-11-27T11:50:00.5Z"),
+        ]
+        let first = await f.runner.run(f.source, collector: ScriptedCollector(pages: [feed]))
+        #expect(first.outcome == .success && first.recordsCollected == 3, "\(first.errorMessage ?? "")")
+        // The storage's clock reads 11:50: "b" and "edge" are past it and will be read again.
+        #expect(
+            try await storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-27T11:40:00Z")
+        )
+
+        feed.append(record("c", "2026-11-27T12:30:00Z"))
+        clock.advance(.seconds(3600))
+        let second = await f.runner.run(f.source, collector: ScriptedCollector(pages: [feed]))
+        #expect(second.outcome == .success && second.recordsCollected == 1, "\(second.errorMessage ?? "")")
+        #expect(
+            try await storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-27T12:30:00Z")
+        )
+        #expect(f.ids() == ["a", "b", "edge", "c"])
+    }
+
     /// Dedup must not assume that newer day files hold newer marks: a future-dated record written on one day and
     /// a late, older record written the next day must not let the future record be written again.
     @Test func dedupDoesNotDependOnTheOrderOfDayFiles() async throws {

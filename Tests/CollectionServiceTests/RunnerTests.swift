@@ -68,10 +68,10 @@ struct RunnerFixture {
 
     init(
         owner: String = "test-replica", clock: @escaping @Sendable () -> Timestamp, requireLease: Bool = false,
-        logger: Logger = Logger.quiet
+        storage: InMemoryStorageClient = InMemoryStorageClient(), logger: Logger = Logger.quiet
     ) throws {
         dir = try makeTemporaryDirectory()
-        storage = InMemoryStorageClient()
+        self.storage = storage
         manager = try WatermarkManager(client: storage, stateDirectory: dir + "/.state", logger: logger)
         runner = CollectionRunner(
             manager: manager, sink: NDJSONFileSink(dataDirectory: dir), owner: owner, logger: logger,

@@ -50,6 +50,23 @@ struct CollectionRunner: Sendable {
     /// gone wrong would stop the source for good.
     static let longestRetryAfter: Int64 = 86_400
 
+    /// How far the storage's clock is behind this host's when that is more than `storageLagTolerated`, read from the
+    /// run's lease (granted at `session.grantedAtStorageTime` on the storage's clock) and `now`, this host's clock at
+    /// the start of the run. The storage refuses a mark more than its tolerance (5 minutes by default) ahead of its
+    /// own clock: with a storage clock 6 minutes behind, every run's update was refused, the watermark never moved
+    /// and each run read a longer window again. The lag is over-estimated by at most a second plus the lease request's
+    /// latency is taken off (the time from asking for the lease to now is counted as the storage's), so a mark below
+    /// `now - lag` is never ahead of the storage's clock.
+    static func storageClockLag(_ session: LeaseSession, now: Timestamp) -> Duration? {
+        guard let granted = session.grantedAtStorageTime else { return nil }
+        let sinceAsked = ContinuousClock.now - session.askedAt
+        let lag = now.duration(since: granted) - sinceAsked + .seconds(1)
+        return lag > storageLagTolerated ? lag : nil
+    }
+
+    /// A lag of the storage's clock that changes nothing: well within its tolerance of marks ahead of it.
+    static let storageLagTolerated = Duration.seconds(60)
+
     /// How soon a run skipped for want of a lease (storage away, `REQUIRE_LEASE=true`) is tried again.
     static func leaseRetry(for source: SourceConfiguration) -> Duration {
         min(source.interval, .seconds(15))
@@ -153,6 +170,17 @@ struct CollectionRunner: Sendable {
 
         // 3. Pages, each appended and fsynced, with checkpoints on the way.
         var marks = MarkTracker(committed: previous ?? start)
+        let storageLag = Self.storageClockLag(session, now: clock())
+        if let storageLag {
+            log.warning(
+                "the storage's clock is behind this host's: the watermark stays below the storage's clock; fix the clocks",
+                metadata: ["behind_seconds": "\(storageLag.components.seconds)"])
+        }
+        // The instant no mark may pass: this host's clock, or the storage's when that is well behind.
+        let markCeiling: @Sendable () -> Timestamp = { [clock] in
+            let now = clock()
+            return storageLag.map { now.adding(.zero - $0) } ?? now
+        }
         var sinceCheckpoint = (records: Int64(0), pages: 0, at: clock())
         do {
             var pages = 0
@@ -227,7 +255,7 @@ struct CollectionRunner: Sendable {
                             report.recordsCollected += Int64(freshInPage)
                             sinceCheckpoint.records += Int64(freshInPage)
                             sinceCheckpoint.pages += 1
-                            marks.add(page, now: clock())
+                            marks.add(page, now: markCeiling())
                             log.debug(
                                 "page collected",
                                 metadata: [
@@ -289,7 +317,7 @@ struct CollectionRunner: Sendable {
         if let future = marks.newestInFuture {
             log.warning(
                 "records stamped in the future: the watermark stays at the newest mark not in the future",
-                metadata: ["future_mark": "\(future)", "watermark": "\(mark)", "now": "\(clock())"]
+                metadata: ["future_mark": "\(future)", "watermark": "\(mark)", "now": "\(markCeiling())"]
             )
         }
         do {
