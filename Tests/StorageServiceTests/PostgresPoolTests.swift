@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import PostgresNIO
 import PostgresSupport
 import TestSupport
@@ -24,13 +25,25 @@ struct PostgresPoolTests {
     @Test("a database service closes the connections a burst opened once they are unused for the idle timeout")
     func closesIdleConnections() async throws {
         try await Self.withRunningDatabase(sessionTimeout: .seconds(7)) { database, url in
-            // Three queries at once hold three connections for a moment.
+            // Three operations hold three connections at once: each keeps its own until all three hold one (three
+            // queries sent together could share two connections on a loaded machine, one finishing first).
+            let holding = NIOLockedValueBox(0)
             try await withThrowingTaskGroup(of: Void.self) { burst in
                 for _ in 0..<3 {
-                    burst.addTask { try await database.client.query("SELECT pg_sleep(0.3)") }
+                    burst.addTask {
+                        try await database.client.withConnection { connection in
+                            holding.withLockedValue { $0 += 1 }
+                            let deadline = ContinuousClock.now + .seconds(20)
+                            while holding.withLockedValue({ $0 }) < 3, ContinuousClock.now < deadline {
+                                try await Task.sleep(for: .milliseconds(10))
+                            }
+                            try await connection.query("SELECT 1", logger: .quiet)
+                        }
+                    }
                 }
                 try await burst.waitForAll()
             }
+            #expect(holding.withLockedValue { $0 } == 3)
             let afterBurst = try await PostgresDatabases.sessions(on: url.database)
             #expect(afterBurst == 3)
             let closed = ContinuousClock.now
