@@ -7,7 +7,9 @@ volume); on PostgreSQL (DATABASE_URL) several: the URL from a required Secret ke
 0, a PodDisruptionBudget with 1 <= minAvailable < replicas, no claim (compose: each in deploy/compose/storage-lb.conf).
 Beside a PostgreSQL storage the collection-service runs several replicas on the shared sink: SINK_URL from a Secret key
 of deploy/secret.example.yaml, REQUIRE_LEASE "true", INSTANCE_ID the pod's name, DATA_DIR on no claim (compose: two
-or more services with SINK_URL, REQUIRE_LEASE true, distinct INSTANCE_IDs and named volumes for DATA_DIR).
+or more services with SINK_URL, REQUIRE_LEASE true, distinct INSTANCE_IDs and named volumes for DATA_DIR). In every
+build, each enabled drop folder of the collection's sources that lies on a claim or an emptyDir is made by an init
+container.
 Prints `ok - ...` or `FAIL - ...: why` per rule and exits 1 when any failed; needs PyYAML.
 """
 
@@ -103,6 +105,35 @@ def check_build(folder: Path, docs: list[dict], keys: set[str]) -> None:
     check(f"{rel} collection-service: replicas on the shared sink (SINK_URL from a Secret, leases)", problems)
 
 
+def check_drop_folders(folder: Path, docs: list[dict]) -> None:
+    """Each enabled drop folder of the collection's sources file that lies on a volume that starts empty (a claim, an
+    emptyDir) is made by an init container (`mkdir -p PATH` on the same volume and path): the service does not make
+    one (a folder missing because a mount failed must not pass for an empty inbox), so the source failed every run."""
+    rel = folder.relative_to(ROOT)
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    spec = objects["Deployment", "collection-service"]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    mounts = [(m["name"], m["mountPath"], m.get("readOnly")) for m in container.get("volumeMounts") or []]
+    empty = {v["name"] for v in spec.get("volumes") or [] if "persistentVolumeClaim" in v or "emptyDir" in v}
+    made = set()
+    for init in spec.get("initContainers") or []:
+        command = [str(word) for word in (init.get("command") or []) + (init.get("args") or [])]
+        if "mkdir" in command:
+            init_mounts = {(m["name"], m["mountPath"]) for m in init.get("volumeMounts") or []}
+            made |= {(word, mount) for word in command for mount in init_mounts}
+    problems = []
+    for data in (objects.get(("ConfigMap", "collection-sources")) or {}).get("data", {}).values():
+        for source in (yaml.safe_load(data) or {}).get("sources") or []:
+            if source.get("type") != "directory" or source.get("enabled") is False:
+                continue
+            path, mount = str(source.get("path") or ""), mount_of(str(source.get("path") or ""), mounts)
+            if not mount:
+                problems.append(f"drop folder {path!r} of source {source.get('id')!r} is not on a mounted volume")
+            elif mount[0] in empty and (path, (mount[0], mount[1])) not in made:
+                problems.append(f"drop folder {path!r} of source {source.get('id')!r} is not made by an init container")
+    check(f"{rel} collection-service: each drop folder on an empty volume is made before the service starts", problems)
+
+
 def check_compose() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services, volumes = compose["services"], set(compose.get("volumes") or {})
@@ -145,7 +176,9 @@ def main() -> int:
         check("deploy/secret.example.yaml: parses", [f"{type(error).__name__}: {error}"])
     for folder in folders:
         try:
-            check_build(folder, render(folder), keys)
+            docs = render(folder)
+            check_build(folder, docs, keys)
+            check_drop_folders(folder, docs)
         except errors as error:
             check(f"{folder.relative_to(ROOT)}: builds, with its Deployments", [f"{type(error).__name__}: {error}"])
     try:

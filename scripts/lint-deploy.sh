@@ -13,7 +13,8 @@
 #   5. the project's own rules, which no generic tool knows (the storage on SQLite: one replica,
 #      Recreate, the database on a claim; on PostgreSQL: several, RollingUpdate, a PodDisruptionBudget,
 #      DATABASE_URL from a Secret, and the collection beside it on the shared sink: several leased
-#      replicas, SINK_URL from a Secret), with scripts/check_deploy.py, and that checker's own self-test;
+#      replicas, SINK_URL from a Secret; a drop folder on a claim or emptyDir made by an init container),
+#      with scripts/check_deploy.py, and that checker's own self-test;
 #   6. the monitoring: deploy/prometheus/alerts.yml with `promtool check rules`, its unit tests
 #      deploy/prometheus/alerts.test.yml with `promtool test rules`, the scrape configuration
 #      deploy/prometheus/prometheus.yml with `promtool check config` (rule_files resolved from its folder), and

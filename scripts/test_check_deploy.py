@@ -99,6 +99,10 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("collection replicas under one owner", replace("deploy/k8s/base/collection.yaml", "valueFrom:\n                fieldRef:\n                  fieldPath: metadata.name", "value: collector"), "INSTANCE_ID is not the pod's name"),
     ("collection replicas on the base's claim", replace(SINK, "        - name: data\n          persistentVolumeClaim: null\n          emptyDir:\n            sizeLimit: 1Gi\n", "        - name: tmp\n          emptyDir: {}\n"), "DATA_DIR is on the claim 'collection-data'"),
     ("collection DATA_DIR off the volumes", replace("deploy/k8s/base/configmap.yaml", 'DATA_DIR: "/data"', 'DATA_DIR: "/var/data"'), "DATA_DIR is not on a mounted volume"),
+    # Drop folders on a volume that starts empty are made before the service starts.
+    ("drop folder never made", replace("deploy/k8s/base/collection.yaml", 'command: ["mkdir", "-p", "/data/drop/inbox"]', 'command: ["true"]'), "drop folder '/data/drop/inbox' of source 'inbox' is not made"),
+    ("drop folder moved, not made", replace("deploy/k8s/base/configmap.yaml", '"path": "/data/drop/inbox"', '"path": "/data/drop/other"'), "drop folder '/data/drop/other' of source 'inbox' is not made"),
+    ("drop folder in the image", replace("deploy/k8s/base/configmap.yaml", '"path": "/data/drop/inbox"', '"path": "/srv/inbox"'), "drop folder '/srv/inbox' of source 'inbox' is not on a mounted volume"),
     ("compose sink with one replica", cut("docker-compose.yml", "  collection-pg-2:\n", "volumes:\n  storage-data:"), "1 collection replicas on SINK_URL"),
     ("compose sink replica outside the profile", replace("docker-compose.yml", "    <<: *collection-pg\n", "    <<: *collection-pg\n    profiles: [other]\n"), "collection-pg-2 is not in profile postgres"),
     ("compose sink replicas without leases", replace("docker-compose.yml", 'REQUIRE_LEASE: "true"', 'REQUIRE_LEASE: "false"'), "REQUIRE_LEASE is not true"),
