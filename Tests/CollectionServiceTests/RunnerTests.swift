@@ -806,6 +806,28 @@ struct SinkTests {
         #expect(try DedupIndex(path: path).count() == 16)
     }
 
+    /// `/status` and `collection_consecutive_failures` (which the alert on three failed runs in a row reads) give the
+    /// storage's count: this process's own began at 0 after a restart or a skipped run.
+    @Test func consecutiveFailuresAreTheStoragesCount() async throws {
+        let f = try RunnerFixture()
+        defer { removeTemporary(f.dir) }
+        for _ in 0..<5 {
+            _ = try await f.storage.updateWatermark(
+                sourceID: f.source.id, timestamp: nil, status: .failed, errorMessage: "down", recordsCollected: nil,
+                options: UpdateOptions())
+        }
+        let report = await f.runner.run(f.source, collector: ScriptedCollector(pages: [[]], failAtPage: 0))
+        #expect(report.outcome == .failed)
+        // This process (restarted before the run) saw one failure; the storage counts six in a row.
+        var entry = SourceBoard.Entry(source: f.source)
+        entry.lastRun = report
+        entry.consecutiveFailures = 1
+        let known = await f.manager.lastKnownWatermark(sourceID: f.source.id)
+        #expect(CollectionEngine.consecutiveFailures(entry: entry, known: known) == 6)
+        // Nothing known from the storage (never reached): this process's count.
+        #expect(CollectionEngine.consecutiveFailures(entry: entry, known: nil) == 1)
+    }
+
     /// A checkpoint's commit that fails rolls back the keys of the pages before it, whose lines are on disk. The run
     /// goes on (a checkpoint costs time only); the next page's savepoint then recorded its file's end past those
     /// lines, so no open indexed them again, and a source sending them again had them written twice.

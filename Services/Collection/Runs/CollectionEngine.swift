@@ -93,9 +93,12 @@ struct CollectionEngine: Sendable {
         }
     }
 
-    /// Failed runs in a row: this process's count once it ran the source, else the storage's.
+    /// Failed runs in a row: the storage's count (its answer to the last update, or the queued updates applied to
+    /// it), else this process's. This process's alone started again from 0 at each restart and after a run skipped
+    /// for a lease held elsewhere, and counted only its own runs where replicas take turns: the alert on three in a
+    /// row resolved while the source kept failing.
     static func consecutiveFailures(entry: SourceBoard.Entry, known: Watermark?) -> Int64 {
-        entry.lastRun == nil ? known?.consecutiveFailures ?? 0 : Int64(entry.consecutiveFailures)
+        known?.consecutiveFailures ?? Int64(entry.consecutiveFailures)
     }
 
     /// When the source last succeeded: this process's last success, else the storage's record of it.
