@@ -84,6 +84,17 @@ let package = Package(
             path: "Shared/PostgresSupport",
             swiftSettings: swiftSettings
         ),
+        // What both services' HTTP servers share on Hummingbird (kept out of ServiceSupport, which the client library
+        // links: it needs no HTTP server).
+        .target(
+            name: "HTTPServerSupport",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Shared/HTTPServerSupport",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "StorageClient",
             dependencies: [
@@ -107,6 +118,7 @@ let package = Package(
                 "WatermarkCore",
                 "WatermarkStores",
                 "ServiceSupport",
+                "HTTPServerSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -136,6 +148,7 @@ let package = Package(
                 "WatermarkCore",
                 "StorageClient",
                 "ServiceSupport",
+                "HTTPServerSupport",
                 // The sink's dedup index; already built for the storage service.
                 .product(name: "GRDB", package: "GRDB.swift"),
                 // SQLite's C interface (GRDB's own module of it), for the index's per-record insert loop.
@@ -199,6 +212,7 @@ let package = Package(
         .testTarget(
             name: "StorageServiceTests",
             dependencies: [
+                "HTTPServerSupport",
                 "PostgresSupport",
                 "TestSupport",
                 "ServiceSupport",

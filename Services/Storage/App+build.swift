@@ -1,3 +1,4 @@
+import HTTPServerSupport
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore

@@ -7,10 +7,12 @@ import NIOConcurrencyHelpers
 /// Hummingbird's router answers an unknown method on a known path as "not found"; the error middleware
 /// asks this table whether the path exists with other methods. It is filled while routes are added
 /// (through `RecordingRouter`), so it can never disagree with the router.
-final class RouteTable: Sendable {
+package final class RouteTable: Sendable {
     private let entries = NIOLockedValueBox<[(segments: [Substring], methods: Set<String>)]>([])
 
-    func record(_ path: String, method: HTTPRequest.Method) {
+    package init() {}
+
+    package func record(_ path: String, method: HTTPRequest.Method) {
         let segments = path.split(separator: "/")
         entries.withLockedValue { entries in
             if let index = entries.firstIndex(where: { $0.segments == segments }) {
@@ -22,7 +24,7 @@ final class RouteTable: Sendable {
     }
 
     /// The methods allowed on `path`, sorted, with HEAD wherever GET is; empty for an unknown path.
-    func allowedMethods(for path: String) -> [String] {
+    package func allowedMethods(for path: String) -> [String] {
         let segments = path.split(separator: "/")
         var methods = Set<String>()
         for entry in entries.withLockedValue({ $0 }) where Self.matches(entry.segments, segments) {
@@ -33,7 +35,7 @@ final class RouteTable: Sendable {
     }
 
     /// Every registered path and its methods, for checks against the API description.
-    var routes: [(path: String, methods: [String])] {
+    package var routes: [(path: String, methods: [String])] {
         entries.withLockedValue { entries in
             entries.map { ("/" + $0.segments.joined(separator: "/"), $0.methods.sorted()) }
         }
@@ -48,18 +50,18 @@ final class RouteTable: Sendable {
 }
 
 /// A router (or group) front that records every route it adds in a `RouteTable`.
-struct RecordingRouter<Base: RouterMethods>: RouterMethods {
-    typealias Context = Base.Context
-    let base: Base
-    let table: RouteTable
+package struct RecordingRouter<Base: RouterMethods>: RouterMethods {
+    package typealias Context = Base.Context
+    package let base: Base
+    package let table: RouteTable
 
-    init(_ base: Base, table: RouteTable) {
+    package init(_ base: Base, table: RouteTable) {
         self.base = base
         self.table = table
     }
 
     @discardableResult
-    func on<Responder: HTTPResponder>(
+    package func on<Responder: HTTPResponder>(
         _ path: RouterPath, method: HTTPRequest.Method, responder: Responder
     ) -> Self where Responder.Context == Context {
         base.on(path, method: method, responder: responder)
@@ -68,7 +70,7 @@ struct RecordingRouter<Base: RouterMethods>: RouterMethods {
     }
 
     @discardableResult
-    func add(middleware: any MiddlewareProtocol<Request, Response, Context>) -> Self {
+    package func add(middleware: any MiddlewareProtocol<Request, Response, Context>) -> Self {
         base.add(middleware: middleware)
         return self
     }
