@@ -122,7 +122,7 @@ struct GroupCommitTests {
         let queue = try DatabaseQueue()
         let events = EventLog()
         let writer = GroupCommitWriter(writer: queue) { _ in events.add("upkeep") }
-        try await writer.write(ended: { events.add("ended alone") }) { _ in events.add("work alone") }
+        try await writer.write(ended: { _ in events.add("ended alone") }) { _ in events.add("work alone") }
         events.add("answered alone")
         #expect(events.all == ["work alone", "ended alone", "upkeep", "answered alone"])
 
@@ -132,7 +132,9 @@ struct GroupCommitTests {
             try await waitUntil("the holding write runs") { writer.batchRunning }
             for name in ["a", "b"] {
                 group.addTask {
-                    try await writer.write(ended: { events.add("ended \(name)") }) { _ in events.add("work \(name)") }
+                    try await writer.write(ended: { _ in events.add("ended \(name)") }) { _ in
+                        events.add("work \(name)")
+                    }
                     events.add("answered \(name)")
                 }
                 try await waitUntil("\(name) queued") { writer.waitingCount == (name == "a" ? 1 : 2) }
@@ -267,6 +269,37 @@ struct GroupCommitTests {
             #expect(store.walFrameCount < 100, "\(store.walFrameCount) frames after the writer's checkpoint")
             #expect(store.backgroundDatabaseSyncs == 1, "a pass that finds the WAL within its bound syncs nothing")
             for index in [0, 999, 1002] { #expect(try await store.watermark(for: sid("s\(index)"))?.version == 1) }
+        }
+    }
+
+    /// SQLite before 3.51.3 can lose committed writes when a checkpoint starts right after one that copied the whole
+    /// WAL while another connection commits and starts the WAL over (the WAL-reset bug). No checkpoint starts while the
+    /// WAL is copied whole: only a commit that wrote frames lets the next one run (a refused write, whose transaction
+    /// wrote none, does not), and every write is still read back afterwards.
+    @Test("no checkpoint starts while the WAL is copied whole; only a commit that wrote frames allows the next")
+    func noCheckpointIntoAWholeCopiedWAL() async throws {
+        try await withTemporaryDirectory { folder in
+            let store = try SQLiteWatermarkStore(path: folder + "/w.db", policy: WatermarkPolicy(), logger: .quiet)
+            defer { try? store.close() }
+            let guarded = store.walGuard
+            func write(_ id: String, _ at: String) async throws {
+                _ = try await store.write(WatermarkWrite(sourceID: sid(id), update: .success(.at(at), records: 1)))
+            }
+            await store.checkpoint()
+            #expect((guarded.checkpointsRun, guarded.checkpointsSkipped) == (0, 1), "nothing written since the open")
+            try await write("a", "2026-01-02T00:00:00Z")
+            await store.checkpoint()
+            #expect((guarded.checkpointsRun, guarded.checkpointsSkipped) == (1, 1), "a commit wrote frames")
+            await store.checkpoint()
+            #expect((guarded.checkpointsRun, guarded.checkpointsSkipped) == (1, 2), "copied whole by the pass before")
+            // Refused (a regression): its transaction wrote nothing, so the WAL is still copied whole.
+            await #expect(throws: WatermarkError.self) { try await write("a", "2026-01-01T00:00:00Z") }
+            await store.checkpoint()
+            #expect((guarded.checkpointsRun, guarded.checkpointsSkipped) == (1, 3))
+            try await write("b", "2026-01-02T00:00:00Z")
+            await store.checkpoint()
+            #expect((guarded.checkpointsRun, guarded.checkpointsSkipped) == (2, 3))
+            for id in ["a", "b"] { #expect(try await store.watermark(for: sid(id))?.version == 1) }
         }
     }
 

@@ -24,7 +24,7 @@ final class GroupCommitWriter: Sendable {
 
     private struct Job: Sendable {
         let work: Work
-        let ended: (@Sendable () -> Void)?
+        let ended: (@Sendable (Outcome) -> Void)?
         let caller: CheckedContinuation<Outcome, Never>
     }
 
@@ -40,6 +40,8 @@ final class GroupCommitWriter: Sendable {
     }
 
     private let writer: any DatabaseWriter
+    /// Wraps every transaction: one that may start the WAL over runs with no checkpoint starting (`WALResetGuard`).
+    private let walGuard: WALResetGuard?
     /// Runs on the writer's connection after every transaction, outside it (the store's WAL upkeep).
     private let afterCommit: @Sendable (Database) -> Void
     /// Largest batch: bounds the time one transaction holds the writer.
@@ -57,9 +59,11 @@ final class GroupCommitWriter: Sendable {
     var aloneCount: Int { state.withLockedValue { $0.alone } }
 
     init(
-        writer: any DatabaseWriter, maxBatch: Int = 256, afterCommit: @escaping @Sendable (Database) -> Void = { _ in }
+        writer: any DatabaseWriter, maxBatch: Int = 256, walGuard: WALResetGuard? = nil,
+        afterCommit: @escaping @Sendable (Database) -> Void = { _ in }
     ) {
         self.writer = writer
+        self.walGuard = walGuard
         self.afterCommit = afterCommit
         self.maxBatch = maxBatch
     }
@@ -69,9 +73,10 @@ final class GroupCommitWriter: Sendable {
     /// - Parameter ended: run on the writer's thread as soon as the job's transaction ended (committed or failed),
     ///   before the writer's upkeep (`afterCommit`, a checkpoint of up to tens of milliseconds) and before any caller
     ///   is answered: what must follow a commit at once, such as dropping what a read cache holds of the rows the
-    ///   job wrote, so that no read in between is served the value before the commit.
+    ///   job wrote, so that no read in between is served the value before the commit. It is given the job's outcome
+    ///   (what `work` returned, or the error of the job or of the commit), in commit order.
     func write<T: Sendable>(
-        ended: (@Sendable () -> Void)? = nil, _ work: @escaping @Sendable (Database) throws -> T
+        ended: (@Sendable (Outcome) -> Void)? = nil, _ work: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
         let alone = state.withLockedValue { state in
             guard !state.busy, state.lastBatchSize == 1 else { return false }
@@ -80,16 +85,18 @@ final class GroupCommitWriter: Sendable {
         }
         let outcome: Outcome
         if alone {
-            outcome = Self.writeHere(writer) { db in
+            outcome = Self.writeHere(writer) { [walGuard] db in
                 let outcome = Result {
                     var value: (any Sendable)?
-                    try db.inTransaction(.immediate) {
-                        value = try work(db)
-                        return .commit
+                    try Self.transaction(walGuard) {
+                        try db.inTransaction(.immediate) {
+                            value = try work(db)
+                            return .commit
+                        }
                     }
                     return value!
                 }
-                ended?()
+                ended?(outcome)
                 afterCommit(db)
                 return outcome
             }
@@ -132,8 +139,8 @@ final class GroupCommitWriter: Sendable {
                 return batch
             }
             guard !batch.isEmpty else { return }
-            let outcomes = Self.commit(batch.map(\.work), in: db)
-            for job in batch { job.ended?() }
+            let outcomes = Self.commit(batch.map(\.work), in: db, walGuard: walGuard)
+            for (job, outcome) in zip(batch, outcomes) { job.ended?(outcome) }
             afterCommit(db)
             state.withLockedValue { state in
                 state.batches += 1
@@ -145,17 +152,23 @@ final class GroupCommitWriter: Sendable {
     }
 
     /// One transaction, one savepoint per job; a commit failure fails them all.
-    private static func commit(_ works: [Work], in db: Database) -> [Outcome] {
+    private static func commit(_ works: [Work], in db: Database, walGuard: WALResetGuard?) -> [Outcome] {
         var outcomes: [Outcome] = []
         do {
-            try db.inTransaction(.immediate) {
-                outcomes = works.map { work in Result { try inSavepoint(db) { try work(db) } } }
-                return .commit
+            try transaction(walGuard) {
+                try db.inTransaction(.immediate) {
+                    outcomes = works.map { work in Result { try inSavepoint(db) { try work(db) } } }
+                    return .commit
+                }
             }
             return outcomes
         } catch {
             return works.map { _ in .failure(error) }
         }
+    }
+
+    private static func transaction(_ walGuard: WALResetGuard?, _ body: () throws -> Void) throws {
+        if let walGuard { try walGuard.transaction(body) } else { try body() }
     }
 
     /// Runs `work` in a savepoint of the batch's transaction: what it changed is rolled back if it throws. GRDB's

@@ -33,6 +33,8 @@ final class SQLiteWatermarkStore: WatermarkStore {
     private let readers: SQLiteReaders?
     /// The connection that copies the WAL into the database file (nil for an in-memory database).
     private let checkpointer: DatabaseQueue?
+    /// No checkpoint starts while a commit may start the WAL over (SQLite's WAL-reset bug).
+    let walGuard: WALResetGuard
     /// The WAL's length in frames when the background checkpoint last looked; the writer checkpoints past a bound.
     private let walFrames: NIOLockedValueBox<Int>
     /// The WAL's length as the last `checkpoint()` saw it (tests).
@@ -89,7 +91,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
         self.walFrames = walFrames
         let pacing = NIOLockedValueBox(CheckpointPacing())
         self.pacing = pacing
-        self.batcher = GroupCommitWriter(writer: writer) { db in
+        let walGuard = WALResetGuard()
+        self.walGuard = walGuard
+        self.batcher = GroupCommitWriter(writer: writer, walGuard: walGuard) { db in
             // The WAL grew past `writerCheckpointFrames` (as the last background checkpoint saw it): copy what arrived
             // since and let the next commit start the WAL over, unless the writer's last checkpoint was too recent.
             let frames = walFrames.withLockedValue { frames in
@@ -97,9 +101,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
                 return frames
             }
             guard Self.writerCheckpointDue(frames: frames, pacing) else { return }
-            // Busy when the background pass runs now (it is doing the copying); a failing disk fails the writes too.
+            // Not when the background pass runs now (it is doing the copying); a failing disk fails the writes too.
             let start = ContinuousClock.now
-            _ = try? db.checkpoint(.passive)
+            guard (try? walGuard.checkpoint(db, wait: false)) != nil else { return }
             pacing.withLockedValue { $0.checkpointed(from: start, to: .now) }
         }
         self.path = path
@@ -108,7 +112,8 @@ final class SQLiteWatermarkStore: WatermarkStore {
         self.clock = clock
         try WatermarkDatabase.migrator.migrate(writer)
         self.writerSynchronous = try writer.writeWithoutTransaction { db in
-            try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
+            walGuard.watch(writer: db)
+            return try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
         }
         self.readers = try path.map { path in
             try SQLiteReaders(path: path, count: 4, configuration: Self.configuration, pool: writer)
@@ -169,8 +174,9 @@ final class SQLiteWatermarkStore: WatermarkStore {
         guard let checkpointer else { return }
         do {
             let pacing = self.pacing
-            let (frames, synced) = try await checkpointer.writeWithoutTransaction { db in
-                let frames = try db.checkpoint(.passive).walFrameCount
+            let (frames, synced) = try await checkpointer.writeWithoutTransaction { [walGuard] db in
+                // Skipped while the WAL is copied whole: nothing to copy, and the WAL-reset race to avoid.
+                guard let frames = try walGuard.checkpoint(db, wait: true)?.walFrameCount else { return (0, false) }
                 // The writer checkpoints after its next commit: what the passes copied goes to disk now, not then.
                 guard Self.writerCheckpointDue(frames: frames, pacing) else { return (frames, false) }
                 try Self.syncDatabaseFile(db)
@@ -367,31 +373,39 @@ final class SQLiteWatermarkStore: WatermarkStore {
     }
 
     /// Runs `body` in the group-commit writer's next transaction with the clock read inside it, so the order of `now`
-    /// values follows the order of commits. The read cache forgets `forgetting` as soon as that transaction ended, on
-    /// the writer's thread (a read between the commit and the answer is not served the value from before it: it was
-    /// forgotten once the caller resumed, after the writer's checkpoint).
+    /// values follows the order of commits. As soon as that transaction ended, on the writer's thread and in commit
+    /// order: the read cache forgets `forgetting` (a read between the commit and the answer is not served the value
+    /// from before it), and the store notes whether writes fail (`lastWriteFailure`).
     private func transact<T: Sendable>(
         forgetting key: SourceID? = nil, _ body: @escaping @Sendable (inout SQLiteTransaction, Timestamp) throws -> T
     ) async throws -> T {
         do {
             let clock = self.clock
-            var ended: (@Sendable () -> Void)?
-            if let key { ended = { [cache] in cache.forget(key) } }
-            let (result, wrote) = try await batcher.write(ended: ended) { db in
+            let ended: @Sendable (GroupCommitWriter.Outcome) -> Void = { [cache, lastWriteFailure] outcome in
+                if let key { cache.forget(key) }
+                switch outcome {
+                case .success(let value):
+                    // Only a commit that wrote proves the disk takes writes again: one with nothing to write (an
+                    // idempotent replay, releasing a lapsed lease) commits on a full disk too, and cleared the failure,
+                    // so /health skipped its probe and answered healthy while every real write still failed.
+                    if (value as? (T, Bool))?.1 == true { lastWriteFailure.withLockedValue { $0 = nil } }
+                case .failure(let error as DatabaseError):
+                    // Noted here, not once the caller resumed: the caller of an earlier commit that wrote, resumed
+                    // later, cleared the failure of this one, and /health answered healthy on a full disk.
+                    lastWriteFailure.withLockedValue { $0 = Self.detail(of: error) }
+                case .failure:
+                    break
+                }
+            }
+            let (result, _) = try await batcher.write(ended: ended) { db in
                 let before = db.totalChangesCount
                 var tx = SQLiteTransaction(db: db)
                 let result = try body(&tx, clock())
                 return (result, db.totalChangesCount != before)
             }
-            // Only a commit that wrote proves the disk takes writes again: one with nothing to write (an idempotent
-            // replay, releasing a lapsed lease) commits on a full disk too, and cleared the failure, so /health
-            // skipped its probe and answered healthy while every real write still failed.
-            if wrote, lastWriteFailure.withLockedValue({ $0 }) != nil {
-                lastWriteFailure.withLockedValue { $0 = nil }
-            }
             return result
         } catch {
-            throw mapped(error, writing: true)
+            throw mapped(error)
         }
     }
 
@@ -409,17 +423,13 @@ final class SQLiteWatermarkStore: WatermarkStore {
         }
     }
 
-    private func mapped(_ error: any Error, writing: Bool) -> any Error {
+    private static func detail(of error: DatabaseError) -> String {
+        "\(explain(error.resultCode))\(error.message.map { " (\($0))" } ?? "")"
+    }
+
+    private func mapped(_ error: any Error, writing: Bool = true) -> any Error {
         if error is WatermarkError { return error }
-        let detail: String
-        if let databaseError = error as? DatabaseError {
-            detail = "\(Self.explain(databaseError.resultCode))\(databaseError.message.map { " (\($0))" } ?? "")"
-            if writing {
-                lastWriteFailure.withLockedValue { $0 = detail }
-            }
-        } else {
-            detail = "\(error)"
-        }
+        let detail = (error as? DatabaseError).map(Self.detail(of:)) ?? "\(error)"
         logger.error("Database operation failed", metadata: ["error": "\(detail)", "writing": "\(writing)"])
         return WatermarkError.unavailable(detail)
     }
