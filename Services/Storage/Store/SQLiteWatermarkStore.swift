@@ -388,7 +388,10 @@ final class SQLiteWatermarkStore: WatermarkStore {
                     // Only a commit that wrote proves the disk takes writes again: one with nothing to write (an
                     // idempotent replay, releasing a lapsed lease) commits on a full disk too, and cleared the failure,
                     // so /health skipped its probe and answered healthy while every real write still failed.
-                    if (value as? (T, Bool))?.1 == true { lastWriteFailure.withLockedValue { $0 = nil } }
+                    // (The cast only while a failure is noted: this runs on the writer's thread for every write.)
+                    if lastWriteFailure.withLockedValue({ $0 }) != nil, (value as? (T, Bool))?.1 == true {
+                        lastWriteFailure.withLockedValue { $0 = nil }
+                    }
                 case .failure(let error as DatabaseError):
                     // Noted here, not once the caller resumed: the caller of an earlier commit that wrote, resumed
                     // later, cleared the failure of this one, and /health answered healthy on a full disk.
