@@ -6,7 +6,9 @@ import WatermarkCore
 /// want to see the service at their size before they get there (`storage-service seed`).
 ///
 /// Rows are written straight through the store's schema (the same migrations), in transactions of
-/// `batchSize` rows with SQLite's synchronous mode off: a seed that dies is simply run again on a new file.
+/// `batchSize` rows with SQLite's synchronous mode off: a seed that dies is simply run again on a new file. A file
+/// that holds watermarks already is refused (seeded rows would count among real ones, and a seed does not write them
+/// durably as it goes), and the file is synced before the seed reports it done.
 /// Source `i` is `<prefix><i>`; it has `history / sources` runs (versions 1...n, the watermark at version n);
 /// one source in a hundred is failed and one in a hundred has not succeeded for a day (stale), the others
 /// succeeded within the last hour.
@@ -17,6 +19,15 @@ struct WatermarkSeeder {
     var batchSize = 20_000
     var now = Timestamp.now()
 
+    /// A database with watermarks already: it is not seeded.
+    struct NotEmpty: Error, CustomStringConvertible {
+        let path: String
+        let watermarks: Int
+        var description: String {
+            "\(path) holds \(watermarks) watermarks already: seed fills a new database (pass another --database-path)"
+        }
+    }
+
     /// Seeds the database at `path` (created and migrated if needed); reports progress through `progress`.
     func seed(path: String, progress: (String) -> Void) throws {
         var configuration = Configuration()
@@ -24,6 +35,8 @@ struct WatermarkSeeder {
         let queue = try DatabaseQueue(path: path, configuration: configuration)
         _ = try queue.writeWithoutTransaction { db in try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
         try WatermarkDatabase.migrator.migrate(queue)
+        let existing = try queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") ?? 0 }
+        guard existing == 0 else { throw NotEmpty(path: path, watermarks: existing) }
         let perSource = sources > 0 ? history / sources : 0
         let extra = sources > 0 ? history % sources : 0
         var start = 0
@@ -66,7 +79,12 @@ struct WatermarkSeeder {
                 nextReport += 100_000
             }
         }
-        try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        // Synced as the service syncs: the checkpoint syncs the file before it empties the WAL, so a seed reported done
+        // survives a power loss.
+        try queue.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+        }
         try queue.close()
     }
 }
