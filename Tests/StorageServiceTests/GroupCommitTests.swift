@@ -272,6 +272,45 @@ struct GroupCommitTests {
         }
     }
 
+    /// A job that fails is undone by rolling back to its savepoint. Should that fail while the transaction goes on
+    /// (the savepoint is gone), its changes were kept and committed with the batch while its caller was told it
+    /// failed: the whole batch now fails instead.
+    @Test func aJobThatCannotBeUndoneAloneFailsItsBatch() async throws {
+        let queue = try DatabaseQueue()
+        try await queue.write { db in try db.execute(sql: "CREATE TABLE t (k TEXT PRIMARY KEY)") }
+        let writer = GroupCommitWriter(writer: queue)
+        struct Refused: Error {}
+        let release = DispatchSemaphore(value: 0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await writer.write { db in
+                    try db.execute(sql: "INSERT INTO t VALUES ('first')")
+                    _ = release.wait(timeout: .now() + 30)
+                }
+            }
+            try await waitUntil("the first job leads its batch") { writer.batchRunning && writer.waitingCount == 0 }
+            group.addTask {
+                await #expect(throws: (any Error).self, "committed with a job whose changes could not be undone") {
+                    try await writer.write { db in try db.execute(sql: "INSERT INTO t VALUES ('good')") }
+                }
+            }
+            try await waitUntil("one job queued") { writer.waitingCount == 1 }
+            group.addTask {
+                await #expect(throws: (any Error).self) {
+                    try await writer.write { db in
+                        try db.execute(sql: "INSERT INTO t VALUES ('undone')")
+                        try db.execute(sql: "RELEASE SAVEPOINT job")
+                        throw Refused()
+                    }
+                }
+            }
+            try await waitUntil("two jobs queued") { writer.waitingCount == 2 }
+            release.signal()
+            try await group.waitForAll()
+        }
+        #expect(try await queue.read { db in try String.fetchAll(db, sql: "SELECT k FROM t ORDER BY k") } == ["first"])
+    }
+
     /// SQLite before 3.51.3 can lose committed writes when a checkpoint starts right after one that copied the whole
     /// WAL while another connection commits and starts the WAL over (the WAL-reset bug). No checkpoint starts while the
     /// WAL is copied whole: only a commit that wrote frames lets the next one run (a refused write, whose transaction

@@ -183,8 +183,14 @@ final class GroupCommitWriter: Sendable {
             return value
         } catch {
             // The job's error is the one that counts; when the transaction was aborted there is nothing to undo.
-            try? db.cachedStatement(sql: "ROLLBACK TRANSACTION TO SAVEPOINT job").execute()
-            try? db.cachedStatement(sql: "RELEASE SAVEPOINT job").execute()
+            do {
+                try db.cachedStatement(sql: "ROLLBACK TRANSACTION TO SAVEPOINT job").execute()
+                try? db.cachedStatement(sql: "RELEASE SAVEPOINT job").execute()
+            } catch {
+                // The job's changes cannot be undone alone (its savepoint is gone): the whole transaction is, so the
+                // batch fails as one rather than commit what its caller is told did not happen.
+                if db.isInsideTransaction { try? db.rollback() }
+            }
             throw error
         }
     }

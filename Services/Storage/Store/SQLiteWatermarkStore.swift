@@ -412,7 +412,6 @@ final class SQLiteWatermarkStore: WatermarkStore {
         }
     }
 
-    /// Rule refusals pass through; database failures become 503 with a log line.
     /// What an operator should check, for the result codes that mean the disk or the file is at fault.
     static func explain(_ code: ResultCode) -> String {
         switch code.primaryResultCode {
@@ -430,6 +429,7 @@ final class SQLiteWatermarkStore: WatermarkStore {
         "\(explain(error.resultCode))\(error.message.map { " (\($0))" } ?? "")"
     }
 
+    /// Rule refusals pass through; database failures become 503 with a log line.
     private func mapped(_ error: any Error, writing: Bool = true) -> any Error {
         if error is WatermarkError { return error }
         let detail = (error as? DatabaseError).map(Self.detail(of:)) ?? "\(error)"
