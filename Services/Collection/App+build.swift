@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import HTTPServerSupport
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
@@ -93,10 +94,15 @@ func buildApplication(
 func buildRouter(
     engine: CollectionEngine, registry: PrometheusCollectorRegistry, instanceID: String, apiTokens: APITokens? = nil
 ) -> Router<BasicRequestContext> {
-    let router = Router(context: BasicRequestContext.self)
-    router.add(middleware: JSONErrorMiddleware())
-    router.addRoutes(StatusController(engine: engine, registry: registry, instanceID: instanceID).endpoints)
-    router.addRoutes(DashboardController(engine: engine, instanceID: instanceID).endpoints)
-    router.addRoutes(SourcesController(board: engine.board, apiTokens: apiTokens).endpoints, atPath: "/api/v1/sources")
+    // HEAD wherever GET is, as the storage answers; a known path asked with another method is 405 with Allow (the
+    // routes are recorded as they are added, so the table cannot disagree with the router).
+    let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
+    let routes = RouteTable()
+    router.add(middleware: JSONErrorMiddleware(routes: routes))
+    let recorder = RecordingRouter(router, table: routes)
+    recorder.addRoutes(StatusController(engine: engine, registry: registry, instanceID: instanceID).endpoints)
+    recorder.addRoutes(DashboardController(engine: engine, instanceID: instanceID).endpoints)
+    recorder.addRoutes(
+        SourcesController(board: engine.board, apiTokens: apiTokens).endpoints, atPath: "/api/v1/sources")
     return router
 }

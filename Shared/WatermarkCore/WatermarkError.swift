@@ -57,6 +57,13 @@ extension WatermarkError {
         status: 400, code: "missing_timestamp",
         message: "a \"success\" update needs \"timestamp\": the instant up to which data was collected"
     )
+    /// A known path asked with a method it does not answer (both services).
+    public static func methodNotAllowed(_ method: String, allowed: [String]) -> WatermarkError {
+        WatermarkError(
+            status: 405, code: "method_not_allowed",
+            message: "method \(method.prefix(32)) is not allowed here; allowed: \(allowed.joined(separator: ", "))"
+        )
+    }
     public static func timestampInFuture(_ timestamp: Timestamp, tolerance: Duration) -> WatermarkError {
         WatermarkError(
             status: 400, code: "timestamp_in_future",

@@ -61,6 +61,16 @@ struct HTTPTests {
             #expect(invalid.status == .badRequest)
             let noRoute = try await client.execute(uri: "/nothing", method: .get)
             #expect(noRoute.status == .notFound && String(buffer: noRoute.body).contains(#""error""#))
+            // A known path with a method it does not answer: 405 with Allow, as the storage answers; HEAD where GET is.
+            for (path, method, allow) in [
+                ("/api/v1/sources/drop/run", HTTPRequest.Method.get, "POST"), ("/status", .delete, "GET, HEAD"),
+                ("/health", .post, "GET, HEAD"),
+            ] {
+                let wrong = try await client.execute(uri: path, method: method)
+                #expect(wrong.status == .methodNotAllowed && wrong.headers[.allow] == allow, "\(method) \(path)")
+                #expect(String(buffer: wrong.body).contains(#""code":"method_not_allowed""#), "\(method) \(path)")
+            }
+            #expect(try await client.execute(uri: "/health", method: .head).status == .ok)
 
             let accepted = try await client.execute(uri: "/api/v1/sources/drop/run", method: .post)
             #expect(accepted.status == .accepted)

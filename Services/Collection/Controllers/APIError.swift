@@ -1,4 +1,5 @@
 import Foundation
+import HTTPServerSupport
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -34,6 +35,9 @@ struct APIError: Error, HTTPResponseError, Sendable {
 /// Turns every other error (unknown route, wrong method, anything unexpected) into an `APIError`, which
 /// renders itself; an `APIError` passes through untouched. Never leaks an internal error's text.
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    /// The routes, for 405 and `Allow` on a known path asked with another method (Hummingbird answers it 404).
+    let routes: RouteTable
+
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
@@ -42,6 +46,16 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let error as APIError {
             throw error
         } catch let error as HTTPError {
+            if error.status == .notFound {
+                let allowed = routes.allowedMethods(for: request.uri.path)
+                if !allowed.isEmpty {
+                    let refusal = WatermarkError.methodNotAllowed(request.method.rawValue, allowed: allowed)
+                    var answer = APIError.jsonResponse(
+                        status: .methodNotAllowed, code: refusal.code, message: refusal.message)
+                    answer.headers[.allow] = allowed.joined(separator: ", ")
+                    return answer
+                }
+            }
             let code: String
             switch error.status.code {
             case 404: code = "not_found"

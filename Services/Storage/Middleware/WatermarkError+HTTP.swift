@@ -25,12 +25,6 @@ extension WatermarkError {
     static func routeNotFound(_ path: String) -> WatermarkError {
         WatermarkError(status: 404, code: "not_found", message: "no such endpoint: \(path.prefix(200))")
     }
-    static func methodNotAllowed(_ method: String, allowed: [String]) -> WatermarkError {
-        WatermarkError(
-            status: 405, code: "method_not_allowed",
-            message: "method \(method.prefix(32)) is not allowed here; allowed: \(allowed.joined(separator: ", "))"
-        )
-    }
     static func payloadTooLarge(limit: Int) -> WatermarkError {
         WatermarkError(status: 413, code: "payload_too_large", message: "the request body is over \(limit) bytes")
     }
