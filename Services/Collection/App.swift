@@ -153,6 +153,16 @@ struct Serve: AsyncParsableCommand {
                 // Stopped by a signal (runs abandoned at a page boundary) is not done either.
                 exitCode = reports.contains(where: { $0.notCollected || $0.outcome == .abandoned }) ? 1 : 0
             } else {
+                if configuration.apiTokens != nil, tlsConfiguration == nil,
+                    settings.text("ENVIRONMENT")?.lowercased() == "production"
+                {
+                    logger.warning(
+                        """
+                        COLLECTION_API_TOKEN set without TLS: bearer tokens cross the network in clear text; set \
+                        TLS_CERT_PATH and TLS_KEY_PATH, or put a TLS-terminating proxy on the same host in front of \
+                        this service
+                        """)
+                }
                 let app = try buildApplication(
                     configuration: configuration, engine: engine, registry: registry, logger: logger,
                     tlsConfiguration: tlsConfiguration, database: shared?.0)

@@ -200,6 +200,18 @@ struct TLSIntegrationTests {
             _ = try await once.waitForExit(timeout: .seconds(60))
             #expect(once.log.contains("crosses the network in clear text"), "\(once.log)")
             #expect(!once.log.contains(Self.token), "the token must never be logged")
+
+            // Served, with its own token for run requests and no TLS of its own.
+            let binary = ServiceProcess.binDirectory.appendingPathComponent("collection-service")
+            let served = try ServiceProcess(
+                binary.path,
+                environment: setup.environment(storageURL: "http://127.0.0.1:\(harness.port)").merging([
+                    "STORAGE_API_TOKEN": Self.token, "ENVIRONMENT": "production", "COLLECTION_API_TOKEN": "run-token",
+                ]) { $1 })
+            let own = try await served.waitForLine(containing: "COLLECTION_API_TOKEN set without TLS")
+            #expect(own.contains("warning") && own.contains("TLS_CERT_PATH"), "\(own)")
+            #expect(!served.log.contains("run-token"), "the token must never be logged")
+            #expect(try await served.stop() == 0, "\(served.log)")
         }
     }
 }
