@@ -47,11 +47,10 @@ public struct LeaseSession: Sendable {
     let requireLease: Bool
     /// When the lease was last asked for and granted: it runs out `ttl` after, at the latest.
     private var renewedAt: ContinuousClock.Instant
-    /// When the lease the session started with was asked for.
-    public let askedAt: ContinuousClock.Instant
-    /// The storage's clock when it granted that lease (its `expires_at` less the TTL asked for): what a collector whose
-    /// own clock runs ahead of the storage's reads the storage's clock from. `nil` without a lease.
-    public let grantedAtStorageTime: Timestamp?
+    /// The storage's clock when it granted the lease the session started with (its `expires_at` less the TTL asked
+    /// for), and when that answer arrived here: what a collector whose own clock runs ahead of the storage's reads the
+    /// storage's clock from. `nil` without a lease.
+    public let grant: (storageTime: Timestamp, answeredAt: ContinuousClock.Instant)?
     /// After a renewal the storage could not answer, none is asked for before this, half a renewal period later (the
     /// cadence at which a run waiting for a page wakes up to renew): asked again at every call, each failing one took
     /// its retries and timeouts (seconds to a minute while the storage's host drops packets) at every page and
@@ -63,7 +62,8 @@ public struct LeaseSession: Sendable {
 
     init(
         sourceID: SourceID, lease: Lease?, replay: ReplaySummary?, unreachable: String?, manager: WatermarkManager,
-        owner: String, ttl: Duration, renewEvery: Duration, requireLease: Bool, askedAt: ContinuousClock.Instant
+        owner: String, ttl: Duration, renewEvery: Duration, requireLease: Bool, askedAt: ContinuousClock.Instant,
+        answeredAt: ContinuousClock.Instant? = nil
     ) {
         self.sourceID = sourceID
         self.lease = lease
@@ -77,8 +77,11 @@ public struct LeaseSession: Sendable {
         // From when the lease was asked for, not from now: replaying what an earlier run queued came in between and
         // may have taken longer than the lease lasts.
         self.renewedAt = askedAt
-        self.askedAt = askedAt
-        self.grantedAtStorageTime = lease.map { $0.expiresAt.adding(.zero - ttl) }
+        if let lease, let answeredAt {
+            self.grant = (lease.expiresAt.adding(.zero - ttl), answeredAt)
+        } else {
+            self.grant = nil
+        }
     }
 
     /// Whether the run goes on without a lease (single-replica degraded mode).
@@ -168,8 +171,10 @@ extension WatermarkManager {
         var lease: Lease?
         var unreachable: String?
         let askedAt = ContinuousClock.now
+        var answeredAt: ContinuousClock.Instant?
         do {
             lease = try await storage.acquireLease(sourceID: sourceID, owner: owner, ttl: ttl)
+            answeredAt = ContinuousClock.now
         } catch let error as StorageClientError where !error.isTransient {
             if case .conflict(let code, let message) = error, code == "lease_held" { throw LeaseRefusal.held(message) }
             throw LeaseRefusal.refused(error)
@@ -183,7 +188,8 @@ extension WatermarkManager {
         }
         var session = LeaseSession(
             sourceID: sourceID, lease: lease, replay: replay, unreachable: unreachable, manager: self, owner: owner,
-            ttl: ttl, renewEvery: renewEvery ?? ttl / 2, requireLease: requireLease, askedAt: askedAt)
+            ttl: ttl, renewEvery: renewEvery ?? ttl / 2, requireLease: requireLease, askedAt: askedAt,
+            answeredAt: answeredAt)
         do {
             let result = try await body(&session)
             await release(session.lease)

@@ -143,6 +143,21 @@ struct ExactlyOnceTests {
         #expect(f.ids() == ["a", "b", "edge", "c"])
     }
 
+    /// A lag under a minute matters too where the tolerance is shorter: 45 s behind with 30 s of tolerance.
+    @Test func aStorageClockLessThanAMinuteBehindAShortToleranceStillTakesTheMark() async throws {
+        let clock = ManualClock(ts("2026-11-27T12:00:00Z"))
+        let storage = InMemoryStorageClient(
+            policy: WatermarkPolicy(futureTolerance: .seconds(30)), clock: { clock.now().adding(.seconds(-45)) })
+        let f = try RunnerFixture(clock: { clock.now() }, storage: storage)
+        defer { removeTemporary(f.dir) }
+        let feed = [record("a", "2026-11-27T11:59:00Z"), record("b", "2026-11-27T11:59:50Z")]
+        let run = await f.runner.run(f.source, collector: ScriptedCollector(pages: [feed]))
+        #expect(run.outcome == .success && run.recordsCollected == 2, "\(run.errorMessage ?? "")")
+        #expect(
+            try await storage.getWatermark(sourceID: f.source.id)?.lastSuccessfulTimestamp == ts("2026-11-27T11:59:00Z")
+        )
+    }
+
     /// Dedup must not assume that newer day files hold newer marks: a future-dated record written on one day and
     /// a late, older record written the next day must not let the future record be written again.
     @Test func dedupDoesNotDependOnTheOrderOfDayFiles() async throws {

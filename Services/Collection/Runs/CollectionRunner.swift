@@ -51,21 +51,21 @@ struct CollectionRunner: Sendable {
     static let longestRetryAfter: Int64 = 86_400
 
     /// How far the storage's clock is behind this host's when that is more than `storageLagTolerated`, read from the
-    /// run's lease (granted at `session.grantedAtStorageTime` on the storage's clock) and `now`, this host's clock at
-    /// the start of the run. The storage refuses a mark more than its tolerance (5 minutes by default) ahead of its
-    /// own clock: with a storage clock 6 minutes behind, every run's update was refused, the watermark never moved
-    /// and each run read a longer window again. The lag is over-estimated by at most a second plus the lease request's
-    /// latency is taken off (the time from asking for the lease to now is counted as the storage's), so a mark below
-    /// `now - lag` is never ahead of the storage's clock.
+    /// run's lease (granted at `session.grant.storageTime` on the storage's clock) and `now`, this host's clock at the
+    /// start of the run. The storage refuses a mark more than its tolerance (5 minutes by default, configurable down to
+    /// none) ahead of its own clock: with a storage clock 6 minutes behind, every run's update was refused, the
+    /// watermark never moved and each run read a longer window again. The time since the answer arrived is taken off,
+    /// so the lag is over-estimated by the answer's way back at most: a mark below `now - lag` is never ahead of the
+    /// storage's clock. A cap costs only records read again and dropped as duplicates by the next run.
     static func storageClockLag(_ session: LeaseSession, now: Timestamp) -> Duration? {
-        guard let granted = session.grantedAtStorageTime else { return nil }
-        let sinceAsked = ContinuousClock.now - session.askedAt
-        let lag = now.duration(since: granted) - sinceAsked + .seconds(1)
+        guard let grant = session.grant else { return nil }
+        let lag = now.duration(since: grant.storageTime) - (ContinuousClock.now - grant.answeredAt)
         return lag > storageLagTolerated ? lag : nil
     }
 
-    /// A lag of the storage's clock that changes nothing: well within its tolerance of marks ahead of it.
-    static let storageLagTolerated = Duration.seconds(60)
+    /// A lag of the storage's clock left alone: within any tolerance but none, and well over a lease request's latency
+    /// (a cap by that much would hold back every run's newest second of marks).
+    static let storageLagTolerated = Duration.seconds(1)
 
     /// How soon a run skipped for want of a lease (storage away, `REQUIRE_LEASE=true`) is tried again.
     static func leaseRetry(for source: SourceConfiguration) -> Duration {
