@@ -30,13 +30,14 @@ struct WatermarkSeeder {
 
     /// Seeds the database at `path` (created and migrated if needed); reports progress through `progress`.
     func seed(path: String, progress: (String) -> Void) throws {
-        var configuration = Configuration()
-        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = OFF") }
-        let queue = try DatabaseQueue(path: path, configuration: configuration)
+        // Synchronous as SQLite's default (FULL) until the file is known to hold no watermarks: a refused file whose
+        // WAL this connection checkpoints when it closes keeps its data through a power loss.
+        let queue = try DatabaseQueue(path: path)
         _ = try queue.writeWithoutTransaction { db in try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
         try WatermarkDatabase.migrator.migrate(queue)
         let existing = try queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM watermark") ?? 0 }
         guard existing == 0 else { throw NotEmpty(path: path, watermarks: existing) }
+        try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = OFF") }
         let perSource = sources > 0 ? history / sources : 0
         let extra = sources > 0 ? history % sources : 0
         var start = 0
