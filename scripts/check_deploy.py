@@ -121,8 +121,9 @@ def check_drop_folders(folder: Path, docs: list[dict]) -> None:
         if "mkdir" in command:
             init_mounts = {(m["name"], m["mountPath"]) for m in init.get("volumeMounts") or []}
             made |= {(word, mount) for word in command for mount in init_mounts}
-    problems = []
-    for data in (objects.get(("ConfigMap", "collection-sources")) or {}).get("data", {}).values():
+    sources = objects.get(("ConfigMap", "collection-sources"))
+    problems = [] if sources else ["no ConfigMap collection-sources holds the sources file"]
+    for data in (sources or {}).get("data", {}).values():
         for source in (yaml.safe_load(data) or {}).get("sources") or []:
             if source.get("type") != "directory" or source.get("enabled") is False:
                 continue

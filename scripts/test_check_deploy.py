@@ -102,6 +102,7 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     # Drop folders on a volume that starts empty are made before the service starts.
     ("drop folder never made", replace("deploy/k8s/base/collection.yaml", 'command: ["mkdir", "-p", "/data/drop/inbox"]', 'command: ["true"]'), "drop folder '/data/drop/inbox' of source 'inbox' is not made"),
     ("drop folder moved, not made", replace("deploy/k8s/base/configmap.yaml", '"path": "/data/drop/inbox"', '"path": "/data/drop/other"'), "drop folder '/data/drop/other' of source 'inbox' is not made"),
+    ("sources ConfigMap renamed", replace("deploy/k8s/base/configmap.yaml", "name: collection-sources", "name: sources"), "no ConfigMap collection-sources"),
     ("drop folder in the image", replace("deploy/k8s/base/configmap.yaml", '"path": "/data/drop/inbox"', '"path": "/srv/inbox"'), "drop folder '/srv/inbox' of source 'inbox' is not on a mounted volume"),
     ("compose sink with one replica", cut("docker-compose.yml", "  collection-pg-2:\n", "volumes:\n  storage-data:"), "1 collection replicas on SINK_URL"),
     ("compose sink replica outside the profile", replace("docker-compose.yml", "    <<: *collection-pg\n", "    <<: *collection-pg\n    profiles: [other]\n"), "collection-pg-2 is not in profile postgres"),
