@@ -3,38 +3,60 @@ import NIOPosix
 import Synchronization
 
 /// Opens once, when the database is ready (migrated): until then operations wait here rather than fail on
-/// tables that are not there yet; if the start fails, they fail with its error.
+/// tables that are not there yet; if the start fails, they fail with its error. A waiter that is cancelled (its
+/// operation's deadline passed) stops waiting at once: left waiting, each one stayed parked until the start ended.
 package final class ReadyGate: Sendable {
     private enum State {
-        case waiting([CheckedContinuation<Void, any Error>])
+        case waiting([UInt64: CheckedContinuation<Void, any Error>], next: UInt64)
         case open
         case failed(any Error)
     }
 
-    private let state = Mutex(State.waiting([]))
+    private let state = Mutex(State.waiting([:], next: 0))
 
     package init() {}
 
     package func wait() async throws {
         if case .open = state.withLock({ $0 }) { return }
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let outcome: Result<Void, any Error>? = state.withLock { state in
-                switch state {
-                case .waiting(var waiters):
-                    waiters.append(continuation)
-                    state = .waiting(waiters)
-                    return nil
-                case .open: return .success(())
-                case .failed(let error): return .failure(error)
+        let id = Mutex<UInt64?>(nil)
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let outcome: Result<Void, any Error>? = state.withLock { state in
+                    switch state {
+                    case .waiting(var waiters, let next):
+                        // Cancelled before it got here: it does not wait at all.
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        waiters[next] = continuation
+                        state = .waiting(waiters, next: next + 1)
+                        id.withLock { $0 = next }
+                        return nil
+                    case .open: return .success(())
+                    case .failed(let error): return .failure(error)
+                    }
                 }
+                if let outcome { continuation.resume(with: outcome) }
             }
-            if let outcome { continuation.resume(with: outcome) }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard case .waiting(var waiters, let next) = state, let key = id.withLock({ $0 }),
+                    let waiter = waiters.removeValue(forKey: key)
+                else { return nil }
+                state = .waiting(waiters, next: next)
+                return waiter
+            }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 
-    /// Whether the database is ready: a health check answers at once rather than wait for the start.
-    package var isOpen: Bool {
-        if case .open = state.withLock({ $0 }) { return true }
+    /// Operations waiting for the start (tests).
+    package var waiterCount: Int {
+        if case .waiting(let waiters, _) = state.withLock({ $0 }) { return waiters.count }
+        return 0
+    }
+
+    /// Whether the start failed (the process is ending).
+    package var failed: Bool {
+        if case .failed = state.withLock({ $0 }) { return true }
         return false
     }
 
@@ -43,15 +65,22 @@ package final class ReadyGate: Sendable {
 
     private func finish(_ outcome: Result<Void, any Error>) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
-            guard case .waiting(let waiters) = state else { return [] }
+            guard case .waiting(let waiters, _) = state else { return [] }
             switch outcome {
             case .success: state = .open
             case .failure(let error): state = .failed(error)
             }
-            return waiters
+            return Array(waiters.values)
         }
         for waiter in waiters { waiter.resume(with: outcome) }
     }
+
+    /// Whether the database is ready: a health check answers at once rather than wait for the start.
+    package var isOpen: Bool {
+        if case .open = state.withLock({ $0 }) { return true }
+        return false
+    }
+
 }
 
 /// Runs `body`, or throws `onTimeout()` when it has not finished within `timeout`: a database that does not

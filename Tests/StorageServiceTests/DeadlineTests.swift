@@ -169,6 +169,30 @@ struct DeadlineTests {
         }
     }
 
+    /// An operation whose deadline passed while the database was still starting stops waiting for the start at once
+    /// (it stayed parked until the start ended, up to 15 s, with every other one).
+    @Test("a cancelled wait for the database's start ends at once")
+    func aCancelledWaitForTheStartEnds() async throws {
+        let gate = ReadyGate()
+        let waiting = Task { try await gate.wait() }
+        let registered = ContinuousClock.now + .seconds(10)
+        while gate.waiterCount == 0, ContinuousClock.now < registered { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(gate.waiterCount == 1)
+        waiting.cancel()
+        let (ended, report) = AsyncStream<Bool>.makeStream()
+        let watcher = Task {
+            report.yield((try? await waiting.value) == nil)
+            report.finish()
+        }
+        let outcome = try await Self.first(of: ended, within: .seconds(10))
+        gate.fail(TimedOut())  // releases a waiter the cancellation missed, so the test ends either way
+        _ = await watcher.value
+        #expect(outcome == true, "the cancelled waiter still waited for the start")
+        #expect(gate.waiterCount == 0)
+        // One that waits afterwards still waits for the start's outcome.
+        await #expect(throws: TimedOut.self) { try await gate.wait() }
+    }
+
     /// What `events` yields first within `limit`, or nil (a wait that a missing event cannot hang).
     private static func first<T: Sendable>(of events: AsyncStream<T>, within limit: Duration) async throws -> T? {
         try await withThrowingTaskGroup(of: T?.self) { group in

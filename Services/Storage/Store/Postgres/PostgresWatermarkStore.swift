@@ -147,8 +147,10 @@ final class PostgresWatermarkStore: WatermarkStore {
         // Still connecting or migrating (up to the start's 15 s): unhealthy now, not after the probe gave up waiting.
         guard ready.isOpen else {
             throw WatermarkError.unavailable(
-                "PostgreSQL at \(url.host):\(url.port) is not ready: the service is still connecting to it and applying "
-                    + "its migrations")
+                ready.failed
+                    ? "PostgreSQL at \(url.host):\(url.port) could not be prepared at start: the service is stopping"
+                    : "PostgreSQL at \(url.host):\(url.port) is not ready: the service is still connecting to it and "
+                        + "applying its migrations")
         }
         try await mappingErrors { [self] connection in
             let rows = try await connection.query(
