@@ -16,6 +16,10 @@ import Synchronization
 ///   began after the checkpoint ended: its frames are not copied. A commit may leave it clear with frames to copy
 ///   (they are then copied after the next commit), never set with none.
 ///
+/// It covers this process's connections only: another process writing the file while the service runs would bypass
+/// it. `ProcessLock` keeps a second `storage-service` (and `seed`) off the file; other tools (the `sqlite3` shell)
+/// must not write it while it is served.
+///
 /// Checkpoints take turns on `checkpointing` (the background pass waits, the writer's own gives up). The writer never
 /// waits for a checkpoint: a checkpoint holds `writing` only to clear the flag, after SQLite's work.
 final class WALResetGuard: Sendable {
