@@ -210,6 +210,8 @@ struct TLSIntegrationTests {
                 ]) { $1 })
             let own = try await served.waitForLine(containing: "COLLECTION_API_TOKEN set without TLS")
             #expect(own.contains("warning") && own.contains("TLS_CERT_PATH"), "\(own)")
+            // Stopped once it serves: a SIGTERM before its signal handlers are in place ends it with the signal.
+            _ = try await served.waitForLine(containing: "Collection service listening")
             #expect(!served.log.contains("run-token"), "the token must never be logged")
             #expect(try await served.stop() == 0, "\(served.log)")
         }
