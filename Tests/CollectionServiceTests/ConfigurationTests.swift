@@ -106,6 +106,29 @@ struct ConfigurationTests {
         )
         #expect(sources.count >= 3)
         #expect(sources.compactMap(\.staleThresholdProblem).isEmpty)
+        #expect(sources.allSatisfy { $0.cannotRun == nil })
+        // Copied as is (config/README), without the credentials of the sources it ships disabled: it still loads.
+        let bare = try SourcesFile.load(path: path, settings: Settings(environment: [:]))
+        #expect(bare.count == sources.count)
+        #expect(bare.filter(\.enabled).allSatisfy { $0.cannotRun == nil })
+    }
+
+    /// A disabled source's credentials may be unset: it loads, marked as unable to run (a request to run it is
+    /// refused, naming the variable); an enabled source's are required at start.
+    @Test func aDisabledSourceLoadsWithoutItsCredentials() throws {
+        func file(enabled: Bool) throws -> String {
+            let path = try makeTemporaryDirectory() + "/sources.json"
+            try
+                #"{"sources":[{"id":"t","type":"taxii21","api_root":"http://x","collection_id":"c","username_env":"T_U","password_env":"T_P","enabled":\#(enabled)}]}"#
+                .write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let disabled = try SourcesFile.load(
+            path: try file(enabled: false), settings: Settings(environment: ["T_U": "u"]))
+        #expect(disabled.first?.cannotRun == #"source "t" field "password_env": environment variable T_P is not set"#)
+        #expect(throws: ConfigurationError.self) {
+            try SourcesFile.load(path: try file(enabled: true), settings: Settings(environment: ["T_U": "u"]))
+        }
     }
 
     /// `COLLECTION_API_TOKEN` is read as `STORAGE_API_TOKEN` is (one token, or named ones); blank is unset; a malformed

@@ -45,8 +45,12 @@ struct HTTPTests {
         let source = SourceConfiguration(
             id: try SourceID("drop"), kind: .directory(DirectorySettings(path: dir + "/in")), interval: .seconds(3600)
         )
+        // Disabled, and its key's variable not set: loaded, never run.
+        var keyless = SourceConfiguration(id: try SourceID("keyless"), kind: .otx(OTXSettings(apiKey: Secret(""))))
+        keyless.enabled = false
+        keyless.cannotRun = #"source "keyless" field "api_key_env": environment variable OTX_KEY is not set"#
         let registry = PrometheusCollectorRegistry()
-        let engine = try makeEngine(dir: dir, sources: [source], registry: registry)
+        let engine = try makeEngine(dir: dir, sources: [source, keyless], registry: registry)
         let router = buildRouter(engine: engine, registry: registry, instanceID: "t")
         let app = Application(router: router, logger: Logger.quiet)
         try await app.test(.router) { client in
@@ -54,6 +58,10 @@ struct HTTPTests {
             #expect(health.status == .ok)
             #expect(String(buffer: health.body) == #"{"status":"healthy"}"#)
 
+            let unrunnable = try await client.execute(uri: "/api/v1/sources/keyless/run", method: .post)
+            #expect(unrunnable.status == .conflict)
+            #expect(String(buffer: unrunnable.body).contains(#""code":"source_not_runnable""#))
+            #expect(String(buffer: unrunnable.body).contains("OTX_KEY is not set"))
             let unknown = try await client.execute(uri: "/api/v1/sources/nope/run", method: .post)
             #expect(unknown.status == .notFound)
             #expect(String(buffer: unknown.body).contains(#""code":"source_not_found""#))

@@ -6,6 +6,9 @@ struct SourceConfiguration: Sendable {
     var id: SourceID
     var kind: SourceKind
     var enabled: Bool = true
+    /// Why the source cannot run (a disabled source whose credentials' variables are not set): a request to run it is
+    /// refused with this.
+    var cannotRun: String?
     /// Time between two scheduled runs (plus jitter).
     var interval: Duration = .seconds(300)
     /// How far back the first run (no watermark yet) starts.

@@ -89,6 +89,24 @@ enum SourcesFile {
             )
         }
         let fields = Fields(entry: entry, source: id.rawValue)
+        var enabled = true
+        if let flag = entry["enabled"] {
+            guard let flag = flag as? NSNumber, flag.isBool else {
+                throw fields.error("enabled", "must be true or false")
+            }
+            enabled = flag.boolValue
+        }
+        // A disabled source's credentials may be left unset (the shipped example lists sources to turn on): it loads,
+        // and a request to run it is refused naming what is missing. An enabled one's are required at start.
+        var unset: [String] = []
+        func secret(_ field: String, _ variable: String) throws(ConfigurationError) -> String {
+            do {
+                return try fields.secret(field, variable, settings)
+            } catch let error where !enabled && !variable.isEmpty {
+                unset.append(error.message)
+                return ""
+            }
+        }
         guard let type = try fields.string("type") else {
             throw fields.error("type", "required: taxii21, otx or directory")
         }
@@ -115,13 +133,13 @@ enum SourcesFile {
                 throw fields.error("token_env", "give either token_env or username_env + password_env, not both")
             }
             if let tokenEnv {
-                auth = .bearer(Secret(try fields.secret("token_env", tokenEnv, settings)))
+                auth = .bearer(Secret(try secret("token_env", tokenEnv)))
             } else if usernameEnv != nil || passwordEnv != nil {
                 guard let usernameEnv else { throw fields.error("username_env", "required with password_env") }
                 guard let passwordEnv else { throw fields.error("password_env", "required with username_env") }
                 auth = .basic(
-                    username: try fields.secret("username_env", usernameEnv, settings),
-                    password: Secret(try fields.secret("password_env", passwordEnv, settings))
+                    username: try secret("username_env", usernameEnv),
+                    password: Secret(try secret("password_env", passwordEnv))
                 )
             }
             var settings = TAXIISettings(apiRoot: apiRoot, collectionID: collection, auth: auth)
@@ -134,7 +152,7 @@ enum SourcesFile {
             kind = .taxii21(settings)
         case "otx":
             guard let keyEnv = try fields.string("api_key_env") else { throw fields.error("api_key_env", "required") }
-            let key = Secret(try fields.secret("api_key_env", keyEnv, settings))
+            let key = Secret(try secret("api_key_env", keyEnv))
             var settings = OTXSettings(apiKey: key)
             if let base = try fields.string("base_url") {
                 try fields.checkURL("base_url", base)
@@ -158,12 +176,8 @@ enum SourcesFile {
         case .otx: source.overlap = SourceConfiguration.otxOverlap
         default: break
         }
-        if let enabled = entry["enabled"] {
-            guard let flag = enabled as? NSNumber, flag.isBool else {
-                throw fields.error("enabled", "must be true or false")
-            }
-            source.enabled = flag.boolValue
-        }
+        source.enabled = enabled
+        source.cannotRun = unset.isEmpty ? nil : unset.joined(separator: "; ")
         if let value = try fields.seconds("interval_seconds", minimum: 1) { source.interval = value }
         if let value = try fields.seconds("lookback_seconds", minimum: 0) { source.lookback = value }
         if let value = try fields.seconds("overlap_seconds", minimum: 0) { source.overlap = value }

@@ -45,6 +45,8 @@ struct SourcesController<Context: RequestContext>: Sendable {
                 .conflict, code: "already_running", message: "source \(id) is running; try again when it ends")
         case .unknownSource:
             throw APIError(.notFound, code: "source_not_found", message: "no source \(id) in the configuration")
+        case .cannotRun(let reason):
+            throw APIError(.conflict, code: "source_not_runnable", message: "source \(id) cannot run: \(reason)")
         }
     }
 }

@@ -26,6 +26,8 @@ actor SourceBoard {
         case accepted
         case alreadyRunning
         case unknownSource
+        /// The source's configuration lacks what a run needs (`SourceConfiguration.cannotRun`).
+        case cannotRun(String)
     }
 
     private(set) var entries: [SourceID: Entry] = [:]
@@ -57,6 +59,7 @@ actor SourceBoard {
     /// Asks for a run now. A source that is running answers `alreadyRunning`; a pending request is coalesced.
     func trigger(_ id: SourceID) -> TriggerResult {
         guard var entry = entries[id] else { return .unknownSource }
+        if let reason = entry.source.cannotRun { return .cannotRun(reason) }
         guard !entry.running else { return .alreadyRunning }
         entry.triggered = true
         entries[id] = entry
