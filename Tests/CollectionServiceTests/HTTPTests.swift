@@ -213,6 +213,35 @@ struct HTTPTests {
         #expect(status.sources.map(\.nextRunAt) == ["now", nil])
     }
 
+    /// The web view asks the storage for every source's history, a few at a time, and waits for it two seconds at
+    /// most: one request per source in turn waited up to the storage's timeout (30 s, more with retries) at every
+    /// refresh of a page anyone may open.
+    @Test func theWebViewWaitsForTheStoragesHistoryBrieflyAndAsksAFewAtATime() async throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTemporary(dir) }
+        let ids = try (0..<20).map { try SourceID("s\($0)") }
+        let storage = InMemoryStorageClient()
+        for id in ids {
+            _ = try await storage.updateWatermark(
+                sourceID: id, timestamp: ts("2026-11-01T00:00:00Z"), status: .success, errorMessage: nil,
+                recordsCollected: 3, options: UpdateOptions())
+        }
+        let answering = try WatermarkManager(
+            client: CountingLeases(storage), stateDirectory: dir + "/a", logger: .quiet)
+        let all = await DashboardController<BasicRequestContext>.histories(
+            of: ids, manager: answering, limit: 5, within: .seconds(30))
+        #expect(all.complete && all.runs.count == 20 && all.runs.values.allSatisfy { $0.count == 1 })
+
+        let hanging = CountingLeases(storage, historyHangs: true)
+        let silent = try WatermarkManager(client: hanging, stateDirectory: dir + "/b", logger: .quiet)
+        let started = ContinuousClock.now
+        let none = await DashboardController<BasicRequestContext>.histories(
+            of: ids, manager: silent, limit: 5, within: .milliseconds(200))
+        #expect(!none.complete && none.runs.isEmpty)
+        #expect(ContinuousClock.now - started < .seconds(30), "the page waited for the storage's silence")
+        #expect(await hanging.historyRequests == DashboardController<BasicRequestContext>.historyRequests)
+    }
+
     @Test func theWebViewShowsEverySourceHighlightsTroubleAndEscapesWhatItShows() async throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTemporary(dir) }

@@ -442,8 +442,14 @@ final class LeaseLapseCollector: Collector {
 actor CountingLeases: StorageClient {
     let inner: InMemoryStorageClient
     private(set) var leaseRequests = 0
+    /// History requests wait a minute (a storage that does not answer) unless cancelled.
+    let historyHangs: Bool
+    private(set) var historyRequests = 0
 
-    init(_ inner: InMemoryStorageClient) { self.inner = inner }
+    init(_ inner: InMemoryStorageClient, historyHangs: Bool = false) {
+        self.inner = inner
+        self.historyHangs = historyHangs
+    }
 
     func getWatermark(sourceID: SourceID) async throws -> Watermark? {
         try await inner.getWatermark(sourceID: sourceID)
@@ -464,7 +470,9 @@ actor CountingLeases: StorageClient {
     }
     func listWatermarks(_ query: WatermarkQuery) async throws -> WatermarkPage { try await inner.listWatermarks(query) }
     func history(sourceID: SourceID, limit: Int?) async throws -> [WatermarkRun] {
-        try await inner.history(sourceID: sourceID, limit: limit)
+        historyRequests += 1
+        if historyHangs { try await Task.sleep(for: .seconds(60)) }
+        return try await inner.history(sourceID: sourceID, limit: limit)
     }
     func lease(sourceID: SourceID) async throws -> Lease? { try await inner.lease(sourceID: sourceID) }
     func acquireLease(sourceID: SourceID, owner: String, ttl: Duration) async throws -> Lease {

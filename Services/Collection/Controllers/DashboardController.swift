@@ -20,31 +20,61 @@ struct DashboardController<Context: RequestContext>: Sendable {
         return routes
     }
 
+    /// The longest the page waits for the storage's history of its sources: a storage that does not answer leaves the
+    /// charts out rather than hold the page for its timeout (30 s, more with retries) at every refresh.
+    var historyDeadline = Duration.seconds(2)
+    /// History requests in flight at once for one page.
+    static var historyRequests: Int { 8 }
+
     @Sendable func page(_ request: Request, context: Context) async throws -> Response {
         let status = await ServiceStatus.current(engine: engine, instanceID: instanceID)
         let now = engine.clock()
-        var storageUnavailable = false
-        var sources: [DashboardSource] = []
-        for source in status.sources {
-            var runs: [WatermarkRun]?
-            if !storageUnavailable, let id = try? SourceID(source.sourceID) {
-                do {
-                    runs = try await engine.manager.history(sourceID: id, limit: chartRuns)
-                } catch {
-                    storageUnavailable = true  // one failure is enough: the page must not wait per source
-                    context.logger.debug("web view: no history", metadata: ["error": "\(error)"])
-                }
-            }
-            sources.append(DashboardSource(source, runs: runs, now: now))
+        let ids = status.sources.compactMap { try? SourceID($0.sourceID) }
+        let (histories, complete) = await Self.histories(
+            of: ids, manager: engine.manager, limit: chartRuns, within: historyDeadline)
+        if !complete { context.logger.debug("web view: storage history incomplete") }
+        let sources = status.sources.map { source in
+            DashboardSource(source, runs: (try? SourceID(source.sourceID)).flatMap { histories[$0] }, now: now)
         }
         let page = DashboardPage(
             instanceID: instanceID, generatedAt: now.description, refreshSeconds: refreshSeconds,
-            sourceCount: sources.count, pendingUpdates: status.pendingUpdates, storageUnavailable: storageUnavailable,
+            sourceCount: sources.count, pendingUpdates: status.pendingUpdates, storageUnavailable: !complete,
             sources: sources)
         return Response(
             status: .ok,
             headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
             body: .init(byteBuffer: ByteBuffer(string: page.html)))
+    }
+
+    /// The histories of `ids`, asked `historyRequests` at a time, as far as they came within `deadline`; `complete` is
+    /// false when one failed or the deadline passed (the rest are then not asked: one failure is enough to know).
+    static func histories(
+        of ids: [SourceID], manager: WatermarkManager, limit: Int, within deadline: Duration
+    ) async -> (runs: [SourceID: [WatermarkRun]], complete: Bool) {
+        await withTaskGroup(of: (SourceID, [WatermarkRun]?)?.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: deadline)
+                return nil
+            }
+            var pending = ids[...]
+            func ask() {
+                guard let id = pending.popFirst() else { return }
+                group.addTask { (id, try? await manager.history(sourceID: id, limit: limit)) }
+            }
+            for _ in 0..<min(historyRequests, ids.count) { ask() }
+            var runs: [SourceID: [WatermarkRun]] = [:]
+            var complete = true
+            while runs.count < ids.count, let answer = await group.next() {
+                guard let (id, history) = answer, let history else {
+                    complete = false
+                    break
+                }
+                runs[id] = history
+                ask()
+            }
+            group.cancelAll()
+            return (runs, complete)
+        }
     }
 }
 
