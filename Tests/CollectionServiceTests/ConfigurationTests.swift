@@ -111,6 +111,9 @@ struct ConfigurationTests {
         let bare = try SourcesFile.load(path: path, settings: Settings(environment: [:]))
         #expect(bare.count == sources.count)
         #expect(bare.filter(\.enabled).allSatisfy { $0.cannotRun == nil })
+        // Its disabled TAXII and OTX sources are marked, naming what they lack.
+        let unset = bare.filter { !$0.enabled }.compactMap(\.cannotRun).joined(separator: "; ")
+        #expect(unset.contains("TAXII_USERNAME") && unset.contains("OTX_API_KEY"), "\(unset)")
     }
 
     /// A disabled source's credentials may be unset: it loads, marked as unable to run (a request to run it is

@@ -50,22 +50,23 @@ struct CollectionRunner: Sendable {
     /// gone wrong would stop the source for good.
     static let longestRetryAfter: Int64 = 86_400
 
-    /// How far the storage's clock is behind this host's when that is more than `storageLagTolerated`, read from the
-    /// run's lease (granted at `session.grant.storageTime` on the storage's clock) and `now`, this host's clock at the
-    /// start of the run. The storage refuses a mark more than its tolerance (5 minutes by default, configurable down to
-    /// none) ahead of its own clock: with a storage clock 6 minutes behind, every run's update was refused, the
-    /// watermark never moved and each run read a longer window again. The time since the answer arrived is taken off,
-    /// so the lag is over-estimated by the answer's way back at most: a mark below `now - lag` is never ahead of the
-    /// storage's clock. A cap costs only records read again and dropped as duplicates by the next run.
-    static func storageClockLag(_ session: LeaseSession, now: Timestamp) -> Duration? {
+    /// How far the storage's clock is behind this host's, when it is: read from the run's lease (granted at
+    /// `session.grant.storageTime` on the storage's clock) and `clock`, this host's, at the start of the run. The storage
+    /// refuses a mark more than its tolerance (5 minutes by default, configurable down to none) ahead of its own clock:
+    /// with a storage clock 6 minutes behind, every run's update was refused, the watermark never moved and each run
+    /// read a longer window again. The time since the answer arrived is taken off (read before this host's clock, so
+    /// that nothing in between counts), so the lag is over-estimated by what came after the storage read its clock (its
+    /// write, the answer's way back) and a mark below `now - lag` is never ahead of the storage's clock. Capped by any
+    /// lag, a run holds back only marks that recent, read again and dropped as duplicates by the next run.
+    static func storageClockLag(_ session: LeaseSession, clock: () -> Timestamp) -> Duration? {
         guard let grant = session.grant else { return nil }
-        let lag = now.duration(since: grant.storageTime) - (ContinuousClock.now - grant.answeredAt)
-        return lag > storageLagTolerated ? lag : nil
+        let sinceAnswer = ContinuousClock.now - grant.answeredAt
+        let lag = clock().duration(since: grant.storageTime) - sinceAnswer
+        return lag > .zero ? lag : nil
     }
 
-    /// A lag of the storage's clock left alone: within any tolerance but none, and well over a lease request's latency
-    /// (a cap by that much would hold back every run's newest second of marks).
-    static let storageLagTolerated = Duration.seconds(1)
+    /// A lag worth a warning: more than a slow answer to the lease request explains.
+    static let storageLagWarned = Duration.seconds(5)
 
     /// How soon a run skipped for want of a lease (storage away, `REQUIRE_LEASE=true`) is tried again.
     static func leaseRetry(for source: SourceConfiguration) -> Duration {
@@ -170,13 +171,13 @@ struct CollectionRunner: Sendable {
 
         // 3. Pages, each appended and fsynced, with checkpoints on the way.
         var marks = MarkTracker(committed: previous ?? start)
-        let storageLag = Self.storageClockLag(session, now: clock())
-        if let storageLag {
+        let storageLag = Self.storageClockLag(session, clock: clock)
+        if let storageLag, storageLag > Self.storageLagWarned {
             log.warning(
                 "the storage's clock is behind this host's: the watermark stays below the storage's clock; fix the clocks",
                 metadata: ["behind_seconds": "\(storageLag.components.seconds)"])
         }
-        // The instant no mark may pass: this host's clock, or the storage's when that is well behind.
+        // The instant no mark may pass: this host's clock, or the storage's when that is behind.
         let markCeiling: @Sendable () -> Timestamp = { [clock] in
             let now = clock()
             return storageLag.map { now.adding(.zero - $0) } ?? now
