@@ -54,6 +54,12 @@ package final class ReadyGate: Sendable {
         return 0
     }
 
+    /// Whether the database is ready: a health check answers at once rather than wait for the start.
+    package var isOpen: Bool {
+        if case .open = state.withLock({ $0 }) { return true }
+        return false
+    }
+
     /// Whether the start failed (the process is ending).
     package var failed: Bool {
         if case .failed = state.withLock({ $0 }) { return true }
@@ -74,13 +80,6 @@ package final class ReadyGate: Sendable {
         }
         for waiter in waiters { waiter.resume(with: outcome) }
     }
-
-    /// Whether the database is ready: a health check answers at once rather than wait for the start.
-    package var isOpen: Bool {
-        if case .open = state.withLock({ $0 }) { return true }
-        return false
-    }
-
 }
 
 /// Runs `body`, or throws `onTimeout()` when it has not finished within `timeout`: a database that does not
@@ -241,9 +240,8 @@ package struct DeadlineGate: Sendable {
     }
 
     /// Runs `action` if the deadline passes or the caller is cancelled before the body finished (at once, if that has
-    /// happened already): closing the
-    /// connection the body waits on, which nothing else would end (see `withDeadline`). The caller is answered once
-    /// the future `action` returns (if any) has completed.
+    /// happened already): closing the connection the body waits on, which nothing else would end (see
+    /// `withDeadline`). The caller is answered once the future `action` returns (if any) has completed.
     package func onExpiry(_ action: @escaping @Sendable () -> EventLoopFuture<Void>?) {
         register(action)
     }
